@@ -1,0 +1,24 @@
+"""Numerical thresholds and defaults, in one place."""
+
+#: Relative damping ε: the whitener factors ``Ĝ + ε·(tr Ĝ / P)·I`` of the Jacobi-scaled
+#: metric ``Ĝ = D^-½ G D^-½`` (whose trace/P is 1), i.e. ``G + ε·diag(G)`` in θ.
+DEFAULT_DAMPING = 1e-6
+#: Eigenvalues of the damped, scaled metric below ``floor × largest`` are raised to it.
+DEFAULT_EIGEN_FLOOR = 1e-10
+#: Diagonal entries of a metric below this fraction of the largest are treated as zero
+#: (a parameter the data never move) and replaced by the floor before scaling.
+ZERO_DIAGONAL_FRACTION = 1e-14
+
+#: Adaptive EMA: half-life of the running metric is max(MIN_PER_PARAM · P, FRACTION · t)
+#: samples, so the estimate follows θ early and averages over more data later.
+HALF_LIFE_MIN_PER_PARAM = 20
+HALF_LIFE_FRACTION = 0.25
+
+#: Drift trigger: refresh when the rms eigenvalue deviation of W⁻ᵀ G W⁻¹ from I exceeds this.
+DEFAULT_DRIFT_THRESHOLD = 0.1
+#: Probe vectors used to estimate the drift (Hutchinson estimator of ‖W⁻ᵀGW⁻¹ − I‖_F).
+DEFAULT_DRIFT_PROBES = 4
+#: Drift is estimated every this many batches.
+DEFAULT_DRIFT_CHECK_BATCHES = 8
+
+DEFAULT_BATCH_SIZE = 256

@@ -1,0 +1,256 @@
+"""The ``natgrad-stream`` command line.
+
+Subcommands: ``make-data``, ``fit``, ``evaluate``, ``params``, ``demo``. Machine-readable
+results go to stdout as one JSON object on the last line; progress and messages go to
+stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or usage, 130 stopped
+by a signal (after writing a resumable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from natgrad_stream import __version__
+from natgrad_stream._constants import DEFAULT_BATCH_SIZE, DEFAULT_DAMPING
+from natgrad_stream.errors import CheckpointError, DataError, RunDirectoryError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNAL = 0, 1, 2, 130
+MODEL_CHOICES = ("logistic", "linear", "gaussian-mean")
+
+
+def _print_json(obj: dict) -> None:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(obj)) + "\n")
+    sys.stdout.flush()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="natgrad-stream",
+        description="Natural-gradient learning on chunked Zarr data streams.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-data", help="write a synthetic, ill-conditioned Zarr v3 dataset")
+    p.add_argument("out", metavar="OUT.zarr")
+    p.add_argument("--task", required=True, choices=MODEL_CHOICES)
+    p.add_argument("--rows", required=True, type=_positive_int)
+    p.add_argument("--features", required=True, type=_positive_int)
+    p.add_argument("--chunk-rows", type=_positive_int, default=65536)
+    p.add_argument("--test-rows", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = sub.add_parser("fit", help="learn a model from a Zarr group by natural gradient")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--model", choices=MODEL_CHOICES,
+                   help="model family (required unless --resume)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--x", default="X", metavar="NAME", help="features array (default X)")
+    p.add_argument("--y", default="y", metavar="NAME", help="targets array (default y)")
+    p.add_argument("--w", default=None, metavar="NAME", help="optional sample-weight array")
+    p.add_argument("--epochs", type=_positive_int, default=1,
+                   help="total passes (a resumed run continues up to this count)")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metric", choices=("model", "empirical"), default="model")
+    p.add_argument("--structure", choices=("full", "diagonal"), default="full")
+    p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
+    p.add_argument("--lr", type=float, default=None, help="step-size scale")
+    p.add_argument("--step-schedule", choices=("harmonic", "sqrt", "constant"), default=None)
+    p.add_argument("--rewhiten-every", type=_positive_int, default=None, metavar="N",
+                   help="re-whiten every N samples (default: geometric spacing + drift)")
+    p.add_argument("--rewhiten", default="auto",
+                   help="schedule spec: auto, never, every:N, geometric:F, drift:T")
+    p.add_argument("--whitening", choices=("eigh", "ridge", "robust"), default="eigh")
+    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING)
+    p.add_argument("--half-life", default="auto",
+                   help="running-metric half-life in samples, 'auto' or 'none'")
+    p.add_argument("--fisher-every", type=_positive_int, default=1,
+                   help="accumulate the metric on one batch in N")
+    p.add_argument("--average", action="store_true", help="keep a Polyak average of θ")
+    p.add_argument("--mixing", default=None, metavar="NAME",
+                   help="gaussian-mean: mixing-matrix array in DATA (default A if present)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                   help="also checkpoint every N samples")
+    p.add_argument("--max-samples", type=_positive_int, default=None,
+                   help="stop (resumably) after this many samples in total")
+    p.add_argument("--log-every", type=_positive_int, default=65536, metavar="N",
+                   help="samples between progress records in metrics.jsonl")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress line on stderr (auto: when stderr is a terminal)")
+
+    p = sub.add_parser("evaluate", help="evaluate a fitted run on a dataset")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--x", default="X", metavar="NAME")
+    p.add_argument("--y", default="y", metavar="NAME")
+
+    p = sub.add_parser("params", help="print a fitted run's parameters as JSON")
+    p.add_argument("run", metavar="RUN")
+
+    p = sub.add_parser("demo", help="fit the embedded demo dataset and compare with the "
+                                    "full-batch optimum")
+    p.add_argument("--out", default=None, metavar="RUN",
+                   help="run directory (default: a new temporary directory)")
+    return parser
+
+
+def _half_life(text: str):
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() in ("none", "inf"):
+        return None
+    return float(text)
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM ask the learner to stop after its current batch; a second SIGINT
+    interrupts at once."""
+
+    def __init__(self):
+        self.learner = None
+        self.signalled = False
+
+    def attach(self, learner):
+        self.learner = learner
+
+    def __enter__(self):
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._old:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signalled = True
+        print("\nnatgrad-stream: stopping after the current batch (checkpoint follows)...",
+              file=sys.stderr)
+        if self.learner is not None:
+            self.learner.request_stop()
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _cmd_make_data(args) -> int:
+    from natgrad_stream.data.synthetic import make_dataset
+
+    make_dataset(args.out, task=args.task, rows=args.rows, features=args.features,
+                 chunk_rows=args.chunk_rows, test_rows=args.test_rows, seed=args.seed,
+                 dtype=args.dtype, overwrite=args.overwrite)
+    _print_json({"path": str(args.out), "task": args.task, "rows": args.rows,
+                 "features": args.features, "chunk_rows": args.chunk_rows,
+                 "test_rows": args.test_rows, "seed": args.seed, "dtype": args.dtype})
+    return EXIT_OK
+
+
+def _learner_options(args) -> dict:
+    rewhiten = args.rewhiten_every if args.rewhiten_every is not None else args.rewhiten
+    return dict(metric=args.metric, structure=args.structure, optimizer=args.optimizer,
+                lr=args.lr, step_schedule=args.step_schedule, rewhiten=rewhiten,
+                half_life=_half_life(args.half_life), whitening=args.whitening,
+                damping=args.damping, batch_size=args.batch_size, seed=args.seed,
+                average=args.average, fisher_every=args.fisher_every)
+
+
+def _cmd_fit(args) -> int:
+    from natgrad_stream.run import fit_run
+
+    if not args.resume and args.model is None:
+        raise ValueError("fit: --model is required for a new run")
+    progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    with _GracefulStop() as stop:
+        summary = fit_run(
+            args.data, args.out, model=args.model, x=args.x, y=args.y, w=args.w,
+            epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
+            progress=progress, checkpoint_every=args.checkpoint_every,
+            max_samples=args.max_samples, log_every=args.log_every, mixing=args.mixing,
+            learner_options=_learner_options(args), stop_handler=stop.attach)
+    _print_json(summary)
+    return EXIT_SIGNAL if stop.signalled else EXIT_OK
+
+
+def _cmd_evaluate(args) -> int:
+    from natgrad_stream.run import evaluate_run
+
+    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y))
+    return EXIT_OK
+
+
+def _cmd_params(args) -> int:
+    from natgrad_stream.run import run_params
+
+    _print_json(run_params(args.run))
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    from natgrad_stream.demo import run_demo
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="natgrad-demo-"))
+    _print_json(run_demo(out, log=sys.stderr))
+    return EXIT_OK
+
+
+COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evaluate,
+            "params": _cmd_params, "demo": _cmd_demo}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``natgrad-stream`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return COMMANDS[args.command](args)
+    except (DataError, RunDirectoryError, CheckpointError, ValueError, TypeError,
+            FileExistsError, FileNotFoundError) as exc:
+        print(f"natgrad-stream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as exc:
+        print(f"natgrad-stream {args.command}: learning failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"natgrad-stream {args.command}: interrupted", file=sys.stderr)
+        return EXIT_SIGNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

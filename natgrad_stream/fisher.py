@@ -1,0 +1,121 @@
+"""Running estimates of the metric G(θ) from minibatch sums.
+
+Statistics are kept as *sums* and a total weight, never as averages, so they merge: one
+batch, many batches, a resumed run and many Dask workers all go through :meth:`add`.
+The exponential moving average has its time constant in **samples** (rows), so the
+estimate does not depend on batch or chunk size; normalizing by the decayed total weight
+is the bias correction (no zero-initialization bias).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from natgrad_stream._constants import HALF_LIFE_FRACTION, HALF_LIFE_MIN_PER_PARAM
+
+
+class RunningFisher:
+    """Exponentially weighted running metric, full ``(P, P)`` or diagonal ``(P,)``.
+
+    Parameters
+    ----------
+    n_params : int
+        ``P``.
+    structure : {"full", "diagonal"}
+    half_life : float, "auto" or None
+        Half-life in samples. ``None`` or ``inf`` keeps plain sums (no forgetting);
+        ``"auto"`` uses ``max(20·P, 0.25·t)`` with ``t`` the samples seen so far, so the
+        estimate forgets the early, far-from-optimal θ quickly and averages over more data
+        as learning settles.
+
+    Examples
+    --------
+    >>> f = RunningFisher(2, half_life=None)
+    >>> f.add(np.eye(2) * 4.0, weight=2.0, rows=2)
+    >>> f.estimate()
+    array([[2., 0.],
+           [0., 2.]])
+    """
+
+    def __init__(self, n_params: int, *, structure: str = "full", half_life="auto"):
+        if structure not in ("full", "diagonal"):
+            raise ValueError(f"structure must be 'full' or 'diagonal', got {structure!r}")
+        if half_life not in (None, "auto") and not float(half_life) > 0:
+            raise ValueError(f"half_life must be > 0 samples, 'auto' or None, got {half_life!r}")
+        self.n_params = int(n_params)
+        self.structure = structure
+        self.half_life = half_life
+        shape = (self.n_params, self.n_params) if structure == "full" else (self.n_params,)
+        self.sum = np.zeros(shape)
+        self.weight = 0.0
+        self.samples = 0
+
+    def current_half_life(self) -> float:
+        """Half-life in samples in force now (``inf`` for plain sums)."""
+        if self.half_life is None:
+            return math.inf
+        if self.half_life == "auto":
+            return max(HALF_LIFE_MIN_PER_PARAM * self.n_params, HALF_LIFE_FRACTION * self.samples)
+        return float(self.half_life)
+
+    def add(self, batch_sum: np.ndarray, *, weight: float, rows: int) -> None:
+        """Fold in one batch: decay by ``0.5 ** (rows / half_life)``, then add.
+
+        Parameters
+        ----------
+        batch_sum : ndarray, shape (P, P) or (P,)
+            Sum of per-sample metric contributions over the batch.
+        weight : float
+            Sum of the batch's sample weights (the normalizer of ``batch_sum``).
+        rows : int
+            Number of rows in the batch (the clock of the moving average).
+        """
+        if batch_sum.shape != self.sum.shape:
+            raise ValueError(f"batch metric has shape {batch_sum.shape}, expected {self.sum.shape}")
+        decay = 0.5 ** (rows / self.current_half_life())
+        if decay != 1.0:
+            self.sum *= decay
+            self.weight *= decay
+        self.sum += batch_sum
+        self.weight += float(weight)
+        self.samples += int(rows)
+
+    def merge(self, other: RunningFisher) -> RunningFisher:
+        """Add another estimate's sums (statistics of the same period, e.g. other workers)."""
+        if other.sum.shape != self.sum.shape:
+            raise ValueError("cannot merge metrics of different shapes")
+        out = RunningFisher(self.n_params, structure=self.structure, half_life=self.half_life)
+        out.sum = self.sum + other.sum
+        out.weight = self.weight + other.weight
+        out.samples = self.samples + other.samples
+        return out
+
+    @property
+    def empty(self) -> bool:
+        """True before any weight has been added."""
+        return self.weight <= 0.0
+
+    def estimate(self) -> np.ndarray:
+        """The bias-corrected metric ``sum / weight``, shape (P, P) or (P,)."""
+        if self.empty:
+            raise ValueError("the running metric has seen no data yet")
+        return self.sum / self.weight
+
+    # -- checkpointing -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Arrays and scalars that :meth:`from_state` restores exactly."""
+        hl = self.half_life
+        return {"sum": self.sum.copy(), "weight": self.weight, "samples": self.samples,
+                "structure": self.structure, "half_life": hl, "n_params": self.n_params}
+
+    @classmethod
+    def from_state(cls, state: dict) -> RunningFisher:
+        """Rebuild from :meth:`state_dict`."""
+        out = cls(int(state["n_params"]), structure=state["structure"],
+                  half_life=state["half_life"])
+        out.sum = np.array(state["sum"], dtype=np.float64)
+        out.weight = float(state["weight"])
+        out.samples = int(state["samples"])
+        return out

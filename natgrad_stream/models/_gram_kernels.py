@@ -1,0 +1,84 @@
+"""Shared kernel pieces: the blocked, float64 weighted Gram update.
+
+A block of rows is first written, scaled by ``sqrt(c_i)``, into a transposed float64
+scratch ``ST`` of shape ``(P, BLOCK_ROWS)``; :func:`syrk_upper` then adds
+``ST @ ST.T`` into the upper triangle of a ``(P, P)`` accumulator with 2×2 register
+blocking (measured ~3× faster than calling BLAS per block from Numba at P≈100).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from natgrad_stream._jit import jit
+
+#: Rows per scratch block of the Gram update. 64 float64 rows × P fit in L2 for P ≲ 500.
+BLOCK_ROWS = 64
+
+
+@jit
+def syrk_upper(ST, G):  # pragma: no cover - compiled
+    """Add ``ST @ ST.T`` to the upper triangle of ``G``.
+
+    Parameters
+    ----------
+    ST : ndarray, shape (P, BLOCK_ROWS), float64
+        Transposed, pre-scaled rows; unused columns must be zero.
+    G : ndarray, shape (P, P), float64
+        Accumulator; only entries ``G[j, k]`` with ``k >= j`` are written.
+    """
+    P, nb = ST.shape
+    for j in range(0, P, 2):
+        j1 = min(j + 1, P - 1)
+        for k in range(j, P, 2):
+            k1 = min(k + 1, P - 1)
+            a00 = 0.0
+            a01 = 0.0
+            a10 = 0.0
+            a11 = 0.0
+            for r in range(nb):
+                x0 = ST[j, r]
+                x1 = ST[j1, r]
+                y0 = ST[k, r]
+                y1 = ST[k1, r]
+                a00 += x0 * y0
+                a01 += x0 * y1
+                a10 += x1 * y0
+                a11 += x1 * y1
+            G[j, k] += a00
+            if k1 != k:
+                G[j, k1] += a01
+            if j1 != j:
+                if k >= j1:
+                    G[j1, k] += a10
+                if k1 != k and k1 >= j1:
+                    G[j1, k1] += a11
+
+
+@jit
+def zero_columns(ST, start):  # pragma: no cover - compiled
+    """Zero ``ST[:, start:]`` (the unused tail of a partial block)."""
+    for j in range(ST.shape[0]):
+        for r in range(start, ST.shape[1]):
+            ST[j, r] = 0.0
+
+
+@jit
+def symmetrize_from_upper(G):  # pragma: no cover - compiled
+    """Copy the upper triangle of square ``G`` onto its lower triangle, in place."""
+    P = G.shape[0]
+    for j in range(P):
+        for k in range(j + 1, P):
+            G[k, j] = G[j, k]
+
+
+@jit
+def thread_ranges(n, n_threads):  # pragma: no cover - compiled
+    """Split ``range(n)`` into ``n_threads`` contiguous parts; returns (n_threads, 2) int64."""
+    out = np.empty((n_threads, 2), dtype=np.int64)
+    step = (n + n_threads - 1) // n_threads
+    for t in range(n_threads):
+        a = min(n, t * step)
+        out[t, 0] = a
+        out[t, 1] = min(n, a + step)
+    return out

@@ -1,0 +1,151 @@
+"""Generalized linear models with an intercept: logistic and linear regression.
+
+Parameters are laid out as ``θ = [coef_0 … coef_{d-1}, intercept]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from natgrad_stream.models import _glm_kernels as K
+from natgrad_stream.models._gram_kernels import BLOCK_ROWS
+from natgrad_stream.models.base import Model, Workspace, as_float64_vector
+
+_METRIC_CODES = {None: K.METRIC_NONE, "model": K.METRIC_MODEL, "empirical": K.METRIC_EMPIRICAL}
+_STRUCTURE_CODES = {"full": K.STRUCTURE_FULL, "diagonal": K.STRUCTURE_DIAGONAL}
+_EMPTY = np.empty(0)
+
+
+def _weights(w, n):
+    return _EMPTY if w is None else as_float64_vector(w, "w", n)
+
+
+class _GLM(Model):
+    family: int = -1
+
+    @property
+    def n_params(self) -> int:
+        return self.n_features + 1
+
+    def params_to_dict(self, theta):
+        theta = np.asarray(theta, dtype=np.float64)
+        return {"coef": theta[:-1].tolist(), "intercept": float(theta[-1])}
+
+    def _scratch(self, structure, n_threads):
+        P = self.n_params
+        full = structure == "full"
+        return {
+            "ST": np.zeros((P, BLOCK_ROWS)),
+            "ST_t": np.zeros((n_threads, P, BLOCK_ROWS)),
+            "grad_t": np.zeros((n_threads, P)),
+            "fisher_t": np.zeros((n_threads, P, P) if full else (n_threads, 1, 1)),
+            "fdiag_t": np.zeros((n_threads, 1) if full else (n_threads, P)),
+            "dummy_full": np.zeros((1, 1)),
+            "dummy_diag": np.zeros(1),
+        }
+
+    def _check_X(self, X):
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
+        if X.dtype not in (np.float32, np.float64):
+            raise TypeError(f"X must be float32 or float64, got {X.dtype}")
+        return X if X.flags.c_contiguous else np.ascontiguousarray(X)
+
+    def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None):
+        X = self._check_X(X)
+        n = X.shape[0]
+        y = as_float64_vector(y, "y", n)
+        w = _weights(w, n)
+        theta = as_float64_vector(theta, "theta", self.n_params)
+        ws.grad[:] = 0.0
+        ws.fisher[...] = 0.0
+        m, s = _METRIC_CODES[metric], _STRUCTURE_CODES[structure]
+        sc = ws.scratch
+        full, diag = (ws.fisher, sc["dummy_diag"]) if structure == "full" else \
+            (sc["dummy_full"], ws.fisher)
+        if self.use_parallel(n, parallel):
+            return K.glm_accumulate_parallel(X, y, w, theta, self.family, m, s, ws.grad, full, diag,
+                                             sc["grad_t"], sc["fisher_t"], sc["fdiag_t"],
+                                             sc["ST_t"])
+        return K.glm_accumulate(X, y, w, theta, self.family, m, s, ws.grad, full, diag, sc["ST"])
+
+    def scores(self, X, y, theta):
+        X = self._check_X(X)
+        out = np.empty((X.shape[0], self.n_params))
+        K.glm_scores(X, as_float64_vector(y, "y", X.shape[0]),
+                     as_float64_vector(theta, "theta", self.n_params), self.family, out)
+        return out
+
+    def predict_mean(self, X, theta) -> np.ndarray:
+        """``E[y | x]`` for each row, shape (n,)."""
+        X = self._check_X(X)
+        out = np.empty(X.shape[0])
+        K.glm_mean(X, as_float64_vector(theta, "theta", self.n_params), self.family, out)
+        return out
+
+    def _metric_weights(self, X, theta):
+        raise NotImplementedError
+
+    def model_fisher(self, X, theta, w=None):
+        X = self._check_X(X)
+        Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
+        c = self._metric_weights(X, theta)
+        if w is not None:
+            c = c * np.asarray(w, dtype=np.float64)
+        return (Xt * c[:, None]).T @ Xt / c.shape[0] if w is None else \
+            (Xt * c[:, None]).T @ Xt / np.sum(w)
+
+    def evaluation_sums(self, X, y, theta):
+        X = self._check_X(X)
+        loss, second = K.glm_evaluate(X, as_float64_vector(y, "y", X.shape[0]),
+                                      as_float64_vector(theta, "theta", self.n_params), self.family)
+        return {"n": float(X.shape[0]), "loss": loss, "second": second}
+
+
+class LogisticRegression(_GLM):
+    """Binary logistic regression, ``P(y=1|x) = sigmoid(x·β + b)``, labels in {0, 1}.
+
+    Loss: the negative log-likelihood (log-loss). Model Fisher: ``⟨p(1−p) x̃ x̃ᵀ⟩``.
+    """
+
+    name = "logistic"
+    family = K.FAMILY_LOGISTIC
+
+    def _metric_weights(self, X, theta):
+        p = self.predict_mean(X, theta)
+        return p * (1.0 - p)
+
+    def evaluation_metrics(self, sums):
+        n = sums["n"]
+        return {"n": int(n), "log_loss": sums["loss"] / n, "accuracy": sums["second"] / n}
+
+    def target_check(self):
+        return check_binary_labels
+
+
+class LinearRegression(_GLM):
+    """Least-squares linear regression, read as a Gaussian with unit noise variance.
+
+    Loss: ``½ (y − x·β − b)²``. Model Fisher: ``⟨x̃ x̃ᵀ⟩`` (the noise variance cancels in
+    the natural gradient ``G⁻¹∇J``).
+    """
+
+    name = "linear"
+    family = K.FAMILY_LINEAR
+
+    def _metric_weights(self, X, theta):
+        return np.ones(X.shape[0])
+
+    def evaluation_metrics(self, sums):
+        n = sums["n"]
+        return {"n": int(n), "mse": sums["second"] / n}
+
+
+def check_binary_labels(name: str, block: np.ndarray):
+    """Data check: labels must be 0 or 1 (any numeric dtype)."""
+    bad = np.flatnonzero((block != 0) & (block != 1))
+    if bad.size:
+        return int(bad[0]), (
+            f"label {block[bad[0]]!r} is outside the logistic model's domain {{0, 1}}"
+        )
+    return None

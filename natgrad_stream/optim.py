@@ -1,0 +1,164 @@
+"""Optimizers that step the whitened parameters φ (paper section 2.7, footnote 2).
+
+Each optimizer is an ``(init, step, transport)`` triple over a small state dict of
+float64 arrays and scalars (checkpointed as is). The learner hands it ``∇φJ = W⁻ᵀ∇θJ``;
+at a refresh of ``W`` it calls :meth:`Optimizer.transport` to carry the state into the new
+coordinates:
+
+- a *displacement* (momentum's velocity) maps with ``W_new W_old⁻¹``, so the motion it
+  encodes in θ continues unchanged;
+- a *gradient* (Adam's first moment) maps with ``W_new⁻ᵀ W_oldᵀ``, so it stays the
+  gradient of the same function;
+- a per-coordinate *second moment* (Adam's ``v``) has no exact image; we keep the diagonal
+  of the mapped covariance, ``(C∘C) v`` with ``C = W_new⁻ᵀ W_oldᵀ``;
+- counters (steps, samples) are coordinate-free and carried over.
+
+Step sizes follow a schedule in samples ``t`` (rows seen including the current batch of
+``b`` rows): ``"harmonic"`` ``η = lr·b/t`` (the Fisher-efficient ``1/t`` rate of natural
+gradient learning: in whitened coordinates it averages the per-batch Newton targets, and
+needs no tuning), ``"sqrt"`` ``η = lr·√(b/t)``, ``"constant"`` ``η = lr``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import numpy as np
+
+STEP_SCHEDULES = ("harmonic", "sqrt", "constant")
+
+
+def step_size(lr: float, schedule: str, rows: int, samples: int) -> float:
+    """The step size for a batch of ``rows`` ending at ``samples`` rows seen."""
+    if schedule == "harmonic":
+        return lr * rows / samples
+    if schedule == "sqrt":
+        return lr * math.sqrt(rows / samples)
+    return lr
+
+
+class Optimizer(abc.ABC):
+    """Base class: subclasses define the state and the update of φ."""
+
+    name = ""
+    default_lr = 1.0
+    default_schedule = "harmonic"
+
+    def __init__(self, *, lr: float | None = None, schedule: str | None = None):
+        self.lr = self.default_lr if lr is None else float(lr)
+        self.schedule = self.default_schedule if schedule is None else schedule
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if self.schedule not in STEP_SCHEDULES:
+            raise ValueError(f"schedule must be one of {STEP_SCHEDULES}, got {schedule!r}")
+
+    def config(self) -> dict:
+        """JSON-ready options."""
+        return {"name": self.name, "lr": self.lr, "schedule": self.schedule}
+
+    def init(self, n_params: int) -> dict:
+        """Fresh state for ``n_params`` parameters."""
+        return {"steps": 0}
+
+    @abc.abstractmethod
+    def step(self, phi: np.ndarray, grad: np.ndarray, state: dict, *, rows: int,
+             samples: int) -> np.ndarray:
+        """Return the new φ given ``∇φJ`` (mean over the batch); updates ``state`` in place."""
+
+    def transport(self, state: dict, vector_map: np.ndarray, covector_map: np.ndarray) -> None:
+        """Carry the state into new φ coordinates (see the module docstring)."""
+
+
+def _apply(M: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return M * v if M.ndim == 1 else M @ v
+
+
+class SGD(Optimizer):
+    """Plain stochastic gradient descent on φ; with the default harmonic schedule this is
+    online natural-gradient (Fisher scoring) learning with step ``b/t``."""
+
+    name = "sgd"
+
+    def step(self, phi, grad, state, *, rows, samples):
+        state["steps"] += 1
+        return phi - step_size(self.lr, self.schedule, rows, samples) * grad
+
+
+class Momentum(SGD):
+    """Heavy-ball momentum: ``v ← βv + (1−β)∇φJ``, ``φ ← φ − η v``."""
+
+    name = "momentum"
+
+    def __init__(self, *, lr=None, schedule=None, beta: float = 0.9):
+        super().__init__(lr=lr, schedule=schedule)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        self.beta = float(beta)
+
+    def config(self):
+        return {**super().config(), "beta": self.beta}
+
+    def init(self, n_params):
+        return {"steps": 0, "velocity": np.zeros(n_params)}
+
+    def step(self, phi, grad, state, *, rows, samples):
+        state["steps"] += 1
+        v = state["velocity"]
+        v *= self.beta
+        v += (1.0 - self.beta) * grad
+        return phi - step_size(self.lr, self.schedule, rows, samples) * v
+
+    def transport(self, state, vector_map, covector_map):
+        state["velocity"] = _apply(vector_map, state["velocity"])
+
+
+class Adam(Optimizer):
+    """Adam on φ with bias-corrected moments (Kingma & Ba)."""
+
+    name = "adam"
+    default_lr = 0.05
+    default_schedule = "sqrt"
+
+    def __init__(self, *, lr=None, schedule=None, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8):
+        super().__init__(lr=lr, schedule=schedule)
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError("beta1 and beta2 must be in [0, 1)")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def config(self):
+        return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+    def init(self, n_params):
+        return {"steps": 0, "m": np.zeros(n_params), "v": np.zeros(n_params)}
+
+    def step(self, phi, grad, state, *, rows, samples):
+        state["steps"] += 1
+        k = state["steps"]
+        m, v = state["m"], state["v"]
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * grad * grad
+        mhat = m / (1 - self.beta1**k)
+        vhat = v / (1 - self.beta2**k)
+        eta = step_size(self.lr, self.schedule, rows, samples)
+        return phi - eta * mhat / (np.sqrt(vhat) + self.eps)
+
+    def transport(self, state, vector_map, covector_map):
+        state["m"] = _apply(covector_map, state["m"])
+        C2 = covector_map * covector_map
+        state["v"] = _apply(C2, state["v"])
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Momentum, Adam)}
+
+
+def make_optimizer(name: str, **options) -> Optimizer:
+    """Build an optimizer by name (``sgd``, ``momentum``, ``adam``)."""
+    try:
+        cls = OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}") from None
+    return cls(**{k: v for k, v in options.items() if v is not None})

@@ -1,0 +1,144 @@
+"""Run directories: what ``natgrad-stream fit`` writes and ``evaluate``/``params`` read.
+
+Layout of ``RUN/``:
+
+``checkpoint.npz``
+    The learner's full state (:mod:`natgrad_stream.checkpoint`), written atomically at the
+    end of ``fit``, every ``checkpoint_every`` samples, and on a graceful stop.
+``metrics.jsonl``
+    Append-only training log (:class:`~natgrad_stream.callbacks.MetricsLogger`).
+``run.json``
+    Human-readable record: data, array names, model, options and the last summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from natgrad_stream.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
+from natgrad_stream.checkpoint import load_checkpoint
+from natgrad_stream.data import as_source
+from natgrad_stream.errors import RunDirectoryError
+from natgrad_stream.evaluate import evaluate
+from natgrad_stream.learner import NaturalGradientLearner
+from natgrad_stream.models import MODELS, make_model, model_from_config
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+RUN_JSON = "run.json"
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json.tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=lambda v: v.tolist())
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def load_learner(run_dir) -> tuple[NaturalGradientLearner, dict]:
+    """Rebuild the learner saved in ``run_dir``; returns ``(learner, run_info)``."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); "
+                                "is it the output directory of 'natgrad-stream fit'?")
+    state = load_checkpoint(path)
+    return NaturalGradientLearner.from_state_dict(state), state.get("run", {})
+
+
+def _mixing_from_group(data, name: str | None):
+    """Mixing matrix for gaussian-mean: the named array of a Zarr group, if present."""
+    if not isinstance(data, str | os.PathLike):
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(str(data), mode="r")
+    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):
+        return None
+    key = name or "A"
+    if key in group.array_keys():
+        return np.asarray(group[key][...], dtype=np.float64)
+    if name is not None:
+        raise RunDirectoryError(f"mixing array {name!r} not found in {data}")
+    return None
+
+
+def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "y",
+            w: str | None = None, epochs: int = 1, resume: bool = False,
+            overwrite: bool = False, progress: bool = False, checkpoint_every: int | None = None,
+            max_samples: int | None = None, log_every: int = 65536, mixing: str | None = None,
+            learner_options: dict | None = None, stop_handler=None) -> dict:
+    """Fit (or resume) a run in ``run_dir``; returns the summary dict.
+
+    The data are opened and validated before anything is written. A new run refuses a
+    directory that already holds one unless ``overwrite``; ``resume`` continues from the
+    checkpoint (model and options come from it). On an error the checkpoint is left as it
+    was; the log records the error.
+    """
+    run_dir = Path(run_dir)
+    ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
+    if resume:
+        learner, info = load_learner(run_dir)
+        x, y = info.get("x", x), info.get("y", y)
+        w = info.get("w", w)
+    else:
+        if model is None:
+            raise ValueError("a new run needs a model name")
+        existing = [p.name for p in (ckpt, log_path) if p.exists()]
+        if existing and not overwrite:
+            raise RunDirectoryError(
+                f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
+                "continue it or --overwrite to replace it")
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+        requires_y = MODELS[model].requires_targets
+        source = as_source(data, x=x, y=y if requires_y else None, w=w)
+        options = {"mixing": _mixing_from_group(data, mixing)} if model == "gaussian-mean" else {}
+        mdl = make_model(model, source.n_features, **options)
+        learner = NaturalGradientLearner(mdl, **(learner_options or {}))
+        info = {"data": str(data), "x": x, "y": y if requires_y else None, "w": w}
+    source = as_source(data, x=x, y=y if learner.model.requires_targets else None, w=w)
+    if source.n_features != learner.model.n_features:
+        raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
+                                f"on {learner.model.n_features}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and overwrite:
+        for p in (ckpt, log_path):
+            p.unlink(missing_ok=True)
+    callbacks = [MetricsLogger(log_path, every=log_every),
+                 CheckpointEvery(ckpt, every=checkpoint_every, extra=info)]
+    if progress:
+        callbacks.append(ProgressBar())
+    if stop_handler is not None:
+        stop_handler(learner)
+    learner.fit(source, epochs=epochs, callbacks=callbacks, max_samples=max_samples)
+    summary = learner.result.to_dict()
+    _write_json_atomic(run_dir / RUN_JSON, {**info, "model": learner.model.config(),
+                                            "options": learner.options(), "summary": summary})
+    return summary
+
+
+def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y") -> dict:
+    """Evaluate the parameters saved in ``run_dir`` on ``data``."""
+    state = _load_state(run_dir)
+    model = model_from_config(state["model"])
+    return evaluate(model, np.asarray(state["theta"]), data, x=x, y=y)
+
+
+def run_params(run_dir) -> dict:
+    """The learned parameters of ``run_dir`` as named, JSON-ready values."""
+    state = _load_state(run_dir)
+    return model_from_config(state["model"]).params_to_dict(np.asarray(state["theta"]))
+
+
+def _load_state(run_dir) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT})")
+    return load_checkpoint(path)

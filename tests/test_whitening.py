@@ -1,0 +1,127 @@
+"""Whitening: WᵀW = G_reg, the paper's symmetric root, the regularizers of eq. 35/36."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+from numpy.testing import assert_allclose
+
+from natgrad_stream.whitening import Whitener, WhiteningError, whiten
+
+PAPER_G = np.array([[9 + 1 / 9, 1.0], [1.0, 1 / 9]])
+
+
+def _spd(P, cond, seed=0):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    return (Q * np.geomspace(1, 1 / cond, P)) @ Q.T
+
+
+def test_exact_symmetric_root_of_the_paper_metric():
+    W = whiten(PAPER_G, damping=0, floor=0, scale=False)
+    assert_allclose(W.matrix, scipy.linalg.sqrtm(PAPER_G).real, rtol=1e-12)
+    assert_allclose(W.matrix @ W.inverse, np.eye(2), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["eigh", "ridge", "robust"])
+@pytest.mark.parametrize("scale", [True, False])
+def test_every_method_whitens(method, scale):
+    G = _spd(6, 1e4) * np.outer(np.geomspace(1, 100, 6), np.geomspace(1, 100, 6))
+    W = whiten(G, method=method, damping=0.0 if method != "robust" else 1e-20, floor=0,
+               scale=scale)
+    assert_allclose(W.matrix.T @ W.matrix, G, rtol=1e-6, atol=1e-8 * np.abs(G).max())
+    assert_allclose(W.metric_in_phi(G), np.eye(6), atol=1e-6)
+    g = np.arange(1.0, 7.0)
+    assert_allclose(W.natural_gradient(g), np.linalg.solve(G, g), rtol=1e-6)
+
+
+def test_ridge_is_the_scaled_ridge_solve_of_eq_36():
+    G = _spd(5, 1e8, seed=1)
+    eps = 1e-3
+    W = whiten(G, method="ridge", damping=eps)
+    g = np.ones(5)
+    assert_allclose(W.natural_gradient(g), np.linalg.solve(G + eps * np.diag(np.diag(G)), g),
+                    rtol=1e-8)
+
+
+def test_robust_is_eq_35():
+    G = _spd(4, 1e3, seed=2)
+    eps = 0.01
+    W = whiten(G, method="robust", damping=eps, floor=0, scale=False)
+    g = np.array([1.0, -2.0, 0.5, 3.0])
+    eps_abs = eps * (np.trace(G) / 4) ** 2
+    assert_allclose(W.natural_gradient(g),
+                    np.linalg.solve(G.T @ G + eps_abs * np.eye(4), G.T @ g), rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["eigh", "ridge", "robust"])
+def test_singular_and_noisy_metrics_stay_finite(method):
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((8, 3))
+    singular = B @ B.T
+    noisy = _spd(8, 1e12) + 1e-13 * rng.standard_normal((8, 8))
+    for G in (singular, 0.5 * (noisy + noisy.T)):
+        W = whiten(G, method=method, damping=1e-3)
+        assert np.all(np.isfinite(W.matrix)) and np.all(np.isfinite(W.inverse))
+        assert np.isfinite(W.natural_gradient(np.ones(8))).all()
+
+
+def test_floor_counts_and_condition_diagnostics():
+    G = np.diag([1.0, 1e-20, 1e-30])
+    W = whiten(G, damping=0.0, floor=1e-8, scale=False)
+    assert W.diagnostics.floored == 2
+    assert W.diagnostics.condition_number == pytest.approx(1e8)
+    assert W.diagnostics.to_dict()["raw_condition_number"] == pytest.approx(1e30)
+
+
+def test_zero_diagonal_parameter_is_handled():
+    G = np.diag([2.0, 0.0, 3.0])
+    W = whiten(G)
+    assert W.diagnostics.zero_diagonal == 1
+    assert np.all(np.isfinite(W.inverse))
+
+
+def test_diagonal_whitener():
+    g = np.array([4.0, 0.25, 100.0])
+    W = whiten(g, damping=0, floor=0)
+    assert W.diagonal
+    assert_allclose(W.matrix, np.sqrt(g))
+    assert_allclose(W.natural_gradient(np.ones(3)), 1 / g)
+
+
+@pytest.mark.parametrize("bad", [np.full((2, 2), np.nan), np.zeros((2, 2)),
+                                 np.array([[-1.0, 0], [0, 1]])])
+def test_failures_raise_whitening_error(bad):
+    with pytest.raises(WhiteningError):
+        whiten(bad)
+
+
+def test_ridge_failure_on_indefinite_metric():
+    G = np.array([[1.0, 2.0], [2.0, 1.0]])  # indefinite, positive diagonal
+    with pytest.raises(WhiteningError):
+        whiten(G, method="ridge", damping=0.0)
+
+
+def test_drift_is_zero_after_refresh_and_grows_with_change():
+    G = _spd(10, 1e3)
+    W = whiten(G, damping=0, floor=0)
+    rng = np.random.default_rng(0)
+    assert W.drift(G, rng, probes=8) < 1e-8
+    assert 0.3 < W.drift(1.5 * G, rng, probes=64) < 0.7  # rms eigenvalue deviation 0.5
+
+
+def test_state_transport_maps():
+    A, B = whiten(_spd(4, 10, 1)), whiten(_spd(4, 100, 2))
+    v = np.arange(4.0)
+    theta_disp = A.theta(v)  # a φ_A-displacement seen in θ
+    assert_allclose(B.theta(A.vector_map_to(B) @ v), theta_disp, rtol=1e-10)
+    grad_theta = np.array([1.0, -1.0, 2.0, 0.5])
+    assert_allclose(A.covector_map_to(B) @ A.grad_phi(grad_theta), B.grad_phi(grad_theta),
+                    rtol=1e-10)
+
+
+def test_identity_and_state_round_trip():
+    W = Whitener.identity(3)
+    assert_allclose(W.phi(np.ones(3)), np.ones(3))
+    W2 = whiten(_spd(3, 10))
+    W3 = Whitener.from_state(W2.state_dict())
+    assert_allclose(W3.matrix, W2.matrix)
