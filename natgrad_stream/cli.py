@@ -139,7 +139,8 @@ def _half_life(text: str):
 
 class _GracefulStop:
     """SIGINT/SIGTERM ask the learner to stop after its current batch; a second SIGINT
-    interrupts at once."""
+    interrupts at once.
+    """
 
     def __init__(self):
         self.learner = None
@@ -170,7 +171,7 @@ class _GracefulStop:
 
 
 def _cmd_make_data(args) -> int:
-    from natgrad_stream.data.synthetic import make_dataset
+    from natgrad_stream.data.datasets import make_dataset
 
     make_dataset(args.out, task=args.task, rows=args.rows, features=args.features,
                  chunk_rows=args.chunk_rows, test_rows=args.test_rows, seed=args.seed,

@@ -1,5 +1,6 @@
 """``natgrad-stream demo``: one pass over the embedded dataset, checked against the
-full-batch optimum found by an independent solver (SciPy L-BFGS on the in-memory data)."""
+full-batch optimum found by an independent solver (SciPy L-BFGS on the in-memory data).
+"""
 
 from __future__ import annotations
 

@@ -67,7 +67,11 @@ class Optimizer(abc.ABC):
         """Return the new φ given ``∇φJ`` (mean over the batch); updates ``state`` in place."""
 
     def transport(self, state: dict, vector_map: np.ndarray, covector_map: np.ndarray) -> None:
-        """Carry the state into new φ coordinates (see the module docstring)."""
+        """Carry the state into new φ coordinates (see the module docstring).
+
+        The base optimizer keeps only counters, which are coordinate-free.
+        """
+        return None
 
 
 def _apply(M: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -76,7 +80,8 @@ def _apply(M: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 class SGD(Optimizer):
     """Plain stochastic gradient descent on φ; with the default harmonic schedule this is
-    online natural-gradient (Fisher scoring) learning with step ``b/t``."""
+    online natural-gradient (Fisher scoring) learning with step ``b/t``.
+    """
 
     name = "sgd"
 
@@ -160,5 +165,6 @@ def make_optimizer(name: str, **options) -> Optimizer:
     try:
         cls = OPTIMIZERS[name]
     except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}") from None
+        choices = sorted(OPTIMIZERS)
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {choices}") from None
     return cls(**{k: v for k, v in options.items() if v is not None})

@@ -71,7 +71,8 @@ def glm_row(family, z, y):  # pragma: no cover - compiled
 
 
 @jit
-def glm_accumulate_range(X, y, w, theta, family, metric, structure, start, stop, grad, fisher, fdiag, ST):  # pragma: no cover - compiled
+def glm_accumulate_range(X, y, w, theta, family, metric, structure, start, stop,  # pragma: no cover
+                         grad, fisher, fdiag, ST):
     """Accumulate loss, gradient and metric sums over rows ``start:stop``.
 
     Parameters
@@ -134,7 +135,7 @@ def glm_accumulate_range(X, y, w, theta, family, metric, structure, start, stop,
 
 
 @jit
-def glm_accumulate(X, y, w, theta, family, metric, structure, grad, fisher, fdiag, ST):  # pragma: no cover - compiled
+def glm_accumulate(X, y, w, theta, family, metric, structure, grad, fisher, fdiag, ST):
     """Serial fused pass over all rows; full metrics come back symmetric.
 
     Shapes as in :func:`glm_accumulate_range`. Returns ``(loss_sum, weight_sum)``.

@@ -1,0 +1,25 @@
+"""Data sources: chunk-aligned Zarr/NumPy streams, iterators, cursors, synthetic data.
+
+The data layer knows nothing about models: it delivers validated :class:`Batch` objects and
+runs whatever checks it is handed.
+"""
+
+from natgrad_stream.data.stream import (
+    ArraySource,
+    Batch,
+    BatchStream,
+    Cursor,
+    IteratorSource,
+    Source,
+    as_source,
+    epoch_plan,
+    open_zarr,
+    read_permutation,
+)
+from natgrad_stream.data.validation import Check, check_finite, check_nonnegative
+
+__all__ = [
+    "ArraySource", "Batch", "BatchStream", "Check", "Cursor", "IteratorSource", "Source",
+    "as_source", "check_finite", "check_nonnegative", "epoch_plan", "open_zarr",
+    "read_permutation",
+]

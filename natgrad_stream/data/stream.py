@@ -1,0 +1,611 @@
+"""Streaming minibatches from chunked arrays: plans, prefetch, cursors, sources.
+
+A :class:`Source` yields :class:`Batch` objects through a :class:`BatchStream`, which owns
+one background reader thread. For chunked arrays (Zarr, NumPy, dask) each epoch follows a
+*plan*: the chunk order (shuffled by ``(seed, epoch)``) cut into *reads* of
+``chunks_per_read`` chunks. A read is loaded chunk-aligned into a reused raw buffer, checked,
+and its rows are gathered in shuffled order (permutation keyed by
+``(seed, epoch, read_index)``) into one of ``prefetch + 2`` output buffers handed over a
+bounded queue. Batches are consecutive slices of a read's output buffer; they never straddle
+reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
+:class:`Cursor` ``(epoch, read_index, row, samples)`` resumes a stream exactly.
+
+Peak memory is ``(prefetch + 3) × chunks_per_read × chunk_rows`` rows, whatever the
+dataset's size.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import math
+import os
+import queue
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natgrad_stream.data.validation import (
+    Check,
+    check_finite,
+    check_nonnegative,
+    check_target_dtype,
+    check_x_dtype,
+)
+from natgrad_stream.errors import DataError
+
+#: Default rows per chunk for arrays that are not chunked (NumPy).
+DEFAULT_CHUNK_ROWS = 65536
+#: Seconds between checks of the stop flag while the reader waits on a full queue.
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a stream stands: the next row to deliver.
+
+    Attributes
+    ----------
+    epoch : int
+        Current epoch (0-based).
+    read_index : int
+        Index of the current read within the epoch's plan (for iterators: items consumed).
+    row : int
+        Offset of the next row within that read's shuffled buffer (or the current item).
+    samples : int
+        Rows delivered since the start of the run, over all epochs.
+    """
+
+    epoch: int = 0
+    read_index: int = 0
+    row: int = 0
+    samples: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of ints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Cursor:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(d["epoch"]), int(d["read_index"]), int(d["row"]), int(d["samples"]))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One minibatch.
+
+    Attributes
+    ----------
+    X : ndarray, shape (b, d)
+        Source dtype (float32 or float64), C-contiguous; may view a reused buffer that is
+        valid only until the next batch is requested.
+    y : ndarray, shape (b,), float64, or None
+    w : ndarray, shape (b,), float64, or None
+    rows : ndarray, shape (b,), int64
+        Global row indices in the source (−1 where unknown, for iterators).
+    cursor : Cursor
+        Position after this batch: resuming from it continues with the next batch.
+    """
+
+    X: np.ndarray
+    y: np.ndarray | None
+    w: np.ndarray | None
+    rows: np.ndarray
+    cursor: Cursor
+
+
+# -- plans -----------------------------------------------------------------------------------
+def epoch_plan(n_rows: int, chunk_rows: int, chunks_per_read: int, seed: int, epoch: int,
+               shuffle: bool) -> list[np.ndarray]:
+    """Chunk indices of each read of an epoch (a pure function of its arguments)."""
+    n_chunks = math.ceil(n_rows / chunk_rows)
+    order = (np.random.default_rng([seed, epoch, 0]).permutation(n_chunks) if shuffle
+             else np.arange(n_chunks))
+    return [order[i:i + chunks_per_read] for i in range(0, n_chunks, chunks_per_read)]
+
+
+def read_permutation(n: int, seed: int, epoch: int, read_index: int) -> np.ndarray:
+    """Row order within a read's buffer of ``n`` rows."""
+    return np.random.default_rng([seed, epoch, 1, read_index]).permutation(n)
+
+
+# -- the stream ------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+class BatchStream:
+    """Iterator of :class:`Batch` fed by one background reader thread.
+
+    Use as a context manager (or call :meth:`close`) so the thread is always joined.
+    """
+
+    def __init__(self, produce, *, depth: int, start: Cursor, name: str):
+        self._ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._cursor = start
+        self._batches = None
+        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True,
+                                        name=f"natgrad-reader[{name}]")
+        self._thread.start()
+
+    # reader side
+    def put(self, item) -> None:
+        """Hand an item to the consumer; raises ``_Stop`` once the stream is closed."""
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                self._ready.put(item, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._stop.is_set()
+
+    def _run(self, produce) -> None:
+        try:
+            produce(self)
+            self.put(("end", None))
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the consumer, raised there
+            try:
+                self.put(("error", exc))
+            except _Stop:
+                pass
+
+    # consumer side
+    def _next_item(self):
+        while True:
+            try:
+                return self._ready.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._ready.empty():
+                    raise RuntimeError("the reader thread ended without a result") from None
+
+    def _generate(self):
+        while True:
+            kind, payload = self._next_item()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise payload
+            yield from payload()  # a read: a generator of batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if self._batches is None:
+            self._batches = self._generate()
+        try:
+            batch = next(self._batches)
+        except BaseException:
+            self.close()
+            raise
+        self._cursor = batch.cursor
+        return batch
+
+    @property
+    def cursor(self) -> Cursor:
+        """Position after the last delivered batch."""
+        return self._cursor
+
+    def close(self) -> None:
+        """Stop the reader thread and wait for it."""
+        self._stop.set()
+        while True:  # unblock a reader waiting on a full queue
+            try:
+                self._ready.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):  # pragma: no cover - safety net
+        try:
+            self._stop.set()
+        except AttributeError:
+            pass
+
+
+# -- sources -----------------------------------------------------------------------------------
+class Source(abc.ABC):
+    """A stream of rows: features ``X`` and optional targets ``y`` and weights ``w``."""
+
+    name: str = "source"
+    n_rows: int | None = None
+    n_features: int = 0
+    x_dtype: np.dtype = np.dtype(np.float64)
+    has_targets: bool = False
+    has_weights: bool = False
+
+    @abc.abstractmethod
+    def batches(self, *, batch_size: int, epochs: int = 1, seed: int = 0, shuffle: bool = True,
+                start: Cursor | None = None, chunks_per_read: int = 4, prefetch: int = 2,
+                checks: Sequence[Check] = ()) -> BatchStream:
+        """Open a stream of batches.
+
+        Parameters
+        ----------
+        batch_size : int
+        epochs : int
+            Total epochs of the run; a stream started at ``start.epoch`` stops after epoch
+            ``epochs − 1``.
+        seed : int
+            Keys the shuffle with the epoch.
+        shuffle : bool
+            Two-level shuffle: chunk order, then rows within a read.
+        start : Cursor, optional
+            Resume position.
+        chunks_per_read : int
+            Chunks loaded per read (the shuffle buffer).
+        prefetch : int
+            Reads prepared ahead by the background thread.
+        checks : sequence of Check
+            Extra checks for the targets (e.g. a model's label domain).
+        """
+
+
+def _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch):
+    for name, v in (("batch_size", batch_size), ("epochs", epochs),
+                    ("chunks_per_read", chunks_per_read), ("prefetch", prefetch)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+def _chunk_rows_of(X, chunk_rows):
+    if chunk_rows is not None:
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        return int(chunk_rows)
+    chunks = getattr(X, "chunks", None)
+    if chunks:
+        first = chunks[0]
+        return int(first[0] if isinstance(first, tuple) else first)
+    return DEFAULT_CHUNK_ROWS
+
+
+class ArraySource(Source):
+    """Rows of array-likes with ``shape``, ``dtype`` and basic slicing.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+        NumPy, Zarr or dask array, float32 or float64.
+    y, w : array_like, shape (n,), optional
+        Targets and sample weights (any real numeric dtype; delivered as float64).
+    chunk_rows : int, optional
+        Rows per read unit; defaults to the array's own chunking (Zarr, dask) or 65,536.
+    names : tuple of str
+        Array names used in error messages.
+    name : str
+        Source name used in error messages.
+    """
+
+    def __init__(self, X, y=None, w=None, *, chunk_rows: int | None = None,
+                 names=("X", "y", "w"), name: str = "arrays"):
+        self.name = name
+        self.names = tuple(names)
+        nx, ny, nw = self.names
+        if len(getattr(X, "shape", ())) != 2:
+            raise DataError(f"must be 2-D (rows × features), got shape "
+                            f"{getattr(X, 'shape', None)}", array=nx)
+        self.x_dtype = check_x_dtype(nx, X.dtype)
+        n, d = (int(s) for s in X.shape)
+        if n == 0:
+            raise DataError("is empty (0 rows)", array=nx)
+        if d == 0:
+            raise DataError("has no feature columns", array=nx)
+        for arr, label in ((y, ny), (w, nw)):
+            if arr is None:
+                continue
+            if len(getattr(arr, "shape", ())) != 1:
+                raise DataError(f"must be 1-D, got shape {getattr(arr, 'shape', None)}",
+                                array=label)
+            check_target_dtype(label, arr.dtype)
+            if int(arr.shape[0]) != n:
+                raise DataError(f"has {arr.shape[0]} rows but {nx!r} has {n}", array=label)
+        self.X, self.y, self.w = X, y, w
+        self.n_rows, self.n_features = n, d
+        self.has_targets, self.has_weights = y is not None, w is not None
+        self.chunk_rows = _chunk_rows_of(X, chunk_rows)
+
+    @staticmethod
+    def _read_into(arr, a: int, b: int, out: np.ndarray) -> None:
+        get = getattr(arr, "get_basic_selection", None)
+        if get is not None and out.dtype == arr.dtype:  # zarr: decode straight into `out`
+            from zarr.core.buffer import cpu
+
+            sel = (slice(a, b), slice(None)) if out.ndim == 2 else slice(a, b)
+            get(sel, out=cpu.NDBuffer.from_numpy_array(out))
+        else:
+            np.copyto(out, np.asarray(arr[a:b]), casting="unsafe")
+
+    def _check(self, label, block, checks, chunk, row0):
+        for check in checks:
+            bad = check(label, block)
+            if bad is not None:
+                offset, message, *col = bad
+                raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
+                                row=row0 + offset, column=col[0] if col else None)
+
+    def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
+                chunks_per_read=4, prefetch=2, checks=()):
+        _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        start = start or Cursor()
+        R, n, d = self.chunk_rows, self.n_rows, self.n_features
+        read_rows = R * int(chunks_per_read)
+        nx, ny, nw = self.names
+        y_checks = (check_finite, *checks)
+        w_checks = (check_finite, check_nonnegative)
+
+        def buffers():
+            return {"X": np.empty((read_rows, d), dtype=self.x_dtype),
+                    "y": np.empty(read_rows) if self.has_targets else None,
+                    "w": np.empty(read_rows) if self.has_weights else None,
+                    "rows": np.empty(read_rows, dtype=np.int64)}
+
+        # Raw buffers hold a read as stored (chunk order, stored dtypes) before the shuffle.
+        raw_X = np.empty((read_rows, d), dtype=self.x_dtype) if shuffle else None
+        raw_y = np.empty(read_rows, dtype=self.y.dtype) if self.has_targets else None
+        raw_w = np.empty(read_rows, dtype=self.w.dtype) if self.has_weights else None
+        raw_rows = np.empty(read_rows, dtype=np.int64)
+        free: queue.Queue = queue.Queue()
+        for _ in range(int(prefetch) + 2):
+            free.put(buffers())
+
+        def acquire(stream):
+            while True:
+                try:
+                    return free.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if stream.stopping:
+                        raise _Stop from None
+
+        def load(plan_chunks, epoch, read_index, stream):
+            """Read and check one read's chunks; return (output buffers, rows)."""
+            out = acquire(stream)
+            try:
+                target = raw_X if shuffle else out["X"]
+                m = 0
+                for c in plan_chunks:
+                    c = int(c)
+                    a, b = c * R, min((c + 1) * R, n)
+                    k = b - a
+                    self._read_into(self.X, a, b, target[m:m + k])
+                    self._check(nx, target[m:m + k], (check_finite,), c, a)
+                    if self.has_targets:
+                        self._read_into(self.y, a, b, raw_y[m:m + k])
+                        self._check(ny, raw_y[m:m + k], y_checks, c, a)
+                    if self.has_weights:
+                        self._read_into(self.w, a, b, raw_w[m:m + k])
+                        self._check(nw, raw_w[m:m + k], w_checks, c, a)
+                    raw_rows[m:m + k] = np.arange(a, b)
+                    m += k
+                if shuffle:
+                    perm = read_permutation(m, seed, epoch, read_index)
+                    np.take(raw_X[:m], perm, axis=0, out=out["X"][:m])
+                    np.take(raw_rows[:m], perm, out=out["rows"][:m])
+                    src_y = None if raw_y is None else raw_y[:m][perm]
+                    src_w = None if raw_w is None else raw_w[:m][perm]
+                else:
+                    out["rows"][:m] = raw_rows[:m]
+                    src_y = None if raw_y is None else raw_y[:m]
+                    src_w = None if raw_w is None else raw_w[:m]
+                if src_y is not None:
+                    np.copyto(out["y"][:m], src_y, casting="unsafe")
+                if src_w is not None:
+                    np.copyto(out["w"][:m], src_w, casting="unsafe")
+            except BaseException:
+                free.put(out)
+                raise
+            return out, m
+
+        def produce(stream):
+            samples = start.samples
+            for epoch in range(start.epoch, int(epochs)):
+                plan = epoch_plan(n, R, int(chunks_per_read), seed, epoch, shuffle)
+                first = start.read_index if epoch == start.epoch else 0
+                for read_index in range(first, len(plan)):
+                    out, m = load(plan[read_index], epoch, read_index, stream)
+                    row0 = start.row if (epoch == start.epoch and read_index == first) else 0
+                    last_read = read_index == len(plan) - 1
+                    stream.put(("read", _read_batches(out, m, row0, epoch, read_index,
+                                                      last_read, samples)))
+                    samples += m - row0
+
+        def _read_batches(out, m, row0, epoch, read_index, last_read, samples):
+            def gen():
+                s = samples
+                try:
+                    for a in range(row0, m, int(batch_size)):
+                        b = min(a + int(batch_size), m)
+                        s += b - a
+                        if b < m:
+                            cur = Cursor(epoch, read_index, b, s)
+                        elif last_read:
+                            cur = Cursor(epoch + 1, 0, 0, s)
+                        else:
+                            cur = Cursor(epoch, read_index + 1, 0, s)
+                        yield Batch(out["X"][a:b], None if out["y"] is None else out["y"][a:b],
+                                    None if out["w"] is None else out["w"][a:b],
+                                    out["rows"][a:b], cur)
+                finally:
+                    free.put(out)
+            return gen
+
+        return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
+
+
+class IteratorSource(Source):
+    """Batches pushed by any iterable: items ``X``, ``(X,)``, ``(X, y)`` or ``(X, y, w)``.
+
+    Items are validated (dtype, shape, finiteness) and split into pieces of at most
+    ``batch_size`` rows. An iterator cannot rewind: a stream runs one epoch, without
+    shuffling, and ``start`` only continues the sample count.
+    """
+
+    def __init__(self, iterable: Iterable, *, n_features: int | None = None,
+                 name: str = "iterator"):
+        self._it = iter(iterable)
+        self.name = name
+        self._first = None
+        self.n_rows = None
+        if n_features is None:
+            self._first = next(self._it, None)
+            if self._first is None:
+                raise DataError("is empty: it yielded no batch", array=name)
+            X0 = self._unpack(self._first, 0)[0]
+            n_features = X0.shape[1]
+            self.x_dtype = X0.dtype
+            self.has_targets = self._unpack(self._first, 0)[1] is not None
+            self.has_weights = self._unpack(self._first, 0)[2] is not None
+        else:
+            self.has_targets, self.has_weights = True, False
+        self.n_features = int(n_features)
+
+    def _unpack(self, item, index):
+        parts = item if isinstance(item, tuple | list) else (item,)
+        if not 1 <= len(parts) <= 3:
+            raise DataError(f"batch {index} has {len(parts)} parts; expected X, (X, y) or "
+                            "(X, y, w)", array=self.name)
+        X = np.asarray(parts[0])
+        y = np.asarray(parts[1]) if len(parts) > 1 and parts[1] is not None else None
+        w = np.asarray(parts[2]) if len(parts) > 2 and parts[2] is not None else None
+        if X.ndim != 2:
+            raise DataError(f"batch {index}: X must be 2-D, got shape {X.shape}",
+                            array=self.name)
+        check_x_dtype(f"{self.name} batch {index} X", X.dtype)
+        for arr, label in ((y, "y"), (w, "w")):
+            if arr is None:
+                continue
+            check_target_dtype(f"{self.name} batch {index} {label}", arr.dtype)
+            if arr.ndim != 1 or arr.shape[0] != X.shape[0]:
+                raise DataError(f"batch {index}: {label} has shape {arr.shape}, expected "
+                                f"({X.shape[0]},)", array=self.name)
+        return X, y, w
+
+    def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
+                chunks_per_read=4, prefetch=2, checks=()):
+        _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        if int(epochs) != 1 and (start is None or start.epoch == 0):
+            raise ValueError("an iterator source can be streamed for one epoch only")
+        start = start or Cursor()
+        items = self._it if self._first is None else itertools.chain([self._first], self._it)
+        self._first = None
+
+        def produce(stream):
+            samples = start.samples
+            for index, item in enumerate(items, start=start.read_index):
+                X, y, w = self._unpack(item, index)
+                if X.shape[1] != self.n_features:
+                    raise DataError(f"batch {index} has {X.shape[1]} features, expected "
+                                    f"{self.n_features}", array=self.name)
+                X = np.ascontiguousarray(X)
+                for label, arr, cks in (("X", X, (check_finite,)),
+                                        ("y", y, (check_finite, *checks)),
+                                        ("w", w, (check_finite, check_nonnegative))):
+                    if arr is None:
+                        continue
+                    for check in cks:
+                        bad = check(label, arr)
+                        if bad is not None:
+                            where = f" column {bad[2]}" if len(bad) > 2 else ""
+                            raise DataError(f"batch {index} row {bad[0]}{where}: {bad[1]}",
+                                            array=f"{self.name}.{label}")
+                yf = None if y is None else y.astype(np.float64)
+                wf = None if w is None else w.astype(np.float64)
+                for a in range(0, X.shape[0], int(batch_size)):
+                    b = min(a + int(batch_size), X.shape[0])
+                    samples += b - a
+                    cur = Cursor(0, index + (b == X.shape[0]), 0 if b == X.shape[0] else b,
+                                 samples)
+                    batch = Batch(X[a:b], None if yf is None else yf[a:b],
+                                  None if wf is None else wf[a:b],
+                                  np.full(b - a, -1, dtype=np.int64), cur)
+                    stream.put(("read", (lambda bt=batch: iter((bt,)))))
+
+        return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
+
+
+# -- constructors --------------------------------------------------------------------------------
+def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
+              w: str | None = None) -> ArraySource:
+    """Open arrays of a Zarr group (read-only) as a chunk-aligned :class:`ArraySource`.
+
+    Raises
+    ------
+    DataError
+        When the group or a named array is missing (the message lists what is there), or
+        shapes are wrong or empty.
+    TypeError
+        When ``X`` is not float32/float64 or ``y``/``w`` are not real numbers.
+    """
+    import zarr
+
+    if isinstance(path_or_group, zarr.Group):
+        group, label = path_or_group, str(getattr(path_or_group.store, "root", "group"))
+    else:
+        label = str(path_or_group)
+        if not Path(label).exists() and "://" not in label:
+            raise DataError(f"no Zarr group at {label}")
+        try:
+            group = zarr.open_group(label, mode="r")
+        except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as exc:
+            raise DataError(f"{label} is not a readable Zarr group: {exc}") from exc
+    present = sorted(group.array_keys())
+
+    def get(name):
+        if name not in present:
+            raise DataError(f"not found in {label}; it holds arrays {present}", array=name)
+        return group[name]
+
+    X = get(x)
+    Y = get(y) if y is not None else None
+    W = get(w) if w is not None else None
+    return ArraySource(X, Y, W, names=(x, y or "y", w or "w"), name=os.path.basename(label)
+                       or label)
+
+
+def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) -> Source:
+    """Turn what a user passes into a :class:`Source`.
+
+    ``Source`` → itself; path or ``zarr.Group`` → :func:`open_zarr`; tuple ``(X, y[, w])`` or
+    a 2-D array → :class:`ArraySource`; any other iterable → :class:`IteratorSource`.
+    """
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, str | os.PathLike):
+        return open_zarr(data, x=x, y=y, w=w)
+    try:
+        import zarr
+
+        if isinstance(data, zarr.Group):
+            return open_zarr(data, x=x, y=y, w=w)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(data, tuple) and 1 <= len(data) <= 3 and hasattr(data[0], "shape"):
+        parts = list(data) + [None] * (3 - len(data))
+        return ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
+                           names=(x, y or "y", w or "w"))
+    if hasattr(data, "shape") and hasattr(data, "dtype"):
+        return ArraySource(data, names=(x, y or "y", w or "w"))
+    if isinstance(data, Iterable):
+        return IteratorSource(data)
+    raise TypeError(f"cannot stream data of type {type(data).__name__}")
