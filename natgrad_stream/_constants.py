@@ -2,7 +2,7 @@
 
 #: Relative damping ε: the whitener factors ``Ĝ + ε·(tr Ĝ / P)·I`` of the Jacobi-scaled
 #: metric ``Ĝ = D^-½ G D^-½`` (whose trace/P is 1), i.e. ``G + ε·diag(G)`` in θ.
-DEFAULT_DAMPING = 1e-6
+DEFAULT_DAMPING = 1e-9
 #: Eigenvalues of the damped, scaled metric below ``floor × largest`` are raised to it.
 DEFAULT_EIGEN_FLOOR = 1e-10
 #: Diagonal entries of a metric below this fraction of the largest are treated as zero

@@ -288,7 +288,7 @@ class NaturalGradientLearner:
                  "step": self.steps, "drift": drift}
         try:
             new = whiten(self.fisher.estimate(), method=self.whitening, damping=self.damping,
-                         floor=self.floor)
+                         floor=self.floor, center=self.model.intercept_index)
         except (WhiteningError, ValueError) as exc:
             event.update(ok=False, error=str(exc))
             warnings.warn(f"re-whitening at sample {self.samples} failed ({exc}); keeping the "

@@ -167,12 +167,31 @@ class Whitener:
         return cls(np.asarray(state["matrix"]), np.asarray(state["inverse"]))
 
 
+def _eliminate(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One exact block-elimination step on parameter ``k``.
+
+    With ``m = G[:, k] / G[k, k]`` (``m_k = 0``) and ``E = I − m e_kᵀ``, returns
+    ``G_c = E G Eᵀ``, whose row and column ``k`` vanish off the diagonal, and ``m``; then
+    ``G = E⁻¹ G_c E⁻ᵀ``. For an intercept (``x̃_k = 1``) ``m`` is the metric-weighted mean
+    of the features and ``G_c`` the metric of centred features.
+    """
+    g = G[:, k].copy()
+    m = g / g[k]
+    m[k] = 0.0
+    Gc = G - np.outer(g, g) / g[k]
+    Gc[k, :] = 0.0
+    Gc[:, k] = 0.0
+    Gc[k, k] = g[k]
+    return 0.5 * (Gc + Gc.T), m
+
+
 def _dense(a: np.ndarray) -> np.ndarray:
     return np.diag(a) if a.ndim == 1 else a
 
 
 def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMPING,
-           floor: float = DEFAULT_EIGEN_FLOOR, scale: bool = True) -> Whitener:
+           floor: float = DEFAULT_EIGEN_FLOOR, scale: bool = True,
+           center: int | None = None) -> Whitener:
     """Factor a metric into a whitener ``W`` with ``WᵀW = G_reg``.
 
     Parameters
@@ -188,6 +207,11 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     scale : bool
         Jacobi-scale before factoring (recommended). ``scale=False, damping=0`` gives the
         exact symmetric root ``G^½``.
+    center : int, optional
+        Index of an intercept-like parameter to eliminate exactly first (a Schur-complement
+        step, :func:`_eliminate`): it centres the metric, removing the near-collinearity
+        of an intercept with non-centred features, which otherwise inflates the condition
+        number by ``(mean/std)²`` of the features.
 
     Returns
     -------
@@ -205,6 +229,13 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     G = np.asarray(G, dtype=np.float64)
     if not np.all(np.isfinite(G)):
         raise WhiteningError("metric has non-finite entries")
+    if center is not None and G.ndim == 2 and G[center, center] > 0:
+        G, m = _eliminate(G, center)
+        inner = whiten(G, method=method, damping=damping, floor=floor, scale=scale)
+        # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ
+        W = inner.matrix + np.outer(inner.matrix[:, center], m)
+        Winv = inner.inverse - np.outer(np.eye(G.shape[0])[center], m @ inner.inverse)
+        return Whitener(W, Winv, inner.diagnostics)
     diag = G if G.ndim == 1 else np.diag(G)
     if np.any(diag < 0):
         raise WhiteningError(f"metric has a negative diagonal entry ({diag.min():.3g})")

@@ -125,3 +125,18 @@ def test_identity_and_state_round_trip():
     W2 = whiten(_spd(3, 10))
     W3 = Whitener.from_state(W2.state_dict())
     assert_allclose(W3.matrix, W2.matrix)
+
+
+def test_intercept_elimination_is_exact_and_removes_offset_ill_conditioning():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5000, 3)) * [1.0, 0.1, 10.0] + [300.0, -40.0, 2000.0]
+    Xt = np.hstack([X, np.ones((5000, 1))])
+    G = Xt.T @ Xt / 5000
+    plain = whiten(G, damping=0, floor=0)
+    centred = whiten(G, damping=0, floor=0, center=3)
+    assert centred.diagnostics.raw_condition_number < 10
+    assert plain.diagnostics.raw_condition_number > 1e5
+    assert_allclose(centred.matrix.T @ centred.matrix, G, rtol=1e-9)
+    assert_allclose(centred.matrix @ centred.inverse, np.eye(4), atol=1e-9)
+    g = rng.standard_normal(4)
+    assert_allclose(centred.natural_gradient(g), np.linalg.solve(G, g), rtol=1e-6)

@@ -80,6 +80,13 @@ class Model(abc.ABC):
     def n_params(self) -> int:
         """Length ``P`` of the flat parameter vector θ."""
 
+    #: Index of an intercept parameter (its score is the per-row weight times 1), which the
+    #: whitener eliminates exactly before factoring; None when there is none.
+    @property
+    def intercept_index(self) -> int | None:
+        """Index of the intercept in θ, or None."""
+        return None
+
     def init_params(self) -> np.ndarray:
         """Initial θ, shape (P,): zeros unless a subclass knows better."""
         return np.zeros(self.n_params)

@@ -27,6 +27,10 @@ class _GLM(Model):
     def n_params(self) -> int:
         return self.n_features + 1
 
+    @property
+    def intercept_index(self) -> int:
+        return self.n_features
+
     def params_to_dict(self, theta):
         theta = np.asarray(theta, dtype=np.float64)
         return {"coef": theta[:-1].tolist(), "intercept": float(theta[-1])}

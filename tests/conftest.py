@@ -1,0 +1,36 @@
+"""Shared fixtures: small synthetic Zarr datasets made by the project's own generator."""
+
+import numpy as np
+import pytest
+
+from natgrad_stream.data.datasets import make_dataset
+
+
+@pytest.fixture(scope="session")
+def logistic_zarr(tmp_path_factory):
+    """Ill-conditioned logistic data: 60k × 8 train (4,096-row chunks), 40k test."""
+    path = tmp_path_factory.mktemp("data") / "logistic.zarr"
+    make_dataset(path, task="logistic", rows=60_000, features=8, chunk_rows=4096,
+                 test_rows=40_000, seed=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_zarr(tmp_path_factory):
+    """Tiny logistic data for fast plumbing tests: 5,000 × 3, 512-row chunks."""
+    path = tmp_path_factory.mktemp("data") / "small.zarr"
+    make_dataset(path, task="logistic", rows=5_000, features=3, chunk_rows=512,
+                 test_rows=1_000, seed=1)
+    return path
+
+
+def write_group(path, **arrays):
+    """Write NumPy arrays into a new Zarr v3 group with 100-row chunks."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        chunks = (min(100, max(a.shape[0], 1)),) + a.shape[1:]
+        g.create_array(name, shape=a.shape, chunks=chunks, dtype=a.dtype)[...] = a
+    return path
