@@ -79,7 +79,9 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
     The data are opened and validated before anything is written. A new run refuses a
     directory that already holds one unless ``overwrite``; ``resume`` continues from the
     checkpoint (model and options come from it). On an error the checkpoint is left as it
-    was; the log records the error.
+    was and the log records the error. An overwriting run writes its log to
+    ``metrics.jsonl.partial`` and its checkpoint only at the end, replacing the old run's
+    files only once it has finished.
     """
     run_dir = Path(run_dir)
     ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
@@ -108,16 +110,21 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
         raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
                                 f"on {learner.model.n_features}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and overwrite:
-        for p in (ckpt, log_path):
-            p.unlink(missing_ok=True)
-    callbacks = [MetricsLogger(log_path, every=log_every),
-                 CheckpointEvery(ckpt, every=checkpoint_every, extra=info)]
+    # An overwriting run logs beside the old run and replaces it only once it has finished,
+    # so a failed attempt loses nothing that was there.
+    replacing = not resume and overwrite and (ckpt.exists() or log_path.exists())
+    new_log = run_dir / (METRICS + ".partial") if replacing else log_path
+    new_log.unlink(missing_ok=True) if replacing else None
+    callbacks = [MetricsLogger(new_log, every=log_every),
+                 CheckpointEvery(ckpt, every=None if replacing else checkpoint_every,
+                                 extra=info)]
     if progress:
         callbacks.append(ProgressBar())
     if stop_handler is not None:
         stop_handler(learner)
     learner.fit(source, epochs=epochs, callbacks=callbacks, max_samples=max_samples)
+    if replacing:
+        os.replace(new_log, log_path)
     summary = learner.result.to_dict()
     _write_json_atomic(run_dir / RUN_JSON, {**info, "model": learner.model.config(),
                                             "options": learner.options(), "summary": summary})

@@ -51,9 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from natgrad_stream.data.datasets import make_dataset
     from sklearn.linear_model import LogisticRegression
 
+    from natgrad_stream.data.datasets import make_dataset
     from natgrad_stream.run import evaluate_run, fit_run
 
     path = Path(args.dir) / f"logistic-{args.rows}x{args.features}-s{args.seed}.zarr"

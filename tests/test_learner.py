@@ -1,5 +1,6 @@
 """The learner against independent references: scikit-learn/statsmodels optima, the
-paper's worked example, parameterization invariance, exact resume."""
+paper's worked example, parameterization invariance, exact resume.
+"""
 
 import warnings
 
@@ -66,7 +67,8 @@ def test_linear_regression_reaches_statsmodels_ols(tmp_path):
 
 def test_paper_example_fisher_and_straight_natural_path():
     """Section 1.1: G = [[9+1/9, 1], [1, 1/9]]; from θ=[1,−1] the natural gradient goes
-    straight to the optimum while steepest descent curves away."""
+    straight to the optimum while steepest descent curves away.
+    """
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20_000, 2))  # data from θ_true = [0, 0]
     model = GaussianMean(2)
@@ -107,7 +109,7 @@ def test_paper_example_fisher_and_straight_natural_path():
     (dict(), 10.0, 2e-2),  # defaults: relative damping 1e-9 on a cond ~1e9 mapped metric
 ])
 def test_predictions_invariant_to_affine_feature_maps(logistic_zarr, options, shift, tol):
-    """x' = x M + c with M mixing all features and rescaling them over six decades."""
+    """X' = x M + c with M mixing all features and rescaling them over six decades."""
     X, y = _load(logistic_zarr)
     X = X[:30_000].astype(np.float64)
     y = y[:30_000]

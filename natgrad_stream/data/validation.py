@@ -1,8 +1,9 @@
 """Data checks run on each raw chunk block as it is read.
 
 A check is ``check(array_name, block) -> (offset, message[, column]) | None``: the offset of
-the first bad row within the block, what is wrong and, for 2-D blocks, the column. The stream turns a failure into a
-:class:`~natgrad_stream.errors.DataError` naming the array, chunk, global row and column.
+the first bad row within the block, what is wrong and, for 2-D blocks, the column. The stream
+turns a failure into a :class:`~natgrad_stream.errors.DataError` naming the array, chunk,
+global row and column.
 """
 
 from __future__ import annotations
