@@ -25,6 +25,7 @@ from natgrad_stream._constants import (
     DEFAULT_DRIFT_PROBES,
     DEFAULT_EIGEN_FLOOR,
 )
+from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream.data import Cursor, as_source
 from natgrad_stream.errors import CheckpointError, DataError
 from natgrad_stream.fisher import RunningFisher
@@ -131,6 +132,10 @@ class NaturalGradientLearner:
         Accumulate the metric on one batch in this many (the gradient uses every batch).
     drift_probes : int
         Probe vectors per drift estimate.
+    blas_threads : int or None
+        Threads of the BLAS pools during :meth:`fit` (None leaves them alone). One is
+        fastest: the dense algebra is small and its spinning workers would contend with
+        the kernels' threads and the reader.
 
     Examples
     --------
@@ -149,7 +154,7 @@ class NaturalGradientLearner:
                  whitening: str = "eigh", damping: float = DEFAULT_DAMPING,
                  floor: float = DEFAULT_EIGEN_FLOOR, batch_size: int = DEFAULT_BATCH_SIZE,
                  seed: int = 0, average: bool = False, fisher_every: int = 1,
-                 drift_probes: int = DEFAULT_DRIFT_PROBES):
+                 drift_probes: int = DEFAULT_DRIFT_PROBES, blas_threads: int | None = 1):
         check_metric_structure(metric, structure)
         if whitening not in METHODS:
             raise ValueError(f"whitening must be one of {METHODS}, got {whitening!r}")
@@ -166,6 +171,7 @@ class NaturalGradientLearner:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.average, self.fisher_every = bool(average), int(fisher_every)
         self.drift_probes = int(drift_probes)
+        self.blas_threads = blas_threads
         self.fisher = RunningFisher(model.n_params, structure=structure, half_life=half_life)
         self._workspace = model.new_workspace(structure)
         self.reset()
@@ -211,7 +217,7 @@ class NaturalGradientLearner:
             "half_life": self.half_life, "whitening": self.whitening, "damping": self.damping,
             "floor": self.floor, "batch_size": self.batch_size, "seed": self.seed,
             "average": self.average, "fisher_every": self.fisher_every,
-            "drift_probes": self.drift_probes,
+            "drift_probes": self.drift_probes, "blas_threads": self.blas_threads,
         }
 
     # -- one step -----------------------------------------------------------------------
@@ -346,7 +352,7 @@ class NaturalGradientLearner:
         interrupted = self._stop_requested = False
         epoch = self.cursor.epoch
         try:
-            with source.batches(batch_size=self.batch_size, epochs=epochs, seed=self.seed,
+            with limited_blas_threads(self.blas_threads), source.batches(batch_size=self.batch_size, epochs=epochs, seed=self.seed,
                                 shuffle=shuffle, start=self.cursor, prefetch=prefetch,
                                 chunks_per_read=chunks_per_read, checks=checks) as stream:
                 for batch in stream:

@@ -218,3 +218,23 @@ def test_diagonal_structure_runs_and_improves(logistic_zarr):
     start = evaluate(learner.model, np.zeros(9), logistic_zarr, x="X_test", y="y_test")
     end = evaluate(learner.model, learner.theta, logistic_zarr, x="X_test", y="y_test")
     assert end["log_loss"] < start["log_loss"]
+
+
+def test_blas_threads_are_pinned_during_fit_and_restored(small_zarr):
+    from natgrad_stream._blas import _openblas_handles, limited_blas_threads
+
+    handles = _openblas_handles()
+    if not handles:
+        pytest.skip("no OpenBLAS loaded in this process")
+    before = [get() for _, get in handles]
+    seen = []
+
+    class Spy(Callback):
+        def on_batch_end(self, learner, info, cursor):
+            seen.append([get() for _, get in handles])
+
+    NaturalGradientLearner(make_model("logistic", 3)).fit(small_zarr, callbacks=[Spy()])
+    assert all(v == [1] * len(handles) for v in seen)
+    assert [get() for _, get in handles] == before
+    with limited_blas_threads(None):
+        assert [get() for _, get in handles] == before
