@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream._constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DAMPING,
     DEFAULT_DRIFT_PROBES,
     DEFAULT_EIGEN_FLOOR,
 )
-from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream.data import Cursor, as_source
 from natgrad_stream.errors import CheckpointError, DataError
 from natgrad_stream.fisher import RunningFisher
@@ -352,9 +352,10 @@ class NaturalGradientLearner:
         interrupted = self._stop_requested = False
         epoch = self.cursor.epoch
         try:
-            with limited_blas_threads(self.blas_threads), source.batches(batch_size=self.batch_size, epochs=epochs, seed=self.seed,
-                                shuffle=shuffle, start=self.cursor, prefetch=prefetch,
-                                chunks_per_read=chunks_per_read, checks=checks) as stream:
+            stream = source.batches(batch_size=self.batch_size, epochs=epochs, seed=self.seed,
+                                    shuffle=shuffle, start=self.cursor, prefetch=prefetch,
+                                    chunks_per_read=chunks_per_read, checks=checks)
+            with limited_blas_threads(self.blas_threads), stream:
                 for batch in stream:
                     if max_samples is not None and self.samples >= max_samples:
                         interrupted = True
