@@ -318,7 +318,7 @@ class NaturalGradientLearner:
 
     # -- streaming ----------------------------------------------------------------------
     def fit(self, data, *, epochs: int = 1, callbacks=(), max_samples: int | None = None,
-            shuffle: bool = True, prefetch: int = 2, chunks_per_read: int = 4,
+            shuffle: bool = True, prefetch: int = 2, chunks_per_read: int = 2,
             x: str = "X", y: str | None = "y", w: str | None = None) -> NaturalGradientLearner:
         """Stream ``data`` for ``epochs`` passes (continuing from :attr:`cursor`).
 

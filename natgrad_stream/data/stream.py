@@ -3,14 +3,13 @@
 A :class:`Source` yields :class:`Batch` objects through a :class:`BatchStream`, which owns
 one background reader thread. For chunked arrays (Zarr, NumPy, dask) each epoch follows a
 *plan*: the chunk order (shuffled by ``(seed, epoch)``) cut into *reads* of
-``chunks_per_read`` chunks. A read is loaded chunk-aligned into a reused raw buffer, checked,
-and its rows are gathered in shuffled order (permutation keyed by
-``(seed, epoch, read_index)``) into one of ``prefetch + 2`` output buffers handed over a
-bounded queue. Batches are consecutive slices of a read's output buffer; they never straddle
-reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
+``chunks_per_read`` chunks. A read is decoded chunk-aligned, with its chunks decompressing
+concurrently, into one of ``prefetch + 2`` pooled buffers, checked, and handed over a bounded queue. Batches are
+consecutive slices of the read's row permutation (keyed by ``(seed, epoch, read_index)``),
+gathered into one reused batch buffer; they never straddle reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
 :class:`Cursor` ``(epoch, read_index, row, samples)`` resumes a stream exactly.
 
-Peak memory is ``(prefetch + 3) × chunks_per_read × chunk_rows`` rows, whatever the
+Peak memory is about ``(prefetch + 2) × chunks_per_read × chunk_rows`` rows, whatever the
 dataset's size.
 """
 
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream.data._gather_kernels import gather_rows
 from natgrad_stream.data.validation import (
     Check,
     check_finite,
@@ -224,6 +224,26 @@ class BatchStream:
             pass
 
 
+# -- reading -----------------------------------------------------------------------------------
+def _read_zarr_concurrently(requests) -> None:
+    """Decode ``arr[a:b]`` into ``out`` for every request at once on zarr's event loop."""
+    import asyncio
+
+    from zarr.core.buffer import cpu, default_buffer_prototype
+    from zarr.core.sync import sync
+
+    proto = default_buffer_prototype()
+
+    async def read_all():
+        await asyncio.gather(*(
+            arr.get_orthogonal_selection(
+                (slice(a, b),) + (slice(None),) * (out.ndim - 1),
+                out=cpu.NDBuffer.from_numpy_array(out), prototype=proto)
+            for arr, a, b, out in requests))
+
+    sync(read_all())
+
+
 # -- sources -----------------------------------------------------------------------------------
 class Source(abc.ABC):
     """A stream of rows: features ``X`` and optional targets ``y`` and weights ``w``."""
@@ -237,7 +257,7 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def batches(self, *, batch_size: int, epochs: int = 1, seed: int = 0, shuffle: bool = True,
-                start: Cursor | None = None, chunks_per_read: int = 4, prefetch: int = 2,
+                start: Cursor | None = None, chunks_per_read: int = 2, prefetch: int = 2,
                 checks: Sequence[Check] = ()) -> BatchStream:
         """Open a stream of batches.
 
@@ -327,15 +347,21 @@ class ArraySource(Source):
         self.chunk_rows = _chunk_rows_of(X, chunk_rows)
 
     @staticmethod
-    def _read_into(arr, a: int, b: int, out: np.ndarray) -> None:
-        get = getattr(arr, "get_basic_selection", None)
-        if get is not None and out.dtype == arr.dtype:  # zarr: decode straight into `out`
-            from zarr.core.buffer import cpu
+    def _read_many(requests) -> None:
+        """Fill ``out`` with ``arr[a:b]`` for each ``(arr, a, b, out)``.
 
-            sel = (slice(a, b), slice(None)) if out.ndim == 2 else slice(a, b)
-            get(sel, out=cpu.NDBuffer.from_numpy_array(out))
-        else:
-            np.copyto(out, np.asarray(arr[a:b]), casting="unsafe")
+        Zarr arrays are decoded straight into ``out`` and all their requests are issued at
+        once on zarr's event loop, so the chunks of a read decompress concurrently; other
+        array-likes are copied one by one.
+        """
+        zarr_reqs = []
+        for arr, a, b, out in requests:
+            if hasattr(arr, "async_array") and out.dtype == arr.dtype:
+                zarr_reqs.append((arr.async_array, a, b, out))
+            else:
+                np.copyto(out, np.asarray(arr[a:b]), casting="unsafe")
+        if zarr_reqs:
+            _read_zarr_concurrently(zarr_reqs)
 
     def _check(self, label, block, checks, chunk, row0):
         for check in checks:
@@ -346,7 +372,7 @@ class ArraySource(Source):
                                 row=row0 + offset, column=col[0] if col else None)
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=4, prefetch=2, checks=()):
+                chunks_per_read=2, prefetch=2, checks=()):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         start = start or Cursor()
         R, n, d = self.chunk_rows, self.n_rows, self.n_features
@@ -361,14 +387,13 @@ class ArraySource(Source):
                     "w": np.empty(read_rows) if self.has_weights else None,
                     "rows": np.empty(read_rows, dtype=np.int64)}
 
-        # Raw buffers hold a read as stored (chunk order, stored dtypes) before the shuffle.
-        raw_X = np.empty((read_rows, d), dtype=self.x_dtype) if shuffle else None
+        # Targets and weights are decoded in their stored dtype, then converted to float64.
         raw_y = np.empty(read_rows, dtype=self.y.dtype) if self.has_targets else None
         raw_w = np.empty(read_rows, dtype=self.w.dtype) if self.has_weights else None
-        raw_rows = np.empty(read_rows, dtype=np.int64)
         free: queue.Queue = queue.Queue()
         for _ in range(int(prefetch) + 2):
             free.put(buffers())
+        batch_X = np.empty((int(batch_size), d), dtype=self.x_dtype) if shuffle else None
 
         def acquire(stream):
             while True:
@@ -378,44 +403,38 @@ class ArraySource(Source):
                     if stream.stopping:
                         raise _Stop from None
 
-        def load(plan_chunks, epoch, read_index, stream):
-            """Read and check one read's chunks; return (output buffers, rows)."""
-            out = acquire(stream)
+        def load(plan_chunks, stream):
+            """Read and check one read's chunks, in plan order, into a pooled buffer."""
+            buf = acquire(stream)
             try:
-                target = raw_X if shuffle else out["X"]
-                m = 0
+                spans, requests, m = [], [], 0
                 for c in plan_chunks:
                     c = int(c)
                     a, b = c * R, min((c + 1) * R, n)
                     k = b - a
-                    self._read_into(self.X, a, b, target[m:m + k])
-                    self._check(nx, target[m:m + k], (check_finite,), c, a)
+                    spans.append((c, a, m, k))
+                    requests.append((self.X, a, b, buf["X"][m:m + k]))
                     if self.has_targets:
-                        self._read_into(self.y, a, b, raw_y[m:m + k])
-                        self._check(ny, raw_y[m:m + k], y_checks, c, a)
+                        requests.append((self.y, a, b, raw_y[m:m + k]))
                     if self.has_weights:
-                        self._read_into(self.w, a, b, raw_w[m:m + k])
-                        self._check(nw, raw_w[m:m + k], w_checks, c, a)
-                    raw_rows[m:m + k] = np.arange(a, b)
+                        requests.append((self.w, a, b, raw_w[m:m + k]))
+                    buf["rows"][m:m + k] = np.arange(a, b)
                     m += k
-                if shuffle:
-                    perm = read_permutation(m, seed, epoch, read_index)
-                    np.take(raw_X[:m], perm, axis=0, out=out["X"][:m])
-                    np.take(raw_rows[:m], perm, out=out["rows"][:m])
-                    src_y = None if raw_y is None else raw_y[:m][perm]
-                    src_w = None if raw_w is None else raw_w[:m][perm]
-                else:
-                    out["rows"][:m] = raw_rows[:m]
-                    src_y = None if raw_y is None else raw_y[:m]
-                    src_w = None if raw_w is None else raw_w[:m]
-                if src_y is not None:
-                    np.copyto(out["y"][:m], src_y, casting="unsafe")
-                if src_w is not None:
-                    np.copyto(out["w"][:m], src_w, casting="unsafe")
+                self._read_many(requests)
+                for c, a, o, k in spans:  # in row order, so the first bad row is reported
+                    self._check(nx, buf["X"][o:o + k], (check_finite,), c, a)
+                    if self.has_targets:
+                        self._check(ny, raw_y[o:o + k], y_checks, c, a)
+                    if self.has_weights:
+                        self._check(nw, raw_w[o:o + k], w_checks, c, a)
+                if self.has_targets:
+                    np.copyto(buf["y"][:m], raw_y[:m], casting="unsafe")
+                if self.has_weights:
+                    np.copyto(buf["w"][:m], raw_w[:m], casting="unsafe")
             except BaseException:
-                free.put(out)
+                free.put(buf)
                 raise
-            return out, m
+            return buf, m
 
         def produce(stream):
             samples = start.samples
@@ -423,14 +442,15 @@ class ArraySource(Source):
                 plan = epoch_plan(n, R, int(chunks_per_read), seed, epoch, shuffle)
                 first = start.read_index if epoch == start.epoch else 0
                 for read_index in range(first, len(plan)):
-                    out, m = load(plan[read_index], epoch, read_index, stream)
+                    buf, m = load(plan[read_index], stream)
+                    perm = read_permutation(m, seed, epoch, read_index) if shuffle else None
                     row0 = start.row if (epoch == start.epoch and read_index == first) else 0
                     last_read = read_index == len(plan) - 1
-                    stream.put(("read", _read_batches(out, m, row0, epoch, read_index,
+                    stream.put(("read", _read_batches(buf, m, perm, row0, epoch, read_index,
                                                       last_read, samples)))
                     samples += m - row0
 
-        def _read_batches(out, m, row0, epoch, read_index, last_read, samples):
+        def _read_batches(buf, m, perm, row0, epoch, read_index, last_read, samples):
             def gen():
                 s = samples
                 try:
@@ -443,11 +463,18 @@ class ArraySource(Source):
                             cur = Cursor(epoch + 1, 0, 0, s)
                         else:
                             cur = Cursor(epoch, read_index + 1, 0, s)
-                        yield Batch(out["X"][a:b], None if out["y"] is None else out["y"][a:b],
-                                    None if out["w"] is None else out["w"][a:b],
-                                    out["rows"][a:b], cur)
+                        if perm is None:
+                            idx = slice(a, b)
+                            X = buf["X"][a:b]
+                        else:  # gather this batch's rows into the reused batch buffer
+                            idx = perm[a:b]
+                            X = batch_X[:b - a]
+                            gather_rows(buf["X"], idx, X)
+                        yield Batch(X, None if buf["y"] is None else buf["y"][idx],
+                                    None if buf["w"] is None else buf["w"][idx],
+                                    buf["rows"][idx], cur)
                 finally:
-                    free.put(out)
+                    free.put(buf)
             return gen
 
         return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
@@ -502,7 +529,7 @@ class IteratorSource(Source):
         return X, y, w
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=4, prefetch=2, checks=()):
+                chunks_per_read=2, prefetch=2, checks=()):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         if int(epochs) != 1 and (start is None or start.epoch == 0):
             raise ValueError("an iterator source can be streamed for one epoch only")

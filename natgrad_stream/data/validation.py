@@ -17,13 +17,28 @@ from natgrad_stream._jit import jit
 Check = Callable[[str, np.ndarray], "tuple[int, str] | None"]
 
 
+#: Elements per block of the vectorized finiteness scan.
+_FINITE_BLOCK = 4096
+
+
 @jit
 def first_nonfinite(flat):  # pragma: no cover - compiled
-    """Index of the first NaN/±Inf in a 1-D float array, or -1 (releases the GIL)."""
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        if not (v - v == 0.0):
-            return i
+    """Index of the first NaN/±Inf in a 1-D float array, or -1 (releases the GIL).
+
+    Each block is first reduced as ``Σ v·0`` (0 when all finite, NaN otherwise), a loop
+    LLVM vectorizes; only a block that fails is scanned element by element.
+    """
+    n = flat.shape[0]
+    for b0 in range(0, n, _FINITE_BLOCK):
+        b1 = min(b0 + _FINITE_BLOCK, n)
+        s = 0.0
+        for i in range(b0, b1):
+            s += flat[i] * 0.0
+        if s != 0.0 or s != s:
+            for i in range(b0, b1):
+                v = flat[i]
+                if not (v - v == 0.0):
+                    return i
     return -1
 
 
