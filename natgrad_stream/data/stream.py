@@ -4,9 +4,10 @@ A :class:`Source` yields :class:`Batch` objects through a :class:`BatchStream`, 
 one background reader thread. For chunked arrays (Zarr, NumPy, dask) each epoch follows a
 *plan*: the chunk order (shuffled by ``(seed, epoch)``) cut into *reads* of
 ``chunks_per_read`` chunks. A read is decoded chunk-aligned, with its chunks decompressing
-concurrently, into one of ``prefetch + 2`` pooled buffers, checked, and handed over a bounded queue. Batches are
-consecutive slices of the read's row permutation (keyed by ``(seed, epoch, read_index)``),
-gathered into one reused batch buffer; they never straddle reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
+concurrently, into one of ``prefetch + 2`` pooled buffers, checked, and handed over a
+bounded queue. Batches are consecutive slices of the read's row permutation (keyed by
+``(seed, epoch, read_index)``), gathered into one reused batch buffer; they never straddle
+reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
 :class:`Cursor` ``(epoch, read_index, row, samples)`` resumes a stream exactly.
 
 Peak memory is about ``(prefetch + 2) × chunks_per_read × chunk_rows`` rows, whatever the
