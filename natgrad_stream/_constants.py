@@ -22,3 +22,6 @@ DEFAULT_DRIFT_PROBES = 4
 DEFAULT_DRIFT_CHECK_BATCHES = 8
 
 DEFAULT_BATCH_SIZE = 256
+
+#: ``fisher_every="auto"`` accumulates the metric on one batch in round(P / this).
+FISHER_EVERY_PARAMS = 32

@@ -53,6 +53,10 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _fisher_every(text: str):
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -97,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damping", type=float, default=DEFAULT_DAMPING)
     p.add_argument("--half-life", default="auto",
                    help="running-metric half-life in samples, 'auto' or 'none'")
-    p.add_argument("--fisher-every", type=_positive_int, default=1,
-                   help="accumulate the metric on one batch in N")
+    p.add_argument("--fisher-every", type=_fisher_every, default="auto", metavar="N",
+                   help="accumulate the metric on one batch in N (default auto: P/32)")
     p.add_argument("--average", action="store_true", help="keep a Polyak average of θ")
     p.add_argument("--mixing", default=None, metavar="NAME",
                    help="gaussian-mean: mixing-matrix array in DATA (default A if present)")

@@ -25,6 +25,7 @@ from natgrad_stream._constants import (
     DEFAULT_DAMPING,
     DEFAULT_DRIFT_PROBES,
     DEFAULT_EIGEN_FLOOR,
+    FISHER_EVERY_PARAMS,
 )
 from natgrad_stream.data import Cursor, as_source
 from natgrad_stream.errors import CheckpointError, DataError
@@ -128,8 +129,12 @@ class NaturalGradientLearner:
     average : bool
         Also keep the Polyak–Ruppert average of θ over the run (reported by
         :attr:`theta_average`; :attr:`theta` stays the last iterate).
-    fisher_every : int
+    fisher_every : int or "auto"
         Accumulate the metric on one batch in this many (the gradient uses every batch).
+        ``"auto"`` takes ``max(1, round(P / 32))``, which keeps the O(P²)-per-row metric
+        update near the O(P) cost of the gradient; the running metric averages over many
+        batches anyway, so it loses little (measured: same held-out loss at P = 101 for
+        1, 2, 4 and 8).
     drift_probes : int
         Probe vectors per drift estimate.
     blas_threads : int or None
@@ -153,15 +158,17 @@ class NaturalGradientLearner:
                  step_schedule: str | None = None, rewhiten="auto", half_life="auto",
                  whitening: str = "eigh", damping: float = DEFAULT_DAMPING,
                  floor: float = DEFAULT_EIGEN_FLOOR, batch_size: int = DEFAULT_BATCH_SIZE,
-                 seed: int = 0, average: bool = False, fisher_every: int = 1,
+                 seed: int = 0, average: bool = False, fisher_every="auto",
                  drift_probes: int = DEFAULT_DRIFT_PROBES, blas_threads: int | None = 1):
         check_metric_structure(metric, structure)
         if whitening not in METHODS:
             raise ValueError(f"whitening must be one of {METHODS}, got {whitening!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if fisher_every == "auto":
+            fisher_every = max(1, round(model.n_params / FISHER_EVERY_PARAMS))
         if int(fisher_every) < 1:
-            raise ValueError(f"fisher_every must be >= 1, got {fisher_every}")
+            raise ValueError(f"fisher_every must be >= 1 or 'auto', got {fisher_every}")
         self.model = model
         self.metric, self.structure = metric, structure
         self.optimizer = make_optimizer(optimizer, lr=lr, schedule=step_schedule)
