@@ -21,7 +21,7 @@ DEFAULT_DRIFT_PROBES = 4
 #: Drift is estimated every this many batches.
 DEFAULT_DRIFT_CHECK_BATCHES = 8
 
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = 1024
 
 #: ``fisher_every="auto"`` accumulates the metric on one batch in round(P / this).
 FISHER_EVERY_PARAMS = 32
