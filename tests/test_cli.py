@@ -172,3 +172,21 @@ def test_console_script_and_demo(tmp_path):
     assert report["samples"] == 200_000
     assert report["gap_percent"] < 0.1
     assert "held-out log-loss" in proc.stderr
+
+
+def test_progress_line_and_metrics_log_fields(small_zarr, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out", run,
+                                 "--epochs", 2, "--log-every", 1000, "--progress", "always",
+                                 "--checkpoint-every", 4000)
+    assert code == 0
+    assert "rows/s" in err and "loss" in err and "rewhitens" in err
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    progress = [r for r in records if r["event"] == "progress"]
+    assert len(progress) >= 5
+    assert {"step", "samples", "epoch", "loss", "grad_norm", "natural_grad_norm",
+            "rows_per_s"} <= set(progress[0])
+    refresh = [r for r in records if r["event"] == "rewhiten"]
+    assert refresh[0]["reason"] == "initial"
+    assert {"drift", "condition_number", "floored", "damping"} <= set(refresh[-1])
+    assert records[-1]["event"] == "end" and records[-1]["samples"] == summary["samples"]
