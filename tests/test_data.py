@@ -226,3 +226,20 @@ def test_peak_memory_is_bounded_by_prefetch_not_dataset_size(tmp_path):
     read_bytes = 2 * 4096 * (16 * 4 + 8 + 8)
     assert peaks[1] < 1.1 * peaks[0] + 1e6
     assert peaks[1] < 8 * read_bytes + 4e6  # (prefetch + 2) outputs + raw buffers + slack
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finiteness_scan_finds_every_kind_of_bad_value_at_any_position(dtype):
+    from natgrad_stream.data.validation import first_nonfinite
+
+    x = np.random.default_rng(0).standard_normal(3 * 4096 + 17).astype(dtype)
+    zero = dtype(0)
+    assert first_nonfinite(x, zero) == -1
+    for pos in (0, 1, 4095, 4096, 8200, x.size - 1):
+        for bad in (np.inf, -np.inf, np.nan):
+            y = x.copy()
+            y[pos] = bad
+            assert first_nonfinite(y, zero) == pos
+    y = x.copy()
+    y[[10, 20]] = [np.nan, np.inf]
+    assert first_nonfinite(y, zero) == 10

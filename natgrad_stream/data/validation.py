@@ -22,22 +22,24 @@ _FINITE_BLOCK = 4096
 
 
 @jit
-def first_nonfinite(flat):  # pragma: no cover - compiled
+def first_nonfinite(flat, zero):  # pragma: no cover - compiled
     """Index of the first NaN/±Inf in a 1-D float array, or -1 (releases the GIL).
 
-    Each block is first reduced as ``Σ v·0`` (0 when all finite, NaN otherwise), a loop
-    LLVM vectorizes; only a block that fails is scanned element by element.
+    Each block is first reduced as ``Σ v·0`` in the array's own dtype (``zero``), which is
+    0 when all values are finite and NaN otherwise, a loop LLVM vectorizes at memory
+    speed; only a failing block is scanned element by element. (``Σ (v − v)`` would be
+    wrong here: reassociation lets LLVM cancel it to 0.)
     """
     n = flat.shape[0]
     for b0 in range(0, n, _FINITE_BLOCK):
         b1 = min(b0 + _FINITE_BLOCK, n)
-        s = 0.0
+        s = zero
         for i in range(b0, b1):
-            s += flat[i] * 0.0
-        if s != 0.0 or s != s:
+            s += flat[i] * zero
+        if s != zero or s != s:
             for i in range(b0, b1):
                 v = flat[i]
-                if not (v - v == 0.0):
+                if not (v - v == zero):
                     return i
     return -1
 
@@ -47,7 +49,7 @@ def check_finite(name: str, block: np.ndarray):
     if block.dtype.kind != "f" or block.size == 0:
         return None
     flat = block.reshape(-1) if block.flags.c_contiguous else np.ravel(block)
-    i = int(first_nonfinite(flat))
+    i = int(first_nonfinite(flat, flat.dtype.type(0)))
     if i < 0:
         return None
     if block.ndim == 2:
