@@ -24,18 +24,6 @@ import numpy as np
 import zarr
 
 
-def raw_read_rate(path: Path, x: str, y: str) -> float:
-    """Rows/s for reading and decompressing every chunk of X and y with zarr, nothing else."""
-    g = zarr.open_group(str(path), mode="r")
-    X, Y = g[x], g[y]
-    R, n = X.chunks[0], X.shape[0]
-    t0 = time.perf_counter()
-    for a in range(0, n, R):
-        X[a:a + R]
-        Y[a:a + R]
-    return n / (time.perf_counter() - t0)
-
-
 def log_loss(theta, X, y):
     z = X @ theta[:-1] + theta[-1]
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
@@ -51,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from bench import raw_read  # same folder: python puts scripts/ on sys.path
     from sklearn.linear_model import LogisticRegression
 
     from natgrad_stream.data.datasets import make_dataset
@@ -63,10 +52,10 @@ def main(argv=None) -> int:
                      chunk_rows=args.chunk_rows, test_rows=args.test_rows, seed=args.seed)
         print(f"generated {path} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
-    read_rate = raw_read_rate(path, "X", "y")
+    read_rate = raw_read(path)
     run = Path(args.dir) / "runs" / f"{path.stem}-{os.getpid()}"
     summary = fit_run(path, run, model="logistic")
-    read_rate_after = raw_read_rate(path, "X", "y")
+    read_rate_after = raw_read(path)
     ours = evaluate_run(run, path, x="X_test", y="y_test")
 
     g = zarr.open_group(str(path), mode="r")

@@ -151,6 +151,14 @@ class Model(abc.ABC):
     def evaluation_metrics(self, sums: dict) -> dict:
         """Final metrics from summed :meth:`evaluation_sums`; always includes ``n``."""
 
+    def check_X(self, X: np.ndarray) -> np.ndarray:
+        """Validate a feature batch: shape (n, n_features), float32/float64, C-contiguous."""
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
+        if X.dtype not in (np.float32, np.float64):
+            raise TypeError(f"X must be float32 or float64, got {X.dtype}")
+        return X if X.flags.c_contiguous else np.ascontiguousarray(X)
+
     def target_check(self):
         """A data check ``(name, block) -> (offset, message) | None`` for targets, or None."""
         return None

@@ -75,15 +75,8 @@ class GaussianMean(Model):
         d = self.n_features
         return {"ST": np.zeros((d, BLOCK_ROWS)), "rsum": np.zeros(d), "rr": np.zeros((d, d))}
 
-    def _check_X(self, X):
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
-        if X.dtype not in (np.float32, np.float64):
-            raise TypeError(f"X must be float32 or float64, got {X.dtype}")
-        return X if X.flags.c_contiguous else np.ascontiguousarray(X)
-
     def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None):
-        X = self._check_X(X)
+        X = self.check_X(X)
         w = _EMPTY if w is None else as_float64_vector(w, "w", X.shape[0])
         sc = ws.scratch
         sc["rsum"][:] = 0.0
@@ -101,7 +94,7 @@ class GaussianMean(Model):
         return half_sq + 0.5 * self.n_features * math.log(2 * math.pi) * wsum, wsum
 
     def scores(self, X, y, theta):
-        X = self._check_X(X)
+        X = self.check_X(X)
         out = np.empty((X.shape[0], self.n_params))
         K.residual_scores(X, self.mean(theta), self.mixing, out)
         return out

@@ -48,15 +48,8 @@ class _GLM(Model):
             "dummy_diag": np.zeros(1),
         }
 
-    def _check_X(self, X):
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
-        if X.dtype not in (np.float32, np.float64):
-            raise TypeError(f"X must be float32 or float64, got {X.dtype}")
-        return X if X.flags.c_contiguous else np.ascontiguousarray(X)
-
     def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None):
-        X = self._check_X(X)
+        X = self.check_X(X)
         n = X.shape[0]
         y = as_float64_vector(y, "y", n)
         w = _weights(w, n)
@@ -74,7 +67,7 @@ class _GLM(Model):
         return K.glm_accumulate(X, y, w, theta, self.family, m, s, ws.grad, full, diag, sc["ST"])
 
     def scores(self, X, y, theta):
-        X = self._check_X(X)
+        X = self.check_X(X)
         out = np.empty((X.shape[0], self.n_params))
         K.glm_scores(X, as_float64_vector(y, "y", X.shape[0]),
                      as_float64_vector(theta, "theta", self.n_params), self.family, out)
@@ -82,7 +75,7 @@ class _GLM(Model):
 
     def predict_mean(self, X, theta) -> np.ndarray:
         """``E[y | x]`` for each row, shape (n,)."""
-        X = self._check_X(X)
+        X = self.check_X(X)
         out = np.empty(X.shape[0])
         K.glm_mean(X, as_float64_vector(theta, "theta", self.n_params), self.family, out)
         return out
@@ -91,7 +84,7 @@ class _GLM(Model):
         raise NotImplementedError
 
     def model_fisher(self, X, theta, w=None):
-        X = self._check_X(X)
+        X = self.check_X(X)
         Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
         c = self._metric_weights(X, theta)
         if w is not None:
@@ -100,7 +93,7 @@ class _GLM(Model):
             (Xt * c[:, None]).T @ Xt / np.sum(w)
 
     def evaluation_sums(self, X, y, theta):
-        X = self._check_X(X)
+        X = self.check_X(X)
         loss, second = K.glm_evaluate(X, as_float64_vector(y, "y", X.shape[0]),
                                       as_float64_vector(theta, "theta", self.n_params), self.family)
         return {"n": float(X.shape[0]), "loss": loss, "second": second}
