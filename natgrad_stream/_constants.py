@@ -25,3 +25,6 @@ DEFAULT_BATCH_SIZE = 1024
 
 #: ``fisher_every="auto"`` accumulates the metric on one batch in round(P / this).
 FISHER_EVERY_PARAMS = 32
+
+#: Power iterations estimating the top eigenvalue of a diagonal whitener's residual metric.
+CURVATURE_POWER_ITERATIONS = 12

@@ -21,6 +21,7 @@ import numpy as np
 
 from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream._constants import (
+    CURVATURE_POWER_ITERATIONS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DAMPING,
     DEFAULT_DRIFT_PROBES,
@@ -207,6 +208,7 @@ class NaturalGradientLearner:
         self._epoch_loss = [0.0, 0.0]  # (Σ loss, Σ weight) over the current epoch
         self._last_epoch_loss = math.nan
         self._stop_requested = False
+        self.step_cap = 1.0
         return self
 
     @property
@@ -259,7 +261,9 @@ class NaturalGradientLearner:
             self.fisher.add(ws.fisher, weight=wsum, rows=n)
         self.samples += n
         refresh = self._maybe_refresh()
-        gphi = self.whitener.grad_phi(grad)
+        if refresh is not None and refresh.get("ok") and self.structure == "diagonal":
+            self.step_cap = self._curvature_cap(X, y, w, refresh)
+        gphi = self.whitener.grad_phi(grad) * self.step_cap
         phi = self.optimizer.step(self.phi, gphi, self.opt_state, rows=n, samples=self.samples)
         theta = self.whitener.theta(phi)
         if not np.all(np.isfinite(theta)):
@@ -396,6 +400,28 @@ class NaturalGradientLearner:
             cb.on_fit_end(self, self.result)
         return self
 
+    def _curvature_cap(self, X, y, w, event: dict) -> float:
+        """Step factor ``min(1, 1/ρ)`` for a diagonal whitener.
+
+        ρ is the largest eigenvalue of this batch's metric seen in φ coordinates,
+        ``W⁻ᵀ G_batch W⁻¹``, by power iteration (O(n P) per product). A full whitener makes
+        it about 1; a diagonal one ignores the correlations, and with correlated or
+        non-centred features ρ reaches tens to hundreds, where the default step of 1 would
+        diverge. The estimate is recorded in the refresh event.
+        """
+        v = self.rng.standard_normal((self.model.n_params, 1))
+        rho = 1.0
+        for _ in range(CURVATURE_POWER_ITERATIONS):
+            v /= np.linalg.norm(v)
+            u = self.whitener.theta(v[:, 0])[:, None]
+            Gu = self.model.metric_matvec(X, y, w, self.theta, u, metric=self.metric)
+            v = self.whitener.grad_phi(Gu[:, 0])[:, None]
+            rho = float(np.linalg.norm(v))
+        if not np.isfinite(rho) or rho <= 0:
+            return self.step_cap
+        event["curvature"] = rho
+        return min(1.0, 1.0 / rho)
+
     def request_stop(self) -> None:
         """Ask :meth:`fit` to stop after the current batch (safe from a signal handler).
 
@@ -423,7 +449,7 @@ class NaturalGradientLearner:
             "schedule": self.schedule.state.to_dict(),
             "rng": self.rng.bit_generator.state,
             "counters": {"samples": self.samples, "steps": self.steps,
-                         "rewhitens": self.rewhitens},
+                         "rewhitens": self.rewhitens, "step_cap": self.step_cap},
             "cursor": self.cursor.to_dict(),
             "average": {"theta_sum": self.theta_sum.copy(), "weight": self.average_weight},
             "epoch_loss": {"sum": self._epoch_loss[0], "weight": self._epoch_loss[1],
@@ -454,6 +480,7 @@ class NaturalGradientLearner:
         c = state["counters"]
         self.samples, self.steps, self.rewhitens = int(c["samples"]), int(c["steps"]), \
             int(c["rewhitens"])
+        self.step_cap = float(c.get("step_cap", 1.0))
         self.cursor = Cursor.from_dict(state["cursor"])
         self.theta_sum = np.array(state["average"]["theta_sum"], dtype=np.float64)
         self.average_weight = float(state["average"]["weight"])

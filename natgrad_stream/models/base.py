@@ -151,6 +151,14 @@ class Model(abc.ABC):
     def evaluation_metrics(self, sums: dict) -> dict:
         """Final metrics from summed :meth:`evaluation_sums`; always includes ``n``."""
 
+    def metric_matvec(self, X, y, w, theta, U: np.ndarray, *, metric: str) -> np.ndarray:
+        """Batch-average metric times vectors, ``G U``, shape (P, k) for ``U`` (P, k).
+
+        The default forms the closed-form model Fisher (O(n P²)); subclasses override with
+        an O(n P k) product.
+        """
+        return self.model_fisher(self.check_X(X), theta, w) @ U
+
     def check_X(self, X: np.ndarray) -> np.ndarray:
         """Validate a feature batch: shape (n, n_features), float32/float64, C-contiguous."""
         if X.ndim != 2 or X.shape[1] != self.n_features:

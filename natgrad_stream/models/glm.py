@@ -92,6 +92,17 @@ class _GLM(Model):
         return (Xt * c[:, None]).T @ Xt / c.shape[0] if w is None else \
             (Xt * c[:, None]).T @ Xt / np.sum(w)
 
+    def metric_matvec(self, X, y, w, theta, U, *, metric):
+        X = self.check_X(X)
+        Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
+        if metric == "model":
+            c = self._metric_weights(X, theta)
+        else:
+            r = self.predict_mean(X, theta) - as_float64_vector(y, "y", X.shape[0])
+            c = r * r
+        wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
+        return Xt.T @ ((c * wt)[:, None] * (Xt @ U)) / wt.sum()
+
     def evaluation_sums(self, X, y, theta):
         X = self.check_X(X)
         loss, second = K.glm_evaluate(X, as_float64_vector(y, "y", X.shape[0]),
