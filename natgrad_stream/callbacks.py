@@ -18,14 +18,14 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _clean(value):
+def json_clean(value):
     """Replace non-finite floats by None so every line is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_clean(v) for v in value]
     return value
 
 
@@ -95,7 +95,7 @@ class MetricsLogger(Callback):
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        self._fh.write(json.dumps(_clean(record), default=_json_default) + "\n")
+        self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
         self._fh.flush()
 
     def close(self) -> None:

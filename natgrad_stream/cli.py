@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import tempfile
@@ -26,16 +25,9 @@ MODEL_CHOICES = ("logistic", "linear", "gaussian-mean")
 
 
 def _print_json(obj: dict) -> None:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
+    from natgrad_stream.callbacks import json_clean
 
-    sys.stdout.write(json.dumps(clean(obj)) + "\n")
+    sys.stdout.write(json.dumps(json_clean(obj)) + "\n")
     sys.stdout.flush()
 
 

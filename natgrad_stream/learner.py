@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -67,7 +67,6 @@ class FitResult:
     train_loss: float
     epochs: int
     interrupted: bool = False
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -77,7 +76,6 @@ class FitResult:
             "train_loss": self.train_loss, "epochs": self.epochs,
             "interrupted": self.interrupted,
         }
-        out.update(self.extra)
         return out
 
 
@@ -180,7 +178,6 @@ class NaturalGradientLearner:
         self.average, self.fisher_every = bool(average), int(fisher_every)
         self.drift_probes = int(drift_probes)
         self.blas_threads = blas_threads
-        self.fisher = RunningFisher(model.n_params, structure=structure, half_life=half_life)
         self._workspace = model.new_workspace(structure)
         self.reset()
 

@@ -114,7 +114,8 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
     # so a failed attempt loses nothing that was there.
     replacing = not resume and overwrite and (ckpt.exists() or log_path.exists())
     new_log = run_dir / (METRICS + ".partial") if replacing else log_path
-    new_log.unlink(missing_ok=True) if replacing else None
+    if replacing:
+        new_log.unlink(missing_ok=True)
     callbacks = [MetricsLogger(new_log, every=log_every),
                  CheckpointEvery(ckpt, every=None if replacing else checkpoint_every,
                                  extra=info)]
