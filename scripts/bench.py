@@ -425,7 +425,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {p.get('name')} | {p.get('note', '')} | | | |")
                 continue
             last = p["passes"][-1] if p["passes"] else {}
-            settings = p.get("settings", "") + (f" ({p['note']})" if p.get("note") else "")
+            settings = str(p.get("settings", "")) + (f" ({p['note']})" if p.get("note") else "")
             lines.append(f"| {p['name']} | {settings} | "
                          f"{p.get('rows_per_s', 0):,.0f} | {p.get('seconds_to_0.1pct')} | "
                          f"{last.get('gap_percent', float('nan')):+.3f}% "
