@@ -28,3 +28,6 @@ FISHER_EVERY_PARAMS = 32
 
 #: Power iterations estimating the top eigenvalue of a diagonal whitener's residual metric.
 CURVATURE_POWER_ITERATIONS = 12
+
+#: Targets sampled per row for the Monte Carlo model Fisher (``metric="monte-carlo"``).
+DEFAULT_MC_SAMPLES = 1

@@ -21,7 +21,15 @@ from natgrad_stream._constants import DEFAULT_BATCH_SIZE, DEFAULT_DAMPING
 from natgrad_stream.errors import CheckpointError, DataError, RunDirectoryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNAL = 0, 1, 2, 130
-MODEL_CHOICES = ("logistic", "linear", "gaussian-mean")
+#: Mirrors of the registries (kept literal so that ``--help`` imports no kernels; a test
+#: checks them against ``natgrad_stream.models`` and ``natgrad_stream.data.datasets``).
+MODEL_CHOICES = ("logistic", "linear", "poisson", "softmax", "gaussian", "gaussian-mean",
+                 "ising", "ica", "mlp")
+TASK_CHOICES = MODEL_CHOICES
+METRIC_CHOICES = ("model", "empirical", "monte-carlo", "loss-gradient", "energy",
+                  "gauss-newton", "amari")
+STRUCTURE_CHOICES = ("full", "diagonal", "block")
+OPTIMIZER_CHOICES = ("sgd", "momentum", "adam")
 
 
 def _print_json(obj: dict) -> None:
@@ -59,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-data", help="write a synthetic, ill-conditioned Zarr v3 dataset")
     p.add_argument("out", metavar="OUT.zarr")
-    p.add_argument("--task", required=True, choices=MODEL_CHOICES)
+    p.add_argument("--task", required=True, choices=TASK_CHOICES)
     p.add_argument("--rows", required=True, type=_positive_int)
     p.add_argument("--features", required=True, type=_positive_int)
     p.add_argument("--chunk-rows", type=_positive_int, default=65536)
@@ -80,9 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total passes (a resumed run continues up to this count)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--metric", choices=("model", "empirical"), default="model")
-    p.add_argument("--structure", choices=("full", "diagonal"), default="full")
-    p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
+    p.add_argument("--metric", choices=METRIC_CHOICES, default=None,
+                   help="metric kind (default: the model's own; see the README)")
+    p.add_argument("--structure", choices=STRUCTURE_CHOICES, default="full",
+                   help="full, diagonal (eq. 34) or block-diagonal by parameter group")
+    p.add_argument("--mc-samples", type=_positive_int, default=1, metavar="K",
+                   help="targets sampled per row for --metric monte-carlo")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="sgd")
     p.add_argument("--lr", type=float, default=None, help="step-size scale")
     p.add_argument("--step-schedule", choices=("harmonic", "sqrt", "constant"), default=None)
     p.add_argument("--rewhiten-every", type=_positive_int, default=None, metavar="N",
@@ -98,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average", action="store_true", help="keep a Polyak average of θ")
     p.add_argument("--mixing", default=None, metavar="NAME",
                    help="gaussian-mean: mixing-matrix array in DATA (default A if present)")
+    p.add_argument("--classes", type=_positive_int, default=None, metavar="K",
+                   help="softmax: number of classes (default: from the data)")
+    p.add_argument("--hidden", type=_positive_int, default=None, metavar="H",
+                   help="mlp: hidden units (default 16)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
@@ -184,7 +200,8 @@ def _learner_options(args) -> dict:
                 lr=args.lr, step_schedule=args.step_schedule, rewhiten=rewhiten,
                 half_life=_half_life(args.half_life), whitening=args.whitening,
                 damping=args.damping, batch_size=args.batch_size, seed=args.seed,
-                average=args.average, fisher_every=args.fisher_every)
+                average=args.average, fisher_every=args.fisher_every,
+                mc_samples=args.mc_samples)
 
 
 def _cmd_fit(args) -> int:
@@ -199,6 +216,7 @@ def _cmd_fit(args) -> int:
             epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
             progress=progress, checkpoint_every=args.checkpoint_every,
             max_samples=args.max_samples, log_every=args.log_every, mixing=args.mixing,
+            model_options={"classes": args.classes, "hidden": args.hidden},
             learner_options=_learner_options(args), stop_handler=stop.attach)
     _print_json(summary)
     return EXIT_SIGNAL if stop.signalled else EXIT_OK

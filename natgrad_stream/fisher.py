@@ -17,13 +17,13 @@ from natgrad_stream._constants import HALF_LIFE_FRACTION, HALF_LIFE_MIN_PER_PARA
 
 
 class RunningFisher:
-    """Exponentially weighted running metric, full ``(P, P)`` or diagonal ``(P,)``.
+    """Exponentially weighted running metric, full or block ``(P, P)``, or diagonal ``(P,)``.
 
     Parameters
     ----------
     n_params : int
         ``P``.
-    structure : {"full", "diagonal"}
+    structure : {"full", "diagonal", "block"}
     half_life : float, "auto" or None
         Half-life in samples. ``None`` or ``inf`` keeps plain sums (no forgetting);
         ``"auto"`` uses ``max(20·P, 0.25·t)`` with ``t`` the samples seen so far, so the
@@ -40,14 +40,15 @@ class RunningFisher:
     """
 
     def __init__(self, n_params: int, *, structure: str = "full", half_life="auto"):
-        if structure not in ("full", "diagonal"):
-            raise ValueError(f"structure must be 'full' or 'diagonal', got {structure!r}")
+        if structure not in ("full", "diagonal", "block"):
+            raise ValueError(f"structure must be 'full', 'diagonal' or 'block', got {structure!r}")
         if half_life not in (None, "auto") and not float(half_life) > 0:
             raise ValueError(f"half_life must be > 0 samples, 'auto' or None, got {half_life!r}")
         self.n_params = int(n_params)
         self.structure = structure
         self.half_life = half_life
-        shape = (self.n_params, self.n_params) if structure == "full" else (self.n_params,)
+        # a block-diagonal metric is stored as a (P, P) array whose off-block entries stay 0
+        shape = (self.n_params,) if structure == "diagonal" else (self.n_params, self.n_params)
         self.sum = np.zeros(shape)
         self.weight = 0.0
         self.samples = 0

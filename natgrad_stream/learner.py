@@ -26,6 +26,7 @@ from natgrad_stream._constants import (
     DEFAULT_DAMPING,
     DEFAULT_DRIFT_PROBES,
     DEFAULT_EIGEN_FLOOR,
+    DEFAULT_MC_SAMPLES,
     FISHER_EVERY_PARAMS,
 )
 from natgrad_stream.data import Cursor, as_source
@@ -104,10 +105,17 @@ class NaturalGradientLearner:
     Parameters
     ----------
     model : Model
-    metric : {"model", "empirical"}
-        Fisher over the model (eq. 30, closed form) or over the data (eq. 31).
-    structure : {"full", "diagonal"}
-        Full metric or its diagonal (eq. 34).
+    metric : str, optional
+        Metric kind (:data:`natgrad_stream.models.METRICS`, among ``model.metrics``):
+        ``model`` (eq. 30, closed form), ``monte-carlo`` (eq. 30/41 by sampling targets),
+        ``empirical`` (eq. 31), ``loss-gradient`` (eq. 39), ``energy`` (eq. 33),
+        ``gauss-newton`` (eq. 40–41) or ``amari`` (eq. 43). Default: the model's
+        ``default_metric``.
+    structure : {"full", "diagonal", "block"}
+        Full metric, its diagonal (eq. 34), or block-diagonal over the model's parameter
+        groups (``model.param_groups()``, e.g. one block per layer).
+    mc_samples : int
+        Targets sampled per row for ``metric="monte-carlo"``.
     optimizer : {"sgd", "momentum", "adam"}
         Optimizer stepping φ. The default SGD with the harmonic schedule needs no tuning.
     lr : float, optional
@@ -152,14 +160,19 @@ class NaturalGradientLearner:
     (4,)
     """
 
-    def __init__(self, model: Model, *, metric: str = "model", structure: str = "full",
+    def __init__(self, model: Model, *, metric: str | None = None, structure: str = "full",
                  optimizer: str = "sgd", lr: float | None = None,
                  step_schedule: str | None = None, rewhiten="auto", half_life="auto",
                  whitening: str = "eigh", damping: float = DEFAULT_DAMPING,
                  floor: float = DEFAULT_EIGEN_FLOOR, batch_size: int = DEFAULT_BATCH_SIZE,
                  seed: int = 0, average: bool = False, fisher_every="auto",
-                 drift_probes: int = DEFAULT_DRIFT_PROBES, blas_threads: int | None = 1):
-        check_metric_structure(metric, structure)
+                 drift_probes: int = DEFAULT_DRIFT_PROBES, blas_threads: int | None = 1,
+                 mc_samples: int = DEFAULT_MC_SAMPLES):
+        metric = model.default_metric if metric is None else metric
+        check_metric_structure(metric, structure, model)
+        if int(mc_samples) < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        self.mc_samples = int(mc_samples)
         if whitening not in METHODS:
             raise ValueError(f"whitening must be one of {METHODS}, got {whitening!r}")
         if int(batch_size) < 1:
@@ -224,6 +237,7 @@ class NaturalGradientLearner:
             "floor": self.floor, "batch_size": self.batch_size, "seed": self.seed,
             "average": self.average, "fisher_every": self.fisher_every,
             "drift_probes": self.drift_probes, "blas_threads": self.blas_threads,
+            "mc_samples": self.mc_samples,
         }
 
     # -- one step -----------------------------------------------------------------------
@@ -244,7 +258,7 @@ class NaturalGradientLearner:
         ws = self._workspace
         loss_sum, wsum = self.model.accumulate(
             X, y, w, self.theta, metric=self.metric if need_metric else None,
-            structure=self.structure, ws=ws)
+            structure=self.structure, ws=ws, rng=self.rng, mc_samples=self.mc_samples)
         if not wsum > 0:
             raise DataError("batch has zero total sample weight", array="w")
         grad = ws.grad / wsum
@@ -302,7 +316,8 @@ class NaturalGradientLearner:
                  "step": self.steps, "drift": drift}
         try:
             new = whiten(self.fisher.estimate(), method=self.whitening, damping=self.damping,
-                         floor=self.floor, center=self.model.intercept_index)
+                         floor=self.floor, center=self.model.center_indices or None,
+                         blocks=self.model.param_bounds() if self.structure == "block" else None)
         except (WhiteningError, ValueError) as exc:
             event.update(ok=False, error=str(exc))
             warnings.warn(f"re-whitening at sample {self.samples} failed ({exc}); keeping the "

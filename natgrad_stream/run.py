@@ -51,29 +51,24 @@ def load_learner(run_dir) -> tuple[NaturalGradientLearner, dict]:
     return NaturalGradientLearner.from_state_dict(state), state.get("run", {})
 
 
-def _mixing_from_group(data, name: str | None):
-    """Mixing matrix for gaussian-mean: the named array of a Zarr group, if present."""
+def _open_group(data):
+    """The Zarr group behind ``data`` when it is a path to one, else None."""
     if not isinstance(data, str | os.PathLike):
-        return None
+        return data if hasattr(data, "array_keys") else None
     import zarr
 
     try:
-        group = zarr.open_group(str(data), mode="r")
+        return zarr.open_group(str(data), mode="r")
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):
         return None
-    key = name or "A"
-    if key in group.array_keys():
-        return np.asarray(group[key][...], dtype=np.float64)
-    if name is not None:
-        raise RunDirectoryError(f"mixing array {name!r} not found in {data}")
-    return None
 
 
 def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "y",
             w: str | None = None, epochs: int = 1, resume: bool = False,
             overwrite: bool = False, progress: bool = False, checkpoint_every: int | None = None,
             max_samples: int | None = None, log_every: int = 65536, mixing: str | None = None,
-            learner_options: dict | None = None, stop_handler=None) -> dict:
+            learner_options: dict | None = None, model_options: dict | None = None,
+            stop_handler=None) -> dict:
     """Fit (or resume) a run in ``run_dir``; returns the summary dict.
 
     The data are opened and validated before anything is written. A new run refuses a
@@ -101,7 +96,8 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
             raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
         requires_y = MODELS[model].requires_targets
         source = as_source(data, x=x, y=y if requires_y else None, w=w)
-        options = {"mixing": _mixing_from_group(data, mixing)} if model == "gaussian-mean" else {}
+        given = {"mixing": mixing, **(model_options or {})}
+        options = MODELS[model].options_from_data(_open_group(data), source, given)
         mdl = make_model(model, source.n_features, **options)
         learner = NaturalGradientLearner(mdl, **(learner_options or {}))
         info = {"data": str(data), "x": x, "y": y if requires_y else None, "w": w}

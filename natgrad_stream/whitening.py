@@ -185,13 +185,34 @@ def _eliminate(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return 0.5 * (Gc + Gc.T), m
 
 
+def _whiten_blocks(G, blocks, centers, **options) -> Whitener:
+    """Factor each diagonal block of ``G`` separately; assemble a block-diagonal ``W``."""
+    P = G.shape[0]
+    bounds = np.asarray(blocks, dtype=np.int64)
+    if bounds[0] != 0 or bounds[-1] != P or np.any(np.diff(bounds) <= 0):
+        raise ValueError(f"blocks must be increasing boundaries from 0 to {P}, got {bounds}")
+    W, Winv = np.zeros((P, P)), np.zeros((P, P))
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        inner = [c - a for c in centers if a <= c < b]
+        part = whiten(G[a:b, a:b], center=inner or None, **options)
+        W[a:b, a:b], Winv[a:b, a:b] = part.matrix, part.inverse
+        parts.append(part.diagnostics)
+    parts = [d for d in parts if d is not None]
+    diagn = WhitenerDiagnostics(
+        parts[0].method, max(d.condition_number for d in parts),
+        max(d.raw_condition_number for d in parts), sum(d.floored for d in parts),
+        max(d.damping for d in parts), sum(d.zero_diagonal for d in parts)) if parts else None
+    return Whitener(W, Winv, diagn)
+
+
 def _dense(a: np.ndarray) -> np.ndarray:
     return np.diag(a) if a.ndim == 1 else a
 
 
 def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMPING,
            floor: float = DEFAULT_EIGEN_FLOOR, scale: bool = True,
-           center: int | None = None) -> Whitener:
+           center=None, blocks=None) -> Whitener:
     """Factor a metric into a whitener ``W`` with ``WᵀW = G_reg``.
 
     Parameters
@@ -207,11 +228,14 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     scale : bool
         Jacobi-scale before factoring (recommended). ``scale=False, damping=0`` gives the
         exact symmetric root ``G^½``.
-    center : int, optional
-        Index of an intercept-like parameter to eliminate exactly first (a Schur-complement
-        step, :func:`_eliminate`): it centres the metric, removing the near-collinearity
+    center : int or sequence of int, optional
+        Indices of intercept-like parameters to eliminate exactly first (Schur-complement
+        steps, :func:`_eliminate`): it centres the metric, removing the near-collinearity
         of an intercept with non-centred features, which otherwise inflates the condition
         number by ``(mean/std)²`` of the features.
+    blocks : ndarray, shape (B + 1,), optional
+        Group boundaries of a block-diagonal metric: each diagonal block is factored on
+        its own (cost ``Σ P_b³``) and ``W`` is block-diagonal (stored dense).
 
     Returns
     -------
@@ -229,9 +253,17 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     G = np.asarray(G, dtype=np.float64)
     if not np.all(np.isfinite(G)):
         raise WhiteningError("metric has non-finite entries")
-    if center is not None and G.ndim == 2 and G[center, center] > 0:
+    centers = () if center is None else \
+        ((int(center),) if np.ndim(center) == 0 else tuple(int(c) for c in center))
+    if blocks is not None and G.ndim == 2 and len(blocks) > 2:
+        return _whiten_blocks(G, blocks, centers, method=method, damping=damping, floor=floor,
+                              scale=scale)
+    centers = tuple(c for c in centers if G.ndim == 2 and G[c, c] > 0)
+    if centers:
+        center, rest = centers[0], centers[1:]
         G, m = _eliminate(G, center)
-        inner = whiten(G, method=method, damping=damping, floor=floor, scale=scale)
+        inner = whiten(G, method=method, damping=damping, floor=floor, scale=scale,
+                       center=rest or None)
         # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ
         W = inner.matrix + np.outer(inner.matrix[:, center], m)
         Winv = inner.inverse - np.outer(np.eye(G.shape[0])[center], m @ inner.inverse)

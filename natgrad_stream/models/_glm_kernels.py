@@ -12,7 +12,12 @@ family      model Fisher (eq. 30)       empirical (eq. 31)
 ==========  ==========================  =======================
 logistic    p(1 − p)                    (y − p)²
 linear      1  (unit noise variance)    (y − z)²
+poisson     μ = e^z                     (y − μ)²
 ==========  ==========================  =======================
+
+The Poisson loss is ``μ − y z``, the negative log-likelihood without its constant
+``log y!``; with sample weights ``t`` and rate targets ``y/t`` it is the exposure model
+``y ~ Poisson(t e^z)`` (the same estimating equations).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from natgrad_stream.models._gram_kernels import (
 
 FAMILY_LOGISTIC = 0
 FAMILY_LINEAR = 1
+FAMILY_POISSON = 2
 
 METRIC_NONE = -1
 METRIC_MODEL = 0
@@ -65,6 +71,10 @@ def glm_row(family, z, y):  # pragma: no cover - compiled
             loss = np.log1p(e) - y * z
         r = p - y
         return loss, r, p * (1.0 - p), r * r
+    if family == FAMILY_POISSON:
+        mu = np.exp(z)
+        r = mu - y
+        return mu - y * z, r, mu, r * r
     # linear regression, Gaussian with unit variance: ½ (y − z)²
     r = z - y
     return 0.5 * r * r, r, 1.0, r * r
@@ -209,6 +219,8 @@ def glm_mean(X, theta, family, out):  # pragma: no cover - compiled
         z = linear_predictor(X, theta, i)
         if family == FAMILY_LOGISTIC:
             out[i] = 1.0 / (1.0 + np.exp(-z)) if z >= 0.0 else np.exp(z) / (1.0 + np.exp(z))
+        elif family == FAMILY_POISSON:
+            out[i] = np.exp(z)
         else:
             out[i] = z
 
@@ -217,8 +229,8 @@ def glm_mean(X, theta, family, out):  # pragma: no cover - compiled
 def glm_evaluate(X, y, theta, family):  # pragma: no cover - compiled
     """Sums for evaluation: ``(loss_sum, second_sum)``.
 
-    ``second_sum`` counts correct 0/1 predictions (logistic, threshold 0.5) or sums the
-    squared errors (linear).
+    ``second_sum`` counts correct 0/1 predictions (logistic, threshold 0.5), sums the
+    squared errors (linear) or the unit deviances ``2(y log(y/μ) − (y − μ))`` (Poisson).
     """
     loss_sum = 0.0
     second = 0.0
@@ -228,6 +240,12 @@ def glm_evaluate(X, y, theta, family):  # pragma: no cover - compiled
         loss_sum += loss
         if family == FAMILY_LOGISTIC:
             second += 1.0 if (z > 0.0) == (y[i] > 0.5) else 0.0
+        elif family == FAMILY_POISSON:
+            mu = np.exp(z)
+            dev = mu - y[i]
+            if y[i] > 0.0:
+                dev += y[i] * np.log(y[i] / mu)
+            second += 2.0 * dev
         else:
             second += (y[i] - z) * (y[i] - z)
     return loss_sum, second

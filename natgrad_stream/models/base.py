@@ -14,10 +14,17 @@ import numpy as np
 
 from natgrad_stream._jit import num_threads
 
-#: Metric kinds a learner may request (paper eq. 30 and eq. 31).
-METRICS = ("model", "empirical")
-#: Metric structures (paper eq. 34 for the diagonal).
-STRUCTURES = ("full", "diagonal")
+#: Metric kinds a learner may request. ``model``: the Fisher information over the model
+#: (eq. 30/41) in closed form; ``monte-carlo``: the same by sampling targets from the model;
+#: ``empirical``: the Fisher over the data (eq. 31); ``loss-gradient``: ⟨∇l ∇lᵀ⟩ for any loss
+#: (eq. 39; equal to ``empirical`` when the loss is −log q); ``energy``: ⟨∂E ∂Eᵀ⟩ for
+#: unnormalized models (eq. 33); ``gauss-newton``: the Fisher of an L2 loss read as a
+#: conditional Gaussian, ⟨JᵀJ⟩ (eq. 40–41); ``amari``: the WᵀW metric of a square matrix
+#: parameter (eq. 43). Each model lists the kinds it supports in :attr:`Model.metrics`.
+METRICS = ("model", "empirical", "monte-carlo", "loss-gradient", "energy", "gauss-newton",
+           "amari")
+#: Metric structures: full, diagonal (eq. 34), block-diagonal over parameter groups.
+STRUCTURES = ("full", "diagonal", "block")
 #: Batches with at least this many rows use the parallel kernel variant.
 PARALLEL_MIN_ROWS = 4096
 
@@ -41,12 +48,27 @@ class Workspace:
     scratch: dict
 
 
-def check_metric_structure(metric: str, structure: str) -> None:
-    """Raise ``ValueError`` for an unknown metric kind or structure."""
+def check_metric_structure(metric: str, structure: str, model: Model | None = None) -> None:
+    """Raise ``ValueError`` for an unknown metric kind or structure, or one ``model`` lacks."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+    if model is not None and metric not in model.metrics:
+        raise ValueError(f"model {model.name!r} does not support metric {metric!r}; "
+                         f"it supports {', '.join(model.metrics)}")
+
+
+def restrict_to_structure(G: np.ndarray, structure: str, bounds: np.ndarray) -> np.ndarray:
+    """A full ``(P, P)`` metric restricted to ``structure`` (a new array)."""
+    if structure == "full":
+        return G.copy()
+    if structure == "diagonal":
+        return np.diag(G).copy()
+    out = np.zeros_like(G)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        out[a:b, a:b] = G[a:b, a:b]
+    return out
 
 
 def as_float64_vector(a, name: str, n: int | None = None) -> np.ndarray:
@@ -68,6 +90,10 @@ class Model(abc.ABC):
     name: str = ""
     #: Whether the model reads targets ``y``.
     requires_targets: bool = True
+    #: Metric kinds this model supports (see :data:`METRICS`).
+    metrics: tuple[str, ...] = ("model", "empirical", "loss-gradient", "monte-carlo")
+    #: The metric a learner uses when none is asked for.
+    default_metric: str = "model"
 
     def __init__(self, n_features: int):
         if int(n_features) < 1:
@@ -87,6 +113,28 @@ class Model(abc.ABC):
         """Index of the intercept in θ, or None."""
         return None
 
+    @property
+    def center_indices(self) -> tuple[int, ...]:
+        """Intercept-like parameters the whitener eliminates exactly (see ``whiten``)."""
+        k = self.intercept_index
+        return () if k is None else (k,)
+
+    def param_groups(self) -> list[tuple[str, int, int]]:
+        """Contiguous parameter groups ``(name, start, stop)`` for the block structure.
+
+        The default is one group (block = full); models override with their natural split,
+        e.g. mean vs covariance, or one group per layer.
+        """
+        return [("theta", 0, self.n_params)]
+
+    def param_bounds(self) -> np.ndarray:
+        """Group boundaries ``[0, …, P]`` of :meth:`param_groups`, int64."""
+        groups = self.param_groups()
+        bounds = np.array([g[1] for g in groups] + [groups[-1][2]], dtype=np.int64)
+        if bounds[0] != 0 or bounds[-1] != self.n_params or np.any(np.diff(bounds) <= 0):
+            raise ValueError(f"param_groups of {self.name!r} must tile 0..{self.n_params}")
+        return bounds
+
     def init_params(self) -> np.ndarray:
         """Initial θ, shape (P,): zeros unless a subclass knows better."""
         return np.zeros(self.n_params)
@@ -94,6 +142,22 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def params_to_dict(self, theta: np.ndarray) -> dict:
         """Named, JSON-ready parameters (the ``params`` command's output)."""
+
+    @classmethod
+    def options_from_data(cls, group, source, options: dict) -> dict:
+        """Constructor options read from the training data (used by ``natgrad-stream fit``).
+
+        Parameters
+        ----------
+        group : zarr.Group or None
+            The data's Zarr group, when the data is one (attributes, extra arrays).
+        source : Source
+            The opened data source (``n_rows``, ``n_features``, the target array).
+        options : dict
+            Model options given on the command line (e.g. ``hidden``, ``classes``,
+            ``mixing``), None where not given; a model takes those it knows.
+        """
+        return {}
 
     def config(self) -> dict:
         """JSON-ready constructor arguments; ``make_model(**config)`` rebuilds the model."""
@@ -103,7 +167,7 @@ class Model(abc.ABC):
     def new_workspace(self, structure: str = "full", *, n_threads: int | None = None) -> Workspace:
         """Allocate the buffers :meth:`accumulate` writes into."""
         P = self.n_params
-        fisher = np.zeros((P, P)) if structure == "full" else np.zeros(P)
+        fisher = np.zeros(P) if structure == "diagonal" else np.zeros((P, P))
         T = num_threads() if n_threads is None else int(n_threads)
         return Workspace(grad=np.zeros(P), fisher=fisher, scratch=self._scratch(structure, T))
 
@@ -112,7 +176,8 @@ class Model(abc.ABC):
 
     @abc.abstractmethod
     def accumulate(self, X, y, w, theta, *, metric: str | None, structure: str, ws: Workspace,
-                   parallel: bool | None = None) -> tuple[float, float]:
+                   parallel: bool | None = None, rng: np.random.Generator | None = None,
+                   mc_samples: int = 1) -> tuple[float, float]:
         """One fused pass over a batch.
 
         Parameters
@@ -121,13 +186,18 @@ class Model(abc.ABC):
         y : ndarray, shape (n,), float64, or None for unsupervised models
         w : ndarray, shape (n,), float64, or None for unit weights
         theta : ndarray, shape (P,), float64
-        metric : {"model", "empirical"} or None
-            Metric kind to accumulate into ``ws.fisher``; None skips it.
-        structure : {"full", "diagonal"}
+        metric : str or None
+            Metric kind (one of :attr:`metrics`) to accumulate into ``ws.fisher``; None
+            skips it.
+        structure : {"full", "diagonal", "block"}
         ws : Workspace
             Outputs; ``ws.grad`` and ``ws.fisher`` are overwritten with batch sums.
         parallel : bool or None
             Force the serial or parallel kernel; None picks by batch size.
+        rng : numpy.random.Generator, optional
+            Source of the targets sampled for ``metric="monte-carlo"``.
+        mc_samples : int
+            Targets sampled per row for ``metric="monte-carlo"``.
 
         Returns
         -------
@@ -137,6 +207,27 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def scores(self, X, y, theta) -> np.ndarray:
         """Per-sample scores ``∂ log q / ∂θ``, shape (n, P)."""
+
+    def sample_targets(self, X, theta, rng: np.random.Generator, k: int) -> np.ndarray:
+        """``k`` targets per row drawn from ``q(y | x; θ)``, shape (k, n) (Monte Carlo)."""
+        raise ValueError(f"model {self.name!r} cannot sample targets (no monte-carlo metric)")
+
+    def monte_carlo_factors(self, X, theta, rng: np.random.Generator, k: int) -> np.ndarray:
+        """Factors of the Monte Carlo model Fisher (eq. 30/41), shape (n, k, P).
+
+        ``G_i ≈ (1/k) Σ_j s(x_i, y_ij) s(x_i, y_ij)ᵀ`` with ``y_ij ~ q(y | x_i; θ)``: an
+        unbiased estimate of the model Fisher for any model that can sample its targets.
+        """
+        if rng is None:
+            raise ValueError("metric 'monte-carlo' needs a random generator (rng=...)")
+        if int(k) < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {k}")
+        ys = self.sample_targets(X, theta, rng, int(k))
+        U = np.empty((X.shape[0], int(k), self.n_params))
+        for j in range(int(k)):
+            U[:, j, :] = self.scores(X, ys[j], theta)
+        U /= np.sqrt(k)
+        return U
 
     @abc.abstractmethod
     def model_fisher(self, X, theta, w=None) -> np.ndarray:

@@ -13,7 +13,12 @@ import numpy as np
 
 from natgrad_stream.models import _gaussian_kernels as K
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
-from natgrad_stream.models.base import Model, Workspace, as_float64_vector
+from natgrad_stream.models.base import (
+    Model,
+    Workspace,
+    as_float64_vector,
+    restrict_to_structure,
+)
 
 #: The mixing matrix of the paper's equation (1): mean = (3θ₁ + θ₂/3, θ₁/3).
 PAPER_MIXING = np.array([[3.0, 1.0 / 3.0], [1.0 / 3.0, 0.0]])
@@ -38,6 +43,7 @@ class GaussianMean(Model):
 
     name = "gaussian-mean"
     requires_targets = False
+    metrics = ("model", "empirical", "loss-gradient")
 
     def __init__(self, n_features: int, *, mixing=None):
         super().__init__(n_features)
@@ -57,6 +63,17 @@ class GaussianMean(Model):
         self.mixing = np.ascontiguousarray(A)
         self.fisher_closed_form = self.mixing.T @ self.mixing
 
+    @classmethod
+    def options_from_data(cls, group, source, options):
+        """The mixing matrix: the array named ``options["mixing"]`` (default ``A``)."""
+        name = options.get("mixing")
+        key = name or "A"
+        if group is not None and key in group.array_keys():
+            return {"mixing": np.asarray(group[key][...], dtype=np.float64)}
+        if name is not None:
+            raise ValueError(f"mixing array {name!r} not found in the data")
+        return {}
+
     @property
     def n_params(self) -> int:
         return self.mixing.shape[1]
@@ -75,13 +92,14 @@ class GaussianMean(Model):
         d = self.n_features
         return {"ST": np.zeros((d, BLOCK_ROWS)), "rsum": np.zeros(d), "rr": np.zeros((d, d))}
 
-    def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None):
+    def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None,
+                   rng=None, mc_samples=1):
         X = self.check_X(X)
         w = _EMPTY if w is None else as_float64_vector(w, "w", X.shape[0])
         sc = ws.scratch
         sc["rsum"][:] = 0.0
         sc["rr"][:] = 0.0
-        empirical = metric == "empirical"
+        empirical = metric in ("empirical", "loss-gradient")
         half_sq, wsum = K.residual_accumulate(X, w, self.mean(theta), empirical,
                                               sc["rsum"], sc["rr"], sc["ST"])
         A = self.mixing
@@ -90,7 +108,7 @@ class GaussianMean(Model):
             ws.fisher[...] = 0.0
         else:
             G = A.T @ sc["rr"] @ A if empirical else wsum * self.fisher_closed_form
-            ws.fisher[...] = G if structure == "full" else np.diag(G)
+            ws.fisher[...] = restrict_to_structure(G, structure, self.param_bounds())
         return half_sq + 0.5 * self.n_features * math.log(2 * math.pi) * wsum, wsum
 
     def scores(self, X, y, theta):

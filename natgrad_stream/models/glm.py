@@ -9,10 +9,17 @@ import numpy as np
 
 from natgrad_stream.models import _glm_kernels as K
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
+from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
 from natgrad_stream.models.base import Model, Workspace, as_float64_vector
 
-_METRIC_CODES = {None: K.METRIC_NONE, "model": K.METRIC_MODEL, "empirical": K.METRIC_EMPIRICAL}
-_STRUCTURE_CODES = {"full": K.STRUCTURE_FULL, "diagonal": K.STRUCTURE_DIAGONAL}
+#: Metric kinds computed inside the fused kernel; ``loss-gradient`` is ``empirical`` here
+#: (the loss is −log q) and ``gauss-newton`` is the model Fisher of the Gaussian family.
+_METRIC_CODES = {None: K.METRIC_NONE, "model": K.METRIC_MODEL, "empirical": K.METRIC_EMPIRICAL,
+                 "loss-gradient": K.METRIC_EMPIRICAL, "gauss-newton": K.METRIC_MODEL,
+                 "monte-carlo": K.METRIC_NONE}
+#: The block structure runs the full kernel and keeps the diagonal blocks.
+_STRUCTURE_CODES = {"full": K.STRUCTURE_FULL, "diagonal": K.STRUCTURE_DIAGONAL,
+                    "block": K.STRUCTURE_FULL}
 _EMPTY = np.empty(0)
 
 
@@ -35,10 +42,15 @@ class _GLM(Model):
         theta = np.asarray(theta, dtype=np.float64)
         return {"coef": theta[:-1].tolist(), "intercept": float(theta[-1])}
 
+    def param_groups(self):
+        """Coefficients and intercept."""
+        return [("coef", 0, self.n_features), ("intercept", self.n_features, self.n_params)]
+
     def _scratch(self, structure, n_threads):
         P = self.n_params
-        full = structure == "full"
+        full = structure != "diagonal"
         return {
+            **new_factor_scratch(P, structure, n_threads),
             "ST": np.zeros((P, BLOCK_ROWS)),
             "ST_t": np.zeros((n_threads, P, BLOCK_ROWS)),
             "grad_t": np.zeros((n_threads, P)),
@@ -48,7 +60,8 @@ class _GLM(Model):
             "dummy_diag": np.zeros(1),
         }
 
-    def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None):
+    def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None,
+                   rng=None, mc_samples=1):
         X = self.check_X(X)
         n = X.shape[0]
         y = as_float64_vector(y, "y", n)
@@ -58,13 +71,24 @@ class _GLM(Model):
         ws.fisher[...] = 0.0
         m, s = _METRIC_CODES[metric], _STRUCTURE_CODES[structure]
         sc = ws.scratch
-        full, diag = (ws.fisher, sc["dummy_diag"]) if structure == "full" else \
-            (sc["dummy_full"], ws.fisher)
-        if self.use_parallel(n, parallel):
-            return K.glm_accumulate_parallel(X, y, w, theta, self.family, m, s, ws.grad, full, diag,
-                                             sc["grad_t"], sc["fisher_t"], sc["fdiag_t"],
-                                             sc["ST_t"])
-        return K.glm_accumulate(X, y, w, theta, self.family, m, s, ws.grad, full, diag, sc["ST"])
+        full, diag = (sc["dummy_full"], ws.fisher) if structure == "diagonal" else \
+            (ws.fisher, sc["dummy_diag"])
+        par = self.use_parallel(n, parallel)
+        if par:
+            out = K.glm_accumulate_parallel(X, y, w, theta, self.family, m, s, ws.grad, full,
+                                            diag, sc["grad_t"], sc["fisher_t"], sc["fdiag_t"],
+                                            sc["ST_t"])
+        else:
+            out = K.glm_accumulate(X, y, w, theta, self.family, m, s, ws.grad, full, diag,
+                                   sc["ST"])
+        if metric == "monte-carlo":
+            U = self.monte_carlo_factors(X, theta, rng, mc_samples)
+            accumulate_factors(U, w, structure, self.param_bounds(), ws.fisher, sc, par)
+        elif structure == "block" and metric is not None:
+            for a, b in zip(self.param_bounds()[:-1], self.param_bounds()[1:], strict=True):
+                ws.fisher[a:b, b:] = 0.0
+                ws.fisher[b:, a:b] = 0.0
+        return out
 
     def scores(self, X, y, theta):
         X = self.check_X(X)
@@ -72,6 +96,14 @@ class _GLM(Model):
         K.glm_scores(X, as_float64_vector(y, "y", X.shape[0]),
                      as_float64_vector(theta, "theta", self.n_params), self.family, out)
         return out
+
+    def sample_targets(self, X, theta, rng, k):
+        """``k`` targets per row from ``q(y | x; θ)``, shape (k, n)."""
+        mu = self.predict_mean(X, theta)
+        return self._sample(mu, rng, (int(k), mu.shape[0]))
+
+    def _sample(self, mu, rng, shape):
+        raise NotImplementedError
 
     def predict_mean(self, X, theta) -> np.ndarray:
         """``E[y | x]`` for each row, shape (n,)."""
@@ -95,8 +127,12 @@ class _GLM(Model):
     def metric_matvec(self, X, y, w, theta, U, *, metric):
         X = self.check_X(X)
         Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
-        if metric == "model":
+        if metric in ("model", "gauss-newton"):
             c = self._metric_weights(X, theta)
+        elif metric == "monte-carlo":
+            S = self.monte_carlo_factors(X, theta, np.random.default_rng(0), 1)[:, 0, :]
+            wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
+            return S.T @ (wt[:, None] * (S @ U)) / wt.sum()
         else:
             r = self.predict_mean(X, theta) - as_float64_vector(y, "y", X.shape[0])
             c = r * r
@@ -123,6 +159,9 @@ class LogisticRegression(_GLM):
         p = self.predict_mean(X, theta)
         return p * (1.0 - p)
 
+    def _sample(self, mu, rng, shape):
+        return (rng.random(shape) < mu).astype(np.float64)
+
     def evaluation_metrics(self, sums):
         n = sums["n"]
         return {"n": int(n), "log_loss": sums["loss"] / n, "accuracy": sums["second"] / n}
@@ -140,13 +179,51 @@ class LinearRegression(_GLM):
 
     name = "linear"
     family = K.FAMILY_LINEAR
+    metrics = ("model", "empirical", "loss-gradient", "monte-carlo", "gauss-newton")
 
     def _metric_weights(self, X, theta):
         return np.ones(X.shape[0])
 
+    def _sample(self, mu, rng, shape):
+        return mu + rng.standard_normal(shape)
+
     def evaluation_metrics(self, sums):
         n = sums["n"]
         return {"n": int(n), "mse": sums["second"] / n}
+
+
+class PoissonRegression(_GLM):
+    """Poisson regression with log link, ``y ~ Poisson(exp(x·β + b))``.
+
+    Loss: ``μ − y z`` (the negative log-likelihood without ``log y!``). Model Fisher:
+    ``⟨μ x̃ x̃ᵀ⟩``. Exposure: pass the rate ``y/t`` as the target and the exposure ``t`` as
+    the sample weight (``--w``); the weighted loss then has the estimating equations of
+    ``y ~ Poisson(t·exp(x·β + b))``.
+    """
+
+    name = "poisson"
+    family = K.FAMILY_POISSON
+
+    def _metric_weights(self, X, theta):
+        return self.predict_mean(X, theta)
+
+    def _sample(self, mu, rng, shape):
+        return rng.poisson(np.broadcast_to(mu, shape)).astype(np.float64)
+
+    def evaluation_metrics(self, sums):
+        n = sums["n"]
+        return {"n": int(n), "mean_deviance": sums["second"] / n, "nll": sums["loss"] / n}
+
+    def target_check(self):
+        return check_counts
+
+
+def check_counts(name: str, block: np.ndarray):
+    """Data check: Poisson targets (counts or rates) must be >= 0."""
+    bad = np.flatnonzero(~(block >= 0))
+    if bad.size:
+        return int(bad[0]), f"target {block[bad[0]]!r} is negative (Poisson counts are >= 0)"
+    return None
 
 
 def check_binary_labels(name: str, block: np.ndarray):
