@@ -26,6 +26,11 @@ def glm_reference(family, X, y, w, theta, metric, structure):
             li = -(y[i] * np.log(p) + (1 - y[i]) * np.log(1 - p))
             dz = p - y[i]
             c_model = p * (1 - p)
+        elif family == "poisson":
+            mu = np.exp(z)
+            li = mu - y[i] * z
+            dz = mu - y[i]
+            c_model = mu
         else:
             li = 0.5 * (y[i] - z) ** 2
             dz = z - y[i]
@@ -63,3 +68,21 @@ def logistic_fisher_by_enumeration(X, theta):
             s = (yv - p) * x
             G += prob * np.outer(s, s)
     return G / Xt.shape[0]
+
+
+def factor_gram_reference(U, w, structure, bounds):
+    """``Σ_i w_i Σ_k u_ik u_ikᵀ`` restricted to a structure, by explicit loops."""
+    n, K, P = U.shape
+    w = np.ones(n) if w is None or len(w) == 0 else w
+    G = np.zeros((P, P))
+    for i in range(n):
+        for k in range(K):
+            G += w[i] * np.outer(U[i, k], U[i, k])
+    if structure == "diagonal":
+        return np.diag(G).copy()
+    if structure == "block":
+        mask = np.zeros((P, P), dtype=bool)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            mask[a:b, a:b] = True
+        G = np.where(mask, G, 0.0)
+    return G

@@ -19,13 +19,15 @@ def _data(n, d, dtype, seed=0, family="logistic"):
     theta = rng.standard_normal(d + 1) * 0.3 / np.r_[np.geomspace(0.1, 10, d), 1.0]
     if family == "logistic":
         y = (rng.random(n) < 0.4).astype(np.float64)
+    elif family == "poisson":
+        y = rng.poisson(2.0, n).astype(np.float64)
     else:
         y = rng.standard_normal(n) * 2.0 + 1.0
     w = rng.random(n) * 2.0
     return X, y, w, theta
 
 
-@pytest.mark.parametrize("family", ["logistic", "linear"])
+@pytest.mark.parametrize("family", ["logistic", "linear", "poisson"])
 @pytest.mark.parametrize("metric", ["model", "empirical"])
 @pytest.mark.parametrize("structure", ["full", "diagonal"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -55,7 +57,7 @@ def test_metric_none_leaves_fisher_zero_and_grad_intact():
     assert_allclose(ws.grad, r_grad, rtol=1e-10)
 
 
-@pytest.mark.parametrize("family", ["logistic", "linear"])
+@pytest.mark.parametrize("family", ["logistic", "linear", "poisson"])
 def test_glm_gradient_matches_finite_differences(family):
     X, y, _, theta = _data(50, 3, np.float64, family=family)
     model = make_model(family, 3)
