@@ -190,3 +190,28 @@ def test_progress_line_and_metrics_log_fields(small_zarr, tmp_path, capsys):
     assert refresh[0]["reason"] == "initial"
     assert {"drift", "condition_number", "floored", "damping"} <= set(refresh[-1])
     assert records[-1]["event"] == "end" and records[-1]["samples"] == summary["samples"]
+
+
+def test_cli_choices_mirror_the_registries():
+    """The CLI keeps literal copies of the registries (so --help compiles no kernels)."""
+    from natgrad_stream import cli
+    from natgrad_stream.data.datasets import TASKS
+    from natgrad_stream.models import METRICS, MODEL_NAMES, STRUCTURES
+
+    assert set(cli.MODEL_CHOICES) == set(MODEL_NAMES)
+    assert set(cli.TASK_CHOICES) == set(TASKS)
+    assert cli.METRIC_CHOICES == METRICS
+    assert cli.STRUCTURE_CHOICES == STRUCTURES
+
+
+def test_every_registered_model_and_task_loads():
+    from natgrad_stream.data.datasets import TASKS, task_generator
+    from natgrad_stream.models import MODELS
+
+    for name in MODELS:
+        cls = MODELS[name]
+        assert cls.name == name
+        assert cls.default_metric in cls.metrics
+    for task in TASKS:
+        gen = task_generator(task)
+        assert hasattr(gen, "true_params") and hasattr(gen, "sample_chunk")
