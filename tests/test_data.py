@@ -243,3 +243,72 @@ def test_finiteness_scan_finds_every_kind_of_bad_value_at_any_position(dtype):
     y = x.copy()
     y[[10, 20]] = [np.nan, np.inf]
     assert first_nonfinite(y, zero) == 10
+
+
+def _all_rows(source):
+    with source.batches(batch_size=1000, shuffle=False) as stream:
+        parts = [(b.X.copy(), b.y.copy()) for b in stream]
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def test_direct_zstd_reads_equal_zarr_reads(tmp_path):
+    """Whole-chunk zstd decoding straight into the buffer gives the zarr path's bytes,
+    including a short last chunk, an unwritten chunk (fill value) and uint8 targets."""
+    import zarr
+
+    from natgrad_stream.data import ArraySource
+    from natgrad_stream.data._zstd_direct import DirectChunks
+
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w", zarr_format=3)
+    codec = zarr.codecs.ZstdCodec(level=3, checksum=True)
+    X = g.create_array("X", shape=(2500, 7), chunks=(600, 7), dtype="float32",
+                       compressors=codec, fill_value=1.5)
+    y = g.create_array("y", shape=(2500,), chunks=(600,), dtype="uint8", compressors=codec)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2500, 7)).astype(np.float32)
+    X[:1200] = data[:1200]  # chunk 2 (rows 1200:1800) is never written
+    X[1800:] = data[1800:]
+    y[:] = rng.integers(0, 2, 2500)
+    assert DirectChunks.for_array(g["X"]) is not None
+    direct = ArraySource(g["X"], g["y"])
+    assert all(v is not None for v in direct._direct.values())
+    via_zarr = ArraySource(g["X"], g["y"])
+    via_zarr._direct = {}
+    Xd, yd = _all_rows(direct)
+    Xz, yz = _all_rows(via_zarr)
+    np.testing.assert_array_equal(Xd, Xz)
+    np.testing.assert_array_equal(yd, yz)
+    np.testing.assert_array_equal(Xd[1200:1800], 1.5)
+    np.testing.assert_array_equal(Xd[:1200], data[:1200])
+
+
+def test_direct_zstd_declines_other_layouts(tmp_path):
+    import zarr
+
+    from natgrad_stream.data._zstd_direct import DirectChunks
+
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="w", zarr_format=3)
+    blosc = g.create_array("a", shape=(100, 4), chunks=(10, 4), dtype="float64",
+                           compressors=zarr.codecs.BloscCodec())
+    split = g.create_array("b", shape=(100, 4), chunks=(10, 2), dtype="float64",
+                           compressors=zarr.codecs.ZstdCodec())
+    raw = g.create_array("c", shape=(100, 4), chunks=(10, 4), dtype="float64", compressors=None)
+    for arr in (blosc, split, raw):
+        assert DirectChunks.for_array(arr) is None
+    assert DirectChunks.for_array(np.zeros((3, 2))) is None
+
+
+def test_corrupt_chunk_names_array_and_chunk(tmp_path):
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="w", zarr_format=3)
+    X = g.create_array("X", shape=(300, 3), chunks=(100, 3), dtype="float64",
+                       compressors=zarr.codecs.ZstdCodec())
+    X[:] = np.ones((300, 3))
+    g.create_array("y", shape=(300,), chunks=(100,), dtype="uint8")[:] = 1
+    blob = tmp_path / "c.zarr" / "X" / "c" / "1" / "0"
+    blob.write_bytes(blob.read_bytes()[:-7])
+    with pytest.raises(DataError) as info:
+        _collect(open_zarr(tmp_path / "c.zarr").batches(batch_size=50, shuffle=False,
+                                                        chunks_per_read=1))
+    assert (info.value.array, info.value.chunk) == ("X", 1)

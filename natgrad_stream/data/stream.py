@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream.data._gather_kernels import gather_rows
+from natgrad_stream.data._zstd_direct import DirectChunks, read_direct
 from natgrad_stream.data.validation import (
     Check,
     check_finite,
@@ -260,6 +261,10 @@ def _read_zarr_concurrently(requests) -> None:
     sync(read_all())
 
 
+#: ``NATGRAD_STREAM_DIRECT_ZSTD=0`` sends every read through zarr's own codec pipeline.
+_DIRECT_ENABLED = os.environ.get("NATGRAD_STREAM_DIRECT_ZSTD", "1") != "0"
+
+
 # -- sources -----------------------------------------------------------------------------------
 class Source(abc.ABC):
     """A stream of rows: features ``X`` and optional targets ``y`` and weights ``w``."""
@@ -361,21 +366,30 @@ class ArraySource(Source):
         self.n_rows, self.n_features = n, d
         self.has_targets, self.has_weights = y is not None, w is not None
         self.chunk_rows = _chunk_rows_of(X, chunk_rows)
+        # whole-chunk zstd decoders for Zarr arrays with the simple layout (else None)
+        self._direct = {id(a): DirectChunks.for_array(a, label) if _DIRECT_ENABLED else None
+                        for a, label in zip((X, y, w), self.names, strict=True)
+                        if hasattr(a, "async_array")}
 
-    @staticmethod
-    def _read_many(requests) -> None:
+    def _read_many(self, requests) -> None:
         """Fill ``out`` with ``arr[a:b]`` for each ``(arr, a, b, out)``.
 
         Zarr arrays are decoded straight into ``out`` and all their requests are issued at
         once on zarr's event loop, so the chunks of a read decompress concurrently; other
         array-likes are copied one by one.
         """
-        zarr_reqs = []
+        zarr_reqs, direct = [], []
         for arr, a, b, out in requests:
             if hasattr(arr, "async_array") and out.dtype == arr.dtype:
-                zarr_reqs.append((arr.async_array, a, b, out))
+                dec = self._direct.get(id(arr))
+                if dec is not None and dec.covers(a, b):
+                    direct.append((dec, a, b, out))
+                else:
+                    zarr_reqs.append((arr.async_array, a, b, out))
             else:
                 np.copyto(out, np.asarray(arr[a:b]), casting="unsafe")
+        if direct:
+            read_direct(direct)
         if zarr_reqs:
             _read_zarr_concurrently(zarr_reqs)
 
