@@ -30,6 +30,9 @@ METRIC_CHOICES = ("model", "empirical", "monte-carlo", "loss-gradient", "energy"
                   "gauss-newton", "amari")
 STRUCTURE_CHOICES = ("full", "diagonal", "block")
 OPTIMIZER_CHOICES = ("sgd", "momentum", "adam")
+#: ``--optimizer lbfgs`` selects the batch L-BFGS in the natural space (natgrad_stream.lbfgs),
+#: not a streaming optimizer of φ, so it is not in ``OPTIMIZER_CHOICES``.
+LBFGS = "lbfgs"
 
 
 def _print_json(obj: dict) -> None:
@@ -50,6 +53,13 @@ def _nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -84,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="X", metavar="NAME", help="features array (default X)")
     p.add_argument("--y", default="y", metavar="NAME", help="targets array (default y)")
     p.add_argument("--w", default=None, metavar="NAME", help="optional sample-weight array")
-    p.add_argument("--epochs", type=_positive_int, default=1,
-                   help="total passes (a resumed run continues up to this count)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="total passes, default 1 (a resumed run continues up to this count)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"rows per batch (default {DEFAULT_BATCH_SIZE}; lbfgs: rows per "
+                        "evaluation batch, default 65536)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metric", choices=METRIC_CHOICES, default=None,
                    help="metric kind (default: the model's own; see the README)")
@@ -94,7 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full, diagonal (eq. 34) or block-diagonal by parameter group")
     p.add_argument("--mc-samples", type=_positive_int, default=1, metavar="K",
                    help="targets sampled per row for --metric monte-carlo")
-    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="sgd")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES + (LBFGS,), default="sgd",
+                   help="optimizer of φ; lbfgs: batch L-BFGS in the natural space, "
+                        "re-whitened every round (paper section 2.7)")
+    p.add_argument("--lbfgs-rounds", type=_positive_int, default=None, metavar="R",
+                   help="lbfgs: total rounds (re-whitenings), default 10 (a resumed run "
+                        "continues up to this count)")
+    p.add_argument("--lbfgs-iters", type=_positive_int, default=None, metavar="N",
+                   help="lbfgs: L-BFGS iterations per round at most (default 25)")
+    p.add_argument("--lbfgs-tol", type=_nonnegative_float, default=None, metavar="T",
+                   help="lbfgs: stop when a round improves the loss by at most T, relative "
+                        "(default 1e-12)")
+    p.add_argument("--lbfgs-gtol", type=_nonnegative_float, default=None, metavar="T",
+                   help="lbfgs: stop when max |natural gradient in φ| <= T (default 1e-7)")
+    p.add_argument("--window", type=_positive_int, default=None, metavar="CHUNKS",
+                   help="lbfgs: evaluate each round on this many chunks drawn by the seed "
+                        "(default: all the data)")
     p.add_argument("--lr", type=float, default=None, help="step-size scale")
     p.add_argument("--step-schedule", choices=("harmonic", "sqrt", "constant"), default=None)
     p.add_argument("--rewhiten-every", type=_positive_int, default=None, metavar="N",
@@ -196,12 +223,46 @@ def _cmd_make_data(args) -> int:
 
 def _learner_options(args) -> dict:
     rewhiten = args.rewhiten_every if args.rewhiten_every is not None else args.rewhiten
+    batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
     return dict(metric=args.metric, structure=args.structure, optimizer=args.optimizer,
                 lr=args.lr, step_schedule=args.step_schedule, rewhiten=rewhiten,
                 half_life=_half_life(args.half_life), whitening=args.whitening,
-                damping=args.damping, batch_size=args.batch_size, seed=args.seed,
+                damping=args.damping, batch_size=batch_size, seed=args.seed,
                 average=args.average, fisher_every=args.fisher_every,
                 mc_samples=args.mc_samples)
+
+
+#: ``fit`` options of the L-BFGS path: (command-line name, NaturalLBFGS keyword).
+_LBFGS_ONLY = (("--lbfgs-rounds", None), ("--lbfgs-iters", "iters"), ("--lbfgs-tol", "tol"),
+               ("--lbfgs-gtol", "gtol"), ("--window", "window"))
+
+
+def _given(args, flag: str) -> bool:
+    return getattr(args, flag.lstrip("-").replace("-", "_")) is not None
+
+
+def _lbfgs_options(args) -> dict:
+    """NaturalLBFGS options of ``fit --optimizer lbfgs``; rejects streaming-only options."""
+    sgd_only = [flag for flag, given in (
+        ("--epochs", args.epochs is not None), ("--lr", args.lr is not None),
+        ("--step-schedule", args.step_schedule is not None),
+        ("--rewhiten-every", args.rewhiten_every is not None),
+        ("--rewhiten", args.rewhiten != "auto"), ("--half-life", args.half_life != "auto"),
+        ("--fisher-every", args.fisher_every != "auto"), ("--average", args.average),
+        ("--checkpoint-every", args.checkpoint_every is not None)) if given]
+    if sgd_only:
+        raise ValueError(f"{', '.join(sgd_only)} {'does' if len(sgd_only) == 1 else 'do'} not "
+                         "apply to --optimizer lbfgs (a batch method: it runs --lbfgs-rounds "
+                         "rounds of at most --lbfgs-iters L-BFGS iterations, re-whitening and "
+                         "checkpointing after every round)")
+    opts = dict(optimizer=LBFGS, metric=args.metric, structure=args.structure,
+                whitening=args.whitening, damping=args.damping, seed=args.seed,
+                mc_samples=args.mc_samples)
+    if args.batch_size is not None:
+        opts["batch_size"] = args.batch_size
+    opts.update({key: getattr(args, flag[2:].replace("-", "_"))
+                 for flag, key in _LBFGS_ONLY if key is not None and _given(args, flag)})
+    return opts
 
 
 def _cmd_fit(args) -> int:
@@ -209,6 +270,21 @@ def _cmd_fit(args) -> int:
 
     if not args.resume and args.model is None:
         raise ValueError("fit: --model is required for a new run")
+    lbfgs_given = [flag for flag, _ in _LBFGS_ONLY if _given(args, flag)]
+    if args.resume:  # the run keeps its options; only the round count may grow
+        late = [flag for flag in lbfgs_given if flag != "--lbfgs-rounds"]
+        if late:
+            raise ValueError(f"{', '.join(late)} cannot be changed on --resume: the run "
+                             "keeps its options (--lbfgs-rounds may raise the total rounds)")
+        options = _learner_options(args)
+    elif args.optimizer == LBFGS:
+        options = _lbfgs_options(args)
+    elif lbfgs_given:
+        raise ValueError(f"{', '.join(lbfgs_given)} "
+                         f"{'applies' if len(lbfgs_given) == 1 else 'apply'} only with "
+                         "--optimizer lbfgs")
+    else:
+        options = _learner_options(args)
     progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     with _GracefulStop() as stop:
         summary = fit_run(
@@ -217,7 +293,7 @@ def _cmd_fit(args) -> int:
             progress=progress, checkpoint_every=args.checkpoint_every,
             max_samples=args.max_samples, log_every=args.log_every, mixing=args.mixing,
             model_options={"classes": args.classes, "hidden": args.hidden},
-            learner_options=_learner_options(args), stop_handler=stop.attach)
+            learner_options=options, stop_handler=stop.attach, rounds=args.lbfgs_rounds)
     _print_json(summary)
     return EXIT_SIGNAL if stop.signalled else EXIT_OK
 

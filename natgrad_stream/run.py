@@ -25,6 +25,13 @@ from natgrad_stream.checkpoint import load_checkpoint
 from natgrad_stream.data import as_source
 from natgrad_stream.errors import RunDirectoryError
 from natgrad_stream.evaluate import evaluate
+from natgrad_stream.lbfgs import (
+    NaturalLBFGS,
+    RoundCheckpoint,
+    RoundLogger,
+    RoundProgress,
+    is_lbfgs_state,
+)
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import MODELS, make_model, model_from_config
 
@@ -41,13 +48,18 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_learner(run_dir) -> tuple[NaturalGradientLearner, dict]:
-    """Rebuild the learner saved in ``run_dir``; returns ``(learner, run_info)``."""
+def load_learner(run_dir) -> tuple[NaturalGradientLearner | NaturalLBFGS, dict]:
+    """Rebuild the learner saved in ``run_dir``; returns ``(learner, run_info)``.
+
+    The learner is a :class:`NaturalLBFGS` when the run used ``optimizer="lbfgs"``.
+    """
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); "
                                 "is it the output directory of 'natgrad-stream fit'?")
     state = load_checkpoint(path)
+    if is_lbfgs_state(state):
+        return NaturalLBFGS.from_state_dict(state), state.get("run", {})
     return NaturalGradientLearner.from_state_dict(state), state.get("run", {})
 
 
@@ -64,11 +76,11 @@ def _open_group(data):
 
 
 def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "y",
-            w: str | None = None, epochs: int = 1, resume: bool = False,
+            w: str | None = None, epochs: int | None = None, resume: bool = False,
             overwrite: bool = False, progress: bool = False, checkpoint_every: int | None = None,
             max_samples: int | None = None, log_every: int = 65536, mixing: str | None = None,
             learner_options: dict | None = None, model_options: dict | None = None,
-            stop_handler=None) -> dict:
+            stop_handler=None, rounds: int | None = None) -> dict:
     """Fit (or resume) a run in ``run_dir``; returns the summary dict.
 
     The data are opened and validated before anything is written. A new run refuses a
@@ -77,6 +89,12 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
     was and the log records the error. An overwriting run writes its log to
     ``metrics.jsonl.partial`` and its checkpoint only at the end, replacing the old run's
     files only once it has finished.
+
+    ``learner_options={"optimizer": "lbfgs", ...}`` makes a batch L-BFGS run in the natural
+    space (:class:`~natgrad_stream.lbfgs.NaturalLBFGS`; the other keys are its options).
+    Such a run takes ``rounds`` (total rounds; a resumed run continues up to it) instead
+    of ``epochs`` (default 1 for the SGD learner), logs a ``round`` record per round and
+    checkpoints after every round (``checkpoint_every`` does not apply).
     """
     run_dir = Path(run_dir)
     ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
@@ -99,8 +117,28 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
         given = {"mixing": mixing, **(model_options or {})}
         options = MODELS[model].options_from_data(_open_group(data), source, given)
         mdl = make_model(model, source.n_features, **options)
-        learner = NaturalGradientLearner(mdl, **(learner_options or {}))
+        opts = dict(learner_options or {})
+        if opts.get("optimizer") == "lbfgs":
+            opts.pop("optimizer")
+            learner = NaturalLBFGS(mdl, **opts)
+        else:
+            learner = NaturalGradientLearner(mdl, **opts)
         info = {"data": str(data), "x": x, "y": y if requires_y else None, "w": w}
+    lbfgs = isinstance(learner, NaturalLBFGS)
+    if resume and not lbfgs and (learner_options or {}).get("optimizer") == "lbfgs":
+        raise ValueError(f"{run_dir} holds a streaming natural-gradient run, not an L-BFGS "
+                         "run (optimizer lbfgs); resume it without --optimizer lbfgs")
+    if lbfgs:
+        for name, value, why in (("epochs", epochs, "pass rounds (--lbfgs-rounds)"),
+                                 ("checkpoint_every", checkpoint_every,
+                                  "it checkpoints after every round")):
+            if value is not None:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) does not apply to an "
+                                 f"L-BFGS run (optimizer lbfgs): {why}")
+    elif rounds is not None:
+        raise ValueError("rounds (--lbfgs-rounds) applies only to L-BFGS runs (optimizer "
+                         f"lbfgs); {'the run in ' + str(run_dir) if resume else 'this run'} "
+                         "uses the streaming natural-gradient learner")
     source = as_source(data, x=x, y=y if learner.model.requires_targets else None, w=w)
     if source.n_features != learner.model.n_features:
         raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
@@ -112,14 +150,22 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
     new_log = run_dir / (METRICS + ".partial") if replacing else log_path
     if replacing:
         new_log.unlink(missing_ok=True)
-    callbacks = [MetricsLogger(new_log, every=log_every),
-                 CheckpointEvery(ckpt, every=None if replacing else checkpoint_every,
-                                 extra=info)]
+    if lbfgs:
+        callbacks = [RoundLogger(new_log, every=log_every),
+                     RoundCheckpoint(ckpt, per_round=not replacing, extra=info)]
+    else:
+        callbacks = [MetricsLogger(new_log, every=log_every),
+                     CheckpointEvery(ckpt, every=None if replacing else checkpoint_every,
+                                     extra=info)]
     if progress:
-        callbacks.append(ProgressBar())
+        callbacks.append(RoundProgress() if lbfgs else ProgressBar())
     if stop_handler is not None:
         stop_handler(learner)
-    learner.fit(source, epochs=epochs, callbacks=callbacks, max_samples=max_samples)
+    if lbfgs:
+        learner.fit(source, rounds=rounds, callbacks=callbacks, max_samples=max_samples)
+    else:
+        learner.fit(source, epochs=1 if epochs is None else epochs, callbacks=callbacks,
+                    max_samples=max_samples)
     if replacing:
         os.replace(new_log, log_path)
     summary = learner.result.to_dict()
