@@ -31,3 +31,21 @@ CURVATURE_POWER_ITERATIONS = 12
 
 #: Targets sampled per row for the Monte Carlo model Fisher (``metric="monte-carlo"``).
 DEFAULT_MC_SAMPLES = 1
+
+#: L-BFGS in the natural space (:mod:`natgrad_stream.lbfgs`): default rounds (re-whitenings).
+LBFGS_ROUNDS = 10
+#: Default L-BFGS iterations per round.
+LBFGS_ITERS = 25
+#: Default relative-improvement tolerance of a round.
+LBFGS_TOL = 1e-12
+#: Default tolerance on ``max |∇φJ|`` (a natural-gradient norm).
+LBFGS_GTOL = 1e-7
+#: Default number of (s, y) correction pairs kept by L-BFGS.
+LBFGS_MEMORY = 10
+#: Default rows per evaluation batch: a batch method gains nothing from small batches.
+LBFGS_EVAL_BATCH_ROWS = 65536
+#: A trial point where ``J`` or ``∇J`` is not finite is reported as a quadratic rising
+#: from the best point by this many times ``max(1, |J_best|)``: finite values the line
+#: search can interpolate, so it backs off (SciPy's L-BFGS-B takes ``inf``, and also huge
+#: values, for convergence).
+NONFINITE_RISE = 1.0

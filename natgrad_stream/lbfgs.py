@@ -37,7 +37,18 @@ import numpy as np
 import scipy.optimize
 
 from natgrad_stream._blas import limited_blas_threads
-from natgrad_stream._constants import DEFAULT_DAMPING, DEFAULT_EIGEN_FLOOR, DEFAULT_MC_SAMPLES
+from natgrad_stream._constants import (
+    DEFAULT_DAMPING,
+    DEFAULT_EIGEN_FLOOR,
+    DEFAULT_MC_SAMPLES,
+    LBFGS_EVAL_BATCH_ROWS,
+    LBFGS_GTOL,
+    LBFGS_ITERS,
+    LBFGS_MEMORY,
+    LBFGS_ROUNDS,
+    LBFGS_TOL,
+    NONFINITE_RISE,
+)
 from natgrad_stream.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.errors import CheckpointError, DataError
@@ -49,23 +60,10 @@ from natgrad_stream.whitening import METHODS, Whitener, WhiteningError, whiten
 
 #: Registry name of the algorithm, stored as ``options["optimizer"]["name"]``.
 NAME = "lbfgs"
-#: Default number of rounds (re-whitenings).
-DEFAULT_ROUNDS = 10
-#: Default L-BFGS iterations per round.
-DEFAULT_ITERS = 25
-#: Default relative-improvement tolerance of a round.
-DEFAULT_TOL = 1e-12
-#: Default tolerance on ``max |∇φJ|`` (a natural-gradient norm).
-DEFAULT_GTOL = 1e-7
-#: Default number of (s, y) correction pairs kept by L-BFGS.
-DEFAULT_MEMORY = 10
-#: Default rows per evaluation batch: a batch method gains nothing from small batches.
-DEFAULT_EVAL_BATCH_ROWS = 65536
-#: A trial point where ``J`` or ``∇J`` is not finite is reported as a quadratic rising
-#: from the best point by this many times ``max(1, |J_best|)``: finite values the line
-#: search can interpolate, so it backs off (SciPy's L-BFGS-B takes ``inf``, and also huge
-#: values, for convergence).
-NONFINITE_RISE = 1.0
+#: Defaults (from :mod:`natgrad_stream._constants`; the command line uses these names).
+DEFAULT_ROUNDS, DEFAULT_ITERS, DEFAULT_TOL = LBFGS_ROUNDS, LBFGS_ITERS, LBFGS_TOL
+DEFAULT_GTOL, DEFAULT_MEMORY = LBFGS_GTOL, LBFGS_MEMORY
+DEFAULT_EVAL_BATCH_ROWS = LBFGS_EVAL_BATCH_ROWS
 
 
 def is_lbfgs_state(state: dict) -> bool:

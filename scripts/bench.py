@@ -257,6 +257,44 @@ def scaling(dims, rows: int = 65536) -> list:
     return out
 
 
+def block_scaling(dims, classes: int = 4, rows: int = 16384) -> list:
+    """Full vs block vs diagonal metric for softmax regression (one block per class).
+
+    With ``K − 1`` free classes, ``P = (K − 1)(d + 1)``: the full metric costs ``P²`` per
+    row and ``P³`` per refresh, the block-diagonal one ``(K − 1)(d + 1)²`` and
+    ``(K − 1)(d + 1)³``.
+    """
+    out = []
+    rng = np.random.default_rng(0)
+    with limited_blas_threads(1):
+        for d in dims:
+            X = rng.standard_normal((rows, d)).astype(np.float32)
+            y = rng.integers(0, classes, rows).astype(np.float64)
+            model = make_model("softmax", d, n_classes=classes)
+            theta = np.zeros(model.n_params)
+            row = {"d": d, "classes": classes, "P": model.n_params}
+            for structure in ("full", "block", "diagonal"):
+                ws = model.new_workspace(structure)
+                model.accumulate(X[:2048], y[:2048], None, theta, metric="model",
+                                 structure=structure, ws=ws)
+                P = model.n_params
+                reps = max(1, int(4e7 / (rows * P * (P if structure == "full" else d + 1))))
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    model.accumulate(X, y, None, theta, metric="model", structure=structure,
+                                     ws=ws)
+                row[f"{structure}_ns_per_row"] = 1e9 * (time.perf_counter() - t0) / (reps * rows)
+                G = ws.fisher / rows
+                blocks = model.param_bounds() if structure == "block" else None
+                center = model.center_indices if structure != "diagonal" else None
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    whiten(G, center=center, blocks=blocks)
+                row[f"refresh_{structure}_ms"] = 1e3 * (time.perf_counter() - t0) / 3
+            out.append(row)
+    return out
+
+
 SGD_GRID = (
     {"learning_rate": "optimal", "alpha": 1e-6},
     {"learning_rate": "optimal", "alpha": 1e-5},
@@ -394,29 +432,30 @@ def peers(path: Path, opt: float, passes: int) -> list:
 # -- report ----------------------------------------------------------------------------------
 def markdown(report: dict) -> str:
     """The report as Markdown tables."""
-    t = report["throughput"]
-    lines = [
-        f"### natgrad_stream benchmark ({report['date']}, {report['machine']})",
-        "",
-        f"Store: {t['rows']:,} × {t['features']} float32 logistic, zstd, 65,536-row "
-        f"chunks. Full-batch optimum (scikit-learn): held-out log-loss "
-        f"{report['optimum']['test_log_loss']:.6f}. Medians of {t['repeats']} alternating "
-        "runs in one process.",
-        "",
-        "| what | rows/s | × raw read | held-out gap after 1 pass |",
-        "|---|---|---|---|",
-        f"| raw read (zarr, X and y, sequential) | {t['raw_read_rows_per_s']:,.0f} | 1.00 | |",
-        f"| natgrad_stream reader only | {t['reader_rows_per_s']:,.0f} | "
-        f"{t['reader_ratio']:.2f} | |",
-        f"| natgrad_stream, full Fisher (defaults) | {t['full_rows_per_s']:,.0f} | "
-        f"{t['full_ratio']:.2f} | {t['full_gap_percent']:+.4f}% |",
-        f"| natgrad_stream, diagonal Fisher | {t['diagonal_rows_per_s']:,.0f} | "
-        f"{t['diagonal_ratio']:.2f} | {t['diagonal_gap_percent']:+.3f}% |",
-        "",
-        f"Time to held-out log-loss within 0.1% of the optimum (full, defaults): "
-        f"{t['full_seconds_to_0.1pct']} s.",
-        "",
-    ]
+    lines = [f"### natgrad_stream benchmark ({report['date']}, {report['machine']})", ""]
+    t = report.get("throughput")
+    if t:
+        lines += [
+            f"Store: {t['rows']:,} × {t['features']} float32 logistic, zstd, 65,536-row "
+            f"chunks. Full-batch optimum (scikit-learn): held-out log-loss "
+            f"{report['optimum']['test_log_loss']:.6f}. Medians of {t['repeats']} alternating "
+            "runs in one process.",
+            "",
+            "| what | rows/s | × raw read | held-out gap after 1 pass |",
+            "|---|---|---|---|",
+            f"| raw read (zarr, X and y, sequential) | {t['raw_read_rows_per_s']:,.0f} | 1.00 "
+            "| |",
+            f"| natgrad_stream reader only | {t['reader_rows_per_s']:,.0f} | "
+            f"{t['reader_ratio']:.2f} | |",
+            f"| natgrad_stream, full Fisher (defaults) | {t['full_rows_per_s']:,.0f} | "
+            f"{t['full_ratio']:.2f} | {t['full_gap_percent']:+.4f}% |",
+            f"| natgrad_stream, diagonal Fisher | {t['diagonal_rows_per_s']:,.0f} | "
+            f"{t['diagonal_ratio']:.2f} | {t['diagonal_gap_percent']:+.3f}% |",
+            "",
+            f"Time to held-out log-loss within 0.1% of the optimum (full, defaults): "
+            f"{t['full_seconds_to_0.1pct']} s.",
+            "",
+        ]
     if report.get("peers"):
         lines += ["| peer | settings | rows/s | seconds to 0.1% | gap after last pass |",
                   "|---|---|---|---|---|"]
@@ -436,19 +475,34 @@ def markdown(report: dict) -> str:
         lines += [f"Peak RSS, one pass: {r['peak_rss_bytes'][0] / 2**20:.0f} MiB at "
                   f"{r['rows'][0]:,} rows, {r['peak_rss_bytes'][1] / 2**20:.0f} MiB at "
                   f"{r['rows'][1]:,} rows ({r['change_percent']:+.1f}%).", ""]
-    c = report["compile"]
-    lines += [f"Import + first batch: warm Numba cache {c['warm_import_s']:.2f} + "
-              f"{c['warm_first_batch_s']:.2f} s; cold {c['cold_import_s']:.2f} + "
-              f"{c['cold_first_batch_s']:.2f} s (compilation).", "",
-              "| d | grad only ns/row | full ns/row (serial / parallel) | diagonal ns/row | "
-              "refresh full ms | refresh diagonal ms |", "|---|---|---|---|---|---|"]
-    for s in report["scaling"]:
-        lines.append(
-            f"| {s['d']} | {s['grad_only_serial_ns_per_row']:.0f} | "
-            f"{s['full_serial_ns_per_row']:.0f} / {s['full_parallel_ns_per_row']:.0f} | "
-            f"{s['diagonal_serial_ns_per_row']:.0f} | {s['refresh_full_ms']:.2f} | "
-            f"{s['refresh_diagonal_ms']:.3f} |")
+    c = report.get("compile")
+    if c:
+        lines += [f"Import + first batch: warm Numba cache {c['warm_import_s']:.2f} + "
+                  f"{c['warm_first_batch_s']:.2f} s; cold {c['cold_import_s']:.2f} + "
+                  f"{c['cold_first_batch_s']:.2f} s (compilation).", ""]
+    if report.get("scaling"):
+        lines += ["| d | grad only ns/row | full ns/row (serial / parallel) | diagonal ns/row | "
+                  "refresh full ms | refresh diagonal ms |", "|---|---|---|---|---|---|"]
+        for s in report["scaling"]:
+            lines.append(
+                f"| {s['d']} | {s['grad_only_serial_ns_per_row']:.0f} | "
+                f"{s['full_serial_ns_per_row']:.0f} / {s['full_parallel_ns_per_row']:.0f} | "
+                f"{s['diagonal_serial_ns_per_row']:.0f} | {s['refresh_full_ms']:.2f} | "
+                f"{s['refresh_diagonal_ms']:.3f} |")
+    if report.get("block_scaling"):
+        lines += ["", "Softmax regression (K = 4 classes, one parameter block per class), "
+                  "metric cost per row and per refresh:", "",
+                  "| d | P | full ns/row | block ns/row | diagonal ns/row | refresh full ms | "
+                  "refresh block ms |", "|---|---|---|---|---|---|---|"]
+        for s in report["block_scaling"]:
+            lines.append(
+                f"| {s['d']} | {s['P']} | {s['full_ns_per_row']:.0f} | "
+                f"{s['block_ns_per_row']:.0f} | {s['diagonal_ns_per_row']:.0f} | "
+                f"{s['refresh_full_ms']:.2f} | {s['refresh_block_ms']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+SECTIONS = ("throughput", "compile", "scaling", "memory", "peers")
 
 
 def main(argv=None) -> int:
@@ -461,6 +515,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--data", default="bench-data")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="comma-separated subset of: " + ",".join(SECTIONS))
     args = ap.parse_args(argv)
     rows = args.rows or (1_000_000 if args.quick else 4_000_000)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -470,18 +526,30 @@ def main(argv=None) -> int:
     report = {"date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "command": "python scripts/bench.py" + (" --quick" if args.quick else "")}
-    print("optimum...", file=sys.stderr)
-    report["optimum"] = optimum(path)
-    print("throughput...", file=sys.stderr)
-    report["throughput"] = throughput(path, report["optimum"]["test_log_loss"], repeats)
-    print("compile...", file=sys.stderr)
-    report["compile"] = compile_times()
-    print("scaling...", file=sys.stderr)
-    report["scaling"] = scaling([10, 30, 100, 300] if args.quick else [10, 30, 100, 300, 1000])
-    print("memory...", file=sys.stderr)
-    # both stores must exceed the reader's buffer pool, or the smaller one under-reports
-    report["rss"] = peak_rss(root, 500_000 if args.quick else 1_000_000, args.features)
-    if not args.no_peers:
+    want = set(args.sections.split(","))
+    unknown = want - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    if want & {"throughput", "peers"}:
+        print("optimum...", file=sys.stderr)
+        report["optimum"] = optimum(path)
+    if "throughput" in want:
+        print("throughput...", file=sys.stderr)
+        report["throughput"] = throughput(path, report["optimum"]["test_log_loss"], repeats)
+    if "compile" in want:
+        print("compile...", file=sys.stderr)
+        report["compile"] = compile_times()
+    if "scaling" in want:
+        print("scaling...", file=sys.stderr)
+        report["scaling"] = scaling([10, 30, 100, 300] if args.quick
+                                    else [10, 30, 100, 300, 1000])
+        report["block_scaling"] = block_scaling([10, 30, 100] if args.quick
+                                                else [10, 30, 100, 300])
+    if "memory" in want:
+        print("memory...", file=sys.stderr)
+        # both stores must exceed the reader's buffer pool, or the smaller one under-reports
+        report["rss"] = peak_rss(root, 500_000 if args.quick else 1_000_000, args.features)
+    if "peers" in want and not args.no_peers:
         print("peers...", file=sys.stderr)
         report["peers"] = peers(path, report["optimum"]["test_log_loss"], args.peer_passes)
     out = Path(args.out)

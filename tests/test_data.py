@@ -253,7 +253,8 @@ def _all_rows(source):
 
 def test_direct_zstd_reads_equal_zarr_reads(tmp_path):
     """Whole-chunk zstd decoding straight into the buffer gives the zarr path's bytes,
-    including a short last chunk, an unwritten chunk (fill value) and uint8 targets."""
+    including a short last chunk, an unwritten chunk (fill value) and uint8 targets.
+    """
     import zarr
 
     from natgrad_stream.data import ArraySource

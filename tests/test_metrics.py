@@ -1,5 +1,6 @@
 """Metric kinds and structures (paper section 2.2–2.6) against independent computations, and
-each kind's convergence against steepest descent on an ill-conditioned problem."""
+each kind's convergence against steepest descent on an ill-conditioned problem.
+"""
 
 import numpy as np
 import pytest
@@ -58,7 +59,8 @@ def _logistic_batch(n=400, d=4, seed=0):
 @pytest.mark.parametrize("family", ["logistic", "poisson", "linear"])
 def test_monte_carlo_fisher_converges_to_the_closed_form(family):
     """Eq. 30 by sampling targets from the model agrees with the closed form: the relative
-    error falls like 1/√K (checked at K = 4000, where it must be below 4%)."""
+    error falls like 1/√K (checked at K = 4000, where it must be below 4%).
+    """
     X, y, theta = _logistic_batch(n=60, d=3)
     if family == "poisson":
         theta = theta * 0.1
@@ -110,7 +112,8 @@ def test_loss_gradient_metric_is_the_outer_product_of_loss_gradients(family):
 
 def test_gauss_newton_of_least_squares_is_the_hessian():
     """Eq. 40–41 for an L2 loss: the Gauss–Newton metric ⟨JᵀJ⟩ is the (exact) Hessian of a
-    linear least-squares loss, checked by finite differences of the gradient."""
+    linear least-squares loss, checked by finite differences of the gradient.
+    """
     X, _, theta = _logistic_batch(n=50, d=3)
     y = X @ theta[:-1] + theta[-1] + 0.3
     model = make_model("linear", 3)
@@ -238,7 +241,8 @@ def test_every_metric_kind_beats_steepest_descent(ill_conditioned, metric, struc
 def test_diagonal_metric_beats_steepest_descent_on_axis_aligned_scales():
     """The diagonal metric (eq. 34) removes per-parameter scale, not correlation: on
     independent features whose scales span four decades it beats the best steepest descent
-    step by a wide margin (measured in the assertion's message)."""
+    step by a wide margin (measured in the assertion's message).
+    """
     rng = np.random.default_rng(4)
     n, d = 20_000, 6
     scales = np.geomspace(0.01, 100, d)
@@ -256,7 +260,7 @@ def test_diagonal_metric_beats_steepest_descent_on_axis_aligned_scales():
 
 @pytest.mark.parametrize("whitening", ["eigh", "ridge", "robust"])
 def test_regularizers_learn_through_singular_and_noisy_metrics(whitening):
-    """Eq. 35 (robust), eq. 36 (ridge) and the eigenvalue floor (eigh), in a learner:
+    """Eq. 35 (robust), eq. 36 (ridge) and the eigenvalue floor (eigh), in a learner.
 
     - singular: a duplicated feature makes G exactly singular (θ is not identifiable, the
       loss is); every regularizer keeps θ finite and reaches the optimum loss;

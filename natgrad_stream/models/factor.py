@@ -59,7 +59,8 @@ class FactorModel(Model):
 
     def generic_factors(self, X, y, theta, grad, metric, rng, mc_samples):
         """Factors of the kinds every model has: ``empirical``/``loss-gradient`` (the
-        per-row loss gradients, eq. 31/39) and ``monte-carlo`` (eq. 30/41)."""
+        per-row loss gradients, eq. 31/39) and ``monte-carlo`` (eq. 30/41).
+        """
         if metric in ("empirical", "loss-gradient"):
             return grad[:, None, :]
         if metric == "monte-carlo":

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from natgrad_stream.models import _glm_kernels as K
-from natgrad_stream.models._gram_kernels import BLOCK_ROWS
 from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
+from natgrad_stream.models._gram_kernels import BLOCK_ROWS
 from natgrad_stream.models.base import Model, Workspace, as_float64_vector
 
 #: Metric kinds computed inside the fused kernel; ``loss-gradient`` is ``empirical`` here
