@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from natgrad_stream import __version__
-from natgrad_stream._constants import DEFAULT_BATCH_SIZE, DEFAULT_DAMPING
+from natgrad_stream._constants import DEFAULT_BATCH_SIZE, DEFAULT_DAMPING, DEFAULT_EIGEN_FLOOR
 from natgrad_stream.errors import CheckpointError, DataError, RunDirectoryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNAL = 0, 1, 2, 130
@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewhiten", default="auto",
                    help="schedule spec: auto, never, every:N, geometric:F, drift:T")
     p.add_argument("--whitening", choices=("eigh", "ridge", "robust"), default="eigh")
-    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING)
+    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING,
+                   help="relative damping ε of the whitener (ridge ε of eq. 36, eq. 35's ε)")
+    p.add_argument("--floor", type=float, default=DEFAULT_EIGEN_FLOOR,
+                   help="eigenvalue floor relative to the largest (eigh, robust)")
     p.add_argument("--half-life", default="auto",
                    help="running-metric half-life in samples, 'auto' or 'none'")
     p.add_argument("--fisher-every", type=_fisher_every, default="auto", metavar="N",
@@ -227,8 +230,8 @@ def _learner_options(args) -> dict:
     return dict(metric=args.metric, structure=args.structure, optimizer=args.optimizer,
                 lr=args.lr, step_schedule=args.step_schedule, rewhiten=rewhiten,
                 half_life=_half_life(args.half_life), whitening=args.whitening,
-                damping=args.damping, batch_size=batch_size, seed=args.seed,
-                average=args.average, fisher_every=args.fisher_every,
+                damping=args.damping, floor=args.floor, batch_size=batch_size,
+                seed=args.seed, average=args.average, fisher_every=args.fisher_every,
                 mc_samples=args.mc_samples)
 
 
@@ -256,8 +259,8 @@ def _lbfgs_options(args) -> dict:
                          "rounds of at most --lbfgs-iters L-BFGS iterations, re-whitening and "
                          "checkpointing after every round)")
     opts = dict(optimizer=LBFGS, metric=args.metric, structure=args.structure,
-                whitening=args.whitening, damping=args.damping, seed=args.seed,
-                mc_samples=args.mc_samples)
+                whitening=args.whitening, damping=args.damping, floor=args.floor,
+                seed=args.seed, mc_samples=args.mc_samples)
     if args.batch_size is not None:
         opts["batch_size"] = args.batch_size
     opts.update({key: getattr(args, flag[2:].replace("-", "_"))
