@@ -202,6 +202,7 @@ class NaturalGradientLearner:
         if theta.shape != (P,):
             raise ValueError(f"theta0 must have shape ({P},), got {theta.shape}")
         self.theta = theta
+        self._data_init = theta0 is None  # the first batch may pick a better start
         self.whitener: Whitener | None = None
         self.phi = theta.copy()
         self.fisher = RunningFisher(P, structure=self.structure, half_life=self.half_life)
@@ -254,6 +255,12 @@ class NaturalGradientLearner:
             raise ValueError("empty batch")
         if self.model.requires_targets and y is None:
             raise ValueError(f"model {self.model.name!r} needs targets y")
+        if self._data_init and self.steps == 0:
+            start = self.model.initial_params(X, y, w)
+            self._data_init = False
+            if start is not None:  # before anything is learned: nothing to keep
+                self.theta = np.asarray(start, dtype=np.float64)
+                self.phi = self.theta.copy()
         need_metric = self.whitener is None or self.steps % self.fisher_every == 0
         ws = self._workspace
         loss_sum, wsum = self.model.accumulate(
@@ -500,6 +507,7 @@ class NaturalGradientLearner:
         self._epoch_loss = [float(el["sum"]), float(el["weight"])]
         self._last_epoch_loss = math.nan if el["last"] is None else float(el["last"])
         self.last_refresh = state.get("last_refresh")
+        self._data_init = False
         return self
 
     @classmethod

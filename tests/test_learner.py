@@ -251,3 +251,25 @@ def test_blas_threads_are_pinned_during_fit_and_restored(small_zarr):
     assert [get() for _, get in handles] == before
     with limited_blas_threads(None):
         assert [get() for _, get in handles] == before
+
+
+def test_poisson_defaults_start_from_the_data_and_reach_the_optimum():
+    """The first batch sets the intercept to log(mean y): from θ = 0 the first Newton-like
+    steps overshoot under the log link (measured before: 33× the optimal loss after five
+    default passes on randhie); now one default pass is within 0.5% of statsmodels.
+    """
+    import statsmodels.api as sm
+
+    data = sm.datasets.randhie.load_pandas()
+    X, y = np.asarray(data.exog, float), np.asarray(data.endog, float)
+    ref = sm.Poisson(y, sm.add_constant(X, prepend=False)).fit(disp=0, method="newton")
+    model = make_model("poisson", X.shape[1])
+    best = model.loss(X, y, ref.params)
+    learner = NaturalGradientLearner(model)
+    learner.step(X[:1024], y[:1024])
+    assert learner.steps == 1
+    learner = NaturalGradientLearner(model).fit((X, y), epochs=1)
+    assert (model.loss(X, y, learner.theta) - best) / abs(best) < 5e-3
+    # an explicit start is respected
+    given = NaturalGradientLearner(model).reset(np.zeros(model.n_params))
+    assert not given._data_init

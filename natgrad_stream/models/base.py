@@ -139,6 +139,16 @@ class Model(abc.ABC):
         """Initial θ, shape (P,): zeros unless a subclass knows better."""
         return np.zeros(self.n_params)
 
+    def initial_params(self, X, y, w) -> np.ndarray | None:
+        """A data-informed starting θ from the first batch, or None to keep
+        :meth:`init_params`.
+
+        The learner calls it once, on the first batch of a run started without ``theta0``.
+        GLMs set the intercept to the link of the target mean, so that the first natural
+        steps start near the data instead of overshooting from θ = 0 (a log link would).
+        """
+        return None
+
     @abc.abstractmethod
     def params_to_dict(self, theta: np.ndarray) -> dict:
         """Named, JSON-ready parameters (the ``params`` command's output)."""

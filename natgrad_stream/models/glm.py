@@ -97,6 +97,22 @@ class _GLM(Model):
                      as_float64_vector(theta, "theta", self.n_params), self.family, out)
         return out
 
+    def initial_params(self, X, y, w):
+        """Zero coefficients and the intercept at the link of the weighted mean target."""
+        y = as_float64_vector(y, "y", X.shape[0])
+        wt = np.ones_like(y) if w is None else as_float64_vector(w, "w", y.shape[0])
+        if not wt.sum() > 0:
+            return None
+        b = self._link(float(wt @ y / wt.sum()))
+        if b is None or not np.isfinite(b):
+            return None
+        theta = self.init_params()
+        theta[self.intercept_index] = b
+        return theta
+
+    def _link(self, mean: float) -> float | None:
+        return mean
+
     def sample_targets(self, X, theta, rng, k):
         """``k`` targets per row from ``q(y | x; θ)``, shape (k, n)."""
         mu = self.predict_mean(X, theta)
@@ -162,6 +178,9 @@ class LogisticRegression(_GLM):
     def _sample(self, mu, rng, shape):
         return (rng.random(shape) < mu).astype(np.float64)
 
+    def _link(self, mean):
+        return None if not 0.0 < mean < 1.0 else float(np.log(mean / (1.0 - mean)))
+
     def evaluation_metrics(self, sums):
         n = sums["n"]
         return {"n": int(n), "log_loss": sums["loss"] / n, "accuracy": sums["second"] / n}
@@ -209,6 +228,9 @@ class PoissonRegression(_GLM):
 
     def _sample(self, mu, rng, shape):
         return rng.poisson(np.broadcast_to(mu, shape)).astype(np.float64)
+
+    def _link(self, mean):
+        return None if not mean > 0.0 else float(np.log(mean))
 
     def evaluation_metrics(self, sums):
         n = sums["n"]
