@@ -126,16 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-schedule", choices=("harmonic", "sqrt", "constant"), default=None)
     p.add_argument("--rewhiten-every", type=_positive_int, default=None, metavar="N",
                    help="re-whiten every N samples (default: geometric spacing + drift)")
-    p.add_argument("--rewhiten", default="auto",
+    p.add_argument("--rewhiten", default=None,
                    help="schedule spec: auto, never, every:N, geometric:F, drift:T")
     p.add_argument("--whitening", choices=("eigh", "ridge", "robust"), default="eigh")
-    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING,
-                   help="relative damping ε of the whitener (ridge ε of eq. 36, eq. 35's ε)")
+    p.add_argument("--damping", type=float, default=None,
+                   help=f"relative damping ε of the whitener (ridge ε of eq. 36, eq. 35's ε); "
+                        f"default {DEFAULT_DAMPING} or the model's own")
     p.add_argument("--floor", type=float, default=DEFAULT_EIGEN_FLOOR,
                    help="eigenvalue floor relative to the largest (eigh, robust)")
     p.add_argument("--half-life", default="auto",
                    help="running-metric half-life in samples, 'auto' or 'none'")
-    p.add_argument("--fisher-every", type=_fisher_every, default="auto", metavar="N",
+    p.add_argument("--fisher-every", type=_fisher_every, default=None, metavar="N",
                    help="accumulate the metric on one batch in N (default auto: P/32)")
     p.add_argument("--average", action="store_true", help="keep a Polyak average of θ")
     p.add_argument("--mixing", default=None, metavar="NAME",
@@ -250,8 +251,8 @@ def _lbfgs_options(args) -> dict:
         ("--epochs", args.epochs is not None), ("--lr", args.lr is not None),
         ("--step-schedule", args.step_schedule is not None),
         ("--rewhiten-every", args.rewhiten_every is not None),
-        ("--rewhiten", args.rewhiten != "auto"), ("--half-life", args.half_life != "auto"),
-        ("--fisher-every", args.fisher_every != "auto"), ("--average", args.average),
+        ("--rewhiten", args.rewhiten is not None), ("--half-life", args.half_life != "auto"),
+        ("--fisher-every", args.fisher_every is not None), ("--average", args.average),
         ("--checkpoint-every", args.checkpoint_every is not None)) if given]
     if sgd_only:
         raise ValueError(f"{', '.join(sgd_only)} {'does' if len(sgd_only) == 1 else 'do'} not "
@@ -259,8 +260,10 @@ def _lbfgs_options(args) -> dict:
                          "rounds of at most --lbfgs-iters L-BFGS iterations, re-whitening and "
                          "checkpointing after every round)")
     opts = dict(optimizer=LBFGS, metric=args.metric, structure=args.structure,
-                whitening=args.whitening, damping=args.damping, floor=args.floor,
-                seed=args.seed, mc_samples=args.mc_samples)
+                whitening=args.whitening, floor=args.floor, seed=args.seed,
+                mc_samples=args.mc_samples)
+    if args.damping is not None:
+        opts["damping"] = args.damping
     if args.batch_size is not None:
         opts["batch_size"] = args.batch_size
     opts.update({key: getattr(args, flag[2:].replace("-", "_"))

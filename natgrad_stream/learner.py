@@ -124,6 +124,10 @@ class NaturalGradientLearner:
     rewhiten : str, int or RefreshSchedule
         ``"auto"`` (geometric + drift), ``"never"``, an interval in samples, or a spec
         accepted by :meth:`RefreshSchedule.parse`.
+
+    Options left as None (``lr``, ``step_schedule``, ``rewhiten``, ``damping``,
+    ``fisher_every``) take the model's :attr:`~natgrad_stream.models.Model.learner_defaults`
+    first, then the global defaults (``"auto"``, ``DEFAULT_DAMPING``, ``"auto"``).
     half_life : float, "auto" or None
         Running-metric half-life in samples (:class:`RunningFisher`).
     whitening : {"eigh", "ridge", "robust"}
@@ -162,13 +166,23 @@ class NaturalGradientLearner:
 
     def __init__(self, model: Model, *, metric: str | None = None, structure: str = "full",
                  optimizer: str = "sgd", lr: float | None = None,
-                 step_schedule: str | None = None, rewhiten="auto", half_life="auto",
-                 whitening: str = "eigh", damping: float = DEFAULT_DAMPING,
+                 step_schedule: str | None = None, rewhiten=None, half_life="auto",
+                 whitening: str = "eigh", damping: float | None = None,
                  floor: float = DEFAULT_EIGEN_FLOOR, batch_size: int = DEFAULT_BATCH_SIZE,
-                 seed: int = 0, average: bool = False, fisher_every="auto",
+                 seed: int = 0, average: bool = False, fisher_every=None,
                  drift_probes: int = DEFAULT_DRIFT_PROBES, blas_threads: int | None = 1,
                  mc_samples: int = DEFAULT_MC_SAMPLES):
         metric = model.default_metric if metric is None else metric
+        # options left unset take the model's recommendation, then the global default
+        unset = {"lr": lr, "step_schedule": step_schedule, "rewhiten": rewhiten,
+                 "damping": damping, "fisher_every": fisher_every}
+        fallback = {"lr": None, "step_schedule": None, "rewhiten": "auto",
+                    "damping": DEFAULT_DAMPING, "fisher_every": "auto"}
+        for key, value in unset.items():
+            if value is None:
+                unset[key] = model.learner_defaults.get(key, fallback[key])
+        lr, step_schedule, rewhiten = unset["lr"], unset["step_schedule"], unset["rewhiten"]
+        damping, fisher_every = unset["damping"], unset["fisher_every"]
         check_metric_structure(metric, structure, model)
         if int(mc_samples) < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
@@ -286,6 +300,13 @@ class NaturalGradientLearner:
         theta = self.whitener.theta(phi)
         if not np.all(np.isfinite(theta)):
             raise NumericalError(f"step {self.steps} produced non-finite parameters")
+        try:
+            self.model.check_params(theta)
+        except ValueError as exc:
+            raise NumericalError(
+                f"step {self.steps} (samples {self.samples}) left the model's domain: {exc}. "
+                "The parameters before the step are kept; try a smaller lr or stronger damping."
+            ) from exc
         self.phi, self.theta = phi, theta
         self.steps += 1
         if self.average:

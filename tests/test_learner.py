@@ -273,3 +273,36 @@ def test_poisson_defaults_start_from_the_data_and_reach_the_optimum():
     # an explicit start is respected
     given = NaturalGradientLearner(model).reset(np.zeros(model.n_params))
     assert not given._data_init
+
+
+def test_model_learner_defaults_apply_only_where_options_are_unset():
+    model = make_model("mlp", 3, hidden=4)
+    rec = model.learner_defaults
+    learner = NaturalGradientLearner(model)
+    opts = learner.options()
+    assert opts["damping"] == rec["damping"] and opts["fisher_every"] == rec["fisher_every"]
+    assert opts["optimizer"]["lr"] == rec["lr"]
+    assert opts["optimizer"]["schedule"] == rec["step_schedule"]
+    mine = NaturalGradientLearner(model, damping=1e-6, lr=0.5, fisher_every=3).options()
+    assert (mine["damping"], mine["optimizer"]["lr"], mine["fisher_every"]) == (1e-6, 0.5, 3)
+    plain = NaturalGradientLearner(make_model("logistic", 3)).options()
+    assert plain["damping"] == 1e-9 and plain["optimizer"]["schedule"] == "harmonic"
+
+
+def test_a_step_outside_the_model_domain_is_rejected_and_theta_kept():
+    """A Gaussian step that leaves the positive-definite cone raises NumericalError and the
+    learner keeps the last valid θ (forced here with a huge constant step).
+    """
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4096, 2)) * [1.0, 0.01] + 3.0
+    model = make_model("gaussian", 2)
+    learner = NaturalGradientLearner(model, lr=1.0, step_schedule="constant", batch_size=256)
+    learner.step(X[:256])
+    good = learner.theta.copy()
+    learner.optimizer.lr = 1e6
+    with pytest.raises(NumericalError, match="domain"):
+        for i in range(1, 16):
+            learner.step(X[256 * i:256 * (i + 1)])
+            good = learner.theta.copy()
+    assert_array_equal(learner.theta, good)
+    model.check_params(learner.theta)

@@ -94,6 +94,9 @@ class Model(abc.ABC):
     metrics: tuple[str, ...] = ("model", "empirical", "loss-gradient", "monte-carlo")
     #: The metric a learner uses when none is asked for.
     default_metric: str = "model"
+    #: Learner options this model recommends (e.g. a constant step and strong damping for a
+    #: nonconvex model); they apply where the user leaves an option unset.
+    learner_defaults: dict = {}  # noqa: RUF012 (read-only class constant)
 
     def __init__(self, n_features: int):
         if int(n_features) < 1:
@@ -138,6 +141,11 @@ class Model(abc.ABC):
     def init_params(self) -> np.ndarray:
         """Initial θ, shape (P,): zeros unless a subclass knows better."""
         return np.zeros(self.n_params)
+
+    def check_params(self, theta: np.ndarray) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ValueError`` when θ is outside the model's domain (e.g. a covariance that
+        is not positive definite); the learner then rejects the step and keeps its state.
+        """
 
     def initial_params(self, X, y, w) -> np.ndarray | None:
         """A data-informed starting θ from the first batch, or None to keep
