@@ -36,9 +36,10 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
                         f"{model.n_features}", array=x)
     if model.requires_targets and not source.has_targets:
         raise DataError(f"model {model.name!r} needs targets to evaluate", array=y)
-    checks = [c for c in (model.target_check(),) if c is not None]
+    checks = model.data_checks()
     totals: dict[str, float] = {}
-    with source.batches(batch_size=batch_size, epochs=1, shuffle=False, checks=checks) as stream:
+    with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
+                        **checks) as stream:
         for batch in stream:
             for k, v in model.evaluation_sums(batch.X, batch.y, theta).items():
                 totals[k] = totals.get(k, 0.0) + v

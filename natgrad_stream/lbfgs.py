@@ -353,11 +353,11 @@ class NaturalLBFGS:
         rows = 0
         fisher = None if metric is None else \
             RunningFisher(P, structure=self.structure, half_life=None)
-        checks = [c for c in (self.model.target_check(),) if c is not None]
+        checks = self.model.data_checks()
         per_read = max(1, self.batch_size // source.chunk_rows)
         try:
             with source.batches(batch_size=self.batch_size, epochs=1, shuffle=False,
-                                chunks_per_read=per_read, checks=checks) as stream:
+                                chunks_per_read=per_read, **checks) as stream:
                 for batch in stream:
                     n = batch.X.shape[0]
                     ls, wt = self.model.accumulate(

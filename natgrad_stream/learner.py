@@ -394,7 +394,7 @@ class NaturalGradientLearner:
         if self.model.requires_targets and not source.has_targets:
             raise DataError(f"model {self.model.name!r} needs targets but the source has none",
                             array=y)
-        checks = [c for c in (self.model.target_check(),) if c is not None]
+        checks = self.model.data_checks()
         total = None if source.n_rows is None else source.n_rows * epochs
         self.result = None
         for cb in callbacks:
@@ -405,7 +405,7 @@ class NaturalGradientLearner:
         try:
             stream = source.batches(batch_size=self.batch_size, epochs=epochs, seed=self.seed,
                                     shuffle=shuffle, start=self.cursor, prefetch=prefetch,
-                                    chunks_per_read=chunks_per_read, checks=checks)
+                                    chunks_per_read=chunks_per_read, **checks)
             with limited_blas_threads(self.blas_threads), stream:
                 for batch in stream:
                     if max_samples is not None and self.samples >= max_samples:

@@ -438,3 +438,21 @@ def test_cli_round_trip(tmp_path, capsys):
     iu = np.triu_indices(6, k=1)
     assert np.corrcoef(J[iu], J0[iu])[0, 1] > 0.9
     assert time.perf_counter() - t0 < 60
+
+
+def test_non_binary_value_in_a_store_names_array_chunk_row_and_column(tmp_path):
+    """The model's feature check runs in the reader: the error names where the value is."""
+    import zarr
+
+    from natgrad_stream.errors import DataError
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((900, 4)) < 0.5).astype(np.float32)
+    X[523, 2] = 0.5
+    g = zarr.open_group(str(tmp_path / "bad.zarr"), mode="w", zarr_format=3)
+    g.create_array("X", shape=X.shape, chunks=(200, 4), dtype="float32")[...] = X
+    learner = NaturalGradientLearner(IsingMPF(4))
+    with pytest.raises(DataError) as info:
+        learner.fit(str(tmp_path / "bad.zarr"), epochs=1)
+    err = info.value
+    assert (err.array, err.chunk, err.row, err.column) == ("X", 2, 523, 2)

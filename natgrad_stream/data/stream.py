@@ -279,7 +279,7 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def batches(self, *, batch_size: int, epochs: int = 1, seed: int = 0, shuffle: bool = True,
                 start: Cursor | None = None, chunks_per_read: int = 2, prefetch: int = 2,
-                checks: Sequence[Check] = ()) -> BatchStream:
+                checks: Sequence[Check] = (), x_checks: Sequence[Check] = ()) -> BatchStream:
         """Open a stream of batches.
 
         Parameters
@@ -300,6 +300,8 @@ class Source(abc.ABC):
             Reads prepared ahead by the background thread.
         checks : sequence of Check
             Extra checks for the targets (e.g. a model's label domain).
+        x_checks : sequence of Check
+            Extra checks for the features (e.g. binary units), after the finiteness scan.
         """
 
 
@@ -402,12 +404,13 @@ class ArraySource(Source):
                                 row=row0 + offset, column=col[0] if col else None)
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=2, prefetch=2, checks=()):
+                chunks_per_read=2, prefetch=2, checks=(), x_checks=()):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         start = start or Cursor()
         R, n, d = self.chunk_rows, self.n_rows, self.n_features
         read_rows = R * int(chunks_per_read)
         nx, ny, nw = self.names
+        x_all = (check_finite, *x_checks)
         y_checks = (check_finite, *checks)
         w_checks = (check_finite, check_nonnegative)
 
@@ -452,7 +455,7 @@ class ArraySource(Source):
                     m += k
                 self._read_many(requests)
                 for c, a, o, k in spans:  # in row order, so the first bad row is reported
-                    self._check(nx, buf["X"][o:o + k], (check_finite,), c, a)
+                    self._check(nx, buf["X"][o:o + k], x_all, c, a)
                     if self.has_targets:
                         self._check(ny, raw_y[o:o + k], y_checks, c, a)
                     if self.has_weights:
@@ -559,7 +562,7 @@ class IteratorSource(Source):
         return X, y, w
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=2, prefetch=2, checks=()):
+                chunks_per_read=2, prefetch=2, checks=(), x_checks=()):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         if int(epochs) != 1 and (start is None or start.epoch == 0):
             raise ValueError("an iterator source can be streamed for one epoch only")
@@ -575,7 +578,7 @@ class IteratorSource(Source):
                     raise DataError(f"batch {index} has {X.shape[1]} features, expected "
                                     f"{self.n_features}", array=self.name)
                 X = np.ascontiguousarray(X)
-                for label, arr, cks in (("X", X, (check_finite,)),
+                for label, arr, cks in (("X", X, (check_finite, *x_checks)),
                                         ("y", y, (check_finite, *checks)),
                                         ("w", w, (check_finite, check_nonnegative))):
                     if arr is None:

@@ -280,6 +280,17 @@ class Model(abc.ABC):
         """A data check ``(name, block) -> (offset, message) | None`` for targets, or None."""
         return None
 
+    def feature_check(self):
+        """A data check for feature blocks (e.g. binary units), or None; the reader runs it
+        on every chunk, so a bad value is reported with its array, chunk, row and column.
+        """
+        return None
+
+    def data_checks(self) -> dict:
+        """Keyword arguments for ``Source.batches``: the model's target and feature checks."""
+        return {"checks": [c for c in (self.target_check(),) if c is not None],
+                "x_checks": [c for c in (self.feature_check(),) if c is not None]}
+
     def loss(self, X, y, theta, w=None) -> float:
         """Mean loss over a batch (convenience; uses :meth:`accumulate`)."""
         ws = self.new_workspace("diagonal", n_threads=1)

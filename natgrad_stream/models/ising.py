@@ -248,7 +248,7 @@ class IsingMPF(FactorModel):
                              "features must be binary (0 or 1)")
         return X
 
-    def x_check(self):
+    def feature_check(self):
         """A data check for feature blocks (0/1 values), see :func:`check_binary_features`."""
         return check_binary_features
 
