@@ -23,8 +23,10 @@ DEFAULT_DRIFT_CHECK_BATCHES = 8
 
 DEFAULT_BATCH_SIZE = 1024
 
-#: ``fisher_every="auto"`` accumulates the metric on one batch in round(P / this).
-FISHER_EVERY_PARAMS = 32
+#: ``fisher_every="auto"`` accumulates the metric on one batch in round(P / this). Measured on
+#: 1M × 100 logistic (P = 101), held-out gap after one pass vs rows/s: every 3rd batch
+#: −0.0002% at 2.19M, every 6th +0.0006% at 2.74M, every 12th +0.0016% (target: 0.1%).
+FISHER_EVERY_PARAMS = 16
 
 #: Power iterations estimating the top eigenvalue of a diagonal whitener's residual metric.
 CURVATURE_POWER_ITERATIONS = 12

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half-life", default="auto",
                    help="running-metric half-life in samples, 'auto' or 'none'")
     p.add_argument("--fisher-every", type=_fisher_every, default=None, metavar="N",
-                   help="accumulate the metric on one batch in N (default auto: P/32)")
+                   help="accumulate the metric on one batch in N (default auto: P/16)")
     p.add_argument("--average", action="store_true", help="keep a Polyak average of θ")
     p.add_argument("--mixing", default=None, metavar="NAME",
                    help="gaussian-mean: mixing-matrix array in DATA (default A if present)")

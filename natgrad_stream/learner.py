@@ -142,10 +142,10 @@ class NaturalGradientLearner:
         :attr:`theta_average`; :attr:`theta` stays the last iterate).
     fisher_every : int or "auto"
         Accumulate the metric on one batch in this many (the gradient uses every batch).
-        ``"auto"`` takes ``max(1, round(P / 32))``, which keeps the O(P²)-per-row metric
+        ``"auto"`` takes ``max(1, round(P / 16))``, which keeps the O(P²)-per-row metric
         update near the O(P) cost of the gradient; the running metric averages over many
-        batches anyway, so it loses little (measured: same held-out loss at P = 101 for
-        1, 2, 4 and 8).
+        batches anyway, so it loses little (measured at P = 101 on 1M rows: held-out gap
+        after one pass −0.0002% at 3, +0.0006% at 6, +0.0016% at 12).
     drift_probes : int
         Probe vectors per drift estimate.
     blas_threads : int or None

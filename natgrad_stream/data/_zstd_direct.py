@@ -12,9 +12,11 @@ Measured on 65,536 × 100 float32 chunks: about 20% less CPU per row than the za
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +75,50 @@ class DirectChunks:
         except (AttributeError, ImportError, TypeError, ValueError):
             return None
 
+    def local_path(self, a: int):
+        """The file holding the chunk at row ``a`` when the store is a local directory."""
+        store = self._async.store_path.store
+        root = getattr(store, "root", None)
+        if type(store).__name__ != "LocalStore" or root is None:
+            return None
+        prefix = self._async.store_path.path
+        key = self._key(a)
+        return Path(root) / (f"{prefix}/{key}" if prefix else key)
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Read, then decompress, the chunk at row ``a`` into ``out`` (in the calling thread).
+
+        A local chunk file is memory-mapped and decoded from the page cache without a copy;
+        other stores are read through zarr's store API.
+        """
+        path = self.local_path(a)
+        if path is None:
+            from zarr.core.sync import sync
+
+            self.decode(sync(self.fetch(a)), a, b, out)
+            return
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 (closed below, after the map)
+        except FileNotFoundError:
+            self.decode(None, a, b, out)
+            return
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                self.decode(b"", a, b, out)
+                return
+            failed = False
+            with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
+                view = np.frombuffer(mm, dtype=np.uint8)
+                try:
+                    self.decode(view, a, b, out)
+                except DataError:  # its traceback would pin the map: report from a copy
+                    failed = True
+                del view
+            if failed:
+                fh.seek(0)
+                self.decode(fh.read(), a, b, out)
+
     def covers(self, a: int, b: int) -> bool:
         """True when rows ``a:b`` are exactly one whole chunk (the last may be short)."""
         return a % self.chunk_rows == 0 and b == min(a + self.chunk_rows, self.n_rows)
@@ -110,6 +156,19 @@ class DirectChunks:
             raise DataError(f"could not be decompressed ({exc})", array=self.label,
                             chunk=a // self.chunk_rows, row=a) from exc
         out[...] = full[:b - a]
+
+
+def run_in_order(tasks) -> None:
+    """Run callables on the decode pool; re-raise the first failure in task order."""
+    futures = [_pool().submit(t) for t in tasks]
+    errors = []
+    for f in futures:
+        try:
+            f.result()
+        except BaseException as exc:  # noqa: BLE001 (re-raised below, in order)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def read_direct(jobs) -> None:

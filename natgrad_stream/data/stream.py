@@ -17,6 +17,7 @@ dataset's size.
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
 import math
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream.data._gather_kernels import gather_rows
-from natgrad_stream.data._zstd_direct import DirectChunks, read_direct
+from natgrad_stream.data._zstd_direct import DirectChunks, read_direct, run_in_order
 from natgrad_stream.data.validation import (
     Check,
     check_finite,
@@ -395,6 +396,18 @@ class ArraySource(Source):
         if zarr_reqs:
             _read_zarr_concurrently(zarr_reqs)
 
+    def _load_chunk(self, parts, decoders, span) -> None:
+        """Decode one chunk of every array straight into the read buffer, then check it."""
+        c, a, o, k = span
+        for (_, dst, _, _), dec in zip(parts, decoders, strict=True):
+            dec.read_into(a, a + k, dst[o:o + k])
+        self._check_chunk(parts, span)
+
+    def _check_chunk(self, parts, span) -> None:
+        c, a, o, k = span
+        for _, dst, label, checks in parts:
+            self._check(label, dst[o:o + k], checks, c, a)
+
     def _check(self, label, block, checks, chunk, row0):
         for check in checks:
             bad = check(label, block)
@@ -441,25 +454,30 @@ class ArraySource(Source):
             buf = acquire(stream)
             try:
                 spans, requests, m = [], [], 0
+                parts = [(self.X, buf["X"], nx, x_all)]
+                if self.has_targets:
+                    parts.append((self.y, raw_y, ny, y_checks))
+                if self.has_weights:
+                    parts.append((self.w, raw_w, nw, w_checks))
                 for c in plan_chunks:
                     c = int(c)
                     a, b = c * R, min((c + 1) * R, n)
                     k = b - a
                     spans.append((c, a, m, k))
-                    requests.append((self.X, a, b, buf["X"][m:m + k]))
-                    if self.has_targets:
-                        requests.append((self.y, a, b, raw_y[m:m + k]))
-                    if self.has_weights:
-                        requests.append((self.w, a, b, raw_w[m:m + k]))
+                    requests += [(arr, a, b, dst[m:m + k]) for arr, dst, _, _ in parts]
                     buf["rows"][m:m + k] = np.arange(a, b)
                     m += k
-                self._read_many(requests)
-                for c, a, o, k in spans:  # in row order, so the first bad row is reported
-                    self._check(nx, buf["X"][o:o + k], x_all, c, a)
-                    if self.has_targets:
-                        self._check(ny, raw_y[o:o + k], y_checks, c, a)
-                    if self.has_weights:
-                        self._check(nw, raw_w[o:o + k], w_checks, c, a)
+                direct = [self._direct.get(id(arr)) for arr, _, _, _ in parts]
+                if all(d is not None and d.covers(a, a + k) for d in direct
+                       for _, a, _, k in spans):
+                    # one pooled task per chunk: read, decode in place, check; the first
+                    # failure in chunk (= row) order is raised
+                    run_in_order([functools.partial(self._load_chunk, parts, direct, span)
+                                  for span in spans])
+                else:
+                    self._read_many(requests)
+                    for span in spans:  # in row order, so the first bad row is reported
+                        self._check_chunk(parts, span)
                 if self.has_targets:
                     np.copyto(buf["y"][:m], raw_y[:m], casting="unsafe")
                 if self.has_weights:
