@@ -17,17 +17,20 @@ BLOCK_ROWS = 64
 
 
 @jit
-def syrk_upper(ST, G):  # pragma: no cover - compiled
-    """Add ``ST @ ST.T`` to the upper triangle of ``G``.
+def gram_upper(A, B, nb, G):  # pragma: no cover - compiled
+    """Add ``Σ_{r<nb} A[:, r] B[:, r]ᵀ`` to the upper triangle of ``G``.
+
+    For a symmetric result (``B = A``, or ``A = B·diag(w)``); 2×2 register blocking.
 
     Parameters
     ----------
-    ST : ndarray, shape (P, BLOCK_ROWS), float64
-        Transposed, pre-scaled rows; unused columns must be zero.
+    A, B : ndarray, shape (P, R), float64
+        Transposed rows; only the first ``nb`` columns are read.
+    nb : int
     G : ndarray, shape (P, P), float64
         Accumulator; only entries ``G[j, k]`` with ``k >= j`` are written.
     """
-    P, nb = ST.shape
+    P = A.shape[0]
     for j in range(0, P, 2):
         j1 = min(j + 1, P - 1)
         for k in range(j, P, 2):
@@ -37,10 +40,10 @@ def syrk_upper(ST, G):  # pragma: no cover - compiled
             a10 = 0.0
             a11 = 0.0
             for r in range(nb):
-                x0 = ST[j, r]
-                x1 = ST[j1, r]
-                y0 = ST[k, r]
-                y1 = ST[k1, r]
+                x0 = A[j, r]
+                x1 = A[j1, r]
+                y0 = B[k, r]
+                y1 = B[k1, r]
                 a00 += x0 * y0
                 a01 += x0 * y1
                 a10 += x1 * y0
@@ -53,6 +56,20 @@ def syrk_upper(ST, G):  # pragma: no cover - compiled
                     G[j1, k] += a10
                 if k1 != k and k1 >= j1:
                     G[j1, k1] += a11
+
+
+@jit
+def syrk_upper(ST, G):  # pragma: no cover - compiled
+    """Add ``ST @ ST.T`` to the upper triangle of ``G``.
+
+    Parameters
+    ----------
+    ST : ndarray, shape (P, BLOCK_ROWS), float64
+        Transposed, pre-scaled rows; unused columns must be zero.
+    G : ndarray, shape (P, P), float64
+        Accumulator; only entries ``G[j, k]`` with ``k >= j`` are written.
+    """
+    gram_upper(ST, ST, ST.shape[1], G)
 
 
 @jit

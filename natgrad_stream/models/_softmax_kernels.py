@@ -37,7 +37,7 @@ import numpy as np
 from numba import prange
 
 from natgrad_stream._jit import jit
-from natgrad_stream.models._gram_kernels import thread_ranges
+from natgrad_stream.models._gram_kernels import gram_upper, thread_ranges
 
 METRIC_NONE = -1
 METRIC_MODEL = 0
@@ -148,38 +148,14 @@ def class_weight(metric, p, label, U, i, A, r):  # pragma: no cover - compiled
 def weighted_gram_upper(XT, wt, nb, YT, S):  # pragma: no cover - compiled
     """Add ``Σ_{r<nb} wt_r XT[:, r] XT[:, r]ᵀ`` to the upper triangle of ``S`` (D, D).
 
-    ``wt`` may have any sign; ``YT`` (D, BLOCK_ROWS) is scratch. 2×2 register blocking as
-    in :func:`natgrad_stream.models._gram_kernels.syrk_upper`.
+    ``wt`` may have any sign; ``YT`` (D, BLOCK_ROWS) is scratch
+    (:func:`natgrad_stream.models._gram_kernels.gram_upper` does the product).
     """
     D = XT.shape[0]
     for j in range(D):
         for r in range(nb):
             YT[j, r] = wt[r] * XT[j, r]
-    for j in range(0, D, 2):
-        j1 = min(j + 1, D - 1)
-        for k in range(j, D, 2):
-            k1 = min(k + 1, D - 1)
-            a00 = 0.0
-            a01 = 0.0
-            a10 = 0.0
-            a11 = 0.0
-            for r in range(nb):
-                x0 = YT[j, r]
-                x1 = YT[j1, r]
-                y0 = XT[k, r]
-                y1 = XT[k1, r]
-                a00 += x0 * y0
-                a01 += x0 * y1
-                a10 += x1 * y0
-                a11 += x1 * y1
-            S[j, k] += a00
-            if k1 != k:
-                S[j, k1] += a01
-            if j1 != j:
-                if k >= j1:
-                    S[j1, k] += a10
-                if k1 != k and k1 >= j1:
-                    S[j1, k1] += a11
+    gram_upper(YT, XT, nb, S)
 
 
 @jit

@@ -260,6 +260,14 @@ class Model(abc.ABC):
     def evaluation_metrics(self, sums: dict) -> dict:
         """Final metrics from summed :meth:`evaluation_sums`; always includes ``n``."""
 
+    def batch_metric(self, X, y, theta, w=None, *, metric: str, rng=None,
+                     mc_samples: int = 1) -> np.ndarray:
+        """The full metric of kind ``metric`` averaged over a batch, shape (P, P)."""
+        ws = self.new_workspace("full", n_threads=1)
+        _, wsum = self.accumulate(X, y, w, theta, metric=metric, structure="full", ws=ws,
+                                  parallel=False, rng=rng, mc_samples=mc_samples)
+        return ws.fisher / wsum
+
     def metric_matvec(self, X, y, w, theta, U: np.ndarray, *, metric: str) -> np.ndarray:
         """Batch-average metric times vectors, ``G U``, shape (P, k) for ``U`` (P, k).
 

@@ -112,14 +112,6 @@ class FactorModel(Model):
         theta = as_float64_vector(theta, "theta", self.n_params)
         return -self.row_terms(X, y, theta, metric=None).grad
 
-    def batch_metric(self, X, y, theta, w=None, *, metric: str, rng=None,
-                     mc_samples: int = 1) -> np.ndarray:
-        """The full metric averaged over a batch, shape (P, P)."""
-        ws = self.new_workspace("full", n_threads=1)
-        _, wsum = self.accumulate(X, y, w, theta, metric=metric, structure="full", ws=ws,
-                                  parallel=False, rng=rng, mc_samples=mc_samples)
-        return ws.fisher / wsum
-
     def model_fisher(self, X, theta, w=None):
         """Closed-form model Fisher averaged over the rows of ``X`` (needs ``model``)."""
         X = self.check_X(X)

@@ -262,14 +262,6 @@ class SoftmaxRegression(Model):
         K.sample_labels(proba, rng.random((int(k), proba.shape[0])), out)
         return out
 
-    def batch_metric(self, X, y, theta, w=None, *, metric: str, rng=None,
-                     mc_samples: int = 1) -> np.ndarray:
-        """The full metric averaged over a batch, shape (P, P)."""
-        ws = self.new_workspace("full", n_threads=1)
-        _, wsum = self.accumulate(X, y, w, theta, metric=metric, structure="full", ws=ws,
-                                  parallel=False, rng=rng, mc_samples=mc_samples)
-        return ws.fisher / wsum
-
     def model_fisher(self, X, theta, w=None):
         """Closed-form model Fisher averaged over the rows of ``X``, shape (P, P)."""
         X = self.check_X(X)
