@@ -50,9 +50,9 @@ def fisher_scoring(model, n):
                                   fisher_every=1)
 
 
-def _fit(model, X, y, passes):
+def _fit(model, X, y, passes, w=None):
     learner = fisher_scoring(model, X.shape[0])
-    learner.fit((X, y), epochs=passes)
+    learner.fit((X, y) if w is None else (X, y, w), epochs=passes)
     assert learner.samples == passes * X.shape[0] and learner.steps == passes
     return learner.theta
 
@@ -201,3 +201,20 @@ def test_too_few_passes_do_not_pass(passes):
     model = make_model("logistic", 10)
     theta = _fit(model, X, y, passes=passes)
     assert _relative_gap(model.loss(X, y, theta), -ref.llf / len(y)) > 0.1
+
+
+def test_poisson_exposure_as_weights_matches_statsmodels_exposure():
+    """Exposure t: fitting the rate y/t with sample weights t (``--w``) gives the MLE of
+    y ~ Poisson(t·exp(x·β + b)), statsmodels' ``Poisson(..., exposure=t)``.
+    """
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    X = rng.standard_normal((n, 3)) * [1.0, 0.3, 2.0] + [0.0, 1.0, -0.5]
+    t = rng.uniform(0.2, 5.0, n)
+    y = rng.poisson(t * np.exp(X @ [0.3, -0.5, 0.2] + 0.1)).astype(np.float64)
+    ref = sm.Poisson(y, sm.add_constant(X), exposure=t).fit(disp=0, method="newton")
+    model = make_model("poisson", 3)
+    theta = _fit(model, X, y / t, passes=8, w=t)
+    assert_allclose(theta, np.r_[ref.params[1:], ref.params[0]], rtol=1e-6, atol=1e-9)

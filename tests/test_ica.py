@@ -352,3 +352,40 @@ def test_cli_round_trip(tmp_path, capsys):
     Xt = g["X_test"][...].astype(np.float64)
     ref = np.log(abs(np.linalg.det(W))) + logistic.logpdf(Xt @ W.T).sum(axis=1)
     assert ev["n"] == 2000 and ev["log_likelihood"] == pytest.approx(ref.mean(), rel=1e-9)
+
+
+def test_amari_rule_beats_steepest_descent_on_an_ill_conditioned_mixture():
+    """Amari's WᵀW metric (eq. 43) against steepest descent on W over the same 10 passes of
+    256-row batches, on mixtures whose mixing matrix has condition number 100. Steepest
+    descent takes the best of seven constant steps (1e-3 … 1e3); the natural run uses the
+    model's defaults. Separation is the Amari distance of W A (0 = perfect). Measured:
+    natural 0.005; steepest descent at best 0.26 (lr 10), 0.34–0.49 for the others.
+    """
+    d, n, passes = 3, 12_000, 10
+    rng = np.random.default_rng(11)
+    S = rng.laplace(size=(n, d)) / np.sqrt(2.0)
+    Q1, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = Q1 @ np.diag([1.0, 0.1, 1e-2]) @ Q2.T
+    X = S @ A.T
+    model = ICA(d)
+    natural = NaturalGradientLearner(model, batch_size=256).fit((X,), epochs=passes,
+                                                                shuffle=False)
+    nat_dist = amari_distance(model.unmixing(natural.theta) @ A)
+
+    start = model.initial_params(X[:256], None, None)  # the natural run's own start
+    ws = model.new_workspace("diagonal", n_threads=1)
+    sd_dists = []
+    for lr in 10.0 ** np.arange(-3, 4):
+        theta = start.copy()
+        try:
+            for _ in range(passes):
+                for a in range(0, n, 256):
+                    _, wsum = model.accumulate(X[a:a + 256], None, None, theta, metric=None,
+                                               structure="diagonal", ws=ws)
+                    theta = theta - lr * ws.grad / wsum
+            sd_dists.append(amari_distance(model.unmixing(theta) @ A))
+        except (ValueError, FloatingPointError):
+            sd_dists.append(np.inf)
+    assert nat_dist < 0.02, nat_dist
+    assert nat_dist < min(sd_dists) / 10, (nat_dist, sd_dists)
