@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="softmax: number of classes (default: from the data)")
     p.add_argument("--hidden", type=_positive_int, default=None, metavar="H",
                    help="mlp: hidden units (default 16)")
+    p.add_argument("--sharpness", type=float, default=None, metavar="B",
+                   help="ica: source prior p(s) ∝ cosh(B·s)^(−1/B); default 0.5, the "
+                        "logistic density; larger B is closer to a Laplace prior")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
@@ -298,7 +301,8 @@ def _cmd_fit(args) -> int:
             epochs=args.epochs, resume=args.resume, overwrite=args.overwrite,
             progress=progress, checkpoint_every=args.checkpoint_every,
             max_samples=args.max_samples, log_every=args.log_every, mixing=args.mixing,
-            model_options={"classes": args.classes, "hidden": args.hidden},
+            model_options={"classes": args.classes, "hidden": args.hidden,
+                           "sharpness": args.sharpness},
             learner_options=options, stop_handler=stop.attach, rounds=args.lbfgs_rounds)
     _print_json(summary)
     return EXIT_SIGNAL if stop.signalled else EXIT_OK

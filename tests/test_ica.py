@@ -389,3 +389,17 @@ def test_amari_rule_beats_steepest_descent_on_an_ill_conditioned_mixture():
             sd_dists.append(np.inf)
     assert nat_dist < 0.02, nat_dist
     assert nat_dist < min(sd_dists) / 10, (nat_dist, sd_dists)
+
+
+def test_cli_sharpness_option_reaches_the_model(tmp_path, capsys):
+    """``fit --sharpness 2`` builds the model with that prior (recorded in the checkpoint);
+    ICA's own default step schedule applies without ``--step-schedule``.
+    """
+    data, run = tmp_path / "ica.zarr", tmp_path / "run"
+    _cli(capsys, "make-data", data, "--task", "ica", "--rows", 4096, "--features", 2,
+         "--chunk-rows", 1024)
+    code, _ = _cli(capsys, "fit", data, "--model", "ica", "--out", run, "--sharpness", 2)
+    assert code == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"]["sharpness"] == 2.0
+    assert info["options"]["optimizer"]["schedule"] == "sqrt"

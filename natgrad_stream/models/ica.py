@@ -170,20 +170,23 @@ class ICA(FactorModel):
 
     @classmethod
     def options_from_data(cls, group, source, options):
-        """``init_scale = 1/√(mean feature variance)`` of the first :data:`INIT_ROWS` rows.
+        """``init_scale = 1/√(mean feature variance)`` of the first :data:`INIT_ROWS` rows,
+        and ``sharpness`` when given (``--sharpness``).
 
         Warns when the data do not look centred (the model assumes zero-mean data).
         """
+        given = {} if options.get("sharpness") is None else \
+            {"sharpness": float(options["sharpness"])}
         X = getattr(source, "X", None)
         n = getattr(source, "n_rows", None)
         if X is None or not n:
-            return {}
+            return given
         sample = np.asarray(X[:min(int(n), INIT_ROWS)], dtype=np.float64)
         mean = sample.mean(axis=0)
         std = sample.std(axis=0)
         var = float(np.mean(std * std))
         if not (math.isfinite(var) and var > 0):
-            return {}
+            return given
         ratio = np.abs(mean) / np.where(std > 0, std, 1.0)
         tol = max(CENTER_TOLERANCE, 6.0 / math.sqrt(sample.shape[0]))
         if np.max(ratio) > tol:
@@ -192,7 +195,7 @@ class ICA(FactorModel):
                 f"ICA assumes zero-mean data, but feature {j} has mean {mean[j]:.4g} "
                 f"({ratio[j]:.3g} standard deviations) over the first {sample.shape[0]} rows; "
                 "centre the data first", RuntimeWarning, stacklevel=2)
-        return {"init_scale": 1.0 / math.sqrt(var)}
+        return {"init_scale": 1.0 / math.sqrt(var), **given}
 
     # -- layout -------------------------------------------------------------------------
     def unmixing(self, theta) -> np.ndarray:
