@@ -456,3 +456,20 @@ def test_non_binary_value_in_a_store_names_array_chunk_row_and_column(tmp_path):
         learner.fit(str(tmp_path / "bad.zarr"), epochs=1)
     err = info.value
     assert (err.array, err.chunk, err.row, err.column) == ("X", 2, 523, 2)
+
+
+def test_large_models_default_to_stronger_damping_and_learn():
+    """D = 40 (820 parameters): the model's default damping 0.1 keeps the first step stable
+    (with 1e-9 one default pass diverges); couplings correlate > 0.95 with the truth.
+    """
+    d = 40
+    params = task.true_params(d, 1)
+    X, _ = task.sample_chunk(params, np.random.default_rng(1), 65536)
+    model = IsingMPF(d)
+    assert model.learner_defaults == {"damping": 0.1}
+    assert IsingMPF(10).learner_defaults == {}
+    learner = NaturalGradientLearner(model).fit((X.astype(np.float32),), epochs=1)
+    J = np.asarray(params["J"])
+    Jh = np.asarray(model.params_to_dict(learner.theta)["J"])
+    iu = np.triu_indices(d, 1)
+    assert np.corrcoef(J[iu], Jh[iu])[0, 1] > 0.95

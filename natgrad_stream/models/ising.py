@@ -187,6 +187,21 @@ class IsingMPF(FactorModel):
     requires_targets = False
     metrics = ("energy", "loss-gradient", "empirical")
     default_metric = "energy"
+    #: Above this many parameters the model recommends damping :data:`LARGE_DAMPING`.
+    LARGE_PARAMS = 300
+    LARGE_DAMPING = 0.1
+
+    @property
+    def learner_defaults(self) -> dict:
+        """Damping 0.1 beyond :attr:`LARGE_PARAMS` parameters (d > 24), else none.
+
+        The first whitening uses one batch's metric; with as many parameters as rows it is
+        too noisy for the first natural step. Measured, one default pass over 65,536 exact
+        samples: d = 40 (820 parameters) diverges at damping 1e-9 and 1e-2 and reaches a
+        coupling correlation of 0.973 at 0.1; at d = 10 and 24, damping 0.1 would cost a
+        little (0.998 → 0.992, 0.993 → 0.982), so it is not the default there.
+        """
+        return {"damping": self.LARGE_DAMPING} if self.n_params > self.LARGE_PARAMS else {}
 
     def __init__(self, n_features: int, *, center_energy: bool = True,
                  flow_time: float = FLOW_TIME):
