@@ -54,15 +54,15 @@ def check_finite(name: str, block: np.ndarray):
         return None
     if block.ndim == 2:
         row, col = divmod(i, block.shape[1])
-        return row, f"non-finite value {block[row, col]!r}", col
-    return i, f"non-finite value {block[i]!r}"
+        return row, f"non-finite value {block[row, col].item()!r}", col
+    return i, f"non-finite value {block[i].item()!r}"
 
 
 def check_nonnegative(name: str, block: np.ndarray):
     """Fail on the first negative value (sample weights)."""
     bad = np.flatnonzero(block < 0)
     if bad.size:
-        return int(bad[0]), f"negative sample weight {block[bad[0]]!r}"
+        return int(bad[0]), f"negative sample weight {block[bad[0]].item()!r}"
     return None
 
 

@@ -244,7 +244,7 @@ def check_counts(name: str, block: np.ndarray):
     """Data check: Poisson targets (counts or rates) must be >= 0."""
     bad = np.flatnonzero(~(block >= 0))
     if bad.size:
-        return int(bad[0]), f"target {block[bad[0]]!r} is negative (Poisson counts are >= 0)"
+        return int(bad[0]), f"target {block[bad[0]].item()!r} is negative (Poisson counts are >= 0)"
     return None
 
 
@@ -253,6 +253,6 @@ def check_binary_labels(name: str, block: np.ndarray):
     bad = np.flatnonzero((block != 0) & (block != 1))
     if bad.size:
         return int(bad[0]), (
-            f"label {block[bad[0]]!r} is outside the logistic model's domain {{0, 1}}"
+            f"label {block[bad[0]].item()!r} is outside the logistic model's domain {{0, 1}}"
         )
     return None

@@ -105,7 +105,7 @@ def check_binary_features(name: str, block: np.ndarray):
     if k < 0:
         return None
     row, col = divmod(k, X.shape[1])
-    return row, (f"value {X[row, col]!r} is not binary; the Ising model needs 0/1 features"), col
+    return row, (f"value {X[row, col].item()!r} is not binary; the Ising model needs 0/1 features"), col
 
 
 def center_factors(U: np.ndarray) -> None:
@@ -259,7 +259,7 @@ class IsingMPF(FactorModel):
         k = int(K.first_nonbinary(X))
         if k >= 0:
             row, col = divmod(k, X.shape[1])
-            raise ValueError(f"ising: X row {row}, column {col} has value {X[row, col]!r}; "
+            raise ValueError(f"ising: X row {row}, column {col} has value {X[row, col].item()!r}; "
                              "features must be binary (0 or 1)")
         return X
 

@@ -49,7 +49,7 @@ def _label_problem(block: np.ndarray, n_classes: int | None):
     if not bad.size:
         return None
     i = int(bad[0])
-    value = v[i]
+    value = v[i].item()
     if v.dtype.kind == "f" and not (np.isfinite(value) and value == math.floor(value)):
         return i, f"label {value!r} is not an integer class index"
     domain = "0, 1, …" if n_classes is None else f"0 … {n_classes - 1}"
