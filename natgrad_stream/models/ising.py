@@ -105,7 +105,8 @@ def check_binary_features(name: str, block: np.ndarray):
     if k < 0:
         return None
     row, col = divmod(k, X.shape[1])
-    return row, (f"value {X[row, col].item()!r} is not binary; the Ising model needs 0/1 features"), col
+    value = X[row, col].item()
+    return row, f"value {value!r} is not binary; the Ising model needs 0/1 features", col
 
 
 def center_factors(U: np.ndarray) -> None:
