@@ -163,13 +163,10 @@ def test_energy_metric_is_the_moment_matrix_of_the_statistics(structure, center)
         _, wsum = model.accumulate(X, None, weights, theta, metric="energy",
                                    structure=structure, ws=ws)
         wt = np.ones(n) if weights is None else weights
-        if center:  # unweighted batch mean, Bessel-scaled scatter (documented)
-            U = (T - T.mean(axis=0)) * np.sqrt(n / (n - 1))
+        if center:  # the unbiased weighted covariance of the statistics (numpy)
+            G = wsum * np.cov(T.T, aweights=wt)
         else:  # eq. 33 literally
-            U = T
-        G = (U * wt[:, None]).T @ U
-        if weights is None and center:
-            assert_allclose(G / wsum, np.cov(T.T), rtol=1e-10, atol=1e-13)
+            G = (T * wt[:, None]).T @ T
         if structure == "diagonal":
             G = np.diag(G)
         elif structure == "block":

@@ -49,8 +49,13 @@ class FactorModel(Model):
 
     @abc.abstractmethod
     def row_terms(self, X, y, theta, *, metric: str | None,
-                  rng: np.random.Generator | None = None, mc_samples: int = 1) -> RowTerms:
+                  rng: np.random.Generator | None = None, mc_samples: int = 1,
+                  w: np.ndarray | None = None, parallel: bool | None = None) -> RowTerms:
         """Per-row loss, gradient and the factors of ``metric`` (None: no metric).
+
+        ``w`` (n,) are the batch's sample weights (None: unit weights), for factors that
+        depend on batch statistics (e.g. a centred metric); ``parallel`` picks the serial or
+        parallel kernel (None: by batch size).
 
         Implementations handle their own metric kinds (``model``, ``energy``,
         ``gauss-newton``, ``amari``) and may delegate the generic ones to
@@ -78,7 +83,8 @@ class FactorModel(Model):
             y = self.check_y(y, n)
         wv = _EMPTY if w is None else as_float64_vector(w, "w", n)
         theta = as_float64_vector(theta, "theta", self.n_params)
-        terms = self.row_terms(X, y, theta, metric=metric, rng=rng, mc_samples=mc_samples)
+        terms = self.row_terms(X, y, theta, metric=metric, rng=rng, mc_samples=mc_samples,
+                               w=wv if wv.size else None, parallel=self.use_parallel(n, parallel))
         if wv.size:
             loss_sum, wsum = float(wv @ terms.loss), float(wv.sum())
             ws.grad[:] = wv @ terms.grad

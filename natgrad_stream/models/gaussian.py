@@ -296,7 +296,7 @@ class Gaussian(FactorModel):
         self.factor(theta)
 
     # -- per-row terms ------------------------------------------------------------------
-    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1):
+    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1, w=None, parallel=None):
         X = self.check_X(X)
         mean, prec, const = self.factor(theta)
         n, P = X.shape[0], self.n_params
@@ -304,7 +304,7 @@ class Gaussian(FactorModel):
         grad = np.empty((n, P))
         want_energy = metric == "energy"
         energy = np.empty((n, 1, P)) if want_energy else _DUMMY_ENERGY
-        if self.use_parallel(n, None):
+        if self.use_parallel(n, parallel):
             u = np.empty((num_threads(), self.n_features))
             K.gaussian_row_terms_parallel(X, mean, prec, const, want_energy, loss, grad,
                                           energy, u)

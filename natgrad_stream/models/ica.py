@@ -237,14 +237,14 @@ class ICA(FactorModel):
         return np.kron(np.eye(self.n_features), 0.5 * (B + B.T))
 
     # -- per-row terms ------------------------------------------------------------------
-    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1):
+    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1, w=None, parallel=None):
         X = self.check_X(X)
         W, Winv, logabsdet = self.factor(theta)
         WinvT = np.ascontiguousarray(Winv.T)
         n, d = X.shape
         loss = np.empty(n)
         grad = np.empty((n, self.n_params))
-        if self.use_parallel(n, None):
+        if self.use_parallel(n, parallel):
             K.ica_row_terms_parallel(X, W, WinvT, logabsdet, self.sharpness,
                                      self.log_normalizer, loss, grad,
                                      np.empty((num_threads(), d)))

@@ -109,16 +109,22 @@ def check_binary_features(name: str, block: np.ndarray):
     return row, f"value {value!r} is not binary; the Ising model needs 0/1 features", col
 
 
-def center_factors(U: np.ndarray) -> None:
-    """Centre per-row factors at their batch mean, in place, with Bessel's correction.
+def center_factors(U: np.ndarray, w: np.ndarray | None = None) -> None:
+    """Centre per-row factors at their (weighted) batch mean, in place, unbiased.
 
-    ``U`` (n, P) becomes ``√(n/(n−1)) (U − Ū)``, so ``Σ_i u_i u_iᵀ = n S`` with ``S`` the
-    unbiased sample covariance (a batch of one row gives zero).
+    ``U`` (n, P) becomes ``c (U − Ū_w)`` with ``Ū_w`` the ``w``-weighted mean and
+    ``c² = W² / (W² − Σw²)`` (``W = Σw``; ``n/(n−1)`` for unit weights), so
+    ``Σ_i w_i u_i u_iᵀ = W S`` with ``S`` the unbiased weighted covariance (numpy's
+    ``cov(..., aweights=w)``); a batch of one row gives zero.
     """
-    n = U.shape[0]
-    U -= U.mean(axis=0)
-    if n > 1:
-        U *= np.sqrt(n / (n - 1.0))
+    if w is None:
+        w = np.ones(U.shape[0])
+    W, W2 = float(w.sum()), float(w @ w)
+    if not W > 0:
+        return
+    U -= (w @ U) / W
+    if W * W > W2:
+        U *= np.sqrt(W * W / (W * W - W2))
 
 
 class IsingMPF(FactorModel):
@@ -156,8 +162,8 @@ class IsingMPF(FactorModel):
         worse than no metric at all. Measured (``tests/test_ising.py``, d = 8, 5,000
         rows, unit means 0.04–0.95, full-batch steps to 1e-3 of the initial MPF gap, each
         at its best step size): steepest descent 625, literal eq. 33 2,886, centred 16;
-        on balanced units (d = 8, 20,000 rows) 54, 155 and 14. Centring uses the
-        unweighted batch mean (sample weights then weight the scatter about it).
+        on balanced units (d = 8, 20,000 rows) 54, 155 and 14. With sample weights the
+        centring uses the weighted batch mean (the unbiased weighted covariance).
     ``loss-gradient`` (eq. 39)
         ``⟨∇l ∇lᵀ⟩`` of the MPF loss.
     ``empirical``
@@ -269,7 +275,7 @@ class IsingMPF(FactorModel):
         return check_binary_features
 
     # -- per-row terms ------------------------------------------------------------------
-    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1,
+    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1, w=None,
                   parallel: bool | None = None) -> RowTerms:
         """Per-row MPF loss (n,), its gradient (n, P) and the factors of ``metric``.
 
@@ -292,7 +298,7 @@ class IsingMPF(FactorModel):
             return RowTerms(loss, grad)
         if energy:
             if self.center_energy:
-                center_factors(factors[:, 0, :])
+                center_factors(factors[:, 0, :], w)
             return RowTerms(loss, grad, factors=factors)
         return RowTerms(loss, grad, factors=grad[:, None, :])
 

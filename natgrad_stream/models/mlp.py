@@ -204,7 +204,7 @@ class MLPRegressor(FactorModel):
             K.mlp_rows(X, y, theta, self.hidden, with_jac, loss, grad, U, f)
         return loss, grad, (U if with_jac else None), f
 
-    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1):
+    def row_terms(self, X, y, theta, *, metric, rng=None, mc_samples=1, w=None, parallel=None):
         """Per-row loss, gradient and the factors of ``metric`` (see the class notes)."""
         if metric is not None and metric not in self.metrics:
             raise ValueError(f"model {self.name!r} does not support metric {metric!r}; "
@@ -215,7 +215,7 @@ class MLPRegressor(FactorModel):
                 raise ValueError("metric 'monte-carlo' needs a random generator (rng=...)")
             if int(mc_samples) < 1:
                 raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        loss, grad, J, _ = self._rows(X, y, theta, with_jac)
+        loss, grad, J, _ = self._rows(X, y, theta, with_jac, parallel)
         if metric is None:
             factors = None
         elif metric in _JACOBIAN_METRICS:
