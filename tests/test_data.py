@@ -313,3 +313,27 @@ def test_corrupt_chunk_names_array_and_chunk(tmp_path):
         _collect(open_zarr(tmp_path / "c.zarr").batches(batch_size=50, shuffle=False,
                                                         chunks_per_read=1))
     assert (info.value.array, info.value.chunk) == ("X", 1)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_reading_works_in_a_forked_child_after_the_parent_read(tmp_path):
+    """The decode pool is per process: a child forked after the parent has read still reads
+    (an inherited pool has no threads and would hang)."""
+    import multiprocessing as mp
+
+    X, y = _arrays(3000)
+    write_group(tmp_path / "g.zarr", X=X, y=y)
+    _collect(open_zarr(tmp_path / "g.zarr").batches(batch_size=500, shuffle=False))
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        rows = pool.apply_async(_count_rows, (str(tmp_path / "g.zarr"),)).get(timeout=20)
+    assert rows == 3000
+
+
+def _count_rows(path):
+    return sum(b.X.shape[0] for b in _collect_batches(path))
+
+
+def _collect_batches(path):
+    with open_zarr(path).batches(batch_size=500, shuffle=False) as stream:
+        return [b for b in stream]

@@ -23,14 +23,20 @@ import numpy as np
 from natgrad_stream.errors import DataError
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = -1
 
 
 def _pool() -> ThreadPoolExecutor:
-    """One decode thread per core (zstd releases the GIL while it decompresses)."""
-    global _POOL
-    if _POOL is None:
+    """One decode thread per core (zstd releases the GIL while it decompresses).
+
+    Made per process: a forked child inherits the pool object but not its threads, and
+    would wait forever on it.
+    """
+    global _POOL, _POOL_PID
+    if _POOL is None or _POOL_PID != os.getpid():
         _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
                                    thread_name_prefix="natgrad-zstd")
+        _POOL_PID = os.getpid()
     return _POOL
 
 
