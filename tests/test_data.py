@@ -318,7 +318,8 @@ def test_corrupt_chunk_names_array_and_chunk(tmp_path):
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_reading_works_in_a_forked_child_after_the_parent_read(tmp_path):
     """The decode pool is per process: a child forked after the parent has read still reads
-    (an inherited pool has no threads and would hang)."""
+    (an inherited pool has no threads and would hang).
+    """
     import multiprocessing as mp
 
     X, y = _arrays(3000)
