@@ -338,3 +338,46 @@ def _count_rows(path):
 def _collect_batches(path):
     with open_zarr(path).batches(batch_size=500, shuffle=False) as stream:
         return [b for b in stream]
+
+
+def test_short_zstd_frame_is_an_error_not_stale_memory(tmp_path):
+    """A valid zstd frame of the wrong size (here: two rows in a four-row chunk) must not
+    leave part of the pooled buffer unwritten; zarr's own path refuses it too.
+    """
+    import zarr
+    from numcodecs import Zstd
+
+    from natgrad_stream.data._zstd_direct import frame_content_size
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    X = g.create_array("X", shape=(8, 2), chunks=(4, 2), dtype="float64",
+                       compressors=zarr.codecs.ZstdCodec())
+    X[:] = np.arange(16.0).reshape(8, 2)
+    g.create_array("y", shape=(8,), chunks=(4,), dtype="uint8")[:] = 1
+    short = Zstd().encode(np.full((2, 2), 7.0))
+    assert frame_content_size(short) == 32
+    assert frame_content_size(Zstd().encode(np.zeros((4, 2)))) == 64
+    (tmp_path / "s.zarr" / "X" / "c" / "1" / "0").write_bytes(short)
+    with pytest.raises(DataError) as info:
+        _collect(open_zarr(tmp_path / "s.zarr").batches(batch_size=4, shuffle=False,
+                                                        chunks_per_read=1))
+    assert (info.value.array, info.value.chunk) == ("X", 1)
+    assert "32 bytes" in str(info.value)
+
+
+def test_frames_without_a_recorded_size_are_decoded_and_length_checked(tmp_path, monkeypatch):
+
+    from natgrad_stream.data import _zstd_direct
+    from natgrad_stream.data._zstd_direct import frame_content_size
+
+    assert frame_content_size(b"\x28\xb5\x2f\xfd\x00\x58" + b"\x00" * 8) is None
+    with pytest.raises(ValueError, match="not a zstd frame"):
+        frame_content_size(b"not zstd at all")
+    X, y = _arrays(1000)
+    write_group(tmp_path / "g.zarr", X=X, y=y)
+    expected = _collect(open_zarr(tmp_path / "g.zarr").batches(batch_size=100, shuffle=False))
+    monkeypatch.setattr(_zstd_direct, "frame_content_size", lambda data: None)
+    got = _collect(open_zarr(tmp_path / "g.zarr").batches(batch_size=100, shuffle=False))
+    for (_, X1, y1, _), (_, X2, y2, _) in zip(expected, got, strict=True):
+        assert_array_equal(X1, X2)
+        assert_array_equal(y1, y2)

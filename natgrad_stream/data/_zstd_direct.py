@@ -152,16 +152,56 @@ class DirectChunks:
         if data is None:  # an unwritten chunk reads as the fill value
             out[...] = self._md.fill_value
             return
+        full_shape = (self.chunk_rows,) + self.shape_tail
+        expected = int(np.prod(full_shape)) * self.dtype.itemsize
+        where = {"array": self.label, "chunk": a // self.chunk_rows, "row": a}
         try:
+            size = frame_content_size(data)
+            if size is None:  # the frame does not record its size: decode, then compare
+                raw = self._codec.decode(data)
+                size = len(memoryview(raw).cast("B"))
+                if size == expected:
+                    out[...] = np.frombuffer(raw, dtype=self.dtype).reshape(full_shape)[:b - a]
+                    return
+            if size != expected:  # a short frame would leave part of ``out`` unwritten
+                raise DataError(f"decompresses to {size} bytes, not the chunk's {expected}",
+                                **where)
             if b - a == self.chunk_rows and out.flags.c_contiguous:
                 self._codec.decode(data, out=out)
                 return
-            full = np.empty((self.chunk_rows,) + self.shape_tail, dtype=self.dtype)
+            full = np.empty(full_shape, dtype=self.dtype)
             self._codec.decode(data, out=full)
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise DataError(f"could not be decompressed ({exc})", array=self.label,
-                            chunk=a // self.chunk_rows, row=a) from exc
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"could not be decompressed ({exc})", **where) from exc
         out[...] = full[:b - a]
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def frame_content_size(data) -> int | None:
+    """Decompressed size recorded in a zstd frame header (RFC 8878), or None if absent.
+
+    Raises
+    ------
+    ValueError
+        When ``data`` does not start with a zstd frame.
+    """
+    head = bytes(memoryview(data).cast("B")[:18])
+    if len(head) < 6 or head[:4] != _ZSTD_MAGIC:
+        raise ValueError("not a zstd frame (bad magic number)")
+    fhd = head[4]
+    fcs_flag, single_segment, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    width = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if width == 0:
+        return None
+    if len(head) < pos + width:
+        raise ValueError("truncated zstd frame header")
+    value = int.from_bytes(head[pos:pos + width], "little")
+    return value + 256 if width == 2 else value
 
 
 def run_in_order(tasks) -> None:
