@@ -8,6 +8,9 @@ DEFAULT_EIGEN_FLOOR = 1e-10
 #: Diagonal entries of a metric below this fraction of the largest are treated as zero
 #: (a parameter the data never move) and replaced by the floor before scaling.
 ZERO_DIAGONAL_FRACTION = 1e-14
+#: Negative diagonal entries of a metric down to this fraction of its largest are round-off
+#: (e.g. after an exact elimination step on a rank-deficient batch metric) and read as 0.
+NEGATIVE_DIAGONAL_TOLERANCE = 1e-12
 
 #: Adaptive EMA: half-life of the running metric is max(MIN_PER_PARAM · P, FRACTION · t)
 #: samples, so the estimate follows θ early and averages over more data later.

@@ -28,7 +28,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.linalg
 
-from natgrad_stream._constants import DEFAULT_DAMPING, DEFAULT_EIGEN_FLOOR, ZERO_DIAGONAL_FRACTION
+from natgrad_stream._constants import (
+    DEFAULT_DAMPING,
+    DEFAULT_EIGEN_FLOOR,
+    NEGATIVE_DIAGONAL_TOLERANCE,
+    ZERO_DIAGONAL_FRACTION,
+)
 
 METHODS = ("eigh", "ridge", "robust")
 
@@ -193,7 +198,17 @@ def _whiten_blocks(G, blocks, centers, **options) -> Whitener:
         raise ValueError(f"blocks must be increasing boundaries from 0 to {P}, got {bounds}")
     W, Winv = np.zeros((P, P)), np.zeros((P, P))
     parts = []
+    top = float(np.max(np.diag(G))) if P else 0.0
+    if not top > 0:
+        raise WhiteningError("metric is zero: no data have moved the parameters yet")
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if not np.max(np.abs(np.diag(G)[a:b])) > ZERO_DIAGONAL_FRACTION * top:
+            # a block the data have not moved: the floor the full structure would give it
+            s = np.sqrt(ZERO_DIAGONAL_FRACTION * top)
+            W[a:b, a:b], Winv[a:b, a:b] = s * np.eye(b - a), np.eye(b - a) / s
+            parts.append(WhitenerDiagnostics(options.get("method", "eigh"), 1.0, np.inf, 0,
+                                             0.0, int(b - a)))
+            continue
         inner = [c - a for c in centers if a <= c < b]
         part = whiten(G[a:b, a:b], center=inner or None, **options)
         W[a:b, a:b], Winv[a:b, a:b] = part.matrix, part.inverse
@@ -258,7 +273,13 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     if blocks is not None and G.ndim == 2 and len(blocks) > 2:
         return _whiten_blocks(G, blocks, centers, method=method, damping=damping, floor=floor,
                               scale=scale)
-    centers = tuple(c for c in centers if G.ndim == 2 and G[c, c] > 0)
+    if G.ndim == 2 and centers:
+        # only a parameter the data actually move can be eliminated exactly: dividing by a
+        # diagonal of round-off size (a saturated unit's bias) would wreck the whitener
+        least = ZERO_DIAGONAL_FRACTION * float(np.max(np.diag(G)))
+        centers = tuple(c for c in centers if G[c, c] > least)
+    else:
+        centers = ()
     if centers:
         center, rest = centers[0], centers[1:]
         G, m = _eliminate(G, center)
@@ -270,7 +291,14 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
         return Whitener(W, Winv, inner.diagnostics)
     diag = G if G.ndim == 1 else np.diag(G)
     if np.any(diag < 0):
-        raise WhiteningError(f"metric has a negative diagonal entry ({diag.min():.3g})")
+        # round-off after an elimination step can leave −1e-16 on a zero diagonal
+        if np.any(diag < -NEGATIVE_DIAGONAL_TOLERANCE * float(np.max(np.abs(diag)))):
+            raise WhiteningError(f"metric has a negative diagonal entry ({diag.min():.3g})")
+        G = np.maximum(G, 0.0) if G.ndim == 1 else G.copy()
+        if G.ndim == 2:
+            neg = np.flatnonzero(np.diag(G) < 0)
+            G[neg, neg] = 0.0
+        diag = G if G.ndim == 1 else np.diag(G)
     top = float(diag.max()) if diag.size else 0.0
     if not top > 0:
         raise WhiteningError("metric is zero: no data have moved the parameters yet")

@@ -140,3 +140,49 @@ def test_intercept_elimination_is_exact_and_removes_offset_ill_conditioning():
     assert_allclose(centred.matrix @ centred.inverse, np.eye(4), atol=1e-9)
     g = rng.standard_normal(4)
     assert_allclose(centred.natural_gradient(g), np.linalg.solve(G, g), rtol=1e-6)
+
+
+def test_a_centre_with_a_round_off_diagonal_is_not_eliminated():
+    """A saturated unit's bias has a metric diagonal of ~1e-85: dividing by it would
+    wreck the whitener (|W W⁻¹ − I| was 1e25); such a centre is skipped.
+    """
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((4, 40))
+    B[2] *= 1e-43
+    G = B @ B.T / 40
+    W = whiten(G, center=(2, 3))
+    assert_allclose(W.matrix @ W.inverse, np.eye(4), atol=1e-9)
+    assert np.all(np.isfinite(W.natural_gradient(np.ones(4))))
+
+
+def test_round_off_negative_diagonal_reads_as_zero_but_real_negatives_fail():
+    G = np.diag([1.0, 2.0, -1e-17])
+    W = whiten(G)
+    assert np.all(np.isfinite(W.matrix)) and W.diagnostics.zero_diagonal == 1
+    with pytest.raises(WhiteningError, match="negative diagonal"):
+        whiten(np.diag([1.0, 2.0, -1e-3]))
+
+
+def test_several_centres_whiten_a_rank_deficient_batch_metric():
+    """Fewer rows than parameters, 3 intercept-like columns: each elimination step leaves
+    round-off on zero diagonals; the factorization still succeeds and stays exact where
+    the metric is informative.
+    """
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((6, 12))
+    rows[:, [3, 7, 11]] = 1.0 + 0.1 * rng.standard_normal((6, 3))
+    G = rows.T @ rows / 6
+    W = whiten(G, center=(3, 7, 11))
+    assert np.all(np.isfinite(W.matrix)) and np.all(np.isfinite(W.inverse))
+    assert_allclose(W.matrix @ W.inverse, np.eye(12), atol=1e-6)
+
+
+def test_an_all_zero_block_gets_the_floor_instead_of_failing_the_refresh():
+    G = np.zeros((4, 4))
+    G[:2, :2] = [[2.0, 1.0], [1.0, 2.0]]
+    W = whiten(G, blocks=np.array([0, 2, 4]), damping=0.0, floor=0.0)
+    assert_allclose(W.matrix[:2, :2].T @ W.matrix[:2, :2], G[:2, :2], rtol=1e-10)
+    assert W.diagnostics.zero_diagonal == 2
+    assert np.all(np.isfinite(W.inverse))
+    with pytest.raises(WhiteningError, match="zero"):
+        whiten(np.zeros((4, 4)), blocks=np.array([0, 2, 4]))
