@@ -76,10 +76,9 @@ class RunningFisher:
         if batch_sum.shape != self.sum.shape:
             raise ValueError(f"batch metric has shape {batch_sum.shape}, expected {self.sum.shape}")
         decay = 0.5 ** (rows / self.current_half_life())
-        if decay != 1.0:
-            self.sum *= decay
-            self.weight *= decay
-        self.sum += batch_sum
+        # a new array, not an in-place update: a learner can keep the old one to undo a step
+        self.sum = self.sum * decay + batch_sum if decay != 1.0 else self.sum + batch_sum
+        self.weight *= decay
         self.weight += float(weight)
         self.samples += int(rows)
 

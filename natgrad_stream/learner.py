@@ -12,6 +12,7 @@ One step on a batch ``(X, y, w)`` at parameters θ:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -289,8 +290,32 @@ class NaturalGradientLearner:
                 f"samples {self.samples}; |θ|max = {np.abs(self.theta).max():.3g}. "
                 "Try a smaller lr or stronger damping."
             )
+        before = self._snapshot()
+        try:
+            refresh, gphi, phi, theta = self._advance(X, y, w, grad, wsum, n, need_metric)
+        except NumericalError:
+            self._restore(before)  # a rejected step changes nothing
+            raise
+        self.phi, self.theta = phi, theta
+        self.steps += 1
+        if self.average:
+            self.theta_sum += n * theta
+            self.average_weight += n
+        loss = loss_sum / wsum
+        self._epoch_loss[0] += loss_sum
+        self._epoch_loss[1] += wsum
+        return StepInfo(loss=loss, grad_norm=float(np.linalg.norm(grad)),
+                        natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
+                        samples=self.samples, steps=self.steps, refresh=refresh)
+
+    partial_fit = step
+
+    def _advance(self, X, y, w, grad, wsum, n, need_metric):
+        """Fold the batch into the metric, maybe re-whiten, and take the optimizer step;
+        returns ``(refresh, ∇φJ, φ, θ)`` for :meth:`step` to commit.
+        """
         if need_metric:
-            self.fisher.add(ws.fisher, weight=wsum, rows=n)
+            self.fisher.add(self._workspace.fisher, weight=wsum, rows=n)
         self.samples += n
         refresh = self._maybe_refresh()
         if refresh is not None and refresh.get("ok") and self.structure == "diagonal":
@@ -305,21 +330,27 @@ class NaturalGradientLearner:
         except ValueError as exc:
             raise NumericalError(
                 f"step {self.steps} (samples {self.samples}) left the model's domain: {exc}. "
-                "The parameters before the step are kept; try a smaller lr or stronger damping."
+                "The learner's state before the step is kept; try a smaller lr or stronger "
+                "damping."
             ) from exc
-        self.phi, self.theta = phi, theta
-        self.steps += 1
-        if self.average:
-            self.theta_sum += n * theta
-            self.average_weight += n
-        loss = loss_sum / wsum
-        self._epoch_loss[0] += loss_sum
-        self._epoch_loss[1] += wsum
-        return StepInfo(loss=loss, grad_norm=float(np.linalg.norm(grad)),
-                        natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
-                        samples=self.samples, steps=self.steps, refresh=refresh)
+        return refresh, gphi, phi, theta
 
-    partial_fit = step
+    def _snapshot(self) -> tuple:
+        """What a step may change before it is accepted (O(P) to take: the running metric
+        is replaced, not updated in place, by :meth:`RunningFisher.add`).
+        """
+        f = self.fisher
+        opt = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+               for k, v in self.opt_state.items()}
+        return (f.sum, f.weight, f.samples, self.samples, opt, copy.copy(self.schedule.state),
+                self.rng.bit_generator.state, self.whitener, self.phi, self.rewhitens,
+                self.last_refresh, self.step_cap)
+
+    def _restore(self, snap: tuple) -> None:
+        f = self.fisher
+        (f.sum, f.weight, f.samples, self.samples, self.opt_state, self.schedule.state,
+         self.rng.bit_generator.state, self.whitener, self.phi, self.rewhitens,
+         self.last_refresh, self.step_cap) = snap
 
     def _maybe_refresh(self) -> dict | None:
         reason, drift = None, None

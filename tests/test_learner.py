@@ -289,20 +289,30 @@ def test_model_learner_defaults_apply_only_where_options_are_unset():
     assert plain["damping"] == 1e-9 and plain["optimizer"]["schedule"] == "harmonic"
 
 
-def test_a_step_outside_the_model_domain_is_rejected_and_theta_kept():
+def test_a_step_outside_the_model_domain_is_rejected_and_the_state_kept():
     """A Gaussian step that leaves the positive-definite cone raises NumericalError and the
-    learner keeps the last valid θ (forced here with a huge constant step).
+    learner's whole state (θ, φ, counters, running metric, optimizer, whitener) is as
+    before it (forced here with a huge constant step).
     """
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4096, 2)) * [1.0, 0.01] + 3.0
     model = make_model("gaussian", 2)
-    learner = NaturalGradientLearner(model, lr=1.0, step_schedule="constant", batch_size=256)
+    learner = NaturalGradientLearner(model, lr=1.0, step_schedule="constant", batch_size=256,
+                                     optimizer="adam")
     learner.step(X[:256])
-    good = learner.theta.copy()
     learner.optimizer.lr = 1e6
     with pytest.raises(NumericalError, match="domain"):
         for i in range(1, 16):
+            before = learner.state_dict()
             learner.step(X[256 * i:256 * (i + 1)])
-            good = learner.theta.copy()
-    assert_array_equal(learner.theta, good)
+    after = learner.state_dict()
+    for key in ("theta", "phi"):
+        assert_array_equal(after[key], before[key])
+    assert after["counters"] == before["counters"]
+    assert_array_equal(after["fisher"]["sum"], before["fisher"]["sum"])
+    assert after["fisher"]["weight"] == before["fisher"]["weight"]
+    for k, v in before["optimizer"].items():
+        assert_array_equal(after["optimizer"][k], v)
+    assert after["schedule"] == before["schedule"] and after["rng"] == before["rng"]
+    assert_array_equal(after["whitener"]["matrix"], before["whitener"]["matrix"])
     model.check_params(learner.theta)
