@@ -275,6 +275,7 @@ class NaturalLBFGS:
         if theta.shape != (P,):
             raise ValueError(f"theta0 must have shape ({P},), got {theta.shape}")
         self.theta = theta
+        self._data_init = theta0 is None  # the first round may start from the data
         self.whitener: Whitener | None = None
         self.rounds_done = self.evaluations = self.samples = self.steps = self.rewhitens = 0
         self.converged = False
@@ -464,6 +465,19 @@ class NaturalLBFGS:
             cb.on_fit_end(self, self.result)
         return self
 
+    def _start_from_data(self, source: ArraySource) -> None:
+        """Apply the model's data-informed start (:meth:`Model.initial_params`) from the
+        first evaluation batch, as the streaming learner does.
+        """
+        self._data_init = False
+        with source.batches(batch_size=self.batch_size, epochs=1, shuffle=False,
+                            **self.model.data_checks()) as stream:
+            first = next(iter(stream), None)
+            if first is not None:
+                start = self.model.initial_params(first.X, first.y, first.w)
+                if start is not None:
+                    self.theta = np.asarray(start, dtype=np.float64)
+
     def _out_of_budget(self, max_samples) -> bool:
         return self._stop_requested or (max_samples is not None and self.samples >= max_samples)
 
@@ -473,6 +487,8 @@ class NaturalLBFGS:
         evals0, steps0 = self.evaluations, self.steps
         src, chunks = self._round_source(source, k)
         rng = np.random.default_rng([self.seed, k, 7])
+        if k == 0 and getattr(self, "_data_init", False):
+            self._start_from_data(source)
         theta0 = self.theta.copy()
         J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=self.metric, rng=rng)
         if not (math.isfinite(J0) and np.all(np.isfinite(g0))):
@@ -494,7 +510,15 @@ class NaturalLBFGS:
             if self._out_of_budget(max_samples):
                 raise _Interrupt
             theta = W.theta(phi)
-            J, g, _, n = self._pass(src, theta, chunks=chunks)
+            try:  # a trial point outside the model's domain is a failed trial, like NaN
+                self.model.check_params(theta)
+                inside = True
+            except ValueError:
+                inside = False
+            if inside:
+                J, g, _, n = self._pass(src, theta, chunks=chunks)
+            else:
+                J, g = math.nan, np.full_like(phi, np.nan)
             if not (math.isfinite(J) and np.all(np.isfinite(g))):
                 nonfinite += 1
                 rise = NONFINITE_RISE * max(1.0, abs(best["J"]))

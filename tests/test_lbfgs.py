@@ -424,3 +424,20 @@ def test_fit_run_from_python(small_zarr, tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         fit_run(small_zarr, tmp_path / "run2", model="logistic", epochs=2,
                 learner_options={"optimizer": "lbfgs"})
+
+
+def test_trial_points_outside_the_model_domain_make_the_line_search_back_off():
+    """A Gaussian far from N(0, I): L-BFGS trial points can leave the positive-definite
+    cone; they count as failed trials (the fit used to crash), and the run starts from
+    the data like the streaming learner.
+    """
+    from natgrad_stream.lbfgs import NaturalLBFGS
+
+    rng = np.random.default_rng(0)
+    X = rng.normal([3.0, -2.0], [0.1, 0.05], (4000, 2))
+    model = make_model("gaussian", 2)
+    for start in (None, model.init_params()):  # from the data, and from N(0, I)
+        fit = NaturalLBFGS(model, rounds=20).reset(start).fit((X,))
+        mean, cov = model.unpack(fit.theta)
+        np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(cov, np.cov(X.T, bias=True), rtol=1e-5)

@@ -181,6 +181,8 @@ class Gaussian(FactorModel):
         """
         if self.init_mean is not None or self.init_cov is not None:
             return None
+        if w is not None and not float(np.sum(w)) > 0:
+            return None  # the learner reports the zero-weight batch itself
         start = self.init_from_sample(self.check_X(X), w)
         return self.pack(start["init_mean"], start["init_cov"])
 

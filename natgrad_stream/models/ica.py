@@ -203,6 +203,10 @@ class ICA(FactorModel):
         d = self.n_features
         return as_float64_vector(theta, "theta", self.n_params).reshape(d, d).copy()
 
+    def check_params(self, theta) -> None:
+        """Raise :class:`SingularUnmixingError` unless ``W`` is finite and non-singular."""
+        self.factor(theta)
+
     def params_to_dict(self, theta):
         return {"W": self.unmixing(theta).tolist()}
 
