@@ -280,3 +280,21 @@ def test_regularizers_learn_through_singular_and_noisy_metrics(whitening):
         assert np.all(np.isfinite(learner.theta))
         gap = (learner.model.loss(X, y, learner.theta) - best) / best
         assert gap < 1e-2, (batch, gap)
+
+
+@pytest.mark.parametrize("name,options", [("logistic", {}), ("poisson", {}),
+                                          ("mlp", {"hidden": 2}), ("gaussian", {})])
+def test_bad_metric_structure_or_workspace_is_a_clear_error(name, options):
+    model = make_model(name, 2, **options)
+    rng = np.random.default_rng(0)
+    X = rng.random((5, 2))
+    y = None if not model.requires_targets else np.ones(5)
+    theta = model.init_params() if name != "gaussian" else model.initial_params(X, None, None)
+    ws = model.new_workspace("full", n_threads=1)
+    with pytest.raises(ValueError, match="does not support metric"):
+        model.accumulate(X, y, None, theta, metric="amari", structure="full", ws=ws)
+    with pytest.raises(ValueError, match="structure must be one of"):
+        model.accumulate(X, y, None, theta, metric=None, structure="Full", ws=ws)
+    with pytest.raises(ValueError, match="new_workspace"):
+        model.accumulate(X, y, None, theta, metric=model.default_metric, structure="diagonal",
+                         ws=ws)

@@ -276,6 +276,21 @@ class Model(abc.ABC):
         """
         return self.model_fisher(self.check_X(X), theta, w) @ U
 
+    def check_request(self, metric: str | None, structure: str, ws: Workspace) -> None:
+        """Raise ``ValueError`` for a metric kind this model lacks, an unknown structure, or
+        a workspace allocated for another structure (:meth:`accumulate` calls it).
+        """
+        if metric is None:
+            if structure not in STRUCTURES:
+                raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        else:
+            check_metric_structure(metric, structure, self)
+        P = self.n_params
+        need = (P,) if structure == "diagonal" else (P, P)
+        if ws.fisher.shape != need:
+            raise ValueError(f"the workspace's metric has shape {ws.fisher.shape} but structure "
+                             f"{structure!r} needs {need}; use new_workspace({structure!r})")
+
     def check_X(self, X: np.ndarray) -> np.ndarray:
         """Validate a feature batch: shape (n, n_features), float32/float64, C-contiguous."""
         if X.ndim != 2 or X.shape[1] != self.n_features:

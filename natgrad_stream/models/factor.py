@@ -77,6 +77,7 @@ class FactorModel(Model):
 
     def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None,
                    rng=None, mc_samples=1):
+        self.check_request(metric, structure, ws)
         X = self.check_X(X)
         n = X.shape[0]
         if self.requires_targets:

@@ -62,6 +62,7 @@ class _GLM(Model):
 
     def accumulate(self, X, y, w, theta, *, metric, structure, ws: Workspace, parallel=None,
                    rng=None, mc_samples=1):
+        self.check_request(metric, structure, ws)
         X = self.check_X(X)
         n = X.shape[0]
         y = as_float64_vector(y, "y", n)
