@@ -214,7 +214,7 @@ def glm_scores(X, y, theta, family, out):  # pragma: no cover - compiled
 
 @jit
 def glm_mean(X, theta, family, out):  # pragma: no cover - compiled
-    """Predicted mean ``E[y|x]`` into ``out`` (n,): ``sigmoid(z)`` or ``z``."""
+    """Predicted mean ``E[y|x]`` into ``out`` (n,): ``sigmoid(z)``, ``exp(z)`` or ``z``."""
     for i in range(X.shape[0]):
         z = linear_predictor(X, theta, i)
         if family == FAMILY_LOGISTIC:
