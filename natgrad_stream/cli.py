@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA")
     p.add_argument("--x", default="X", metavar="NAME")
     p.add_argument("--y", default="y", metavar="NAME")
+    p.add_argument("--w", default=None, metavar="NAME",
+                   help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
+                        "Poisson exposure)")
 
     p = sub.add_parser("params", help="print a fitted run's parameters as JSON")
     p.add_argument("run", metavar="RUN")
@@ -311,7 +314,7 @@ def _cmd_fit(args) -> int:
 def _cmd_evaluate(args) -> int:
     from natgrad_stream.run import evaluate_run
 
-    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y))
+    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y, w=args.w))
     return EXIT_OK
 
 

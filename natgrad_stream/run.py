@@ -174,11 +174,11 @@ def fit_run(data, run_dir, *, model: str | None = None, x: str = "X", y: str = "
     return summary
 
 
-def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y") -> dict:
-    """Evaluate the parameters saved in ``run_dir`` on ``data``."""
+def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None) -> dict:
+    """Evaluate the parameters saved in ``run_dir`` on ``data`` (weighted by ``w``)."""
     state = _load_state(run_dir)
     model = model_from_config(state["model"])
-    return evaluate(model, np.asarray(state["theta"]), data, x=x, y=y)
+    return evaluate(model, np.asarray(state["theta"]), data, x=x, y=y, w=w)
 
 
 def run_params(run_dir) -> dict:

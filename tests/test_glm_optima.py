@@ -27,6 +27,7 @@ quadratic convergence sets in) and, loosely, the coefficients. scikit-learn's fi
 used, first confirm the statsmodels optimum.
 """
 
+import json
 import warnings
 
 import numpy as np
@@ -218,3 +219,42 @@ def test_poisson_exposure_as_weights_matches_statsmodels_exposure():
     model = make_model("poisson", 3)
     theta = _fit(model, X, y / t, passes=8, w=t)
     assert_allclose(theta, np.r_[ref.params[1:], ref.params[0]], rtol=1e-6, atol=1e-9)
+
+
+def test_weighted_evaluation_of_a_poisson_exposure_model(tmp_path, capsys):
+    """``evaluate --w`` weights every mean like training does: the exposure-weighted mean
+    deviance of the rates equals statsmodels' deviance of the counts over Σ exposure.
+    """
+    import statsmodels.api as sm
+
+    from natgrad_stream.cli import main
+    from natgrad_stream.evaluate import evaluate
+
+    rng = np.random.default_rng(6)
+    n = 3000
+    X = rng.standard_normal((n, 2))
+    t = rng.uniform(0.5, 4.0, n)
+    y = rng.poisson(t * np.exp(X @ [0.4, -0.3] + 0.2)).astype(np.float64)
+    glm = sm.GLM(y, sm.add_constant(X), family=sm.families.Poisson(), exposure=t).fit()
+    model = make_model("poisson", 2)
+    theta = np.r_[glm.params[1:], glm.params[0]]
+    got = evaluate(model, theta, (X, y / t, t), w="w")
+    assert got["mean_deviance"] == pytest.approx(glm.deviance / t.sum(), rel=1e-10)
+    unweighted = evaluate(model, theta, (X, y / t))
+    assert unweighted["mean_deviance"] != pytest.approx(got["mean_deviance"], rel=1e-3)
+    with pytest.raises(ValueError, match="sample weights"):
+        evaluate(make_model("gaussian", 2), np.zeros(5), (X,), w="w")
+
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "rates.zarr"), mode="w", zarr_format=3)
+    for name, arr in (("X", X), ("y", y / t), ("t", t)):
+        g.create_array(name, shape=arr.shape, chunks=(1000,) + arr.shape[1:],
+                       dtype="float64")[...] = arr
+    run = tmp_path / "run"
+    assert main(["fit", str(tmp_path / "rates.zarr"), "--model", "poisson", "--out", str(run),
+                 "--w", "t", "--epochs", "3"]) == 0
+    assert main(["evaluate", str(run), str(tmp_path / "rates.zarr"), "--w", "t"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == n
+    assert out["mean_deviance"] == pytest.approx(glm.deviance / t.sum(), rel=1e-3)

@@ -226,26 +226,31 @@ def glm_mean(X, theta, family, out):  # pragma: no cover - compiled
 
 
 @jit
-def glm_evaluate(X, y, theta, family):  # pragma: no cover - compiled
-    """Sums for evaluation: ``(loss_sum, second_sum)``.
+def glm_evaluate(X, y, w, theta, family):  # pragma: no cover - compiled
+    """Weighted sums for evaluation: ``(loss_sum, second_sum, weight_sum)``.
 
     ``second_sum`` counts correct 0/1 predictions (logistic, threshold 0.5), sums the
-    squared errors (linear) or the unit deviances ``2(y log(y/μ) − (y − μ))`` (Poisson).
+    squared errors (linear) or the unit deviances ``2(y log(y/μ) − (y − μ))`` (Poisson);
+    each row counts with its weight ``w_i`` (an empty ``w`` means unit weights).
     """
+    weighted = w.shape[0] > 0
     loss_sum = 0.0
     second = 0.0
+    weight_sum = 0.0
     for i in range(X.shape[0]):
+        wi = w[i] if weighted else 1.0
         z = linear_predictor(X, theta, i)
         loss, _, _, _ = glm_row(family, z, y[i])
-        loss_sum += loss
+        loss_sum += wi * loss
+        weight_sum += wi
         if family == FAMILY_LOGISTIC:
-            second += 1.0 if (z > 0.0) == (y[i] > 0.5) else 0.0
+            second += wi if (z > 0.0) == (y[i] > 0.5) else 0.0
         elif family == FAMILY_POISSON:
             mu = np.exp(z)
             dev = mu - y[i]
             if y[i] > 0.0:
                 dev += y[i] * np.log(y[i] / mu)
-            second += 2.0 * dev
+            second += 2.0 * wi * dev
         else:
-            second += (y[i] - z) * (y[i] - z)
-    return loss_sum, second
+            second += wi * (y[i] - z) * (y[i] - z)
+    return loss_sum, second, weight_sum

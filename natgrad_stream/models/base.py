@@ -252,6 +252,9 @@ class Model(abc.ABC):
         """Closed-form model Fisher (eq. 30) averaged over the rows of ``X``, shape (P, P)."""
 
     # -- evaluation -------------------------------------------------------------------
+    #: Whether :meth:`evaluation_sums` accepts sample weights (``w=``).
+    supports_weighted_evaluation: bool = False
+
     @abc.abstractmethod
     def evaluation_sums(self, X, y, theta) -> dict:
         """Mergeable sums over a batch (add them across batches)."""

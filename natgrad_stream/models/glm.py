@@ -156,11 +156,17 @@ class _GLM(Model):
         wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
         return Xt.T @ ((c * wt)[:, None] * (Xt @ U)) / wt.sum()
 
-    def evaluation_sums(self, X, y, theta):
+    supports_weighted_evaluation = True
+
+    def evaluation_sums(self, X, y, theta, w=None):
+        """Sums over a batch; with sample weights ``w`` every mean becomes a weighted mean
+        (``n`` stays the row count; ``weight`` is the weights' sum).
+        """
         X = self.check_X(X)
-        loss, second = K.glm_evaluate(X, as_float64_vector(y, "y", X.shape[0]),
-                                      as_float64_vector(theta, "theta", self.n_params), self.family)
-        return {"n": float(X.shape[0]), "loss": loss, "second": second}
+        loss, second, wsum = K.glm_evaluate(
+            X, as_float64_vector(y, "y", X.shape[0]), _weights(w, X.shape[0]),
+            as_float64_vector(theta, "theta", self.n_params), self.family)
+        return {"n": float(X.shape[0]), "weight": wsum, "loss": loss, "second": second}
 
 
 class LogisticRegression(_GLM):
@@ -183,8 +189,8 @@ class LogisticRegression(_GLM):
         return None if not 0.0 < mean < 1.0 else float(np.log(mean / (1.0 - mean)))
 
     def evaluation_metrics(self, sums):
-        n = sums["n"]
-        return {"n": int(n), "log_loss": sums["loss"] / n, "accuracy": sums["second"] / n}
+        n, wsum = sums["n"], sums.get("weight", sums["n"])
+        return {"n": int(n), "log_loss": sums["loss"] / wsum, "accuracy": sums["second"] / wsum}
 
     def target_check(self):
         return check_binary_labels
@@ -208,8 +214,8 @@ class LinearRegression(_GLM):
         return mu + rng.standard_normal(shape)
 
     def evaluation_metrics(self, sums):
-        n = sums["n"]
-        return {"n": int(n), "mse": sums["second"] / n}
+        n, wsum = sums["n"], sums.get("weight", sums["n"])
+        return {"n": int(n), "mse": sums["second"] / wsum}
 
 
 class PoissonRegression(_GLM):
@@ -234,8 +240,8 @@ class PoissonRegression(_GLM):
         return None if not mean > 0.0 else float(np.log(mean))
 
     def evaluation_metrics(self, sums):
-        n = sums["n"]
-        return {"n": int(n), "mean_deviance": sums["second"] / n, "nll": sums["loss"] / n}
+        n, wsum = sums["n"], sums.get("weight", sums["n"])
+        return {"n": int(n), "mean_deviance": sums["second"] / wsum, "nll": sums["loss"] / wsum}
 
     def target_check(self):
         return check_counts
