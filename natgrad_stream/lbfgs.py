@@ -271,9 +271,7 @@ class NaturalLBFGS:
     def reset(self, theta0: np.ndarray | None = None) -> NaturalLBFGS:
         """Forget everything learned; start from ``theta0`` (model default if None)."""
         P = self.model.n_params
-        theta = self.model.init_params() if theta0 is None else np.array(theta0, dtype=float)
-        if theta.shape != (P,):
-            raise ValueError(f"theta0 must have shape ({P},), got {theta.shape}")
+        theta = self.model.start_params(theta0)
         self.theta = theta
         self._data_init = theta0 is None  # the first round may start from the data
         self.whitener: Whitener | None = None

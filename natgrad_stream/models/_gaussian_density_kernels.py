@@ -21,6 +21,7 @@ from __future__ import annotations
 from numba import prange
 
 from natgrad_stream._jit import jit
+from natgrad_stream.models._gram_kernels import thread_ranges
 
 
 @jit
@@ -85,12 +86,10 @@ def gaussian_row_terms_parallel(X, mu, prec, const, want_energy, loss, grad, ene
 
     Every row is written by exactly one thread, so the result equals the serial one.
     """
-    n = X.shape[0]
     T = u.shape[0]
+    ranges = thread_ranges(X.shape[0], T)
     for t in prange(T):
-        start = (n * t) // T
-        stop = (n * (t + 1)) // T
-        for i in range(start, stop):
+        for i in range(ranges[t, 0], ranges[t, 1]):
             _row_terms(X, mu, prec, const, i, want_energy, loss, grad, energy, u[t])
 
 

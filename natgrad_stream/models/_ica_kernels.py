@@ -18,6 +18,7 @@ import numpy as np
 from numba import prange
 
 from natgrad_stream._jit import jit
+from natgrad_stream.models._gram_kernels import thread_ranges
 
 
 @jit
@@ -79,12 +80,10 @@ def ica_row_terms_parallel(X, W, WinvT, logabsdet, beta, log_z, loss, grad,
 
     Every row is written by exactly one thread, so the result equals the serial one.
     """
-    n = X.shape[0]
     T = s.shape[0]
+    ranges = thread_ranges(X.shape[0], T)
     for t in prange(T):
-        start = (n * t) // T
-        stop = (n * (t + 1)) // T
-        for i in range(start, stop):
+        for i in range(ranges[t, 0], ranges[t, 1]):
             _row(X, W, WinvT, logabsdet, beta, log_z, i, loss, grad, s[t])
 
 

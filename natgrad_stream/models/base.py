@@ -59,6 +59,15 @@ def check_metric_structure(metric: str, structure: str, model: Model | None = No
                          f"it supports {', '.join(model.metrics)}")
 
 
+def check_monte_carlo(rng, mc_samples) -> int:
+    """Validate the Monte Carlo metric's arguments; returns the sample count."""
+    if rng is None:
+        raise ValueError("metric 'monte-carlo' needs a random generator (rng=...)")
+    if int(mc_samples) < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    return int(mc_samples)
+
+
 def restrict_to_structure(G: np.ndarray, structure: str, bounds: np.ndarray) -> np.ndarray:
     """A full ``(P, P)`` metric restricted to ``structure`` (a new array)."""
     if structure == "full":
@@ -131,12 +140,27 @@ class Model(abc.ABC):
         return [("theta", 0, self.n_params)]
 
     def param_bounds(self) -> np.ndarray:
-        """Group boundaries ``[0, …, P]`` of :meth:`param_groups`, int64."""
+        """Group boundaries ``[0, …, P]`` of :meth:`param_groups`, int64 (computed once; the
+        layout is fixed at construction).
+        """
+        bounds = self.__dict__.get("_param_bounds")
+        if bounds is None:
+            bounds = self.__dict__["_param_bounds"] = self._compute_param_bounds()
+        return bounds
+
+    def _compute_param_bounds(self) -> np.ndarray:
         groups = self.param_groups()
         bounds = np.array([g[1] for g in groups] + [groups[-1][2]], dtype=np.int64)
         if bounds[0] != 0 or bounds[-1] != self.n_params or np.any(np.diff(bounds) <= 0):
             raise ValueError(f"param_groups of {self.name!r} must tile 0..{self.n_params}")
         return bounds
+
+    def start_params(self, theta0=None) -> np.ndarray:
+        """A run's starting θ: a float64 copy of ``theta0``, or :meth:`init_params` if None."""
+        theta = self.init_params() if theta0 is None else np.array(theta0, dtype=np.float64)
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"theta0 must have shape ({self.n_params},), got {theta.shape}")
+        return theta
 
     def init_params(self) -> np.ndarray:
         """Initial θ, shape (P,): zeros unless a subclass knows better."""
@@ -236,11 +260,8 @@ class Model(abc.ABC):
         ``G_i ≈ (1/k) Σ_j s(x_i, y_ij) s(x_i, y_ij)ᵀ`` with ``y_ij ~ q(y | x_i; θ)``: an
         unbiased estimate of the model Fisher for any model that can sample its targets.
         """
-        if rng is None:
-            raise ValueError("metric 'monte-carlo' needs a random generator (rng=...)")
-        if int(k) < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {k}")
-        ys = self.sample_targets(X, theta, rng, int(k))
+        k = check_monte_carlo(rng, k)
+        ys = self.sample_targets(X, theta, rng, k)
         U = np.empty((X.shape[0], int(k), self.n_params))
         for j in range(int(k)):
             U[:, j, :] = self.scores(X, ys[j], theta)
@@ -290,9 +311,10 @@ class Model(abc.ABC):
             check_metric_structure(metric, structure, self)
         P = self.n_params
         need = (P,) if structure == "diagonal" else (P, P)
-        if ws.fisher.shape != need:
-            raise ValueError(f"the workspace's metric has shape {ws.fisher.shape} but structure "
-                             f"{structure!r} needs {need}; use new_workspace({structure!r})")
+        if ws.fisher.shape != need or ws.grad.shape != (P,):
+            raise ValueError(f"workspace does not fit structure {structure!r} of this model "
+                             f"(metric shape {ws.fisher.shape}, expected {need}); use "
+                             f"new_workspace({structure!r})")
 
     def check_X(self, X: np.ndarray) -> np.ndarray:
         """Validate a feature batch: shape (n, n_features), float32/float64, C-contiguous."""

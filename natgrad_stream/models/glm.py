@@ -86,7 +86,8 @@ class _GLM(Model):
             U = self.monte_carlo_factors(X, theta, rng, mc_samples)
             accumulate_factors(U, w, structure, self.param_bounds(), ws.fisher, sc, par)
         elif structure == "block" and metric is not None:
-            for a, b in zip(self.param_bounds()[:-1], self.param_bounds()[1:], strict=True):
+            bounds = self.param_bounds()
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 ws.fisher[a:b, b:] = 0.0
                 ws.fisher[b:, a:b] = 0.0
         return out

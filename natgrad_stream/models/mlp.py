@@ -21,7 +21,7 @@ import numpy as np
 
 from natgrad_stream._jit import num_threads
 from natgrad_stream.models import _mlp_kernels as K
-from natgrad_stream.models.base import as_float64_vector
+from natgrad_stream.models.base import as_float64_vector, check_monte_carlo
 from natgrad_stream.models.factor import FactorModel, RowTerms
 
 #: Hidden units when none are given.
@@ -211,10 +211,7 @@ class MLPRegressor(FactorModel):
                              f"it supports {', '.join(self.metrics)}")
         with_jac = metric in _JACOBIAN_METRICS or metric == "monte-carlo"
         if metric == "monte-carlo":
-            if rng is None:
-                raise ValueError("metric 'monte-carlo' needs a random generator (rng=...)")
-            if int(mc_samples) < 1:
-                raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+            check_monte_carlo(rng, mc_samples)
         loss, grad, J, _ = self._rows(X, y, theta, with_jac, parallel)
         if metric is None:
             factors = None

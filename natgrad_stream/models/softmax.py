@@ -23,7 +23,7 @@ from natgrad_stream.models.base import (
     Model,
     Workspace,
     as_float64_vector,
-    check_metric_structure,
+    check_monte_carlo,
 )
 
 _METRIC_CODES = {None: K.METRIC_NONE, "model": K.METRIC_MODEL, "empirical": K.METRIC_EMPIRICAL,
@@ -203,25 +203,14 @@ class SoftmaxRegression(Model):
         y = self.check_y(y, n)
         w = _EMPTY if w is None else as_float64_vector(w, "w", n)
         theta = as_float64_vector(theta, "theta", self.n_params)
-        if metric is not None:
-            check_metric_structure(metric, structure, self)
-        elif structure not in _STRUCTURE_CODES:
-            raise ValueError(f"structure must be one of {tuple(_STRUCTURE_CODES)}, got "
-                             f"{structure!r}")
-        want = (self.n_params,) if structure == "diagonal" else (self.n_params,) * 2
-        if ws.fisher.shape != want or ws.grad.shape != (self.n_params,):
-            raise ValueError(f"workspace does not fit structure {structure!r} of this model "
-                             f"(metric shape {ws.fisher.shape}, expected {want})")
+        self.check_request(metric, structure, ws)
         if ws.scratch.get("structure") != structure:  # a full workspace asked for blocks
             T = len(ws.scratch["grad_t"]) if "grad_t" in ws.scratch else num_threads()
             ws.scratch.update(self._scratch(structure, T))
         m, s = _METRIC_CODES[metric], _STRUCTURE_CODES[structure]
         U = _NO_UNIFORMS
         if metric == "monte-carlo":
-            if rng is None:
-                raise ValueError("metric 'monte-carlo' needs a random generator (rng=...)")
-            if int(mc_samples) < 1:
-                raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+            check_monte_carlo(rng, mc_samples)
             U = rng.random((int(mc_samples), n))
         sc = ws.scratch
         if structure == "diagonal":
