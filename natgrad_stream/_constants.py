@@ -54,3 +54,20 @@ LBFGS_EVAL_BATCH_ROWS = 65536
 #: search can interpolate, so it backs off (SciPy's L-BFGS-B takes ``inf``, and also huge
 #: values, for convergence).
 NONFINITE_RISE = 1.0
+
+#: Rows per chunk written by ``make-data`` and assumed for in-memory arrays; rows per
+#: evaluation batch of ``evaluate``; samples between progress records of the metrics log.
+DEFAULT_CHUNK_ROWS = 65536
+EVAL_BATCH_ROWS = 65536
+DEFAULT_LOG_EVERY = 65536
+
+#: The paper's worked example (section 3): the mixing matrix A of ``x = A θ + noise``,
+#: used by the ``gaussian-mean`` data task and model.
+PAPER_MIXING = ((3.0, 1.0 / 3.0), (1.0 / 3.0, 0.0))
+
+#: Stream ids of the random generators ``default_rng([seed, ..., id])``: each consumer of
+#: randomness draws from its own stream, so adding one never shifts another.
+RNG_CHUNK_ORDER = 0      # data: chunk order of an epoch, [seed, epoch, id]
+RNG_ROW_ORDER = 1        # data: rows within a read, [seed, epoch, id, read]
+RNG_LBFGS_WINDOW = 5     # L-BFGS: chunks of a round's window, [seed, round, id]
+RNG_LEARNER = 7          # learner: probes, Monte Carlo targets; [seed, id] or [seed, round, id]

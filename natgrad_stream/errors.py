@@ -30,7 +30,16 @@ class DataError(ValueError):
             where.append(f"column {column}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.detail = message
         self.array, self.chunk, self.row, self.column = array, chunk, row, column
+
+    def located(self, **where) -> DataError:
+        """The same error at another location (e.g. a window's chunk in the full data);
+        ``where`` replaces any of ``array``, ``chunk``, ``row``, ``column``.
+        """
+        loc = {"array": self.array, "chunk": self.chunk, "row": self.row,
+               "column": self.column, **where}
+        return DataError(self.detail, **loc)
 
 
 class RunDirectoryError(RuntimeError):
@@ -39,3 +48,17 @@ class RunDirectoryError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read or does not match the requested run."""
+
+
+class OptionError(ValueError):
+    """An option has a bad value, does not apply, or differs from the run being resumed."""
+
+
+class NumericalError(FloatingPointError):
+    """Learning produced a non-finite loss or gradient, or left the model's domain; the
+    state before it is kept.
+    """
+
+
+class WhiteningError(ArithmeticError):
+    """The metric could not be factored (non-finite, not positive, LAPACK failure)."""

@@ -32,9 +32,9 @@ from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream.data import open_zarr
 from natgrad_stream.data.datasets import make_dataset
 from natgrad_stream.evaluate import evaluate
+from natgrad_stream.geometry.whitening import whiten
 from natgrad_stream.learner import Callback, NaturalGradientLearner
 from natgrad_stream.models import make_model
-from natgrad_stream.whitening import whiten
 
 HERE = Path(__file__).resolve().parent
 

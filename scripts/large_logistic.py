@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     from bench import raw_read  # same folder: python puts scripts/ on sys.path
     from sklearn.linear_model import LogisticRegression
 
+    from natgrad_stream.app.runs import evaluate_run, fit_run
     from natgrad_stream.data.datasets import make_dataset
-    from natgrad_stream.run import evaluate_run, fit_run
 
     path = Path(args.dir) / f"logistic-{args.rows}x{args.features}-s{args.seed}.zarr"
     if not path.exists():

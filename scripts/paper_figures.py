@@ -9,7 +9,7 @@ Usage::
 Figure 1 is the badly parameterized Gaussian of section 1.1, ``x ~ N(Aθ, I)`` with
 ``A = [[3, 1/3], [1/3, 0]]`` (model ``gaussian-mean``), whose Fisher metric is
 ``G = AᵀA = [[9 + 1/9, 1], [1, 1/9]]``. Gradients and the metric come from
-:meth:`GaussianMean.accumulate`; ``G^½`` from :func:`natgrad_stream.whitening.whiten`
+:meth:`GaussianMean.accumulate`; ``G^½`` from :func:`natgrad_stream.geometry.whitening.whiten`
 (``scale=False, damping=0, floor=0``: the exact symmetric root of eq. 17); the data from the
 ``gaussian-mean`` task generator with ``θ_true = 0``.
 
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream.data.datasets import task_generator
+from natgrad_stream.geometry.whitening import Whitener, whiten
 from natgrad_stream.models import make_model
-from natgrad_stream.whitening import Whitener, whiten
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "figures"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from natgrad_stream.cli import main
+from natgrad_stream.app.cli import main
 
 from .conftest import write_group
 
@@ -165,7 +165,7 @@ def test_usage_errors(tmp_path, capsys):
 
 def test_console_script_and_demo(tmp_path):
     """The installed entry point runs the demo and lands within 0.1% of the optimum."""
-    proc = subprocess.run([sys.executable, "-m", "natgrad_stream.cli", "demo", "--out",
+    proc = subprocess.run([sys.executable, "-m", "natgrad_stream.app.cli", "demo", "--out",
                            str(tmp_path / "demo")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -194,7 +194,7 @@ def test_progress_line_and_metrics_log_fields(small_zarr, tmp_path, capsys):
 
 def test_cli_choices_mirror_the_registries():
     """The CLI keeps literal copies of the registries (so --help compiles no kernels)."""
-    from natgrad_stream import cli
+    from natgrad_stream.app import cli
     from natgrad_stream.data.datasets import TASKS
     from natgrad_stream.models import METRICS, MODEL_NAMES, STRUCTURES
 

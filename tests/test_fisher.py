@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from natgrad_stream.fisher import RunningFisher
+from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.models import make_model
 
 

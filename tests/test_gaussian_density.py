@@ -11,7 +11,7 @@ import zarr
 from numpy.testing import assert_allclose
 from scipy.stats import multivariate_normal
 
-from natgrad_stream.cli import main
+from natgrad_stream.app.cli import main
 from natgrad_stream.data.synthetic import gaussian as task
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.learner import Callback, NaturalGradientLearner, NumericalError

@@ -227,7 +227,7 @@ def test_weighted_evaluation_of_a_poisson_exposure_model(tmp_path, capsys):
     """
     import statsmodels.api as sm
 
-    from natgrad_stream.cli import main
+    from natgrad_stream.app.cli import main
     from natgrad_stream.evaluate import evaluate
 
     rng = np.random.default_rng(6)

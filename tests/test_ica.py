@@ -12,7 +12,7 @@ from numpy.testing import assert_allclose
 from scipy.integrate import quad
 from scipy.stats import logistic
 
-from natgrad_stream.cli import main
+from natgrad_stream.app.cli import main
 from natgrad_stream.data.synthetic import ica as task
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.learner import NaturalGradientLearner

@@ -12,7 +12,7 @@ import scipy.optimize
 import zarr
 from numpy.testing import assert_allclose
 
-from natgrad_stream.cli import main
+from natgrad_stream.app.cli import main
 from natgrad_stream.data.synthetic import ising as task
 from natgrad_stream.learner import NaturalGradientLearner, NumericalError
 from natgrad_stream.models import _ising_kernels as K

@@ -10,15 +10,15 @@ import scipy.optimize
 import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 
+from natgrad_stream.app.cli import main
+from natgrad_stream.app.runs import fit_run, load_learner
 from natgrad_stream.checkpoint import load_checkpoint, save_checkpoint
-from natgrad_stream.cli import main
 from natgrad_stream.data import ArraySource
 from natgrad_stream.data.datasets import make_dataset
 from natgrad_stream.errors import CheckpointError, DataError
 from natgrad_stream.lbfgs import NaturalLBFGS, window_chunks
 from natgrad_stream.learner import Callback, NaturalGradientLearner, NumericalError
 from natgrad_stream.models import make_model
-from natgrad_stream.run import fit_run, load_learner
 
 from .conftest import write_group
 
@@ -255,14 +255,14 @@ def test_nonfinite_trial_points_make_the_line_search_back_off(badly_scaled, opti
             self.records.append(record)
 
     opt = NaturalLBFGS(make_model("logistic", 8), batch_size=BATCH)
-    real_pass = opt._pass
+    real_pass = opt.strategy._pass
 
     def flaky_pass(source, theta, **kw):  # the first two trial points "overflow"
         J, g, G, n = real_pass(source, theta, **kw)
         return (np.inf, np.full_like(g, np.nan), G, n) if opt.evaluations in (2, 3) else \
             (J, g, G, n)
 
-    opt._pass = flaky_pass
+    opt.strategy._pass = flaky_pass
     opt.fit(badly_scaled, callbacks=[Rounds()])
     assert Rounds.records[0]["nonfinite_trials"] == 2
     assert Rounds.records[0]["loss"] < 0.5  # the round made progress after backing off
@@ -409,10 +409,12 @@ def test_cli_bad_lbfgs_options_exit_2_with_clear_messages(small_zarr, tmp_path, 
     assert run_cli(capsys, "fit", small_zarr, "--out", sgd, "--model", "logistic")[0] == 0
     assert run_cli(capsys, "fit", small_zarr, "--out", lbfgs_run, *lb)[0] == 0
     for run, args, phrase in [
-            (sgd, ["--lbfgs-rounds", 3], "applies only to L-BFGS runs"),
-            (sgd, ["--optimizer", "lbfgs"], "not an L-BFGS run"),
-            (lbfgs_run, ["--lbfgs-iters", 3], "--lbfgs-iters cannot be changed on --resume"),
-            (lbfgs_run, ["--epochs", 2], "epochs (--epochs) does not apply to an L-BFGS run")]:
+            (sgd, ["--lbfgs-rounds", 3], "--lbfgs-rounds applies only with --optimizer lbfgs"),
+            (sgd, ["--optimizer", "lbfgs"], "--optimizer cannot be changed on --resume: the "
+                                            "run was fitted with 'sgd', given 'lbfgs'"),
+            (lbfgs_run, ["--lbfgs-iters", 3], "--lbfgs-iters cannot be changed on --resume: "
+                                              "the run was fitted with 25, given 3"),
+            (lbfgs_run, ["--epochs", 2], "--epochs does not apply to --optimizer lbfgs")]:
         code, _, err = run_cli(capsys, "fit", small_zarr, "--out", run, "--resume", *args)
         assert code == 2 and phrase in err, (args, err)
 

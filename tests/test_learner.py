@@ -12,7 +12,7 @@ from natgrad_stream.checkpoint import load_checkpoint, save_checkpoint
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.learner import Callback, NaturalGradientLearner, NumericalError
 from natgrad_stream.models import GaussianMean, make_model
-from natgrad_stream.optim import OPTIMIZERS
+from natgrad_stream.optim.rules import OPTIMIZERS
 
 
 def _load(path, x="X", y="y"):

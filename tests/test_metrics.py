@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from natgrad_stream.geometry.whitening import whiten
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
 from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
 from natgrad_stream.models.base import METRICS, STRUCTURES, check_metric_structure
-from natgrad_stream.whitening import whiten
 
 from ._reference import factor_gram_reference, logistic_fisher_by_enumeration
 

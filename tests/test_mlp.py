@@ -13,7 +13,7 @@ import pytest
 import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 
-from natgrad_stream.cli import main
+from natgrad_stream.app.cli import main
 from natgrad_stream.data.datasets import make_dataset
 from natgrad_stream.data.synthetic import mlp as task
 from natgrad_stream.evaluate import evaluate

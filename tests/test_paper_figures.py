@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 from numpy.testing import assert_allclose
 
-from natgrad_stream.whitening import whiten
+from natgrad_stream.geometry.whitening import whiten
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_figures.py"
 # The paper's numbers (section 1.1/1.2), typed in independently of the code under test.

@@ -12,7 +12,7 @@ from numpy.testing import assert_allclose
 from scipy.special import logsumexp
 from scipy.special import softmax as sp_softmax
 
-from natgrad_stream.cli import main
+from natgrad_stream.app.cli import main
 from natgrad_stream.data import ArraySource
 from natgrad_stream.data.datasets import make_dataset, task_generator
 from natgrad_stream.errors import DataError

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 from numpy.testing import assert_allclose
 
-from natgrad_stream.whitening import Whitener, WhiteningError, whiten
+from natgrad_stream.geometry.whitening import Whitener, WhiteningError, whiten
 
 PAPER_G = np.array([[9 + 1 / 9, 1.0], [1.0, 1 / 9]])
 

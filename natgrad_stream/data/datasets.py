@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_stream.models.gaussian_mean import PAPER_MIXING
+from natgrad_stream._constants import DEFAULT_CHUNK_ROWS, PAPER_MIXING
 
 #: Tasks generated in this module (raw, ill-conditioned features).
 _BUILTIN_TASKS = ("logistic", "linear", "gaussian-mean")
@@ -118,7 +118,7 @@ def _true_params(task: str, fm: FeatureModel, features: int, seed: int) -> dict:
             out["noise_std"] = 1.0
         return out
     if features == 2:
-        return {"theta": [0.0, 0.0], "mixing": PAPER_MIXING.tolist()}
+        return {"theta": [0.0, 0.0], "mixing": [list(row) for row in PAPER_MIXING]}
     Q1, _ = np.linalg.qr(rng.standard_normal((features, features)))
     Q2, _ = np.linalg.qr(rng.standard_normal((features, features)))
     A = (Q1 * np.geomspace(1.0, 1e-2, features)) @ Q2.T * 3.0
@@ -137,7 +137,7 @@ def _chunk(task, fm, params, rng, n):
     return X, (z + rng.standard_normal(n)).astype(np.float32)
 
 
-def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int = 65536,
+def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  test_rows: int = 0, seed: int = 0, dtype: str = "float32",
                  overwrite: bool = False):
     """Write a synthetic dataset as a Zarr v3 group and return the opened group.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream._constants import DEFAULT_CHUNK_ROWS, RNG_CHUNK_ORDER, RNG_ROW_ORDER
 from natgrad_stream.data._gather_kernels import gather_rows
 from natgrad_stream.data._zstd_direct import DirectChunks, read_direct, run_in_order
 from natgrad_stream.data.validation import (
@@ -41,7 +42,6 @@ from natgrad_stream.data.validation import (
 from natgrad_stream.errors import DataError
 
 #: Default rows per chunk for arrays that are not chunked (NumPy).
-DEFAULT_CHUNK_ROWS = 65536
 #: Seconds between checks of the stop flag while the reader waits on a full queue.
 _POLL_SECONDS = 0.05
 
@@ -106,14 +106,14 @@ def epoch_plan(n_rows: int, chunk_rows: int, chunks_per_read: int, seed: int, ep
                shuffle: bool) -> list[np.ndarray]:
     """Chunk indices of each read of an epoch (a pure function of its arguments)."""
     n_chunks = math.ceil(n_rows / chunk_rows)
-    order = (np.random.default_rng([seed, epoch, 0]).permutation(n_chunks) if shuffle
+    order = (np.random.default_rng([seed, epoch, RNG_CHUNK_ORDER]).permutation(n_chunks) if shuffle
              else np.arange(n_chunks))
     return [order[i:i + chunks_per_read] for i in range(0, n_chunks, chunks_per_read)]
 
 
 def read_permutation(n: int, seed: int, epoch: int, read_index: int) -> np.ndarray:
     """Row order within a read's buffer of ``n`` rows."""
-    return np.random.default_rng([seed, epoch, 1, read_index]).permutation(n)
+    return np.random.default_rng([seed, epoch, RNG_ROW_ORDER, read_index]).permutation(n)
 
 
 # -- the stream ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from natgrad_stream._constants import PAPER_MIXING as _PAPER_MIXING
 from natgrad_stream.models import _gaussian_kernels as K
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
 from natgrad_stream.models.base import (
@@ -21,7 +22,7 @@ from natgrad_stream.models.base import (
 )
 
 #: The mixing matrix of the paper's equation (1): mean = (3θ₁ + θ₂/3, θ₁/3).
-PAPER_MIXING = np.array([[3.0, 1.0 / 3.0], [1.0 / 3.0, 0.0]])
+PAPER_MIXING = np.array(_PAPER_MIXING)
 _EMPTY = np.empty(0)
 
 

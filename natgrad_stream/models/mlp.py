@@ -147,7 +147,7 @@ class MLPRegressor(FactorModel):
         """``b1`` (each an exact intercept of its row of ``W1``) and ``b2`` (of ``w2``).
 
         ``∂f/∂W1[j, k] = (∂f/∂b1_j) x_k`` and ``∂f/∂b2 = 1``, so eliminating these first
-        (see :func:`natgrad_stream.whitening.whiten`) gives the metric of centred inputs
+        (see :func:`natgrad_stream.geometry.whitening.whiten`) gives the metric of centred inputs
         and hidden activations, free of the collinearity that feature offsets cause.
         """
         H, d = self.hidden, self.n_features

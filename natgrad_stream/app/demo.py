@@ -13,7 +13,7 @@ import numpy as np
 import scipy.optimize
 import zarr
 
-from natgrad_stream.run import evaluate_run, fit_run
+from natgrad_stream.app.runs import evaluate_run, fit_run
 
 
 def demo_dataset_path() -> Path:
@@ -21,7 +21,7 @@ def demo_dataset_path() -> Path:
     installed = resources.files("natgrad_stream") / "_embedded" / "demo.zarr"
     if installed.is_dir():
         return Path(str(installed))
-    in_tree = Path(__file__).resolve().parents[1] / "data" / "demo.zarr"
+    in_tree = Path(__file__).resolve().parents[2] / "data" / "demo.zarr"
     if in_tree.is_dir():
         return in_tree
     raise FileNotFoundError("the embedded demo dataset is missing from this installation")

@@ -1,9 +1,11 @@
 """Optimizers that step the whitened parameters φ (paper section 2.7, footnote 2).
 
-Each optimizer is an ``(init, step, transport)`` triple over a small state dict of
-float64 arrays and scalars (checkpointed as is). The learner hands it ``∇φJ = W⁻ᵀ∇θJ``;
-at a refresh of ``W`` it calls :meth:`Optimizer.transport` to carry the state into the new
-coordinates:
+Each optimizer is an ``(init, update, transport)`` triple over an explicit state: a small
+dict of float64 arrays and scalars, checkpointed as is. As in optax, the functions are pure:
+``update`` and ``transport`` return a new state and never modify the one they are given, so
+the learner can keep the old state to undo a rejected step. The learner hands ``update``
+``∇φJ = W⁻ᵀ∇θJ``; at a refresh of ``W`` it calls :meth:`Optimizer.transport` to carry the
+state into the new coordinates:
 
 - a *displacement* (momentum's velocity) maps with ``W_new W_old⁻¹``, so the motion it
   encodes in θ continues unchanged;
@@ -62,16 +64,16 @@ class Optimizer(abc.ABC):
         return {"steps": 0}
 
     @abc.abstractmethod
-    def step(self, phi: np.ndarray, grad: np.ndarray, state: dict, *, rows: int,
-             samples: int) -> np.ndarray:
-        """Return the new φ given ``∇φJ`` (mean over the batch); updates ``state`` in place."""
+    def update(self, phi: np.ndarray, grad: np.ndarray, state: dict, *, rows: int,
+               samples: int) -> tuple[np.ndarray, dict]:
+        """``(new φ, new state)`` given ``∇φJ`` (mean over the batch); ``state`` is unchanged."""
 
-    def transport(self, state: dict, vector_map: np.ndarray, covector_map: np.ndarray) -> None:
-        """Carry the state into new φ coordinates (see the module docstring).
+    def transport(self, state: dict, vector_map: np.ndarray, covector_map: np.ndarray) -> dict:
+        """The state carried into new φ coordinates (see the module docstring).
 
         The base optimizer keeps only counters, which are coordinate-free.
         """
-        return None
+        return dict(state)
 
 
 def _apply(M: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -85,9 +87,9 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def step(self, phi, grad, state, *, rows, samples):
-        state["steps"] += 1
-        return phi - step_size(self.lr, self.schedule, rows, samples) * grad
+    def update(self, phi, grad, state, *, rows, samples):
+        eta = step_size(self.lr, self.schedule, rows, samples)
+        return phi - eta * grad, {**state, "steps": state["steps"] + 1}
 
 
 class Momentum(SGD):
@@ -107,15 +109,13 @@ class Momentum(SGD):
     def init(self, n_params):
         return {"steps": 0, "velocity": np.zeros(n_params)}
 
-    def step(self, phi, grad, state, *, rows, samples):
-        state["steps"] += 1
-        v = state["velocity"]
-        v *= self.beta
-        v += (1.0 - self.beta) * grad
-        return phi - step_size(self.lr, self.schedule, rows, samples) * v
+    def update(self, phi, grad, state, *, rows, samples):
+        v = state["velocity"] * self.beta + (1.0 - self.beta) * grad
+        eta = step_size(self.lr, self.schedule, rows, samples)
+        return phi - eta * v, {**state, "steps": state["steps"] + 1, "velocity": v}
 
     def transport(self, state, vector_map, covector_map):
-        state["velocity"] = _apply(vector_map, state["velocity"])
+        return {**state, "velocity": _apply(vector_map, state["velocity"])}
 
 
 class Adam(Optimizer):
@@ -138,23 +138,19 @@ class Adam(Optimizer):
     def init(self, n_params):
         return {"steps": 0, "m": np.zeros(n_params), "v": np.zeros(n_params)}
 
-    def step(self, phi, grad, state, *, rows, samples):
-        state["steps"] += 1
-        k = state["steps"]
-        m, v = state["m"], state["v"]
-        m *= self.beta1
-        m += (1 - self.beta1) * grad
-        v *= self.beta2
-        v += (1 - self.beta2) * grad * grad
+    def update(self, phi, grad, state, *, rows, samples):
+        k = state["steps"] + 1
+        m = state["m"] * self.beta1 + (1 - self.beta1) * grad
+        v = state["v"] * self.beta2 + (1 - self.beta2) * grad * grad
         mhat = m / (1 - self.beta1**k)
         vhat = v / (1 - self.beta2**k)
         eta = step_size(self.lr, self.schedule, rows, samples)
-        return phi - eta * mhat / (np.sqrt(vhat) + self.eps)
+        return phi - eta * mhat / (np.sqrt(vhat) + self.eps), {**state, "steps": k, "m": m,
+                                                                 "v": v}
 
     def transport(self, state, vector_map, covector_map):
-        state["m"] = _apply(covector_map, state["m"])
         C2 = covector_map * covector_map
-        state["v"] = _apply(C2, state["v"])
+        return {**state, "m": _apply(covector_map, state["m"]), "v": _apply(C2, state["v"])}
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Momentum, Adam)}

@@ -1,9 +1,10 @@
 """When to refresh the whitener ``W = G^½(θ_fixed)`` (paper section 2.7).
 
-A schedule is a small state machine over counters (samples seen, batches since the last
-drift check); it does no linear algebra. The learner asks :meth:`RefreshSchedule.clock_due`
-each batch, asks for a drift estimate when :meth:`drift_check_due` says so, and calls
-:meth:`refreshed` after every refresh.
+A schedule is a function of counters kept in a :class:`ScheduleState` that the learner
+owns (samples of the next clock trigger, batches since the last drift check); it does no
+linear algebra. The learner asks :meth:`RefreshSchedule.clock_due` each batch, asks for a
+drift estimate when :meth:`drift_check_due` says so, and calls :meth:`refreshed` after
+every refresh, each time passing its state.
 
 Triggers (any combination):
 
@@ -71,12 +72,12 @@ class RefreshSchedule:
         self.factor = None if factor is None else float(factor)
         self.drift = None if drift is None else float(drift)
         self.check_every = int(check_every)
-        self.state = ScheduleState()
 
     @classmethod
     def parse(cls, spec) -> RefreshSchedule:
         """Build from a spec: ``"auto"``, ``"never"``, an int (every N samples),
-        ``"every:N"``, ``"geometric:F"``, ``"drift:T"``, or a :class:`RefreshSchedule`.
+        ``"every:N"``, ``"geometric:F"``, ``"drift:T"``, a :class:`RefreshSchedule`, or
+        the dict of its constructor arguments (:meth:`config`).
 
         ``"auto"`` is geometric spacing with factor 2 plus the drift trigger at
         the default threshold: frequent refreshes early, when θ moves fast, and later only
@@ -84,6 +85,8 @@ class RefreshSchedule:
         """
         if isinstance(spec, RefreshSchedule):
             return spec
+        if isinstance(spec, dict):
+            return cls(**spec)
         if isinstance(spec, int) and not isinstance(spec, bool):
             return cls(every=spec)
         text = str(spec).strip().lower()
@@ -111,17 +114,17 @@ class RefreshSchedule:
         return {"every": self.every, "factor": self.factor, "drift": self.drift,
                 "check_every": self.check_every}
 
-    def clock_due(self, samples: int) -> bool:
+    def clock_due(self, state: ScheduleState, samples: int) -> bool:
         """True when the interval or geometric trigger has come due at ``samples``."""
-        return samples >= self.state.next_time
+        return samples >= state.next_time
 
-    def drift_check_due(self) -> bool:
-        """Count a batch; True when the drift should be estimated now."""
+    def drift_check_due(self, state: ScheduleState) -> bool:
+        """Count a batch in ``state``; True when the drift should be estimated now."""
         if self.drift is None:
             return False
-        self.state.batches_since_check += 1
-        if self.state.batches_since_check >= self.check_every:
-            self.state.batches_since_check = 0
+        state.batches_since_check += 1
+        if state.batches_since_check >= self.check_every:
+            state.batches_since_check = 0
             return True
         return False
 
@@ -129,12 +132,12 @@ class RefreshSchedule:
         """True when a drift estimate calls for a refresh."""
         return self.drift is not None and drift > self.drift
 
-    def refreshed(self, samples: int) -> None:
-        """Record a refresh at ``samples`` and schedule the next clock trigger."""
+    def refreshed(self, state: ScheduleState, samples: int) -> None:
+        """Record in ``state`` a refresh at ``samples`` and the next clock trigger."""
         nxt = math.inf
         if self.every is not None:
             nxt = min(nxt, samples + self.every)
         if self.factor is not None:
             nxt = min(nxt, max(samples * self.factor, samples + 1))
-        self.state.next_time = nxt
-        self.state.batches_since_check = 0
+        state.next_time = nxt
+        state.batches_since_check = 0

@@ -34,12 +34,9 @@ from natgrad_stream._constants import (
     NEGATIVE_DIAGONAL_TOLERANCE,
     ZERO_DIAGONAL_FRACTION,
 )
+from natgrad_stream.errors import WhiteningError
 
 METHODS = ("eigh", "ridge", "robust")
-
-
-class WhiteningError(ArithmeticError):
-    """The metric could not be factored (non-finite, not positive, LAPACK failure)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,207 @@
+"""The ``natgrad-stream`` command line.
+
+Subcommands: ``make-data``, ``fit``, ``evaluate``, ``params``, ``demo``. Machine-readable
+results go to stdout as one JSON object on the last line; progress and messages go to
+stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or usage, 130 stopped
+by a signal (after writing a resumable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from natgrad_stream import __version__
+from natgrad_stream._constants import DEFAULT_CHUNK_ROWS
+from natgrad_stream.errors import CheckpointError, DataError, OptionError, RunDirectoryError
+from natgrad_stream.training import options as opts
+from natgrad_stream.training.options import (
+    METRIC_CHOICES,
+    MODEL_CHOICES,
+    OPTIMIZER_CHOICES,
+    STRUCTURE_CHOICES,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNAL = 0, 1, 2, 130
+#: ``make-data`` tasks: one per model family (checked against the registry by a test).
+TASK_CHOICES = MODEL_CHOICES
+__all__ = ["METRIC_CHOICES", "MODEL_CHOICES", "OPTIMIZER_CHOICES", "STRUCTURE_CHOICES",
+           "TASK_CHOICES", "build_parser", "main"]
+
+
+def _print_json(obj: dict) -> None:
+    from natgrad_stream.training.callbacks import json_clean
+
+    sys.stdout.write(json.dumps(json_clean(obj)) + "\n")
+    sys.stdout.flush()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="natgrad-stream",
+        description="Natural-gradient learning on chunked Zarr data streams.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-data", help="write a synthetic, ill-conditioned Zarr v3 dataset")
+    p.add_argument("out", metavar="OUT.zarr")
+    p.add_argument("--task", required=True, choices=TASK_CHOICES)
+    p.add_argument("--rows", required=True, type=_positive_int)
+    p.add_argument("--features", required=True, type=_positive_int)
+    p.add_argument("--chunk-rows", type=_positive_int, default=DEFAULT_CHUNK_ROWS)
+    p.add_argument("--test-rows", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = sub.add_parser("fit", help="learn a model from a Zarr group by natural gradient")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN (options that differ from the run's are "
+                        "refused, except --epochs, --lbfgs-rounds, --max-samples, "
+                        "--checkpoint-every, --log-every and --progress)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
+    opts.add_arguments(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a fitted run on a dataset")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--x", default="X", metavar="NAME")
+    p.add_argument("--y", default="y", metavar="NAME")
+    p.add_argument("--w", default=None, metavar="NAME",
+                   help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
+                        "Poisson exposure)")
+
+    p = sub.add_parser("params", help="print a fitted run's parameters as JSON")
+    p.add_argument("run", metavar="RUN")
+
+    p = sub.add_parser("demo", help="fit the embedded demo dataset and compare with the "
+                                    "full-batch optimum")
+    p.add_argument("--out", default=None, metavar="RUN",
+                   help="run directory (default: a new temporary directory)")
+    return parser
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM ask the learner to stop after its current batch; a second SIGINT
+    interrupts at once.
+    """
+
+    def __init__(self):
+        self.learner = None
+        self.signalled = False
+
+    def attach(self, learner):
+        self.learner = learner
+
+    def __enter__(self):
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._old:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signalled = True
+        print("\nnatgrad-stream: stopping after the current batch (checkpoint follows)...",
+              file=sys.stderr)
+        if self.learner is not None:
+            self.learner.request_stop()
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _cmd_make_data(args) -> int:
+    from natgrad_stream.data.datasets import make_dataset
+
+    make_dataset(args.out, task=args.task, rows=args.rows, features=args.features,
+                 chunk_rows=args.chunk_rows, test_rows=args.test_rows, seed=args.seed,
+                 dtype=args.dtype, overwrite=args.overwrite)
+    _print_json({"path": str(args.out), "task": args.task, "rows": args.rows,
+                 "features": args.features, "chunk_rows": args.chunk_rows,
+                 "test_rows": args.test_rows, "seed": args.seed, "dtype": args.dtype})
+    return EXIT_OK
+
+
+def _cmd_fit(args) -> int:
+    from natgrad_stream.app.runs import fit_run
+
+    with _GracefulStop() as stop:
+        summary = fit_run(args.data, args.out, resume=args.resume, overwrite=args.overwrite,
+                          stop_handler=stop.attach, **opts.given_options(args))
+    _print_json(summary)
+    return EXIT_SIGNAL if stop.signalled else EXIT_OK
+
+
+def _cmd_evaluate(args) -> int:
+    from natgrad_stream.app.runs import evaluate_run
+
+    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y, w=args.w))
+    return EXIT_OK
+
+
+def _cmd_params(args) -> int:
+    from natgrad_stream.app.runs import run_params
+
+    _print_json(run_params(args.run))
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    from natgrad_stream.app.demo import run_demo
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="natgrad-demo-"))
+    _print_json(run_demo(out, log=sys.stderr))
+    return EXIT_OK
+
+
+COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evaluate,
+            "params": _cmd_params, "demo": _cmd_demo}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``natgrad-stream`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return COMMANDS[args.command](args)
+    except (DataError, OptionError, RunDirectoryError, CheckpointError, ValueError, TypeError,
+            FileExistsError, FileNotFoundError) as exc:
+        print(f"natgrad-stream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as exc:
+        print(f"natgrad-stream {args.command}: learning failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"natgrad-stream {args.command}: interrupted", file=sys.stderr)
+        return EXIT_SIGNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

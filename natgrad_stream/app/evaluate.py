@@ -1,0 +1,56 @@
+"""Streaming evaluation: mergeable sums over a source, one pass, no shuffle."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from natgrad_stream._constants import EVAL_BATCH_ROWS
+from natgrad_stream.data import as_source
+from natgrad_stream.errors import DataError
+from natgrad_stream.models import Model
+
+#: Rows per evaluation batch (evaluation has no step, so large batches are cheaper).
+
+
+def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | None = "y",
+             w: str | None = None, batch_size: int = EVAL_BATCH_ROWS) -> dict:
+    """Evaluate ``model`` at ``theta`` over all rows of ``data``.
+
+    Parameters
+    ----------
+    model : Model
+    theta : ndarray, shape (P,)
+    data : path, zarr.Group, arrays, Source or iterable
+    x, y : str
+        Array names in a Zarr group (``y`` is ignored for unsupervised models).
+    w : str, optional
+        Sample-weight array: the measures become weighted means, as in training (e.g. the
+        exposure of a Poisson rate model). Models with ``supports_weighted_evaluation``.
+    batch_size : int
+
+    Returns
+    -------
+    dict
+        ``n`` plus the model's measures, e.g. ``log_loss`` and ``accuracy`` (logistic).
+    """
+    if w is not None and not model.supports_weighted_evaluation:
+        raise ValueError(f"model {model.name!r} does not evaluate with sample weights "
+                         f"(--w {w}); evaluate without them")
+    source = as_source(data, x=x, y=y if model.requires_targets else None, w=w)
+    if source.n_features != model.n_features:
+        raise DataError(f"has {source.n_features} features but the model was fitted on "
+                        f"{model.n_features}", array=x)
+    if model.requires_targets and not source.has_targets:
+        raise DataError(f"model {model.name!r} needs targets to evaluate", array=y)
+    checks = model.data_checks()
+    totals: dict[str, float] = {}
+    with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
+                        **checks) as stream:
+        for batch in stream:
+            sums = model.evaluation_sums(batch.X, batch.y, theta) if w is None else \
+                model.evaluation_sums(batch.X, batch.y, theta, w=batch.w)
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + v
+    if not totals:
+        raise DataError("no rows to evaluate", array=x)
+    return model.evaluation_metrics(totals)

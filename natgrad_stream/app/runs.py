@@ -1,0 +1,255 @@
+"""Run directories: what ``natgrad-stream fit`` writes and ``evaluate``/``params`` read.
+
+Layout of ``RUN/``:
+
+``checkpoint.npz``
+    The learner's full state (:mod:`natgrad_stream.training.checkpoint`), written atomically at the
+    end of ``fit``, every ``checkpoint_every`` samples, and on a graceful stop.
+``metrics.jsonl``
+    Append-only training log (:class:`~natgrad_stream.training.callbacks.MetricsLogger`).
+``run.json``
+    Human-readable record: data, array names, model, the learner's options (``options``,
+    the optimizer's own under ``optimizer``), the effective value of every fit option
+    (``fit_options``, by the names of :data:`natgrad_stream.training.options.OPTIONS`) and
+    the last summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from natgrad_stream.app.evaluate import evaluate
+from natgrad_stream.data import as_source
+from natgrad_stream.errors import OptionError, RunDirectoryError
+from natgrad_stream.models import MODELS, make_model, model_from_config
+from natgrad_stream.training import options as opts
+from natgrad_stream.training.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
+from natgrad_stream.training.checkpoint import load_checkpoint
+from natgrad_stream.training.learner import NaturalGradientLearner, make_learner
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+RUN_JSON = "run.json"
+#: Model options as they appear in a model's ``config()``.
+_MODEL_CONFIG_KEYS = {"model": "name", "classes": "n_classes", "hidden": "hidden",
+                      "sharpness": "sharpness"}
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json.tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=lambda v: v.tolist())
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def load_learner(run_dir, **overrides) -> tuple[NaturalGradientLearner, dict]:
+    """Rebuild the learner saved in ``run_dir``; returns ``(learner, run_info)``.
+
+    ``overrides`` replace recorded learner options (resumable ones, e.g. ``rounds``).
+    """
+    state = _load_state(run_dir)
+    return NaturalGradientLearner.from_state_dict(state, **overrides), state.get("run", {})
+
+
+def _open_group(data):
+    """The Zarr group behind ``data`` when it is a path to one, else None."""
+    if not isinstance(data, str | os.PathLike):
+        return data if hasattr(data, "array_keys") else None
+    import zarr
+
+    try:
+        return zarr.open_group(str(data), mode="r")
+    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):
+        return None
+
+
+def _split(given: dict) -> dict[str, dict]:
+    """Given options by group (data, model, learner, run)."""
+    out: dict[str, dict] = {opts.DATA: {}, opts.MODEL: {}, opts.LEARNER: {}, opts.RUN: {}}
+    for name, value in given.items():
+        out[opts.BY_NAME[name].group][name] = value
+    return out
+
+
+def _model_options(model, given: dict) -> dict:
+    """Effective model options: the model's configuration where it holds them."""
+    config = model.config()
+    return {name: config.get(_MODEL_CONFIG_KEYS.get(name, name), given.get(name))
+            for name in opts.MODEL_OPTIONS}
+
+
+def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
+            stop_handler=None, learner_options: dict | None = None,
+            model_options: dict | None = None, **options) -> dict:
+    """Fit (or resume) a run in ``run_dir``; returns the summary dict.
+
+    Parameters
+    ----------
+    data : path, zarr.Group or arrays
+    run_dir : path
+    resume : bool
+        Continue the run in ``run_dir``. Options given are compared with the run's
+        recorded ones: resumable options (``epochs``, ``rounds``, ``max_samples``,
+        ``log_every``, ``checkpoint_every``, ``progress``) apply and are recorded; any
+        other that differs raises :class:`OptionError` naming it, its recorded value and
+        the one given.
+    overwrite : bool
+        Replace a run already in ``run_dir`` (only once the new one has finished).
+    stop_handler : callable, optional
+        Called with the learner before fitting (the CLI's signal handler attaches).
+    **options
+        Fit options by the names of :data:`natgrad_stream.training.options.OPTIONS`
+        (``model``, ``x``, ``epochs``, ``optimizer``, ``lr``, ...); unset ones take the
+        model's recommendation or the table's default. ``learner_options`` and
+        ``model_options`` are dicts of more of them (the earlier signature).
+
+    The data are opened and validated before anything is written. On an error the
+    checkpoint is left as it was and the log records the error. An overwriting run writes
+    its log to ``metrics.jsonl.partial`` and its checkpoint only at the end.
+    """
+    options = {**(learner_options or {}), **(model_options or {}), **options}
+    opts.check_known(options, opts.BY_NAME)
+    given = {k: opts.BY_NAME[k].parse(v) for k, v in opts.explicit(options).items()}
+    run_dir = Path(run_dir)
+    ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
+    if resume:
+        learner, info, fit_options = _resume(run_dir, data, given)
+    else:
+        learner, info, fit_options = _new_run(run_dir, data, given, overwrite)
+    run = {k: fit_options[k] for k in opts.RUN_OPTIONS if k in fit_options}
+    x, y, w = (fit_options[k] for k in opts.DATA_OPTIONS)
+    source = as_source(data, x=x, y=y if learner.model.requires_targets else None, w=w)
+    if source.n_features != learner.model.n_features:
+        raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
+                                f"on {learner.model.n_features}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # An overwriting run logs beside the old run and replaces it only once it has finished,
+    # so a failed attempt loses nothing that was there.
+    replacing = not resume and overwrite and (ckpt.exists() or log_path.exists())
+    new_log = run_dir / (METRICS + ".partial") if replacing else log_path
+    if replacing:
+        new_log.unlink(missing_ok=True)
+    info = {**info, "fit_options": fit_options}
+    callbacks = [MetricsLogger(new_log, every=run["log_every"]),
+                 CheckpointEvery(ckpt, every=None if replacing else run.get("checkpoint_every"),
+                                 per_round=not replacing, extra=info)]
+    progress = run["progress"]
+    if progress == "always" or (progress == "auto" and sys.stderr.isatty()):
+        callbacks.append(ProgressBar())
+    if stop_handler is not None:
+        stop_handler(learner)
+    learner.fit(source, epochs=run.get("epochs"), callbacks=callbacks,
+                max_samples=run["max_samples"])
+    if replacing:
+        os.replace(new_log, log_path)
+    summary = learner.result.to_dict()
+    _write_json_atomic(run_dir / RUN_JSON, {**info, "model": learner.model.config(),
+                                            "options": learner.options(), "summary": summary})
+    return summary
+
+
+def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
+    ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
+    groups = _split(given)
+    name = given.get("model")
+    if name is None:
+        raise OptionError("--model is required for a new run")
+    existing = [p.name for p in (ckpt, log_path) if p.exists()]
+    if existing and not overwrite:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
+            "continue it or --overwrite to replace it")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    data_opts = {k: given.get(k, opts.BY_NAME[k].default) for k in opts.DATA_OPTIONS}
+    requires_y = MODELS[name].requires_targets
+    if not requires_y:
+        data_opts["y"] = None
+    source = as_source(data, x=data_opts["x"], y=data_opts["y"], w=data_opts["w"])
+    model_given = {k: v for k, v in groups[opts.MODEL].items() if k != "model"}
+    model_given = {k: model_given.get(k) for k in opts.MODEL_OPTIONS if k != "model"}
+    model = make_model(name, source.n_features,
+                       **MODELS[name].options_from_data(_open_group(data), source, model_given))
+    learner = make_learner(model, **groups[opts.LEARNER])
+    optimizer = learner.effective_options["optimizer"]
+    run = opts.resolve(groups[opts.RUN], model, names=opts.RUN_OPTIONS, optimizer=optimizer)
+    fit_options = {**data_opts, **_model_options(model, given), **learner.effective_options,
+                   **run}
+    info = {"data": str(data), "x": data_opts["x"], "y": data_opts["y"], "w": data_opts["w"]}
+    return learner, info, fit_options
+
+
+def _resume(run_dir: Path, data, given: dict):
+    state = _load_state(run_dir)
+    info = dict(state.get("run", {}))
+    info.pop("fit_options", None)
+    model = model_from_config(state["model"])
+    recorded = _recorded_fit_options(state, model)
+    groups = _split(given)
+    optimizer = recorded["optimizer"]
+    # the optimizer first: the other learner options are read in its context
+    _, refused = opts.check_resume(recorded, {k: given[k] for k in ("optimizer",) if k in given})
+    if refused:
+        raise OptionError(f"{refused[0]} (run in {run_dir})")
+    recorded_learner = {k: recorded[k] for k in opts.LEARNER_OPTIONS if k in recorded}
+    # given options resolved in the run's context, compared by their effective values
+    learner_now = opts.resolve({**recorded_learner, **groups[opts.LEARNER]}, model)
+    effective_given = {k: learner_now.get(k, v) for k, v in groups[opts.LEARNER].items()}
+    run_now = opts.resolve(groups[opts.RUN], model, names=opts.RUN_OPTIONS,
+                           optimizer=optimizer)
+    effective_given.update({k: run_now[k] for k in groups[opts.RUN]})
+    effective_given.update(groups[opts.DATA])
+    effective_given.update(groups[opts.MODEL])
+    changes, refused = opts.check_resume(recorded, effective_given)
+    if refused:
+        raise OptionError("; ".join(refused) + f" (run in {run_dir})")
+    learner_changes = {k: v for k, v in changes.items() if k in opts.LEARNER_OPTIONS}
+    learner = NaturalGradientLearner.from_state_dict(state, **learner_changes)
+    run = {}
+    for name, default in run_now.items():  # the run options that apply
+        if name in groups[opts.RUN] or not opts.BY_NAME[name].inherit:
+            run[name] = default if name not in changes else changes[name]
+        else:
+            run[name] = recorded.get(name, default)
+    fit_options = {**recorded, **learner.effective_options, **run}
+    return learner, info, fit_options
+
+
+def _recorded_fit_options(state: dict, model) -> dict:
+    """A checkpoint's effective fit options (rebuilt for runs recorded before the table)."""
+    info = state.get("run", {})
+    if "fit_options" in info:
+        return dict(info["fit_options"])
+    learner = NaturalGradientLearner.from_state_dict(state)
+    data = {"x": info.get("x", "X"), "y": info.get("y", "y"), "w": info.get("w")}
+    run = opts.resolve({}, model, names=opts.RUN_OPTIONS,
+                       optimizer=learner.effective_options["optimizer"])
+    return {**data, **_model_options(model, {}), **learner.effective_options, **run}
+
+
+def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None) -> dict:
+    """Evaluate the parameters saved in ``run_dir`` on ``data`` (weighted by ``w``)."""
+    state = _load_state(run_dir)
+    model = model_from_config(state["model"])
+    return evaluate(model, np.asarray(state["theta"]), data, x=x, y=y, w=w)
+
+
+def run_params(run_dir) -> dict:
+    """The learned parameters of ``run_dir`` as named, JSON-ready values."""
+    state = _load_state(run_dir)
+    return model_from_config(state["model"]).params_to_dict(np.asarray(state["theta"]))
+
+
+def _load_state(run_dir) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); "
+                                "is it the output directory of 'natgrad-stream fit'?")
+    return load_checkpoint(path)

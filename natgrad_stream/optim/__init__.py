@@ -1,0 +1,4 @@
+"""Update rules in the whitened space φ: streaming rules (:mod:`.rules`: SGD, momentum,
+Adam as ``init``/``update``/``transport`` over an explicit state) and the L-BFGS algorithm
+of a round (:mod:`.lbfgs`).
+"""

@@ -1,0 +1,189 @@
+"""Callbacks for long runs: terminal progress, a JSONL metrics log, periodic checkpoints.
+
+They serve every strategy of the learner (streaming steps and L-BFGS rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from natgrad_stream._constants import DEFAULT_LOG_EVERY
+from natgrad_stream.training.checkpoint import save_checkpoint
+from natgrad_stream.training.events import Callback
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def json_clean(value):
+    """Replace non-finite floats by None so every line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_clean(v) for v in value]
+    return value
+
+
+class ProgressBar(Callback):
+    """One self-rewriting status line: percent, rows/s, recent loss, re-whitenings.
+
+    Parameters
+    ----------
+    stream : file, optional
+        Defaults to ``sys.stderr``.
+    interval : float
+        Seconds between redraws.
+    """
+
+    def __init__(self, stream=None, *, interval: float = 0.25):
+        self.stream = sys.stderr if stream is None else stream
+        self.interval = float(interval)
+
+    def on_fit_start(self, learner, total_rows):
+        self.total = total_rows
+        self.t0 = self.last = time.perf_counter()
+        self.start_samples = learner.samples
+        self.loss = math.nan
+
+    def on_batch_end(self, learner, info, cursor):
+        if info.full_pass or math.isnan(self.loss):  # a whole evaluation set: shown as is
+            self.loss = info.loss
+        else:
+            self.loss = 0.98 * self.loss + 0.02 * info.loss
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._draw(learner, now)
+
+    def _draw(self, learner, now, end=""):
+        rate = (learner.samples - self.start_samples) / max(now - self.t0, 1e-9)
+        pct = f"{100 * learner.samples / self.total:5.1f}% " if self.total else ""
+        line = (f"\r{pct}{learner.samples:,} rows | {rate / 1e6:.2f} M rows/s | "
+                f"loss {self.loss:.8g} | {learner.strategy.status()}")
+        self.stream.write(line + end)
+        self.stream.flush()
+
+    def on_fit_end(self, learner, result):
+        self._draw(learner, time.perf_counter(), end="\n")
+
+
+class MetricsLogger(Callback):
+    """Append-only JSON-lines log of training (one object per line).
+
+    Records: ``{"event": "progress", "step", "samples", "epoch", "loss", "grad_norm",
+    "natural_grad_norm", "rows_per_s", "elapsed"}`` every ``every`` samples (loss and rate
+    averaged over the interval); ``{"event": "rewhiten", ...}`` with the trigger, the drift
+    and the whitener's diagnostics; ``{"event": "round", ...}`` after each L-BFGS round;
+    ``{"event": "end", ...}`` with the summary and ``{"event": "error", ...}`` if the run
+    stops on an exception.
+
+    Parameters
+    ----------
+    path : path-like
+    every : int
+        Samples between progress records.
+    """
+
+    def __init__(self, path, *, every: int = DEFAULT_LOG_EVERY):
+        self.path = Path(path)
+        self.every = int(every)
+        self._fh = None
+
+    def _write(self, record: dict) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Close the file (reopened on the next write)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def on_fit_start(self, learner, total_rows):
+        self.t0 = self.t_last = time.perf_counter()
+        self.samples_last = learner.samples
+        self.loss_sum = 0.0
+        self.rows = 0
+        self._write({"event": "start", "samples": learner.samples, "step": learner.steps,
+                     "total_rows": total_rows, "options": learner.options(),
+                     "model": learner.model.config()})
+
+    def on_batch_end(self, learner, info, cursor):
+        self.loss_sum += info.loss * info.rows
+        self.rows += info.rows
+        if learner.samples - self.samples_last >= self.every:
+            self._progress(learner, info)
+
+    def _progress(self, learner, info):
+        now = time.perf_counter()
+        self._write({
+            "event": "progress", "step": learner.steps, "samples": learner.samples,
+            "epoch": learner.cursor.epoch, "loss": self.loss_sum / max(self.rows, 1),
+            "grad_norm": info.grad_norm, "natural_grad_norm": info.natural_grad_norm,
+            "rows_per_s": (learner.samples - self.samples_last) / max(now - self.t_last, 1e-9),
+            "elapsed": now - self.t0,
+        })
+        self.t_last, self.samples_last = now, learner.samples
+        self.loss_sum, self.rows = 0.0, 0
+
+    def on_refresh(self, learner, event):
+        self._write(event)
+
+    def on_round(self, learner, record):
+        self._write(record)
+
+    def on_fit_end(self, learner, result):
+        self._write({"event": "end", **result.to_dict()})
+        self.close()
+
+    def on_error(self, learner, error):
+        self._write({"event": "error", "type": type(error).__name__, "message": str(error),
+                     "samples": learner.samples, "step": learner.steps})
+        self.close()
+
+
+class CheckpointEvery(Callback):
+    """Write the learner's state atomically every ``every`` samples, after every L-BFGS
+    round (when ``per_round``) and at the end.
+
+    Nothing is written when fitting stops on an exception, so the last good checkpoint
+    is never replaced by the state of a failed run.
+    """
+
+    def __init__(self, path, *, every: int | None = None, per_round: bool = True,
+                 extra: dict | None = None):
+        self.path = Path(path)
+        self.every = None if every is None else int(every)
+        self.per_round = bool(per_round)
+        self.extra = dict(extra or {})
+
+    def on_fit_start(self, learner, total_rows):
+        self.last = learner.samples
+
+    def save(self, learner) -> None:
+        """Write the checkpoint now."""
+        save_checkpoint(self.path, {**learner.state_dict(), "run": self.extra})
+        self.last = learner.samples
+
+    def on_batch_end(self, learner, info, cursor):
+        if self.every is not None and learner.samples - self.last >= self.every:
+            self.save(learner)
+
+    def on_round(self, learner, record):
+        if self.per_round:
+            self.save(learner)
+
+    def on_fit_end(self, learner, result):
+        self.save(learner)

@@ -1,0 +1,98 @@
+"""What the training loop reports: per-step information, fit summaries and the callback
+interface. Shared by the learner, its strategies and the callbacks (which import no
+learner).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class StepInfo:
+    """What one step (streaming) or one evaluation pass (L-BFGS) did.
+
+    ``full_pass`` is True when ``loss`` is over a whole evaluation set rather than one
+    batch (progress displays then show it as is instead of smoothing it).
+    """
+
+    loss: float
+    grad_norm: float
+    natural_grad_norm: float
+    rows: int
+    samples: int
+    steps: int
+    refresh: dict | None = None
+    full_pass: bool = False
+
+
+@dataclass
+class FitResult:
+    """Summary of one :meth:`NaturalGradientLearner.fit` call (the CLI's last JSON line)."""
+
+    samples: int
+    steps: int
+    rewhitens: int
+    seconds: float
+    rows_per_s: float
+    train_loss: float
+    epochs: int | float
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {
+            "samples": self.samples, "steps": self.steps, "rewhitens": self.rewhitens,
+            "seconds": round(self.seconds, 4), "rows_per_s": round(self.rows_per_s, 1),
+            "train_loss": self.train_loss, "epochs": self.epochs,
+            "interrupted": self.interrupted,
+        }
+
+
+@dataclass
+class LBFGSResult(FitResult):
+    """Summary of an L-BFGS fit: the streaming keys plus L-BFGS ones.
+
+    ``samples`` counts rows streamed by all passes, ``steps`` L-BFGS iterations,
+    ``rewhitens`` metric passes and ``epochs`` data-pass equivalents (``samples / n_rows``,
+    a float in window mode); ``train_loss`` is ``J`` at ``θ`` on the last round's
+    evaluation set (the whole data unless a window is used).
+    """
+
+    rounds: int = 0
+    evaluations: int = 0
+    converged: bool = False
+    grad_norm: float = math.nan
+    natural_grad_norm: float = math.nan
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        out = super().to_dict()
+        out.update(rounds=self.rounds, evaluations=self.evaluations, converged=self.converged,
+                   grad_norm=self.grad_norm, natural_grad_norm=self.natural_grad_norm)
+        return out
+
+
+class Callback:
+    """Hooks called by :meth:`NaturalGradientLearner.fit`; override what you need."""
+
+    def on_fit_start(self, learner, total_rows: int | None) -> None:
+        """Before the first batch."""
+
+    def on_batch_end(self, learner, info: StepInfo, cursor) -> None:
+        """After each step (L-BFGS: each evaluation pass); ``cursor`` says where the stream
+        stands.
+        """
+
+    def on_refresh(self, learner, event: dict) -> None:
+        """After each re-whitening attempt (``event["ok"]`` tells whether it succeeded)."""
+
+    def on_round(self, learner, record: dict) -> None:
+        """After each L-BFGS round (``record["event"] == "round"``)."""
+
+    def on_fit_end(self, learner, result: FitResult) -> None:
+        """After the last batch (also after an interruption)."""
+
+    def on_error(self, learner, error: BaseException) -> None:
+        """When fitting stops on an exception (the learner's state is the last good one)."""

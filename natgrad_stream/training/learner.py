@@ -1,0 +1,798 @@
+"""The learner: one training loop, two strategies; holds no numerics of its own.
+
+The loop (:meth:`NaturalGradientLearner.fit`) opens and checks the source, pins the BLAS
+pools, runs the strategy, reports to callbacks and builds the summary. Its shared parts
+are the re-whitening with fallback to the last good whitener (:meth:`refresh`), the typed
+state (:class:`~natgrad_stream.training.state.LearnerState`) behind checkpoints and
+rejected steps, and the options (:mod:`natgrad_stream.training.options`).
+
+Strategies (chosen by the ``optimizer`` option):
+
+*streaming* (``sgd``, ``momentum``, ``adam``): one step per batch ``(X, y, w)`` at θ:
+
+1. one fused kernel pass gives the loss, ``∇θJ`` and the batch's metric sum;
+2. the running metric ``G`` folds the batch in (time constant in samples);
+3. the schedule decides whether to refresh ``W = G^½`` at ``θ_fixed = θ``; on a refresh the
+   optimizer's state is carried into the new coordinates and ``φ = W θ``;
+4. the optimizer steps ``φ`` with ``∇φJ = W⁻ᵀ∇θJ`` and ``θ = W⁻¹φ``.
+
+*L-BFGS* (``lbfgs``, paper section 2.7): rounds of
+
+1. one streaming pass over the evaluation set (all the data, or a *window* of chunks) at
+   ``θ`` gives ``J``, ``∇θJ`` and the metric sum ``G``, fused;
+2. ``W = whiten(G)`` re-whitens at ``θ_fixed = θ``;
+3. L-BFGS minimizes ``J(φ)`` from ``φ₀ = Wθ`` for at most ``iters`` iterations
+   (:func:`natgrad_stream.optim.lbfgs.lbfgs_round`), every evaluation a pass at
+   ``θ = W⁻¹φ``; the best point evaluated becomes ``θ``.
+
+Rounds stop once a round improves ``J`` by at most ``tol`` relative or ends with
+``max |∇φJ| ≤ gtol`` (a scale-free, natural-gradient tolerance), or after ``rounds``
+rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a round boundary is
+an exact restart point. Passes stream chunks in order without shuffling; in window mode
+each round draws its own ``window`` chunks from ``(seed, round)`` and all rounds run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+import warnings
+
+import numpy as np
+
+from natgrad_stream._blas import limited_blas_threads
+from natgrad_stream._constants import CURVATURE_POWER_ITERATIONS, RNG_LEARNER
+from natgrad_stream.data import ArraySource, Cursor, as_source
+from natgrad_stream.data.window import chunk_window, locate_in_full_data
+from natgrad_stream.errors import CheckpointError, DataError, NumericalError, WhiteningError
+from natgrad_stream.geometry.fisher import RunningFisher
+from natgrad_stream.geometry.schedule import RefreshSchedule
+from natgrad_stream.geometry.whitening import Whitener, whiten
+from natgrad_stream.models import Model, model_from_config
+from natgrad_stream.models.base import check_metric_structure
+from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
+from natgrad_stream.optim.rules import make_optimizer
+from natgrad_stream.training import options as opts
+from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
+from natgrad_stream.training.state import LearnerState
+
+#: Keys of the effective options shown under ``"optimizer"`` in :meth:`options` (the
+#: layout of ``run.json`` and the log's start record), by strategy.
+_LBFGS_KEYS = ("rounds", "iters", "window", "tol", "gtol", "memory")
+
+
+class _StateField:
+    """A learner attribute that reads and writes a field of ``learner.state``."""
+
+    def __init__(self, field_name: str):
+        self.field = field_name
+
+    def __set_name__(self, owner, name):
+        self.__doc__ = f"``state.{self.field}`` (see :class:`LearnerState`)."
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj.state, self.field)
+
+    def __set__(self, obj, value):
+        setattr(obj.state, self.field, value)
+
+
+class NaturalGradientLearner:
+    """Learn θ by natural-gradient steps in a periodically re-whitened space φ = Wθ.
+
+    Parameters
+    ----------
+    model : Model
+    **options
+        Keyword options of :data:`natgrad_stream.training.options.OPTIONS` (group
+        ``learner``): ``optimizer`` (``sgd``, ``momentum``, ``adam`` stream; ``lbfgs``
+        runs rounds of L-BFGS), ``metric`` (eq. 30, 31, 33, 39–41, 43; default the
+        model's), ``structure`` (``full``, ``diagonal`` eq. 34, ``block``),
+        ``mc_samples``, ``whitening`` (``eigh``, ``ridge`` eq. 36, ``robust`` eq. 35),
+        ``damping``, ``floor``, ``batch_size``, ``seed``, ``blas_threads``; streaming:
+        ``lr``, ``step_schedule``, ``rewhiten``, ``half_life``, ``fisher_every``,
+        ``average``, ``drift_probes``; L-BFGS: ``rounds``, ``iters``, ``tol``, ``gtol``,
+        ``memory``, ``window``. Options left unset take the model's
+        :attr:`~natgrad_stream.models.Model.learner_defaults`, then the optimizer's
+        default, then the table's; :attr:`effective_options` holds the values used.
+
+    Examples
+    --------
+    >>> from natgrad_stream.models import make_model
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2000, 3)) * [1.0, 10.0, 100.0]
+    >>> y = (rng.random(2000) < 1 / (1 + np.exp(-X @ [1.0, 0.1, 0.01]))).astype(float)
+    >>> learner = NaturalGradientLearner(make_model("logistic", 3)).fit((X, y), epochs=2)
+    >>> learner.theta.shape
+    (4,)
+    """
+
+    theta = _StateField("theta")
+    phi = _StateField("phi")
+    whitener = _StateField("whitener")
+    fisher = _StateField("fisher")
+    opt_state = _StateField("optimizer")
+    rng = _StateField("rng")
+    samples = _StateField("samples")
+    steps = _StateField("steps")
+    rewhitens = _StateField("rewhitens")
+    step_cap = _StateField("step_cap")
+    last_refresh = _StateField("last_refresh")
+    rounds_done = _StateField("rounds")
+    evaluations = _StateField("evaluations")
+    converged = _StateField("converged")
+    train_loss = _StateField("train_loss")
+    grad = _StateField("grad")
+    last_round = _StateField("last_round")
+
+    def __init__(self, model: Model, **options):
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a Model, got {type(model).__name__}")
+        self.model = model
+        self.effective_options = eff = opts.resolve(options, model)
+        check_metric_structure(eff["metric"], eff["structure"], model)
+        for name, value in eff.items():
+            if name not in ("optimizer", "rewhiten"):
+                setattr(self, name, value)
+        self.strategy = _STRATEGIES[opts.strategy_of(eff["optimizer"])](self)
+        self.optimizer = self.strategy.make_optimizer(eff)
+        self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
+        self._workspace = model.new_workspace(self.structure)
+        self.result: FitResult | None = None
+        self.reset()
+
+    # -- state --------------------------------------------------------------------------
+    def reset(self, theta0: np.ndarray | None = None) -> NaturalGradientLearner:
+        """Forget everything learned; start from ``theta0`` (model default if None)."""
+        P = self.model.n_params
+        self.state = LearnerState.fresh(
+            self.model.start_params(theta0), structure=self.structure,
+            half_life=getattr(self, "half_life", None),
+            optimizer_state=self.optimizer.init(P) if self.optimizer is not None else {},
+            seed=self.seed, data_init=theta0 is None)
+        self._stop_requested = False
+        return self
+
+    @property
+    def _data_init(self) -> bool:
+        return self.state.data_init
+
+    @property
+    def cursor(self) -> Cursor:
+        """Where the stream stands (L-BFGS: ``epoch`` counts rounds)."""
+        return self.strategy.cursor()
+
+    @property
+    def theta_average(self) -> np.ndarray:
+        """Polyak–Ruppert average of θ over all steps (needs ``average=True``)."""
+        if not getattr(self, "average", False):
+            raise AttributeError("theta_average needs average=True")
+        s = self.state
+        return s.theta_sum / s.average_weight if s.average_weight else s.theta.copy()
+
+    def options(self) -> dict:
+        """JSON-ready options as recorded in ``run.json`` and the log: the effective
+        options, with the optimizer's own under ``"optimizer"`` (``name`` first).
+        """
+        eff = self.effective_options
+        if self.optimizer is not None:
+            optimizer = self.optimizer.config()
+            skip = {"optimizer", "lr", "step_schedule"}
+        else:
+            optimizer = {"name": eff["optimizer"], **{k: eff[k] for k in _LBFGS_KEYS}}
+            skip = {"optimizer", *_LBFGS_KEYS}
+        out = {k: v for k, v in eff.items() if k not in skip}
+        out["optimizer"] = optimizer
+        if "rewhiten" in out:
+            out["rewhiten"] = self.schedule.config()
+        return out
+
+    def request_stop(self) -> None:
+        """Ask :meth:`fit` to stop at the next safe point (safe from a signal handler):
+        after the current batch, or before the next L-BFGS evaluation (θ becomes the best
+        point so far; the interrupted round is not counted).
+        """
+        self._stop_requested = True
+
+    def _out_of_budget(self, max_samples) -> bool:
+        return self._stop_requested or (max_samples is not None and
+                                        self.state.samples >= max_samples)
+
+    # -- one streaming step -------------------------------------------------------------
+    def step(self, X, y=None, w=None) -> StepInfo:
+        """One natural-gradient step on a batch; returns what it did (streaming only).
+
+        Raises
+        ------
+        NumericalError
+            If the loss or gradient is not finite, or the step leaves the model's domain;
+            the learner's state is unchanged.
+        """
+        self.strategy.require_steps()
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("empty batch")
+        if self.model.requires_targets and y is None:
+            raise ValueError(f"model {self.model.name!r} needs targets y")
+        s = self.state
+        if s.data_init and s.steps == 0:
+            start = self.model.initial_params(X, y, w)
+            s.data_init = False
+            if start is not None:  # before anything is learned: nothing to keep
+                s.theta = np.asarray(start, dtype=np.float64)
+                s.phi = s.theta.copy()
+        need_metric = s.whitener is None or s.steps % self.fisher_every == 0
+        ws = self._workspace
+        loss_sum, wsum = self.model.accumulate(
+            X, y, w, s.theta, metric=self.metric if need_metric else None,
+            structure=self.structure, ws=ws, rng=s.rng, mc_samples=self.mc_samples)
+        if not wsum > 0:
+            raise DataError("batch has zero total sample weight", array="w")
+        grad = ws.grad / wsum
+        if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad))):
+            raise NumericalError(
+                f"non-finite loss ({loss_sum}) or gradient at step {s.steps}, "
+                f"samples {s.samples}; |θ|max = {np.abs(s.theta).max():.3g}. "
+                "Try a smaller lr or stronger damping.")
+        before = s.snapshot()
+        try:
+            refresh, gphi = self._advance(X, y, w, grad, wsum, n, need_metric)
+        except NumericalError:
+            self.state = before  # a rejected step changes nothing
+            raise
+        s.steps += 1
+        if self.average:
+            s.theta_sum = s.theta_sum + n * s.theta
+            s.average_weight += n
+        s.epoch_loss_sum += loss_sum
+        s.epoch_loss_weight += wsum
+        return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
+                        natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
+                        samples=s.samples, steps=s.steps, refresh=refresh)
+
+    partial_fit = step
+
+    def _advance(self, X, y, w, grad, wsum, n, need_metric):
+        """Fold the batch into the metric, maybe re-whiten, and take the optimizer step
+        (all on ``self.state``; :meth:`step` puts the snapshot back if this raises).
+        """
+        s = self.state
+        if need_metric:
+            s.fisher.add(self._workspace.fisher, weight=wsum, rows=n)
+        s.samples += n
+        refresh = self._maybe_refresh()
+        if refresh is not None and refresh.get("ok") and self.structure == "diagonal":
+            s.step_cap = self._curvature_cap(X, y, w, refresh)
+        gphi = s.whitener.grad_phi(grad) * s.step_cap
+        phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
+                                                 samples=s.samples)
+        theta = s.whitener.theta(phi)
+        if not np.all(np.isfinite(theta)):
+            raise NumericalError(f"step {s.steps} produced non-finite parameters")
+        try:
+            self.model.check_params(theta)
+        except ValueError as exc:
+            raise NumericalError(
+                f"step {s.steps} (samples {s.samples}) left the model's domain: {exc}. "
+                "The learner's state before the step is kept; try a smaller lr or stronger "
+                "damping.") from exc
+        s.phi, s.theta = phi, theta
+        return refresh, gphi
+
+    def _maybe_refresh(self) -> dict | None:
+        s = self.state
+        reason, drift = None, None
+        if s.whitener is None:
+            reason = "initial"
+        elif self.schedule.clock_due(s.schedule, s.samples):
+            reason = "schedule"
+        elif self.schedule.drift_check_due(s.schedule):
+            drift = s.whitener.drift(s.fisher.estimate(), s.rng, probes=self.drift_probes)
+            if self.schedule.drift_exceeded(drift):
+                reason = "drift"
+        return None if reason is None else self.refresh(reason=reason, drift=drift)
+
+    def _curvature_cap(self, X, y, w, event: dict) -> float:
+        """Step factor ``min(1, 1/ρ)`` for a diagonal whitener.
+
+        ρ is the largest eigenvalue of this batch's metric seen in φ coordinates,
+        ``W⁻ᵀ G_batch W⁻¹``, by power iteration (O(n P) per product). A full whitener makes
+        it about 1; a diagonal one ignores the correlations, and with correlated or
+        non-centred features ρ reaches tens to hundreds, where the default step of 1 would
+        diverge. The estimate is recorded in the refresh event.
+        """
+        s = self.state
+        v = s.rng.standard_normal((self.model.n_params, 1))
+        rho = 1.0
+        for _ in range(CURVATURE_POWER_ITERATIONS):
+            v /= np.linalg.norm(v)
+            u = s.whitener.theta(v[:, 0])[:, None]
+            Gu = self.model.metric_matvec(X, y, w, s.theta, u, metric=self.metric)
+            v = s.whitener.grad_phi(Gu[:, 0])[:, None]
+            rho = float(np.linalg.norm(v))
+        if not np.isfinite(rho) or rho <= 0:
+            return s.step_cap
+        event["curvature"] = rho
+        return min(1.0, 1.0 / rho)
+
+    # -- re-whitening (shared) ----------------------------------------------------------
+    def refresh(self, *, reason: str = "manual", drift: float | None = None,
+                metric: np.ndarray | None = None, **fields) -> dict:
+        """Re-whiten now at ``θ_fixed = θ``; returns the refresh event.
+
+        ``metric`` is the metric to factor (default: the running estimate); ``fields``
+        are added to the event after ``reason``. A failed factorization keeps the last
+        good whitener (or the identity, before the first success) and reports
+        ``ok: False`` with the reason, with a warning.
+        """
+        s = self.state
+        event = {"event": "rewhiten", "reason": reason, **fields, "samples": s.samples,
+                 "step": s.steps, "drift": drift}
+        try:
+            G = s.fisher.estimate() if metric is None else metric
+            new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
+                         center=self.model.center_indices or None,
+                         blocks=self.model.param_bounds() if self.structure == "block" else None)
+        except (WhiteningError, ValueError) as exc:
+            event.update(ok=False, error=str(exc))
+            warnings.warn(f"re-whitening at sample {s.samples} failed ({exc}); keeping the "
+                          "previous whitener", RuntimeWarning, stacklevel=3)
+            if s.whitener is None:
+                s.whitener = Whitener.identity(self.model.n_params,
+                                               diagonal=self.structure == "diagonal")
+                s.phi = s.whitener.phi(s.theta)
+        else:
+            if s.whitener is not None and self.optimizer is not None:
+                s.optimizer = self.optimizer.transport(
+                    s.optimizer, s.whitener.vector_map_to(new), s.whitener.covector_map_to(new))
+            s.whitener = new
+            s.phi = new.phi(s.theta)
+            s.rewhitens += 1
+            event.update(ok=True, **new.diagnostics.to_dict())
+        self.schedule.refreshed(s.schedule, s.samples)
+        s.last_refresh = event
+        return event
+
+    # -- the loop -----------------------------------------------------------------------
+    def fit(self, data, *, epochs: int | None = None, rounds: int | None = None,
+            callbacks=(), max_samples: int | None = None, shuffle: bool = True,
+            prefetch: int = 2, chunks_per_read: int = 2, x: str = "X", y: str | None = "y",
+            w: str | None = None) -> NaturalGradientLearner:
+        """Stream ``data`` (continuing from the current state).
+
+        Parameters
+        ----------
+        data : path, zarr.Group, (X, y[, w]) arrays, Source or iterable of batches
+            L-BFGS streams its data many times: arrays, a Zarr group or path, or an
+            ``ArraySource`` (whose ``chunk_rows`` set the window's chunks).
+        epochs : int, optional
+            Streaming: total passes of the run (default 1); a resumed run continues up to
+            this count.
+        rounds : int, optional
+            L-BFGS: total rounds of the run (default: the ``rounds`` option).
+        callbacks : sequence of Callback
+        max_samples : int, optional
+            Stop (resumably) once this many samples have been seen in total.
+        shuffle, prefetch, chunks_per_read
+            Passed to the source's batch stream (streaming).
+        x, y, w : str
+            Array names when ``data`` is a Zarr group or path.
+        """
+        if max_samples is not None:
+            max_samples = opts.positive_int("max_samples", max_samples)
+        plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
+                                  prefetch=prefetch, chunks_per_read=chunks_per_read)
+        source = self._open(data, x, y, w)
+        self.result = None
+        for cb in callbacks:
+            cb.on_fit_start(self, self.strategy.total_rows(source, plan))
+        start_samples, t0 = self.state.samples, time.perf_counter()
+        self._stop_requested = False
+        try:
+            with limited_blas_threads(self.blas_threads):
+                interrupted = self.strategy.run(source, plan, callbacks, max_samples)
+        except BaseException as exc:
+            for cb in callbacks:
+                cb.on_error(self, exc)
+            raise
+        seconds = time.perf_counter() - t0
+        self.result = self.strategy.result(source, seconds=seconds, interrupted=interrupted,
+                                           rows=self.state.samples - start_samples)
+        for cb in callbacks:
+            cb.on_fit_end(self, self.result)
+        return self
+
+    def _open(self, data, x, y, w):
+        """The source behind ``data``, checked against the model."""
+        source = as_source(data, x=x, y=y if self.model.requires_targets else None, w=w)
+        self.strategy.check_source(source)
+        if source.n_features != self.model.n_features:
+            raise DataError(f"has {source.n_features} features but the model was built for "
+                            f"{self.model.n_features}", array=x)
+        if self.model.requires_targets and not source.has_targets:
+            raise DataError(f"model {self.model.name!r} needs targets but the source has none",
+                            array=y)
+        return source
+
+    def _report(self, callbacks, info: StepInfo) -> None:
+        if info.refresh is not None:
+            for cb in callbacks:
+                cb.on_refresh(self, info.refresh)
+        for cb in callbacks:
+            cb.on_batch_end(self, info, self.cursor)
+
+    # -- checkpoint state ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: a nested dict of arrays and JSON values
+        (the model, the effective options and :class:`LearnerState`'s fields).
+        """
+        return {"model": self.model.config(), "options": self.options(),
+                "fit_options": dict(self.effective_options), **self.state.to_dict()}
+
+    def load_state_dict(self, state: dict) -> NaturalGradientLearner:
+        """Restore :meth:`state_dict` output (the model and optimizer must match)."""
+        if state["model"] != self.model.config():
+            raise CheckpointError(
+                f"checkpoint is for model {state['model'].get('name')!r} with "
+                f"{state['model'].get('n_features')} features, not "
+                f"{self.model.name!r} with {self.model.n_features}")
+        _check_optimizer(state, self.effective_options["optimizer"])
+        loaded = LearnerState.from_dict(state, defaults=self.state)
+        P = self.model.n_params
+        if loaded.theta.shape != (P,):
+            raise CheckpointError(f"checkpoint θ has shape {loaded.theta.shape}, expected "
+                                  f"({P},)")
+        self.state = loaded
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: dict, **overrides) -> NaturalGradientLearner:
+        """Rebuild a learner (model and options) from :meth:`state_dict` output;
+        ``overrides`` replace recorded options.
+        """
+        options = {**_recorded_options(state), **overrides}
+        return make_learner(model_from_config(state["model"]), cls=cls,
+                            **options).load_state_dict(state)
+
+
+def make_learner(model: Model, *, cls=None, **options) -> NaturalGradientLearner:
+    """The learner for ``options``: :class:`NaturalLBFGS` for ``optimizer="lbfgs"``, else
+    ``cls`` (default :class:`NaturalGradientLearner`).
+    """
+    cls = NaturalGradientLearner if cls is None else cls
+    if options.get("optimizer") == "lbfgs" and not issubclass(cls, NaturalLBFGS):
+        cls = NaturalLBFGS
+    return cls(model, **options)
+
+
+def _check_optimizer(state: dict, want: str) -> None:
+    got = _recorded_options(state).get("optimizer")
+    if got != want:
+        what = "the L-BFGS optimizer (optimizer lbfgs)" if want == "lbfgs" else \
+            f"optimizer {want!r}"
+        raise CheckpointError(f"checkpoint was not written by {what}: its optimizer is "
+                              f"{got!r}")
+
+
+def _recorded_options(state: dict) -> dict:
+    """The effective learner options of a checkpoint (also from the layout before the
+    options table, where ``options["optimizer"]`` held the optimizer's own options).
+    """
+    if "fit_options" in state:
+        return dict(state["fit_options"])
+    legacy = dict(state["options"])
+    optimizer = dict(legacy.pop("optimizer"))
+    out = {k: v for k, v in legacy.items() if k in opts.LEARNER_OPTIONS}
+    out["optimizer"] = optimizer.pop("name")
+    if "schedule" in optimizer:
+        optimizer["step_schedule"] = optimizer.pop("schedule")
+    out.update({k: v for k, v in optimizer.items() if k in opts.LEARNER_OPTIONS})
+    return out
+
+
+class NaturalLBFGS(NaturalGradientLearner):
+    """The learner with ``optimizer="lbfgs"``: batch L-BFGS on ``J(φ)``,
+    ``φ = G(θ_fixed)^½ θ``, re-whitened every round (see the module docstring).
+
+    Examples
+    --------
+    >>> from natgrad_stream.models import make_model
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2000, 3)) * [1.0, 10.0, 100.0]
+    >>> y = (rng.random(2000) < 1 / (1 + np.exp(-X @ [1.0, 0.1, 0.01]))).astype(float)
+    >>> opt = NaturalLBFGS(make_model("logistic", 3)).fit((X, y))
+    >>> opt.converged
+    True
+    """
+
+    def __init__(self, model: Model, **options):
+        if options.setdefault("optimizer", "lbfgs") != "lbfgs":
+            raise ValueError("NaturalLBFGS runs optimizer 'lbfgs'")
+        super().__init__(model, **options)
+
+    @classmethod
+    def from_state_dict(cls, state: dict, **overrides) -> NaturalLBFGS:
+        """Rebuild from :meth:`state_dict` output of an L-BFGS run."""
+        _check_optimizer(state, "lbfgs")
+        return super().from_state_dict(state, **overrides)
+
+
+# -- strategies ------------------------------------------------------------------------------
+class _Streaming:
+    """Per-batch steps of a streaming optimizer of φ (sgd, momentum, adam)."""
+
+    def __init__(self, learner: NaturalGradientLearner):
+        self.learner = learner
+
+    def make_optimizer(self, eff: dict):
+        return make_optimizer(eff["optimizer"], lr=eff["lr"], schedule=eff["step_schedule"])
+
+    def require_steps(self) -> None:
+        return None
+
+    def cursor(self) -> Cursor:
+        return self.learner.state.cursor
+
+    def status(self) -> str:
+        """Progress-line fields."""
+        s = self.learner.state
+        return f"epoch {s.cursor.epoch} | rewhitens {s.rewhitens}"
+
+    def plan(self, *, epochs, rounds, **stream) -> dict:
+        if rounds is not None:
+            raise ValueError("rounds applies only to optimizer 'lbfgs'")
+        epochs = 1 if epochs is None else opts.positive_int("epochs", epochs)
+        return {"epochs": epochs, **stream}
+
+    def check_source(self, source) -> None:
+        return None
+
+    def total_rows(self, source, plan) -> int | None:
+        return None if source.n_rows is None else source.n_rows * plan["epochs"]
+
+    def run(self, source, plan, callbacks, max_samples) -> bool:
+        """Stream the batches of ``plan``; returns whether the run was interrupted."""
+        lr = self.learner
+        s = lr.state
+        epoch = s.cursor.epoch
+        stream = source.batches(batch_size=lr.batch_size, epochs=plan["epochs"], seed=lr.seed,
+                                shuffle=plan["shuffle"], start=s.cursor,
+                                prefetch=plan["prefetch"],
+                                chunks_per_read=plan["chunks_per_read"],
+                                **lr.model.data_checks())
+        with stream:
+            for batch in stream:
+                if max_samples is not None and lr.state.samples >= max_samples:
+                    return True
+                info = lr.step(batch.X, batch.y, batch.w)
+                s = lr.state
+                if batch.cursor.epoch != epoch:
+                    self._close_epoch(s)
+                    epoch = batch.cursor.epoch
+                s.cursor = batch.cursor
+                lr._report(callbacks, info)
+                if lr._stop_requested:
+                    return True
+        return False
+
+    @staticmethod
+    def _close_epoch(s: LearnerState) -> None:
+        if s.epoch_loss_weight:
+            s.last_epoch_loss = s.epoch_loss_sum / s.epoch_loss_weight
+        s.epoch_loss_sum = s.epoch_loss_weight = 0.0
+
+    def result(self, source, *, seconds, interrupted, rows) -> FitResult:
+        s = self.learner.state
+        loss = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
+            s.last_epoch_loss
+        return FitResult(samples=s.samples, steps=s.steps, rewhitens=s.rewhitens,
+                         seconds=seconds, rows_per_s=rows / seconds if seconds else 0.0,
+                         train_loss=float(loss), epochs=s.cursor.epoch,
+                         interrupted=interrupted)
+
+
+class _LBFGSRounds:
+    """Rounds of L-BFGS evaluations over a pass or a window of chunks."""
+
+    def __init__(self, learner: NaturalGradientLearner):
+        self.learner = learner
+
+    def make_optimizer(self, eff: dict):
+        return None  # L-BFGS keeps no state across rounds: nothing to transport
+
+    def require_steps(self) -> None:
+        raise TypeError("optimizer 'lbfgs' is a batch method: call fit(), not step()")
+
+    def cursor(self) -> Cursor:
+        s = self.learner.state
+        return Cursor(epoch=s.rounds, samples=s.samples)
+
+    def status(self) -> str:
+        """Progress-line fields."""
+        s = self.learner.state
+        return f"rounds {s.rounds} | evaluations {s.evaluations}"
+
+    def plan(self, *, epochs, rounds, **stream) -> dict:
+        if epochs is not None:
+            raise ValueError("epochs does not apply to optimizer 'lbfgs': pass rounds")
+        total = self.learner.rounds if rounds is None else opts.positive_int("rounds", rounds)
+        return {"rounds": total}
+
+    def check_source(self, source) -> None:
+        if not isinstance(source, ArraySource):
+            raise TypeError("L-BFGS streams its data many times: pass arrays, a Zarr group or "
+                            f"path, or an ArraySource, not a one-shot {type(source).__name__}")
+
+    def total_rows(self, source, plan) -> None:
+        return None
+
+    def run(self, source, plan, callbacks, max_samples) -> bool:
+        lr = self.learner
+        while lr.state.rounds < plan["rounds"] and not lr.state.converged:
+            if lr._out_of_budget(max_samples) or \
+                    not self._round(source, callbacks, max_samples):
+                return True
+        return False
+
+    def result(self, source, *, seconds, interrupted, rows) -> LBFGSResult:
+        s = self.learner.state
+        gphi = s.whitener.grad_phi(s.grad) if s.whitener is not None else s.grad
+        return LBFGSResult(
+            samples=s.samples, steps=s.steps, rewhitens=s.rewhitens, seconds=seconds,
+            rows_per_s=rows / seconds if seconds else 0.0, train_loss=float(s.train_loss),
+            epochs=round(s.samples / source.n_rows, 4), interrupted=interrupted,
+            rounds=s.rounds, evaluations=s.evaluations, converged=s.converged,
+            grad_norm=float(np.linalg.norm(s.grad)),
+            natural_grad_norm=float(np.linalg.norm(gphi)))
+
+    # -- one round ----------------------------------------------------------------------
+    def _round(self, source: ArraySource, callbacks, max_samples) -> bool:
+        """One round; returns False when it was interrupted."""
+        lr = self.learner
+        s = lr.state
+        k, t0 = s.rounds, time.perf_counter()
+        evals0, steps0 = s.evaluations, s.steps
+        R = source.chunk_rows
+        chunks = window_chunks(math.ceil(source.n_rows / R), lr.window, lr.seed, k)
+        src = source if chunks is None else chunk_window(source, chunks)
+        rng = np.random.default_rng([lr.seed, k, RNG_LEARNER])
+        if k == 0 and s.data_init:
+            self._start_from_data(source)
+        theta0 = s.theta.copy()
+        J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=lr.metric, rng=rng)
+        if not (math.isfinite(J0) and np.all(np.isfinite(g0))):
+            raise NumericalError(f"non-finite loss ({J0}) or gradient at the start of round "
+                                 f"{k + 1}; |θ|max = {np.abs(theta0).max():.3g}")
+        event = lr.refresh(reason="round", metric=G, round=k + 1)
+        W = s.whitener
+        self._report(callbacks, J0, g0, rows)
+        for cb in callbacks:
+            cb.on_refresh(lr, event)
+        last_rows = [rows]
+
+        def evaluate(theta):
+            J, g, _, last_rows[0] = self._pass(src, theta, chunks=chunks)
+            return J, g
+
+        def in_domain(theta) -> bool:
+            try:
+                lr.model.check_params(theta)
+            except ValueError:
+                return False
+            return True
+
+        def count_iteration():
+            s.steps += 1
+
+        res = lbfgs_round(evaluate, W, theta0, J0, g0, iters=lr.iters, memory=lr.memory,
+                          tol=lr.tol, gtol=lr.gtol, in_domain=in_domain,
+                          should_stop=lambda: lr._out_of_budget(max_samples),
+                          on_evaluation=lambda J, g: self._report(callbacks, J, g,
+                                                                  last_rows[0]),
+                          on_iteration=count_iteration)
+        s.theta, s.train_loss, s.grad = res.theta, res.J, res.grad
+        s.phi = W.phi(s.theta)
+        gphi = W.grad_phi(res.grad)
+        rel = (J0 - res.J) / max(abs(J0), abs(res.J), 1.0)
+        if res.complete:
+            s.rounds += 1
+            s.converged = chunks is None and (rel <= lr.tol or
+                                              float(np.abs(gphi).max()) <= lr.gtol)
+        record = {
+            "event": "round", "round": k + 1, "complete": res.complete, "loss_start": J0,
+            "loss": res.J, "relative_improvement": rel,
+            "grad_norm": float(np.linalg.norm(res.grad)),
+            "natural_grad_norm": float(np.linalg.norm(gphi)),
+            "max_natural_grad": float(np.abs(gphi).max()),
+            "iterations": s.steps - steps0, "evaluations": s.evaluations - evals0,
+            "total_evaluations": s.evaluations, "samples": s.samples,
+            "rows_per_evaluation": rows,
+            "window": None if chunks is None else chunks.tolist(),
+            "nonfinite_trials": res.nonfinite_trials, "status": res.status,
+            "converged": s.converged,
+            "rewhiten": {k_: v for k_, v in event.items() if k_ not in ("event", "round")},
+            "seconds": time.perf_counter() - t0,
+        }
+        s.last_round = record
+        for cb in callbacks:
+            cb.on_round(lr, record)
+        return res.complete
+
+    def _start_from_data(self, source: ArraySource) -> None:
+        """Apply the model's data-informed start (:meth:`Model.initial_params`) from the
+        first evaluation batch, as the streaming strategy does.
+        """
+        lr = self.learner
+        lr.state.data_init = False
+        with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
+                            **lr.model.data_checks()) as stream:
+            first = next(iter(stream), None)
+            if first is not None:
+                start = lr.model.initial_params(first.X, first.y, first.w)
+                if start is not None:
+                    lr.state.theta = np.asarray(start, dtype=np.float64)
+
+    def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
+              rng=None):
+        """One streaming pass: ``(J, ∇θJ, metric or None, rows)``, averaged by weight."""
+        lr = self.learner
+        P = lr.model.n_params
+        ws = lr._workspace
+        grad = np.zeros(P)
+        loss = wsum = 0.0
+        rows = 0
+        fisher = None if metric is None else \
+            RunningFisher(P, structure=lr.structure, half_life=None)
+        per_read = max(1, lr.batch_size // source.chunk_rows)
+        try:
+            with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
+                                chunks_per_read=per_read, **lr.model.data_checks()) as stream:
+                for batch in stream:
+                    n = batch.X.shape[0]
+                    ls, wt = lr.model.accumulate(
+                        batch.X, batch.y, batch.w, theta, metric=metric,
+                        structure=lr.structure, ws=ws, rng=rng, mc_samples=lr.mc_samples)
+                    loss += ls
+                    wsum += wt
+                    grad += ws.grad
+                    rows += n
+                    if fisher is not None:
+                        fisher.add(ws.fisher, weight=wt, rows=n)
+        except DataError as exc:
+            if chunks is None:
+                raise
+            raise locate_in_full_data(exc, chunks, source.chunk_rows) from exc
+        lr.state.samples += rows
+        lr.state.evaluations += 1
+        if not wsum > 0:
+            raise DataError("the evaluation set has zero total sample weight",
+                            array=source.names[2])
+        G = None if fisher is None else fisher.estimate()
+        return loss / wsum, grad / wsum, G, rows
+
+    def _report(self, callbacks, J, g, rows) -> None:
+        if not callbacks:
+            return
+        lr = self.learner
+        gphi = lr.state.whitener.grad_phi(g)
+        info = StepInfo(loss=J, grad_norm=float(np.linalg.norm(g)),
+                        natural_grad_norm=float(np.linalg.norm(gphi)), rows=rows,
+                        samples=lr.state.samples, steps=lr.state.steps, full_pass=True)
+        lr._report(callbacks, info)
+
+
+_STRATEGIES = {opts.STREAM: _Streaming, opts.LBFGS: _LBFGSRounds}
+
+
+def _signature() -> inspect.Signature:
+    """``NaturalGradientLearner(model, *, option=default, ...)`` from the options table."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                 default=opts.BY_NAME[name].default)
+               for name in opts.LEARNER_OPTIONS]
+    return inspect.Signature(params)
+
+
+NaturalGradientLearner.__init__.__signature__ = _signature()

@@ -1,0 +1,522 @@
+"""The options table: every fit option declared once.
+
+Each :class:`Option` holds the name, how a value is checked and converted (from a Python
+value or a command-line string), the default, the allowed values, the help text, which
+optimizers it applies to, whether a model may recommend it, and whether it may change on
+``--resume``. Everything else is derived from :data:`OPTIONS`:
+
+- the ``natgrad-stream fit`` flags (:func:`add_arguments`),
+- the learner's keyword arguments and their validation (:func:`resolve`),
+- the effective options recorded in ``run.json`` and checkpoints, and the comparison of a
+  resumed run's options with them (:func:`check_resume`).
+
+Resolution of a learner option, the same under every optimizer: a value the user sets
+wins; an option left unset takes the model's recommendation
+(:attr:`natgrad_stream.models.Model.learner_defaults`), then the optimizer's own default
+(e.g. L-BFGS evaluates 65,536-row batches), then the table's default. Options that do not
+apply to the chosen optimizer are refused when set to anything but their default, and
+have no effective value.
+
+This module imports no kernels, so ``natgrad-stream --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from natgrad_stream._constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DAMPING,
+    DEFAULT_DRIFT_PROBES,
+    DEFAULT_EIGEN_FLOOR,
+    DEFAULT_LOG_EVERY,
+    DEFAULT_MC_SAMPLES,
+    FISHER_EVERY_PARAMS,
+    LBFGS_EVAL_BATCH_ROWS,
+    LBFGS_GTOL,
+    LBFGS_ITERS,
+    LBFGS_MEMORY,
+    LBFGS_ROUNDS,
+    LBFGS_TOL,
+)
+from natgrad_stream.errors import OptionError
+
+#: Registries mirrored literally (a test checks them against ``natgrad_stream.models`` and
+#: ``natgrad_stream.data.datasets``) so that reading the table imports no kernels.
+MODEL_CHOICES = ("logistic", "linear", "poisson", "softmax", "gaussian", "gaussian-mean",
+                 "ising", "ica", "mlp")
+METRIC_CHOICES = ("model", "empirical", "monte-carlo", "loss-gradient", "energy",
+                  "gauss-newton", "amari")
+STRUCTURE_CHOICES = ("full", "diagonal", "block")
+STREAMING_OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
+STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
+WHITENING_CHOICES = ("eigh", "ridge", "robust")
+PROGRESS_CHOICES = ("auto", "always", "never")
+
+#: Strategies of the training loop: per-batch steps of a streaming optimizer, or rounds of
+#: L-BFGS evaluations.
+STREAM, LBFGS = "stream", "lbfgs"
+BOTH = (STREAM, LBFGS)
+
+#: Option groups: what an option configures.
+DATA, MODEL, LEARNER, RUN = "data", "model", "learner", "run"
+
+
+def strategy_of(optimizer: str) -> str:
+    """The loop strategy of an optimizer name."""
+    return LBFGS if optimizer == "lbfgs" else STREAM
+
+
+# -- value checks: each takes a Python value or a command-line string ----------------------
+def _number(name: str, value, kind=float):
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise OptionError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                              f"got {value!r}") from None
+    if kind is int:
+        if not hasattr(value, "__index__"):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        return int(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+
+
+def positive_int(name, value) -> int:
+    v = _number(name, value, int)
+    if v < 1:
+        raise OptionError(f"{name} must be >= 1, got {value}")
+    return v
+
+
+def nonnegative_int(name, value) -> int:
+    v = _number(name, value, int)
+    if v < 0:
+        raise OptionError(f"{name} must be >= 0, got {value}")
+    return v
+
+
+def positive_float(name, value) -> float:
+    v = _number(name, value)
+    if not (v > 0 and math.isfinite(v)):
+        raise OptionError(f"{name} must be a finite number > 0, got {value}")
+    return v
+
+
+def nonnegative_float(name, value) -> float:
+    v = _number(name, value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise OptionError(f"{name} must be a finite number >= 0, got {value}")
+    return v
+
+
+def text(name, value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def flag(name, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def half_life(name, value):
+    """``"auto"``, None (``"none"``/``"inf"``: plain sums) or a positive number of samples."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "inf")):
+        return None
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    return positive_float(name, value)
+
+
+def fisher_every(name, value):
+    """``"auto"`` or a positive number of batches."""
+    return "auto" if value == "auto" else positive_int(name, value)
+
+
+def rewhiten(name, value):
+    """A re-whitening schedule spec, returned as the schedule's constructor arguments."""
+    from natgrad_stream.geometry.schedule import RefreshSchedule
+
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    try:
+        return RefreshSchedule.parse(value).config()
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"{name}: {exc}") from None
+
+
+def _every_samples(name, value):  # --rewhiten-every N: the schedule every:N
+    return rewhiten(name, positive_int(name, value))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One fit option.
+
+    Attributes
+    ----------
+    name : str
+        Python keyword (``step_schedule``); the flag is ``--step-schedule`` unless ``flag``.
+    check : callable
+        ``check(name, value) -> value``: validates and converts a Python value or a string.
+    default
+        The default when unset (None for values resolved from the model or optimizer).
+    help : str
+    group : {"data", "model", "learner", "run"}
+    applies : tuple of {"stream", "lbfgs"}
+        Strategies the option applies to.
+    choices : tuple, optional
+    resumable : bool
+        May change on ``--resume`` (it does not change what has been learned).
+    recommendable : bool
+        A model may recommend it (``Model.learner_defaults``).
+    nullable : bool
+        None is a value of its own (else None means "unset").
+    flag : str or None
+        Command-line flag; "" derives it from ``name``; None: Python only.
+    lbfgs_default
+        The L-BFGS strategy's own default, where it differs.
+    inherit : bool
+        A resumed run left without it keeps the recorded value (else: the default; for
+        per-invocation options such as ``max_samples`` and ``progress``).
+    """
+
+    name: str
+    check: Callable[[str, Any], Any]
+    default: Any
+    help: str
+    group: str = LEARNER
+    applies: tuple[str, ...] = BOTH
+    choices: tuple | None = None
+    resumable: bool = False
+    recommendable: bool = False
+    nullable: bool = False
+    flag: str | None = ""
+    metavar: str | None = None
+    lbfgs_default: Any = None
+    inherit: bool = True
+
+    @property
+    def cli_flag(self) -> str | None:
+        """The command-line flag, or None."""
+        if self.flag is None:
+            return None
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def parse(self, value):
+        """Check and convert ``value`` (None passes through when nullable)."""
+        if value is None and self.nullable:
+            return None
+        if self.choices is not None:
+            if value not in self.choices:
+                raise OptionError(f"{self.name} must be one of {list(self.choices)}, got "
+                                  f"{value!r}")
+            return value
+        return self.check(self.name, value)
+
+    def default_for(self, strategy: str):
+        """The default under ``strategy``."""
+        if strategy == LBFGS and self.lbfgs_default is not None:
+            return self.lbfgs_default
+        return self.default
+
+
+def _choice(name, value):  # used with Option.choices, which parse() checks first
+    return value
+
+
+def _o(name, check, default, help, **kw) -> Option:  # noqa: A002 (help: argparse's word)
+    return Option(name, check, default, help, **kw)
+
+
+_LB = (LBFGS,)
+_ST = (STREAM,)
+
+#: Every option of ``fit``, in ``--help`` order.
+OPTIONS: tuple[Option, ...] = (
+    # -- data ------------------------------------------------------------------------------
+    _o("x", text, "X", "features array", group=DATA, metavar="NAME"),
+    _o("y", text, "y", "targets array", group=DATA, metavar="NAME"),
+    _o("w", text, None, "optional sample-weight array", group=DATA, nullable=True,
+       metavar="NAME"),
+    # -- model -----------------------------------------------------------------------------
+    _o("model", _choice, None, "model family (required unless --resume)", group=MODEL,
+       choices=MODEL_CHOICES),
+    _o("mixing", text, None, "gaussian-mean: mixing-matrix array in DATA (default A if "
+       "present)", group=MODEL, nullable=True, metavar="NAME"),
+    _o("classes", positive_int, None, "softmax: number of classes (default: from the data)",
+       group=MODEL, nullable=True, metavar="K"),
+    _o("hidden", positive_int, None, "mlp: hidden units (default 16)", group=MODEL,
+       nullable=True, metavar="H"),
+    _o("sharpness", positive_float, None, "ica: source prior p(s) ∝ cosh(B·s)^(−1/B); "
+       "default 0.5, the logistic density; larger B is closer to a Laplace prior",
+       group=MODEL, nullable=True, metavar="B"),
+    # -- learner ---------------------------------------------------------------------------
+    _o("optimizer", _choice, "sgd", "optimizer of φ; lbfgs: batch L-BFGS in the natural "
+       "space, re-whitened every round (paper section 2.7)", choices=OPTIMIZER_CHOICES),
+    _o("metric", _choice, None, "metric kind (default: the model's own; see the README)",
+       choices=METRIC_CHOICES),
+    _o("structure", _choice, "full", "full, diagonal (eq. 34) or block-diagonal by "
+       "parameter group", choices=STRUCTURE_CHOICES),
+    _o("mc_samples", positive_int, DEFAULT_MC_SAMPLES,
+       "targets sampled per row for --metric monte-carlo", metavar="K"),
+    _o("whitening", _choice, "eigh", "regularized factorization of the metric: eigh, ridge "
+       "(eq. 36) or robust (eq. 35)", choices=WHITENING_CHOICES),
+    _o("damping", nonnegative_float, DEFAULT_DAMPING, "relative damping ε of the whitener "
+       "(ridge ε of eq. 36, eq. 35's ε); default: the model's own, else this",
+       recommendable=True),
+    _o("floor", nonnegative_float, DEFAULT_EIGEN_FLOOR,
+       "eigenvalue floor relative to the largest (eigh, robust)"),
+    _o("batch_size", positive_int, DEFAULT_BATCH_SIZE, "rows per batch (lbfgs: rows per "
+       f"evaluation batch, default {LBFGS_EVAL_BATCH_ROWS})",
+       lbfgs_default=LBFGS_EVAL_BATCH_ROWS),
+    _o("seed", nonnegative_int, 0, "seeds the data order, drift probes, Monte Carlo "
+       "targets and L-BFGS windows"),
+    _o("blas_threads", positive_int, 1, "threads of the BLAS pools during fit (None leaves "
+       "them alone)", nullable=True, flag=None),
+    # streaming optimizers
+    _o("lr", positive_float, None, "step-size scale (default: the model's own, else the "
+       "optimizer's: 1 for sgd and momentum, 0.05 for adam)", applies=_ST,
+       recommendable=True),
+    _o("step_schedule", _choice, None, "step sizes over samples t: harmonic b/t, sqrt "
+       "√(b/t) or constant (default: the model's own, else the optimizer's)",
+       applies=_ST, recommendable=True, choices=STEP_SCHEDULE_CHOICES),
+    _o("rewhiten", rewhiten, "auto", "re-whitening schedule: auto, never, every:N, "
+       "geometric:F, drift:T (--rewhiten-every N is every:N)", applies=_ST,
+       recommendable=True),
+    _o("half_life", half_life, "auto", "running-metric half-life in samples, 'auto' or "
+       "'none'", applies=_ST, nullable=True),
+    _o("fisher_every", fisher_every, "auto", f"accumulate the metric on one batch in N "
+       f"(auto: round(P/{FISHER_EVERY_PARAMS}))", applies=_ST, recommendable=True,
+       metavar="N"),
+    _o("average", flag, False, "keep a Polyak average of θ", applies=_ST),
+    _o("drift_probes", positive_int, DEFAULT_DRIFT_PROBES,
+       "probe vectors per drift estimate", applies=_ST, metavar="N"),
+    # L-BFGS
+    _o("rounds", positive_int, LBFGS_ROUNDS, "lbfgs: total rounds (re-whitenings); a "
+       "resumed run continues up to this count", applies=_LB, resumable=True,
+       flag="--lbfgs-rounds", metavar="R"),
+    _o("iters", positive_int, LBFGS_ITERS, "lbfgs: L-BFGS iterations per round at most",
+       applies=_LB, flag="--lbfgs-iters", metavar="N"),
+    _o("tol", nonnegative_float, LBFGS_TOL, "lbfgs: stop when a round improves the loss by "
+       "at most T, relative", applies=_LB, flag="--lbfgs-tol", metavar="T"),
+    _o("gtol", nonnegative_float, LBFGS_GTOL, "lbfgs: stop when max |natural gradient in "
+       "φ| <= T", applies=_LB, flag="--lbfgs-gtol", metavar="T"),
+    _o("memory", positive_int, LBFGS_MEMORY, "lbfgs: correction pairs kept by L-BFGS",
+       applies=_LB, flag="--lbfgs-memory", metavar="M"),
+    _o("window", positive_int, None, "lbfgs: evaluate each round on this many chunks drawn "
+       "by the seed (default: all the data)", applies=_LB, nullable=True,
+       metavar="CHUNKS"),
+    # -- run: may change on --resume --------------------------------------------------------
+    _o("epochs", positive_int, 1, "total passes (a resumed run continues up to this count)",
+       group=RUN, applies=_ST, resumable=True),
+    _o("max_samples", positive_int, None, "stop (resumably) after this many samples in "
+       "total", group=RUN, resumable=True, nullable=True, inherit=False),
+    _o("checkpoint_every", positive_int, None, "also checkpoint every N samples",
+       group=RUN, applies=_ST, resumable=True, nullable=True, metavar="N"),
+    _o("log_every", positive_int, DEFAULT_LOG_EVERY,
+       "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
+       metavar="N"),
+    _o("progress", _choice, "auto", "progress line on stderr (auto: when stderr is a "
+       "terminal)", group=RUN, resumable=True, choices=PROGRESS_CHOICES, inherit=False),
+)
+
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+#: Keyword options of the learner's constructor, and the other groups.
+LEARNER_OPTIONS = tuple(o.name for o in OPTIONS if o.group == LEARNER)
+RUN_OPTIONS = tuple(o.name for o in OPTIONS if o.group == RUN)
+DATA_OPTIONS = tuple(o.name for o in OPTIONS if o.group == DATA)
+MODEL_OPTIONS = tuple(o.name for o in OPTIONS if o.group == MODEL)
+
+
+# -- derived: argparse ------------------------------------------------------------------------
+def _describe_default(opt: Option) -> str:
+    if opt.default is None or opt.default is False:
+        return ""
+    text_ = f" (default {opt.default}"
+    if opt.lbfgs_default is not None:
+        text_ += f"; lbfgs {opt.lbfgs_default}"
+    return text_ + ")"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option with a flag to ``parser``.
+
+    Flags default to ``argparse.SUPPRESS``: an option the user does not set is absent from
+    the namespace, so resolution can tell it from one set to its default.
+    """
+    for opt in OPTIONS:
+        if opt.cli_flag is None:
+            continue
+        kw: dict = {"dest": opt.name, "default": argparse.SUPPRESS,
+                    "help": opt.help + _describe_default(opt)}
+        if opt.check is flag:
+            parser.add_argument(opt.cli_flag, action="store_const", const=True, **kw)
+            continue
+        if opt.choices is not None:
+            kw["choices"] = opt.choices
+        else:
+            kw["type"] = _argparse_type(opt)
+        if opt.metavar:
+            kw["metavar"] = opt.metavar
+        if opt.name == "model":
+            kw["help"] = opt.help
+        parser.add_argument(opt.cli_flag, **kw)
+        if opt.name == "rewhiten":
+            parser.add_argument("--rewhiten-every", dest="rewhiten", metavar="N",
+                                default=argparse.SUPPRESS,
+                                type=_argparse_type(opt, _every_samples),
+                                help="re-whiten every N samples (same as --rewhiten every:N)")
+
+
+def _argparse_type(opt: Option, check=None):
+    check = check or opt.check
+
+    def convert(value: str):
+        try:
+            return check(opt.cli_flag, value)
+        except (OptionError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = opt.name
+    return convert
+
+
+def given_options(namespace: argparse.Namespace) -> dict:
+    """The table options set on the command line (unset ones are absent)."""
+    return {k: v for k, v in vars(namespace).items() if k in BY_NAME}
+
+
+# -- derived: resolution ---------------------------------------------------------------------
+def _flag_or_name(opt: Option) -> str:
+    return opt.cli_flag or opt.name
+
+
+def check_known(options: dict, names) -> None:
+    """Refuse keys that are not among ``names`` (TypeError, as for a bad keyword)."""
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''}: "
+                        f"{', '.join(unknown)}")
+
+
+def explicit(options: dict) -> dict:
+    """The options actually set: None means unset for options where None is no value."""
+    return {k: v for k, v in options.items() if not (v is None and not BY_NAME[k].nullable)}
+
+
+def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None = None) -> dict:
+    """Effective values of the options ``names`` for ``model``.
+
+    Parameters
+    ----------
+    given : dict
+        Options the user set (keys among ``names``; None = unset where not nullable).
+    model : Model
+        Its ``learner_defaults`` and ``default_metric`` fill unset options.
+    names : sequence of str
+        The options to resolve (default: the learner's).
+    optimizer : str, optional
+        The optimizer when ``names`` does not include it.
+
+    Returns
+    -------
+    dict
+        Every option of ``names`` that applies to the chosen optimizer, checked and
+        resolved: ``metric``, ``lr``, ``step_schedule`` and ``fisher_every="auto"`` become
+        the values used; ``rewhiten`` the schedule's constructor arguments.
+    """
+    from natgrad_stream.optim.rules import OPTIMIZERS
+
+    check_known(given, names)
+    given = {k: BY_NAME[k].parse(v) for k, v in explicit(given).items()}
+    optimizer = given.get("optimizer", optimizer or BY_NAME["optimizer"].default)
+    strategy = strategy_of(optimizer)
+    recommended = dict(getattr(model, "learner_defaults", {}) or {})
+    out: dict = {}
+    misplaced = []
+    for name in names:
+        opt = BY_NAME[name]
+        if strategy not in opt.applies:
+            if name in given and given[name] != opt.default:
+                misplaced.append(_flag_or_name(opt))
+            continue
+        if name in given:
+            out[name] = given[name]
+        elif opt.recommendable and name in recommended:
+            out[name] = opt.parse(recommended[name])
+        else:
+            out[name] = opt.parse(opt.default_for(strategy)) if opt.default is not None \
+                else opt.default_for(strategy)
+    if misplaced:
+        raise OptionError(_misplaced_message(misplaced, optimizer))
+    if "metric" in out and out["metric"] is None:
+        out["metric"] = model.default_metric
+    if strategy == STREAM and "optimizer" in out:
+        cls = OPTIMIZERS[optimizer]
+        if out.get("lr") is None:
+            out["lr"] = float(cls.default_lr)
+        if out.get("step_schedule") is None:
+            out["step_schedule"] = cls.default_schedule
+        if out.get("fisher_every") == "auto":
+            out["fisher_every"] = max(1, round(model.n_params / FISHER_EVERY_PARAMS))
+    return out
+
+
+def _misplaced_message(flags: list[str], optimizer: str) -> str:
+    names, one = ", ".join(flags), len(flags) == 1
+    if strategy_of(optimizer) == LBFGS:
+        return (f"{names} {'does' if one else 'do'} not apply to --optimizer lbfgs (a batch "
+                "method: it runs --lbfgs-rounds rounds of at most --lbfgs-iters L-BFGS "
+                "iterations, re-whitening and checkpointing after every round)")
+    return (f"{names} {'applies' if one else 'apply'} only with --optimizer lbfgs (this run "
+            f"uses the streaming optimizer {optimizer})")
+
+
+def check_resume(recorded: dict, given: dict) -> tuple[dict, list[str]]:
+    """Compare options given to a resumed run with the run's effective ``recorded`` ones.
+
+    Both dicts map option names to resolved values (``given`` holds only what the user
+    set). Returns ``(changes, messages)``: the resumable options that change, and one
+    message per non-resumable option that differs (the caller refuses the resume).
+    """
+    changes, refused = {}, []
+    for name, value in given.items():
+        opt = BY_NAME[name]
+        old = recorded.get(name, opt.default)
+        if _same(value, old):
+            continue
+        if opt.resumable:
+            changes[name] = value
+        else:
+            refused.append(f"{_flag_or_name(opt)} cannot be changed on --resume: the run "
+                           f"was fitted with {_show(old)}, given {_show(value)}")
+    return changes, refused
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):  # a re-whitening schedule
+        parts = [f"{k}:{v}" for k, v in value.items() if v is not None and k != "check_every"]
+        return " ".join(parts) or "never"
+    return "unset" if value is None else repr(value) if isinstance(value, str) else str(value)

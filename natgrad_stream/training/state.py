@@ -1,0 +1,169 @@
+"""The learner's state: one typed object holding everything a step or a round changes.
+
+Every field declares where it lives in a checkpoint (a key path such as
+``("counters", "samples")``) and how it is encoded, so :meth:`LearnerState.to_dict`,
+:meth:`LearnerState.from_dict` and :meth:`LearnerState.snapshot` (taken before a step, put
+back when the step is rejected) all derive from the field list: a new field is declared in
+one place.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from natgrad_stream._constants import RNG_LEARNER
+from natgrad_stream.data import Cursor
+from natgrad_stream.geometry.fisher import RunningFisher
+from natgrad_stream.geometry.schedule import ScheduleState
+from natgrad_stream.geometry.whitening import Whitener
+
+
+def _array(v):
+    return np.array(v, dtype=np.float64)
+
+
+def _nan_or_float(v):
+    return math.nan if v is None else float(v)
+
+
+def _copy_rng(rng: np.random.Generator) -> np.random.Generator:
+    out = np.random.Generator(type(rng.bit_generator)())
+    out.bit_generator.state = rng.bit_generator.state
+    return out
+
+
+def _load_rng(state: dict) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng
+
+
+#: Codecs: name -> (to checkpoint, from checkpoint, snapshot copy or None when the value is
+#: never modified in place).
+_CODECS = {
+    "array": (lambda v: v.copy(), _array, None),
+    "int": (int, int, None),
+    "float": (float, float, None),
+    "bool": (bool, bool, None),
+    "nan_float": (lambda v: v, _nan_or_float, None),
+    "json": (lambda v: v, lambda v: v, None),
+    "optimizer": (dict, lambda d: {k: (_array(v) if isinstance(v, np.ndarray) else v)
+                                   for k, v in d.items()}, None),
+    "whitener": (lambda w: None if w is None else w.state_dict(),
+                 lambda d: Whitener.from_state(d) if d else None, None),
+    "fisher": (lambda f: f.state_dict(), RunningFisher.from_state, copy.copy),
+    "schedule": (lambda s: s.to_dict(), ScheduleState.from_dict, copy.copy),
+    "rng": (lambda r: r.bit_generator.state, _load_rng, _copy_rng),
+    "cursor": (lambda c: c.to_dict(), Cursor.from_dict, None),
+}
+
+
+def _f(key, codec, **kw):
+    """A state field stored at checkpoint key path ``key`` (None: not persisted)."""
+    return field(metadata={"key": key, "codec": codec}, **kw)
+
+
+@dataclass
+class LearnerState:
+    """Everything that learning changes; see the module docstring.
+
+    Streaming steps use ``phi``, ``fisher``, ``optimizer``, ``schedule``, the averages and
+    the epoch loss; L-BFGS rounds use ``grad``, ``rounds``, ``evaluations``,
+    ``converged``, ``train_loss`` and ``last_round``. Arrays are float64, shape (P,)
+    unless noted.
+    """
+
+    theta: np.ndarray = _f(("theta",), "array")
+    phi: np.ndarray = _f(("phi",), "array")
+    whitener: Whitener | None = _f(("whitener",), "whitener")
+    fisher: RunningFisher = _f(("fisher",), "fisher")
+    optimizer: dict = _f(("optimizer",), "optimizer")
+    schedule: ScheduleState = _f(("schedule",), "schedule")
+    rng: np.random.Generator = _f(("rng",), "rng")
+    cursor: Cursor = _f(("cursor",), "cursor")
+    samples: int = _f(("counters", "samples"), "int", default=0)
+    steps: int = _f(("counters", "steps"), "int", default=0)
+    rewhitens: int = _f(("counters", "rewhitens"), "int", default=0)
+    #: Step factor min(1, 1/ρ) of a diagonal whitener (see the learner's curvature cap).
+    step_cap: float = _f(("counters", "step_cap"), "float", default=1.0)
+    rounds: int = _f(("counters", "rounds"), "int", default=0)
+    evaluations: int = _f(("counters", "evaluations"), "int", default=0)
+    converged: bool = _f(("counters", "converged"), "bool", default=False)
+    train_loss: float = _f(("counters", "train_loss"), "nan_float", default=math.nan)
+    #: ∇θJ at θ on the last L-BFGS evaluation set.
+    grad: np.ndarray | None = _f(("grad",), "array", default=None)
+    theta_sum: np.ndarray | None = _f(("average", "theta_sum"), "array", default=None)
+    average_weight: float = _f(("average", "weight"), "float", default=0.0)
+    epoch_loss_sum: float = _f(("epoch_loss", "sum"), "float", default=0.0)
+    epoch_loss_weight: float = _f(("epoch_loss", "weight"), "float", default=0.0)
+    last_epoch_loss: float = _f(("epoch_loss", "last"), "nan_float", default=math.nan)
+    last_refresh: dict | None = _f(("last_refresh",), "json", default=None)
+    last_round: dict | None = _f(("last_round",), "json", default=None)
+    #: The first batch may still pick a data-informed start (not persisted: a checkpoint
+    #: is always past it).
+    data_init: bool = _f(None, "bool", default=False)
+
+    @classmethod
+    def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
+              seed: int, data_init: bool) -> LearnerState:
+        """The state of a new run starting at ``theta``."""
+        P = theta.shape[0]
+        return cls(theta=theta, phi=theta.copy(), whitener=None,
+                   fisher=RunningFisher(P, structure=structure, half_life=half_life),
+                   optimizer=optimizer_state, schedule=ScheduleState(),
+                   rng=np.random.default_rng([seed, RNG_LEARNER]), cursor=Cursor(),
+                   grad=np.full(P, np.nan), theta_sum=np.zeros(P), data_init=data_init)
+
+    def snapshot(self) -> LearnerState:
+        """A copy to put back if a step is rejected (O(P): arrays are replaced by steps,
+        never modified in place; only the members a step mutates are copied).
+        """
+        out = copy.copy(self)
+        for f in fields(self):
+            dup = _CODECS[f.metadata["codec"]][2]
+            if dup is not None:
+                setattr(out, f.name, dup(getattr(self, f.name)))
+        return out
+
+    def to_dict(self) -> dict:
+        """The persisted fields as a nested dict of arrays and JSON values."""
+        out: dict = {}
+        for f in fields(self):
+            key = f.metadata["key"]
+            if key is None:
+                continue
+            value = getattr(self, f.name)
+            node = out
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = None if value is None else _CODECS[f.metadata["codec"]][0](value)
+        return out
+
+    @classmethod
+    def from_dict(cls, state: dict, *, defaults: LearnerState) -> LearnerState:
+        """Inverse of :meth:`to_dict`; fields absent from ``state`` (a checkpoint of an
+        older layout or of the other strategy) keep their value in ``defaults``.
+        """
+        values = {}
+        for f in fields(cls):
+            key = f.metadata["key"]
+            node = state
+            for part in key or ():
+                if not isinstance(node, dict) or part not in node:
+                    node = _MISSING
+                    break
+                node = node[part]
+            if key is None or node is _MISSING:
+                values[f.name] = getattr(defaults, f.name)
+            else:
+                values[f.name] = None if node is None and f.metadata["codec"] != "nan_float" \
+                    else _CODECS[f.metadata["codec"]][1](node)
+        values["data_init"] = False
+        return cls(**values)
+
+
+_MISSING = object()
