@@ -498,11 +498,10 @@ class NaturalLBFGS(NaturalGradientLearner):
     Examples
     --------
     >>> from natgrad_stream.models import make_model
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.standard_normal((2000, 3)) * [1.0, 10.0, 100.0]
-    >>> y = (rng.random(2000) < 1 / (1 + np.exp(-X @ [1.0, 0.1, 0.01]))).astype(float)
-    >>> opt = NaturalLBFGS(make_model("logistic", 3)).fit((X, y))
-    >>> opt.converged
+    >>> X = np.random.default_rng(1).standard_normal((1000, 2)) * [1.0, 50.0]
+    >>> noise = np.random.default_rng(2).logistic(size=1000)
+    >>> y = (X @ [1.0, 0.02] + noise > 0).astype(float)
+    >>> NaturalLBFGS(make_model("logistic", 2)).fit((X, y)).converged
     True
     """
 
@@ -519,23 +518,36 @@ class NaturalLBFGS(NaturalGradientLearner):
 
 
 # -- strategies ------------------------------------------------------------------------------
-class _Streaming:
-    """Per-batch steps of a streaming optimizer of φ (sgd, momentum, adam)."""
+class _Strategy:
+    """How :meth:`NaturalGradientLearner.fit` spends the data: the loop's one variable part.
+
+    ``make_optimizer(options)`` the update rule (None: no state to transport);
+    ``plan(epochs=, rounds=, **stream)`` the fit's extent; ``check_source(source)``;
+    ``total_rows(source, plan)``; ``run(source, plan, callbacks, max_samples) ->
+    interrupted``; ``result(source, seconds=, interrupted=, rows=)``; ``cursor()`` and
+    ``status()`` for callbacks and progress lines.
+    """
 
     def __init__(self, learner: NaturalGradientLearner):
         self.learner = learner
 
+    def require_steps(self) -> None:
+        """Raise unless :meth:`NaturalGradientLearner.step` applies."""
+
+    def check_source(self, source) -> None:
+        """Raise if the strategy cannot read ``source``."""
+
+
+class _Streaming(_Strategy):
+    """Per-batch steps of a streaming optimizer of φ (sgd, momentum, adam)."""
+
     def make_optimizer(self, eff: dict):
         return make_optimizer(eff["optimizer"], lr=eff["lr"], schedule=eff["step_schedule"])
-
-    def require_steps(self) -> None:
-        return None
 
     def cursor(self) -> Cursor:
         return self.learner.state.cursor
 
     def status(self) -> str:
-        """Progress-line fields."""
         s = self.learner.state
         return f"epoch {s.cursor.epoch} | rewhitens {s.rewhitens}"
 
@@ -544,9 +556,6 @@ class _Streaming:
             raise ValueError("rounds applies only to optimizer 'lbfgs'")
         epochs = 1 if epochs is None else opts.positive_int("epochs", epochs)
         return {"epochs": epochs, **stream}
-
-    def check_source(self, source) -> None:
-        return None
 
     def total_rows(self, source, plan) -> int | None:
         return None if source.n_rows is None else source.n_rows * plan["epochs"]
@@ -592,26 +601,14 @@ class _Streaming:
                          interrupted=interrupted)
 
 
-class _LBFGSRounds:
+class _LBFGSRounds(_Strategy):
     """Rounds of L-BFGS evaluations over a pass or a window of chunks."""
-
-    def __init__(self, learner: NaturalGradientLearner):
-        self.learner = learner
 
     def make_optimizer(self, eff: dict):
         return None  # L-BFGS keeps no state across rounds: nothing to transport
 
     def require_steps(self) -> None:
         raise TypeError("optimizer 'lbfgs' is a batch method: call fit(), not step()")
-
-    def cursor(self) -> Cursor:
-        s = self.learner.state
-        return Cursor(epoch=s.rounds, samples=s.samples)
-
-    def status(self) -> str:
-        """Progress-line fields."""
-        s = self.learner.state
-        return f"rounds {s.rounds} | evaluations {s.evaluations}"
 
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if epochs is not None:
@@ -626,6 +623,14 @@ class _LBFGSRounds:
 
     def total_rows(self, source, plan) -> None:
         return None
+
+    def cursor(self) -> Cursor:
+        s = self.learner.state
+        return Cursor(epoch=s.rounds, samples=s.samples)
+
+    def status(self) -> str:
+        s = self.learner.state
+        return f"rounds {s.rounds} | evaluations {s.evaluations}"
 
     def run(self, source, plan, callbacks, max_samples) -> bool:
         lr = self.learner

@@ -1,0 +1,242 @@
+"""The options table: the CLI, the learner and run directories derive from it; a model's
+recommendations apply under every optimizer; ``--resume`` checks options against the run.
+"""
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from natgrad_stream.app.cli import build_parser, main
+from natgrad_stream.checkpoint import load_checkpoint, save_checkpoint
+from natgrad_stream.learner import NaturalGradientLearner
+from natgrad_stream.models import make_model
+from natgrad_stream.models.mlp import RECOMMENDED_LEARNER_OPTIONS
+from natgrad_stream.training import options as opts
+from natgrad_stream.training.state import LearnerState
+
+from .test_cli import _digest, run_cli
+
+
+def _fit_actions():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.option_strings[0]: a for a in sub.choices["fit"]._actions if a.option_strings}
+
+
+def test_cli_flags_defaults_and_choices_equal_the_table():
+    actions = _fit_actions()
+    for opt in opts.OPTIONS:
+        if opt.cli_flag is None:
+            continue
+        action = actions.pop(opt.cli_flag)
+        assert action.dest == opt.name
+        assert action.default is argparse.SUPPRESS  # unset stays unset: the table decides
+        assert action.choices == opt.choices if opt.choices else action.choices is None
+        if opt.default not in (None, False):
+            assert f"default {opt.default}" in action.help, opt.name
+    # what is left: the command's own flags and the --rewhiten-every shorthand
+    assert sorted(actions) == ["--out", "--overwrite", "--resume", "--rewhiten-every", "-h"]
+    assert actions["--rewhiten-every"].dest == "rewhiten"
+
+
+def test_a_fit_with_no_options_takes_the_table_defaults(tmp_path):
+    args = build_parser().parse_args(["fit", "DATA", "--out", str(tmp_path)])
+    assert opts.given_options(args) == {}
+    model = make_model("logistic", 3)
+    eff = NaturalGradientLearner(model).effective_options
+    for name in opts.LEARNER_OPTIONS:
+        opt = opts.BY_NAME[name]
+        if name in eff and opt.default is not None and name not in ("rewhiten",
+                                                                     "fisher_every"):
+            assert eff[name] == opt.default, name
+    assert eff["metric"] == model.default_metric and eff["lr"] == 1.0
+    assert eff["rewhiten"] == opts.rewhiten("rewhiten", "auto")
+    assert eff["fisher_every"] == max(1, round(model.n_params / 16))
+    lbfgs = NaturalGradientLearner(model, optimizer="lbfgs").effective_options
+    assert lbfgs["batch_size"] == opts.BY_NAME["batch_size"].lbfgs_default
+    assert "lr" not in lbfgs and "epochs" not in lbfgs  # no effective value where n/a
+
+
+def test_cli_values_are_checked_by_the_table(capsys):
+    for args, phrase in [(["--lr", "-1"], "--lr must be a finite number > 0"),
+                         (["--batch-size", "0"], "--batch-size must be >= 1"),
+                         (["--half-life", "soon"], "--half-life must be a number"),
+                         (["--rewhiten", "weekly"], "unknown re-whitening schedule")]:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(["fit", "D", "--out", "R", *args])
+        assert exc.value.code == 2 and phrase in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optimizer", opts.OPTIMIZER_CHOICES)
+def test_model_recommendations_apply_under_every_optimizer(optimizer):
+    """Unset options take the model's recommendation, set ones win, whatever the
+    optimizer; options that do not apply to it have no effective value.
+    """
+    mlp = make_model("mlp", 3, hidden=4)
+    eff = NaturalGradientLearner(mlp, optimizer=optimizer).effective_options
+    for name, value in RECOMMENDED_LEARNER_OPTIONS.items():
+        if optimizer in opts.STREAMING_OPTIMIZERS:
+            assert eff[name] == opts.BY_NAME[name].parse(value), name
+        elif name != "damping":
+            assert name not in eff  # lr, schedule, ... do not apply to L-BFGS
+    assert eff["damping"] == RECOMMENDED_LEARNER_OPTIONS["damping"]
+    mine = NaturalGradientLearner(mlp, optimizer=optimizer, damping=1e-5).effective_options
+    assert mine["damping"] == 1e-5
+    plain = NaturalGradientLearner(make_model("logistic", 3), optimizer=optimizer)
+    assert plain.effective_options["damping"] == opts.BY_NAME["damping"].default
+    ising = make_model("ising", 30)  # recommends damping only beyond 300 parameters
+    big = NaturalGradientLearner(ising, optimizer=optimizer).effective_options
+    assert big["damping"] == ising.learner_defaults["damping"]
+
+
+def test_cli_mlp_lbfgs_runs_with_the_models_damping(tmp_path, capsys):
+    data = tmp_path / "d.zarr"
+    assert run_cli(capsys, "make-data", data, "--task", "mlp", "--rows", 2000,
+                   "--features", 3, "--chunk-rows", 500)[0] == 0
+    run = tmp_path / "run"
+    code, summary, err = run_cli(capsys, "fit", data, "--model", "mlp", "--hidden", 4,
+                                 "--optimizer", "lbfgs", "--lbfgs-rounds", 1,
+                                 "--lbfgs-iters", 3, "--out", run)
+    assert code == 0, err
+    info = json.loads((run / "run.json").read_text())
+    assert info["fit_options"]["damping"] == RECOMMENDED_LEARNER_OPTIONS["damping"]
+    assert info["options"]["damping"] == RECOMMENDED_LEARNER_OPTIONS["damping"]
+    assert info["fit_options"]["optimizer"] == "lbfgs" and info["fit_options"]["hidden"] == 4
+    # every option that applies has its effective value recorded
+    applies = {o.name for o in opts.OPTIONS if "lbfgs" in o.applies}
+    assert applies <= set(info["fit_options"])
+
+
+@pytest.fixture()
+def sgd_run(small_zarr, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out", run,
+                           "--epochs", 2, "--max-samples", 3000, "--structure", "block")
+    assert code == 0, err
+    return run
+
+
+@pytest.mark.parametrize("args, recorded, given", [
+    (["--lr", 0.5], "1.0", "0.5"),
+    (["--structure", "diagonal"], "'block'", "'diagonal'"),
+    (["--optimizer", "adam"], "'sgd'", "'adam'"),
+    (["--model", "poisson"], "'logistic'", "'poisson'"),
+    (["--w", "y_test"], "unset", "'y_test'"),
+    (["--y", "y_test"], "'y'", "'y_test'"),
+    (["--rewhiten", "every:100"], "factor:2.0 drift:0.1", "every:100"),
+    (["--batch-size", 512], "1024", "512"),
+    (["--seed", 3], "0", "3"),
+])
+def test_resume_refuses_a_changed_option_naming_it(sgd_run, small_zarr, capsys, args,
+                                                   recorded, given):
+    before = _digest(sgd_run / "checkpoint.npz")
+    code, out, err = run_cli(capsys, "fit", small_zarr, "--out", sgd_run, "--resume", *args)
+    assert code == 2 and out is None
+    assert f"{args[0]} cannot be changed on --resume: the run was fitted with {recorded}, " \
+           f"given {given}" in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert _digest(sgd_run / "checkpoint.npz") == before
+
+
+def test_resume_applies_and_records_resumable_options(sgd_run, small_zarr, tmp_path, capsys):
+    # the same values restated are no change
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", sgd_run, "--resume",
+                                 "--structure", "block", "--lr", 1, "--max-samples", 4000,
+                                 "--log-every", 1000)
+    assert code == 0, err
+    assert 4000 <= summary["samples"] < 4000 + 1024 and summary["interrupted"]
+    info = json.loads((sgd_run / "run.json").read_text())["fit_options"]
+    assert info["max_samples"] == 4000 and info["log_every"] == 1000 and info["epochs"] == 2
+    # left unset on resume: epochs and log_every keep the run's values, max_samples lifts
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", sgd_run, "--resume")
+    assert code == 0, err
+    assert summary["epochs"] == 2 and summary["samples"] == 10_000 and not summary["interrupted"]
+    info = json.loads((sgd_run / "run.json").read_text())["fit_options"]
+    assert info["max_samples"] is None and info["log_every"] == 1000
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", sgd_run, "--resume",
+                                 "--epochs", 3)
+    assert code == 0 and summary["samples"] == 15_000 and summary["epochs"] == 3
+    assert json.loads((sgd_run / "run.json").read_text())["fit_options"]["epochs"] == 3
+    # the same sequence in one run gives the same parameters
+    whole = tmp_path / "whole"
+    assert run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out", whole,
+                   "--epochs", 3, "--structure", "block")[0] == 0
+    a, b = (load_checkpoint(r / "checkpoint.npz")["theta"] for r in (sgd_run, whole))
+    assert_array_equal(a, b)
+
+
+def test_learner_rejects_unknown_and_misplaced_options():
+    model = make_model("logistic", 3)
+    with pytest.raises(TypeError, match="unknown option: learning_rate"):
+        NaturalGradientLearner(model, learning_rate=0.1)
+    with pytest.raises(ValueError, match="--lbfgs-rounds applies only with --optimizer lbfgs"):
+        NaturalGradientLearner(model, rounds=3)
+    with pytest.raises(ValueError, match="--lr does not apply to --optimizer lbfgs"):
+        NaturalGradientLearner(model, optimizer="lbfgs", lr=0.5)
+
+
+def test_signature_is_derived_from_the_table():
+    import inspect
+
+    params = inspect.signature(NaturalGradientLearner).parameters
+    assert list(params)[1:] == list(opts.LEARNER_OPTIONS)
+    assert all(params[n].default == opts.BY_NAME[n].default for n in opts.LEARNER_OPTIONS)
+
+
+def test_every_state_field_round_trips_through_a_checkpoint(tmp_path):
+    """The checkpoint layout derives from LearnerState's fields: a field with a value of
+    its own comes back from disk equal (a new field needs no other code).
+    """
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 3))
+    y = (X[:, 0] > 0).astype(float)
+    learner = NaturalGradientLearner(make_model("logistic", 3), optimizer="adam",
+                                     average=True).fit((X, y), epochs=2)
+    state = learner.state
+    state.rounds, state.evaluations, state.converged = 3, 5, True
+    state.last_round = {"event": "round", "round": 3}
+    save_checkpoint(tmp_path / "c.npz", learner.state_dict())
+    back = NaturalGradientLearner.from_state_dict(load_checkpoint(tmp_path / "c.npz")).state
+    for f in dataclasses.fields(LearnerState):
+        if f.metadata["key"] is None:
+            continue
+        a, b = getattr(state, f.name), getattr(back, f.name)
+        if f.name == "rng":
+            assert a.bit_generator.state == b.bit_generator.state
+        elif hasattr(a, "state_dict"):  # whitener, running metric
+            for k, v in b.state_dict().items():
+                assert np.array_equal(v, a.state_dict()[k]) if isinstance(v, np.ndarray) \
+                    else v == a.state_dict()[k], (f.name, k)
+        elif hasattr(a, "to_dict"):
+            assert a.to_dict() == b.to_dict(), f.name
+        elif isinstance(a, dict):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        elif isinstance(a, np.ndarray):
+            assert_array_equal(a, b)
+        else:
+            assert a == b or (a != a and b != b), f.name  # NaN equals NaN here
+
+
+def test_checkpoints_from_before_the_table_still_load():
+    """A state whose options use the earlier layout (the optimizer's options nested under
+    ``options["optimizer"]``, no ``fit_options``) rebuilds the same learner.
+    """
+    model = make_model("mlp", 3, hidden=4)
+    for optimizer in ("momentum", "lbfgs"):
+        learner = NaturalGradientLearner(model, optimizer=optimizer)
+        state = learner.state_dict()
+        legacy = {k: v for k, v in state.items() if k != "fit_options"}
+        again = NaturalGradientLearner.from_state_dict(legacy)
+        assert again.effective_options == learner.effective_options
+        assert isinstance(again, type(learner))
+
+
+def test_cli_main_maps_option_errors_to_exit_2(small_zarr, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r")
+    assert code == 2 and "--model is required" in err
+    assert main(["fit", str(small_zarr), "--out", str(tmp_path / "r"), "--model", "logistic",
+                 "--window", "2"]) == 2
