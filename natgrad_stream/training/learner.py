@@ -239,7 +239,7 @@ class NaturalGradientLearner:
         try:
             refresh, gphi = self._advance(X, y, w, grad, wsum, n, need_metric)
         except NumericalError:
-            self.state = before  # a rejected step changes nothing
+            self.state = before.restore()  # a rejected step changes nothing
             raise
         s.steps += 1
         if self.average:

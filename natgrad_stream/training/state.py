@@ -30,10 +30,9 @@ def _nan_or_float(v):
     return math.nan if v is None else float(v)
 
 
-def _copy_rng(rng: np.random.Generator) -> np.random.Generator:
-    out = np.random.Generator(type(rng.bit_generator)())
-    out.bit_generator.state = rng.bit_generator.state
-    return out
+def _put_rng_back(rng: np.random.Generator, saved: dict) -> np.random.Generator:
+    rng.bit_generator.state = saved
+    return rng
 
 
 def _load_rng(state: dict) -> np.random.Generator:
@@ -42,8 +41,13 @@ def _load_rng(state: dict) -> np.random.Generator:
     return rng
 
 
-#: Codecs: name -> (to checkpoint, from checkpoint, snapshot copy or None when the value is
-#: never modified in place).
+def _keep(_, saved):
+    return saved
+
+
+#: Codecs: name -> (to checkpoint, from checkpoint, snapshot): the snapshot is None for
+#: values never modified in place (a step replaces them), else ``(save, put_back)`` with
+#: ``save(value) -> saved`` and ``put_back(value, saved) -> value``.
 _CODECS = {
     "array": (lambda v: v.copy(), _array, None),
     "int": (int, int, None),
@@ -55,9 +59,10 @@ _CODECS = {
                                    for k, v in d.items()}, None),
     "whitener": (lambda w: None if w is None else w.state_dict(),
                  lambda d: Whitener.from_state(d) if d else None, None),
-    "fisher": (lambda f: f.state_dict(), RunningFisher.from_state, copy.copy),
-    "schedule": (lambda s: s.to_dict(), ScheduleState.from_dict, copy.copy),
-    "rng": (lambda r: r.bit_generator.state, _load_rng, _copy_rng),
+    "fisher": (lambda f: f.state_dict(), RunningFisher.from_state, (copy.copy, _keep)),
+    "schedule": (lambda s: s.to_dict(), ScheduleState.from_dict, (copy.copy, _keep)),
+    "rng": (lambda r: r.bit_generator.state, _load_rng,
+            (lambda r: r.bit_generator.state, _put_rng_back)),
     "cursor": (lambda c: c.to_dict(), Cursor.from_dict, None),
 }
 
@@ -118,16 +123,12 @@ class LearnerState:
                    rng=np.random.default_rng([seed, RNG_LEARNER]), cursor=Cursor(),
                    grad=np.full(P, np.nan), theta_sum=np.zeros(P), data_init=data_init)
 
-    def snapshot(self) -> LearnerState:
-        """A copy to put back if a step is rejected (O(P): arrays are replaced by steps,
-        never modified in place; only the members a step mutates are copied).
+    def snapshot(self) -> Snapshot:
+        """What to put back if a step is rejected (O(P), a few µs: arrays are replaced by
+        steps, never modified in place; only the members a step mutates are saved).
         """
-        out = copy.copy(self)
-        for f in fields(self):
-            dup = _CODECS[f.metadata["codec"]][2]
-            if dup is not None:
-                setattr(out, f.name, dup(getattr(self, f.name)))
-        return out
+        return Snapshot(copy.copy(self), [(name, put_back, save(getattr(self, name)))
+                                          for name, save, put_back in _mutable_fields()])
 
     def to_dict(self) -> dict:
         """The persisted fields as a nested dict of arrays and JSON values."""
@@ -167,3 +168,28 @@ class LearnerState:
 
 
 _MISSING = object()
+
+
+def _mutable_fields() -> list:
+    """``(name, save, put_back)`` of the fields a step modifies in place (computed once)."""
+    global _MUTABLE
+    if _MUTABLE is None:
+        _MUTABLE = [(f.name, *_CODECS[f.metadata["codec"]][2]) for f in fields(LearnerState)
+                    if _CODECS[f.metadata["codec"]][2] is not None]
+    return _MUTABLE
+
+
+_MUTABLE = None
+
+
+class Snapshot:
+    """A :class:`LearnerState` as it was; :meth:`restore` gives it back."""
+
+    def __init__(self, state: LearnerState, saved: list):
+        self._state, self._saved = state, saved
+
+    def restore(self) -> LearnerState:
+        """The state at the snapshot (mutable members put back)."""
+        for name, put_back, saved in self._saved:
+            setattr(self._state, name, put_back(getattr(self._state, name), saved))
+        return self._state
