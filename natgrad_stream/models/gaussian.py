@@ -117,7 +117,7 @@ class Gaussian(FactorModel):
 
     Start a fit at the mean and covariance of the first rows:
 
-    >>> from natgrad_stream.training.learner import NaturalGradientLearner
+    >>> from natgrad_stream.learner import NaturalGradientLearner
     >>> X = np.random.default_rng(0).normal([100.0, -5.0], [1.0, 0.01], size=(4000, 2))
     >>> model = Gaussian(2, **Gaussian.init_from_sample(X[:1024]))
     >>> mean = NaturalGradientLearner(model).fit((X,)).theta[:2]
