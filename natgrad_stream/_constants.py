@@ -71,3 +71,12 @@ RNG_CHUNK_ORDER = 0      # data: chunk order of an epoch, [seed, epoch, id]
 RNG_ROW_ORDER = 1        # data: rows within a read, [seed, epoch, id, read]
 RNG_LBFGS_WINDOW = 5     # L-BFGS: chunks of a round's window, [seed, round, id]
 RNG_LEARNER = 7          # learner: probes, Monte Carlo targets; [seed, id] or [seed, round, id]
+#: Synthetic data: the feature model ([seed, id]) and the true parameters of the built-in
+#: tasks ([seed, id]); each task module of ``data/synthetic`` draws its true model from
+#: ``[seed, RNG_TASK_TRUTH[task]]`` (values kept as first released, so datasets repeat).
+RNG_FEATURE_MODEL = 99
+RNG_TRUE_PARAMS = 98
+RNG_TASK_TRUTH = {"poisson": 96, "softmax": 97, "mlp": 97, "ising": 97, "gaussian": 211,
+                  "ica": 307}
+#: Models: the network's random initial weights, [model seed, id].
+RNG_MLP_INIT = 11

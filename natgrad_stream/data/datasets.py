@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_stream._constants import DEFAULT_CHUNK_ROWS, PAPER_MIXING
+from natgrad_stream._constants import (
+    DEFAULT_CHUNK_ROWS,
+    PAPER_MIXING,
+    RNG_FEATURE_MODEL,
+    RNG_TRUE_PARAMS,
+)
 
 #: Tasks generated in this module (raw, ill-conditioned features).
 _BUILTIN_TASKS = ("logistic", "linear", "gaussian-mean")
@@ -84,7 +89,7 @@ class FeatureModel:
     """
 
     def __init__(self, features: int, seed: int):
-        rng = np.random.default_rng([seed, 99])
+        rng = np.random.default_rng([seed, RNG_FEATURE_MODEL])
         d = features
         Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
         L = Q * np.sqrt(np.geomspace(1.0, LATENT_SPECTRUM_FLOOR, d))
@@ -107,7 +112,7 @@ class FeatureModel:
 
 
 def _true_params(task: str, fm: FeatureModel, features: int, seed: int) -> dict:
-    rng = np.random.default_rng([seed, 98])
+    rng = np.random.default_rng([seed, RNG_TRUE_PARAMS])
     if task in ("logistic", "linear"):
         beta = fm.coef_direction / fm.scales
         sd = math.sqrt(beta @ fm.covariance() @ beta)

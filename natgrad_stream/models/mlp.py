@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_MLP_INIT
 from natgrad_stream._jit import num_threads
 from natgrad_stream.models import _mlp_kernels as K
 from natgrad_stream.models.base import as_float64_vector, check_monte_carlo
@@ -181,7 +182,7 @@ class MLPRegressor(FactorModel):
 
     def init_params(self) -> np.ndarray:
         """Small random weights from ``seed``; zero biases (see the class notes)."""
-        rng = np.random.default_rng([self.seed, 11])
+        rng = np.random.default_rng([self.seed, RNG_MLP_INIT])
         H, d = self.hidden, self.n_features
         W1 = rng.standard_normal((H, d)) * (INIT_W1_SCALE / math.sqrt(d))
         w2 = rng.standard_normal(H) * (INIT_W2_SCALE / math.sqrt(H))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_TASK_TRUTH
+
 Y_DTYPE = None
 #: Smallest eigenvalue of the correlation spectrum (the largest is 1).
 SPECTRUM_FLOOR = 1e-2
@@ -24,7 +26,7 @@ def true_params(features: int, seed: int) -> dict:
     d = int(features)
     if d < 1:
         raise ValueError(f"features must be >= 1, got {features}")
-    rng = np.random.default_rng([seed, 211])
+    rng = np.random.default_rng([seed, RNG_TASK_TRUTH["gaussian"]])
     R, _ = np.linalg.qr(rng.standard_normal((d, d)))
     lam = np.geomspace(1.0, SPECTRUM_FLOOR, d) if d > 1 else np.ones(1)
     C = (R * lam) @ R.T

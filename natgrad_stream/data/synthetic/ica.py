@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_TASK_TRUTH
+
 Y_DTYPE = None
 #: Smallest singular value of the mixing matrix relative to the largest (its condition
 #: number is the inverse).
@@ -22,7 +24,7 @@ def true_params(features: int, seed: int) -> dict:
     d = int(features)
     if d < 1:
         raise ValueError(f"features must be >= 1, got {features}")
-    rng = np.random.default_rng([seed, 307])
+    rng = np.random.default_rng([seed, RNG_TASK_TRUTH["ica"]])
     Q1, _ = np.linalg.qr(rng.standard_normal((d, d)))
     Q2, _ = np.linalg.qr(rng.standard_normal((d, d)))
     sv = np.geomspace(1.0, MIXING_FLOOR, d) if d > 1 else np.ones(1)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_TASK_TRUTH
+
 #: Targets: none (an unsupervised task).
 Y_DTYPE = None
 #: Largest ``d`` sampled exactly by enumerating the ``2^d`` states.
@@ -47,7 +49,7 @@ def true_params(features: int, seed: int) -> dict:
     d = int(features)
     if d < 2:
         raise ValueError(f"the ising task needs at least 2 features, got {features}")
-    rng = np.random.default_rng([seed, 97])
+    rng = np.random.default_rng([seed, RNG_TASK_TRUTH["ising"]])
     density = min(1.0, EXPECTED_DEGREE / (d - 1))
     iu = np.triu_indices(d, k=1)
     m = iu[0].size

@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_TASK_TRUTH
+
 Y_DTYPE = "float32"
 #: Hidden units of the true network.
 HIDDEN = 8
@@ -35,7 +37,7 @@ def _features(features: int, seed: int):
 def true_params(features: int, seed: int) -> dict:
     """The true network, JSON-ready: ``W1`` (H × d), ``b1``, ``W2`` (1 × H), ``b2`` (1,)."""
     fm = _features(int(features), int(seed))
-    rng = np.random.default_rng([seed, 97])
+    rng = np.random.default_rng([seed, RNG_TASK_TRUTH["mlp"]])
     d = int(features)
     C = fm.factor @ fm.factor.T  # correlation of the standardized features
     V = rng.standard_normal((HIDDEN, d))

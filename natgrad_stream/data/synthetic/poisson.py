@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_TASK_TRUTH
+
 #: Standard deviation of the log-rate ``x·β + b`` over the feature distribution.
 LOG_RATE_STD = 0.5
 #: Mean rate ``E[exp(x·β + b)]``.
@@ -32,7 +34,7 @@ def _feature_model(features: int, seed: int):
 def true_params(features: int, seed: int) -> dict:
     """The true model: ``coef`` (d), ``intercept``; ``feature_seed`` seeds the features."""
     fm = _feature_model(int(features), int(seed))
-    rng = np.random.default_rng([seed, 96])
+    rng = np.random.default_rng([seed, RNG_TASK_TRUTH["poisson"]])
     beta = rng.standard_normal(features) / fm.scales
     beta *= LOG_RATE_STD / math.sqrt(beta @ fm.covariance() @ beta)
     # E[exp(N(m, s²))] = exp(m + s²/2) = MEAN_RATE

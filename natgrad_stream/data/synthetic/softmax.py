@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from natgrad_stream._constants import RNG_TASK_TRUTH
+
 #: Number of classes.
 N_CLASSES = 3
 #: Standard deviation of each non-reference class logit over the feature distribution.
@@ -35,7 +37,7 @@ def true_params(features: int, seed: int) -> dict:
     ``feature_seed`` records the seed of the feature distribution.
     """
     fm = _feature_model(int(features), int(seed))
-    rng = np.random.default_rng([seed, 97])
+    rng = np.random.default_rng([seed, RNG_TASK_TRUTH["softmax"]])
     C = fm.covariance()
     coef = np.zeros((N_CLASSES, features))
     intercept = np.zeros(N_CLASSES)
