@@ -240,3 +240,44 @@ def test_cli_main_maps_option_errors_to_exit_2(small_zarr, tmp_path, capsys):
     assert code == 2 and "--model is required" in err
     assert main(["fit", str(small_zarr), "--out", str(tmp_path / "r"), "--model", "logistic",
                  "--window", "2"]) == 2
+
+
+def test_options_that_do_not_apply_are_refused_even_at_their_default(small_zarr, tmp_path,
+                                                                     capsys):
+    lb = ["--model", "logistic", "--optimizer", "lbfgs", "--lbfgs-rounds", 1]
+    for i, (args, phrase) in enumerate([
+            ([*lb, "--epochs", 1], "--epochs does not apply to --optimizer lbfgs"),
+            ([*lb, "--half-life", "auto"], "--half-life does not apply"),
+            ([*lb, "--rewhiten", "auto"], "--rewhiten does not apply"),
+            (["--model", "logistic", "--lbfgs-rounds", 10], "--lbfgs-rounds applies only")]):
+        code, out, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / f"r{i}", *args)
+        assert code == 2 and out is None and phrase in err, (args, err)
+    run = tmp_path / "lbfgs"
+    assert run_cli(capsys, "fit", small_zarr, "--out", run, *lb)[0] == 0
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--out", run, "--resume", "--epochs", 1)
+    assert code == 2 and "--epochs does not apply" in err and "Traceback" not in err
+
+
+def test_repeating_the_original_command_with_resume_is_accepted(tmp_path, capsys):
+    for task, args in [("gaussian-mean", ["--mixing", "A", "--y", "y"]),
+                       ("ising", ["--y", "y", "--hidden", 5])]:
+        data = tmp_path / f"{task}.zarr"
+        assert run_cli(capsys, "make-data", data, "--task", task, "--rows", 2000,
+                       "--features", 2 if task == "gaussian-mean" else 4,
+                       "--chunk-rows", 500)[0] == 0
+        run = tmp_path / task
+        command = ["fit", data, "--model", task, "--out", run, *args]
+        assert run_cli(capsys, *command)[0] == 0
+        code, summary, err = run_cli(capsys, *command, "--resume", "--epochs", 2)
+        assert code == 0 and summary["epochs"] == 2, err
+        info = json.loads((run / "run.json").read_text())["fit_options"]
+        assert info["hidden"] is None and info["y"] is None  # not read by these models
+
+
+def test_fit_run_progress_from_python(small_zarr, tmp_path, capsys):
+    from natgrad_stream.app.runs import fit_run
+
+    fit_run(small_zarr, tmp_path / "quiet", model="logistic")
+    assert "rows/s" not in capsys.readouterr().err  # no progress line unless asked
+    fit_run(small_zarr, tmp_path / "loud", model="logistic", progress=True)
+    assert "rows/s" in capsys.readouterr().err

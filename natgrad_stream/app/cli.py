@@ -152,8 +152,9 @@ def _cmd_fit(args) -> int:
     from natgrad_stream.app.runs import fit_run
 
     with _GracefulStop() as stop:
+        given = {"progress": opts.BY_NAME["progress"].default, **opts.given_options(args)}
         summary = fit_run(args.data, args.out, resume=args.resume, overwrite=args.overwrite,
-                          stop_handler=stop.attach, **opts.given_options(args))
+                          stop_handler=stop.attach, **given)
     _print_json(summary)
     return EXIT_SIGNAL if stop.signalled else EXIT_OK
 

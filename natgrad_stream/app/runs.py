@@ -36,9 +36,11 @@ from natgrad_stream.training.learner import NaturalGradientLearner, make_learner
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
-#: Model options as they appear in a model's ``config()``.
+#: Model options as they appear in a model's ``config()``, and the model each one is for.
 _MODEL_CONFIG_KEYS = {"model": "name", "classes": "n_classes", "hidden": "hidden",
                       "sharpness": "sharpness"}
+_MODEL_OPTION_OWNER = {"mixing": "gaussian-mean", "classes": "softmax", "hidden": "mlp",
+                       "sharpness": "ica"}
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -79,10 +81,26 @@ def _split(given: dict) -> dict[str, dict]:
 
 
 def _model_options(model, given: dict) -> dict:
-    """Effective model options: the model's configuration where it holds them."""
+    """Effective model options: the model's configuration where it holds them, the value
+    given otherwise, None for options this model does not take.
+    """
     config = model.config()
-    return {name: config.get(_MODEL_CONFIG_KEYS.get(name, name), given.get(name))
-            for name in opts.MODEL_OPTIONS}
+    out = {}
+    for name in opts.MODEL_OPTIONS:
+        if _MODEL_OPTION_OWNER.get(name, model.name) != model.name:
+            out[name] = None
+        elif name in _MODEL_CONFIG_KEYS and _MODEL_CONFIG_KEYS[name] in config:
+            out[name] = config[_MODEL_CONFIG_KEYS[name]]
+        else:
+            out[name] = given.get(name)
+    return out
+
+
+def _ignored(name: str, model) -> bool:
+    """True for a data or model option that ``model`` does not read."""
+    if name == "y":
+        return not model.requires_targets
+    return _MODEL_OPTION_OWNER.get(name, model.name) != model.name
 
 
 def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
@@ -115,6 +133,9 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     its log to ``metrics.jsonl.partial`` and its checkpoint only at the end.
     """
     options = {**(learner_options or {}), **(model_options or {}), **options}
+    progress = options.get("progress", False)  # from Python: no progress line unless asked
+    if isinstance(progress, bool):
+        options["progress"] = "always" if progress else "never"
     opts.check_known(options, opts.BY_NAME)
     given = {k: opts.BY_NAME[k].parse(v) for k, v in opts.explicit(options).items()}
     run_dir = Path(run_dir)
@@ -182,7 +203,9 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
     run = opts.resolve(groups[opts.RUN], model, names=opts.RUN_OPTIONS, optimizer=optimizer)
     fit_options = {**data_opts, **_model_options(model, given), **learner.effective_options,
                    **run}
-    info = {"data": str(data), "x": data_opts["x"], "y": data_opts["y"], "w": data_opts["w"]}
+    info = {"data": str(data), "x": data_opts["x"], "y": data_opts["y"], "w": data_opts["w"],
+            "given_options": {k: v for k, v in given.items()
+                              if opts.BY_NAME[k].group in (opts.DATA, opts.MODEL)}}
     return learner, info, fit_options
 
 
@@ -205,15 +228,17 @@ def _resume(run_dir: Path, data, given: dict):
     run_now = opts.resolve(groups[opts.RUN], model, names=opts.RUN_OPTIONS,
                            optimizer=optimizer)
     effective_given.update({k: run_now[k] for k in groups[opts.RUN]})
-    effective_given.update(groups[opts.DATA])
-    effective_given.update(groups[opts.MODEL])
-    changes, refused = opts.check_resume(recorded, effective_given)
+    for name, value in {**groups[opts.DATA], **groups[opts.MODEL]}.items():
+        if not _ignored(name, model):
+            effective_given[name] = value
+    changes, refused = opts.check_resume(recorded, effective_given,
+                                         also=info.get("given_options", {}))
     if refused:
         raise OptionError("; ".join(refused) + f" (run in {run_dir})")
     learner_changes = {k: v for k, v in changes.items() if k in opts.LEARNER_OPTIONS}
     learner = NaturalGradientLearner.from_state_dict(state, **learner_changes)
     run = {}
-    for name, default in run_now.items():  # the run options that apply
+    for name, default in run_now.items():  # the run options that apply to the optimizer
         if name in groups[opts.RUN] or not opts.BY_NAME[name].inherit:
             run[name] = default if name not in changes else changes[name]
         else:

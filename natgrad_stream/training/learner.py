@@ -125,6 +125,8 @@ class NaturalGradientLearner:
     train_loss = _StateField("train_loss")
     grad = _StateField("grad")
     last_round = _StateField("last_round")
+    theta_sum = _StateField("theta_sum")
+    average_weight = _StateField("average_weight")
 
     def __init__(self, model: Model, **options):
         if not isinstance(model, Model):
@@ -162,6 +164,10 @@ class NaturalGradientLearner:
     def cursor(self) -> Cursor:
         """Where the stream stands (L-BFGS: ``epoch`` counts rounds)."""
         return self.strategy.cursor()
+
+    @cursor.setter
+    def cursor(self, value: Cursor) -> None:
+        self.state.cursor = value
 
     @property
     def theta_average(self) -> np.ndarray:
@@ -721,7 +727,9 @@ class _LBFGSRounds(_Strategy):
         }
         s.last_round = record
         for cb in callbacks:
-            cb.on_round(lr, record)
+            hook = getattr(cb, "on_round", None)  # callbacks need not subclass Callback
+            if hook is not None:
+                hook(lr, record)
         return res.complete
 
     def _start_from_data(self, source: ArraySource) -> None:

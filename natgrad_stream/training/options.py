@@ -450,7 +450,7 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
     for name in names:
         opt = BY_NAME[name]
         if strategy not in opt.applies:
-            if name in given and given[name] != opt.default:
+            if name in given and not (given[name] is None and opt.default is None):
                 misplaced.append(_flag_or_name(opt))
             continue
         if name in given:
@@ -485,24 +485,27 @@ def _misplaced_message(flags: list[str], optimizer: str) -> str:
             f"uses the streaming optimizer {optimizer})")
 
 
-def check_resume(recorded: dict, given: dict) -> tuple[dict, list[str]]:
+def check_resume(recorded: dict, given: dict, also: dict | None = None
+                 ) -> tuple[dict, list[str]]:
     """Compare options given to a resumed run with the run's effective ``recorded`` ones.
 
     Both dicts map option names to resolved values (``given`` holds only what the user
-    set). Returns ``(changes, messages)``: the resumable options that change, and one
-    message per non-resumable option that differs (the caller refuses the resume).
+    set). ``also`` holds values that count as the same as the recorded ones (e.g. what
+    the user gave for a data or model option, before the model resolved it). Returns
+    ``(changes, messages)``: the resumable options that change, and one message per
+    non-resumable option that differs (the caller refuses the resume).
     """
-    changes, refused = {}, []
+    changes, refused, also = {}, [], also or {}
     for name, value in given.items():
         opt = BY_NAME[name]
         old = recorded.get(name, opt.default)
-        if _same(value, old):
+        if _same(value, old) or (name in also and _same(value, also[name])):
             continue
         if opt.resumable:
             changes[name] = value
         else:
             refused.append(f"{_flag_or_name(opt)} cannot be changed on --resume: the run "
-                           f"was fitted with {_show(old)}, given {_show(value)}")
+                           f"was fitted with {_show(old, opt)}, given {_show(value, opt)}")
     return changes, refused
 
 
@@ -515,8 +518,10 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _show(value) -> str:
+def _show(value, opt: Option) -> str:
     if isinstance(value, dict):  # a re-whitening schedule
         parts = [f"{k}:{v}" for k, v in value.items() if v is not None and k != "check_every"]
         return " ".join(parts) or "never"
-    return "unset" if value is None else repr(value) if isinstance(value, str) else str(value)
+    if value is None:
+        return "none" if opt.default is not None else "unset"
+    return repr(value) if isinstance(value, str) else str(value)
