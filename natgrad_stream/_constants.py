@@ -5,11 +5,16 @@
 DEFAULT_DAMPING = 1e-9
 #: Eigenvalues of the damped, scaled metric below ``floor × largest`` are raised to it.
 DEFAULT_EIGEN_FLOOR = 1e-10
-#: Diagonal entries of a metric below this fraction of the largest are treated as zero
-#: (a parameter the data never move) and replaced by the floor before scaling.
+#: A parameter whose metric diagonal is zero, or after an exact elimination step (an
+#: intercept) at most this fraction of *its own* diagonal before the step (a feature constant
+#: on the data), is treated as zero: it is Jacobi-scaled by its own diagonal before the
+#: step (an exact zero, which has no scale of its own, by this fraction of the largest).
+#: Never compared across parameters, so one feature at 1e18 cannot zero the others.
 ZERO_DIAGONAL_FRACTION = 1e-14
-#: Negative diagonal entries of a metric down to this fraction of its largest are round-off
-#: (e.g. after an exact elimination step on a rank-deficient batch metric) and read as 0.
+#: Negative diagonal entries down to this fraction of the parameter's own diagonal before an
+#: elimination step are round-off (e.g. on a rank-deficient batch metric) and read as 0; an
+#: input diagonal that is itself negative has no scale of its own and is judged against the
+#: largest.
 NEGATIVE_DIAGONAL_TOLERANCE = 1e-12
 
 #: Adaptive EMA: half-life of the running metric is max(MIN_PER_PARAM · P, FRACTION · t)
@@ -60,6 +65,8 @@ NONFINITE_RISE = 1.0
 DEFAULT_CHUNK_ROWS = 65536
 EVAL_BATCH_ROWS = 65536
 DEFAULT_LOG_EVERY = 65536
+#: Checkpoints kept in a run directory (the newest and the one before it).
+DEFAULT_KEEP_CHECKPOINTS = 2
 
 #: The paper's worked example (section 3): the mixing matrix A of ``x = A θ + noise``,
 #: used by the ``gaussian-mean`` data task and model.

@@ -116,19 +116,21 @@ def test_bad_input_gives_clear_errors_and_leaves_the_run_intact(small_zarr, tmp_
     code, _, _ = run_cli(capsys, "fit", data, "--model", "logistic", "--out", run,
                          "--max-samples", 500)
     assert code == 0
-    files = {p.name: _digest(p) for p in run.iterdir() if p.name != "metrics.jsonl"}
+    files = {p.name: _digest(p) for p in run.iterdir()
+             if p.name not in ("metrics.jsonl", ".lock")}
     log_before = (run / "metrics.jsonl").read_text()
     for name, (path, phrases) in _bad_groups(tmp_path).items():
-        hows = [["--resume", "--epochs", 2]]
+        # resuming on other data is refused before reading it (the data's identity)
+        hows = [(["--resume", "--epochs", 2], ["is not the data the run", "was trained on"])]
         if name != "features":  # 2 features are fine for a new run, not for this one
-            hows.append(["--model", "logistic", "--overwrite"])
-        for how in hows:
+            hows.append((["--model", "logistic", "--overwrite"], phrases))
+        for how, expected in hows:
             code, out, err = run_cli(capsys, "fit", path, "--out", run, *how)
             assert code == 2, (name, how)
-            for phrase in phrases:
+            for phrase in expected:
                 assert phrase in err, (name, phrase, err)
             kept = {p.name: _digest(p) for p in run.iterdir()
-                    if p.name not in ("metrics.jsonl", "metrics.jsonl.partial")}
+                    if p.name not in ("metrics.jsonl", "metrics.jsonl.partial", ".lock")}
             assert kept == files
             assert (run / "metrics.jsonl").read_text().startswith(log_before)  # append-only
     # the run still resumes on good data

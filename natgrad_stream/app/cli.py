@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _GracefulStop:
-    """SIGINT/SIGTERM ask the learner to stop after its current batch; a second SIGINT
-    interrupts at once.
+    """SIGINT/SIGTERM ask the learner to stop after its current batch (a checkpoint
+    follows); a second SIGINT interrupts at once, except while a checkpoint is being
+    written, which it lets finish.
     """
 
     def __init__(self):
@@ -122,7 +123,13 @@ class _GracefulStop:
         return self
 
     def _handle(self, signum, frame):
+        from natgrad_stream.training.checkpoint import WRITING
+
         if self.signalled and signum == signal.SIGINT:
+            if WRITING.is_set():
+                print("\nnatgrad-stream: finishing the checkpoint being written...",
+                      file=sys.stderr)
+                return
             raise KeyboardInterrupt
         self.signalled = True
         print("\nnatgrad-stream: stopping after the current batch (checkpoint follows)...",
@@ -185,22 +192,46 @@ COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evalu
             "params": _cmd_params, "demo": _cmd_demo}
 
 
+def _os_error(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    return f"{where}: {what}" if where else what
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``natgrad-stream`` console script."""
+    """Entry point of the ``natgrad-stream`` console script.
+
+    Every condition a user or the environment causes ends in one line on stderr and the
+    documented exit status; a traceback means a bug.
+    """
     args = build_parser().parse_args(argv)
+    prefix = f"natgrad-stream {args.command}"
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = one_line_warning
             return COMMANDS[args.command](args)
-    except (DataError, OptionError, RunDirectoryError, CheckpointError, ValueError, TypeError,
-            FileExistsError, FileNotFoundError) as exc:
-        print(f"natgrad-stream {args.command}: error: {exc}", file=sys.stderr)
+    except (DataError, OptionError, RunDirectoryError, CheckpointError, ValueError,
+            TypeError) as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # missing paths, read-only or full disks, ...
+        print(f"{prefix}: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"{prefix}: error: out of memory (a smaller --batch-size or fewer chunks per "
+              "read need less)", file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as exc:
-        print(f"natgrad-stream {args.command}: learning failed: {exc}", file=sys.stderr)
+        print(f"{prefix}: learning failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"natgrad-stream {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted at once: no new checkpoint (the last one is kept)",
+              file=sys.stderr)
         return EXIT_SIGNAL
 
 

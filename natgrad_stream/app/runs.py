@@ -3,8 +3,12 @@
 Layout of ``RUN/``:
 
 ``checkpoint.npz``
-    The learner's full state (:mod:`natgrad_stream.training.checkpoint`), written atomically at the
-    end of ``fit``, every ``checkpoint_every`` samples, and on a graceful stop.
+    The learner's full state (:mod:`natgrad_stream.training.checkpoint`), written atomically
+    with a checksum of every array at the end of ``fit``, every ``checkpoint_every`` samples
+    or ``checkpoint_seconds`` seconds, and on a graceful stop; the ``keep_checkpoints − 1``
+    before it as ``checkpoint.1.npz``, … (``--resume`` falls back to them).
+``.lock``
+    Held (``flock``) by the one process fitting in the directory, with its PID.
 ``metrics.jsonl``
     Append-only training log (:class:`~natgrad_stream.training.callbacks.MetricsLogger`).
 ``run.json``
@@ -16,26 +20,35 @@ Layout of ``RUN/``:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from natgrad_stream.app.evaluate import evaluate
 from natgrad_stream.data import as_source
+from natgrad_stream.data.identity import compare_identity, data_identity
 from natgrad_stream.errors import OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
-from natgrad_stream.training.checkpoint import load_checkpoint
+from natgrad_stream.training.checkpoint import (
+    load_checkpoint,
+    load_latest_checkpoint,
+    remove_stale_temporaries,
+)
 from natgrad_stream.training.learner import NaturalGradientLearner, make_learner
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
+LOCK = ".lock"
 #: Model options as they appear in a model's ``config()``, and the model each one is for.
 _MODEL_CONFIG_KEYS = {"model": "name", "classes": "n_classes", "hidden": "hidden",
                       "sharpness": "sharpness"}
@@ -45,10 +58,48 @@ _MODEL_OPTION_OWNER = {"mixing": "gaussian-mean", "classes": "softmax", "hidden"
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json.tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=lambda v: v.tolist())
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, default=lambda v: v.tolist())
+            fh.write("\n")
+        os.replace(tmp, path)  # replaces a symbolic link, never writes through it
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run directory's lock: one fitting process per directory.
+
+    The lock is an ``flock`` on ``RUN/.lock``, which the kernel releases when its holder
+    dies, so a lock left by a killed process is simply taken over.
+
+    Raises
+    ------
+    RunDirectoryError
+        When another process holds it (its PID is named).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot open the lock {path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirectoryError(f"{run_dir} is in use by process {holder} (lock {path}); "
+                                    "one fit per run directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for stale in (*remove_stale_temporaries(run_dir), *run_dir.glob(".run-*.json.tmp")):
+            Path(stale).unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load_learner(run_dir, **overrides) -> tuple[NaturalGradientLearner, dict]:
@@ -139,6 +190,30 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     opts.check_known(options, opts.BY_NAME)
     given = {k: opts.BY_NAME[k].parse(v) for k, v in opts.explicit(options).items()}
     run_dir = Path(run_dir)
+    if not resume:  # validate what can be before creating the directory
+        if given.get("model") is None:
+            raise OptionError("--model is required for a new run")
+        existing = [p.name for p in (run_dir / CHECKPOINT, run_dir / METRICS) if p.exists()]
+        if existing and not overwrite:
+            raise RunDirectoryError(
+                f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
+                "continue it or --overwrite to replace it")
+    elif not (run_dir / CHECKPOINT).is_file() and not (run_dir / CHECKPOINT).is_symlink():
+        _load_state(run_dir)  # the clear "holds no checkpoint" error, before locking
+    created = not run_dir.exists()
+    try:
+        with run_lock(run_dir):
+            return _fit_locked(data, run_dir, given, resume, overwrite, stop_handler)
+    except BaseException:
+        if created:  # a new run that failed leaves no directory behind (if it wrote nothing)
+            with contextlib.suppress(OSError):
+                (run_dir / LOCK).unlink()
+                run_dir.rmdir()
+        raise
+
+
+def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
+                stop_handler) -> dict:
     ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
     if resume:
         learner, info, fit_options = _resume(run_dir, data, given)
@@ -150,17 +225,21 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     if source.n_features != learner.model.n_features:
         raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
                                 f"on {learner.model.n_features}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     # An overwriting run logs beside the old run and replaces it only once it has finished,
     # so a failed attempt loses nothing that was there.
     replacing = not resume and overwrite and (ckpt.exists() or log_path.exists())
     new_log = run_dir / (METRICS + ".partial") if replacing else log_path
     if replacing:
         new_log.unlink(missing_ok=True)
-    info = {**info, "fit_options": fit_options}
-    callbacks = [MetricsLogger(new_log, every=run["log_every"]),
-                 CheckpointEvery(ckpt, every=None if replacing else run.get("checkpoint_every"),
-                                 per_round=not replacing, extra=info)]
+    info = {**info, "fit_options": fit_options,
+            "data_identity": data_identity(data, (x, y if learner.model.requires_targets
+                                                  else None, w))}
+    # the checkpoint first: the log's end record follows a successful final write
+    callbacks = [CheckpointEvery(ckpt, every=None if replacing else run.get("checkpoint_every"),
+                                 seconds=None if replacing else run["checkpoint_seconds"],
+                                 per_round=not replacing, keep=run["keep_checkpoints"],
+                                 extra=info),
+                 MetricsLogger(new_log, every=run["log_every"])]
     progress = run["progress"]
     if progress == "always" or (progress == "auto" and sys.stderr.isatty()):
         callbacks.append(ProgressBar())
@@ -177,16 +256,8 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
 
 
 def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
-    ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
     groups = _split(given)
-    name = given.get("model")
-    if name is None:
-        raise OptionError("--model is required for a new run")
-    existing = [p.name for p in (ckpt, log_path) if p.exists()]
-    if existing and not overwrite:
-        raise RunDirectoryError(
-            f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
-            "continue it or --overwrite to replace it")
+    name = given["model"]
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     data_opts = {k: given.get(k, opts.BY_NAME[k].default) for k in opts.DATA_OPTIONS}
@@ -210,9 +281,10 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
 
 
 def _resume(run_dir: Path, data, given: dict):
-    state = _load_state(run_dir)
+    state, _ = load_latest_checkpoint(run_dir / CHECKPOINT)
     info = dict(state.get("run", {}))
     info.pop("fit_options", None)
+    recorded_data = info.pop("data_identity", None)
     model = model_from_config(state["model"])
     recorded = _recorded_fit_options(state, model)
     groups = _split(given)
@@ -235,6 +307,14 @@ def _resume(run_dir: Path, data, given: dict):
                                          also=info.get("given_options", {}))
     if refused:
         raise OptionError("; ".join(refused) + f" (run in {run_dir})")
+    names = [info.get(k) for k in ("x", "y", "w")]
+    differences, notes = compare_identity(recorded_data, data_identity(data, names))
+    if differences:
+        raise OptionError(f"{data} is not the data the run in {run_dir} was trained on "
+                          f"({recorded_data['path']}): {'; '.join(differences)}")
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    info["data"] = str(data)
     learner_changes = {k: v for k, v in changes.items() if k in opts.LEARNER_OPTIONS}
     learner = NaturalGradientLearner.from_state_dict(state, **learner_changes)
     run = {}

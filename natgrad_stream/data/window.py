@@ -46,6 +46,18 @@ def chunk_window(source: ArraySource, chunks: np.ndarray) -> ArraySource:
     return ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window")
 
 
+def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
+    """The first ``n_rows`` rows of ``source`` as one source, with the same chunks (e.g.
+    to finish an epoch planned before rows were appended).
+    """
+    if not 0 < n_rows <= source.n_rows:
+        raise ValueError(f"a prefix of {n_rows} rows of {source.n_rows}")
+    parts = [None if a is None else RowSpans(a, [(0, n_rows)])
+             for a in (source.X, source.y, source.w)]
+    return ArraySource(*parts, chunk_rows=source.chunk_rows, names=source.names,
+                       name=source.name)
+
+
 def locate_in_full_data(exc: DataError, chunks: np.ndarray, chunk_rows: int) -> DataError:
     """A data error found in a window, with its chunk and row in the full data."""
     if exc.chunk is None or not 0 <= exc.chunk < len(chunks):

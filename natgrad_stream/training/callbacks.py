@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,9 +102,15 @@ class MetricsLogger(Callback):
     def _write(self, record: dict) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
-        self._fh.flush()
+            # never through a symbolic link: O_NOFOLLOW fails on one (ELOOP)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                         0o644)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        try:
+            self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. a full disk: name the file
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         """Close the file (reopened on the next write)."""
@@ -149,36 +156,53 @@ class MetricsLogger(Callback):
         self.close()
 
     def on_error(self, learner, error):
-        self._write({"event": "error", "type": type(error).__name__, "message": str(error),
-                     "samples": learner.samples, "step": learner.steps})
-        self.close()
+        try:  # the error may be the log's own (a full disk): keep the original one
+            self._write({"event": "error", "type": type(error).__name__,
+                         "message": str(error), "samples": learner.samples,
+                         "step": learner.steps})
+        except OSError:
+            pass
+        finally:
+            try:
+                self.close()
+            except OSError:
+                self._fh = None
 
 
 class CheckpointEvery(Callback):
-    """Write the learner's state atomically every ``every`` samples, after every L-BFGS
-    round (when ``per_round``) and at the end.
+    """Write the learner's state atomically every ``every`` samples, every ``seconds`` of
+    wall time, after every L-BFGS round (when ``per_round``) and at the end, keeping the
+    last ``keep`` checkpoints.
 
     Nothing is written when fitting stops on an exception, so the last good checkpoint
     is never replaced by the state of a failed run.
     """
 
-    def __init__(self, path, *, every: int | None = None, per_round: bool = True,
-                 extra: dict | None = None):
+    def __init__(self, path, *, every: int | None = None, seconds: float | None = None,
+                 per_round: bool = True, keep: int = 1, extra: dict | None = None):
         self.path = Path(path)
         self.every = None if every is None else int(every)
+        self.seconds = None if seconds is None else float(seconds)
         self.per_round = bool(per_round)
+        self.keep = int(keep)
         self.extra = dict(extra or {})
 
     def on_fit_start(self, learner, total_rows):
         self.last = learner.samples
+        self.last_time = time.monotonic()
 
     def save(self, learner) -> None:
         """Write the checkpoint now."""
-        save_checkpoint(self.path, {**learner.state_dict(), "run": self.extra})
+        save_checkpoint(self.path, {**learner.state_dict(), "run": self.extra}, keep=self.keep)
         self.last = learner.samples
+        self.last_time = time.monotonic()
+
+    def _due(self, learner) -> bool:
+        return (self.every is not None and learner.samples - self.last >= self.every) or \
+            (self.seconds is not None and time.monotonic() - self.last_time >= self.seconds)
 
     def on_batch_end(self, learner, info, cursor):
-        if self.every is not None and learner.samples - self.last >= self.every:
+        if self._due(learner):
             self.save(learner)
 
     def on_round(self, learner, record):

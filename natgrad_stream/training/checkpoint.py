@@ -1,18 +1,31 @@
-"""Atomic, pickle-free checkpoints.
+"""Atomic, verified, pickle-free checkpoints.
 
 A checkpoint is one ``.npz`` file: every array of the learner's state under a
 slash-separated key (``"fisher/sum"``), plus one entry ``"__meta__"`` holding a JSON
-document (scalars, options, cursor, RNG state) as a unicode scalar. It is written to a
-temporary file in the same directory, flushed and fsynced, then moved into place with
-:func:`os.replace`, so a reader sees either the old or the new checkpoint, never a torn
-one. Loading uses ``allow_pickle=False``: a checkpoint cannot execute code.
+document (scalars, options, cursor, RNG state, and a BLAKE2b checksum of every array) as a
+unicode scalar. It is written to a temporary file in the same directory, flushed and
+fsynced, then moved into place with :func:`os.replace` and the directory fsynced, so a
+reader sees either the old or the new checkpoint, never a torn one. Loading uses
+``allow_pickle=False`` (a checkpoint cannot execute code) and verifies every checksum, so
+a damaged file is refused rather than resumed from.
+
+:func:`save_checkpoint` with ``keep=k`` keeps the previous ``k − 1`` checkpoints beside
+the newest as ``NAME.1.npz``, ``NAME.2.npz``, … (newest first);
+:func:`load_latest_checkpoint` falls back to them, with a warning, when the newest is
+damaged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
+import threading
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +35,9 @@ from natgrad_stream.errors import CheckpointError
 #: Bumped when the layout changes incompatibly.
 FORMAT_VERSION = 1
 _META = "__meta__"
+_TMP_PREFIX, _TMP_SUFFIX = ".checkpoint-", ".npz.tmp"
+#: Held while a checkpoint is being written (a signal handler can defer to it).
+WRITING = threading.Event()
 
 
 def flatten(tree: dict, prefix: str = "") -> tuple[dict, dict]:
@@ -54,26 +70,65 @@ def unflatten(arrays: dict, meta: dict) -> dict:
     return tree
 
 
-def save_checkpoint(path, state: dict) -> Path:
-    """Write ``state`` (nested dict of arrays and JSON values) atomically to ``path``."""
+def _checksum(a: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
+
+
+def rotated(path: Path, k: int) -> Path:
+    """The ``k``-th previous checkpoint beside ``path`` (``k = 0``: ``path`` itself)."""
+    return path if k == 0 else path.with_name(f"{path.stem}.{k}{path.suffix}")
+
+
+def save_checkpoint(path, state: dict, *, keep: int = 1) -> Path:
+    """Write ``state`` (nested dict of arrays and JSON values) atomically to ``path``.
+
+    With ``keep > 1`` the checkpoint it replaces becomes ``NAME.1.npz`` (and so on, up to
+    ``keep − 1`` previous ones). Never writes through a symbolic link.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays, meta = flatten(state)
-    meta = {"format_version": FORMAT_VERSION, "state": meta}
     payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    meta = {"format_version": FORMAT_VERSION, "state": meta,
+            "checksums": {k: _checksum(v) for k, v in payload.items()}}
     payload[_META] = np.array(json.dumps(meta, allow_nan=True))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=path.parent)
+    WRITING.set()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            for k in range(max(1, keep) - 1, 0, -1):  # shift the previous ones down
+                older = rotated(path, k - 1)
+                if older.is_file() and not older.is_symlink():
+                    os.replace(older, rotated(path, k))
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. a full disk: name the file; the old one is intact
+            Path(tmp).unlink(missing_ok=True)
+            raise OSError(exc.errno, f"{exc.strerror} (writing a checkpoint; the previous "
+                          "one is intact)", str(path)) from exc
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+    finally:
+        WRITING.clear()
     return path
+
+
+def remove_stale_temporaries(directory) -> list[Path]:
+    """Delete checkpoint temp files left by killed writers; returns what was removed."""
+    removed = []
+    for tmp in Path(directory).glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -90,19 +145,71 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` into a nested dict."""
+    """Read and verify a checkpoint written by :func:`save_checkpoint` (nested dict).
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, unreadable, truncated, fails a checksum, or has another
+        format version; the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             meta = json.loads(str(npz[_META][()]))
             arrays = {k: npz[k] for k in npz.files if k != _META}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
-    if meta.get("format_version") != FORMAT_VERSION:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+            json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable (damaged or truncated: "
+                              f"{type(exc).__name__}: {exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
         raise CheckpointError(
-            f"checkpoint {path} has format version {meta.get('format_version')}, "
-            f"this natgrad_stream reads version {FORMAT_VERSION}"
-        )
+            f"checkpoint {path} has format version {version}, "
+            f"this natgrad_stream reads version {FORMAT_VERSION}")
+    checksums = meta.get("checksums")
+    if checksums is not None:  # checkpoints written before checksums have none
+        if set(checksums) != set(arrays):
+            raise CheckpointError(f"checkpoint {path} is damaged: its arrays do not match "
+                                  "its index")
+        bad = sorted(k for k, v in arrays.items() if _checksum(v) != checksums[k])
+        if bad:
+            raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch in "
+                                  f"{', '.join(bad)}")
     return unflatten(arrays, meta["state"])
+
+
+def load_latest_checkpoint(path) -> tuple[dict, Path]:
+    """The newest good checkpoint among ``path``, ``NAME.1.npz``, …: ``(state, file)``.
+
+    A damaged newer checkpoint is skipped with a warning naming it; when none is good,
+    :class:`CheckpointError` lists what was tried.
+    """
+    path = Path(path)
+    candidates = [path] + sorted(path.parent.glob(f"{path.stem}.[0-9]*{path.suffix}"),
+                                 key=_rotation_index)
+    problems = []
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        try:
+            state = load_checkpoint(candidate)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            warnings.warn(f"{'; '.join(problems)}; resuming from the previous checkpoint "
+                          f"{candidate.name}", RuntimeWarning, stacklevel=2)
+        return state, candidate
+    if not problems:
+        raise CheckpointError(f"no checkpoint at {path}")
+    raise CheckpointError(f"no good checkpoint in {path.parent}: {'; '.join(problems)}")
+
+
+def _rotation_index(p: Path) -> int:
+    try:
+        return int(p.stem.rsplit(".", 1)[1])
+    except (IndexError, ValueError):
+        return 1 << 30

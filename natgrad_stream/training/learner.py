@@ -44,7 +44,7 @@ import numpy as np
 from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream._constants import CURVATURE_POWER_ITERATIONS, RNG_LEARNER
 from natgrad_stream.data import ArraySource, Cursor, as_source
-from natgrad_stream.data.window import chunk_window, locate_in_full_data
+from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
 from natgrad_stream.errors import CheckpointError, DataError, NumericalError, WhiteningError
 from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.schedule import RefreshSchedule
@@ -398,15 +398,16 @@ class NaturalGradientLearner:
         try:
             with limited_blas_threads(self.blas_threads):
                 interrupted = self.strategy.run(source, plan, callbacks, max_samples)
+            seconds = time.perf_counter() - t0
+            self.result = self.strategy.result(source, seconds=seconds,
+                                               interrupted=interrupted,
+                                               rows=self.state.samples - start_samples)
+            for cb in callbacks:  # a failing end (e.g. a full disk) is an error like any
+                cb.on_fit_end(self, self.result)
         except BaseException as exc:
             for cb in callbacks:
                 cb.on_error(self, exc)
             raise
-        seconds = time.perf_counter() - t0
-        self.result = self.strategy.result(source, seconds=seconds, interrupted=interrupted,
-                                           rows=self.state.samples - start_samples)
-        for cb in callbacks:
-            cb.on_fit_end(self, self.result)
         return self
 
     def _open(self, data, x, y, w):
@@ -567,11 +568,31 @@ class _Streaming(_Strategy):
         return None if source.n_rows is None else source.n_rows * plan["epochs"]
 
     def run(self, source, plan, callbacks, max_samples) -> bool:
-        """Stream the batches of ``plan``; returns whether the run was interrupted."""
+        """Stream the batches of ``plan``; returns whether the run was interrupted.
+
+        An epoch planned over fewer rows than the source now has (rows appended since a
+        checkpoint) finishes over the rows it planned; the new rows join at the next epoch.
+        """
+        s = self.learner.state
+        n_rows = source.n_rows
+        if n_rows is not None and s.epoch_rows is not None and s.epoch_rows != n_rows \
+                and (s.cursor.read_index or s.cursor.row):
+            if s.epoch_rows > n_rows:
+                raise DataError(f"has {n_rows} rows, fewer than the {s.epoch_rows} the "
+                                "interrupted epoch planned: the data changed",
+                                array=source.names[0])
+            if self._stream(row_prefix(source, s.epoch_rows), plan, callbacks, max_samples,
+                            epochs=s.cursor.epoch + 1):
+                return True
+        return self._stream(source, plan, callbacks, max_samples, epochs=plan["epochs"])
+
+    def _stream(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
         lr = self.learner
         s = lr.state
         epoch = s.cursor.epoch
-        stream = source.batches(batch_size=lr.batch_size, epochs=plan["epochs"], seed=lr.seed,
+        if s.cursor.epoch >= epochs:
+            return False
+        stream = source.batches(batch_size=lr.batch_size, epochs=epochs, seed=lr.seed,
                                 shuffle=plan["shuffle"], start=s.cursor,
                                 prefetch=plan["prefetch"],
                                 chunks_per_read=plan["chunks_per_read"],
@@ -582,6 +603,7 @@ class _Streaming(_Strategy):
                     return True
                 info = lr.step(batch.X, batch.y, batch.w)
                 s = lr.state
+                s.epoch_rows = source.n_rows
                 if batch.cursor.epoch != epoch:
                     self._close_epoch(s)
                     epoch = batch.cursor.epoch

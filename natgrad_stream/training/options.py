@@ -33,6 +33,7 @@ from natgrad_stream._constants import (
     DEFAULT_DAMPING,
     DEFAULT_DRIFT_PROBES,
     DEFAULT_EIGEN_FLOOR,
+    DEFAULT_KEEP_CHECKPOINTS,
     DEFAULT_LOG_EVERY,
     DEFAULT_MC_SAMPLES,
     FISHER_EVERY_PARAMS,
@@ -327,6 +328,12 @@ OPTIONS: tuple[Option, ...] = (
        "total", group=RUN, resumable=True, nullable=True, inherit=False),
     _o("checkpoint_every", positive_int, None, "also checkpoint every N samples",
        group=RUN, applies=_ST, resumable=True, nullable=True, metavar="N"),
+    _o("checkpoint_seconds", positive_float, None, "also checkpoint every S seconds of "
+       "wall time", group=RUN, resumable=True, nullable=True, metavar="S"),
+    _o("keep_checkpoints", positive_int, DEFAULT_KEEP_CHECKPOINTS, "checkpoints kept in "
+       "RUN (the newest as checkpoint.npz, older ones as checkpoint.1.npz, …); --resume "
+       "falls back to an older one when the newest is damaged", group=RUN, resumable=True,
+       metavar="K"),
     _o("log_every", positive_int, DEFAULT_LOG_EVERY,
        "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
        metavar="N"),

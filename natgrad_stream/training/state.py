@@ -90,6 +90,9 @@ class LearnerState:
     schedule: ScheduleState = _f(("schedule",), "schedule")
     rng: np.random.Generator = _f(("rng",), "rng")
     cursor: Cursor = _f(("cursor",), "cursor")
+    #: Rows of the data the current epoch's plan covers (rows appended later join at the
+    #: next epoch); None before the first batch.
+    epoch_rows: int | None = _f(("counters", "epoch_rows"), "int", default=None)
     samples: int = _f(("counters", "samples"), "int", default=0)
     steps: int = _f(("counters", "steps"), "int", default=0)
     rewhitens: int = _f(("counters", "rewhitens"), "int", default=0)

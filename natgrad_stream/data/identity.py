@@ -1,0 +1,79 @@
+"""What a run was trained on: the store's location and, per array, its shape, chunks,
+dtype, a fingerprint of its metadata (without the shape, which grows when rows are
+appended) and one of its first chunk's values, so a resumed run can tell other data from
+the same data grown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def data_identity(data, names) -> dict | None:
+    """Identity of the Zarr group behind ``data`` (a path) for the arrays ``names``
+    (None entries skipped); None for in-memory data.
+    """
+    if not isinstance(data, str | os.PathLike):
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(str(data), mode="r")
+    except Exception:  # noqa: BLE001 - not a group: the source reports the real error
+        return None
+    arrays = {}
+    for name in names:
+        if name is None or name not in group.array_keys():
+            continue
+        a = group[name]
+        meta = a.metadata.to_dict()
+        meta.pop("shape", None)
+        meta.pop("attributes", None)
+        head = np.asarray(a[: a.chunks[0]])
+        arrays[name] = {
+            "shape": list(a.shape), "chunks": list(a.chunks), "dtype": str(a.dtype),
+            "metadata": _digest(json.dumps(meta, sort_keys=True, default=str).encode()),
+            "first_chunk": _digest(np.ascontiguousarray(head).tobytes()),
+        }
+    return {"path": str(Path(data).resolve()), "arrays": arrays}
+
+
+def compare_identity(recorded: dict | None, current: dict | None) -> tuple[list, list]:
+    """``(differences, notes)`` between a run's recorded data identity and the data given
+    now. Differences make other data (shapes other than more rows, chunks, dtype,
+    metadata, first chunk's values, arrays); notes are benign (a moved store, rows
+    appended).
+    """
+    if not recorded or not current:
+        return [], []
+    differences, notes = [], []
+    if recorded["path"] != current["path"]:
+        notes.append(f"the data moved from {recorded['path']} to {current['path']}")
+    for name, old in recorded["arrays"].items():
+        new = current["arrays"].get(name)
+        if new is None:
+            differences.append(f"array {name!r} is missing")
+            continue
+        for key in ("dtype", "chunks", "metadata", "first_chunk"):
+            if old[key] != new[key]:
+                what = {"first_chunk": "values (first chunk)", "metadata": "metadata"}.get(
+                    key, key)
+                shown = "" if key in ("metadata", "first_chunk") else \
+                    f": {old[key]} then, {new[key]} now"
+                differences.append(f"array {name!r} has other {what}{shown}")
+        if old["shape"][1:] != new["shape"][1:] or new["shape"][0] < old["shape"][0]:
+            differences.append(f"array {name!r} has shape {tuple(new['shape'])}, the run was "
+                               f"trained on {tuple(old['shape'])}")
+        elif new["shape"][0] > old["shape"][0]:
+            notes.append(f"array {name!r} has {new['shape'][0] - old['shape'][0]} rows "
+                         "appended since the checkpoint (they join at the next epoch)")
+    return differences, notes

@@ -1,0 +1,260 @@
+"""Run safety: one writer per run directory, checkpoints a long run can trust, the data's
+identity on resume, OS failures as one line with exit 2. Each test failed on the code
+before these guards (a second process, a damaged checkpoint, other data or a full disk gave
+a traceback or a silent wrong answer).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_array_equal
+
+from natgrad_stream.checkpoint import load_checkpoint
+from natgrad_stream.data.datasets import make_dataset
+
+from .test_cli import _digest, run_cli
+
+
+@pytest.fixture()
+def data(tmp_path):
+    path = tmp_path / "d.zarr"
+    make_dataset(path, task="logistic", rows=5000, features=3, chunk_rows=500, seed=2)
+    return path
+
+
+def _fit(capsys, data, run, *args):
+    return run_cli(capsys, "fit", data, "--out", run, *args)
+
+
+def test_a_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(data, tmp_path,
+                                                                            capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from pathlib import Path
+            from natgrad_stream.app.runs import run_lock
+            with run_lock(Path({str(run)!r})):
+                print("locked", flush=True)
+                time.sleep(60)
+            """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, out, err = _fit(capsys, data, run, "--model", "logistic")
+        assert code == 2 and out is None
+        assert f"in use by process {holder.pid}" in err and len(err.strip().splitlines()) == 1
+        assert not (run / "checkpoint.npz").exists()
+    finally:
+        holder.kill()  # dies holding the lock: the kernel releases it
+        holder.wait()
+        holder.stdout.close()
+    code, summary, err = _fit(capsys, data, run, "--model", "logistic")
+    assert code == 0, err
+
+
+def test_run_files_are_never_written_through_symlinks(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious\n")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(target)
+    code, _, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
+    assert code == 2 and "metrics.jsonl" in err
+    assert target.read_text() == "precious\n"
+
+
+def _flip_byte(path, where=0.5):
+    raw = bytearray(path.read_bytes())
+    i = int(len(raw) * where)
+    raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_or_is_refused(data, tmp_path,
+                                                                           capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    assert _fit(capsys, data, run, "--resume", "--epochs", 2)[0] == 0
+    assert (run / "checkpoint.1.npz").is_file()  # --keep-checkpoints 2 by default
+    epoch_one = load_checkpoint(run / "checkpoint.1.npz")["theta"]
+    _flip_byte(run / "checkpoint.npz")
+    stale = run / ".checkpoint-dead.npz.tmp"
+    stale.write_bytes(b"left by a killed writer")
+    code, summary, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
+    assert code == 0, err
+    assert "warning" in err and "resuming from the previous checkpoint checkpoint.1.npz" in err
+    assert summary["samples"] == 10_000  # epoch 2 again, from the end of epoch 1
+    assert not stale.exists()
+    # the same as continuing from epoch 1 without the damage
+    again = tmp_path / "again"
+    assert _fit(capsys, data, again, "--model", "logistic")[0] == 0
+    assert_array_equal(load_checkpoint(again / "checkpoint.npz")["theta"], epoch_one)
+    assert _fit(capsys, data, again, "--resume", "--epochs", 2)[0] == 0
+    assert_array_equal(load_checkpoint(run / "checkpoint.npz")["theta"],
+                       load_checkpoint(again / "checkpoint.npz")["theta"])
+    # no good checkpoint left: a clear refusal, files untouched
+    for name in ("checkpoint.npz", "checkpoint.1.npz"):
+        path = run / name
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    before = {p.name: _digest(p) for p in run.glob("checkpoint*.npz")}
+    code, out, err = _fit(capsys, data, run, "--resume", "--epochs", 3)
+    assert code == 2 and out is None and "no good checkpoint" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert before == {p.name: _digest(p) for p in run.glob("checkpoint*.npz")}
+
+
+def test_checkpoint_checksums_catch_damage_inside_an_array(tmp_path):
+    from natgrad_stream.checkpoint import save_checkpoint
+    from natgrad_stream.errors import CheckpointError
+
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"theta": np.arange(4.0), "n": 3})
+    raw = bytearray(path.read_bytes())
+    i = raw.find(np.arange(4.0).tobytes())
+    raw[i + 9] ^= 0x01  # one bit of θ; the zip member is stored, so only a checksum sees it
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged|unreadable"):
+        load_checkpoint(path)
+
+
+def test_periodic_checkpoints_by_wall_time_keep_the_last_k(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = _fit(capsys, data, run, "--model", "logistic", "--checkpoint-seconds",
+                        1e-6, "--keep-checkpoints", 3)
+    assert code == 0, err
+    names = sorted(p.name for p in run.glob("checkpoint*.npz"))
+    assert names == ["checkpoint.1.npz", "checkpoint.2.npz", "checkpoint.npz"]
+    assert load_checkpoint(run / "checkpoint.2.npz")["counters"]["samples"] < 5000
+
+
+def test_a_full_disk_exits_2_naming_the_file_and_keeps_the_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    before = _digest(run / "checkpoint.npz")
+    size = (run / "checkpoint.npz").stat().st_size
+    log_size = (run / "metrics.jsonl").stat().st_size
+
+    def full_disk():  # files may not grow past a limit: writes fail with EFBIG
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        limit = max(size // 2, log_size + 4096)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "natgrad_stream", "fit", str(data), "--out",
+                           str(run), "--resume", "--epochs", "2"], preexec_fn=full_disk,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "checkpoint.npz" in proc.stderr and "File too large" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert _digest(run / "checkpoint.npz") == before
+    assert not list(run.glob(".checkpoint-*.tmp"))
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "error"  # never an end record claiming success
+
+
+def test_a_missing_path_and_an_unwritable_out_are_one_line(data, tmp_path, capsys):
+    code, _, err = _fit(capsys, tmp_path / "nowhere.zarr", tmp_path / "r", "--model",
+                        "logistic")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = _fit(capsys, data, blocker / "run", "--model", "logistic")
+    assert code == 2 and "file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_second_sigint_lets_a_checkpoint_being_written_finish(monkeypatch):
+    from natgrad_stream.app.cli import _GracefulStop
+    from natgrad_stream.training.checkpoint import WRITING
+
+    stop = _GracefulStop()
+    stop._handle(signal.SIGINT, None)
+    WRITING.set()
+    try:
+        stop._handle(signal.SIGINT, None)  # deferred: no KeyboardInterrupt
+    finally:
+        WRITING.clear()
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+
+def test_resume_on_other_data_is_refused_naming_what_differs(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic", "--max-samples", 2000)[0] == 0
+    other = tmp_path / "other.zarr"  # same width, other rows
+    make_dataset(other, task="logistic", rows=5000, features=3, chunk_rows=500, seed=3)
+    before = _digest(run / "checkpoint.npz")
+    code, _, err = _fit(capsys, other, run, "--resume")
+    assert code == 2 and "is not the data the run" in err and "array 'X' has other values" \
+        in err and str(data) in err
+    assert _digest(run / "checkpoint.npz") == before
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"] == str(data)
+    # the same store moved elsewhere is the same data: a warning, and the run continues
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(data, moved)
+    code, summary, err = _fit(capsys, moved, run, "--resume")
+    assert code == 0 and "moved" in err and summary["samples"] == 5000
+    assert json.loads((run / "run.json").read_text())["data"] == str(moved)
+
+
+def _append(path, rows, seed):
+    g = zarr.open_group(str(path), mode="r+")
+    rng = np.random.default_rng(seed)
+    X, y = g["X"], g["y"]
+    n = X.shape[0]
+    new_X = rng.standard_normal((rows, X.shape[1])).astype(X.dtype)
+    X.resize((n + rows, X.shape[1]))
+    X[n:] = new_X
+    y.resize((n + rows,))
+    y[n:] = (new_X[:, 0] > 0).astype(y.dtype)
+
+
+def test_rows_appended_mid_epoch_join_at_the_next_epoch(data, tmp_path, capsys):
+    """Interrupted mid-epoch, rows appended, resumed: the epoch finishes over the rows it
+    planned and the next covers all of them — the same parameters as a run whose first
+    epoch ended before the append.
+    """
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    shutil.copytree(data, a)
+    shutil.copytree(data, b)
+    ra, rb = tmp_path / "ra", tmp_path / "rb"
+    assert _fit(capsys, a, ra, "--model", "logistic", "--seed", 4)[0] == 0
+    code, s, _ = _fit(capsys, b, rb, "--model", "logistic", "--seed", 4, "--max-samples", 2500)
+    assert code == 0 and s["interrupted"] and s["samples"] < 5000
+    for path in (a, b):
+        _append(path, 1200, seed=9)
+    for run, path in ((ra, a), (rb, b)):
+        code, summary, err = _fit(capsys, path, run, "--resume", "--epochs", 2)
+        assert code == 0 and "appended" in err, err
+        assert summary["samples"] == 5000 + 6200
+    assert_array_equal(load_checkpoint(ra / "checkpoint.npz")["theta"],
+                       load_checkpoint(rb / "checkpoint.npz")["theta"])
+
+
+def test_concurrent_cli_fits_on_one_run_directory(data, tmp_path):
+    """Two real processes started together on one directory: exactly one fits."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "natgrad_stream", "fit", str(data), "--out", str(run),
+           "--model", "logistic", "--epochs", "20"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    errs = " ".join(e for _, e in outs)
+    assert codes == [0, 2], errs
+    assert "in use by process" in errs or "already holds a run" in errs
+    time.sleep(0)
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("start") == 1
+    assert os.path.exists(run / "run.json")
