@@ -87,3 +87,10 @@ RNG_TASK_TRUTH = {"poisson": 96, "softmax": 97, "mlp": 97, "ising": 97, "gaussia
                   "ica": 307}
 #: Models: the network's random initial weights, [model seed, id].
 RNG_MLP_INIT = 11
+
+#: Divergence guard of the streaming learner: every this many batches, the mean loss of
+#: the window is compared with the loss at the run's starting parameters; a rise of more
+#: than DIVERGENCE_FACTOR × |that loss| rolls the learner back to the end of the last good
+#: window and stops the fit (NumericalError: exit 1).
+DIVERGENCE_WINDOW_BATCHES = 8
+DIVERGENCE_FACTOR = 10.0

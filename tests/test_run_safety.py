@@ -208,16 +208,19 @@ def test_resume_on_other_data_is_refused_naming_what_differs(data, tmp_path, cap
     assert json.loads((run / "run.json").read_text())["data"] == str(moved)
 
 
-def _append(path, rows, seed):
+def _append(path, rows, tmp_path):
+    """Append ``rows`` rows drawn from the same generator as the fixture's."""
+    more = tmp_path / f"more-{rows}.zarr"
+    if not more.exists():
+        make_dataset(more, task="logistic", rows=5000 + rows, features=3, chunk_rows=500,
+                     seed=2)
+    src = zarr.open_group(str(more), mode="r")
     g = zarr.open_group(str(path), mode="r+")
-    rng = np.random.default_rng(seed)
-    X, y = g["X"], g["y"]
-    n = X.shape[0]
-    new_X = rng.standard_normal((rows, X.shape[1])).astype(X.dtype)
-    X.resize((n + rows, X.shape[1]))
-    X[n:] = new_X
-    y.resize((n + rows,))
-    y[n:] = (new_X[:, 0] > 0).astype(y.dtype)
+    for name in ("X", "y"):
+        a = g[name]
+        n = a.shape[0]
+        a.resize((n + rows,) + a.shape[1:])
+        a[n:] = src[name][n:n + rows]
 
 
 def test_rows_appended_mid_epoch_join_at_the_next_epoch(data, tmp_path, capsys):
@@ -233,7 +236,7 @@ def test_rows_appended_mid_epoch_join_at_the_next_epoch(data, tmp_path, capsys):
     code, s, _ = _fit(capsys, b, rb, "--model", "logistic", "--seed", 4, "--max-samples", 2500)
     assert code == 0 and s["interrupted"] and s["samples"] < 5000
     for path in (a, b):
-        _append(path, 1200, seed=9)
+        _append(path, 1200, tmp_path)
     for run, path in ((ra, a), (rb, b)):
         code, summary, err = _fit(capsys, path, run, "--resume", "--epochs", 2)
         assert code == 0 and "appended" in err, err
@@ -258,3 +261,39 @@ def test_concurrent_cli_fits_on_one_run_directory(data, tmp_path):
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records].count("start") == 1
     assert os.path.exists(run / "run.json")
+
+
+def test_a_diverging_run_stops_with_exit_1_and_keeps_the_last_checkpoint(data, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    before = _digest(run / "checkpoint.npz")
+    code, out, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
+    assert code == 0
+    fresh = tmp_path / "fresh"
+    code, out, err = _fit(capsys, data, fresh, "--model", "logistic", "--lr", 1e6)
+    assert code == 1 and out is None and "diverging" in err and "rolled back" in err
+    assert not (fresh / "checkpoint.npz").exists()  # nothing garbage was saved
+    records = [json.loads(ln) for ln in (fresh / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "error" and records[-1]["type"] == "NumericalError"
+    # the guard can be relaxed or turned off
+    code, summary, err = _fit(capsys, data, tmp_path / "off", "--model", "logistic", "--lr",
+                              1e6, "--divergence-factor", "none")
+    assert code == 0
+    assert _digest(run / "checkpoint.npz") != before
+
+
+def test_the_divergence_guard_rolls_the_python_learner_back():
+    from natgrad_stream.errors import NumericalError
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40_000, 3)) * [1.0, 30.0, 0.1] + [0.0, 5.0, 0.0]
+    y = (rng.random(40_000) < 1 / (1 + np.exp(-X @ [1.0, 0.05, 2.0]))).astype(float)
+    learner = NaturalGradientLearner(make_model("logistic", 3), lr=1e6, batch_size=500)
+    with pytest.raises(NumericalError, match="diverging"):
+        learner.fit((X, y))
+    theta = learner.theta
+    loss = np.mean(np.logaddexp(0, X @ theta[:-1] + theta[-1]) - y * (X @ theta[:-1] + theta[-1]))
+    assert np.isfinite(loss) and loss < 10 * 0.7  # rolled back to a good window's end

@@ -16,6 +16,14 @@ eigendecomposition accurate when raw feature scales span decades. Then:
     ``ε' = ε·(tr Ĝ/P)²``, i.e. eigenvalues ``s/(s² + ε')`` of the inverse metric; ``W``
     is the symmetric root of its inverse. It stays finite on a singular metric.
 
+Every threshold is per parameter, so no parameter's scale decides anything for another:
+a parameter is read as zero (the data never move it) when its diagonal is exactly zero, or
+after an elimination step (``center``) at most ``ZERO_DIAGONAL_FRACTION`` of its own
+diagonal before the elimination (a feature constant on the data); negative round-off is
+judged against the same own diagonal. Rescaling any parameter ``θ_j → θ_j / s`` (a feature
+column ``x_j → s x_j``, ``s`` anywhere in float64 range) therefore leaves every decision,
+and the natural gradient in the rescaled coordinates, unchanged up to round-off.
+
 A diagonal metric (shape ``(P,)``, eq. 34) gives a diagonal ``W``. Every choice satisfies
 ``WᵀW = G_reg``, so the natural gradient ``W⁻¹W⁻ᵀ∇θJ = G_reg⁻¹∇θJ`` is the same; they
 differ only in the coordinates φ that an optimizer sees (footnote 1 of the paper).
@@ -56,7 +64,8 @@ class WhitenerDiagnostics:
     damping : float
         Absolute damping added to the scaled metric.
     zero_diagonal : int
-        Parameters whose metric diagonal was zero (the data never moved them).
+        Parameters whose metric diagonal was zero (the data never moved them), or became
+        zero to round-off relative to their own diagonal in an elimination step.
     """
 
     method: str
@@ -195,12 +204,20 @@ def _whiten_blocks(G, blocks, centers, **options) -> Whitener:
         raise ValueError(f"blocks must be increasing boundaries from 0 to {P}, got {bounds}")
     W, Winv = np.zeros((P, P)), np.zeros((P, P))
     parts = []
-    top = float(np.max(np.diag(G))) if P else 0.0
+    diag = np.diag(G)
+    top = float(np.max(diag)) if P else 0.0
     if not top > 0:
         raise WhiteningError("metric is zero: no data have moved the parameters yet")
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        if not np.max(np.abs(np.diag(G)[a:b])) > ZERO_DIAGONAL_FRACTION * top:
-            # a block the data have not moved: the floor the full structure would give it
+        if not np.max(diag[a:b]) > 0:
+            # a block the data have not moved (an absolute test: a block of small scale is
+            # factored on its own like any other). No diagonal of its own to judge negative
+            # round-off against, so the largest one is used, as in whiten().
+            if np.min(diag[a:b]) < -NEGATIVE_DIAGONAL_TOLERANCE * top:
+                raise WhiteningError(
+                    f"metric has a negative diagonal entry ({np.min(diag[a:b]):.3g})")
+            # W for a parameter the data do not move is arbitrary (its gradient is zero):
+            # the unit the full structure would give it
             s = np.sqrt(ZERO_DIAGONAL_FRACTION * top)
             W[a:b, a:b], Winv[a:b, a:b] = s * np.eye(b - a), np.eye(b - a) / s
             parts.append(WhitenerDiagnostics(options.get("method", "eigh"), 1.0, np.inf, 0,
@@ -244,7 +261,8 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
         Indices of intercept-like parameters to eliminate exactly first (Schur-complement
         steps, :func:`_eliminate`): it centres the metric, removing the near-collinearity
         of an intercept with non-centred features, which otherwise inflates the condition
-        number by ``(mean/std)²`` of the features.
+        number by ``(mean/std)²`` of the features. A centre whose diagonal is zero (or
+        round-off of its own after an earlier step) is not eliminated.
     blocks : ndarray, shape (B + 1,), optional
         Group boundaries of a block-diagonal metric: each diagonal block is factored on
         its own (cost ``Σ P_b³``) and ``W`` is block-diagonal (stored dense).
@@ -270,26 +288,38 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     if blocks is not None and G.ndim == 2 and len(blocks) > 2:
         return _whiten_blocks(G, blocks, centers, method=method, damping=damping, floor=floor,
                               scale=scale)
-    if G.ndim == 2 and centers:
-        # only a parameter the data actually move can be eliminated exactly: dividing by a
-        # diagonal of round-off size (a saturated unit's bias) would wreck the whitener
-        least = ZERO_DIAGONAL_FRACTION * float(np.max(np.diag(G)))
-        centers = tuple(c for c in centers if G[c, c] > least)
-    else:
+    if G.ndim != 2:
         centers = ()
+    # each parameter's own scale, the reference of every threshold below
+    own = (np.diag(G) if G.ndim == 2 else G).copy()
+    return _whiten(G, own, centers, method, damping, floor, scale)
+
+
+def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
+    """:func:`whiten` after validation; ``own`` holds each parameter's diagonal before any
+    elimination step, the scale that its zero and round-off tests are relative to.
+    """
+    # only a parameter the data actually move can be eliminated exactly: one whose diagonal
+    # is zero, or round-off of its own after an earlier step, is skipped (a positive input
+    # diagonal of any size, e.g. a saturated unit's bias at 1e-86, is eliminated exactly:
+    # it is a rescaled parameter like any other)
+    centers = tuple(c for c in centers if G[c, c] > ZERO_DIAGONAL_FRACTION * own[c])
     if centers:
         center, rest = centers[0], centers[1:]
         G, m = _eliminate(G, center)
-        inner = whiten(G, method=method, damping=damping, floor=floor, scale=scale,
-                       center=rest or None)
+        inner = _whiten(G, own, rest, method, damping, floor, scale)
         # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ
         W = inner.matrix + np.outer(inner.matrix[:, center], m)
         Winv = inner.inverse - np.outer(np.eye(G.shape[0])[center], m @ inner.inverse)
         return Whitener(W, Winv, inner.diagnostics)
     diag = G if G.ndim == 1 else np.diag(G)
+    ref = np.maximum(own, 0.0)
     if np.any(diag < 0):
-        # round-off after an elimination step can leave −1e-16 on a zero diagonal
-        if np.any(diag < -NEGATIVE_DIAGONAL_TOLERANCE * float(np.max(np.abs(diag)))):
+        # round-off of an elimination step leaves about −1e-16 of the parameter's own
+        # diagonal on a zero one; a negative input diagonal has no scale of its own and is
+        # judged against the largest
+        tol = NEGATIVE_DIAGONAL_TOLERANCE * np.where(ref > 0, ref, float(np.max(np.abs(diag))))
+        if np.any(diag < -tol):
             raise WhiteningError(f"metric has a negative diagonal entry ({diag.min():.3g})")
         G = np.maximum(G, 0.0) if G.ndim == 1 else G.copy()
         if G.ndim == 2:
@@ -299,8 +329,17 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     top = float(diag.max()) if diag.size else 0.0
     if not top > 0:
         raise WhiteningError("metric is zero: no data have moved the parameters yet")
-    zero = diag <= ZERO_DIAGONAL_FRACTION * top
-    d = np.where(zero, ZERO_DIAGONAL_FRACTION * top, diag) if scale else np.ones_like(diag)
+    # zero: exactly zero, or round-off of the parameter's own diagonal before elimination
+    zero = diag <= ZERO_DIAGONAL_FRACTION * ref
+    if scale:
+        # Jacobi scale of a zero parameter: its own diagonal before elimination, so that its
+        # scaled diagonal is round-off and damping holds it (a constant feature does not
+        # drift along the null direction it shares with the intercept); one the data never
+        # moved has no scale of its own and its W is arbitrary (its gradient is zero): it
+        # gets ZERO_DIAGONAL_FRACTION of the largest
+        d = np.where(zero, np.where(ref > 0, ref, ZERO_DIAGONAL_FRACTION * top), diag)
+    else:
+        d = np.ones_like(diag)
     sqrt_d = np.sqrt(d)
     if G.ndim == 1:
         return _whiten_diagonal(diag, d, sqrt_d, zero, method, damping, floor, scale)

@@ -42,7 +42,11 @@ import warnings
 import numpy as np
 
 from natgrad_stream._blas import limited_blas_threads
-from natgrad_stream._constants import CURVATURE_POWER_ITERATIONS, RNG_LEARNER
+from natgrad_stream._constants import (
+    CURVATURE_POWER_ITERATIONS,
+    DIVERGENCE_WINDOW_BATCHES,
+    RNG_LEARNER,
+)
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
 from natgrad_stream.errors import CheckpointError, DataError, NumericalError, WhiteningError
@@ -142,6 +146,7 @@ class NaturalGradientLearner:
         self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
         self._workspace = model.new_workspace(self.structure)
         self.result: FitResult | None = None
+        self._last_good = None  # the divergence guard's rollback point (not persisted)
         self.reset()
 
     # -- state --------------------------------------------------------------------------
@@ -253,11 +258,50 @@ class NaturalGradientLearner:
             s.average_weight += n
         s.epoch_loss_sum += loss_sum
         s.epoch_loss_weight += wsum
+        self._guard_divergence(loss_sum, wsum)
         return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
                         natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
                         samples=s.samples, steps=s.steps, refresh=refresh)
 
     partial_fit = step
+
+    def _guard_divergence(self, loss_sum: float, wsum: float) -> None:
+        """Stop a diverging run: every ``DIVERGENCE_WINDOW_BATCHES`` steps, a window whose
+        mean loss rose more than ``divergence_factor × |loss at the start|`` above the
+        start rolls the state back to the end of the last good window (or the start of
+        this fit) and raises :class:`NumericalError`.
+        """
+        s = self.state
+        if math.isnan(s.loss_start):
+            s.loss_start = loss_sum / wsum  # the loss at the run's starting parameters
+        s.window_loss_sum += loss_sum
+        s.window_weight += wsum
+        s.window_batches += 1
+        if s.window_batches >= DIVERGENCE_WINDOW_BATCHES:
+            self._check_divergence()
+
+    def _check_divergence(self) -> None:
+        """Close the divergence guard's window (also a partial one at the end of a fit)."""
+        s = self.state
+        if not s.window_batches or not s.window_weight > 0:
+            return
+        mean, start = s.window_loss_sum / s.window_weight, s.loss_start
+        samples, batches = s.samples, s.window_batches
+        s.window_loss_sum = s.window_weight = 0.0
+        s.window_batches = 0
+        factor = self.divergence_factor
+        if factor is not None and mean - start > factor * abs(start):
+            good = self._last_good
+            self._last_good = None
+            if good is not None:
+                self.state = good.restore()
+            raise NumericalError(
+                f"diverging: the mean loss of the last {batches} batches "
+                f"(to sample {samples}) is {mean:.4g}, against {start:.4g} at the start "
+                f"(more than {factor:g}× above it); the learner's state is rolled back to "
+                f"sample {self.state.samples} and the last good checkpoint is kept. Try a "
+                "smaller lr or stronger damping (or --divergence-factor).")
+        self._last_good = s.snapshot()
 
     def _advance(self, X, y, w, grad, wsum, n, need_metric):
         """Fold the batch into the metric, maybe re-whiten, and take the optimizer step
@@ -391,6 +435,7 @@ class NaturalGradientLearner:
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
         self.result = None
+        self._last_good = self.state.snapshot()
         for cb in callbacks:
             cb.on_fit_start(self, self.strategy.total_rows(source, plan))
         start_samples, t0 = self.state.samples, time.perf_counter()
@@ -611,6 +656,7 @@ class _Streaming(_Strategy):
                 lr._report(callbacks, info)
                 if lr._stop_requested:
                     return True
+        lr._check_divergence()
         return False
 
     @staticmethod

@@ -36,6 +36,7 @@ from natgrad_stream._constants import (
     DEFAULT_KEEP_CHECKPOINTS,
     DEFAULT_LOG_EVERY,
     DEFAULT_MC_SAMPLES,
+    DIVERGENCE_FACTOR,
     FISHER_EVERY_PARAMS,
     LBFGS_EVAL_BATCH_ROWS,
     LBFGS_GTOL,
@@ -112,6 +113,13 @@ def positive_float(name, value) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise OptionError(f"{name} must be a finite number > 0, got {value}")
     return v
+
+
+def positive_float_or_none(name, value):
+    """A finite number > 0, or None (``"none"``)."""
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    return positive_float(name, value)
 
 
 def nonnegative_float(name, value) -> float:
@@ -304,6 +312,10 @@ OPTIONS: tuple[Option, ...] = (
        f"(auto: round(P/{FISHER_EVERY_PARAMS}))", applies=_ST, recommendable=True,
        metavar="N"),
     _o("average", flag, False, "keep a Polyak average of θ", applies=_ST),
+    _o("divergence_factor", positive_float_or_none, DIVERGENCE_FACTOR, "stop (exit 1, state rolled "
+       "back) when the mean loss of a window of batches rises more than this factor × "
+       "|loss at the start| above the start; 'none' disables", applies=_ST, nullable=True,
+       metavar="F"),
     _o("drift_probes", positive_int, DEFAULT_DRIFT_PROBES,
        "probe vectors per drift estimate", applies=_ST, metavar="N"),
     # L-BFGS

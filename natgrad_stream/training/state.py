@@ -109,6 +109,11 @@ class LearnerState:
     epoch_loss_sum: float = _f(("epoch_loss", "sum"), "float", default=0.0)
     epoch_loss_weight: float = _f(("epoch_loss", "weight"), "float", default=0.0)
     last_epoch_loss: float = _f(("epoch_loss", "last"), "nan_float", default=math.nan)
+    #: Divergence guard: the loss at the run's start and the current window's sums.
+    loss_start: float = _f(("guard", "loss_start"), "nan_float", default=math.nan)
+    window_loss_sum: float = _f(("guard", "loss_sum"), "float", default=0.0)
+    window_weight: float = _f(("guard", "weight"), "float", default=0.0)
+    window_batches: int = _f(("guard", "batches"), "int", default=0)
     last_refresh: dict | None = _f(("last_refresh",), "json", default=None)
     last_round: dict | None = _f(("last_round",), "json", default=None)
     #: The first batch may still pick a data-informed start (not persisted: a checkpoint
