@@ -1,0 +1,138 @@
+"""kill -9 at random moments, then ``fit --resume`` until done: the final parameters must
+equal, bit for bit, those of an uninterrupted run.
+
+    python scripts/kill_resume.py                 # 20 trials per optimizer (about 10 min)
+    python scripts/kill_resume.py --trials 3      # a quick look
+
+Each trial starts ``natgrad-stream fit`` with frequent checkpoints, kills it with SIGKILL
+after a random delay, resumes (killing again with probability 1/2, up to three kills),
+and compares the final ``theta`` with the reference run's. A kill before the first
+checkpoint leaves no run to resume: the trial then starts over with ``--overwrite``, as a
+user would. Prints one JSON report (per optimizer: trials, kills, identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = {
+    "sgd": ["--model", "logistic"],
+    "momentum": ["--model", "logistic", "--optimizer", "momentum", "--lr", "0.5",
+                 "--structure", "diagonal"],
+    "adam": ["--model", "logistic", "--optimizer", "adam", "--average"],
+    "softmax-block": ["--model", "softmax", "--structure", "block"],
+    "lbfgs": ["--model", "logistic", "--optimizer", "lbfgs", "--lbfgs-rounds", "4",
+              "--lbfgs-iters", "8", "--batch-size", "4096"],
+}
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "natgrad_stream", *map(str, args)]
+
+
+def _theta(run: Path) -> np.ndarray:
+    from natgrad_stream.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoint.npz")["theta"]
+
+
+def _extent(name: str) -> list[str]:
+    return [] if name == "lbfgs" else ["--epochs", "3", "--checkpoint-every", "3000"]
+
+
+def make_data(root: Path) -> dict[str, Path]:
+    """The two datasets of the trials (logistic and softmax, 30,000 × 8)."""
+    from natgrad_stream.data.datasets import make_dataset
+
+    out = {}
+    for task in ("logistic", "softmax"):
+        path = root / f"{task}.zarr"
+        if not path.exists():
+            make_dataset(path, task=task, rows=30_000, features=8, chunk_rows=2048, seed=11)
+        out[task] = path
+    return out
+
+
+def reference(name: str, data: Path, root: Path) -> tuple[np.ndarray, float]:
+    """θ of an uninterrupted run and its wall time."""
+    run = root / f"ref-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run(_cli("fit", data, "--out", run, *CONFIGS[name], *_extent(name)),
+                   check=True, capture_output=True)
+    return _theta(run), time.perf_counter() - t0
+
+
+def trial(name: str, data: Path, root: Path, seconds: float, rng: np.random.Generator,
+          max_kills: int = 3, fractions=None) -> tuple[np.ndarray, int]:
+    """One killed-and-resumed run: ``(final θ, kills)``.
+
+    Kills come after random fractions of the reference time ``seconds`` (or after the
+    given ``fractions``, one per attempt, then none).
+    """
+    run = root / f"trial-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    kills, resume = 0, False
+    while True:
+        args = ["--resume"] if resume else [*CONFIGS[name], "--overwrite"]
+        proc = subprocess.Popen(_cli("fit", data, "--out", run, *args, *_extent(name)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if fractions is not None:
+            delay = fractions[kills] if kills < len(fractions) else None
+        elif kills < max_kills and (kills == 0 or rng.random() < 0.5):
+            delay = rng.uniform(0.05, 1.1)
+        else:
+            delay = None
+        if delay is not None:
+            try:
+                proc.wait(timeout=delay * seconds)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kills += 1
+                proc.stderr.close()
+                resume = (run / "checkpoint.npz").is_file()
+                continue
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name}: fit exited {proc.returncode}: {err.decode()}")
+        return _theta(run), kills
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    report = {}
+    with tempfile.TemporaryDirectory(prefix="natgrad-kill-") as tmp:
+        root = Path(tmp)
+        data = make_data(root)
+        for name in args.configs.split(","):
+            task = "softmax" if name.startswith("softmax") else "logistic"
+            ref, seconds = reference(name, data[task], root)
+            same = kills = 0
+            for _ in range(args.trials):
+                theta, k = trial(name, data[task], root, seconds, rng)
+                kills += k
+                same += int(theta.tobytes() == ref.tobytes())
+            report[name] = {"trials": args.trials, "kills": kills, "identical": same,
+                            "reference_seconds": round(seconds, 2)}
+            print(name, report[name], file=sys.stderr, flush=True)
+    print(json.dumps(report))
+    return 0 if all(r["identical"] == r["trials"] for r in report.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
