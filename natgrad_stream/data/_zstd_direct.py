@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream.data.metadata import missing_chunk_error
 from natgrad_stream.errors import DataError
 
 _POOL: ThreadPoolExecutor | None = None
@@ -105,9 +106,8 @@ class DirectChunks:
             return
         try:
             fh = open(path, "rb")  # noqa: SIM115 (closed below, after the map)
-        except FileNotFoundError:
-            self.decode(None, a, b, out)
-            return
+        except (FileNotFoundError, NotADirectoryError):
+            raise self.missing(a) from None
         with fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
@@ -125,6 +125,16 @@ class DirectChunks:
                 fh.seek(0)
                 self.decode(fh.read(), a, b, out)
 
+    def missing(self, a: int) -> DataError:
+        """The error for the chunk at row ``a``, absent from the store (see
+        :mod:`natgrad_stream.data.metadata`: never read as the fill value).
+        """
+        sp = self._async.store_path
+        key = f"{sp.path}/{self._key(a)}" if sp.path else self._key(a)
+        return missing_chunk_error(self.label, chunk=a // self.chunk_rows, row=a, key=key,
+                                   where=str(getattr(sp.store, "root", sp.store)),
+                                   fill_value=self._md.fill_value)
+
     def covers(self, a: int, b: int) -> bool:
         """True when rows ``a:b`` are exactly one whole chunk (the last may be short)."""
         return a % self.chunk_rows == 0 and b == min(a + self.chunk_rows, self.n_rows)
@@ -134,7 +144,7 @@ class DirectChunks:
         return key
 
     async def fetch(self, a: int):
-        """The stored bytes of the chunk starting at row ``a`` (None if never written)."""
+        """The stored bytes of the chunk starting at row ``a`` (None if not in the store)."""
         from zarr.core.buffer import default_buffer_prototype
 
         buf = await (self._async.store_path / self._key(a)).get(
@@ -147,11 +157,11 @@ class DirectChunks:
         Raises
         ------
         DataError
-            When the stored bytes are not a valid zstd frame of the chunk's size.
+            When the chunk is not in the store (``data`` None), or the stored bytes are not
+            a valid zstd frame of the chunk's size.
         """
-        if data is None:  # an unwritten chunk reads as the fill value
-            out[...] = self._md.fill_value
-            return
+        if data is None:
+            raise self.missing(a)
         full_shape = (self.chunk_rows,) + self.shape_tail
         expected = int(np.prod(full_shape)) * self.dtype.itemsize
         where = {"array": self.label, "chunk": a // self.chunk_rows, "row": a}

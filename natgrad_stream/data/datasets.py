@@ -195,16 +195,19 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int =
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         codec = zarr.codecs.ZstdCodec(level=1)
+        # every chunk is stored, even one holding only the fill value (zarr skips those by
+        # default), so a chunk missing from the store is always an error for the readers
+        config = {"write_empty_chunks": True}
         for xname, yname, n in (("X", "y", rows), ("X_test", "y_test", test_rows)):
             if n == 0:
                 continue
             r = min(int(chunk_rows), n)
             X = group.create_array(xname, shape=(n, features), chunks=(r, features),
-                                   dtype=dtype, compressors=codec)
+                                   dtype=dtype, compressors=codec, config=config)
             Y = None
             if gen.Y_DTYPE is not None:
                 Y = group.create_array(yname, shape=(n,), chunks=(r,), dtype=gen.Y_DTYPE,
-                                       compressors=codec)
+                                       compressors=codec, config=config)
             for c in range(math.ceil(n / r)):
                 a, b = c * r, min((c + 1) * r, n)
                 rng = np.random.default_rng([seed, _ARRAY_IDS[xname], c])
@@ -215,7 +218,8 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int =
         extra = getattr(gen, "extra_arrays", None)
         for name, arr in (extra(params) if extra is not None else {}).items():
             arr = np.asarray(arr, dtype=np.float64)
-            group.create_array(name, shape=arr.shape, dtype="float64")[...] = arr
+            group.create_array(name, shape=arr.shape, dtype="float64",
+                               config=config)[...] = arr
         group.attrs["natgrad_stream"] = {
             "task": task, "seed": seed, "rows": rows, "features": features,
             "test_rows": test_rows, "chunk_rows": chunk_rows, "dtype": dtype,

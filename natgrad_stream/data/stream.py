@@ -11,7 +11,9 @@ reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
 :class:`Cursor` ``(epoch, read_index, row, samples)`` resumes a stream exactly.
 
 Peak memory is about ``(prefetch + 2) × chunks_per_read × chunk_rows`` rows, whatever the
-dataset's size.
+dataset's size; metadata and plans that cannot fit are refused before anything is allocated.
+A Zarr chunk missing from the store or undecodable is a :class:`DataError` on every read
+path, never fill values (:mod:`natgrad_stream.data.metadata`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ import numpy as np
 
 from natgrad_stream._constants import DEFAULT_CHUNK_ROWS, RNG_CHUNK_ORDER, RNG_ROW_ORDER
 from natgrad_stream.data._gather_kernels import gather_rows
-from natgrad_stream.data._zstd_direct import DirectChunks, read_direct, run_in_order
+from natgrad_stream.data._zstd_direct import DirectChunks, run_in_order
+from natgrad_stream.data.metadata import (
+    StoredChunks,
+    check_plan_memory,
+    check_zarr_layout,
+    is_zarr_array,
+)
 from natgrad_stream.data.validation import (
     Check,
     check_finite,
@@ -105,10 +113,14 @@ class Batch:
 def epoch_plan(n_rows: int, chunk_rows: int, chunks_per_read: int, seed: int, epoch: int,
                shuffle: bool) -> list[np.ndarray]:
     """Chunk indices of each read of an epoch (a pure function of its arguments)."""
-    n_chunks = math.ceil(n_rows / chunk_rows)
-    order = (np.random.default_rng([seed, epoch, RNG_CHUNK_ORDER]).permutation(n_chunks) if shuffle
-             else np.arange(n_chunks))
-    return [order[i:i + chunks_per_read] for i in range(0, n_chunks, chunks_per_read)]
+    order = _chunk_order(math.ceil(n_rows / chunk_rows), seed, epoch, shuffle)
+    return [order[i:i + chunks_per_read] for i in range(0, len(order), chunks_per_read)]
+
+
+def _chunk_order(n_chunks: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """An epoch's chunk order; read ``i`` is ``order[i·k:(i+1)·k]`` (see :func:`epoch_plan`)."""
+    return (np.random.default_rng([seed, epoch, RNG_CHUNK_ORDER]).permutation(n_chunks)
+            if shuffle else np.arange(n_chunks))
 
 
 def read_permutation(n: int, seed: int, epoch: int, read_index: int) -> np.ndarray:
@@ -243,8 +255,54 @@ def _default_decode_threads() -> None:
 
 
 
+def _relocated(exc: DataError, delta: int, chunk_rows: int) -> DataError:
+    """``exc``, found at a row of an underlying array, at that row ``+ delta`` of the source
+    (whose chunks have ``chunk_rows`` rows).
+    """
+    if exc.row is None:
+        return exc
+    row = exc.row + delta
+    return exc.located(chunk=row // chunk_rows, row=row)
+
+
+def _read_direct_located(jobs, chunk_rows) -> None:
+    """Run ``(decoder, a, b, out, delta)`` jobs on the decode pool; errors located by
+    :func:`_relocated`, the first in job order raised.
+    """
+    def job(dec, a, b, out, delta):
+        try:
+            dec.read_into(a, b, out)
+        except DataError as exc:
+            raise _relocated(exc, delta, chunk_rows) from exc
+
+    run_in_order([functools.partial(job, *j) for j in jobs])
+
+
+#: Failures of a zarr read that are not about the data.
+_NOT_DATA_ERRORS = (MemoryError, RecursionError, DataError)
+
+
 def _read_zarr_concurrently(requests) -> None:
-    """Decode ``arr[a:b]`` into ``out`` for every request at once on zarr's event loop."""
+    """Decode ``arr[a:b]`` into ``out`` for every ``(async_array, a, b, out)`` at once, as
+    :func:`_read_zarr_checked` (errors named by each array's name in its group and located
+    in its own chunks).
+    """
+    _read_zarr_checked([(StoredChunks(arr), arr, a, b, out, 0) for arr, a, b, out in requests])
+
+
+def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
+    """Decode ``arr[a:b]`` into ``out`` for every ``(stored, arr, a, b, out, delta)`` at once
+    on zarr's event loop, after checking that their chunks are in the store.
+
+    Raises
+    ------
+    DataError
+        For the first request, in order, with a chunk missing from the store (zarr would
+        read it as the fill value) or stored bytes its codecs cannot decode (any codec:
+        the failing chunk is found by reading the request's chunks one by one), located at
+        row ``+ delta`` of the source (in chunks of ``chunk_rows`` rows, default each
+        array's own).
+    """
     import asyncio
 
     from zarr.core.buffer import cpu, default_buffer_prototype
@@ -252,14 +310,100 @@ def _read_zarr_concurrently(requests) -> None:
 
     proto = default_buffer_prototype()
 
-    async def read_all():
-        await asyncio.gather(*(
-            arr.get_orthogonal_selection(
+    async def one(stored, arr, a, b, out):
+        def read():
+            return arr.get_orthogonal_selection(
                 (slice(a, b),) + (slice(None),) * (out.ndim - 1),
                 out=cpu.NDBuffer.from_numpy_array(out), prototype=proto)
-            for arr, a, b, out in requests))
 
-    sync(read_all())
+        if stored.local:  # a stat per chunk file, before decoding anything
+            problem = stored.first_problem_local(a, b)
+            if problem is None:
+                await read()
+            return problem
+        # other stores: the existence checks run alongside the read (one round trip)
+        missing, failure = await asyncio.gather(stored.first_problem(a, b), read(),
+                                                return_exceptions=True)
+        if isinstance(missing, BaseException):
+            raise missing
+        if missing is None and isinstance(failure, BaseException):
+            raise failure
+        return missing
+
+    async def read_all():
+        return await asyncio.gather(*(one(*r[:5]) for r in requests), return_exceptions=True)
+
+    for (stored, arr, a, b, _, delta), res in zip(requests, sync(read_all()), strict=True):
+        if res is None:
+            continue
+        R = chunk_rows or stored.chunk_rows
+        if isinstance(res, BaseException):
+            if isinstance(res, _NOT_DATA_ERRORS) or not isinstance(res, Exception):
+                raise res
+            raise _relocated(_decode_error(stored, arr, a, b, res), delta, R) from res
+        raise _relocated(stored.error(*res, R), delta, R)
+
+
+def _decode_error(stored, arr, a, b, exc) -> DataError:
+    """The error for a failed read of rows ``a:b``, at its first chunk that fails alone."""
+    from zarr.core.sync import sync
+
+    for row, coords, key in stored.objects(a, b, coords=True):
+        sel = (slice(row, min(b, (coords[0] + 1) * stored.rows_per_object)),) + tuple(
+            slice(c * g, min((c + 1) * g, s))
+            for c, g, s in zip(coords[1:], stored.grid[1:], stored.shape[1:], strict=True))
+        try:
+            sync(arr.get_orthogonal_selection(sel))
+        except _NOT_DATA_ERRORS:
+            raise
+        except Exception as alone:  # noqa: BLE001 (this chunk's bytes are bad)
+            return DataError(f"could not be decoded from key {key!r} in {stored.where()} "
+                             f"({type(alone).__name__}: {alone})", array=stored.label,
+                             row=row)
+    return DataError(f"rows {a}:{b} could not be read ({type(exc).__name__}: {exc})",
+                     array=stored.label, row=a)
+
+
+def _pieces(arr, a: int, b: int, offset: int = 0):
+    """``(base, a', b', offset)``: rows ``a:b`` of ``arr`` as row ranges of the arrays it
+    views, through row-span views (:class:`~natgrad_stream.data.window.RowSpans`); rows
+    ``a':b'`` of ``base`` go to ``out[offset:offset + b' − a']``.
+    """
+    spans, starts, inner = (getattr(arr, k, None) for k in ("spans", "starts", "arr"))
+    if spans is None or starts is None or inner is None:
+        return [(arr, a, b, offset)]
+    pieces = []
+    for (sa, sb), s0 in zip(spans, starts[:-1], strict=True):
+        s0 = int(s0)
+        lo, hi = max(a, s0), min(b, s0 + sb - sa)
+        if lo < hi:
+            pieces += _pieces(inner, sa + lo - s0, sa + hi - s0, offset + lo - a)
+    return pieces
+
+
+def read_rows(arr, a: int = 0, b: int | None = None, *, label: str | None = None) -> np.ndarray:
+    """Rows ``a:b`` (default all) of an array-like as a new NumPy array, read like a stream's
+    chunks: from a Zarr array (also behind row-span views), a chunk missing from the store
+    or undecodable is a :class:`DataError` naming the array and chunk, never fill values.
+
+    For reads outside a stream (a label scan, a stored matrix, a fingerprint).
+    """
+    n = int(arr.shape[0])
+    a = min(max(int(a), 0), n)
+    b = n if b is None else min(max(int(b), a), n)
+    out = np.empty((b - a,) + tuple(int(s) for s in arr.shape[1:]), dtype=arr.dtype)
+    requests = []
+    for base, a2, b2, off in _pieces(arr, a, b):
+        piece = out[off:off + b2 - a2]
+        if is_zarr_array(base):
+            check_zarr_layout(base, label or StoredChunks(base).label)
+            requests.append((StoredChunks(base, label), base.async_array, a2, b2, piece,
+                             a + off - a2))
+        else:
+            np.copyto(piece, np.asarray(base[a2:b2]), casting="unsafe")
+    if requests:
+        _read_zarr_checked(requests)
+    return out
 
 
 #: ``NATGRAD_STREAM_DIRECT_ZSTD=0`` sends every read through zarr's own codec pipeline.
@@ -311,6 +455,14 @@ def _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch):
                     ("chunks_per_read", chunks_per_read), ("prefetch", prefetch)):
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+def _bases_of(arr):
+    """The arrays ``arr`` reads from: itself, or those behind a row-span view."""
+    inner = getattr(arr, "arr", None)
+    if inner is not None and getattr(arr, "spans", None) is not None:
+        return _bases_of(inner)
+    return [arr]
 
 
 def _chunk_rows_of(X, chunk_rows):
@@ -368,33 +520,58 @@ class ArraySource(Source):
         self.X, self.y, self.w = X, y, w
         self.n_rows, self.n_features = n, d
         self.has_targets, self.has_weights = y is not None, w is not None
+        # the Zarr arrays read (also through row-span views), their metadata checked
+        # before anything is allocated
+        self._bases = [(base, label) for a, label in zip((X, y, w), self.names, strict=True)
+                       if a is not None for base in _bases_of(a) if is_zarr_array(base)]
+        for base, label in self._bases:
+            check_zarr_layout(base, label)
         self.chunk_rows = _chunk_rows_of(X, chunk_rows)
-        # whole-chunk zstd decoders for Zarr arrays with the simple layout (else None)
+        check_plan_memory(nx, n_chunks=math.ceil(n / self.chunk_rows),
+                          buffer_bytes=self.chunk_rows * self._row_bytes(), what="one chunk")
+        # whole-chunk zstd decoders for Zarr arrays with the simple layout (else None), and
+        # every Zarr array's chunk keys (a missing chunk is an error, not fill values)
         self._direct = {id(a): DirectChunks.for_array(a, label) if _DIRECT_ENABLED else None
-                        for a, label in zip((X, y, w), self.names, strict=True)
-                        if hasattr(a, "async_array")}
+                        for a, label in self._bases}
+        self._stored = {id(a): StoredChunks(a, label) for a, label in self._bases}
+
+    def _row_bytes(self) -> int:
+        """Bytes of one row in a read buffer (features, float64 targets/weights, index)."""
+        return (self.n_features * self.x_dtype.itemsize + 8 + 8 * self.has_targets
+                + 8 * self.has_weights)
 
     def _read_many(self, requests) -> None:
         """Fill ``out`` with ``arr[a:b]`` for each ``(arr, a, b, out)``.
 
-        Zarr arrays are decoded straight into ``out`` and all their requests are issued at
-        once on zarr's event loop, so the chunks of a read decompress concurrently; other
-        array-likes are copied one by one.
+        Zarr arrays (also behind row-span views) are decoded straight into ``out``: whole
+        zstd chunks by the direct decoder, the rest with all requests issued at once on
+        zarr's event loop, so the chunks of a read decompress concurrently. Either way a
+        chunk missing from the store or undecodable is a :class:`DataError` located in
+        this source. Other array-likes are copied one by one.
         """
-        zarr_reqs, direct = [], []
+        zarr_reqs, direct, convert = [], [], []
         for arr, a, b, out in requests:
-            if hasattr(arr, "async_array") and out.dtype == arr.dtype:
-                dec = self._direct.get(id(arr))
-                if dec is not None and dec.covers(a, b):
-                    direct.append((dec, a, b, out))
-                else:
-                    zarr_reqs.append((arr.async_array, a, b, out))
-            else:
-                np.copyto(out, np.asarray(arr[a:b]), casting="unsafe")
+            for base, a2, b2, off in _pieces(arr, a, b):
+                piece = out[off:off + b2 - a2]
+                if not is_zarr_array(base):
+                    np.copyto(piece, np.asarray(base[a2:b2]), casting="unsafe")
+                    continue
+                delta = a + off - a2
+                dec = self._direct.get(id(base))
+                if piece.dtype == base.dtype and dec is not None and dec.covers(a2, b2):
+                    direct.append((dec, a2, b2, piece, delta))
+                    continue
+                if piece.dtype != base.dtype:
+                    convert.append((piece, np.empty(piece.shape, dtype=base.dtype)))
+                    piece = convert[-1][1]
+                stored = self._stored.get(id(base)) or StoredChunks(base, "array")
+                zarr_reqs.append((stored, base.async_array, a2, b2, piece, delta))
         if direct:
-            read_direct(direct)
+            _read_direct_located(direct, self.chunk_rows)
         if zarr_reqs:
-            _read_zarr_concurrently(zarr_reqs)
+            _read_zarr_checked(zarr_reqs, self.chunk_rows)
+        for out, raw in convert:
+            np.copyto(out, raw, casting="unsafe")
 
     def _load_chunk(self, parts, decoders, span) -> None:
         """Decode one chunk of every array straight into the read buffer, then check it."""
@@ -427,6 +604,15 @@ class ArraySource(Source):
         y_checks = (check_finite, *checks)
         w_checks = (check_finite, check_nonnegative)
 
+        raw_bytes = (self.y.dtype.itemsize if self.has_targets else 0) + \
+            (self.w.dtype.itemsize if self.has_weights else 0)
+        batch_rows = min(int(batch_size), read_rows)  # batches never straddle reads
+        check_plan_memory(
+            nx, n_chunks=math.ceil(n / R),
+            buffer_bytes=(int(prefetch) + 2) * read_rows * self._row_bytes()
+            + read_rows * (raw_bytes + 8) + batch_rows * d * self.x_dtype.itemsize,
+            what=f"{int(prefetch) + 2} read buffers of {read_rows:,} rows")
+
         def buffers():
             return {"X": np.empty((read_rows, d), dtype=self.x_dtype),
                     "y": np.empty(read_rows) if self.has_targets else None,
@@ -439,7 +625,7 @@ class ArraySource(Source):
         free: queue.Queue = queue.Queue()
         for _ in range(int(prefetch) + 2):
             free.put(buffers())
-        batch_X = np.empty((int(batch_size), d), dtype=self.x_dtype) if shuffle else None
+        batch_X = np.empty((batch_rows, d), dtype=self.x_dtype) if shuffle else None
 
         def acquire(stream):
             while True:
@@ -489,14 +675,16 @@ class ArraySource(Source):
 
         def produce(stream):
             samples = start.samples
+            k = int(chunks_per_read)
             for epoch in range(start.epoch, int(epochs)):
-                plan = epoch_plan(n, R, int(chunks_per_read), seed, epoch, shuffle)
+                order = _chunk_order(math.ceil(n / R), seed, epoch, shuffle)  # = epoch_plan
+                n_reads = math.ceil(len(order) / k)
                 first = start.read_index if epoch == start.epoch else 0
-                for read_index in range(first, len(plan)):
-                    buf, m = load(plan[read_index], stream)
+                for read_index in range(first, n_reads):
+                    buf, m = load(order[read_index * k:(read_index + 1) * k], stream)
                     perm = read_permutation(m, seed, epoch, read_index) if shuffle else None
                     row0 = start.row if (epoch == start.epoch and read_index == first) else 0
-                    last_read = read_index == len(plan) - 1
+                    last_read = read_index == n_reads - 1
                     stream.put(("read", _read_batches(buf, m, perm, row0, epoch, read_index,
                                                       last_read, samples)))
                     samples += m - row0
@@ -653,7 +841,15 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
     def get(name):
         if name not in present:
             raise DataError(f"not found in {label}; it holds arrays {present}", array=name)
-        return group[name]
+        try:
+            arr = group[name]
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (zarr refuses bad metadata in many ways)
+            raise DataError(f"has metadata zarr cannot read ({type(exc).__name__}: {exc})",
+                            array=name) from exc
+        check_zarr_layout(arr, name)
+        return arr
 
     X = get(x)
     Y = get(y) if y is not None else None
