@@ -4,6 +4,7 @@ The data layer knows nothing about models: it delivers validated :class:`Batch` 
 runs whatever checks it is handed.
 """
 
+from natgrad_stream.data.follow import FollowSource, append_rows
 from natgrad_stream.data.stream import (
     ArraySource,
     Batch,
@@ -19,7 +20,7 @@ from natgrad_stream.data.stream import (
 from natgrad_stream.data.validation import Check, check_finite, check_nonnegative
 
 __all__ = [
-    "ArraySource", "Batch", "BatchStream", "Check", "Cursor", "IteratorSource", "Source",
-    "as_source", "check_finite", "check_nonnegative", "epoch_plan", "open_zarr",
-    "read_permutation",
+    "ArraySource", "Batch", "BatchStream", "Check", "Cursor", "FollowSource", "IteratorSource",
+    "Source", "append_rows", "as_source", "check_finite", "check_nonnegative", "epoch_plan",
+    "open_zarr", "read_permutation",
 ]
