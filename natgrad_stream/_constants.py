@@ -67,6 +67,8 @@ EVAL_BATCH_ROWS = 65536
 DEFAULT_LOG_EVERY = 65536
 #: Checkpoints kept in a run directory (the newest and the one before it).
 DEFAULT_KEEP_CHECKPOINTS = 2
+#: Follow mode: seconds between looks for newly committed rows.
+DEFAULT_POLL_SECONDS = 1.0
 
 #: The paper's worked example (section 3): the mixing matrix A of ``x = A θ + noise``,
 #: used by the ``gaussian-mean`` data task and model.

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream.app.evaluate import evaluate
-from natgrad_stream.data import as_source
+from natgrad_stream.data import FollowSource, as_source
 from natgrad_stream.data.identity import compare_identity, data_identity
 from natgrad_stream.errors import OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
@@ -220,8 +220,15 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     else:
         learner, info, fit_options = _new_run(run_dir, data, given, overwrite)
     run = {k: fit_options[k] for k in opts.RUN_OPTIONS if k in fit_options}
-    x, y, w = (fit_options[k] for k in opts.DATA_OPTIONS)
-    source = as_source(data, x=x, y=y if learner.model.requires_targets else None, w=w)
+    x, y, w = (fit_options[k] for k in ("x", "y", "w"))
+    y = y if learner.model.requires_targets else None
+    if fit_options.get("follow"):
+        source = FollowSource(data, x=x, y=y, w=w, poll_seconds=run["poll_seconds"],
+                              idle_timeout=run["idle_timeout"],
+                              shuffle_window=fit_options.get("shuffle_window"),
+                              should_stop=lambda: learner._stop_requested)
+    else:
+        source = as_source(data, x=x, y=y, w=w)
     if source.n_features != learner.model.n_features:
         raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
                                 f"on {learner.model.n_features}")
@@ -264,7 +271,8 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
     requires_y = MODELS[name].requires_targets
     if not requires_y:
         data_opts["y"] = None
-    source = as_source(data, x=data_opts["x"], y=data_opts["y"], w=data_opts["w"])
+    opener = FollowSource if data_opts["follow"] else as_source  # follow: committed rows
+    source = opener(data, x=data_opts["x"], y=data_opts["y"], w=data_opts["w"])
     model_given = {k: v for k, v in groups[opts.MODEL].items() if k != "model"}
     model_given = {k: model_given.get(k) for k in opts.MODEL_OPTIONS if k != "model"}
     model = make_model(name, source.n_features,
@@ -272,6 +280,12 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
     learner = make_learner(model, **groups[opts.LEARNER])
     optimizer = learner.effective_options["optimizer"]
     run = opts.resolve(groups[opts.RUN], model, names=opts.RUN_OPTIONS, optimizer=optimizer)
+    opts.resolve(groups[opts.DATA], model, names=opts.DATA_OPTIONS, optimizer=optimizer)
+    if data_opts["follow"] and run["epochs"] != 1:
+        raise OptionError("--epochs does not apply to --follow (each row is learned once, "
+                          "as it arrives)")
+    if data_opts["shuffle_window"] is not None and not data_opts["follow"]:
+        raise OptionError("--shuffle-window applies only with --follow")
     fit_options = {**data_opts, **_model_options(model, given), **learner.effective_options,
                    **run}
     info = {"data": str(data), "x": data_opts["x"], "y": data_opts["y"], "w": data_opts["w"],
@@ -308,7 +322,10 @@ def _resume(run_dir: Path, data, given: dict):
     if refused:
         raise OptionError("; ".join(refused) + f" (run in {run_dir})")
     names = [info.get(k) for k in ("x", "y", "w")]
-    differences, notes = compare_identity(recorded_data, data_identity(data, names))
+    heads = {n: a.get("head_rows") for n, a in (recorded_data or {}).get("arrays", {}).items()
+             if a.get("head_rows") is not None}
+    differences, notes = compare_identity(recorded_data,
+                                          data_identity(data, names, head_rows=heads))
     if differences:
         raise OptionError(f"{data} is not the data the run in {run_dir} was trained on "
                           f"({recorded_data['path']}): {'; '.join(differences)}")

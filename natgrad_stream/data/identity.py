@@ -18,13 +18,20 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-def data_identity(data, names) -> dict | None:
+def data_identity(data, names, *, head_rows: dict | None = None) -> dict | None:
     """Identity of the Zarr group behind ``data`` (a path) for the arrays ``names``
     (None entries skipped); None for in-memory data.
+
+    ``head_rows`` (name -> rows) fixes how many leading rows the values fingerprint
+    covers, to compare with a recorded identity (default: the first chunk, or fewer rows
+    when the array is shorter; a first chunk still filling up is compared over the rows it
+    had).
     """
     if not isinstance(data, str | os.PathLike):
         return None
     import zarr
+
+    from natgrad_stream.data.stream import read_rows
 
     try:
         group = zarr.open_group(str(data), mode="r")
@@ -38,11 +45,14 @@ def data_identity(data, names) -> dict | None:
         meta = a.metadata.to_dict()
         meta.pop("shape", None)
         meta.pop("attributes", None)
-        head = np.asarray(a[: a.chunks[0]])
+        k = min(int(a.chunks[0]), int(a.shape[0]))
+        if head_rows and name in head_rows:
+            k = min(int(head_rows[name]), int(a.shape[0]))
+        head = read_rows(a, 0, k, label=name)
         arrays[name] = {
             "shape": list(a.shape), "chunks": list(a.chunks), "dtype": str(a.dtype),
             "metadata": _digest(json.dumps(meta, sort_keys=True, default=str).encode()),
-            "first_chunk": _digest(np.ascontiguousarray(head).tobytes()),
+            "head_rows": k, "first_chunk": _digest(np.ascontiguousarray(head).tobytes()),
         }
     return {"path": str(Path(data).resolve()), "arrays": arrays}
 

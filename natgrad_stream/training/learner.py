@@ -656,6 +656,8 @@ class _Streaming(_Strategy):
                 lr._report(callbacks, info)
                 if lr._stop_requested:
                     return True
+        if lr._stop_requested:  # a stop while a followed source waited for rows
+            return True
         lr._check_divergence()
         return False
 

@@ -36,6 +36,7 @@ from natgrad_stream._constants import (
     DEFAULT_KEEP_CHECKPOINTS,
     DEFAULT_LOG_EVERY,
     DEFAULT_MC_SAMPLES,
+    DEFAULT_POLL_SECONDS,
     DIVERGENCE_FACTOR,
     FISHER_EVERY_PARAMS,
     LBFGS_EVAL_BATCH_ROWS,
@@ -120,6 +121,13 @@ def positive_float_or_none(name, value):
     if value is None or (isinstance(value, str) and value.lower() == "none"):
         return None
     return positive_float(name, value)
+
+
+def nonnegative_float_or_none(name, value):
+    """A finite number >= 0, or None (``"none"``)."""
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    return nonnegative_float(name, value)
 
 
 def nonnegative_float(name, value) -> float:
@@ -261,6 +269,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("y", text, "y", "targets array", group=DATA, metavar="NAME"),
     _o("w", text, None, "optional sample-weight array", group=DATA, nullable=True,
        metavar="NAME"),
+    _o("follow", flag, False, "learn rows as another process appends them (committed with "
+       "natgrad_stream.data.append_rows), each once, in arrival order; stops on SIGINT/"
+       "SIGTERM (resumable) or after --idle-timeout", group=DATA, applies=_ST),
+    _o("shuffle_window", positive_int, None, "--follow: shuffle rows within windows of N "
+       "arriving rows (default: arrival order)", group=DATA, applies=_ST, nullable=True,
+       metavar="N"),
     # -- model -----------------------------------------------------------------------------
     _o("model", _choice, None, "model family (required unless --resume)", group=MODEL,
        choices=MODEL_CHOICES),
@@ -346,6 +360,11 @@ OPTIONS: tuple[Option, ...] = (
        "RUN (the newest as checkpoint.npz, older ones as checkpoint.1.npz, …); --resume "
        "falls back to an older one when the newest is damaged", group=RUN, resumable=True,
        metavar="K"),
+    _o("poll_seconds", positive_float, DEFAULT_POLL_SECONDS, "--follow: seconds between "
+       "looks for new rows", group=RUN, applies=_ST, resumable=True, metavar="S"),
+    _o("idle_timeout", nonnegative_float_or_none, None, "--follow: end the fit (exit 0) "
+       "after S seconds without new rows (default: wait until stopped)", group=RUN,
+       applies=_ST, resumable=True, nullable=True, metavar="S"),
     _o("log_every", positive_int, DEFAULT_LOG_EVERY,
        "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
        metavar="N"),
