@@ -93,6 +93,9 @@ RNG_MLP_INIT = 11
 #: Divergence guard of the streaming learner: every this many batches, the mean loss of
 #: the window is compared with the loss at the run's starting parameters; a rise of more
 #: than DIVERGENCE_FACTOR × |that loss| rolls the learner back to the end of the last good
-#: window and stops the fit (NumericalError: exit 1).
+#: window and multiplies its steps by DIVERGENCE_STEP_CUT; after DIVERGENCE_MAX_ROLLBACKS
+#: such cuts (or at the end of the data) the fit stops (NumericalError: exit 1).
 DIVERGENCE_WINDOW_BATCHES = 8
 DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_STEP_CUT = 0.1
+DIVERGENCE_MAX_ROLLBACKS = 3

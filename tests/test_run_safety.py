@@ -292,8 +292,37 @@ def test_the_divergence_guard_rolls_the_python_learner_back():
     X = rng.standard_normal((40_000, 3)) * [1.0, 30.0, 0.1] + [0.0, 5.0, 0.0]
     y = (rng.random(40_000) < 1 / (1 + np.exp(-X @ [1.0, 0.05, 2.0]))).astype(float)
     learner = NaturalGradientLearner(make_model("logistic", 3), lr=1e6, batch_size=500)
-    with pytest.raises(NumericalError, match="diverging"):
+    with pytest.raises(NumericalError, match="after 3 step cuts"), \
+            pytest.warns(RuntimeWarning, match="rolled back"):
         learner.fit((X, y))
     theta = learner.theta
     loss = np.mean(np.logaddexp(0, X @ theta[:-1] + theta[-1]) - y * (X @ theta[:-1] + theta[-1]))
     assert np.isfinite(loss) and loss < 10 * 0.7  # rolled back to a good window's end
+
+
+def test_a_too_long_step_is_rolled_back_and_cut_until_the_fit_converges(tmp_path):
+    """A constant natural step of 30 overshoots (error × −29 per step in whitened
+    coordinates): the guard rolls back and cuts it to 3, then 0.3, which converges; each
+    rollback is logged.
+    """
+    from natgrad_stream.callbacks import MetricsLogger
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60_000, 3)) * [1.0, 30.0, 0.1] + [0.0, 5.0, 0.0]
+    y = (rng.random(60_000) < 1 / (1 + np.exp(-X @ [1.0, 0.05, 2.0]))).astype(float)
+    log = tmp_path / "log.jsonl"
+    learner = NaturalGradientLearner(make_model("logistic", 3), lr=30.0,
+                                     step_schedule="constant", batch_size=500)
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        learner.fit((X, y), callbacks=[MetricsLogger(log)])
+    rollbacks = [r for r in map(json.loads, log.read_text().splitlines())
+                 if r["event"] == "rollback"]
+    assert [r["step_scale"] for r in rollbacks] == pytest.approx([0.1, 0.01])
+    theta = learner.theta
+    z = X @ theta[:-1] + theta[-1]
+    loss = np.mean(np.logaddexp(0, z) - y * z)
+    ref = NaturalGradientLearner(make_model("logistic", 3), batch_size=500).fit((X, y))
+    z = X @ ref.theta[:-1] + ref.theta[-1]
+    assert loss < 1.01 * np.mean(np.logaddexp(0, z) - y * z)

@@ -151,6 +151,9 @@ class MetricsLogger(Callback):
     def on_round(self, learner, record):
         self._write(record)
 
+    def on_event(self, learner, record):
+        self._write(record)
+
     def on_fit_end(self, learner, result):
         self._write({"event": "end", **result.to_dict()})
         self.close()

@@ -14,7 +14,8 @@ class StepInfo:
     """What one step (streaming) or one evaluation pass (L-BFGS) did.
 
     ``full_pass`` is True when ``loss`` is over a whole evaluation set rather than one
-    batch (progress displays then show it as is instead of smoothing it).
+    batch (progress displays then show it as is instead of smoothing it); ``events`` are
+    records for the log (e.g. a divergence rollback).
     """
 
     loss: float
@@ -25,6 +26,7 @@ class StepInfo:
     steps: int
     refresh: dict | None = None
     full_pass: bool = False
+    events: tuple = ()
 
 
 @dataclass
@@ -90,6 +92,9 @@ class Callback:
 
     def on_round(self, learner, record: dict) -> None:
         """After each L-BFGS round (``record["event"] == "round"``)."""
+
+    def on_event(self, learner, record: dict) -> None:
+        """Any other record for the log (``record["event"]``, e.g. ``"rollback"``)."""
 
     def on_fit_end(self, learner, result: FitResult) -> None:
         """After the last batch (also after an interruption)."""

@@ -44,6 +44,8 @@ import numpy as np
 from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream._constants import (
     CURVATURE_POWER_ITERATIONS,
+    DIVERGENCE_MAX_ROLLBACKS,
+    DIVERGENCE_STEP_CUT,
     DIVERGENCE_WINDOW_BATCHES,
     RNG_LEARNER,
 )
@@ -258,18 +260,19 @@ class NaturalGradientLearner:
             s.average_weight += n
         s.epoch_loss_sum += loss_sum
         s.epoch_loss_weight += wsum
-        self._guard_divergence(loss_sum, wsum)
+        events = self._guard_divergence(loss_sum, wsum)
         return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
                         natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
-                        samples=s.samples, steps=s.steps, refresh=refresh)
+                        samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
 
-    def _guard_divergence(self, loss_sum: float, wsum: float) -> None:
-        """Stop a diverging run: every ``DIVERGENCE_WINDOW_BATCHES`` steps, a window whose
+    def _guard_divergence(self, loss_sum: float, wsum: float) -> tuple:
+        """Watch for divergence: every ``DIVERGENCE_WINDOW_BATCHES`` steps, a window whose
         mean loss rose more than ``divergence_factor × |loss at the start|`` above the
         start rolls the state back to the end of the last good window (or the start of
-        this fit) and raises :class:`NumericalError`.
+        this fit) and cuts the step by ``DIVERGENCE_STEP_CUT``; returns the rollback
+        records for the log.
         """
         s = self.state
         if math.isnan(s.loss_start):
@@ -278,30 +281,53 @@ class NaturalGradientLearner:
         s.window_weight += wsum
         s.window_batches += 1
         if s.window_batches >= DIVERGENCE_WINDOW_BATCHES:
-            self._check_divergence()
+            return self._check_divergence()
+        return ()
 
-    def _check_divergence(self) -> None:
-        """Close the divergence guard's window (also a partial one at the end of a fit)."""
+    def _check_divergence(self, *, final: bool = False) -> tuple:
+        """Close the guard's window (``final``: a partial one at the end of the data, where
+        no data are left to retry with a shorter step).
+
+        Raises
+        ------
+        NumericalError
+            After ``DIVERGENCE_MAX_ROLLBACKS`` rollbacks, at the end of the data, or with
+            no good state to go back to; the state is the last good one.
+        """
         s = self.state
         if not s.window_batches or not s.window_weight > 0:
-            return
+            return ()
         mean, start = s.window_loss_sum / s.window_weight, s.loss_start
         samples, batches = s.samples, s.window_batches
         s.window_loss_sum = s.window_weight = 0.0
         s.window_batches = 0
         factor = self.divergence_factor
-        if factor is not None and mean - start > factor * abs(start):
-            good = self._last_good
-            self._last_good = None
+        if factor is None or not mean - start > factor * abs(start):
+            self._last_good = s.snapshot()
+            return ()
+        good, self._last_good = self._last_good, None
+        what = (f"diverging: the mean loss of the last {batches} batches (to sample "
+                f"{samples}) is {mean:.4g}, against {start:.4g} at the start (more than "
+                f"{factor:g}× above it)")
+        if good is None or final or s.rollbacks >= DIVERGENCE_MAX_ROLLBACKS:
             if good is not None:
                 self.state = good.restore()
+            cuts = f" after {s.rollbacks} step cuts" if s.rollbacks else ""
             raise NumericalError(
-                f"diverging: the mean loss of the last {batches} batches "
-                f"(to sample {samples}) is {mean:.4g}, against {start:.4g} at the start "
-                f"(more than {factor:g}× above it); the learner's state is rolled back to "
-                f"sample {self.state.samples} and the last good checkpoint is kept. Try a "
-                "smaller lr or stronger damping (or --divergence-factor).")
-        self._last_good = s.snapshot()
+                f"{what}{cuts}; the learner's state is rolled back to sample "
+                f"{self.state.samples} and the last good checkpoint is kept. Try a smaller "
+                "lr or stronger damping (or --divergence-factor).")
+        restored = good.restore()
+        restored.rollbacks = s.rollbacks + 1
+        restored.step_scale = s.step_scale * DIVERGENCE_STEP_CUT
+        self.state = restored
+        self._last_good = restored.snapshot()
+        warnings.warn(f"{what}; rolled back to sample {restored.samples}, steps now "
+                      f"×{restored.step_scale:g} (rollback {restored.rollbacks} of at most "
+                      f"{DIVERGENCE_MAX_ROLLBACKS})", RuntimeWarning, stacklevel=4)
+        return ({"event": "rollback", "detected_at": samples, "samples": restored.samples,
+                 "window_loss": mean, "loss_start": start, "step_scale": restored.step_scale,
+                 "rollbacks": restored.rollbacks},)
 
     def _advance(self, X, y, w, grad, wsum, n, need_metric):
         """Fold the batch into the metric, maybe re-whiten, and take the optimizer step
@@ -317,6 +343,8 @@ class NaturalGradientLearner:
         gphi = s.whitener.grad_phi(grad) * s.step_cap
         phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
                                                  samples=s.samples)
+        if s.step_scale != 1.0:  # cut after a divergence rollback
+            phi = s.phi + s.step_scale * (phi - s.phi)
         theta = s.whitener.theta(phi)
         if not np.all(np.isfinite(theta)):
             raise NumericalError(f"step {s.steps} produced non-finite parameters")
@@ -471,6 +499,11 @@ class NaturalGradientLearner:
         if info.refresh is not None:
             for cb in callbacks:
                 cb.on_refresh(self, info.refresh)
+        for record in info.events:
+            for cb in callbacks:
+                hook = getattr(cb, "on_event", None)
+                if hook is not None:
+                    hook(self, record)
         for cb in callbacks:
             cb.on_batch_end(self, info, self.cursor)
 
@@ -658,7 +691,7 @@ class _Streaming(_Strategy):
                     return True
         if lr._stop_requested:  # a stop while a followed source waited for rows
             return True
-        lr._check_divergence()
+        lr._check_divergence(final=True)
         return False
 
     @staticmethod

@@ -114,6 +114,9 @@ class LearnerState:
     window_loss_sum: float = _f(("guard", "loss_sum"), "float", default=0.0)
     window_weight: float = _f(("guard", "weight"), "float", default=0.0)
     window_batches: int = _f(("guard", "batches"), "int", default=0)
+    #: Step factor after divergence rollbacks, and how many there were.
+    step_scale: float = _f(("guard", "step_scale"), "float", default=1.0)
+    rollbacks: int = _f(("guard", "rollbacks"), "int", default=0)
     last_refresh: dict | None = _f(("last_refresh",), "json", default=None)
     last_round: dict | None = _f(("last_round",), "json", default=None)
     #: The first batch may still pick a data-informed start (not persisted: a checkpoint
