@@ -326,3 +326,35 @@ def test_a_too_long_step_is_rolled_back_and_cut_until_the_fit_converges(tmp_path
     ref = NaturalGradientLearner(make_model("logistic", 3), batch_size=500).fit((X, y))
     z = X @ ref.theta[:-1] + ref.theta[-1]
     assert loss < 1.01 * np.mean(np.logaddexp(0, z) - y * z)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs), where this machine allows mounting one."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_and_a_read_only_disk(data, small_disk, capsys):
+    run = small_disk / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    before = _digest(run / "checkpoint.npz")
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * max(free - 2048, 0))
+    code, out, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
+    assert code == 2 and out is None and "No space left on device" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _digest(run / "checkpoint.npz") == before
+    assert not list(run.glob(".checkpoint-*.tmp"))
+    last = (run / "metrics.jsonl").read_text().splitlines()[-1]
+    assert '"event": "end"' not in last or '"epochs": 1' in last  # no false success
+    (small_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    code, out, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
+    assert code == 2 and "Read-only file system" in err and len(err.strip().splitlines()) == 1
+    assert _digest(run / "checkpoint.npz") == before
