@@ -39,7 +39,6 @@ from natgrad_stream.models import MODELS, make_model, model_from_config
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
 from natgrad_stream.training.checkpoint import (
-    load_checkpoint,
     load_latest_checkpoint,
     remove_stale_temporaries,
 )
@@ -198,7 +197,8 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
             raise RunDirectoryError(
                 f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
                 "continue it or --overwrite to replace it")
-    elif not (run_dir / CHECKPOINT).is_file() and not (run_dir / CHECKPOINT).is_symlink():
+    elif not (run_dir / CHECKPOINT).is_file() and \
+            not any(run_dir.glob("checkpoint.[0-9]*.npz")):
         _load_state(run_dir)  # the clear "holds no checkpoint" error, before locking
     created = not run_dir.exists()
     try:
@@ -357,21 +357,41 @@ def _recorded_fit_options(state: dict, model) -> dict:
 
 
 def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None) -> dict:
-    """Evaluate the parameters saved in ``run_dir`` on ``data`` (weighted by ``w``)."""
+    """Evaluate the parameters of ``run_dir`` on ``data`` (weighted by ``w``): the Polyak
+    average when the run kept one (``average``), else the last iterate.
+    """
     state = _load_state(run_dir)
     model = model_from_config(state["model"])
-    return evaluate(model, np.asarray(state["theta"]), data, x=x, y=y, w=w)
+    return evaluate(model, reported_theta(state), data, x=x, y=y, w=w)
 
 
 def run_params(run_dir) -> dict:
-    """The learned parameters of ``run_dir`` as named, JSON-ready values."""
+    """The learned parameters of ``run_dir`` as named, JSON-ready values (the Polyak
+    average when the run kept one).
+    """
     state = _load_state(run_dir)
-    return model_from_config(state["model"]).params_to_dict(np.asarray(state["theta"]))
+    return model_from_config(state["model"]).params_to_dict(reported_theta(state))
+
+
+def reported_theta(state: dict) -> np.ndarray:
+    """The parameters a run reports: ``theta_sum / weight`` for a run with
+    ``average=True`` (once it has taken a step), else the last iterate ``theta``.
+    """
+    average = (state.get("fit_options") or {}).get("average")
+    if average is None:  # checkpoints from before the options table
+        average = (state.get("options") or {}).get("average", False)
+    avg = state.get("average") or {}
+    if average and float(avg.get("weight") or 0.0) > 0:
+        return np.asarray(avg["theta_sum"], dtype=np.float64) / float(avg["weight"])
+    return np.asarray(state["theta"], dtype=np.float64)
 
 
 def _load_state(run_dir) -> dict:
+    """The newest good checkpoint of ``run_dir`` (an older one, with a warning, when the
+    newest is damaged).
+    """
     path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
+    if not path.is_file() and not any(path.parent.glob("checkpoint.[0-9]*.npz")):
         raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); "
                                 "is it the output directory of 'natgrad-stream fit'?")
-    return load_checkpoint(path)
+    return load_latest_checkpoint(path)[0]
