@@ -99,3 +99,9 @@ DIVERGENCE_WINDOW_BATCHES = 8
 DIVERGENCE_FACTOR = 10.0
 DIVERGENCE_STEP_CUT = 0.1
 DIVERGENCE_MAX_ROLLBACKS = 3
+
+#: Passes after the first (``refine="scoring"``): rows per evaluation batch, the Armijo
+#: constant of the backtracking on the pass loss, and the halvings before giving up.
+REFINE_BATCH_ROWS = 65536
+REFINE_ARMIJO = 1e-4
+REFINE_MAX_HALVINGS = 30

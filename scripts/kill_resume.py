@@ -72,12 +72,30 @@ def reference(name: str, data: Path, root: Path) -> tuple[np.ndarray, float]:
     return _theta(run), time.perf_counter() - t0
 
 
+def _kill_at_next_checkpoint(proc, checkpoint: Path) -> bool:
+    """SIGKILL ``proc`` right after it writes a new checkpoint; False if it ended first."""
+    def stamp():
+        try:
+            return checkpoint.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+    start = stamp()
+    while proc.poll() is None:
+        if stamp() != start:
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
 def trial(name: str, data: Path, root: Path, seconds: float, rng: np.random.Generator,
-          max_kills: int = 3, fractions=None) -> tuple[np.ndarray, int]:
+          max_kills: int = 3, at_checkpoints: int = 0) -> tuple[np.ndarray, int]:
     """One killed-and-resumed run: ``(final θ, kills)``.
 
-    Kills come after random fractions of the reference time ``seconds`` (or after the
-    given ``fractions``, one per attempt, then none).
+    Kills come after random fractions of the reference time ``seconds`` (or, with
+    ``at_checkpoints=k``, right after each of the first ``k`` attempts writes a new
+    checkpoint, which does not depend on the machine's load).
     """
     run = root / f"trial-{name}"
     shutil.rmtree(run, ignore_errors=True)
@@ -86,8 +104,14 @@ def trial(name: str, data: Path, root: Path, seconds: float, rng: np.random.Gene
         args = ["--resume"] if resume else [*CONFIGS[name], "--overwrite"]
         proc = subprocess.Popen(_cli("fit", data, "--out", run, *args, *_extent(name)),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if fractions is not None:
-            delay = fractions[kills] if kills < len(fractions) else None
+        if at_checkpoints:
+            if kills < at_checkpoints and _kill_at_next_checkpoint(proc,
+                                                                   run / "checkpoint.npz"):
+                kills += 1
+                proc.stderr.close()
+                resume = (run / "checkpoint.npz").is_file()
+                continue
+            delay = None
         elif kills < max_kills and (kills == 0 or rng.random() < 0.5):
             delay = rng.uniform(0.05, 1.1)
         else:

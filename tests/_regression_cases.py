@@ -39,7 +39,10 @@ def _streaming(model_name, n_features, model_kw=None, epochs=2, **options):
         from natgrad_stream.models import make_model
 
         model = make_model(model_name, n_features, **(model_kw or {}))
-        learner = NaturalGradientLearner(model, **options).fit(str(path), epochs=epochs)
+        # refine="stream": the streaming path these values pin (passes after the first
+        # became Fisher scoring by default later, deliberately)
+        learner = NaturalGradientLearner(model, refine="stream", **options)
+        learner.fit(str(path), epochs=epochs)
         out = {"theta": learner.theta}
         if options.get("average"):
             out["theta_average"] = learner.theta_average

@@ -48,7 +48,7 @@ def fisher_scoring(model, n):
     """The learner settings of the module docstring for ``n`` training rows."""
     return NaturalGradientLearner(model, batch_size=n, rewhiten=1, half_life=1e-3,
                                   optimizer="sgd", lr=1.0, step_schedule="constant",
-                                  fisher_every=1)
+                                  fisher_every=1, refine="stream")
 
 
 def _fit(model, X, y, passes, w=None):

@@ -29,6 +29,6 @@ def test_killed_and_resumed_runs_equal_the_uninterrupted_one(name, kill_resume, 
     data = kill_resume.make_data(root)["logistic"]
     ref, seconds = kill_resume.reference(name, data, root)
     theta, kills = kill_resume.trial(name, data, root, seconds, np.random.default_rng(7),
-                                     fractions=(0.6, 0.5))
+                                     at_checkpoints=2)
     assert kills == 2
     assert theta.tobytes() == ref.tobytes()

@@ -128,7 +128,7 @@ def test_predictions_invariant_to_affine_feature_maps(logistic_zarr, options, sh
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("stop", [13 * 256, 20_000, 60_000 + 5 * 256])
 def test_resume_from_checkpoint_equals_uninterrupted(small_zarr, tmp_path, optimizer, stop):
-    kw = dict(optimizer=optimizer, average=True, batch_size=256, seed=11)
+    kw = dict(optimizer=optimizer, average=True, batch_size=256, seed=11, refine="stream")
     whole = NaturalGradientLearner(make_model("logistic", 3), **kw).fit(small_zarr, epochs=3)
     part = NaturalGradientLearner(make_model("logistic", 3), **kw)
     part.fit(small_zarr, epochs=3, max_samples=min(stop, 14_000))
@@ -210,7 +210,8 @@ def test_push_style_steps_from_a_pipeline_iterator():
 
 def test_diagonal_structure_is_stable_with_curvature_cap(logistic_zarr):
     """The diagonal whitener ignores correlations; the step cap 1/ρ keeps it descending."""
-    learner = NaturalGradientLearner(make_model("logistic", 8), structure="diagonal")
+    learner = NaturalGradientLearner(make_model("logistic", 8), structure="diagonal",
+                                     refine="stream")
     learner.fit(logistic_zarr, epochs=2)
     start = evaluate(learner.model, np.zeros(9), logistic_zarr, x="X_test", y="y_test")
     end = evaluate(learner.model, learner.theta, logistic_zarr, x="X_test", y="y_test")

@@ -358,3 +358,85 @@ def test_a_really_full_and_a_read_only_disk(data, small_disk, capsys):
     code, out, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
     assert code == 2 and "Read-only file system" in err and len(err.strip().splitlines()) == 1
     assert _digest(run / "checkpoint.npz") == before
+
+
+@pytest.fixture()
+def linear_data(tmp_path):
+    path = tmp_path / "lin.zarr"
+    make_dataset(path, task="linear", rows=40_000, features=3, chunk_rows=4096, seed=3)
+    return path
+
+
+def test_a_rollback_relearns_the_rolled_back_rows_and_resumes_exactly(linear_data, tmp_path,
+                                                                      capsys):
+    """A constant step of 30 diverges; each rollback re-reads its window (no row is
+    skipped: samples = rows of the pass), and a run split by --max-samples and resumed
+    equals the uninterrupted one bit for bit (the rollback point is checkpointed).
+    """
+    opts = ["--model", "linear", "--lr", 30, "--step-schedule", "constant",
+            "--batch-size", 256]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    code, summary, err = _fit(capsys, linear_data, whole, *opts)
+    assert code == 0 and "rolled back" in err, err
+    assert summary["samples"] == 40_000 and summary["epochs"] == 1
+    records = [json.loads(ln) for ln in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["event"] == "rollback" for r in records)
+    for cap in (1024, 3000):
+        shutil.rmtree(part, ignore_errors=True)
+        code, s1, _ = _fit(capsys, linear_data, part, *opts, "--max-samples", cap)
+        assert code == 0 and s1["interrupted"]
+        code, s2, err = _fit(capsys, linear_data, part, "--resume")
+        assert code == 0, err
+        assert_array_equal(load_checkpoint(part / "checkpoint.npz")["theta"],
+                           load_checkpoint(whole / "checkpoint.npz")["theta"])
+
+
+def test_overwrite_leaves_no_older_checkpoint_of_the_replaced_run(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    assert _fit(capsys, data, run, "--resume", "--epochs", 2)[0] == 0
+    assert (run / "checkpoint.1.npz").exists()
+    assert _fit(capsys, data, run, "--model", "logistic", "--overwrite", "--seed", 5)[0] == 0
+    assert not list(run.glob("checkpoint.[0-9]*.npz"))
+    _flip_byte(run / "checkpoint.npz")
+    code, _, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
+    assert code == 2 and "no good checkpoint" in err  # never the replaced run's state
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_never_rotated_over_a_good_one(data, tmp_path,
+                                                                            capsys):
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    assert _fit(capsys, data, run, "--resume", "--epochs", 2)[0] == 0
+    good = _digest(run / "checkpoint.1.npz")
+    _flip_byte(run / "checkpoint.npz")
+    assert _fit(capsys, data, run, "--resume", "--epochs", 2)[0] == 0  # falls back
+    assert (run / "checkpoint.damaged-0.npz").exists()
+    assert _digest(run / "checkpoint.1.npz") == good  # the good one rotated, not the bad
+    load_checkpoint(run / "checkpoint.npz")
+    load_checkpoint(run / "checkpoint.1.npz")
+
+
+def test_rotation_keeps_the_newest_checkpoint_in_place(tmp_path):
+    from natgrad_stream.checkpoint import save_checkpoint
+
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"a": np.zeros(2)}, keep=3)
+    first_inode = path.stat().st_ino
+    save_checkpoint(path, {"a": np.ones(2)}, keep=3)
+    assert (tmp_path / "c.1.npz").stat().st_ino == first_inode  # a link, not a move
+    assert_array_equal(load_checkpoint(tmp_path / "c.1.npz")["a"], np.zeros(2))
+    assert not list(tmp_path.glob(".checkpoint-*"))
+
+
+def test_follow_stops_at_max_samples_without_waiting_for_rows(data, tmp_path):
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "natgrad_stream", "fit", str(data), "--out",
+                           str(run), "--model", "logistic", "--follow", "--max-samples",
+                           "5000", "--poll-seconds", "0.05"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - t0 < 30
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["samples"] == 5000 and summary["interrupted"]

@@ -40,6 +40,7 @@ from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
 from natgrad_stream.training.checkpoint import (
     load_latest_checkpoint,
+    remove_rotated,
     remove_stale_temporaries,
 )
 from natgrad_stream.training.learner import NaturalGradientLearner, make_learner
@@ -244,7 +245,8 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     # the checkpoint first: the log's end record follows a successful final write
     callbacks = [CheckpointEvery(ckpt, every=None if replacing else run.get("checkpoint_every"),
                                  seconds=None if replacing else run["checkpoint_seconds"],
-                                 per_round=not replacing, keep=run["keep_checkpoints"],
+                                 per_round=not replacing,
+                                 keep=1 if replacing else run["keep_checkpoints"],
                                  extra=info),
                  MetricsLogger(new_log, every=run["log_every"])]
     progress = run["progress"]
@@ -254,8 +256,9 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
         stop_handler(learner)
     learner.fit(source, epochs=run.get("epochs"), callbacks=callbacks,
                 max_samples=run["max_samples"])
-    if replacing:
+    if replacing:  # the replaced run's log and older checkpoints go
         os.replace(new_log, log_path)
+        remove_rotated(ckpt)
     summary = learner.result.to_dict()
     _write_json_atomic(run_dir / RUN_JSON, {**info, "model": learner.model.config(),
                                             "options": learner.options(), "summary": summary})
@@ -263,6 +266,11 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
 
 
 def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
+    existing = [p.name for p in (run_dir / CHECKPOINT, run_dir / METRICS) if p.exists()]
+    if existing and not overwrite:  # again under the lock: another fit may have finished
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
+            "continue it or --overwrite to replace it")
     groups = _split(given)
     name = given["model"]
     if name not in MODELS:
@@ -295,7 +303,7 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
 
 
 def _resume(run_dir: Path, data, given: dict):
-    state, _ = load_latest_checkpoint(run_dir / CHECKPOINT)
+    state, _ = load_latest_checkpoint(run_dir / CHECKPOINT, set_damaged_aside=True)
     info = dict(state.get("run", {}))
     info.pop("fit_options", None)
     recorded_data = info.pop("data_identity", None)

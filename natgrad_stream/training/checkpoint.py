@@ -103,10 +103,12 @@ def save_checkpoint(path, state: dict, *, keep: int = 1) -> Path:
                 np.savez(fh, **payload)
                 fh.flush()
                 os.fsync(fh.fileno())
-            for k in range(max(1, keep) - 1, 0, -1):  # shift the previous ones down
+            for k in range(max(1, keep) - 1, 1, -1):  # shift the previous ones down
                 older = rotated(path, k - 1)
                 if older.is_file() and not older.is_symlink():
                     os.replace(older, rotated(path, k))
+            if keep > 1 and path.is_file() and not path.is_symlink():
+                _link_over(path, rotated(path, 1))  # NAME.npz itself stays in place
             os.replace(tmp, path)
         except OSError as exc:  # e.g. a full disk: name the file; the old one is intact
             Path(tmp).unlink(missing_ok=True)
@@ -119,6 +121,41 @@ def save_checkpoint(path, state: dict, *, keep: int = 1) -> Path:
     finally:
         WRITING.clear()
     return path
+
+
+def _link_over(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` atomically (a hard link, else a copy), so
+    that ``src`` exists at every moment of a rotation.
+    """
+    tmp = dst.with_name(f"{_TMP_PREFIX}link-{os.getpid()}{_TMP_SUFFIX}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``NAME.damaged-N.npz`` (kept for inspection, never
+    rotated or loaded again); returns the new path.
+    """
+    k = 0
+    while True:
+        dest = path.with_name(f"{path.stem}.damaged-{k}{path.suffix}")
+        if not dest.exists():
+            os.replace(path, dest)
+            return dest
+        k += 1
+
+
+def remove_rotated(path) -> None:
+    """Delete the previous checkpoints ``NAME.1.npz``, … beside ``path`` (a replaced run's)."""
+    path = Path(path)
+    for older in path.parent.glob(f"{path.stem}.[0-9]*{path.suffix}"):
+        older.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(directory) -> list[Path]:
@@ -181,16 +218,17 @@ def load_checkpoint(path) -> dict:
     return unflatten(arrays, meta["state"])
 
 
-def load_latest_checkpoint(path) -> tuple[dict, Path]:
+def load_latest_checkpoint(path, *, set_damaged_aside: bool = False) -> tuple[dict, Path]:
     """The newest good checkpoint among ``path``, ``NAME.1.npz``, …: ``(state, file)``.
 
-    A damaged newer checkpoint is skipped with a warning naming it; when none is good,
-    :class:`CheckpointError` lists what was tried.
+    A damaged newer checkpoint is skipped with a warning naming it (and, with
+    ``set_damaged_aside``, renamed by :func:`set_aside` so that no later rotation keeps
+    it); when none is good, :class:`CheckpointError` lists what was tried.
     """
     path = Path(path)
     candidates = [path] + sorted(path.parent.glob(f"{path.stem}.[0-9]*{path.suffix}"),
                                  key=_rotation_index)
-    problems = []
+    problems, damaged = [], []
     for candidate in candidates:
         if not candidate.is_file():
             continue
@@ -198,7 +236,11 @@ def load_latest_checkpoint(path) -> tuple[dict, Path]:
             state = load_checkpoint(candidate)
         except CheckpointError as exc:
             problems.append(str(exc))
+            damaged.append(candidate)
             continue
+        if set_damaged_aside:
+            for bad in damaged:
+                set_aside(bad)
         if problems:
             warnings.warn(f"{'; '.join(problems)}; resuming from the previous checkpoint "
                           f"{candidate.name}", RuntimeWarning, stacklevel=2)

@@ -41,14 +41,19 @@ class FitResult:
     train_loss: float
     epochs: int | float
     interrupted: bool = False
+    converged: bool = False
+    decrement: float | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready summary."""
+        """JSON-ready summary (``decrement``: the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last
+        whole-data pass, None when none was made; ``converged``: a stopping rule was met).
+        """
         return {
             "samples": self.samples, "steps": self.steps, "rewhitens": self.rewhitens,
             "seconds": round(self.seconds, 4), "rows_per_s": round(self.rows_per_s, 1),
             "train_loss": self.train_loss, "epochs": self.epochs,
-            "interrupted": self.interrupted,
+            "interrupted": self.interrupted, "converged": self.converged,
+            "decrement": self.decrement,
         }
 
 
@@ -64,13 +69,13 @@ class LBFGSResult(FitResult):
 
     rounds: int = 0
     evaluations: int = 0
-    converged: bool = False
     grad_norm: float = math.nan
     natural_grad_norm: float = math.nan
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
         out = super().to_dict()
+        out.pop("decrement")
         out.update(rounds=self.rounds, evaluations=self.evaluations, converged=self.converged,
                    grad_norm=self.grad_norm, natural_grad_norm=self.natural_grad_norm)
         return out

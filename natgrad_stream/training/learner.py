@@ -47,6 +47,9 @@ from natgrad_stream._constants import (
     DIVERGENCE_MAX_ROLLBACKS,
     DIVERGENCE_STEP_CUT,
     DIVERGENCE_WINDOW_BATCHES,
+    REFINE_ARMIJO,
+    REFINE_BATCH_ROWS,
+    REFINE_MAX_HALVINGS,
     RNG_LEARNER,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
@@ -148,7 +151,8 @@ class NaturalGradientLearner:
         self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
         self._workspace = model.new_workspace(self.structure)
         self.result: FitResult | None = None
-        self._last_good = None  # the divergence guard's rollback point (not persisted)
+        self._last_good = None  # the divergence guard's rollback point
+        self._window_start = None  # the state at the start of the guard's window
         self.reset()
 
     # -- state --------------------------------------------------------------------------
@@ -260,14 +264,14 @@ class NaturalGradientLearner:
             s.average_weight += n
         s.epoch_loss_sum += loss_sum
         s.epoch_loss_weight += wsum
-        events = self._guard_divergence(loss_sum, wsum)
+        events = self._guard_divergence(loss_sum, wsum, before)
         return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
                         natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
                         samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
 
-    def _guard_divergence(self, loss_sum: float, wsum: float) -> tuple:
+    def _guard_divergence(self, loss_sum: float, wsum: float, before) -> tuple:
         """Watch for divergence: every ``DIVERGENCE_WINDOW_BATCHES`` steps, a window whose
         mean loss rose more than ``divergence_factor × |loss at the start|`` above the
         start rolls the state back to the end of the last good window (or the start of
@@ -277,6 +281,8 @@ class NaturalGradientLearner:
         s = self.state
         if math.isnan(s.loss_start):
             s.loss_start = loss_sum / wsum  # the loss at the run's starting parameters
+        if s.window_batches == 0:  # the point this window's first loss was measured at
+            self._window_start = before
         s.window_loss_sum += loss_sum
         s.window_weight += wsum
         s.window_batches += 1
@@ -303,7 +309,10 @@ class NaturalGradientLearner:
         s.window_batches = 0
         factor = self.divergence_factor
         if factor is None or not mean - start > factor * abs(start):
-            self._last_good = s.snapshot()
+            # the next rollback point: where this good window started (its loss was
+            # measured there; the state after its last step was not)
+            if self._window_start is not None:
+                self._last_good = self._window_start
             return ()
         good, self._last_good = self._last_good, None
         what = (f"diverging: the mean loss of the last {batches} batches (to sample "
@@ -463,7 +472,8 @@ class NaturalGradientLearner:
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
         self.result = None
-        self._last_good = self.state.snapshot()
+        if self._last_good is None:  # a resumed run keeps its persisted rollback point
+            self._last_good = self.state.snapshot()
         for cb in callbacks:
             cb.on_fit_start(self, self.strategy.total_rows(source, plan))
         start_samples, t0 = self.state.samples, time.perf_counter()
@@ -512,8 +522,13 @@ class NaturalGradientLearner:
         """Everything needed to continue exactly: a nested dict of arrays and JSON values
         (the model, the effective options and :class:`LearnerState`'s fields).
         """
-        return {"model": self.model.config(), "options": self.options(),
-                "fit_options": dict(self.effective_options), **self.state.to_dict()}
+        out = {"model": self.model.config(), "options": self.options(),
+               "fit_options": dict(self.effective_options), **self.state.to_dict()}
+        for key, snap in (("guard_rollback_point", self._last_good),
+                          ("guard_window_start", self._window_start)):
+            if snap is not None:  # the divergence guard's points, for an exact resume
+                out[key] = snap.restore().to_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> NaturalGradientLearner:
         """Restore :meth:`state_dict` output (the model and optimizer must match)."""
@@ -529,6 +544,10 @@ class NaturalGradientLearner:
             raise CheckpointError(f"checkpoint θ has shape {loaded.theta.shape}, expected "
                                   f"({P},)")
         self.state = loaded
+        self._last_good, self._window_start = (
+            None if state.get(key) is None else
+            LearnerState.from_dict(state[key], defaults=loaded).snapshot()
+            for key in ("guard_rollback_point", "guard_window_start"))
         return self
 
     @classmethod
@@ -662,37 +681,124 @@ class _Streaming(_Strategy):
             if self._stream(row_prefix(source, s.epoch_rows), plan, callbacks, max_samples,
                             epochs=s.cursor.epoch + 1):
                 return True
-        return self._stream(source, plan, callbacks, max_samples, epochs=plan["epochs"])
+        lr = self.learner
+        if lr.refine == "stream" or plan["epochs"] <= 1 or n_rows is None \
+                or not isinstance(source, ArraySource):
+            return self._stream(source, plan, callbacks, max_samples, epochs=plan["epochs"])
+        if self._stream(source, plan, callbacks, max_samples, epochs=1):
+            return True
+        return self._refine(source, plan, callbacks, max_samples)
 
-    def _stream(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
+    def _refine(self, source, plan, callbacks, max_samples) -> bool:
+        """Passes after the first: Fisher scoring in φ (module docstring of
+        :mod:`natgrad_stream.training.learner`): each pass evaluates ``J``, ``∇J`` and ``G``
+        at θ on the whole data; an accepted point re-whitens there and takes the Newton
+        step ``θ ← θ − G_reg⁻¹∇J`` (Fisher scoring; IRLS for GLMs with the model metric),
+        a rejected one (Armijo on ``J``) halves the step. With ``decrement_tol`` the passes
+        stop, with no further step, once ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|``, so θ is then the point
+        measured. Each pass depends only on the state at its start, so a run resumed at
+        any pass equals an uninterrupted one whatever its ``epochs``.
+        """
         lr = self.learner
         s = lr.state
-        epoch = s.cursor.epoch
-        if s.cursor.epoch >= epochs:
-            return False
-        stream = source.batches(batch_size=lr.batch_size, epochs=epochs, seed=lr.seed,
-                                shuffle=plan["shuffle"], start=s.cursor,
-                                prefetch=plan["prefetch"],
-                                chunks_per_read=plan["chunks_per_read"],
-                                **lr.model.data_checks())
-        with stream:
-            for batch in stream:
-                if max_samples is not None and lr.state.samples >= max_samples:
-                    return True
-                info = lr.step(batch.X, batch.y, batch.w)
-                s = lr.state
-                s.epoch_rows = source.n_rows
-                if batch.cursor.epoch != epoch:
-                    self._close_epoch(s)
-                    epoch = batch.cursor.epoch
-                s.cursor = batch.cursor
-                lr._report(callbacks, info)
-                if lr._stop_requested:
-                    return True
-        if lr._stop_requested:  # a stop while a followed source waited for rows
-            return True
-        lr._check_divergence(final=True)
+        while s.cursor.epoch < plan["epochs"] and not s.converged:
+            if lr._out_of_budget(max_samples):
+                return True
+            k = s.cursor.epoch
+            rng = np.random.default_rng([lr.seed, k, RNG_LEARNER])
+            res = full_pass(lr, source, s.theta, metric=lr.metric, rng=rng,
+                            batch_rows=max(lr.batch_size, REFINE_BATCH_ROWS),
+                            should_stop=lambda: lr._stop_requested)
+            if res is None:  # stopped mid-pass: the state is as at the pass's start
+                return True
+            J, g, G, rows = res
+            if not (math.isfinite(J) and np.all(np.isfinite(g))):
+                raise NumericalError(f"non-finite loss ({J}) or gradient in pass {k + 1}; "
+                                     f"|θ|max = {np.abs(s.theta).max():.3g}")
+            event = {"event": "pass", "pass": k + 1, "samples": s.samples, "loss": J}
+            refresh = None
+            if s.refine_dir is not None and not (
+                    J <= s.refine_loss + REFINE_ARMIJO * s.refine_t * s.refine_slope):
+                s.refine_t *= 0.5  # the step did not decrease J enough: halve it
+                stalled = s.refine_t < 0.5 ** REFINE_MAX_HALVINGS
+                if stalled:  # back to the best point measured
+                    s.theta, J = s.refine_theta.copy(), s.refine_loss
+                    s.refine_dir = None
+                else:
+                    s.theta = s.refine_theta + s.refine_t * s.refine_dir
+                event.update(accepted=False, step=s.refine_t)
+                if stalled:
+                    event["stalled"] = True
+            else:
+                refresh = lr.refresh(reason="pass", metric=G, **{"pass": k + 1})
+                gphi = s.whitener.grad_phi(g)
+                s.decrement = 0.5 * float(gphi @ gphi)
+                s.grad = g
+                tol = lr.decrement_tol
+                s.converged = tol is not None and s.decrement <= tol * abs(J)
+                s.refine_dir = None
+                if not s.converged:
+                    d = -s.whitener.theta(gphi)
+                    s.refine_theta, s.refine_dir, s.refine_t = s.theta.copy(), d, 1.0
+                    s.refine_loss, s.refine_slope = J, float(g @ d)
+                    s.theta = s.theta + d
+                    s.steps += 1
+                event.update(accepted=True, decrement=s.decrement, converged=s.converged)
+            s.phi = s.whitener.phi(s.theta)
+            s.train_loss = s.last_epoch_loss = J
+            s.cursor = Cursor(k + 1, 0, 0, s.samples)
+            s.epoch_rows = source.n_rows
+            gphi = s.whitener.grad_phi(g)
+            lr._report(callbacks, StepInfo(
+                loss=J, grad_norm=float(np.linalg.norm(g)),
+                natural_grad_norm=float(np.linalg.norm(gphi)), rows=rows, samples=s.samples,
+                steps=s.steps, refresh=refresh, full_pass=True, events=(event,)))
+            if event.get("stalled"):
+                break
         return False
+
+    def _stream(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
+        """Stream batches up to ``epochs``; after a divergence rollback the stream reopens
+        at the restored cursor, so the rolled-back rows are learned again (with the shorter
+        step) and ``samples`` stays the rows learned.
+        """
+        lr = self.learner
+        while True:
+            s = lr.state
+            epoch = s.cursor.epoch
+            if s.cursor.epoch >= epochs:
+                return False
+            stream = source.batches(batch_size=lr.batch_size, epochs=epochs, seed=lr.seed,
+                                    shuffle=plan["shuffle"], start=s.cursor,
+                                    prefetch=plan["prefetch"],
+                                    chunks_per_read=plan["chunks_per_read"],
+                                    **lr.model.data_checks())
+            rolled_back = False
+            with stream:
+                for batch in stream:
+                    if max_samples is not None and lr.state.samples >= max_samples:
+                        return True
+                    info = lr.step(batch.X, batch.y, batch.w)
+                    s = lr.state
+                    if any(e.get("event") == "rollback" for e in info.events):
+                        lr._report(callbacks, info)
+                        rolled_back = True
+                        break
+                    s.epoch_rows = source.n_rows
+                    if batch.cursor.epoch != epoch:
+                        self._close_epoch(s)
+                        epoch = batch.cursor.epoch
+                    s.cursor = batch.cursor
+                    lr._report(callbacks, info)
+                    if lr._stop_requested or (max_samples is not None and
+                                              s.samples >= max_samples):
+                        return True
+            if rolled_back:
+                continue
+            if lr._stop_requested:  # a stop while a followed source waited for rows
+                return True
+            lr._check_divergence(final=True)
+            return False
 
     @staticmethod
     def _close_epoch(s: LearnerState) -> None:
@@ -707,7 +813,8 @@ class _Streaming(_Strategy):
         return FitResult(samples=s.samples, steps=s.steps, rewhitens=s.rewhitens,
                          seconds=seconds, rows_per_s=rows / seconds if seconds else 0.0,
                          train_loss=float(loss), epochs=s.cursor.epoch,
-                         interrupted=interrupted)
+                         interrupted=interrupted, converged=bool(s.converged),
+                         decrement=None if math.isnan(s.decrement) else s.decrement)
 
 
 class _LBFGSRounds(_Strategy):
@@ -852,40 +959,8 @@ class _LBFGSRounds(_Strategy):
     def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
               rng=None):
         """One streaming pass: ``(J, ∇θJ, metric or None, rows)``, averaged by weight."""
-        lr = self.learner
-        P = lr.model.n_params
-        ws = lr._workspace
-        grad = np.zeros(P)
-        loss = wsum = 0.0
-        rows = 0
-        fisher = None if metric is None else \
-            RunningFisher(P, structure=lr.structure, half_life=None)
-        per_read = max(1, lr.batch_size // source.chunk_rows)
-        try:
-            with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
-                                chunks_per_read=per_read, **lr.model.data_checks()) as stream:
-                for batch in stream:
-                    n = batch.X.shape[0]
-                    ls, wt = lr.model.accumulate(
-                        batch.X, batch.y, batch.w, theta, metric=metric,
-                        structure=lr.structure, ws=ws, rng=rng, mc_samples=lr.mc_samples)
-                    loss += ls
-                    wsum += wt
-                    grad += ws.grad
-                    rows += n
-                    if fisher is not None:
-                        fisher.add(ws.fisher, weight=wt, rows=n)
-        except DataError as exc:
-            if chunks is None:
-                raise
-            raise locate_in_full_data(exc, chunks, source.chunk_rows) from exc
-        lr.state.samples += rows
-        lr.state.evaluations += 1
-        if not wsum > 0:
-            raise DataError("the evaluation set has zero total sample weight",
-                            array=source.names[2])
-        G = None if fisher is None else fisher.estimate()
-        return loss / wsum, grad / wsum, G, rows
+        return full_pass(self.learner, source, theta, metric=metric, rng=rng,
+                         batch_rows=self.learner.batch_size, chunks=chunks)
 
     def _report(self, callbacks, J, g, rows) -> None:
         if not callbacks:
@@ -896,6 +971,49 @@ class _LBFGSRounds(_Strategy):
                         natural_grad_norm=float(np.linalg.norm(gphi)), rows=rows,
                         samples=lr.state.samples, steps=lr.state.steps, full_pass=True)
         lr._report(callbacks, info)
+
+
+def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
+              metric=None, rng=None, batch_rows: int, chunks=None, should_stop=None):
+    """One pass over ``source`` at a fixed ``theta`` in chunk order, fused:
+    ``(J, ∇θJ, metric or None, rows)`` averaged by weight; None when ``should_stop()``
+    turned True mid-pass (nothing counted). Counts the rows and the evaluation.
+    """
+    P = lr.model.n_params
+    ws = lr._workspace
+    grad = np.zeros(P)
+    loss = wsum = 0.0
+    rows = 0
+    fisher = None if metric is None else RunningFisher(P, structure=lr.structure,
+                                                       half_life=None)
+    per_read = max(1, batch_rows // source.chunk_rows)
+    try:
+        with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
+                            chunks_per_read=per_read, **lr.model.data_checks()) as stream:
+            for batch in stream:
+                if should_stop is not None and should_stop():
+                    return None
+                n = batch.X.shape[0]
+                ls, wt = lr.model.accumulate(
+                    batch.X, batch.y, batch.w, theta, metric=metric,
+                    structure=lr.structure, ws=ws, rng=rng, mc_samples=lr.mc_samples)
+                loss += ls
+                wsum += wt
+                grad += ws.grad
+                rows += n
+                if fisher is not None:
+                    fisher.add(ws.fisher, weight=wt, rows=n)
+    except DataError as exc:
+        if chunks is None:
+            raise
+        raise locate_in_full_data(exc, chunks, source.chunk_rows) from exc
+    lr.state.samples += rows
+    lr.state.evaluations += 1
+    if not wsum > 0:
+        raise DataError("the evaluation set has zero total sample weight",
+                        array=source.names[2])
+    G = None if fisher is None else fisher.estimate()
+    return loss / wsum, grad / wsum, G, rows
 
 
 _STRATEGIES = {opts.STREAM: _Streaming, opts.LBFGS: _LBFGSRounds}

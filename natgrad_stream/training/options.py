@@ -60,6 +60,7 @@ OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
 STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
 WHITENING_CHOICES = ("eigh", "ridge", "robust")
 PROGRESS_CHOICES = ("auto", "always", "never")
+REFINE_CHOICES = ("scoring", "stream")
 
 #: Strategies of the training loop: per-batch steps of a streaming optimizer, or rounds of
 #: L-BFGS evaluations.
@@ -325,7 +326,16 @@ OPTIONS: tuple[Option, ...] = (
     _o("fisher_every", fisher_every, "auto", f"accumulate the metric on one batch in N "
        f"(auto: round(P/{FISHER_EVERY_PARAMS}))", applies=_ST, recommendable=True,
        metavar="N"),
-    _o("average", flag, False, "keep a Polyak average of θ", applies=_ST),
+    _o("average", flag, False, "keep a Polyak average of θ (params and evaluate report it)",
+       applies=_ST),
+    _o("refine", _choice, "scoring", "passes after the first: scoring (each pass one "
+       "natural-gradient Newton step, i.e. Fisher scoring / IRLS, on the whole data, with "
+       "backtracking) or stream (more streaming steps)", applies=_ST, recommendable=True,
+       choices=REFINE_CHOICES),
+    _o("decrement_tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
+       "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
+       "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, flag="--tol",
+       metavar="T"),
     _o("divergence_factor", positive_float_or_none, DIVERGENCE_FACTOR, "stop (exit 1, state rolled "
        "back) when the mean loss of a window of batches rises more than this factor × "
        "|loss at the start| above the start; 'none' disables", applies=_ST, nullable=True,

@@ -30,7 +30,8 @@ def _nan_or_float(v):
     return math.nan if v is None else float(v)
 
 
-def _put_rng_back(rng: np.random.Generator, saved: dict) -> np.random.Generator:
+def _revive_rng(saved: dict) -> np.random.Generator:
+    rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = saved
     return rng
 
@@ -41,13 +42,9 @@ def _load_rng(state: dict) -> np.random.Generator:
     return rng
 
 
-def _keep(_, saved):
-    return saved
-
-
 #: Codecs: name -> (to checkpoint, from checkpoint, snapshot): the snapshot is None for
-#: values never modified in place (a step replaces them), else ``(save, put_back)`` with
-#: ``save(value) -> saved`` and ``put_back(value, saved) -> value``.
+#: values never modified in place (a step replaces them), else ``(save, revive)`` with
+#: ``save(value) -> saved`` and ``revive(saved) -> a new value``.
 _CODECS = {
     "array": (lambda v: v.copy(), _array, None),
     "int": (int, int, None),
@@ -59,10 +56,10 @@ _CODECS = {
                                    for k, v in d.items()}, None),
     "whitener": (lambda w: None if w is None else w.state_dict(),
                  lambda d: Whitener.from_state(d) if d else None, None),
-    "fisher": (lambda f: f.state_dict(), RunningFisher.from_state, (copy.copy, _keep)),
-    "schedule": (lambda s: s.to_dict(), ScheduleState.from_dict, (copy.copy, _keep)),
+    "fisher": (lambda f: f.state_dict(), RunningFisher.from_state, (copy.copy, copy.copy)),
+    "schedule": (lambda s: s.to_dict(), ScheduleState.from_dict, (copy.copy, copy.copy)),
     "rng": (lambda r: r.bit_generator.state, _load_rng,
-            (lambda r: r.bit_generator.state, _put_rng_back)),
+            (lambda r: r.bit_generator.state, _revive_rng)),
     "cursor": (lambda c: c.to_dict(), Cursor.from_dict, None),
 }
 
@@ -102,8 +99,16 @@ class LearnerState:
     evaluations: int = _f(("counters", "evaluations"), "int", default=0)
     converged: bool = _f(("counters", "converged"), "bool", default=False)
     train_loss: float = _f(("counters", "train_loss"), "nan_float", default=math.nan)
-    #: ∇θJ at θ on the last L-BFGS evaluation set.
+    #: ∇θJ at θ on the last L-BFGS evaluation set (or the last refinement pass).
     grad: np.ndarray | None = _f(("grad",), "array", default=None)
+    #: Refinement passes (``refine="scoring"``): the base point of the current Newton step,
+    #: its direction, step fraction, loss and slope ∇Jᵀd there, and the last decrement.
+    refine_theta: np.ndarray | None = _f(("refine", "theta"), "array", default=None)
+    refine_dir: np.ndarray | None = _f(("refine", "direction"), "array", default=None)
+    refine_t: float = _f(("refine", "step"), "float", default=1.0)
+    refine_loss: float = _f(("refine", "loss"), "nan_float", default=math.nan)
+    refine_slope: float = _f(("refine", "slope"), "float", default=0.0)
+    decrement: float = _f(("refine", "decrement"), "nan_float", default=math.nan)
     theta_sum: np.ndarray | None = _f(("average", "theta_sum"), "array", default=None)
     average_weight: float = _f(("average", "weight"), "float", default=0.0)
     epoch_loss_sum: float = _f(("epoch_loss", "sum"), "float", default=0.0)
@@ -119,9 +124,8 @@ class LearnerState:
     rollbacks: int = _f(("guard", "rollbacks"), "int", default=0)
     last_refresh: dict | None = _f(("last_refresh",), "json", default=None)
     last_round: dict | None = _f(("last_round",), "json", default=None)
-    #: The first batch may still pick a data-informed start (not persisted: a checkpoint
-    #: is always past it).
-    data_init: bool = _f(None, "bool", default=False)
+    #: The first batch may still pick a data-informed start (only before the first step).
+    data_init: bool = _f(("counters", "data_init"), "bool", default=False)
 
     @classmethod
     def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
@@ -138,8 +142,8 @@ class LearnerState:
         """What to put back if a step is rejected (O(P), a few µs: arrays are replaced by
         steps, never modified in place; only the members a step mutates are saved).
         """
-        return Snapshot(copy.copy(self), [(name, put_back, save(getattr(self, name)))
-                                          for name, save, put_back in _mutable_fields()])
+        return Snapshot(copy.copy(self), [(name, revive, save(getattr(self, name)))
+                                          for name, save, revive in _mutable_fields()])
 
     def to_dict(self) -> dict:
         """The persisted fields as a nested dict of arrays and JSON values."""
@@ -174,7 +178,8 @@ class LearnerState:
             else:
                 values[f.name] = None if node is None and f.metadata["codec"] != "nan_float" \
                     else _CODECS[f.metadata["codec"]][1](node)
-        values["data_init"] = False
+        if "data_init" not in state.get("counters", {}):  # an older checkpoint: past it
+            values["data_init"] = False
         return cls(**values)
 
 
@@ -182,7 +187,7 @@ _MISSING = object()
 
 
 def _mutable_fields() -> list:
-    """``(name, save, put_back)`` of the fields a step modifies in place (computed once)."""
+    """``(name, save, revive)`` of the fields a step modifies in place (computed once)."""
     global _MUTABLE
     if _MUTABLE is None:
         _MUTABLE = [(f.name, *_CODECS[f.metadata["codec"]][2]) for f in fields(LearnerState)
@@ -200,7 +205,10 @@ class Snapshot:
         self._state, self._saved = state, saved
 
     def restore(self) -> LearnerState:
-        """The state at the snapshot (mutable members put back)."""
-        for name, put_back, saved in self._saved:
-            setattr(self._state, name, put_back(getattr(self._state, name), saved))
-        return self._state
+        """The state at the snapshot, as a new object (the snapshot stays usable: it may
+        be restored again, e.g. as a rollback point).
+        """
+        out = copy.copy(self._state)
+        for name, revive, saved in self._saved:
+            setattr(out, name, revive(saved))
+        return out
