@@ -701,6 +701,9 @@ class _Streaming(_Strategy):
         """
         lr = self.learner
         s = lr.state
+        tol = lr.decrement_tol
+        if s.converged and not (tol is not None and s.decrement <= tol * abs(s.train_loss)):
+            s.converged = False  # resumed with a stricter (or no) tolerance: go on
         while s.cursor.epoch < plan["epochs"] and not s.converged:
             if lr._out_of_budget(max_samples):
                 return True
