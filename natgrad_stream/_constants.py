@@ -105,3 +105,9 @@ DIVERGENCE_MAX_ROLLBACKS = 3
 REFINE_BATCH_ROWS = 65536
 REFINE_ARMIJO = 1e-4
 REFINE_MAX_HALVINGS = 30
+#: Round-off of a pass loss, relative to |J|: the Armijo test allows it, and a Newton
+#: decrement below it means nothing is left to gain (the passes stop, converged).
+REFINE_ROUNDOFF = 1e-14
+#: A rejected step is shortened by quadratic interpolation of J along it, to between these
+#: fractions of its length.
+REFINE_SHRINK = (0.1, 0.5)

@@ -50,6 +50,8 @@ from natgrad_stream._constants import (
     REFINE_ARMIJO,
     REFINE_BATCH_ROWS,
     REFINE_MAX_HALVINGS,
+    REFINE_ROUNDOFF,
+    REFINE_SHRINK,
     RNG_LEARNER,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
@@ -701,9 +703,9 @@ class _Streaming(_Strategy):
         """
         lr = self.learner
         s = lr.state
-        tol = lr.decrement_tol
-        if s.converged and not (tol is not None and s.decrement <= tol * abs(s.train_loss)):
-            s.converged = False  # resumed with a stricter (or no) tolerance: go on
+        tol = max(lr.decrement_tol or 0.0, REFINE_ROUNDOFF)
+        if s.converged and not s.decrement <= tol * abs(s.train_loss):
+            s.converged = False  # resumed with a stricter tolerance: go on
         while s.cursor.epoch < plan["epochs"] and not s.converged:
             if lr._out_of_budget(max_samples):
                 return True
@@ -720,9 +722,15 @@ class _Streaming(_Strategy):
                                      f"|θ|max = {np.abs(s.theta).max():.3g}")
             event = {"event": "pass", "pass": k + 1, "samples": s.samples, "loss": J}
             refresh = None
+            slack = REFINE_ROUNDOFF * abs(s.refine_loss)
             if s.refine_dir is not None and not (
-                    J <= s.refine_loss + REFINE_ARMIJO * s.refine_t * s.refine_slope):
-                s.refine_t *= 0.5  # the step did not decrease J enough: halve it
+                    J <= s.refine_loss + REFINE_ARMIJO * s.refine_t * s.refine_slope + slack):
+                # the step did not decrease J enough: shorten it where the quadratic through
+                # J(0), J'(0) and J(t) is least, within REFINE_SHRINK of its length
+                t, slope, rise = s.refine_t, s.refine_slope, J - s.refine_loss
+                curv = rise - slope * t
+                frac = -slope * t / (2.0 * curv) if curv > 0 and math.isfinite(curv) else 0.0
+                s.refine_t = t * min(max(frac, REFINE_SHRINK[0]), REFINE_SHRINK[1])
                 stalled = s.refine_t < 0.5 ** REFINE_MAX_HALVINGS
                 if stalled:  # back to the best point measured
                     s.theta, J = s.refine_theta.copy(), s.refine_loss
@@ -737,8 +745,8 @@ class _Streaming(_Strategy):
                 gphi = s.whitener.grad_phi(g)
                 s.decrement = 0.5 * float(gphi @ gphi)
                 s.grad = g
-                tol = lr.decrement_tol
-                s.converged = tol is not None and s.decrement <= tol * abs(J)
+                tol = max(lr.decrement_tol or 0.0, REFINE_ROUNDOFF)
+                s.converged = s.decrement <= tol * abs(J)
                 s.refine_dir = None
                 if not s.converged:
                     d = -s.whitener.theta(gphi)
