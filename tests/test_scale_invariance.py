@@ -208,3 +208,35 @@ def test_negative_round_off_is_judged_against_the_parameters_own_diagonal():
         whiten(np.array([[2.0, 0.3 * c, 0.3], [0.3 * c, c * c * (1 - 1e-6), c],
                          [0.3, c, 1.0]]),
                center=2)
+
+
+def test_a_rare_category_seen_late_does_not_blow_up_the_first_pass():
+    """Raw flight-like features and category indicators, one of them in 0.01% of rows (as
+    a small airline among flights): its metric diagonal is zero at the first refreshes. Such
+    a parameter is now whitened like the stiffest one and decoupled; before, its tiny metric
+    let round-off send θ to 1e14 and the first pass diverged (this case, and nycflights13
+    with its carriers, in every candidate).
+    """
+    rng = np.random.default_rng(1)
+    n = 150_000
+    probs = [0.5, 0.3, 0.1, 0.09, 0.0099, 0.0001]
+    raw = np.column_stack([rng.integers(1, 13, n), rng.integers(1, 32, n),
+                           rng.uniform(500, 2359, n), rng.uniform(1, 2359, n),
+                           rng.uniform(80, 4983, n),
+                           np.clip(rng.standard_t(2, n) * 20, -43, 1301)])
+    cat = rng.choice(len(probs), n, p=probs)
+    dummies = np.column_stack([(cat == k).astype(float) for k in range(1, len(probs))])
+    X = np.hstack([raw, dummies])
+    z = -1.0 + 0.05 * raw[:, 0] - 4e-4 * raw[:, 2] + 1e-4 * raw[:, 4] + 0.05 * raw[:, 5] \
+        + dummies @ rng.normal(0, 1, len(probs) - 1)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    model = make_model("logistic", X.shape[1])
+    learner = NaturalGradientLearner(model).fit((X, y), epochs=1)  # warnings are errors
+    assert np.abs(learner.theta).max() < 100
+
+    def loss(theta):
+        zz = X @ theta[:-1] + theta[-1]
+        return np.mean(np.logaddexp(0, zz) - y * zz)
+
+    best = NaturalGradientLearner(model, decrement_tol=1e-12).fit((X, y), epochs=10).theta
+    assert loss(learner.theta) < 1.01 * loss(best)

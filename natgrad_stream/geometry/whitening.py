@@ -335,16 +335,24 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
         # Jacobi scale of a zero parameter: its own diagonal before elimination, so that its
         # scaled diagonal is round-off and damping holds it (a constant feature does not
         # drift along the null direction it shares with the intercept); one the data never
-        # moved has no scale of its own and its W is arbitrary (its gradient is zero): it
-        # gets ZERO_DIAGONAL_FRACTION of the largest
-        d = np.where(zero, np.where(ref > 0, ref, ZERO_DIAGONAL_FRACTION * top), diag)
+        # moved (a feature not seen yet, e.g. a rare category) has no scale of its own: it
+        # gets the largest diagonal and a scaled diagonal of 1, decoupled from the others,
+        # so that when it first appears its step is as short as the stiffest parameter's
+        # (a tiny metric there sent θ to 1e14 on the first rare category seen)
+        unseen = zero & ~(ref > 0)
+        d = np.where(zero, np.where(ref > 0, ref, top), diag)
     else:
+        unseen = np.zeros(diag.shape, dtype=bool)
         d = np.ones_like(diag)
     sqrt_d = np.sqrt(d)
     if G.ndim == 1:
         return _whiten_diagonal(diag, d, sqrt_d, zero, method, damping, floor, scale)
     S = G / np.outer(sqrt_d, sqrt_d) if scale else G.copy()
     S = 0.5 * (S + S.T)
+    if unseen.any():
+        S[unseen, :] = 0.0
+        S[:, unseen] = 0.0
+        S[unseen, unseen] = 1.0
     eps = damping * float(np.trace(S)) / S.shape[0]
     try:
         if method == "ridge":
