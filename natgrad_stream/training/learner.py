@@ -746,7 +746,17 @@ class _Streaming(_Strategy):
                 s.decrement = 0.5 * float(gphi @ gphi)
                 s.grad = g
                 tol = max(lr.decrement_tol or 0.0, REFINE_ROUNDOFF)
-                s.converged = s.decrement <= tol * abs(J)
+                # a parameter with no metric but a gradient (predictions saturated on its
+                # rows) is one no Newton step can move: the decrement does not see it
+                stuck = int(np.sum(((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)))
+                s.converged = s.decrement <= tol * abs(J) and not stuck
+                if stuck:
+                    event["stuck_parameters"] = stuck
+                    warnings.warn(f"pass {k + 1}: {stuck} parameter(s) have a zero metric "
+                                  "but a nonzero gradient (predictions saturated on their "
+                                  "rows): the passes cannot converge from here; try "
+                                  "stronger damping or a smaller lr for the first pass",
+                                  RuntimeWarning, stacklevel=2)
                 s.refine_dir = None
                 if not s.converged:
                     d = -s.whitener.theta(gphi)
