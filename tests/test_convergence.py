@@ -117,3 +117,27 @@ def test_cli_tol_reports_converged_decrement_and_passes(tmp_path, capsys):
                                 "--epochs", 30, "--tol", 1e-14)
     assert code == 0 and stricter["samples"] > summary["samples"]
     assert stricter["decrement"] < summary["decrement"]
+
+
+def test_a_saturated_coefficient_is_reset_and_the_passes_reach_the_optimum():
+    """A rare indicator's coefficient far out (its rows' predictions saturated: zero
+    metric, nonzero gradient) cannot be moved by Newton steps; the scoring passes reset it
+    to its start and converge (it once ended `converged` at twice the optimal loss).
+    """
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    X = np.column_stack([rng.standard_normal(n) * 30 + 100, rng.standard_normal(n),
+                         (rng.random(n) < 0.005).astype(float)])
+    z = 0.02 * (X[:, 0] - 100) + 0.8 * X[:, 1] - 0.5 * X[:, 2]
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    optimum = -sm.Logit(y, sm.add_constant(X)).fit(disp=0).llf / n
+    model = make_model("logistic", 3)
+    start = np.zeros(4)
+    start[2] = -5e3  # the indicator's rows: z = −5000, p(1 − p) = 0 exactly
+    learner = NaturalGradientLearner(model).reset(start)
+    with pytest.warns(RuntimeWarning, match="reset to their starting values"):
+        learner.fit((X, y), epochs=10)
+    assert learner.result.converged
+    assert _gap(model, X, y, learner.theta, optimum) < GAP

@@ -748,17 +748,22 @@ class _Streaming(_Strategy):
                 tol = max(lr.decrement_tol or 0.0, REFINE_ROUNDOFF)
                 # a parameter with no metric but a gradient (predictions saturated on its
                 # rows) is one no Newton step can move: the decrement does not see it
-                stuck = int(np.sum(((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)))
-                s.converged = s.decrement <= tol * abs(J) and not stuck
-                if stuck:
-                    event["stuck_parameters"] = stuck
-                    warnings.warn(f"pass {k + 1}: {stuck} parameter(s) have a zero metric "
-                                  "but a nonzero gradient (predictions saturated on their "
-                                  "rows): the passes cannot converge from here; try "
-                                  "stronger damping or a smaller lr for the first pass",
-                                  RuntimeWarning, stacklevel=2)
+                stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
+                s.converged = s.decrement <= tol * abs(J) and not stuck.any()
                 s.refine_dir = None
-                if not s.converged:
+                if stuck.any():
+                    # back to their starting values, where their rows' predictions are not
+                    # saturated and the metric sees them again; the next pass measures it
+                    start = lr.model.init_params()
+                    s.theta = s.theta.copy()
+                    s.theta[stuck] = start[stuck]
+                    event["reset_parameters"] = np.flatnonzero(stuck).tolist()
+                    warnings.warn(f"pass {k + 1}: parameter(s) "
+                                  f"{np.flatnonzero(stuck).tolist()} had a zero metric but "
+                                  "a nonzero gradient (predictions saturated on their "
+                                  "rows); reset to their starting values", RuntimeWarning,
+                                  stacklevel=2)
+                elif not s.converged:
                     d = -s.whitener.theta(gphi)
                     s.refine_theta, s.refine_dir, s.refine_t = s.theta.copy(), d, 1.0
                     s.refine_loss, s.refine_slope = J, float(g @ d)
