@@ -69,6 +69,8 @@ DEFAULT_LOG_EVERY = 65536
 DEFAULT_KEEP_CHECKPOINTS = 2
 #: Follow mode: seconds between looks for newly committed rows.
 DEFAULT_POLL_SECONDS = 1.0
+#: Seconds between progress lines when stderr is not a terminal.
+DEFAULT_PROGRESS_SECONDS = 10.0
 
 #: The paper's worked example (section 3): the mixing matrix A of ``x = A θ + noise``,
 #: used by the ``gaussian-mean`` data task and model.

@@ -1,9 +1,9 @@
 """The ``natgrad-stream`` command line.
 
-Subcommands: ``make-data``, ``fit``, ``evaluate``, ``params``, ``demo``. Machine-readable
-results go to stdout as one JSON object on the last line; progress and messages go to
-stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or usage, 130 stopped
-by a signal (after writing a resumable checkpoint).
+Subcommands: ``make-data``, ``fit``, ``evaluate``, ``params``, ``plot``, ``demo``.
+Machine-readable results go to stdout as one JSON object on the last line; progress and
+messages go to stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or
+usage, 130 stopped by a signal (after writing a resumable checkpoint).
 """
 
 from __future__ import annotations
@@ -75,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = sub.add_parser("fit", help="learn a model from a Zarr group by natural gradient")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="Zarr group, path or URL (or 'data' in --config)")
+    p.add_argument("--out", default=None, metavar="RUN",
+                   help="run directory (or 'out' in --config)")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="fit options from a TOML file: any option by its name in the "
+                        "options table (batch_size, lr, ...) plus data, model and out; "
+                        "flags on the command line override it")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN (options that differ from the run's are "
                         "refused, except --epochs, --lbfgs-rounds, --max-samples, "
@@ -95,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="print a fitted run's parameters as JSON")
     p.add_argument("run", metavar="RUN")
+
+    p = sub.add_parser("plot", help="draw a run's training log (loss, rows/s, metric "
+                                    "refreshes) into an image; needs matplotlib")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--out", default=None, metavar="FILE.png",
+                   help="image to write (format from the suffix; default RUN/plot.png)")
 
     p = sub.add_parser("demo", help="fit the embedded demo dataset and compare with the "
                                     "full-batch optimum")
@@ -158,12 +170,41 @@ def _cmd_make_data(args) -> int:
 def _cmd_fit(args) -> int:
     from natgrad_stream.app.runs import fit_run
 
+    data, out, from_file = args.data, args.out, {}
+    if args.config is not None:
+        from_file = _read_config(args.config)
+        data = data if data is not None else from_file.pop("data", None)
+        out = out if out is not None else from_file.pop("out", None)
+        from_file.pop("data", None)
+        from_file.pop("out", None)
+    if data is None or out is None:
+        raise OptionError("fit needs DATA and --out RUN (on the command line or as 'data' "
+                          "and 'out' in --config)")
     with _GracefulStop() as stop:
-        given = {"progress": opts.BY_NAME["progress"].default, **opts.given_options(args)}
-        summary = fit_run(args.data, args.out, resume=args.resume, overwrite=args.overwrite,
-                          stop_handler=stop.attach, **given)
+        given = {"progress": opts.BY_NAME["progress"].default, **from_file,
+                 **opts.given_options(args)}
+        summary = fit_run(data, out, resume=args.resume, overwrite=args.overwrite,
+                          stop_handler=stop.attach, config=args.config, **given)
     _print_json(summary)
     return EXIT_SIGNAL if stop.signalled else EXIT_OK
+
+
+def _read_config(path) -> dict:
+    """Fit options from a TOML file: option names of the table plus data and out."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"config {path} is not valid TOML: {exc}") from None
+    known = set(opts.BY_NAME) | {"data", "out"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise OptionError(f"config {path}: unknown option{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)} (names as in the options table, e.g. "
+                          "batch_size, lr, epochs)")
+    return {k: (str(v) if k in ("data", "out") else v) for k, v in config.items()}
 
 
 def _cmd_evaluate(args) -> int:
@@ -180,16 +221,46 @@ def _cmd_params(args) -> int:
     return EXIT_OK
 
 
+def _cmd_plot(args) -> int:
+    from natgrad_stream.app.plot import plot_run
+
+    _print_json({"path": str(plot_run(args.run, args.out))})
+    return EXIT_OK
+
+
 def _cmd_demo(args) -> int:
     from natgrad_stream.app.demo import run_demo
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="natgrad-demo-"))
-    _print_json(run_demo(out, log=sys.stderr))
+    if args.out:
+        _print_json(run_demo(Path(args.out), log=sys.stderr))
+        return EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="natgrad-demo-") as tmp:  # leaves nothing
+        report = run_demo(Path(tmp) / "run", log=sys.stderr)
+    report["run_kept"] = False
+    _print_json(report)
     return EXIT_OK
 
 
 COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evaluate,
-            "params": _cmd_params, "demo": _cmd_demo}
+            "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo}
+
+
+def _log_to_stderr(prefix: str) -> None:
+    """The ``natgrad_stream`` logger's records as ``PREFIX: message`` lines on stderr (the
+    library logs; the command decides where its lines go).
+    """
+    import logging
+
+    log = logging.getLogger("natgrad_stream")
+    for h in list(log.handlers):
+        if getattr(h, "_natgrad_cli", False):
+            log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._natgrad_cli = True
+    handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _os_error(exc: OSError) -> str:
@@ -206,6 +277,7 @@ def main(argv=None) -> int:
     """
     args = build_parser().parse_args(argv)
     prefix = f"natgrad-stream {args.command}"
+    _log_to_stderr(prefix)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"{prefix}: warning: {message}", file=sys.stderr)

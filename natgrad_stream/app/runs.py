@@ -37,7 +37,12 @@ from natgrad_stream.data.identity import compare_identity, data_identity
 from natgrad_stream.errors import OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
 from natgrad_stream.training import options as opts
-from natgrad_stream.training.callbacks import CheckpointEvery, MetricsLogger, ProgressBar
+from natgrad_stream.training.callbacks import (
+    CheckpointEvery,
+    MetricsLogger,
+    ProgressLines,
+    TqdmProgress,
+)
 from natgrad_stream.training.checkpoint import (
     load_latest_checkpoint,
     remove_rotated,
@@ -156,7 +161,8 @@ def _ignored(name: str, model) -> bool:
 
 def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
             stop_handler=None, learner_options: dict | None = None,
-            model_options: dict | None = None, **options) -> dict:
+            model_options: dict | None = None, config: str | None = None,
+            **options) -> dict:
     """Fit (or resume) a run in ``run_dir``; returns the summary dict.
 
     Parameters
@@ -173,6 +179,8 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
         Replace a run already in ``run_dir`` (only once the new one has finished).
     stop_handler : callable, optional
         Called with the learner before fitting (the CLI's signal handler attaches).
+    config : str, optional
+        The config file the options came from (recorded in ``run.json``).
     **options
         Fit options by the names of :data:`natgrad_stream.training.options.OPTIONS`
         (``model``, ``x``, ``epochs``, ``optimizer``, ``lr``, ...); unset ones take the
@@ -204,7 +212,8 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     created = not run_dir.exists()
     try:
         with run_lock(run_dir):
-            return _fit_locked(data, run_dir, given, resume, overwrite, stop_handler)
+            return _fit_locked(data, run_dir, given, resume, overwrite, stop_handler,
+                               config)
     except BaseException:
         if created:  # a new run that failed leaves no directory behind (if it wrote nothing)
             with contextlib.suppress(OSError):
@@ -214,7 +223,7 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
 
 
 def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
-                stop_handler) -> dict:
+                stop_handler, config: str | None = None) -> dict:
     ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
     if resume:
         learner, info, fit_options = _resume(run_dir, data, given)
@@ -239,6 +248,8 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     new_log = run_dir / (METRICS + ".partial") if replacing else log_path
     if replacing:
         new_log.unlink(missing_ok=True)
+    if config is not None:
+        info["config"] = str(Path(config).resolve())
     info = {**info, "fit_options": fit_options,
             "data_identity": data_identity(data, (x, y if learner.model.requires_targets
                                                   else None, w))}
@@ -250,8 +261,12 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
                                  extra=info),
                  MetricsLogger(new_log, every=run["log_every"])]
     progress = run["progress"]
-    if progress == "always" or (progress == "auto" and sys.stderr.isatty()):
-        callbacks.append(ProgressBar())
+    if progress != "never":
+        if sys.stderr.isatty():  # a bar on a terminal, else newline-terminated lines
+            callbacks.append(TqdmProgress())
+        else:
+            callbacks.append(ProgressLines(interval=run["progress_seconds"],
+                                           eager=progress == "always"))
     if stop_handler is not None:
         stop_handler(learner)
     learner.fit(source, epochs=run.get("epochs"), callbacks=callbacks,

@@ -6,6 +6,7 @@ They serve every strategy of the learner (streaming steps and L-BFGS rounds).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -75,6 +76,102 @@ class ProgressBar(Callback):
 
     def on_fit_end(self, learner, result):
         self._draw(learner, time.perf_counter(), end="\n")
+
+
+logger = logging.getLogger("natgrad_stream")
+
+
+class ProgressLines(Callback):
+    """Progress as newline-terminated lines through the ``natgrad_stream`` logger (for logs
+    of runs without a terminal: nohup, cron, CI, schedulers), at most one every
+    ``interval`` seconds.
+
+    The first line, once ``interval`` has passed, says what the run is; the last, at the
+    end of a run that printed any, what it did. A run shorter than ``interval`` prints
+    nothing, so a failing one prints only its error; with ``eager`` the start and end
+    lines are printed whatever the run's length.
+    """
+
+    def __init__(self, *, interval: float = 10.0, eager: bool = False):
+        self.interval = float(interval)
+        self.eager = bool(eager)
+
+    def on_fit_start(self, learner, total_rows):
+        self.total = total_rows
+        self.t0 = self.last = time.perf_counter()
+        self.start_samples = learner.samples
+        self.loss = math.nan
+        self.started = False
+        if self.eager:
+            self._start(learner)
+
+    def _start(self, learner) -> None:
+        self.started = True
+        planned = f", {self.total:,} rows planned" if self.total else ""
+        logger.info("fit started: model %s, optimizer %s, from sample %s%s",
+                    learner.model.name, learner.effective_options["optimizer"],
+                    f"{self.start_samples:,}", planned)
+
+    def on_batch_end(self, learner, info, cursor):
+        if info.full_pass or math.isnan(self.loss):
+            self.loss = info.loss
+        else:
+            self.loss = 0.98 * self.loss + 0.02 * info.loss
+        now = time.perf_counter()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        if not self.started:
+            self._start(learner)
+        rate = (learner.samples - self.start_samples) / max(now - self.t0, 1e-9)
+        pct = eta = ""
+        if self.total:
+            done = learner.samples - self.start_samples
+            left = self.total - learner.samples
+            pct = f"{100 * learner.samples / self.total:.1f}% "
+            if rate > 0 and left > 0 and done > 0:
+                eta = f" | ETA {left / rate:.0f} s"
+        logger.info("%s%s rows | %.2f M rows/s | loss %.6g | %s%s", pct,
+                    f"{learner.samples:,}", rate / 1e6, self.loss, learner.strategy.status(),
+                    eta)
+
+    def on_fit_end(self, learner, result):
+        if self.started:
+            r = result.to_dict()
+            logger.info("fit done: %s samples | %.2f M rows/s | train loss %.6g | %s | %s",
+                        f"{r['samples']:,}", r["rows_per_s"] / 1e6, r["train_loss"],
+                        learner.strategy.status(),
+                        "interrupted (resumable)" if r["interrupted"] else "complete")
+
+
+class TqdmProgress(Callback):
+    """A tqdm bar on a terminal: rows with rate, loss and ETA."""
+
+    def __init__(self, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+
+    def on_fit_start(self, learner, total_rows):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_rows, initial=learner.samples if total_rows else 0,
+                        unit="rows", unit_scale=True, file=self.stream, dynamic_ncols=True,
+                        mininterval=0.25)
+        self.loss = math.nan
+
+    def on_batch_end(self, learner, info, cursor):
+        if info.full_pass or math.isnan(self.loss):
+            self.loss = info.loss
+        else:
+            self.loss = 0.98 * self.loss + 0.02 * info.loss
+        self.bar.update(info.rows)
+        self.bar.set_postfix_str(f"loss {self.loss:.5g} | {learner.strategy.status()}",
+                                 refresh=False)
+
+    def on_fit_end(self, learner, result):
+        self.bar.close()
+
+    def on_error(self, learner, error):
+        self.bar.close()
 
 
 class MetricsLogger(Callback):

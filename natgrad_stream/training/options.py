@@ -37,6 +37,7 @@ from natgrad_stream._constants import (
     DEFAULT_LOG_EVERY,
     DEFAULT_MC_SAMPLES,
     DEFAULT_POLL_SECONDS,
+    DEFAULT_PROGRESS_SECONDS,
     DIVERGENCE_FACTOR,
     FISHER_EVERY_PARAMS,
     LBFGS_EVAL_BATCH_ROWS,
@@ -378,8 +379,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("log_every", positive_int, DEFAULT_LOG_EVERY,
        "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
        metavar="N"),
-    _o("progress", _choice, "auto", "progress line on stderr (auto: when stderr is a "
-       "terminal)", group=RUN, resumable=True, choices=PROGRESS_CHOICES, inherit=False),
+    _o("progress", _choice, "auto", "progress on stderr: a bar on a terminal, else a line "
+       "every --progress-seconds (auto: the bar or lines; always: also a start and an end "
+       "line for short runs; never)", group=RUN, resumable=True, choices=PROGRESS_CHOICES,
+       inherit=False),
+    _o("progress_seconds", positive_float, DEFAULT_PROGRESS_SECONDS, "without a terminal: "
+       "seconds between progress lines on stderr", group=RUN, resumable=True, metavar="S"),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}

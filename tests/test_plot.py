@@ -1,0 +1,126 @@
+"""``natgrad-stream plot``: a run's training log drawn into an image."""
+
+import json
+import sys
+
+import pytest
+
+from natgrad_stream.app.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    lines = [ln for ln in out.strip().splitlines() if ln]
+    return code, (json.loads(lines[-1]) if lines else None), err
+
+
+def read_image(path):
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small logistic run: 3 passes over 20,000 rows, a progress record every 2,000."""
+    base = tmp_path_factory.mktemp("plot")
+    data, run = base / "d.zarr", base / "run"
+    assert main(["make-data", str(data), "--task", "logistic", "--rows", "20000",
+                 "--features", "3", "--chunk-rows", "2000"]) == 0
+    assert main(["fit", str(data), "--model", "logistic", "--out", str(run), "--epochs", "3",
+                 "--log-every", "2000"]) == 0
+    return run
+
+
+def test_plot_writes_png_in_run(run_dir, capsys):
+    capsys.readouterr()
+    code, result, _ = run_cli(capsys, "plot", run_dir)
+    assert code == 0
+    assert result == {"path": str(run_dir / "plot.png")}
+    image = read_image(run_dir / "plot.png")
+    assert image.ndim == 3 and image.shape[0] >= 400 and image.shape[1] >= 400
+    assert image[..., :3].std() > 0.01  # not a blank canvas
+
+
+def test_plot_out(run_dir, tmp_path, capsys):
+    out = tmp_path / "figure.png"
+    code, result, _ = run_cli(capsys, "plot", run_dir, "--out", out)
+    assert code == 0 and result == {"path": str(out)}
+    assert read_image(out).shape[0] >= 400
+    assert not list(tmp_path.glob(".plot-*"))  # no temporary left behind
+
+
+def test_plot_unknown_format(run_dir, tmp_path, capsys):
+    code, result, err = run_cli(capsys, "plot", run_dir, "--out", tmp_path / "figure.xyz")
+    assert code == 2 and result is None
+    assert len(err.strip().splitlines()) == 1 and ".xyz" in err
+
+
+def test_plot_without_metrics(tmp_path, capsys):
+    code, result, err = run_cli(capsys, "plot", tmp_path)
+    assert code == 2 and result is None
+    assert len(err.strip().splitlines()) == 1 and "metrics.jsonl" in err
+    code, _, err = run_cli(capsys, "plot", tmp_path / "missing")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_plot_without_progress_records(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"event": "start", "samples": 0, "step": 0}) + "\n")
+    code, _, err = run_cli(capsys, "plot", tmp_path)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "no progress records" in err
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_plot_without_matplotlib(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "figure.png"
+    code, result, err = run_cli(capsys, "plot", run_dir, "--out", out)
+    assert code == 2 and result is None
+    assert len(err.strip().splitlines()) == 1
+    assert 'pip install "natgrad-stream[plot]"' in err
+    assert not out.exists()
+
+
+def test_plot_every_event_kind(tmp_path, capsys):
+    """Validation, rollback, resumption, L-BFGS rounds, failed refreshes, drift, a wide
+    samples range (log axis) and a last line cut short are all drawn or skipped quietly.
+    """
+    records = [{"event": "start", "samples": 0, "step": 0, "model": {"name": "mlp"}}]
+    samples = 0
+    for i in range(1, 120):
+        samples = int(500 * 1.08 ** i)
+        if i == 60:
+            records.append({"event": "rollback", "detected_at": samples,
+                            "samples": samples // 2})
+            samples //= 2
+        records.append({"event": "progress", "step": i, "samples": samples,
+                        "loss": 1.0 / i + 0.2, "rows_per_s": 1e5 + i, "elapsed": i})
+        if i % 20 == 0:
+            records.append({"event": "rewhiten", "reason": "drift", "samples": samples,
+                            "drift": 0.1 + i / 1000, "ok": i != 40,
+                            "condition_number": 10.0 * i, "raw_condition_number": 1e3 * i})
+            records.append({"event": "validation", "samples": samples, "loss": 1.0 / i})
+        if i == 90:
+            records.append({"event": "start", "samples": samples, "step": i})
+    records.append({"event": "round", "round": 1, "samples": samples, "loss": 0.2,
+                    "rewhiten": {"reason": "round", "condition_number": 50.0, "ok": True}})
+    records.append({"event": "pass", "pass": 1, "samples": samples, "loss": 0.21})
+    records.append({"event": "end", "samples": samples, "train_loss": 0.2, "seconds": 3.0})
+    text = "\n".join(json.dumps(r) for r in records) + '\n{"event": "prog'
+    (tmp_path / "metrics.jsonl").write_text(text)
+    code, result, _ = run_cli(capsys, "plot", tmp_path)
+    assert code == 0 and result == {"path": str(tmp_path / "plot.png")}
+    assert read_image(tmp_path / "plot.png").shape[0] >= 400
+
+
+def test_plot_corrupt_line(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text(
+        'not json\n{"event": "progress", "samples": 1, "loss": 1.0}\n')
+    code, _, err = run_cli(capsys, "plot", tmp_path)
+    assert code == 2 and "line 1" in err and len(err.strip().splitlines()) == 1
