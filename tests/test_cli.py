@@ -102,7 +102,8 @@ def _bad_groups(tmp_path):
                    ["array 'y'", "chunk 8", "row 877", "outside the logistic"]),
         "missing": (write_group(tmp_path / "mis.zarr", X=X), ["array 'y'", "not found", "['X']"]),
         "shape": (write_group(tmp_path / "shp.zarr", X=X, y=y[:900]), ["900 rows", "1000"]),
-        "dtype": (write_group(tmp_path / "dt.zarr", X=X.astype(np.int32), y=y), ["int32"]),
+        "dtype": (write_group(tmp_path / "dt.zarr", X=X.astype(np.complex64), y=y),
+                  ["complex64"]),
         "empty": (write_group(tmp_path / "emp.zarr", X=X[:0], y=y[:0]), ["empty"]),
         "features": (write_group(tmp_path / "f.zarr", X=X[:, :2], y=y), ["2 features"]),
     }

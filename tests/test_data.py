@@ -145,14 +145,14 @@ def test_bad_targets_and_weights(tmp_path):
 def test_open_zarr_structural_errors(tmp_path):
     X, y = _arrays(10)
     write_group(tmp_path / "g.zarr", X=X, labels=y, v=np.zeros(10), X1=np.zeros(10),
-                Xi=np.zeros((10, 2), dtype=np.int64), E=np.zeros((0, 3), np.float32),
+                Xi=np.zeros((10, 2), dtype=np.complex64), E=np.zeros((0, 3), np.float32),
                 yshort=np.zeros(5))
     g = tmp_path / "g.zarr"
     with pytest.raises(DataError, match=r"array 'y'.*not found.*\['E', 'X'"):
         open_zarr(g)
     with pytest.raises(DataError, match="must be 2-D"):
         open_zarr(g, x="X1", y=None)
-    with pytest.raises(TypeError, match="'Xi' has dtype int64"):
+    with pytest.raises(TypeError, match="'Xi' has dtype complex64"):
         open_zarr(g, x="Xi", y=None)
     with pytest.raises(DataError, match="'E'.*empty"):
         open_zarr(g, x="E", y=None)
@@ -175,8 +175,8 @@ def test_iterator_source_splits_validates_and_counts():
     nan = [(np.array([[1.0, np.nan]]), np.ones(1))]
     with pytest.raises(DataError, match="batch 0 row 0 column 1"):
         _collect(IteratorSource(iter(nan)).batches(batch_size=4))
-    with pytest.raises(TypeError, match="int64"):
-        IteratorSource(iter([(np.zeros((2, 2), dtype=np.int64), np.ones(2))]))
+    with pytest.raises(TypeError, match="complex64"):
+        IteratorSource(iter([(np.zeros((2, 2), dtype=np.complex64), np.ones(2))]))
     with pytest.raises(ValueError, match="one epoch"):
         IteratorSource(iter(items)).batches(batch_size=4, epochs=2)
 

@@ -198,16 +198,21 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int =
         # every chunk is stored, even one holding only the fill value (zarr skips those by
         # default), so a chunk missing from the store is always an error for the readers
         config = {"write_empty_chunks": True}
-        for xname, yname, n in (("X", "y", rows), ("X_test", "y_test", test_rows)):
+        # dimension names let xarray.open_zarr read the store (test rows are a dimension of
+        # their own: xarray needs one size per dimension name)
+        for xname, yname, n, rowdim in (("X", "y", rows, "row"),
+                                        ("X_test", "y_test", test_rows, "test_row")):
             if n == 0:
                 continue
             r = min(int(chunk_rows), n)
             X = group.create_array(xname, shape=(n, features), chunks=(r, features),
-                                   dtype=dtype, compressors=codec, config=config)
+                                   dtype=dtype, compressors=codec, config=config,
+                                   dimension_names=(rowdim, "feature"))
             Y = None
             if gen.Y_DTYPE is not None:
                 Y = group.create_array(yname, shape=(n,), chunks=(r,), dtype=gen.Y_DTYPE,
-                                       compressors=codec, config=config)
+                                       compressors=codec, config=config,
+                                       dimension_names=(rowdim,))
             for c in range(math.ceil(n / r)):
                 a, b = c * r, min((c + 1) * r, n)
                 rng = np.random.default_rng([seed, _ARRAY_IDS[xname], c])
@@ -218,8 +223,9 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int =
         extra = getattr(gen, "extra_arrays", None)
         for name, arr in (extra(params) if extra is not None else {}).items():
             arr = np.asarray(arr, dtype=np.float64)
-            group.create_array(name, shape=arr.shape, dtype="float64",
-                               config=config)[...] = arr
+            group.create_array(name, shape=arr.shape, dtype="float64", config=config,
+                               dimension_names=tuple(f"{name}_{i}"
+                                                     for i in range(arr.ndim)))[...] = arr
         group.attrs["natgrad_stream"] = {
             "task": task, "seed": seed, "rows": rows, "features": features,
             "test_rows": test_rows, "chunk_rows": chunk_rows, "dtype": dtype,

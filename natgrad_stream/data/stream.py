@@ -483,7 +483,9 @@ class ArraySource(Source):
     Parameters
     ----------
     X : array_like, shape (n, d)
-        NumPy, Zarr or dask array, float32 or float64.
+        NumPy, Zarr or dask array, float32 or float64; bool, integer and float16 features
+        are converted chunk by chunk as they are read (float32 for 16 bits or fewer, else
+        float64: :func:`~natgrad_stream.data.validation.compute_dtype`).
     y, w : array_like, shape (n,), optional
         Targets and sample weights (any real numeric dtype; delivered as float64).
     chunk_rows : int, optional
@@ -502,7 +504,10 @@ class ArraySource(Source):
         if len(getattr(X, "shape", ())) != 2:
             raise DataError(f"must be 2-D (rows × features), got shape "
                             f"{getattr(X, 'shape', None)}", array=nx)
+        # the compute dtype; features stored otherwise are converted once, per chunk, as they
+        # are read into the read buffer
         self.x_dtype = check_x_dtype(nx, X.dtype)
+        self._x_stored = np.dtype(X.dtype)
         n, d = (int(s) for s in X.shape)
         if n == 0:
             raise DataError("is empty (0 rows)", array=nx)
@@ -574,15 +579,21 @@ class ArraySource(Source):
             np.copyto(out, raw, casting="unsafe")
 
     def _load_chunk(self, parts, decoders, span) -> None:
-        """Decode one chunk of every array straight into the read buffer, then check it."""
+        """Decode one chunk of every array straight into the read buffer (or its staging
+        buffer, for features stored in another dtype), then check it.
+        """
         c, a, o, k = span
-        for (_, dst, _, _), dec in zip(parts, decoders, strict=True):
+        for (_, dst, _, _, _), dec in zip(parts, decoders, strict=True):
             dec.read_into(a, a + k, dst[o:o + k])
         self._check_chunk(parts, span)
 
     def _check_chunk(self, parts, span) -> None:
+        """Convert one chunk of staged parts into their read buffers, then check it."""
         c, a, o, k = span
-        for _, dst, label, checks in parts:
+        for _, dst, label, checks, final in parts:
+            if final is not None:
+                np.copyto(final[o:o + k], dst[o:o + k], casting="unsafe")
+                dst = final
             self._check(label, dst[o:o + k], checks, c, a)
 
     def _check(self, label, block, checks, chunk, row0):
@@ -604,8 +615,10 @@ class ArraySource(Source):
         y_checks = (check_finite, *checks)
         w_checks = (check_finite, check_nonnegative)
 
+        convert_x = self._x_stored != self.x_dtype
         raw_bytes = (self.y.dtype.itemsize if self.has_targets else 0) + \
-            (self.w.dtype.itemsize if self.has_weights else 0)
+            (self.w.dtype.itemsize if self.has_weights else 0) + \
+            (d * self._x_stored.itemsize if convert_x else 0)
         batch_rows = min(int(batch_size), read_rows)  # batches never straddle reads
         check_plan_memory(
             nx, n_chunks=math.ceil(n / R),
@@ -622,6 +635,9 @@ class ArraySource(Source):
         # Targets and weights are decoded in their stored dtype, then converted to float64.
         raw_y = np.empty(read_rows, dtype=self.y.dtype) if self.has_targets else None
         raw_w = np.empty(read_rows, dtype=self.w.dtype) if self.has_weights else None
+        # Features stored in another dtype are decoded into a staging buffer in that dtype
+        # (the direct zstd decoder writes stored bytes) and converted chunk by chunk.
+        raw_x = np.empty((read_rows, d), dtype=self._x_stored) if convert_x else None
         free: queue.Queue = queue.Queue()
         for _ in range(int(prefetch) + 2):
             free.put(buffers())
@@ -640,20 +656,21 @@ class ArraySource(Source):
             buf = acquire(stream)
             try:
                 spans, requests, m = [], [], 0
-                parts = [(self.X, buf["X"], nx, x_all)]
+                parts = [(self.X, buf["X"], nx, x_all, None) if raw_x is None
+                         else (self.X, raw_x, nx, x_all, buf["X"])]
                 if self.has_targets:
-                    parts.append((self.y, raw_y, ny, y_checks))
+                    parts.append((self.y, raw_y, ny, y_checks, None))
                 if self.has_weights:
-                    parts.append((self.w, raw_w, nw, w_checks))
+                    parts.append((self.w, raw_w, nw, w_checks, None))
                 for c in plan_chunks:
                     c = int(c)
                     a, b = c * R, min((c + 1) * R, n)
                     k = b - a
                     spans.append((c, a, m, k))
-                    requests += [(arr, a, b, dst[m:m + k]) for arr, dst, _, _ in parts]
+                    requests += [(arr, a, b, dst[m:m + k]) for arr, dst, _, _, _ in parts]
                     buf["rows"][m:m + k] = np.arange(a, b)
                     m += k
-                direct = [self._direct.get(id(arr)) for arr, _, _, _ in parts]
+                direct = [self._direct.get(id(arr)) for arr, _, _, _, _ in parts]
                 if all(d is not None and d.covers(a, a + k) for d in direct
                        for _, a, _, k in spans):
                     # one pooled task per chunk: read, decode in place, check; the first
@@ -739,7 +756,7 @@ class IteratorSource(Source):
                 raise DataError("is empty: it yielded no batch", array=name)
             X0 = self._unpack(self._first, 0)[0]
             n_features = X0.shape[1]
-            self.x_dtype = X0.dtype
+            self.x_dtype = check_x_dtype(f"{name} batch 0 X", X0.dtype)
             self.has_targets = self._unpack(self._first, 0)[1] is not None
             self.has_weights = self._unpack(self._first, 0)[2] is not None
         else:
@@ -783,7 +800,9 @@ class IteratorSource(Source):
                 if X.shape[1] != self.n_features:
                     raise DataError(f"batch {index} has {X.shape[1]} features, expected "
                                     f"{self.n_features}", array=self.name)
-                X = np.ascontiguousarray(X)
+                # integer, bool and float16 features: converted to their compute dtype
+                X = np.ascontiguousarray(
+                    X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
                 for label, arr, cks in (("X", X, (check_finite, *x_checks)),
                                         ("y", y, (check_finite, *checks)),
                                         ("w", w, (check_finite, check_nonnegative))):
@@ -811,9 +830,69 @@ class IteratorSource(Source):
 
 
 # -- constructors --------------------------------------------------------------------------------
+def _open_group(data):
+    """``(group, label)`` of what :func:`open_zarr` accepts, opened read-only."""
+    import zarr
+    from zarr.abc.store import Store
+
+    if isinstance(data, zarr.Group):
+        return data, str(getattr(data.store, "root", None) or data.store)
+    if isinstance(data, Store):
+        store, label = data, str(getattr(data, "root", None) or getattr(data, "path", None)
+                                 or data)
+        if not store.read_only and hasattr(store, "with_read_only"):
+            store = store.with_read_only(True)
+    elif isinstance(data, str | os.PathLike):
+        label = os.fspath(data)
+        if "://" in label:  # an fsspec URL (its protocol's package must be installed)
+            store = label
+        elif not Path(label).exists():
+            raise DataError(f"no Zarr group at {label}")
+        elif Path(label).is_file():  # a zip archive of a store
+            import zipfile
+
+            from zarr.storage import ZipStore
+
+            if not zipfile.is_zipfile(label):
+                raise DataError(f"{label} is a file but not a zip archive of a Zarr group")
+            store = ZipStore(label, mode="r")
+        else:
+            store = label
+    else:  # pragma: no cover - callers check the type
+        raise TypeError(f"cannot open a Zarr group from {type(data).__name__}")
+    try:
+        group = zarr.open_group(store, mode="r")
+    except ImportError as exc:
+        raise DataError(f"{label} needs a package that is not installed to be read "
+                        f"({exc})") from exc
+    except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+        raise DataError(f"{label} is not a readable Zarr group: {exc}") from exc
+    return group, label
+
+
+def _array_paths(group) -> list[str]:
+    """Paths of every array in ``group``, nested ones too (``"train/X"``)."""
+    try:
+        return sorted(name for name, member in group.members(max_depth=None)
+                      if not hasattr(member, "members"))
+    except Exception:  # noqa: BLE001 (a listing for a message only)
+        return sorted(group.array_keys())
+
+
 def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
               w: str | None = None) -> ArraySource:
     """Open arrays of a Zarr group (read-only) as a chunk-aligned :class:`ArraySource`.
+
+    Parameters
+    ----------
+    path_or_group : path-like, str, zarr.Group or zarr store
+        A directory, a ``.zip`` archive of a store (read through ``zarr.storage.ZipStore``),
+        an fsspec URL (``"s3://…"``, ``"memory://…"``: its protocol's package must be
+        installed), a group, or a store object (``MemoryStore``, ``ZipStore``,
+        ``FsspecStore``, …; opened read-only).
+    x, y, w : str
+        Array paths in the group; nested paths such as ``"train/X"`` name arrays of
+        subgroups.
 
     Raises
     ------
@@ -821,48 +900,110 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
         When the group or a named array is missing (the message lists what is there), or
         shapes are wrong or empty.
     TypeError
-        When ``X`` is not float32/float64 or ``y``/``w`` are not real numbers.
+        When ``X`` is not a real numeric dtype (bool, integer or float; see
+        :func:`~natgrad_stream.data.validation.check_x_dtype`) or ``y``/``w`` are not real
+        numbers.
     """
-    import zarr
-
     _default_decode_threads()
-    if isinstance(path_or_group, zarr.Group):
-        group, label = path_or_group, str(getattr(path_or_group.store, "root", "group"))
-    else:
-        label = str(path_or_group)
-        if not Path(label).exists() and "://" not in label:
-            raise DataError(f"no Zarr group at {label}")
-        try:
-            group = zarr.open_group(label, mode="r")
-        except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as exc:
-            raise DataError(f"{label} is not a readable Zarr group: {exc}") from exc
-    present = sorted(group.array_keys())
+    group, label = _open_group(path_or_group)
 
     def get(name):
-        if name not in present:
-            raise DataError(f"not found in {label}; it holds arrays {present}", array=name)
         try:
             arr = group[name]
         except MemoryError:
             raise
+        except KeyError:
+            arr = None
         except Exception as exc:  # noqa: BLE001 (zarr refuses bad metadata in many ways)
             raise DataError(f"has metadata zarr cannot read ({type(exc).__name__}: {exc})",
                             array=name) from exc
+        if arr is None or not is_zarr_array(arr):
+            raise DataError(f"not found in {label}; it holds arrays {_array_paths(group)}",
+                            array=name)
         check_zarr_layout(arr, name)
         return arr
 
     X = get(x)
     Y = get(y) if y is not None else None
     W = get(w) if w is not None else None
-    return ArraySource(X, Y, W, names=(x, y or "y", w or "w"), name=os.path.basename(label)
-                       or label)
+    return ArraySource(X, Y, W, names=(x, y or "y", w or "w"),
+                       name=os.path.basename(label.rstrip("/")) or label)
+
+
+#: What :func:`as_source` accepts, for its TypeError.
+ACCEPTED_KINDS = (
+    "a Source; a path or URL of a Zarr group (a directory, a .zip archive, an fsspec URL); "
+    "a zarr Group or store; an array (NumPy, Zarr, dask) or a tuple (X, y[, w]) of arrays, "
+    "pandas DataFrame/Series or xarray DataArrays; a pandas DataFrame; an xarray Dataset "
+    "(variables named by x=, y=, w=) or DataArray; or an iterable of batches X, (X, y) or "
+    "(X, y, w)")
+
+
+def _module_type(data, module: str, *names: str) -> bool:
+    """``isinstance(data, module.name)`` for any of ``names``, without importing ``module``."""
+    import sys
+
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(data, tuple(getattr(mod, n) for n in names))
+
+
+def _xarray_array(da):
+    """An array-like of a DataArray's values, read slice by slice: its dask array, its NumPy
+    values when in memory, else the DataArray itself (slices load lazily from its store).
+    """
+    if da.chunks is not None:  # dask-backed
+        return da.data
+    if getattr(da.variable, "_in_memory", False):
+        return da.values  # no copy for NumPy data
+    return da
+
+
+def _plain_array(part):
+    """A pandas or xarray object as an array-like :class:`ArraySource` reads; else itself."""
+    if _module_type(part, "pandas", "DataFrame", "Series"):
+        return part.to_numpy()  # in memory already: a view when the columns share a dtype
+    if _module_type(part, "xarray", "DataArray"):
+        return _xarray_array(part)
+    return part
+
+
+def _stored_chunk_rows(X):
+    """Rows per chunk of a lazily read xarray variable, from its encoding (else None)."""
+    if not _module_type(X, "xarray", "DataArray"):
+        return None
+    chunks = X.encoding.get("chunks") or X.encoding.get("preferred_chunks")
+    if isinstance(chunks, dict):
+        chunks = chunks.get(X.dims[0])
+        return int(chunks) if chunks else None
+    return int(chunks[0]) if chunks else None
+
+
+def _dataset_source(ds, x, y, w) -> ArraySource:
+    def get(name):
+        if name not in ds.variables:
+            raise DataError(f"not found in the xarray Dataset; it holds variables "
+                            f"{sorted(map(str, ds.variables))}", array=name)
+        return _xarray_array(ds[name])
+
+    X = get(x)
+    return ArraySource(X, get(y) if y is not None else None, get(w) if w is not None else None,
+                       chunk_rows=_stored_chunk_rows(X), names=(x, y or "y", w or "w"),
+                       name="dataset")
 
 
 def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) -> Source:
     """Turn what a user passes into a :class:`Source`.
 
-    ``Source`` → itself; path or ``zarr.Group`` → :func:`open_zarr`; tuple ``(X, y[, w])`` or
-    a 2-D array → :class:`ArraySource`; any other iterable → :class:`IteratorSource`.
+    ``Source`` → itself; path, URL, ``zarr.Group`` or zarr store → :func:`open_zarr`; xarray
+    ``Dataset`` → its variables ``x``, ``y``, ``w``; tuple ``(X, y[, w])`` or a 2-D array
+    (NumPy, Zarr, dask, pandas ``DataFrame``, xarray ``DataArray``) → :class:`ArraySource`,
+    read chunk by chunk (dask and lazily loaded xarray data are never materialized whole);
+    any other iterable → :class:`IteratorSource`.
+
+    Raises
+    ------
+    TypeError
+        For any other kind of object (the message lists the accepted kinds).
     """
     if isinstance(data, Source):
         return data
@@ -870,17 +1011,28 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
         return open_zarr(data, x=x, y=y, w=w)
     try:
         import zarr
+        from zarr.abc.store import Store
 
-        if isinstance(data, zarr.Group):
+        if isinstance(data, zarr.Group | Store):
             return open_zarr(data, x=x, y=y, w=w)
     except ImportError:  # pragma: no cover
         pass
-    if isinstance(data, tuple) and 1 <= len(data) <= 3 and hasattr(data[0], "shape"):
-        parts = list(data) + [None] * (3 - len(data))
-        return ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
+    if _module_type(data, "xarray", "Dataset"):
+        return _dataset_source(data, x, y, w)
+    if isinstance(data, tuple) and 1 <= len(data) <= 3:
+        parts = [_plain_array(p) for p in data]
+        if hasattr(parts[0], "shape"):
+            parts += [None] * (3 - len(parts))
+            return ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
+                               chunk_rows=_stored_chunk_rows(parts[0]),
+                               names=(x, y or "y", w or "w"))
+    plain = _plain_array(data)
+    if hasattr(plain, "shape") and hasattr(plain, "dtype"):
+        return ArraySource(plain, chunk_rows=_stored_chunk_rows(plain),
                            names=(x, y or "y", w or "w"))
-    if hasattr(data, "shape") and hasattr(data, "dtype"):
-        return ArraySource(data, names=(x, y or "y", w or "w"))
-    if isinstance(data, Iterable):
+    from collections.abc import Mapping
+
+    if isinstance(data, Iterable) and not isinstance(data, Mapping | bytes | set | frozenset):
         return IteratorSource(data)
-    raise TypeError(f"cannot stream data of type {type(data).__name__}")
+    raise TypeError(f"cannot stream data of type {type(data).__module__}."
+                    f"{type(data).__qualname__}; expected {ACCEPTED_KINDS}")

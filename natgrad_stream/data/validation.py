@@ -48,6 +48,8 @@ def check_finite(name: str, block: np.ndarray):
     """Fail on the first NaN or infinite value (float arrays; integers are always finite)."""
     if block.dtype.kind != "f" or block.size == 0:
         return None
+    if block.dtype.itemsize < 4:  # float16: scanned as float32 (the compiled scan's types)
+        block = block.astype(np.float32)
     flat = block.reshape(-1) if block.flags.c_contiguous else np.ravel(block)
     i = int(first_nonfinite(flat, flat.dtype.type(0)))
     if i < 0:
@@ -66,12 +68,38 @@ def check_nonnegative(name: str, block: np.ndarray):
     return None
 
 
-def check_x_dtype(name: str, dtype) -> np.dtype:
-    """Features must be float32 or float64 (read without conversion)."""
+#: Feature dtypes converted to float32 in the read buffer (16 bits or fewer).
+_TO_FLOAT32 = frozenset(np.dtype(t) for t in ("bool", "int8", "int16", "uint8", "uint16",
+                                              "float16", "float32"))
+#: Feature dtypes converted to float64 (wider integers; float64 itself).
+_TO_FLOAT64 = frozenset(np.dtype(t) for t in ("int32", "int64", "uint32", "uint64",
+                                              "float64"))
+
+
+def compute_dtype(dtype) -> np.dtype | None:
+    """The float dtype features of ``dtype`` are computed in (None when not accepted):
+    float32 for types of 16 bits or fewer (bool, int8/16, uint8/16, float16, float32),
+    float64 for wider integers and float64.
+    """
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"array {name!r} has dtype {dtype}; expected float32 or float64")
-    return dtype
+    if dtype.byteorder not in "=|":  # a non-native float32 is still a float32
+        dtype = dtype.newbyteorder("=")
+    if dtype in _TO_FLOAT32:
+        return np.dtype(np.float32)
+    if dtype in _TO_FLOAT64:
+        return np.dtype(np.float64)
+    return None
+
+
+def check_x_dtype(name: str, dtype) -> np.dtype:
+    """The compute dtype of features stored as ``dtype`` (see :func:`compute_dtype`); the
+    read buffer holds it and stored values are converted once, as they are read.
+    """
+    out = compute_dtype(dtype)
+    if out is None:
+        raise TypeError(f"array {name!r} has dtype {np.dtype(dtype)}; expected float32 or "
+                        "float64, or bool, (u)int8/16/32/64 or float16 (converted)")
+    return out
 
 
 def check_target_dtype(name: str, dtype) -> np.dtype:
