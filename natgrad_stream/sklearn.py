@@ -1,0 +1,467 @@
+"""scikit-learn estimators backed by :class:`~natgrad_stream.learner.NaturalGradientLearner`.
+
+- :class:`NaturalGradientClassifier`: logistic regression (two classes) or softmax
+  regression (more), any label type through ``classes_``;
+- :class:`NaturalGradientRegressor`: least squares (the ``linear`` model);
+- :class:`NaturalGradientPoissonRegressor`: Poisson regression with a log link.
+
+All are unpenalized. ``fit`` on in-memory data streams one pass, then runs Fisher scoring
+passes on the whole data until the Newton-decrement rule ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|`` holds
+(``converged_``; also true when the decrement is at most ``tol``, where separable data
+drive ``J`` and the gradient to 0 together, and for the classifier when the mean loss is
+at most ``tol``: separated classes, whose optimum lies at infinity) or ``max_iter`` passes
+are done (``n_iter_``): it converges to the maximum-likelihood optimum, like sklearn's
+unpenalized ``LogisticRegression``, ``LinearRegression`` and ``PoissonRegressor(alpha=0)``.
+``fit`` also takes the path of a Zarr group (or an opened group) for data larger than
+memory: ``fit("data.zarr")`` reads the arrays ``"X"`` and ``"y"``;
+``fit(path, "labels", "weights")`` names other arrays.
+``partial_fit`` takes one natural-gradient step per call (push-style streaming).
+
+The estimator parameters are the learner options of
+:data:`natgrad_stream.training.options.OPTIONS` that make sense for an estimator, with the
+table's defaults (``decrement_tol`` is ``tol``; ``max_iter`` caps the passes).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from scipy.special import expit, log_expit, log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import d2_tweedie_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from natgrad_stream.errors import NumericalError
+from natgrad_stream.training import options as opts
+
+__all__ = ["NaturalGradientClassifier", "NaturalGradientPoissonRegressor",
+           "NaturalGradientRegressor", "ESTIMATOR_OPTIONS"]
+
+#: Learner options exposed as estimator parameters, under the same names (``tol`` is
+#: ``decrement_tol``, ``max_iter`` the ``epochs`` cap; both handled separately).
+ESTIMATOR_OPTIONS = ("optimizer", "metric", "structure", "whitening", "damping", "floor",
+                     "batch_size", "seed", "refine")
+_D = {name: opts.BY_NAME[name].default for name in ESTIMATOR_OPTIONS}
+#: The table's ``decrement_tol`` defaults to None (run every pass); an estimator is meant
+#: to stop at the optimum, so ``tol`` has a default of its own.
+DEFAULT_TOL = 1e-10
+DEFAULT_MAX_ITER = 50
+_FLOATS = (np.float64, np.float32)
+
+
+def _is_path(X) -> bool:
+    """True for data ``fit`` reads through the learner: a path or an opened Zarr group."""
+    if isinstance(X, (str, os.PathLike)):
+        return True
+    return type(X).__module__.startswith("zarr")
+
+
+class _NaturalGradientBase(BaseEstimator):
+    """Shared parameters and fitting; subclasses set the model and the predictions."""
+
+    def __init__(self, *, optimizer=_D["optimizer"], metric=_D["metric"],
+                 structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
+                 floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
+                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER):
+        self.optimizer = optimizer
+        self.metric = metric
+        self.structure = structure
+        self.whitening = whitening
+        self.damping = damping
+        self.floor = floor
+        self.batch_size = batch_size
+        self.seed = seed
+        self.refine = refine
+        self.tol = tol
+        self.max_iter = max_iter
+
+    # -- subclass hooks -------------------------------------------------------------------
+    _model_name = "linear"
+
+    def _make_model(self, n_features: int):
+        from natgrad_stream.models import make_model
+        return make_model(self._model_name, n_features)
+
+    def _encode_y(self, y, *, classes=None, partial=False):
+        """Targets as the learner's float64 labels (and set any target attributes)."""
+        return np.asarray(y, dtype=np.float64)
+
+    def _set_params_from_theta(self, model, theta):
+        theta = np.asarray(theta, dtype=np.float64)
+        self.coef_ = theta[:-1].copy()
+        self.intercept_ = float(theta[-1])
+
+    # -- learner --------------------------------------------------------------------------
+    def _learner_options(self) -> dict:
+        if self.optimizer not in opts.STREAMING_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(opts.STREAMING_OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        out = {name: getattr(self, name) for name in ESTIMATOR_OPTIONS}
+        out["decrement_tol"] = self.tol
+        out["blas_threads"] = None  # leave the caller's BLAS pools alone
+        return out
+
+    def _new_learner(self, model):
+        from natgrad_stream.learner import NaturalGradientLearner
+        try:
+            return NaturalGradientLearner(model, **self._learner_options())
+        except (TypeError, opts.OptionError) as exc:
+            raise ValueError(f"{type(self).__name__}: {exc}") from exc
+
+    def _run(self, action):
+        """Run ``action()`` on the learner, collecting its diagnostics.
+
+        The learner reports degenerate data with RuntimeWarnings on the way (a singular
+        metric that cannot be re-whitened, predictions saturated on perfectly separable
+        data, a divergence rollback) and recovers from them. They are collected here and,
+        when the fit does not end converged, re-issued as one ConvergenceWarning; a fit
+        that does converge dropped them as resolved. A step that leaves the model's domain
+        or gives non-finite values raises ``ValueError``.
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            try:
+                action()
+            except NumericalError as exc:
+                raise ValueError(f"{type(self).__name__}: the fit failed numerically "
+                                 f"({exc})") from exc
+        notes = []
+        for w in caught:
+            if issubclass(w.category, RuntimeWarning):
+                notes.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return notes
+
+    def _fit_learner(self, data, n_features, *, x="X", y="y", w=None):
+        try:
+            max_iter = opts.positive_int("max_iter", self.max_iter)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        model = self._make_model(n_features)
+        learner = self._new_learner(model)
+        def passes():
+            # one pass per call (a learner continues up to ``epochs``, exactly as in one
+            # call), so the estimator's own stopping rule is checked after every pass
+            for k in range(1, max_iter + 1):
+                learner.fit(data, epochs=k, x=x, y=y, w=w)
+                if k > 1 and self._converged(learner):
+                    return
+
+        notes = self._run(passes)
+        self._finish(learner, model)
+        self.n_iter_ = int(learner.result.epochs)
+        self.converged_ = self._converged(learner)
+        if not self.converged_ and max_iter > 1:
+            detail = f" ({'; '.join(dict.fromkeys(notes))})" if notes else ""
+            warnings.warn(f"{type(self).__name__} did not converge in max_iter={max_iter} "
+                          f"passes (tol={self.tol}){detail}; increase max_iter, or the data "
+                          "may be separable or degenerate", ConvergenceWarning, stacklevel=3)
+        return self
+
+    def _converged(self, learner) -> bool:
+        """The learner's rule, or an absolute one: the learner's is relative to ``|J|``,
+        and on separable data ``J`` and the gradient vanish together (the decrement of the
+        last accepted pass at most ``tol``, as sklearn's gradient tolerances).
+        """
+        s = learner.state
+        return bool(learner.result.converged or s.decrement <= self.tol
+                    or self._separated(s.train_loss))
+
+    def _separated(self, loss: float) -> bool:
+        """Whether the mean loss is at its infimum 0 (classifier: separated data)."""
+        return False
+
+    def _finish(self, learner, model):
+        self.learner_ = learner
+        self._set_params_from_theta(model, learner.theta)
+
+    # -- public API -----------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit to convergence (at most ``max_iter`` passes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or a Zarr path or group
+            Features; a path (or group) is streamed from disk chunk by chunk.
+        y : array-like of shape (n_samples,), or with a path the targets array's name
+            (default ``"y"``).
+        sample_weight : array-like of shape (n_samples,), optional
+            With a path: the weights array's name, or None.
+
+        Returns
+        -------
+        self
+        """
+        if _is_path(X):
+            return self._fit_path(X, "y" if y is None else y, sample_weight)
+        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C",
+                             **self._y_check())
+        y = self._encode_y(y)
+        w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        return self._fit_learner((X, y) if w is None else (X, y, w), X.shape[1])
+
+    def _y_check(self) -> dict:
+        return {"y_numeric": True}
+
+    def _fit_path(self, data, y_name, w_name):
+        from natgrad_stream.data import as_source
+        if not isinstance(y_name, str) or not (w_name is None or isinstance(w_name, str)):
+            raise TypeError("with a Zarr path, y and sample_weight name arrays (strings)")
+        source = as_source(data, x="X", y=y_name, w=w_name)
+        for attr in ("feature_names_in_",):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        self.n_features_in_ = int(source.n_features)
+        self._prepare_path(source)
+        return self._fit_learner(data, self.n_features_in_, x="X", y=y_name, w=w_name)
+
+    def _prepare_path(self, source) -> None:
+        """Set target attributes from a streamed source (classifier: the classes)."""
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One natural-gradient step on the batch ``(X, y)``.
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "learner_")
+        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", reset=first,
+                             **self._y_check())
+        return self._partial_step(X, y, sample_weight, first, classes=None)
+
+    def _partial_step(self, X, y, sample_weight, first, classes):
+        y = self._encode_y(y, classes=classes, partial=True)
+        w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        if first:
+            model = self._make_model(X.shape[1])
+            learner = self._new_learner(model)
+            self.n_iter_ = 0
+            self.converged_ = False
+        else:
+            learner = self.learner_
+            model = learner.model
+        self._run(lambda: learner.step(X, y, w))
+        self._finish(learner, model)
+        self.n_iter_ += 1
+        return self
+
+    def _linear(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_FLOATS, reset=False)
+        return X @ self.coef_.T + self.intercept_
+
+    def _expected_failed_checks(self) -> dict:
+        """Estimator checks expected to fail, with the reason (sklearn >= 1.6 dropped the
+        ``_xfail_checks`` tag; pass this to ``parametrize_with_checks(...,
+        expected_failed_checks=...)``).
+        """
+        return {"check_sample_weight_equivalence_on_dense_data": (
+            "the check fits 15 rows with 30 features: the unpenalized optimum is not "
+            "unique (a continuum of exact fits, or separated classes), so which one is "
+            "reached depends on the path (the streaming first pass sees the rows in another "
+            "order); with more rows than parameters weights equal repetitions (see "
+            "tests/test_sklearn.py)")}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.target_tags.multi_output = False
+        tags.target_tags.single_output = True
+        return tags
+
+
+class NaturalGradientRegressor(RegressorMixin, _NaturalGradientBase):
+    """Least-squares linear regression fitted by natural-gradient learning.
+
+    Parameters
+    ----------
+    optimizer : {"sgd", "momentum", "adam"}
+        Optimizer of the first (streaming) pass; later passes are Fisher scoring
+        (``refine="scoring"``).
+    metric, structure, whitening, damping, floor, batch_size, seed, refine
+        The learner options of the same names (see ``natgrad-stream fit --help``).
+    tol : float
+        Stop once the Newton decrement of a whole pass is at most ``tol·|J|``.
+    max_iter : int
+        Passes over the data at most (the first streams, the others are Fisher scoring).
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,)
+    intercept_ : float
+    n_iter_ : int
+        Passes used (``fit``) or steps taken (``partial_fit``).
+    converged_ : bool
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        When ``X`` had string column names.
+    learner_ : NaturalGradientLearner
+    """
+
+    _model_name = "linear"
+
+    def predict(self, X):
+        """Predicted targets, shape (n_samples,)."""
+        return self._linear(X)
+
+
+class NaturalGradientPoissonRegressor(RegressorMixin, _NaturalGradientBase):
+    """Poisson regression with a log link (``E[y|x] = exp(x·coef + intercept)``).
+
+    With an exposure (time at risk, population, …) per row, pass the *rate*
+    ``y / exposure`` as the target and the exposure as ``sample_weight``: the weighted
+    Poisson likelihood of the rates has the same optimum as the counts with an
+    ``log(exposure)`` offset. ``predict`` then returns rates.
+
+    Parameters and attributes are those of :class:`NaturalGradientRegressor`; ``score`` is
+    the fraction of Poisson deviance explained (D², as sklearn's ``PoissonRegressor``).
+    """
+
+    _model_name = "poisson"
+
+    def _encode_y(self, y, *, classes=None, partial=False):
+        y = np.asarray(y, dtype=np.float64)
+        if np.any(y < 0):
+            raise ValueError("Poisson targets y must be >= 0 (counts or rates)")
+        return y
+
+    def predict(self, X):
+        """Predicted means (rates), shape (n_samples,)."""
+        return np.exp(self._linear(X))
+
+    def score(self, X, y, sample_weight=None):
+        """D²: the fraction of Poisson deviance explained."""
+        return d2_tweedie_score(y, self.predict(X), sample_weight=sample_weight, power=1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.positive_only = True
+        return tags
+
+
+class NaturalGradientClassifier(ClassifierMixin, _NaturalGradientBase):
+    """Logistic (two classes) or softmax (more) regression by natural-gradient learning.
+
+    Labels of any type are mapped to ``0 … K−1`` through ``classes_`` (sorted). With a Zarr
+    path, the targets must already be the integer codes ``0 … K−1``; ``classes_`` are the
+    codes found.
+
+    Parameters are those of :class:`NaturalGradientRegressor`.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (1, n_features) for two classes, else (n_classes, n_features)
+        Softmax: class 0 is the reference class, its row zeros.
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    n_iter_, converged_, n_features_in_, feature_names_in_, learner_
+        As in :class:`NaturalGradientRegressor`.
+    """
+
+    def _y_check(self) -> dict:
+        return {}
+
+    def _make_model(self, n_features: int):
+        from natgrad_stream.models import make_model
+        K = len(self.classes_)
+        if K == 2:
+            return make_model("logistic", n_features)
+        return make_model("softmax", n_features, n_classes=K)
+
+    def _encode_y(self, y, *, classes=None, partial=False):
+        check_classification_targets(y)
+        y = np.asarray(y)
+        if partial and hasattr(self, "classes_") and classes is None:
+            classes = self.classes_
+        if classes is None:
+            self.classes_ = np.unique(y)
+        else:
+            classes = np.unique(np.asarray(classes))
+            if hasattr(self, "classes_") and not np.array_equal(classes, self.classes_):
+                raise ValueError(f"classes={classes} differs from the classes of the first "
+                                 f"partial_fit call, {self.classes_}")
+            self.classes_ = classes
+        if len(self.classes_) < 2:
+            raise ValueError("the classifier needs samples of at least 2 classes in the "
+                             f"data, got one class: {self.classes_[0]!r}")
+        code = np.searchsorted(self.classes_, y)
+        code = np.minimum(code, len(self.classes_) - 1)
+        unknown = self.classes_[code] != y
+        if np.any(unknown):
+            raise ValueError(f"y contains labels not in classes: {np.unique(y[unknown])}")
+        return code.astype(np.float64)
+
+    def _separated(self, loss: float) -> bool:
+        # −log-likelihoods of labels are >= 0; at most tol: the classes are separated, the
+        # optimum is at infinity and the predictions cannot improve
+        return bool(loss <= self.tol)
+
+    def _prepare_path(self, source) -> None:
+        n, step = int(source.n_rows), max(int(source.chunk_rows), 1)
+        found = set()
+        for a in range(0, n, step):
+            found.update(np.unique(np.asarray(source.y[a:min(a + step, n)])).tolist())
+        codes = np.array(sorted(found))
+        if len(codes) < 2 or not np.array_equal(codes, np.arange(len(codes))):
+            raise ValueError("with a Zarr path the labels must be the integer codes 0 … K−1 "
+                             f"(K >= 2); found {codes[:10]}")
+        self.classes_ = codes.astype(np.int64)
+
+    def _set_params_from_theta(self, model, theta):
+        theta = np.asarray(theta, dtype=np.float64)
+        if len(self.classes_) == 2:
+            self.coef_ = theta[None, :-1].copy()
+            self.intercept_ = theta[-1:].copy()
+        else:
+            self.coef_, self.intercept_ = model.coef_intercept(theta)
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One natural-gradient step on ``(X, y)``; ``classes`` (all labels) is required
+        on the first call.
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "learner_")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", reset=first)
+        return self._partial_step(X, y, sample_weight, first, classes=classes)
+
+    def decision_function(self, X):
+        """Log-odds of class 1, shape (n_samples,); softmax: logits, (n_samples, K)."""
+        z = self._linear(X)
+        return z[:, 0] if len(self.classes_) == 2 else z
+
+    def predict(self, X):
+        """Predicted class labels."""
+        z = self.decision_function(X)
+        idx = (z > 0).astype(int) if z.ndim == 1 else np.argmax(z, axis=1)
+        return self.classes_[idx]
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``."""
+        z = self.decision_function(X)
+        if z.ndim == 1:
+            p = expit(z)
+            return np.column_stack([1.0 - p, p])
+        return softmax(z, axis=1)
+
+    def predict_log_proba(self, X):
+        """Log class probabilities, shape (n_samples, n_classes)."""
+        z = self.decision_function(X)
+        if z.ndim == 1:
+            return np.column_stack([log_expit(-z), log_expit(z)])
+        return log_softmax(z, axis=1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags

@@ -1,0 +1,180 @@
+"""The scikit-learn estimators of :mod:`natgrad_stream.sklearn`."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRegressor
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from natgrad_stream.sklearn import (
+    DEFAULT_MAX_ITER,
+    DEFAULT_TOL,
+    ESTIMATOR_OPTIONS,
+    NaturalGradientClassifier,
+    NaturalGradientPoissonRegressor,
+    NaturalGradientRegressor,
+)
+from natgrad_stream.training import options as opts
+
+ESTIMATORS = (NaturalGradientClassifier, NaturalGradientRegressor,
+              NaturalGradientPoissonRegressor)
+
+
+@parametrize_with_checks([cls() for cls in ESTIMATORS],
+                         expected_failed_checks=lambda est: est._expected_failed_checks())
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_defaults_come_from_the_options_table(cls):
+    params = inspect.signature(cls.__init__).parameters
+    for name in ESTIMATOR_OPTIONS:
+        assert name in opts.LEARNER_OPTIONS
+        assert params[name].default == opts.BY_NAME[name].default, name
+    assert params["tol"].default == DEFAULT_TOL
+    assert params["max_iter"].default == DEFAULT_MAX_ITER
+    assert set(params) - {"self"} == {*ESTIMATOR_OPTIONS, "tol", "max_iter"}
+
+
+def test_logistic_reaches_sklearn_optimum():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :10]
+    est = NaturalGradientClassifier().fit(X, y)
+    assert est.converged_ and 1 < est.n_iter_ < DEFAULT_MAX_ITER
+    ref = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12,
+                             max_iter=1000).fit(X, y)
+    assert est.coef_.shape == ref.coef_.shape == (1, 10)
+    assert est.intercept_.shape == (1,)
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(est.intercept_, ref.intercept_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(X), atol=1e-6)
+    np.testing.assert_allclose(est.predict_log_proba(X), ref.predict_log_proba(X),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_linear_reaches_sklearn_optimum():
+    X, y = load_diabetes(return_X_y=True)
+    est = NaturalGradientRegressor().fit(X, y)
+    ref = LinearRegression().fit(X, y)
+    assert est.converged_ and est.coef_.shape == (10,)
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-5, atol=1e-3)
+    assert est.intercept_ == pytest.approx(ref.intercept_, rel=1e-8)
+    assert est.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-8)
+
+
+def _poisson_data(n=800, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4))
+    exposure = rng.uniform(0.5, 3.0, n)
+    counts = rng.poisson(exposure * np.exp(X @ [0.3, -0.2, 0.1, 0.0] + 0.5))
+    return X, counts / exposure, exposure
+
+
+def test_poisson_reaches_sklearn_optimum_with_exposure_weights():
+    X, rate, exposure = _poisson_data()
+    est = NaturalGradientPoissonRegressor().fit(X, rate, sample_weight=exposure)
+    ref = PoissonRegressor(alpha=0, tol=1e-12, max_iter=1000).fit(
+        X, rate, sample_weight=exposure)
+    assert est.converged_
+    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-5)
+    assert est.intercept_ == pytest.approx(ref.intercept_, abs=1e-5)
+    assert est.score(X, rate) == pytest.approx(ref.score(X, rate), rel=1e-6)
+
+
+def test_multiclass_string_labels():
+    X, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    est = make_pipeline(StandardScaler(), NaturalGradientClassifier(max_iter=8))
+    with pytest.warns(Warning):  # iris's setosa is separable: no finite optimum
+        est.fit(X, names)
+    clf = est[-1]
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
+    assert clf.coef_.shape == (3, 4) and clf.intercept_.shape == (3,)
+    assert set(est.predict(X)) <= set(names)
+    assert est.score(X, names) > 0.95
+    np.testing.assert_allclose(est.predict_proba(X).sum(axis=1), 1.0)
+
+
+def test_binary_string_labels_and_partial_fit():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X[:, :10])
+    labels = np.array(["benign", "malignant"])[y]
+    est = NaturalGradientClassifier().fit(X, labels)
+    assert list(est.classes_) == ["benign", "malignant"]
+    assert est.score(X, labels) > 0.9
+    stream = NaturalGradientClassifier()
+    with pytest.raises(ValueError, match="classes"):
+        stream.partial_fit(X[:100], labels[:100])
+    for a in range(0, len(X), 100):
+        stream.partial_fit(X[a:a + 100], labels[a:a + 100], classes=["benign", "malignant"])
+    assert stream.n_iter_ == 6
+    assert stream.score(X, labels) > 0.85
+
+
+def test_pipeline_grid_search_and_cross_validation():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :10]
+    pipe = make_pipeline(StandardScaler(), NaturalGradientClassifier())
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.mean() > 0.85
+    grid = GridSearchCV(pipe, {"naturalgradientclassifier__whitening": ["eigh", "ridge"],
+                               "naturalgradientclassifier__damping": [1e-9, 1e-6]},
+                        cv=3).fit(X, y)
+    assert grid.best_score_ > 0.85
+    Xd, yd = load_diabetes(return_X_y=True)
+    assert cross_val_score(NaturalGradientRegressor(), Xd, yd, cv=3).mean() > 0.3
+
+
+def test_feature_names_from_dataframe():
+    pd = pytest.importorskip("pandas")
+    X, y = load_diabetes(return_X_y=True, as_frame=True)
+    est = NaturalGradientRegressor().fit(X, y)
+    assert list(est.feature_names_in_) == list(X.columns)
+    assert est.predict(X).shape == (len(X),)
+    assert isinstance(X, pd.DataFrame)
+
+
+def test_fit_from_zarr_path(tmp_path):
+    from natgrad_stream.data import as_source
+    from natgrad_stream.data.datasets import make_dataset
+
+    path = tmp_path / "logistic.zarr"
+    make_dataset(path, task="logistic", rows=5000, features=3, chunk_rows=1000)
+    est = NaturalGradientClassifier().fit(str(path))
+    assert est.n_features_in_ == 3 and not hasattr(est, "feature_names_in_")
+    assert list(est.classes_) == [0, 1] and est.converged_
+    source = as_source(str(path))
+    X, y = np.asarray(source.X[:]), np.asarray(source.y[:])
+    mem = NaturalGradientClassifier().fit(X, y)
+    np.testing.assert_allclose(est.coef_, mem.coef_, rtol=1e-4, atol=1e-5)
+    assert np.mean(est.predict(X) == y) > 0.6
+    assert est.predict_proba(X).shape == (5000, 2)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_integer_weights_equal_repeated_rows(cls):
+    X, rate, _ = _poisson_data(n=200, seed=1)
+    y = (rate > 1.5).astype(int) if cls is NaturalGradientClassifier else rate
+    sw = np.random.default_rng(2).integers(0, 4, len(y))
+    weighted = cls().fit(X, y, sample_weight=sw)
+    repeated = cls().fit(X.repeat(sw, axis=0), y.repeat(sw))
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(weighted.intercept_, repeated.intercept_, rtol=1e-6, atol=1e-8)
+
+
+def test_bad_parameters_raise_value_error():
+    X, y = load_diabetes(return_X_y=True)
+    with pytest.raises(ValueError):
+        NaturalGradientRegressor(structure="nope").fit(X, y)
+    with pytest.raises(ValueError):
+        NaturalGradientRegressor(max_iter=0).fit(X, y)
+    with pytest.raises(ValueError):
+        NaturalGradientRegressor(optimizer="lbfgs").fit(X, y)
