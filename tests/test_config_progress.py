@@ -68,3 +68,21 @@ def test_demo_reports_compile_time_apart_and_leaves_nothing_behind(tmp_path):
     assert report["compile_seconds"] >= 0 and report["run_kept"] is False
     assert "re-whitened" in proc.stderr and "condition number" in proc.stderr
     assert list(env_tmp.iterdir()) == []  # nothing left in the temporary directory
+
+
+def test_held_out_evaluation_during_fit_is_logged_and_plotted(small_zarr, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out",
+                                 run, "--epochs", 2, "--refine", "stream", "--val-x", "X_test",
+                                 "--val-y", "y_test", "--val-every", 2000, "--log-every", 1000)
+    assert code == 0, err
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in records if r["event"] == "validation"]
+    assert len(vals) >= 4 and vals[-1]["samples"] == summary["samples"]
+    ev = run_cli(capsys, "evaluate", run, small_zarr, "--x", "X_test", "--y", "y_test")[1]
+    assert vals[-1]["log_loss"] == ev["log_loss"] and vals[-1]["loss"] == ev["log_loss"]
+    assert records[-1]["event"] == "end"
+    assert run_cli(capsys, "plot", run)[0] == 0
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out",
+                           tmp_path / "r2", "--val-x", "nope", "--val-y", "y_test")
+    assert code == 2 and "nope" in err

@@ -42,6 +42,7 @@ from natgrad_stream.training.callbacks import (
     MetricsLogger,
     ProgressLines,
     TqdmProgress,
+    Validation,
 )
 from natgrad_stream.training.checkpoint import (
     load_latest_checkpoint,
@@ -260,6 +261,9 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
                                  keep=1 if replacing else run["keep_checkpoints"],
                                  extra=info),
                  MetricsLogger(new_log, every=run["log_every"])]
+    val = _validation(data, fit_options, run, learner, callbacks[1])
+    if val is not None:  # after the checkpoint, before the log's end record
+        callbacks.insert(1, val)
     progress = run["progress"]
     if progress != "never":
         if sys.stderr.isatty():  # a bar on a terminal, else newline-terminated lines
@@ -278,6 +282,30 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     _write_json_atomic(run_dir / RUN_JSON, {**info, "model": learner.model.config(),
                                             "options": learner.options(), "summary": summary})
     return summary
+
+
+def _validation(data, fit_options: dict, run: dict, learner, log) -> Validation | None:
+    """The held-out evaluation callback of ``--val``/``--val-x``/``--val-y``, or None."""
+    val, vx, vy = run.get("val"), run.get("val_x"), run.get("val_y")
+    if val is None and vx is None and vy is None:
+        return None
+    source = val if val is not None else data
+    x = vx if vx is not None else fit_options["x"]
+    y = vy if vy is not None else fit_options["y"]
+    if val is None and x == fit_options["x"]:
+        raise OptionError("--val-x alone names held-out arrays in the training store; give "
+                          "it (and --val-y), or --val DATA")
+    requires_y = learner.model.requires_targets
+    held_out = as_source(source, x=x, y=y if requires_y else None)  # checked before fitting
+    if held_out.n_features != learner.model.n_features:
+        raise OptionError(f"held-out array {x!r} has {held_out.n_features} features; the "
+                          f"model has {learner.model.n_features}")
+
+    def measure(lr):
+        return evaluate(lr.model, lr.theta, source, x=x, y=y if requires_y else None)
+
+    every = run.get("val_every") or run["log_every"]
+    return Validation(measure, every=every, log=log)
 
 
 def _new_run(run_dir: Path, data, given: dict, overwrite: bool):

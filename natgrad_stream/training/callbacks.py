@@ -174,6 +174,42 @@ class TqdmProgress(Callback):
         self.bar.close()
 
 
+class Validation(Callback):
+    """Evaluate held-out data every ``every`` samples and at the end of a fit; each result
+    goes to ``log`` (e.g. a :class:`MetricsLogger`) as ``{"event": "validation", "samples",
+    "step", "loss", ...the model's measures}``.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(learner) -> dict`` of measures (its first is reported as ``loss``).
+    every : int
+    log : Callback
+        Receives the records through ``on_event``.
+    """
+
+    def __init__(self, evaluate, *, every: int, log: Callback):
+        self.evaluate, self.every, self.log = evaluate, int(every), log
+
+    def on_fit_start(self, learner, total_rows):
+        self.last = learner.samples
+
+    def _run(self, learner) -> None:
+        measures = self.evaluate(learner)
+        loss = next((v for k, v in measures.items() if k != "n"), None)
+        self.log.on_event(learner, {"event": "validation", "samples": learner.samples,
+                                    "step": learner.steps, "loss": loss, **measures})
+        self.last = learner.samples
+
+    def on_batch_end(self, learner, info, cursor):
+        if learner.samples - self.last >= self.every:
+            self._run(learner)
+
+    def on_fit_end(self, learner, result):
+        if learner.samples != self.last:
+            self._run(learner)
+
+
 class MetricsLogger(Callback):
     """Append-only JSON-lines log of training (one object per line).
 

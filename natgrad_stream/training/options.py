@@ -376,6 +376,16 @@ OPTIONS: tuple[Option, ...] = (
     _o("idle_timeout", nonnegative_float_or_none, None, "--follow: end the fit (exit 0) "
        "after S seconds without new rows (default: wait until stopped)", group=RUN,
        applies=_ST, resumable=True, nullable=True, metavar="S"),
+    _o("val", text, None, "held-out data to evaluate during fit (a store with the --x/--y "
+       "arrays; default: the training store when --val-x is given)", group=RUN,
+       resumable=True, nullable=True, metavar="DATA"),
+    _o("val_x", text, None, "held-out features array (in --val or the training store)",
+       group=RUN, resumable=True, nullable=True, metavar="NAME"),
+    _o("val_y", text, None, "held-out targets array", group=RUN, resumable=True,
+       nullable=True, metavar="NAME"),
+    _o("val_every", positive_int, None, "samples between held-out evaluations (default "
+       "--log-every), logged to metrics.jsonl as validation records", group=RUN,
+       resumable=True, nullable=True, metavar="N"),
     _o("log_every", positive_int, DEFAULT_LOG_EVERY,
        "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
        metavar="N"),
