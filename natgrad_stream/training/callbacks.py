@@ -24,6 +24,13 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def smoothed_loss(previous: float, info) -> float:
+    """A display loss: a whole evaluation set's as is, else an EMA over batches."""
+    if info.full_pass or math.isnan(previous):
+        return info.loss
+    return 0.98 * previous + 0.02 * info.loss
+
+
 def json_clean(value):
     """Replace non-finite floats by None so every line is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -57,10 +64,7 @@ class ProgressBar(Callback):
         self.loss = math.nan
 
     def on_batch_end(self, learner, info, cursor):
-        if info.full_pass or math.isnan(self.loss):  # a whole evaluation set: shown as is
-            self.loss = info.loss
-        else:
-            self.loss = 0.98 * self.loss + 0.02 * info.loss
+        self.loss = smoothed_loss(self.loss, info)
         now = time.perf_counter()
         if now - self.last >= self.interval:
             self.last = now
@@ -113,10 +117,7 @@ class ProgressLines(Callback):
                     f"{self.start_samples:,}", planned)
 
     def on_batch_end(self, learner, info, cursor):
-        if info.full_pass or math.isnan(self.loss):
-            self.loss = info.loss
-        else:
-            self.loss = 0.98 * self.loss + 0.02 * info.loss
+        self.loss = smoothed_loss(self.loss, info)
         now = time.perf_counter()
         if now - self.last < self.interval:
             return
@@ -159,10 +160,7 @@ class TqdmProgress(Callback):
         self.loss = math.nan
 
     def on_batch_end(self, learner, info, cursor):
-        if info.full_pass or math.isnan(self.loss):
-            self.loss = info.loss
-        else:
-            self.loss = 0.98 * self.loss + 0.02 * info.loss
+        self.loss = smoothed_loss(self.loss, info)
         self.bar.update(info.rows)
         self.bar.set_postfix_str(f"loss {self.loss:.5g} | {learner.strategy.status()}",
                                  refresh=False)
