@@ -262,3 +262,22 @@ def test_make_data_stores_open_in_xarray(tmp_path):
 def test_unsupported_kinds_raise_type_error_naming_the_accepted_ones(data):
     with pytest.raises(TypeError, match="pandas DataFrame.*xarray Dataset"):
         as_source(data)
+
+
+# -- dask ------------------------------------------------------------------------------------
+def test_dask_arrays_and_dask_backed_xarray(ref):
+    """dask arrays, and an xarray Dataset whose variables are dask arrays, stream chunk by
+    chunk (nothing is computed whole) and give the float32 Zarr result.
+    """
+    da = pytest.importorskip("dask.array")
+    xr = pytest.importorskip("xarray")
+    g = zarr.open_group(str(ref["path"]), mode="r")
+    X, y = da.from_zarr(g["X"]), da.from_zarr(g["y"])
+    src = as_source((X, y))
+    assert src.chunk_rows == CHUNK and not isinstance(src.X, np.ndarray)
+    _assert_same_batches(_batches(src), ref["batches"])
+    assert_array_equal(_theta((X, y)), ref["theta"])
+    ds = xr.open_zarr(ref["path"], consolidated=False)  # dask-backed variables
+    assert hasattr(ds["X"].data, "dask")
+    _assert_same_batches(_batches(as_source(ds)), ref["batches"])
+    assert_array_equal(_theta(ds), ref["theta"])
