@@ -266,7 +266,7 @@ def test_unsupported_kinds_raise_type_error_naming_the_accepted_ones(data):
 
 # -- dask ------------------------------------------------------------------------------------
 def test_dask_arrays_and_dask_backed_xarray(ref):
-    """dask arrays, and an xarray Dataset whose variables are dask arrays, stream chunk by
+    """Dask arrays, and an xarray Dataset whose variables are dask arrays, stream chunk by
     chunk (nothing is computed whole) and give the float32 Zarr result.
     """
     da = pytest.importorskip("dask.array")
