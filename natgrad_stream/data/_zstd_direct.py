@@ -145,7 +145,7 @@ class DirectChunks:
 
     async def fetch(self, a: int):
         """The stored bytes of the chunk starting at row ``a`` (None if not in the store)."""
-        from zarr.core.buffer import default_buffer_prototype
+        from zarr.buffer import default_buffer_prototype
 
         buf = await (self._async.store_path / self._key(a)).get(
             prototype=default_buffer_prototype())

@@ -109,7 +109,7 @@ def _read_rows(requests) -> None:
     """
     import asyncio
 
-    from zarr.core.buffer import cpu, default_buffer_prototype
+    from zarr.buffer import cpu, default_buffer_prototype
     from zarr.core.sync import sync
 
     proto = default_buffer_prototype()

@@ -305,7 +305,7 @@ def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
     """
     import asyncio
 
-    from zarr.core.buffer import cpu, default_buffer_prototype
+    from zarr.buffer import cpu, default_buffer_prototype
     from zarr.core.sync import sync
 
     proto = default_buffer_prototype()
