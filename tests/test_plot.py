@@ -7,14 +7,9 @@ import pytest
 
 from natgrad_stream.app.cli import main
 
+from .test_cli import run_cli
+
 pytest.importorskip("matplotlib")
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    lines = [ln for ln in out.strip().splitlines() if ln]
-    return code, (json.loads(lines[-1]) if lines else None), err
 
 
 def read_image(path):

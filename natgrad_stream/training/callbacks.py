@@ -85,7 +85,7 @@ class ProgressBar(Callback):
 logger = logging.getLogger("natgrad_stream")
 
 
-class ProgressLines(Callback):
+class ProgressLines(ProgressBar):
     """Progress as newline-terminated lines through the ``natgrad_stream`` logger (for logs
     of runs without a terminal: nohup, cron, CI, schedulers), at most one every
     ``interval`` seconds.
@@ -97,14 +97,11 @@ class ProgressLines(Callback):
     """
 
     def __init__(self, *, interval: float = 10.0, eager: bool = False):
-        self.interval = float(interval)
+        super().__init__(interval=interval)
         self.eager = bool(eager)
 
     def on_fit_start(self, learner, total_rows):
-        self.total = total_rows
-        self.t0 = self.last = time.perf_counter()
-        self.start_samples = learner.samples
-        self.loss = math.nan
+        super().on_fit_start(learner, total_rows)
         self.started = False
         if self.eager:
             self._start(learner)
@@ -116,12 +113,7 @@ class ProgressLines(Callback):
                     learner.model.name, learner.effective_options["optimizer"],
                     f"{self.start_samples:,}", planned)
 
-    def on_batch_end(self, learner, info, cursor):
-        self.loss = smoothed_loss(self.loss, info)
-        now = time.perf_counter()
-        if now - self.last < self.interval:
-            return
-        self.last = now
+    def _draw(self, learner, now, end=""):
         if not self.started:
             self._start(learner)
         rate = (learner.samples - self.start_samples) / max(now - self.t0, 1e-9)
