@@ -23,7 +23,6 @@ chunks complete (write the rows, then resize, or resize then write whole chunks)
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -32,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream.data.metadata import StoredChunks
 from natgrad_stream.data.stream import (
     Batch,
     BatchStream,
     Cursor,
     Source,
-    _default_decode_threads,
+    _read_zarr_checked,
     _Stop,
     _validate_stream_args,
 )
@@ -105,29 +105,11 @@ def _committed_attr(group) -> int | None:
 
 def _read_rows(requests) -> None:
     """Decode ``arr[a:b]`` into ``out`` for every ``(arr, a, b, out, label)``, all at once
-    on zarr's event loop (their chunks decompress concurrently).
+    (their chunks decompress concurrently); a chunk missing from the store or undecodable
+    is a :class:`DataError` naming the array and chunk.
     """
-    import asyncio
-
-    from zarr.buffer import cpu, default_buffer_prototype
-    from zarr.core.sync import sync
-
-    proto = default_buffer_prototype()
-
-    async def read_all():
-        return await asyncio.gather(*(
-            arr.async_array.get_orthogonal_selection(
-                (slice(a, b),) + (slice(None),) * (out.ndim - 1),
-                out=cpu.NDBuffer.from_numpy_array(out), prototype=proto)
-            for arr, a, b, out, _ in requests), return_exceptions=True)
-
-    for (_, a, b, _, label), res in zip(requests, sync(read_all()), strict=True):
-        if not isinstance(res, BaseException):
-            continue
-        if isinstance(res, MemoryError | DataError) or not isinstance(res, Exception):
-            raise res
-        raise DataError(f"rows {a}:{b} could not be read ({type(res).__name__}: {res})",
-                        array=label, row=a) from res
+    _read_zarr_checked([(StoredChunks(arr, label), a, b, out, 0)
+                        for arr, a, b, out, label in requests])
 
 
 # -- the writer --------------------------------------------------------------------------------
@@ -260,7 +242,6 @@ class FollowSource(Source):
             raise ValueError(f"idle_timeout must be >= 0 or None, got {idle_timeout}")
         if shuffle_window is not None and int(shuffle_window) < 1:
             raise ValueError(f"shuffle_window must be >= 1 or None, got {shuffle_window}")
-        _default_decode_threads()
         self._store, self._path, self._label = _locate(store)
         self.name = name or os.path.basename(self._label.rstrip("/")) or self._label
         self.names = (x, y or "y", w or "w")
@@ -331,17 +312,12 @@ class FollowSource(Source):
 
     def _stored_prefix(self, label, arr, n) -> int:
         """Rows of ``arr`` below its first chunk missing from the store (up to ``n``)."""
-        from zarr.core.sync import sync
-
-        rows = int((arr.shards or arr.chunks)[0])
-        tail = [math.ceil(s / c) for s, c in zip(arr.shape[1:], (arr.shards or arr.chunks)[1:],
-                                                   strict=True)]
+        stored = StoredChunks(arr, label)
+        rows = stored.rows_per_object
         done = self._verified.get(label, 0)
-        sp = arr.async_array.store_path
         while done * rows < n:
-            for rest in np.ndindex(*tail):
-                key = arr.metadata.encode_chunk_key((done, *rest))
-                if not sync((sp / key).exists()):
+            for rest in stored.tail_coords:
+                if not stored.exists((done, *rest)):
                     self._verified[label] = done
                     return done * rows
             done += 1

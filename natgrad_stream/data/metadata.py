@@ -20,10 +20,14 @@ Bounds
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from natgrad_stream.errors import DataError
 
@@ -64,7 +68,9 @@ def format_bytes(n: float) -> str:
 
 
 def is_zarr_array(arr) -> bool:
-    return hasattr(arr, "async_array")
+    """Whether ``arr`` is a :class:`zarr.Array` (without importing zarr when it is not)."""
+    zarr = sys.modules.get("zarr")
+    return zarr is not None and isinstance(arr, zarr.Array)
 
 
 def check_zarr_layout(arr, label: str) -> None:
@@ -77,7 +83,7 @@ def check_zarr_layout(arr, label: str) -> None:
         chunk shape does not match the array's dimensions, or one chunk would not fit in
         memory (zarr decodes whole chunks).
     """
-    md = arr.async_array.metadata
+    md = arr.metadata
     shape = tuple(int(s) for s in md.shape)
     grid = getattr(getattr(md, "chunk_grid", None), "chunk_shape", None)
     if grid is None:
@@ -136,7 +142,7 @@ class StoredChunks:
 
     Parameters
     ----------
-    arr : zarr.Array or zarr.AsyncArray
+    arr : zarr.Array
     label : str, optional
         The array's name in messages (default: its name in its group).
 
@@ -149,21 +155,22 @@ class StoredChunks:
     """
 
     def __init__(self, arr, label: str | None = None):
-        aa = getattr(arr, "async_array", arr)
-        self._md = aa.metadata
-        self.label = label or aa.store_path.path.rsplit("/", 1)[-1] or "array"
+        self._arr = arr
+        self._md = arr.metadata
+        self._md_dtype = np.dtype(arr.dtype)
+        self.label = label or arr.store_path.path.rsplit("/", 1)[-1] or "array"
         self.shape = tuple(int(s) for s in self._md.shape)
         self.grid = tuple(int(c) for c in self._md.chunk_grid.chunk_shape)
         self.rows_per_object = self.grid[0]
         try:
-            self.chunk_rows = int(aa.chunks[0])
+            self.chunk_rows = int(arr.chunks[0])
         except (AttributeError, IndexError, NotImplementedError, TypeError):
             self.chunk_rows = self.rows_per_object
-        self._tail = list(itertools.product(
+        self.tail_coords = list(itertools.product(
             *(range(math.ceil(s / c)) for s, c in zip(self.shape[1:], self.grid[1:],
                                                        strict=True))))
-        self._store = aa.store_path.store
-        self._prefix = aa.store_path.path
+        self._store = arr.store_path.store
+        self._prefix = arr.store_path.path
         root = getattr(self._store, "root", None)
         self._root = (Path(root) if type(self._store).__name__ == "LocalStore"
                       and root is not None else None)
@@ -187,7 +194,7 @@ class StoredChunks:
         out = []
         for rc in range(a // R, (b - 1) // R + 1):
             row = max(a, rc * R)
-            for t in self._tail:
+            for t in self.tail_coords:
                 c = (rc,) + t
                 out.append((row, c, self.key(c)) if coords else (row, self.key(c)))
         return out
@@ -196,42 +203,44 @@ class StoredChunks:
     def local(self) -> bool:
         return self._root is not None
 
-    def first_problem_local(self, a: int, b: int):
-        """``(first_row, key, problem)`` of the first object of rows ``a:b`` absent from a
-        local store (``problem`` None), or whose bytes are visibly damaged (``problem``
-        says how); None when all are present. One ``stat`` per object, or for blosc frames
-        a read of their 16-byte header: blosc does not check a frame's length against its
-        header, and decodes a truncated frame from whatever memory follows it.
+    @functools.cached_property
+    def checked(self):
+        """The array read through a store that raises on missing or damaged objects (see
+        :mod:`natgrad_stream.data.zarr_reads`).
         """
-        root = str(self._root)
-        for row, key in self.objects(a, b):
-            path = os.path.join(root, key)
-            if not self._blosc:
-                if not os.path.isfile(path):
-                    return row, key, None
-                continue
-            try:
-                with open(path, "rb") as fh:
-                    head, size = fh.read(16), os.fstat(fh.fileno()).st_size
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                return row, key, None
-            problem = blosc_frame_problem(head, size)
-            if problem is not None:
-                return row, key, problem
-        return None
+        from natgrad_stream.data.zarr_reads import checked_view
 
-    async def first_problem(self, a: int, b: int):
-        """As :meth:`first_problem_local` (missing objects only), for any store; the
-        existence checks run at once.
+        return checked_view(self._arr, blosc_frames=self._blosc)
+
+    def row_of(self, key: str, a: int, b: int) -> int:
+        """First row, within ``a:b``, of the stored object ``key`` (``a`` if not among them)."""
+        for row, k in self.objects(a, b):
+            if k == key:
+                return row
+        return a
+
+    def exists(self, coords) -> bool:
+        """Whether the store holds the object at chunk-grid ``coords``: a ``stat`` for a
+        local store, else a read of its first row through :attr:`checked` (zarr's public
+        API has no synchronous existence test; the read raises when the object is absent).
         """
-        import asyncio
+        if self._root is not None:
+            return os.path.isfile(os.path.join(str(self._root), self.key(coords)))
+        from natgrad_stream.data.zarr_reads import MissingObject, read_into
 
-        objs = self.objects(a, b)
-        found = await asyncio.gather(*(self._store.exists(k) for _, k in objs))
-        for (row, key), ok in zip(objs, found, strict=True):
-            if not ok:
-                return row, key, None
-        return None
+        row = int(coords[0]) * self.rows_per_object
+        cols = tuple(slice(c * g, min((c + 1) * g, s))
+                     for c, g, s in zip(coords[1:], self.grid[1:], self.shape[1:], strict=True))
+        out = np.empty((1,) + tuple(s.stop - s.start for s in cols), dtype=self._md_dtype)
+        try:
+            read_into(self.checked, row, row + 1, out, cols)
+        except MissingObject:
+            return False
+        except (MemoryError, RecursionError):
+            raise
+        except Exception:  # noqa: BLE001 (present, though damaged: not ours to report here)
+            return True
+        return True
 
     def error(self, row: int, key: str, problem: str | None, chunk_rows: int) -> DataError:
         """The error for object ``key`` (first row ``row``): missing (``problem`` None) or
@@ -306,7 +315,6 @@ def write_missing_chunks(path, names=None) -> dict[str, int]:
         Chunks written, per array.
     """
     import zarr
-    from zarr.core.sync import sync
 
     group = zarr.open_group(str(path), mode="r+")
     written = {}
@@ -318,8 +326,7 @@ def write_missing_chunks(path, names=None) -> dict[str, int]:
         n = 0
         grid_counts = [math.ceil(s / c) for s, c in zip(stored.shape, stored.grid, strict=True)]
         for coords in itertools.product(*(range(k) for k in grid_counts)):
-            key = stored.key(coords)
-            if sync(stored._store.exists(key)):
+            if stored.exists(coords):
                 continue
             sel = tuple(slice(c * g, min((c + 1) * g, s))
                         for c, g, s in zip(coords, stored.grid, stored.shape, strict=True))

@@ -47,6 +47,13 @@ from natgrad_stream.data.validation import (
     check_target_dtype,
     check_x_dtype,
 )
+from natgrad_stream.data.zarr_reads import (
+    NOT_DATA_ERRORS,
+    DamagedObject,
+    MissingObject,
+    read_all,
+    read_into,
+)
 from natgrad_stream.errors import DataError
 
 #: Default rows per chunk for arrays that are not chunked (NumPy).
@@ -240,21 +247,6 @@ class BatchStream:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _default_decode_threads() -> None:
-    """Give zarr one codec thread per core unless the user configured its pool.
-
-    zarr's default is asyncio's executor (cores + 4 threads). On 2 cores that
-    oversubscribed the machine and glibc kept a freed chunk-sized decode buffer per
-    thread: measured on a 4M × 100 store, 2 threads ran 1.3× faster with 16% less peak
-    memory. Must run before zarr first decodes (it creates its pool once).
-    """
-    import zarr
-
-    if zarr.config.get("threading.max_workers") is None:
-        zarr.config.set({"threading.max_workers": max(2, os.cpu_count() or 2)})
-
-
-
 def _relocated(exc: DataError, delta: int, chunk_rows: int) -> DataError:
     """``exc``, found at a row of an underlying array, at that row ``+ delta`` of the source
     (whose chunks have ``chunk_rows`` rows).
@@ -278,21 +270,10 @@ def _read_direct_located(jobs, chunk_rows) -> None:
     run_in_order([functools.partial(job, *j) for j in jobs])
 
 
-#: Failures of a zarr read that are not about the data.
-_NOT_DATA_ERRORS = (MemoryError, RecursionError, DataError)
-
-
-def _read_zarr_concurrently(requests) -> None:
-    """Decode ``arr[a:b]`` into ``out`` for every ``(async_array, a, b, out)`` at once, as
-    :func:`_read_zarr_checked` (errors named by each array's name in its group and located
-    in its own chunks).
-    """
-    _read_zarr_checked([(StoredChunks(arr), arr, a, b, out, 0) for arr, a, b, out in requests])
-
-
 def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
-    """Decode ``arr[a:b]`` into ``out`` for every ``(stored, arr, a, b, out, delta)`` at once
-    on zarr's event loop, after checking that their chunks are in the store.
+    """Decode rows ``a:b`` into ``out`` for every ``(stored, a, b, out, delta)`` at once,
+    through zarr's public API on each array's checked view
+    (:attr:`~natgrad_stream.data.metadata.StoredChunks.checked`).
 
     Raises
     ------
@@ -303,58 +284,34 @@ def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
         row ``+ delta`` of the source (in chunks of ``chunk_rows`` rows, default each
         array's own).
     """
-    import asyncio
-
-    from zarr.buffer import cpu, default_buffer_prototype
-    from zarr.core.sync import sync
-
-    proto = default_buffer_prototype()
-
-    async def one(stored, arr, a, b, out):
-        def read():
-            return arr.get_orthogonal_selection(
-                (slice(a, b),) + (slice(None),) * (out.ndim - 1),
-                out=cpu.NDBuffer.from_numpy_array(out), prototype=proto)
-
-        if stored.local:  # a stat per chunk file, before decoding anything
-            problem = stored.first_problem_local(a, b)
-            if problem is None:
-                await read()
-            return problem
-        # other stores: the existence checks run alongside the read (one round trip)
-        missing, failure = await asyncio.gather(stored.first_problem(a, b), read(),
-                                                return_exceptions=True)
-        if isinstance(missing, BaseException):
-            raise missing
-        if missing is None and isinstance(failure, BaseException):
-            raise failure
-        return missing
-
-    async def read_all():
-        return await asyncio.gather(*(one(*r[:5]) for r in requests), return_exceptions=True)
-
-    for (stored, arr, a, b, _, delta), res in zip(requests, sync(read_all()), strict=True):
-        if res is None:
+    jobs = [functools.partial(read_into, stored.checked, a, b, out)
+            for stored, a, b, out, _ in requests]
+    for (stored, a, b, _, delta), exc in zip(requests, read_all(jobs, run_in_order),
+                                             strict=True):
+        if exc is None:
             continue
         R = chunk_rows or stored.chunk_rows
-        if isinstance(res, BaseException):
-            if isinstance(res, _NOT_DATA_ERRORS) or not isinstance(res, Exception):
-                raise res
-            raise _relocated(_decode_error(stored, arr, a, b, res), delta, R) from res
-        raise _relocated(stored.error(*res, R), delta, R)
+        if isinstance(exc, MissingObject):
+            error = stored.missing_error(stored.row_of(exc.key, a, b), exc.key, R)
+        elif isinstance(exc, DamagedObject):
+            error = stored.error(stored.row_of(exc.key, a, b), exc.key, exc.problem, R)
+        else:
+            error = _decode_error(stored, a, b, exc)
+        raise _relocated(error, delta, R) from exc
 
 
-def _decode_error(stored, arr, a, b, exc) -> DataError:
+def _decode_error(stored, a, b, exc) -> DataError:
     """The error for a failed read of rows ``a:b``, at its first chunk that fails alone."""
-    from zarr.core.sync import sync
-
     for row, coords, key in stored.objects(a, b, coords=True):
-        sel = (slice(row, min(b, (coords[0] + 1) * stored.rows_per_object)),) + tuple(
-            slice(c * g, min((c + 1) * g, s))
-            for c, g, s in zip(coords[1:], stored.grid[1:], stored.shape[1:], strict=True))
+        end = min(b, (coords[0] + 1) * stored.rows_per_object)
+        cols = tuple(slice(c * g, min((c + 1) * g, s))
+                     for c, g, s in zip(coords[1:], stored.grid[1:], stored.shape[1:],
+                                        strict=True))
+        out = np.empty((end - row,) + tuple(c.stop - c.start for c in cols),
+                       dtype=stored.checked.dtype)
         try:
-            sync(arr.get_orthogonal_selection(sel))
-        except _NOT_DATA_ERRORS:
+            read_into(stored.checked, row, end, out, cols)
+        except NOT_DATA_ERRORS:
             raise
         except Exception as alone:  # noqa: BLE001 (this chunk's bytes are bad)
             return DataError(f"could not be decoded from key {key!r} in {stored.where()} "
@@ -397,8 +354,7 @@ def read_rows(arr, a: int = 0, b: int | None = None, *, label: str | None = None
         piece = out[off:off + b2 - a2]
         if is_zarr_array(base):
             check_zarr_layout(base, label or StoredChunks(base).label)
-            requests.append((StoredChunks(base, label), base.async_array, a2, b2, piece,
-                             a + off - a2))
+            requests.append((StoredChunks(base, label), a2, b2, piece, a + off - a2))
         else:
             np.copyto(piece, np.asarray(base[a2:b2]), casting="unsafe")
     if requests:
@@ -549,8 +505,9 @@ class ArraySource(Source):
         """Fill ``out`` with ``arr[a:b]`` for each ``(arr, a, b, out)``.
 
         Zarr arrays (also behind row-span views) are decoded straight into ``out``: whole
-        zstd chunks by the direct decoder, the rest with all requests issued at once on
-        zarr's event loop, so the chunks of a read decompress concurrently. Either way a
+        zstd chunks of local stores by the direct decoder, the rest through zarr's public
+        API with all requests issued at once, so the chunks of a read decompress
+        concurrently. Either way a
         chunk missing from the store or undecodable is a :class:`DataError` located in
         this source. Other array-likes are copied one by one.
         """
@@ -570,7 +527,7 @@ class ArraySource(Source):
                     convert.append((piece, np.empty(piece.shape, dtype=base.dtype)))
                     piece = convert[-1][1]
                 stored = self._stored.get(id(base)) or StoredChunks(base, "array")
-                zarr_reqs.append((stored, base.async_array, a2, b2, piece, delta))
+                zarr_reqs.append((stored, a2, b2, piece, delta))
         if direct:
             _read_direct_located(direct, self.chunk_rows)
         if zarr_reqs:
@@ -904,7 +861,6 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
         :func:`~natgrad_stream.data.validation.check_x_dtype`) or ``y``/``w`` are not real
         numbers.
     """
-    _default_decode_threads()
     group, label = _open_group(path_or_group)
 
     def get(name):

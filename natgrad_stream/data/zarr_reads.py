@@ -1,0 +1,131 @@
+"""Reads of Zarr arrays through zarr's public API, with missing and damaged chunks named.
+
+zarr reads a chunk that is absent from the store as the array's fill value (the Zarr spec
+allows it). For training data that is a silent wrong answer, so every array read here is
+viewed through a :class:`CheckedStore`, a :class:`zarr.storage.WrapperStore` that raises
+:class:`MissingObject` when the store has no object for a chunk key, and
+:class:`DamagedObject` when a blosc frame is shorter than its header says (blosc would
+decode it from whatever memory follows). The checks ride on the reads themselves: no extra
+request per chunk, on any store.
+
+The reads are zarr's own synchronous ``Array.get_orthogonal_selection`` into our buffers
+(``out=``, through the public :mod:`zarr.buffer` module); the requests of one read run at
+once from the decode pool's threads, so their chunks decompress concurrently. Nothing here
+uses zarr's internal modules or changes its global configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from natgrad_stream.data.metadata import blosc_frame_problem
+from natgrad_stream.errors import DataError
+
+#: Failures of a zarr read that are not about the data.
+NOT_DATA_ERRORS = (MemoryError, RecursionError, DataError)
+
+
+class MissingObject(LookupError):
+    """The store holds no object for chunk (or shard) ``key``."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+class DamagedObject(ValueError):
+    """The stored object ``key`` is visibly damaged (``problem`` says how)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def _checked_store_class():
+    from zarr.storage import WrapperStore
+
+    class CheckedStore(WrapperStore):
+        """A store whose chunk reads never come back empty: a missing object raises
+        :class:`MissingObject`, a short blosc frame :class:`DamagedObject`.
+
+        Only for arrays built by :func:`checked_view`, which read nothing but chunk keys
+        through it (their metadata is already loaded).
+        """
+
+        def __init__(self, store, blosc_frames: bool = False):
+            super().__init__(store)
+            self.blosc_frames = bool(blosc_frames)
+
+        def _with_store(self, store):
+            return type(self)(store, self.blosc_frames)
+
+        async def get(self, key, prototype, byte_range=None):
+            buf = await self._store.get(key, prototype, byte_range)
+            if buf is None:
+                raise MissingObject(key)
+            if self.blosc_frames and byte_range is None:
+                raw = buf.as_numpy_array()
+                problem = blosc_frame_problem(raw[:16].tobytes(), int(raw.size))
+                if problem is not None:
+                    raise DamagedObject(key, problem)
+            return buf
+
+        async def get_partial_values(self, prototype, key_ranges):
+            key_ranges = list(key_ranges)
+            bufs = await self._store.get_partial_values(prototype, key_ranges)
+            for (key, _), buf in zip(key_ranges, bufs, strict=True):
+                if buf is None:
+                    raise MissingObject(key)
+            return bufs
+
+    return CheckedStore
+
+
+@functools.cache
+def _store_class():
+    return _checked_store_class()
+
+
+def checked_view(arr, *, blosc_frames: bool = False):
+    """``arr`` (a :class:`zarr.Array`) read through a :class:`CheckedStore`: the same
+    metadata, path and configuration, with missing and damaged chunks raised.
+    """
+    import zarr
+    from zarr.storage import StorePath
+
+    path = arr.store_path.path
+    store = _store_class()(arr.store_path.store, blosc_frames)
+    return zarr.Array(zarr.AsyncArray(arr.metadata, StorePath(store, path), arr.config))
+
+
+def read_into(arr, a: int, b: int, out: np.ndarray, columns=None) -> None:
+    """Decode rows ``a:b`` (and ``columns``, a tuple of slices of the other axes; default
+    all) of the Zarr array ``arr`` into ``out``, through zarr's synchronous API.
+    """
+    from zarr.buffer import cpu, default_buffer_prototype
+
+    sel = (slice(a, b),) + (tuple(columns) if columns is not None
+                            else (slice(None),) * (out.ndim - 1))
+    arr.get_orthogonal_selection(sel, out=cpu.NDBuffer.from_numpy_array(out),
+                                 prototype=default_buffer_prototype())
+
+
+def read_all(jobs, run) -> list:
+    """Run every ``job()`` through ``run`` (a callable that runs a list of callables
+    concurrently and re-raises the first failure in order), collecting each job's exception
+    (or None) instead of raising it, except failures that are not about the data.
+    """
+    results: list = [None] * len(jobs)
+
+    def wrap(i, job):
+        try:
+            job()
+        except NOT_DATA_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 (returned to the caller, who locates it)
+            results[i] = exc
+
+    run([functools.partial(wrap, i, job) for i, job in enumerate(jobs)])
+    return results
