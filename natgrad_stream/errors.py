@@ -62,3 +62,10 @@ class NumericalError(FloatingPointError):
 
 class WhiteningError(ArithmeticError):
     """The metric could not be factored (non-finite, not positive, LAPACK failure)."""
+
+
+class DistributedError(RuntimeError):
+    """The Dask cluster failed: its scheduler is unreachable or gone, it has no workers, or
+    a task kept killing its workers. The learner's state is the last completed step or
+    pass, so a checkpoint of it resumes exactly.
+    """

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from natgrad_stream import __version__
 from natgrad_stream._constants import DEFAULT_CHUNK_ROWS
-from natgrad_stream.errors import CheckpointError, DataError, OptionError, RunDirectoryError
+from natgrad_stream.errors import (
+    CheckpointError,
+    DataError,
+    DistributedError,
+    OptionError,
+    RunDirectoryError,
+)
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.options import (
     METRIC_CHOICES,
@@ -304,7 +310,8 @@ def main(argv=None) -> int:
             warnings.simplefilter("default")
             warnings.showwarning = one_line_warning
             return COMMANDS[args.command](args)
-    except (DataError, OptionError, RunDirectoryError, CheckpointError, ValueError,
+    except (DataError, OptionError, RunDirectoryError, CheckpointError, DistributedError,
+            ValueError,
             TypeError) as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

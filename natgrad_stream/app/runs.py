@@ -273,12 +273,24 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
                                            eager=progress == "always"))
     if stop_handler is not None:
         stop_handler(learner)
-    learner.fit(source, epochs=run.get("epochs"), callbacks=callbacks,
-                max_samples=run["max_samples"])
+    if run.get("dask") is not None or run.get("dask_workers") is not None:
+        if fit_options.get("follow"):
+            raise OptionError("--follow reads rows as they arrive, in one process: it does "
+                              "not combine with --dask or --dask-workers")
+        from natgrad_stream.distributed import dask_client
+
+        with dask_client(run.get("dask"), run.get("dask_workers")) as client:
+            learner.fit(data, epochs=run.get("epochs"), callbacks=callbacks,
+                        max_samples=run["max_samples"], x=x, y=y, w=w, client=client)
+    else:
+        learner.fit(source, epochs=run.get("epochs"), callbacks=callbacks,
+                    max_samples=run["max_samples"])
     if replacing:  # the replaced run's log and older checkpoints go
         os.replace(new_log, log_path)
         remove_rotated(ckpt)
     summary = learner.result.to_dict()
+    if learner.dask_traffic is not None:
+        summary["dask"] = learner.dask_traffic
     _write_json_atomic(run_dir / RUN_JSON, {**info, "model": learner.model.config(),
                                             "options": learner.options(), "summary": summary})
     return summary

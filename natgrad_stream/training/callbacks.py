@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from natgrad_stream._constants import DEFAULT_LOG_EVERY
+from natgrad_stream.errors import DistributedError
 from natgrad_stream.training.checkpoint import save_checkpoint
 from natgrad_stream.training.events import Callback
 
@@ -301,7 +302,9 @@ class CheckpointEvery(Callback):
     last ``keep`` checkpoints.
 
     Nothing is written when fitting stops on an exception, so the last good checkpoint
-    is never replaced by the state of a failed run.
+    is never replaced by the state of a failed run — except when the Dask cluster failed
+    (:class:`~natgrad_stream.errors.DistributedError`): the state is then the last
+    completed step, pass or round, and is saved so that the run resumes from it.
     """
 
     def __init__(self, path, *, every: int | None = None, seconds: float | None = None,
@@ -337,3 +340,7 @@ class CheckpointEvery(Callback):
 
     def on_fit_end(self, learner, result):
         self.save(learner)
+
+    def on_error(self, learner, exc):
+        if isinstance(exc, DistributedError):
+            self.save(learner)

@@ -56,7 +56,14 @@ from natgrad_stream._constants import (
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
-from natgrad_stream.errors import CheckpointError, DataError, NumericalError, WhiteningError
+from natgrad_stream.errors import (
+    CheckpointError,
+    DataError,
+    DistributedError,
+    NumericalError,
+    OptionError,
+    WhiteningError,
+)
 from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.schedule import RefreshSchedule
 from natgrad_stream.geometry.whitening import Whitener, whiten
@@ -246,20 +253,43 @@ class NaturalGradientLearner:
         loss_sum, wsum = self.model.accumulate(
             X, y, w, s.theta, metric=self.metric if need_metric else None,
             structure=self.structure, ws=ws, rng=s.rng, mc_samples=self.mc_samples)
+
+        def power_iteration(v):
+            return self._power_iteration(X, y, w, v)
+
+        return self.step_sums(loss_sum, wsum, ws.grad, ws.fisher if need_metric else None, n,
+                              power_iteration=power_iteration)
+
+    def step_sums(self, loss_sum: float, wsum: float, grad_sum: np.ndarray,
+                  metric_sum: np.ndarray | None, rows: int, *, power_iteration=None,
+                  extra_state=None) -> StepInfo:
+        """One step from a batch's sums (what :meth:`step` computes, or what Dask workers
+        computed on their batches and the driver merged): ``Σwℓ``, ``Σw``, ``Σw∇ℓ``
+        (shape (P,)), the metric's sum (shape (P, P) or (P,), or None when this step does
+        not fold in the metric) and the rows.
+
+        ``power_iteration(v) -> ρ`` measures the batch's curvature in φ for a diagonal
+        whitener (see :meth:`_curvature_cap`); ``extra_state`` (a dict of state fields)
+        is applied with the step, and undone with it.
+        """
+        s = self.state
         if not wsum > 0:
             raise DataError("batch has zero total sample weight", array="w")
-        grad = ws.grad / wsum
+        grad = grad_sum / wsum
         if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad))):
             raise NumericalError(
                 f"non-finite loss ({loss_sum}) or gradient at step {s.steps}, "
                 f"samples {s.samples}; |θ|max = {np.abs(s.theta).max():.3g}. "
                 "Try a smaller lr or stronger damping.")
+        n = int(rows)
         before = s.snapshot()
         try:
-            refresh, gphi = self._advance(X, y, w, grad, wsum, n, need_metric)
+            refresh, gphi = self._advance(grad, wsum, n, metric_sum, power_iteration)
         except NumericalError:
             self.state = before.restore()  # a rejected step changes nothing
             raise
+        for name, value in (extra_state or {}).items():
+            setattr(s, name, value)
         s.steps += 1
         if self.average:
             s.theta_sum = s.theta_sum + n * s.theta
@@ -340,17 +370,18 @@ class NaturalGradientLearner:
                  "window_loss": mean, "loss_start": start, "step_scale": restored.step_scale,
                  "rollbacks": restored.rollbacks},)
 
-    def _advance(self, X, y, w, grad, wsum, n, need_metric):
+    def _advance(self, grad, wsum, n, metric_sum, power_iteration):
         """Fold the batch into the metric, maybe re-whiten, and take the optimizer step
-        (all on ``self.state``; :meth:`step` puts the snapshot back if this raises).
+        (all on ``self.state``; :meth:`step_sums` puts the snapshot back if this raises).
         """
         s = self.state
-        if need_metric:
-            s.fisher.add(self._workspace.fisher, weight=wsum, rows=n)
+        if metric_sum is not None:
+            s.fisher.add(metric_sum, weight=wsum, rows=n)
         s.samples += n
         refresh = self._maybe_refresh()
-        if refresh is not None and refresh.get("ok") and self.structure == "diagonal":
-            s.step_cap = self._curvature_cap(X, y, w, refresh)
+        if refresh is not None and refresh.get("ok") and self.structure == "diagonal" \
+                and power_iteration is not None:
+            s.step_cap = self._curvature_cap(power_iteration, refresh)
         gphi = s.whitener.grad_phi(grad) * s.step_cap
         phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
                                                  samples=s.samples)
@@ -382,7 +413,7 @@ class NaturalGradientLearner:
                 reason = "drift"
         return None if reason is None else self.refresh(reason=reason, drift=drift)
 
-    def _curvature_cap(self, X, y, w, event: dict) -> float:
+    def _curvature_cap(self, power_iteration, event: dict) -> float:
         """Step factor ``min(1, 1/ρ)`` for a diagonal whitener.
 
         ρ is the largest eigenvalue of this batch's metric seen in φ coordinates,
@@ -392,7 +423,17 @@ class NaturalGradientLearner:
         diverge. The estimate is recorded in the refresh event.
         """
         s = self.state
-        v = s.rng.standard_normal((self.model.n_params, 1))
+        rho = power_iteration(s.rng.standard_normal((self.model.n_params, 1)))
+        if rho is None or not np.isfinite(rho) or rho <= 0:
+            return s.step_cap
+        event["curvature"] = rho
+        return min(1.0, 1.0 / rho)
+
+    def _power_iteration(self, X, y, w, v) -> float:
+        """ρ of :meth:`_curvature_cap` on the batch ``(X, y, w)`` from the start ``v``
+        (shape (P, 1)).
+        """
+        s = self.state
         rho = 1.0
         for _ in range(CURVATURE_POWER_ITERATIONS):
             v /= np.linalg.norm(v)
@@ -400,10 +441,7 @@ class NaturalGradientLearner:
             Gu = self.model.metric_matvec(X, y, w, s.theta, u, metric=self.metric)
             v = s.whitener.grad_phi(Gu[:, 0])[:, None]
             rho = float(np.linalg.norm(v))
-        if not np.isfinite(rho) or rho <= 0:
-            return s.step_cap
-        event["curvature"] = rho
-        return min(1.0, 1.0 / rho)
+        return rho
 
     # -- re-whitening (shared) ----------------------------------------------------------
     def refresh(self, *, reason: str = "manual", drift: float | None = None,
@@ -447,7 +485,7 @@ class NaturalGradientLearner:
     def fit(self, data, *, epochs: int | None = None, rounds: int | None = None,
             callbacks=(), max_samples: int | None = None, shuffle: bool = True,
             prefetch: int = 2, chunks_per_read: int = 2, x: str = "X", y: str | None = "y",
-            w: str | None = None) -> NaturalGradientLearner:
+            w: str | None = None, client=None) -> NaturalGradientLearner:
         """Stream ``data`` (continuing from the current state).
 
         Parameters
@@ -467,12 +505,20 @@ class NaturalGradientLearner:
             Passed to the source's batch stream (streaming).
         x, y, w : str
             Array names when ``data`` is a Zarr group or path.
+        client : distributed.Client, optional
+            Run on a Dask cluster (:mod:`natgrad_stream.distributed`): ``data`` is then a
+            Zarr store's path or URL, which every worker opens itself. Passes equal a
+            single-process fit's to round-off; streaming optimizers take synchronous
+            data-parallel steps on one batch per lane (lanes: the workers when the run
+            started), an effective batch of ``lanes × batch_size`` rows.
         """
         if max_samples is not None:
             max_samples = opts.positive_int("max_samples", max_samples)
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
+        self._backend = None if client is None else self._dask_backend(client, data, source,
+                                                                       x, y, w)
         self.result = None
         if self._last_good is None:  # a resumed run keeps its persisted rollback point
             self._last_good = self.state.snapshot()
@@ -493,7 +539,31 @@ class NaturalGradientLearner:
             for cb in callbacks:
                 cb.on_error(self, exc)
             raise
+        finally:
+            if self._backend is not None:
+                self.dask_traffic = self._backend.traffic()
+                self._backend.close()
+                self._backend = None
         return self
+
+    def _dask_backend(self, client, data, source, x, y, w):
+        """The backend that runs this fit's passes and steps on ``client``'s cluster."""
+        import os
+
+        from natgrad_stream.distributed import DaskBackend, DataSpec
+
+        if not isinstance(data, str | os.PathLike) or not isinstance(source, ArraySource):
+            raise TypeError("a Dask fit reads a Zarr store that every worker opens: pass "
+                            f"its path or URL, not {type(data).__name__}")
+        path = os.fspath(data)
+        if "://" not in path:
+            path = os.path.abspath(path)
+        spec = DataSpec(path, x=x, y=y if self.model.requires_targets else None, w=w,
+                        chunk_rows=source.chunk_rows, n_rows=source.n_rows)
+        return DaskBackend(client, spec, self.model, source.n_rows)
+
+    _backend = None
+    dask_traffic: dict | None = None
 
     def _open(self, data, x, y, w):
         """The source behind ``data``, checked against the model."""
@@ -674,6 +744,7 @@ class _Streaming(_Strategy):
         """
         s = self.learner.state
         n_rows = source.n_rows
+        self._check_lanes_resume()
         if n_rows is not None and s.epoch_rows is not None and s.epoch_rows != n_rows \
                 and (s.cursor.read_index or s.cursor.row):
             if s.epoch_rows > n_rows:
@@ -710,8 +781,8 @@ class _Streaming(_Strategy):
             if lr._out_of_budget(max_samples):
                 return True
             k = s.cursor.epoch
-            rng = np.random.default_rng([lr.seed, k, RNG_LEARNER])
-            res = full_pass(lr, source, s.theta, metric=lr.metric, rng=rng,
+            res = full_pass(lr, source, s.theta, metric=lr.metric,
+                            rng_key=(lr.seed, k, RNG_LEARNER),
                             batch_rows=max(lr.batch_size, REFINE_BATCH_ROWS),
                             should_stop=lambda: lr._stop_requested)
             if res is None:  # stopped mid-pass: the state is as at the pass's start
@@ -783,12 +854,30 @@ class _Streaming(_Strategy):
                 break
         return False
 
+    def _check_lanes_resume(self) -> None:
+        """Refuse to continue an epoch mid-way under the other way of streaming (a lanes
+        plan cannot be continued by one stream, nor the reverse; at an epoch boundary
+        either may take over).
+        """
+        lr = self.learner
+        s = lr.state
+        mid_epoch = bool(s.cursor.read_index or s.cursor.row)
+        if lr._backend is None and s.lanes is not None and mid_epoch:
+            raise OptionError("this run was streaming on a Dask cluster and stopped "
+                              f"mid-epoch ({s.cursor.epoch}): resume it with --dask or "
+                              "--dask-workers")
+        if lr._backend is not None and s.lanes is None and mid_epoch:
+            raise OptionError("this run was streaming in one process and stopped mid-epoch "
+                              f"({s.cursor.epoch}): resume it without --dask")
+
     def _stream(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
         """Stream batches up to ``epochs``; after a divergence rollback the stream reopens
         at the restored cursor, so the rolled-back rows are learned again (with the shorter
         step) and ``samples`` stays the rows learned.
         """
         lr = self.learner
+        if lr._backend is not None:
+            return self._stream_lanes(source, plan, callbacks, max_samples, epochs=epochs)
         while True:
             s = lr.state
             epoch = s.cursor.epoch
@@ -825,6 +914,70 @@ class _Streaming(_Strategy):
                 return True
             lr._check_divergence(final=True)
             return False
+
+    def _stream_lanes(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
+        """:meth:`_stream` on a Dask cluster: synchronous data-parallel steps, each on the
+        merged next batch of every lane (:class:`~natgrad_stream.distributed.DaskBackend`).
+        The cursor counts steps in the epoch (``read_index``); the lanes' own cursors are
+        in the state, so a resume, a retried task and a rollback all re-read exactly.
+        """
+        lr = self.learner
+        backend = lr._backend
+        per_read = plan["chunks_per_read"]
+        while True:
+            s = lr.state
+            epoch = s.cursor.epoch
+            if epoch >= epochs:
+                return False
+            if s.lanes is None:  # a new epoch: one lane per worker (kept on resume)
+                s.lanes = [Cursor().to_dict()] * max(1, len(backend.workers()))
+            if s.data_init and s.steps == 0:
+                start = backend.lane_batch(lr, epoch, s.lanes, "initial_params",
+                                           chunks_per_read=per_read)
+                s.data_init = False
+                if start is not None:
+                    s.theta = np.asarray(start, dtype=np.float64)
+                    s.phi = s.theta.copy()
+            if max_samples is not None and s.samples >= max_samples:
+                return True
+            need_metric = s.whitener is None or s.steps % lr.fisher_every == 0
+            got = backend.lane_step(lr, epoch, s.lanes, s.theta,
+                                    metric=lr.metric if need_metric else None,
+                                    chunks_per_read=per_read,
+                                    rng_key=(lr.seed, epoch, s.cursor.read_index,
+                                             RNG_LEARNER),
+                                    should_stop=lambda: lr._stop_requested)
+            if got is None:  # stopped while the step's tasks ran: the state is as before
+                return True
+            stats, lanes = got
+            if stats is None:  # every lane is exhausted: the epoch is over
+                self._close_epoch(s)
+                s.cursor = Cursor(epoch + 1, 0, 0, s.samples)
+                s.lanes = None
+                if epoch + 1 >= epochs:
+                    lr._check_divergence(final=True)
+                continue
+            before_lanes = s.lanes
+
+            def power_iteration(v, lanes=before_lanes, epoch=epoch):
+                st = lr.state
+                return backend.lane_batch(lr, epoch, lanes, "curvature", st.theta,
+                                          st.whitener, v, lr.metric,
+                                          CURVATURE_POWER_ITERATIONS,
+                                          chunks_per_read=per_read)
+
+            info = lr.step_sums(stats.loss, stats.weight, stats.grad, stats.metric,
+                                stats.rows, power_iteration=power_iteration,
+                                extra_state={"lanes": lanes})
+            s = lr.state
+            if any(e.get("event") == "rollback" for e in info.events):
+                lr._report(callbacks, info)
+                continue
+            s.epoch_rows = source.n_rows
+            s.cursor = Cursor(epoch, s.cursor.read_index + 1, 0, s.samples)
+            lr._report(callbacks, info)
+            if lr._stop_requested or (max_samples is not None and s.samples >= max_samples):
+                return True
 
     @staticmethod
     def _close_epoch(s: LearnerState) -> None:
@@ -903,11 +1056,26 @@ class _LBFGSRounds(_Strategy):
         R = source.chunk_rows
         chunks = window_chunks(math.ceil(source.n_rows / R), lr.window, lr.seed, k)
         src = source if chunks is None else chunk_window(source, chunks)
-        rng = np.random.default_rng([lr.seed, k, RNG_LEARNER])
+        rng_key = (lr.seed, k, RNG_LEARNER)
         if k == 0 and s.data_init:
             self._start_from_data(source)
+        start = s.snapshot()
         theta0 = s.theta.copy()
-        J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=lr.metric, rng=rng)
+        try:
+            return self._round_at(src, chunks, rng_key, theta0, callbacks, max_samples,
+                                  k, t0, evals0, steps0)
+        except DistributedError:
+            # the cluster failed mid-round: back to the round's start, as a checkpoint
+            # written after the last round holds it (this state is saved, and resumes)
+            lr.state = start.restore()
+            raise
+
+    def _round_at(self, src, chunks, rng_key, theta0, callbacks, max_samples, k, t0,
+                  evals0, steps0) -> bool:
+        lr = self.learner
+        s = lr.state
+        J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=lr.metric,
+                                     rng_key=rng_key)
         if not (math.isfinite(J0) and np.all(np.isfinite(g0))):
             raise NumericalError(f"non-finite loss ({J0}) or gradient at the start of round "
                                  f"{k + 1}; |θ|max = {np.abs(theta0).max():.3g}")
@@ -974,6 +1142,11 @@ class _LBFGSRounds(_Strategy):
         """
         lr = self.learner
         lr.state.data_init = False
+        if lr._backend is not None:
+            start = lr._backend.initial_params(lr.batch_size)
+            if start is not None:
+                lr.state.theta = np.asarray(start, dtype=np.float64)
+            return
         with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
                             **lr.model.data_checks()) as stream:
             first = next(iter(stream), None)
@@ -983,9 +1156,9 @@ class _LBFGSRounds(_Strategy):
                     lr.state.theta = np.asarray(start, dtype=np.float64)
 
     def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
-              rng=None):
+              rng_key=None):
         """One streaming pass: ``(J, ∇θJ, metric or None, rows)``, averaged by weight."""
-        return full_pass(self.learner, source, theta, metric=metric, rng=rng,
+        return full_pass(self.learner, source, theta, metric=metric, rng_key=rng_key,
                          batch_rows=self.learner.batch_size, chunks=chunks)
 
     def _report(self, callbacks, J, g, rows) -> None:
@@ -1000,11 +1173,17 @@ class _LBFGSRounds(_Strategy):
 
 
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
-              metric=None, rng=None, batch_rows: int, chunks=None, should_stop=None):
-    """One pass over ``source`` at a fixed ``theta`` in chunk order, fused:
-    ``(J, ∇θJ, metric or None, rows)`` averaged by weight; None when ``should_stop()``
-    turned True mid-pass (nothing counted). Counts the rows and the evaluation.
+              metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None):
+    """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
+    order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight; None when
+    ``should_stop()`` turned True mid-pass (nothing counted). Counts the rows and the
+    evaluation. ``rng_key`` seeds Monte Carlo draws. On a Dask fit the pass runs on the
+    cluster (:meth:`~natgrad_stream.distributed.DaskBackend.pass_stats`).
     """
+    if lr._backend is not None:
+        return _dask_pass(lr, source, theta, metric=metric, rng_key=rng_key, chunks=chunks,
+                          should_stop=should_stop)
+    rng = None if rng_key is None else np.random.default_rng(list(rng_key))
     P = lr.model.n_params
     ws = lr._workspace
     grad = np.zeros(P)
@@ -1040,6 +1219,23 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                         array=source.names[2])
     G = None if fisher is None else fisher.estimate()
     return loss / wsum, grad / wsum, G, rows
+
+
+def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
+    """:func:`full_pass` on the learner's Dask backend."""
+    stats = lr._backend.pass_stats(theta, metric=metric, structure=lr.structure,
+                                   mc_samples=lr.mc_samples, chunks=chunks,
+                                   rng_key=None if rng_key is None else tuple(rng_key),
+                                   should_stop=should_stop)
+    if stats is None:
+        return None
+    lr.state.samples += stats.rows
+    lr.state.evaluations += 1
+    if not stats.weight > 0:
+        raise DataError("the evaluation set has zero total sample weight",
+                        array=source.names[2])
+    G = None if stats.metric is None else stats.metric / stats.weight
+    return stats.loss / stats.weight, stats.grad / stats.weight, G, stats.rows
 
 
 _STRATEGIES = {opts.STREAM: _Streaming, opts.LBFGS: _LBFGSRounds}

@@ -386,6 +386,13 @@ OPTIONS: tuple[Option, ...] = (
     _o("val_every", positive_int, None, "samples between held-out evaluations (default "
        "--log-every), logged to metrics.jsonl as validation records", group=RUN,
        resumable=True, nullable=True, metavar="N"),
+    _o("dask", text, None, "run on the Dask scheduler at ADDRESS (tcp://host:port): the "
+       "workers open the store and read their own chunks; passes equal one process's, "
+       "streaming steps merge one batch per worker", group=RUN, resumable=True,
+       nullable=True, inherit=False, metavar="ADDRESS"),
+    _o("dask_workers", positive_int, None, "run on a local Dask cluster of N worker "
+       "processes started for this fit (as --dask)", group=RUN, resumable=True,
+       nullable=True, inherit=False, metavar="N"),
     _o("log_every", positive_int, DEFAULT_LOG_EVERY,
        "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
        metavar="N"),

@@ -124,6 +124,9 @@ class LearnerState:
     rollbacks: int = _f(("guard", "rollbacks"), "int", default=0)
     last_refresh: dict | None = _f(("last_refresh",), "json", default=None)
     last_round: dict | None = _f(("last_round",), "json", default=None)
+    #: Synchronous data-parallel streaming (Dask): each lane's stream cursor in the current
+    #: epoch (a :meth:`Cursor.to_dict`, None once the lane is exhausted); None otherwise.
+    lanes: list | None = _f(("distributed", "lanes"), "json", default=None)
     #: The first batch may still pick a data-informed start (only before the first step).
     data_init: bool = _f(("counters", "data_init"), "bool", default=False)
 

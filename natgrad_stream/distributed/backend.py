@@ -1,0 +1,250 @@
+"""The driver's side of a Dask fit: passes and synchronous steps as tasks on a cluster.
+
+- **Passes** (L-BFGS evaluations, the Fisher-scoring passes after the first): the pass's
+  chunks, in order, are cut into blocks of :data:`BLOCK_CHUNKS`; one task per block reads
+  its chunks on a worker and returns their sums added pairwise; further tasks add the block
+  results pairwise, level by level, up to one. The tree's shape depends only on the number
+  of chunks, so the result never depends on placement, retries or the number of workers.
+- **Streaming steps** (sgd, momentum, adam): the epoch's chunks are dealt to ``lanes``
+  (as many as workers when the run started; recorded, so a resume keeps them). Each step
+  runs one task per lane — the lane's next batch, at the current θ — pinned to a worker
+  that keeps the lane's stream open (any other worker may run it: it reopens the stream
+  at the cursor it is given). The driver adds the lane sums in lane order and takes one
+  step on the merged batch of ``lanes × batch_size`` rows.
+
+Workers open the store themselves; only θ (8·P bytes per task) goes out and sums
+(8·P² + 8·P bytes per block or lane) come back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from natgrad_stream.distributed.stats import Stats, tree_sum
+from natgrad_stream.distributed.worker import (
+    DataSpec,
+    LaneKey,
+    block_stats,
+    close_lanes,
+    first_batch_initial_params,
+    lane_batch_task,
+    lane_step,
+    merge,
+)
+from natgrad_stream.errors import DistributedError
+
+#: Chunks per block task of a pass (a power of two, fixed: the tree's shape must not
+#: depend on the cluster).
+BLOCK_CHUNKS = 4
+#: Times Dask may rerun a task whose worker died.
+TASK_RETRIES = 3
+#: Seconds the driver waits for a lost scheduler to come back before it gives up.
+SCHEDULER_LOST_SECONDS = 10.0
+#: Seconds between looks at stop requests and the scheduler while tasks run.
+_POLL = 0.25
+
+
+def _comm_errors() -> tuple:
+    """Exceptions that mean the cluster, not the data or the model, failed."""
+    import asyncio
+    import concurrent.futures
+
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    errors = [CommClosedError, KilledWorker, OSError, TimeoutError, asyncio.TimeoutError,
+              concurrent.futures.CancelledError, asyncio.CancelledError]
+    try:
+        from distributed.client import FutureCancelledError
+        errors.append(FutureCancelledError)
+    except ImportError:  # pragma: no cover - older distributed
+        pass
+    return tuple(errors)
+
+
+class DaskBackend:
+    """Runs a learner's passes and streaming steps on a :class:`distributed.Client`.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    spec : DataSpec
+        The store the workers open (its ``chunk_rows`` as the driver sees them).
+    model : Model
+    n_rows : int
+        Rows of the store (as the driver sees them).
+    """
+
+    def __init__(self, client, spec: DataSpec, model, n_rows: int):
+        self.client = client
+        self.spec = spec
+        self.model = model
+        self.n_rows = int(n_rows)
+        self.n_chunks = math.ceil(self.n_rows / spec.chunk_rows)
+        self.address = getattr(client.scheduler, "address", "the scheduler")
+        self.bytes_out = 0  # θ and arguments sent with tasks (arrays only)
+        self.bytes_back = 0  # sums moved: block and lane results, and merge results
+        self.tasks = 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def workers(self) -> list[str]:
+        """Addresses of the workers now, sorted."""
+        try:
+            return sorted(self.client.scheduler_info()["workers"])
+        except _comm_errors() as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc) -> DistributedError:
+        return DistributedError(f"lost the Dask cluster at {self.address} "
+                                f"({type(exc).__name__}: {exc})")
+
+    def _submit(self, fn, *args, workers=None, **kwargs):
+        self.tasks += 1
+        try:
+            return self.client.submit(fn, *args, pure=False, retries=TASK_RETRIES,
+                                      workers=workers, allow_other_workers=workers is not None,
+                                      **kwargs)
+        except _comm_errors() as exc:
+            raise self._lost(exc) from exc
+
+    def _gather(self, futures, should_stop=None):
+        """The futures' results, in order; None when ``should_stop()`` turned True first
+        (the futures are cancelled).
+
+        Raises
+        ------
+        DistributedError
+            When the scheduler stays unreachable for :data:`SCHEDULER_LOST_SECONDS`, or a
+            task kept killing its workers.
+        """
+        from distributed import wait
+
+        lost_since = None
+        pending = list(futures)
+        try:
+            while True:
+                try:
+                    with self.client.as_current():
+                        wait(pending, timeout=_POLL, return_when="ALL_COMPLETED")
+                    break
+                except TimeoutError:
+                    pass
+                if should_stop is not None and should_stop():
+                    self.client.cancel(pending)
+                    return None
+                if self.client.status not in ("running", "connecting", "newly-created"):
+                    raise DistributedError(f"lost the Dask cluster at {self.address} "
+                                           f"(client {self.client.status})")
+                if self.client.status == "connecting":
+                    lost_since = lost_since or time.monotonic()
+                    if time.monotonic() - lost_since > SCHEDULER_LOST_SECONDS:
+                        raise DistributedError(
+                            f"lost the Dask scheduler at {self.address}: unreachable for "
+                            f"{SCHEDULER_LOST_SECONDS:g} s")
+                else:
+                    lost_since = None
+            return self.client.gather(pending)
+        except DistributedError:
+            raise
+        except _comm_errors() as exc:
+            raise self._lost(exc) from exc
+        except TimeoutError:  # pragma: no cover - covered by _comm_errors
+            raise
+
+    # -- passes -----------------------------------------------------------------------------
+    def pass_stats(self, theta: np.ndarray, *, metric, structure, mc_samples=1, chunks=None,
+                   rng_key=None, should_stop=None) -> Stats | None:
+        """The sums over ``chunks`` (default all, in order) at ``theta``, or None if stopped."""
+        ids = np.arange(self.n_chunks) if chunks is None else np.asarray(chunks, np.int64)
+        theta = np.ascontiguousarray(theta, dtype=np.float64)
+        level = [self._submit(block_stats, self.spec, self.model, ids[i:i + BLOCK_CHUNKS],
+                              theta, metric=metric, structure=structure,
+                              mc_samples=mc_samples, rng_key=rng_key)
+                 for i in range(0, len(ids), BLOCK_CHUNKS)]
+        self.bytes_out += len(level) * (theta.nbytes + 8 * BLOCK_CHUNKS)
+        n_results = len(level)
+        while len(level) > 1:
+            level = [self._submit(merge, level[i], level[i + 1]) if i + 1 < len(level)
+                     else level[i] for i in range(0, len(level), 2)]
+            n_results += len(level)
+        got = self._gather(level, should_stop)
+        if got is None:
+            return None
+        stats = got[0]
+        self.bytes_back += n_results * stats.nbytes
+        return stats
+
+    # -- lanes ------------------------------------------------------------------------------
+    def lane_key(self, lr, epoch: int, lane: int, lanes: int, chunks_per_read: int) -> LaneKey:
+        return LaneKey(self.spec, int(lr.seed), int(epoch), int(lane), int(lanes),
+                       int(lr.batch_size), int(chunks_per_read))
+
+    def lane_step(self, lr, epoch: int, cursors: list, theta: np.ndarray, *, metric,
+                  chunks_per_read: int, rng_key=None, should_stop=None):
+        """One synchronous step's merged sums: ``(Stats, new cursors)``, or ``(None,
+        cursors)`` when every lane is exhausted, or None when stopped.
+        """
+        workers = self.workers()
+        if not workers:
+            raise DistributedError(f"the Dask cluster at {self.address} has no workers")
+        L = len(cursors)
+        live = [j for j, c in enumerate(cursors) if c is not None]
+        theta = np.ascontiguousarray(theta, dtype=np.float64)
+        futures = [self._submit(lane_step, self.lane_key(lr, epoch, j, L, chunks_per_read),
+                                self.model, cursors[j], theta, metric=metric,
+                                structure=lr.structure, mc_samples=lr.mc_samples,
+                                rng_key=rng_key, workers=[workers[j % len(workers)]])
+                   for j in live]
+        self.bytes_out += len(futures) * theta.nbytes
+        got = self._gather(futures, should_stop)
+        if got is None:
+            return None
+        new = list(cursors)
+        parts = []
+        for j, res in zip(live, got, strict=True):
+            if res is None:
+                new[j] = None
+                continue
+            stats, new[j] = res
+            parts.append(stats)
+            self.bytes_back += stats.nbytes
+        if not parts:
+            return None, new
+        return tree_sum(parts), new
+
+    def lane_batch(self, lr, epoch: int, cursors: list, what: str, *args,
+                   chunks_per_read: int):
+        """:func:`~natgrad_stream.distributed.worker.lane_batch_task` on the first live
+        lane's batch at its cursor (the batch of the step just taken, for a curvature
+        probe; the first batch, for the data-informed start).
+        """
+        live = [j for j, c in enumerate(cursors) if c is not None]
+        if not live:
+            return None
+        j = live[0]
+        workers = self.workers()
+        fut = self._submit(lane_batch_task, self.lane_key(lr, epoch, j, len(cursors),
+                                                         chunks_per_read),
+                           self.model, cursors[j], what, *args,
+                           workers=[workers[j % len(workers)]] if workers else None)
+        return self._gather([fut])[0]
+
+    def initial_params(self, batch_size: int):
+        """The model's data-informed start from the store's first rows (on a worker)."""
+        return self._gather([self._submit(first_batch_initial_params, self.spec, self.model,
+                                          int(batch_size))])[0]
+
+    def close(self) -> None:
+        """Close the lane streams the workers hold (best effort: the cluster may be gone)."""
+        try:
+            self.client.run(close_lanes)
+        except Exception:  # noqa: BLE001 (nothing to keep: the streams die with the workers)
+            pass
+
+    def traffic(self) -> dict:
+        """Counted bytes of arrays moved so far, and tasks submitted."""
+        return {"bytes_to_workers": self.bytes_out, "bytes_of_results": self.bytes_back,
+                "tasks": self.tasks}

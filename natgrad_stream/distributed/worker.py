@@ -1,0 +1,283 @@
+"""What runs on a Dask worker: open the store, read only the chunks asked for, and return
+their sums (:class:`~natgrad_stream.distributed.stats.Stats`), computed by the same fused
+kernels as a single-process fit.
+
+Nothing here imports dask: these are plain functions of picklable arguments. A worker
+keeps, per process, the sources it opened and the streams of the lanes it serves (a cache:
+a task that finds no stream at the cursor it is given opens one there, so a task rerun on
+another worker after a failure computes the same result).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from natgrad_stream.data import Cursor, open_zarr
+from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
+from natgrad_stream.distributed.stats import Stats, tree_sum
+from natgrad_stream.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the workers read: a Zarr store by path or URL, its arrays' names, and the
+    chunk rows and row count the driver planned with (rows appended since are not read).
+    """
+
+    path: str
+    x: str = "X"
+    y: str | None = "y"
+    w: str | None = None
+    chunk_rows: int | None = None
+    n_rows: int | None = None
+
+
+@functools.lru_cache(maxsize=8)
+def open_source(spec: DataSpec):
+    """The worker's source for ``spec`` (opened once per process; metadata only)."""
+    source = open_zarr(spec.path, x=spec.x, y=spec.y, w=spec.w)
+    if spec.chunk_rows is not None and source.chunk_rows != spec.chunk_rows:
+        raise DataError(f"has chunks of {source.chunk_rows} rows on this worker but "
+                        f"{spec.chunk_rows} on the driver: workers must see the same store",
+                        array=spec.x)
+    if spec.n_rows is not None and source.n_rows != spec.n_rows:
+        if source.n_rows < spec.n_rows:
+            raise DataError(f"has {source.n_rows} rows on this worker but {spec.n_rows} on "
+                            "the driver: workers must see the same store", array=spec.x)
+        source = row_prefix(source, spec.n_rows)
+    return source
+
+
+_WORKSPACES: dict = {}
+
+
+def _workspace(model, structure):
+    key = (id(model), model.n_params, structure)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        ws = _WORKSPACES[key] = (model, model.new_workspace(structure))
+    return ws[1]
+
+
+def _batch_stats(model, X, y, w, theta, *, metric, structure, rng, mc_samples) -> Stats:
+    """One batch's sums, by the model's fused kernel (serial: the sums do not depend on the
+    worker's thread count).
+    """
+    ws = _workspace(model, structure)
+    loss, weight = model.accumulate(X, y, w, theta, metric=metric, structure=structure,
+                                    ws=ws, parallel=False, rng=rng, mc_samples=mc_samples)
+    return Stats(float(loss), float(weight), ws.grad.copy(),
+                 None if metric is None else ws.fisher.copy(), int(X.shape[0]))
+
+
+def block_stats(spec: DataSpec, model, chunks, theta, *, metric, structure, mc_samples=1,
+                rng_key=None) -> Stats:
+    """The sums over ``chunks`` (consecutive positions of one pass, in order): one leaf per
+    chunk, added by :func:`tree_sum`.
+
+    ``rng_key`` (a tuple of ints) seeds chunk ``c``'s Monte Carlo draws as
+    ``default_rng([*rng_key, c])``, so they do not depend on placement either.
+    """
+    source = open_source(spec)
+    chunks = np.asarray(chunks, dtype=np.int64)
+    order = np.argsort(chunks, kind="stable")
+    R = source.chunk_rows
+    leaves: list = [None] * len(chunks)
+    window = chunk_window(source, chunks[order])
+    try:
+        with window.batches(batch_size=R, epochs=1, shuffle=False, chunks_per_read=1,
+                            prefetch=1, **model.data_checks()) as stream:
+            for i, batch in enumerate(stream):
+                c = int(chunks[order[i]])
+                expected = min(R, source.n_rows - c * R)
+                if batch.X.shape[0] != expected:  # pragma: no cover - a window invariant
+                    raise AssertionError(f"chunk {c}: {batch.X.shape[0]} rows, "
+                                         f"expected {expected}")
+                rng = None if rng_key is None else np.random.default_rng([*rng_key, c])
+                leaves[order[i]] = _batch_stats(model, batch.X, batch.y, batch.w, theta,
+                                                metric=metric, structure=structure, rng=rng,
+                                                mc_samples=mc_samples)
+    except DataError as exc:
+        raise locate_in_full_data(exc, chunks[order], R) from exc
+    return tree_sum(leaves)
+
+
+def merge(a: Stats, b: Stats) -> Stats:
+    """``a + b`` (a node of the reduction tree, run where the scheduler puts it)."""
+    return a + b
+
+
+# -- lanes: the per-worker streams of synchronous data-parallel steps -----------------------
+@dataclass(frozen=True)
+class LaneKey:
+    """Lane ``lane`` of ``lanes`` in epoch ``epoch`` of the run with stream seed ``seed``."""
+
+    spec: DataSpec
+    seed: int
+    epoch: int
+    lane: int
+    lanes: int
+    batch_size: int
+    chunks_per_read: int
+
+
+def lane_chunks(n_chunks: int, key: LaneKey) -> np.ndarray:
+    """The chunks lane ``key.lane`` reads in its epoch: every ``lanes``-th chunk of the
+    epoch's shuffled chunk order, sorted (the lane's own stream shuffles them again).
+    """
+    rng = np.random.default_rng([key.seed, key.epoch, 0x1A4E])
+    order = rng.permutation(n_chunks)
+    return np.sort(order[key.lane::key.lanes])
+
+
+def lane_seed(key: LaneKey) -> int:
+    """Seed of the lane's stream (its chunk order and row permutations)."""
+    return int(np.random.SeedSequence([key.seed, key.epoch, key.lane, key.lanes])
+               .generate_state(1)[0])
+
+
+class _Lane:
+    """An open lane stream, positioned after the batch at ``cursor``."""
+
+    def __init__(self, key: LaneKey, model, start: Cursor):
+        source = open_source(key.spec)
+        n_chunks = -(-source.n_rows // source.chunk_rows)
+        self.chunks = lane_chunks(n_chunks, key)
+        self.window = chunk_window(source, self.chunks) if len(self.chunks) else None
+        self.R = source.chunk_rows
+        self.cursor = start
+        self.batch = None  # the last batch served, with the cursor before it
+        self.batch_start = None
+        self.stream = None
+        self.iter = None
+        if self.window is not None:
+            self.stream = self.window.batches(batch_size=key.batch_size, epochs=1,
+                                              seed=lane_seed(key), shuffle=True, start=start,
+                                              chunks_per_read=key.chunks_per_read,
+                                              prefetch=2, **model.data_checks())
+            self.iter = iter(self.stream)
+
+    def next(self):
+        """``(X, y, w, cursor after)`` of the next batch, or None at the lane's end."""
+        if self.iter is None:
+            return None
+        try:
+            batch = next(self.iter, None)
+        except DataError as exc:
+            raise locate_in_full_data(exc, self.chunks, self.R) from exc
+        if batch is None:
+            return None
+        self.batch_start, self.cursor = self.cursor, batch.cursor
+        # the stream reuses its buffers: keep copies for a curvature probe of this batch
+        self.batch = (batch.X.copy(), None if batch.y is None else batch.y.copy(),
+                      None if batch.w is None else batch.w.copy())
+        return (*self.batch, batch.cursor)
+
+    def close(self):
+        if self.stream is not None:
+            self.stream.close()
+
+
+_LANES: dict = {}
+_LANES_LOCK = threading.Lock()
+
+
+def _lane_at(key: LaneKey, model, start: Cursor) -> _Lane:
+    """The cached lane positioned at ``start``, or a new stream opened there."""
+    with _LANES_LOCK:
+        lane = _LANES.pop(key, None)
+    if lane is not None and lane.cursor != start:
+        lane.close()
+        lane = None
+    return lane or _Lane(key, model, start)
+
+
+def _keep(key: LaneKey, lane: _Lane) -> None:
+    with _LANES_LOCK:
+        old = _LANES.pop(key, None)
+        _LANES[key] = lane
+        # lanes of earlier epochs are done
+        stale = [k for k in _LANES if k.spec == key.spec and k.seed == key.seed
+                 and k.epoch < key.epoch]
+        stale_lanes = [_LANES.pop(k) for k in stale]
+    for s in ([old] if old is not None and old is not lane else []) + stale_lanes:
+        s.close()
+
+
+def lane_step(key: LaneKey, model, start: dict, theta, *, metric, structure, mc_samples=1,
+              rng_key=None):
+    """The next batch of a lane after cursor ``start`` (a :meth:`Cursor.to_dict`): its
+    sums at ``theta`` and the cursor after it, ``(Stats, cursor dict)``; None when the lane
+    has no rows left this epoch.
+    """
+    lane = _lane_at(key, model, Cursor.from_dict(start))
+    got = lane.next()
+    if got is None:
+        lane.close()
+        return None
+    X, y, w, cursor = got
+    _keep(key, lane)
+    rng = None if rng_key is None else np.random.default_rng([*rng_key, key.lane])
+    stats = _batch_stats(model, X, y, w, theta, metric=metric, structure=structure, rng=rng,
+                         mc_samples=mc_samples)
+    return stats, cursor.to_dict()
+
+
+def lane_batch_task(key: LaneKey, model, start: dict, what: str, *args):
+    """A computation on the batch a lane serves after cursor ``start``, without moving the
+    lane: ``what`` is ``"initial_params"`` (the model's data-informed start) or
+    ``"curvature"`` (``args = (theta, whitener, v, metric, iterations)``: the power
+    iteration of the learner's curvature cap). The lane's cached stream, if any, stays
+    where it is.
+    """
+    start = Cursor.from_dict(start)
+    with _LANES_LOCK:
+        cached = _LANES.get(key)
+        batch = cached.batch if cached is not None and cached.batch_start == start else None
+    if batch is None:  # not the batch a cached lane just served: read it apart
+        lane = _Lane(key, model, start)
+        try:
+            got = lane.next()
+        finally:
+            lane.close()
+        if got is None:
+            return None
+        batch = got[:3]
+    X, y, w = batch
+    if what == "initial_params":
+        return model.initial_params(X, y, w)
+    theta, whitener, v, metric, iterations = args
+    rho = 1.0
+    v = np.array(v, dtype=np.float64).reshape(-1, 1)
+    for _ in range(iterations):
+        v /= np.linalg.norm(v)
+        u = whitener.theta(v[:, 0])[:, None]
+        Gu = model.metric_matvec(X, y, w, theta, u, metric=metric)
+        v = whitener.grad_phi(Gu[:, 0])[:, None]
+        rho = float(np.linalg.norm(v))
+    return rho
+
+
+def close_lanes() -> int:
+    """Close every lane stream of this worker; returns how many there were."""
+    with _LANES_LOCK:
+        lanes = list(_LANES.values())
+        _LANES.clear()
+    for lane in lanes:
+        lane.close()
+    return len(lanes)
+
+
+def first_batch_initial_params(spec: DataSpec, model, batch_size: int):
+    """The model's data-informed start from the store's first ``batch_size`` rows (in
+    order), as a single-process L-BFGS fit computes it.
+    """
+    source = open_source(spec)
+    with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
+                        **model.data_checks()) as stream:
+        first = next(iter(stream), None)
+        return None if first is None else model.initial_params(first.X, first.y, first.w)
