@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -278,7 +279,14 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
             raise OptionError("--follow reads rows as they arrive, in one process: it does "
                               "not combine with --dask or --dask-workers")
         from natgrad_stream.distributed import dask_client
+        from natgrad_stream.distributed.cluster import require_distributed
 
+        # the command reports a lost cluster in one line: Dask's own logs (tracebacks of
+        # its reconnection attempts) would bury it
+        require_distributed()
+        for name in list(logging.root.manager.loggerDict):
+            if name.split(".")[0] in ("distributed", "tornado"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         with dask_client(run.get("dask"), run.get("dask_workers")) as client:
             learner.fit(data, epochs=run.get("epochs"), callbacks=callbacks,
                         max_samples=run["max_samples"], x=x, y=y, w=w, client=client)

@@ -43,6 +43,8 @@ BLOCK_CHUNKS = 4
 TASK_RETRIES = 3
 #: Seconds the driver waits for a lost scheduler to come back before it gives up.
 SCHEDULER_LOST_SECONDS = 10.0
+#: Seconds a streaming step may place lanes by an older list of workers.
+WORKERS_MAX_AGE = 5.0
 #: Seconds between looks at stop requests and the scheduler while tasks run.
 _POLL = 0.25
 
@@ -88,18 +90,26 @@ class DaskBackend:
         self.bytes_out = 0  # θ and arguments sent with tasks (arrays only)
         self.bytes_back = 0  # sums moved: block and lane results, and merge results
         self.tasks = 0
+        self._workers: list[str] = []
+        self._workers_at = -math.inf
 
     # -- plumbing ---------------------------------------------------------------------------
-    def workers(self) -> list[str]:
-        """Addresses of the workers now, sorted."""
+    def workers(self, max_age: float = 0.0) -> list[str]:
+        """Addresses of the workers, sorted, as known at most ``max_age`` seconds ago."""
+        now = time.monotonic()
+        if self._workers and now - self._workers_at <= max_age:
+            return self._workers
         try:
-            return sorted(self.client.scheduler_info()["workers"])
+            self._workers = sorted(self.client.nthreads())
         except _comm_errors() as exc:
             raise self._lost(exc) from exc
+        self._workers_at = now
+        return self._workers
 
     def _lost(self, exc) -> DistributedError:
+        what = (str(exc).strip().splitlines() or [""])[0].rstrip(":")
         return DistributedError(f"lost the Dask cluster at {self.address} "
-                                f"({type(exc).__name__}: {exc})")
+                                f"({type(exc).__name__}: {what})")
 
     def _submit(self, fn, *args, workers=None, **kwargs):
         self.tasks += 1
@@ -187,7 +197,7 @@ class DaskBackend:
         """One synchronous step's merged sums: ``(Stats, new cursors)``, or ``(None,
         cursors)`` when every lane is exhausted, or None when stopped.
         """
-        workers = self.workers()
+        workers = self.workers(max_age=WORKERS_MAX_AGE)  # a placement hint: may be stale
         if not workers:
             raise DistributedError(f"the Dask cluster at {self.address} has no workers")
         L = len(cursors)
@@ -225,7 +235,7 @@ class DaskBackend:
         if not live:
             return None
         j = live[0]
-        workers = self.workers()
+        workers = self.workers(max_age=WORKERS_MAX_AGE)
         fut = self._submit(lane_batch_task, self.lane_key(lr, epoch, j, len(cursors),
                                                          chunks_per_read),
                            self.model, cursors[j], what, *args,

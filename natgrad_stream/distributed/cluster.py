@@ -48,13 +48,13 @@ def dask_client(address: str | None = None, workers: int | None = None):
                 from exc
         with client:
             log.info("connected to the Dask scheduler at %s (%d workers)", address,
-                     len(client.scheduler_info()["workers"]))
+                     len(client.nthreads()))
             yield client
         return
     if int(workers) < 1:
         raise OptionError(f"--dask-workers must be >= 1, got {workers}")
     with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1,
-                                  processes=True, dashboard_address=None,
+                                  processes=True, dashboard_address=":0",
                                   silence_logs=logging.ERROR) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         log.info("started a local Dask cluster of %d worker processes at %s", int(workers),
