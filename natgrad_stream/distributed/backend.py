@@ -27,11 +27,11 @@ from natgrad_stream.distributed.stats import Stats, tree_sum
 from natgrad_stream.distributed.worker import (
     DataSpec,
     LaneKey,
+    LaneRunner,
     block_stats,
     close_lanes,
     first_batch_initial_params,
     lane_batch_task,
-    lane_step,
     merge,
 )
 from natgrad_stream.errors import DistributedError
@@ -92,6 +92,8 @@ class DaskBackend:
         self.tasks = 0
         self._workers: list[str] = []
         self._workers_at = -math.inf
+        self._runner_workers: list[str] | None = None
+        self._runner_list: list = []
 
     # -- plumbing ---------------------------------------------------------------------------
     def workers(self, max_age: float = 0.0) -> list[str]:
@@ -197,19 +199,26 @@ class DaskBackend:
         """One synchronous step's merged sums: ``(Stats, new cursors)``, or ``(None,
         cursors)`` when every lane is exhausted, or None when stopped.
         """
-        workers = self.workers(max_age=WORKERS_MAX_AGE)  # a placement hint: may be stale
-        if not workers:
-            raise DistributedError(f"the Dask cluster at {self.address} has no workers")
         L = len(cursors)
         live = [j for j, c in enumerate(cursors) if c is not None]
         theta = np.ascontiguousarray(theta, dtype=np.float64)
-        futures = [self._submit(lane_step, self.lane_key(lr, epoch, j, L, chunks_per_read),
-                                self.model, cursors[j], theta, metric=metric,
-                                structure=lr.structure, mc_samples=lr.mc_samples,
-                                rng_key=rng_key, workers=[workers[j % len(workers)]])
-                   for j in live]
-        self.bytes_out += len(futures) * theta.nbytes
-        got = self._gather(futures, should_stop)
+        last = None
+        for _ in range(TASK_RETRIES + 1):
+            runners = self._runners()
+            try:
+                calls = [runners[j % len(runners)].lane_step(
+                    self.lane_key(lr, epoch, j, L, chunks_per_read), self.model, cursors[j],
+                    theta, metric=metric, structure=lr.structure, mc_samples=lr.mc_samples,
+                    rng_key=rng_key) for j in live]
+                got = self._actor_results(calls, should_stop)
+                break
+            except (RuntimeError, *_comm_errors()) as exc:
+                if isinstance(exc, DistributedError) or self._runners_alive():
+                    raise
+                last = exc  # a worker holding a runner went away: place the lanes again
+        else:
+            raise self._lost(last)
+        self.bytes_out += len(live) * theta.nbytes
         if got is None:
             return None
         new = list(cursors)
@@ -224,6 +233,63 @@ class DaskBackend:
         if not parts:
             return None, new
         return tree_sum(parts), new
+
+    def _runners(self) -> list:
+        """One :class:`~natgrad_stream.distributed.worker.LaneRunner` actor per worker
+        (made again when the workers change).
+        """
+        workers = self.workers(max_age=WORKERS_MAX_AGE)
+        if not workers:
+            try:
+                self.client.wait_for_workers(1, timeout=SCHEDULER_LOST_SECONDS)
+            except _comm_errors() as exc:
+                raise DistributedError(f"the Dask cluster at {self.address} has no workers "
+                                       f"({type(exc).__name__})") from exc
+            workers = self.workers()
+        if self._runner_workers != workers:
+            with self.client.as_current():
+                futures = [self.client.submit(LaneRunner, workers=[w], actor=True,
+                                              allow_other_workers=False, pure=False)
+                           for w in workers]
+                self._runner_list = self._gather(futures)
+            self._runner_workers = workers
+            self.tasks += len(workers)
+        return self._runner_list
+
+    def _runners_alive(self) -> bool:
+        """Whether every runner's worker is still in the cluster (refreshing the list)."""
+        held = self._runner_workers or []
+        now = self.workers()
+        if set(held) <= set(now):
+            return True
+        self._runner_workers = None
+        return False
+
+    def _actor_results(self, calls, should_stop=None):
+        """The results of actor calls, in order; None when stopped. Watches the scheduler
+        as :meth:`_gather` does (actor calls bypass it, but the fit needs it for passes).
+        """
+        out = []
+        lost_since = None
+        for call in calls:
+            while True:
+                try:
+                    out.append(call.result(timeout=_POLL))
+                    break
+                except TimeoutError:
+                    pass
+                if should_stop is not None and should_stop():
+                    return None
+                if self.client.status != "running":
+                    lost_since = lost_since or time.monotonic()
+                    if time.monotonic() - lost_since > SCHEDULER_LOST_SECONDS:
+                        raise DistributedError(
+                            f"lost the Dask scheduler at {self.address}: unreachable for "
+                            f"{SCHEDULER_LOST_SECONDS:g} s")
+        if self.client.status not in ("running", "connecting"):
+            raise DistributedError(f"lost the Dask cluster at {self.address} "
+                                   f"(client {self.client.status})")
+        return out
 
     def lane_batch(self, lr, epoch: int, cursors: list, what: str, *args,
                    chunks_per_read: int):
