@@ -268,6 +268,10 @@ class LaneRunner:
     def lane_batch_task(self, *args):
         return lane_batch_task(*args)
 
+    def ping(self):
+        """Nothing: a round trip (for latency measurements and health checks)."""
+        return None
+
 
 def close_lanes() -> int:
     """Close every lane stream of this worker; returns how many there were."""
