@@ -155,9 +155,11 @@ def main(argv=None) -> int:
                     abs(dask["train_loss"] - one["train_loss"]) / abs(one["train_loss"]),
                 "pass_traffic": pass_traffic,
                 "lbfgs_traffic_per_evaluation": {
-                    k: v / dask["evaluations"] for k, v in dask["traffic"].items()},
+                    k: v / dask["evaluations"] for k, v in dask["traffic"].items()
+                    if isinstance(v, int | float) and k not in ("lanes", "effective_batch")},
                 "stream_steps": sd["steps"], "stream_effective_batch": n * args.batch_size,
-                "stream_traffic_per_step": {k: v / sd["steps"] for k, v in t.items()},
+                "stream_traffic_per_step": {k: v / sd["steps"] for k, v in t.items()
+                                            if k not in ("lanes", "effective_batch")},
                 "stream_gap_percent_one": gap(s1["theta"]),
                 "stream_gap_percent_dask": gap(sd["theta"]),
             }

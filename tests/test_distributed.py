@@ -264,3 +264,45 @@ def test_cli_refuses_follow_with_dask(data, tmp_path, capsys):
                "--follow", "--dask-workers", "1", "--progress", "never"])
     assert rc == 2
     assert "--follow" in capsys.readouterr().err
+
+
+def test_cli_summary_states_lanes_and_effective_batch(data, client, tmp_path, capsys):
+    from natgrad_stream.app.cli import main
+
+    rc = main(["fit", str(data), "--model", "logistic", "--out", str(tmp_path / "r"),
+               "--batch-size", "1000", "--dask", client.scheduler.address,
+               "--progress", "never"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["dask"]["lanes"] == 2 and summary["dask"]["effective_batch"] == 2000
+    assert summary["samples"] == ROWS and summary["dask"]["bytes_of_results"] > 0
+
+
+def test_a_run_stopped_mid_epoch_resumes_only_in_its_own_mode(data, client):
+    from natgrad_stream.errors import OptionError
+
+    lr = _learner(batch_size=512).fit(data, client=client, max_samples=5000)
+    state = lr.state_dict()
+    with pytest.raises(OptionError, match="resume it with --dask"):
+        NaturalGradientLearner.from_state_dict(state).fit(data, max_samples=10_000)
+    one = _learner(batch_size=512).fit(data, max_samples=5000)
+    with pytest.raises(OptionError, match="resume it without --dask"):
+        NaturalGradientLearner.from_state_dict(one.state_dict()).fit(data, client=client)
+    # in its own mode it goes on, exactly as an uninterrupted run
+    done = NaturalGradientLearner.from_state_dict(state).fit(data, client=client)
+    ref = _learner(batch_size=512).fit(data, client=client)
+    assert done.theta.tobytes() == ref.theta.tobytes()
+
+
+def test_an_unreachable_scheduler_is_one_line_and_exit_2(data, tmp_path, capsys,
+                                                         monkeypatch):
+    from natgrad_stream.app.cli import main
+    from natgrad_stream.distributed import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1.0)
+    rc = main(["fit", str(data), "--model", "logistic", "--out", str(tmp_path / "r"),
+               "--dask", "tcp://127.0.0.1:9", "--progress", "never"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no Dask scheduler answers at tcp://127.0.0.1:9" in err
+    assert not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ Workers open the store themselves; only θ (8·P bytes per task) goes out and su
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -92,6 +93,7 @@ class DaskBackend:
         self.tasks = 0
         self._workers: list[str] = []
         self._workers_at = -math.inf
+        self.lanes = self.effective_batch = None  # of streaming steps, once taken
         self._runner_workers: list[str] | None = None
         self._runner_list: list = []
 
@@ -190,16 +192,24 @@ class DaskBackend:
         return stats
 
     # -- lanes ------------------------------------------------------------------------------
-    def lane_key(self, lr, epoch: int, lane: int, lanes: int, chunks_per_read: int) -> LaneKey:
-        return LaneKey(self.spec, int(lr.seed), int(epoch), int(lane), int(lanes),
+    def lane_key(self, lr, epoch: int, lane: int, lanes: int, chunks_per_read: int,
+                 n_rows: int | None = None) -> LaneKey:
+        """The lane's identity; ``n_rows`` (default the store's at the fit's start) are the
+        rows the epoch planned over (an epoch planned before rows were appended finishes
+        over those).
+        """
+        spec = self.spec if n_rows is None else dataclasses.replace(self.spec,
+                                                                    n_rows=int(n_rows))
+        return LaneKey(spec, int(lr.seed), int(epoch), int(lane), int(lanes),
                        int(lr.batch_size), int(chunks_per_read))
 
     def lane_step(self, lr, epoch: int, cursors: list, theta: np.ndarray, *, metric,
-                  chunks_per_read: int, rng_key=None, should_stop=None):
+                  chunks_per_read: int, rng_key=None, should_stop=None, n_rows=None):
         """One synchronous step's merged sums: ``(Stats, new cursors)``, or ``(None,
         cursors)`` when every lane is exhausted, or None when stopped.
         """
         L = len(cursors)
+        self.lanes, self.effective_batch = L, L * int(lr.batch_size)
         live = [j for j, c in enumerate(cursors) if c is not None]
         theta = np.ascontiguousarray(theta, dtype=np.float64)
         last = None
@@ -207,7 +217,8 @@ class DaskBackend:
             runners = self._runners()
             try:
                 calls = [runners[j % len(runners)].lane_step(
-                    self.lane_key(lr, epoch, j, L, chunks_per_read), self.model, cursors[j],
+                    self.lane_key(lr, epoch, j, L, chunks_per_read, n_rows), self.model,
+                    cursors[j],
                     theta, metric=metric, structure=lr.structure, mc_samples=lr.mc_samples,
                     rng_key=rng_key) for j in live]
                 got = self._actor_results(calls, should_stop)
@@ -292,7 +303,7 @@ class DaskBackend:
         return out
 
     def lane_batch(self, lr, epoch: int, cursors: list, what: str, *args,
-                   chunks_per_read: int):
+                   chunks_per_read: int, n_rows=None):
         """:func:`~natgrad_stream.distributed.worker.lane_batch_task` on the first live
         lane's batch at its cursor (the batch of the step just taken, for a curvature
         probe; the first batch, for the data-informed start).
@@ -303,7 +314,7 @@ class DaskBackend:
         j = live[0]
         workers = self.workers(max_age=WORKERS_MAX_AGE)
         fut = self._submit(lane_batch_task, self.lane_key(lr, epoch, j, len(cursors),
-                                                         chunks_per_read),
+                                                         chunks_per_read, n_rows),
                            self.model, cursors[j], what, *args,
                            workers=[workers[j % len(workers)]] if workers else None)
         return self._gather([fut])[0]
@@ -321,6 +332,9 @@ class DaskBackend:
             pass
 
     def traffic(self) -> dict:
-        """Counted bytes of arrays moved so far, and tasks submitted."""
+        """Counted bytes of arrays moved so far, tasks submitted, and the streaming steps'
+        lanes and effective batch (None without streaming steps).
+        """
         return {"bytes_to_workers": self.bytes_out, "bytes_of_results": self.bytes_back,
-                "tasks": self.tasks}
+                "tasks": self.tasks, "lanes": self.lanes,
+                "effective_batch": self.effective_batch}

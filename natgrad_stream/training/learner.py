@@ -35,6 +35,7 @@ each round draws its own ``window`` chunks from ``(seed, round)`` and all rounds
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 import warnings
@@ -78,6 +79,9 @@ from natgrad_stream.training.state import LearnerState
 #: Keys of the effective options shown under ``"optimizer"`` in :meth:`options` (the
 #: layout of ``run.json`` and the log's start record), by strategy.
 _LBFGS_KEYS = ("rounds", "iters", "window", "tol", "gtol", "memory")
+
+
+log = logging.getLogger("natgrad_stream")
 
 
 class _StateField:
@@ -931,9 +935,12 @@ class _Streaming(_Strategy):
                 return False
             if s.lanes is None:  # a new epoch: one lane per worker (kept on resume)
                 s.lanes = [Cursor().to_dict()] * max(1, len(backend.workers()))
+                log.info("epoch %d on %d lanes: steps of %d × %d = %d rows", epoch + 1,
+                         len(s.lanes), len(s.lanes), lr.batch_size,
+                         len(s.lanes) * lr.batch_size)
             if s.data_init and s.steps == 0:
                 start = backend.lane_batch(lr, epoch, s.lanes, "initial_params",
-                                           chunks_per_read=per_read)
+                                           chunks_per_read=per_read, n_rows=source.n_rows)
                 s.data_init = False
                 if start is not None:
                     s.theta = np.asarray(start, dtype=np.float64)
@@ -946,7 +953,8 @@ class _Streaming(_Strategy):
                                     chunks_per_read=per_read,
                                     rng_key=(lr.seed, epoch, s.cursor.read_index,
                                              RNG_LEARNER),
-                                    should_stop=lambda: lr._stop_requested)
+                                    should_stop=lambda: lr._stop_requested,
+                                    n_rows=source.n_rows)
             if got is None:  # stopped while the step's tasks ran: the state is as before
                 return True
             stats, lanes = got
@@ -964,7 +972,7 @@ class _Streaming(_Strategy):
                 return backend.lane_batch(lr, epoch, lanes, "curvature", st.theta,
                                           st.whitener, v, lr.metric,
                                           CURVATURE_POWER_ITERATIONS,
-                                          chunks_per_read=per_read)
+                                          chunks_per_read=per_read, n_rows=source.n_rows)
 
             info = lr.step_sums(stats.loss, stats.weight, stats.grad, stats.metric,
                                 stats.rows, power_iteration=power_iteration,
