@@ -306,3 +306,116 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2(data, tmp_path, capsys,
     assert rc == 2
     assert "no Dask scheduler answers at tcp://127.0.0.1:9" in err
     assert not (tmp_path / "r").exists()
+
+
+# -- review findings, each reproduced ------------------------------------------------------
+def test_worker_workspaces_do_not_grow_with_unpickled_models(data):
+    import pickle
+
+    from natgrad_stream.distributed import worker
+
+    model = make_model("logistic", D)
+    spec = DataSpec(str(data), chunk_rows=CHUNK, n_rows=ROWS)
+    for _ in range(8):  # every task unpickles its own model
+        block_stats(spec, pickle.loads(pickle.dumps(model)), [0], np.zeros(D + 1),
+                    metric="model", structure="full")
+    assert len(worker._LOCAL.workspaces) == 1
+
+
+def test_a_cluster_lost_in_the_curvature_probe_leaves_the_state_before_the_step():
+    from natgrad_stream.errors import DistributedError
+
+    lr = NaturalGradientLearner(make_model("logistic", 3), structure="diagonal")
+    P = 4
+    rng = np.random.default_rng(0)
+
+    def lost(v):
+        raise DistributedError("lost the Dask cluster at tcp://x (test)")
+
+    before = lr.state_dict()
+    with pytest.raises(DistributedError):  # the first step re-whitens, then probes
+        lr.step_sums(7.0, 10.0, rng.standard_normal(P), np.ones(P) * 10, 10,
+                     power_iteration=lost)
+    after = lr.state_dict()
+    assert after["counters"] == before["counters"] and lr.whitener is None
+
+
+def test_a_replacing_run_saves_nothing_when_the_cluster_is_lost(tmp_path):
+    from natgrad_stream.errors import DistributedError
+    from natgrad_stream.training.callbacks import CheckpointEvery
+
+    lr = _learner()
+    err = DistributedError("lost")
+    CheckpointEvery(tmp_path / "a.npz", on_cluster_loss=False).on_error(lr, err)
+    assert not (tmp_path / "a.npz").exists()
+    CheckpointEvery(tmp_path / "b.npz").on_error(lr, err)
+    assert (tmp_path / "b.npz").exists()
+
+
+def test_lanes_are_fixed_for_the_run_whatever_the_cluster_later(data, client):
+    kw = {"refine": "stream", "batch_size": 512}
+    ref = _learner(**kw).fit(data, client=client, epochs=2)
+    first = _learner(**kw).fit(data, client=client, epochs=1)
+    assert first.state.lane_count == 2
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as one, \
+            distributed.Client(one, set_as_default=False) as small:
+        done = NaturalGradientLearner.from_state_dict(first.state_dict()).fit(
+            data, client=small, epochs=2)
+    assert done.result.steps == ref.result.steps
+    assert done.theta.tobytes() == ref.theta.tobytes()
+
+
+def test_switching_modes_at_an_epoch_boundary_drops_the_lanes(data, client):
+    kw = {"refine": "stream", "batch_size": 512}
+    # stopped at the start of epoch 2 right after its lanes were dealt (a stop request or
+    # a lost cluster during its first step leaves this state)
+    from natgrad_stream.data import Cursor
+
+    lr = _learner(**kw).fit(data, client=client, epochs=1)
+    assert lr.state.lanes is None and lr.state.cursor.epoch == 1
+    lr.state.lanes = [Cursor().to_dict()] * 2
+    # one process takes over, stops mid-epoch, and resumes in one process
+    mid = NaturalGradientLearner.from_state_dict(lr.state_dict()).fit(
+        data, epochs=2, max_samples=ROWS + 3000)
+    assert mid.state.lanes is None
+    NaturalGradientLearner.from_state_dict(mid.state_dict()).fit(data, epochs=2)
+
+
+def test_a_failed_data_informed_start_is_not_skipped_on_resume(data, client, monkeypatch):
+    from natgrad_stream.errors import DistributedError
+
+    def lost(self, batch_size):
+        raise DistributedError("lost the Dask cluster at tcp://x (test)")
+
+    monkeypatch.setattr(DaskBackend, "initial_params", lost)
+    lr = _learner(optimizer="lbfgs")
+    assert lr.state.data_init
+    with pytest.raises(DistributedError):
+        lr.fit(data, client=client)
+    assert lr.state.data_init
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_bad_values_on_a_worker_are_a_data_error_naming_the_row(tmp_path, client, optimizer):
+    import zarr
+
+    from natgrad_stream.errors import DataError
+
+    path = tmp_path / "nan.zarr"
+    make_dataset(path, task="logistic", rows=10_000, features=D, chunk_rows=CHUNK, seed=4)
+    zarr.open_group(str(path), mode="r+")["X"][7000, 2] = np.nan
+    with pytest.raises(DataError) as info:
+        _learner(optimizer=optimizer).fit(path, client=client)
+    assert (info.value.array, info.value.row, info.value.chunk) == ("X", 7000, 7000 // CHUNK)
+
+
+def test_task_errors_other_than_the_packages_are_one_distributed_error(client):
+    from natgrad_stream.errors import DataError, DistributedError
+
+    backend = DaskBackend(client, DataSpec("x", chunk_rows=1, n_rows=1), make_model(
+        "logistic", 2), 1)
+    with pytest.raises(DataError):
+        backend._raise_task_error(DataError("bad", array="X", row=3))
+    with pytest.raises(DistributedError, match="RuntimeError: boom"):
+        backend._raise_task_error(RuntimeError("boom\nmore"))

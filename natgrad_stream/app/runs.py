@@ -260,7 +260,7 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
                                  seconds=None if replacing else run["checkpoint_seconds"],
                                  per_round=not replacing,
                                  keep=1 if replacing else run["keep_checkpoints"],
-                                 extra=info),
+                                 extra=info, on_cluster_loss=not replacing),
                  MetricsLogger(new_log, every=run["log_every"])]
     val = _validation(data, fit_options, run, learner, callbacks[1])
     if val is not None:  # after the checkpoint, before the log's end record

@@ -34,20 +34,30 @@ from natgrad_stream.distributed.worker import (
     first_batch_initial_params,
     lane_batch_task,
     merge,
+    model_token,
 )
-from natgrad_stream.errors import DistributedError
+from natgrad_stream.errors import DataError, DistributedError, NumericalError, OptionError
 
 #: Chunks per block task of a pass (a power of two, fixed: the tree's shape must not
 #: depend on the cluster).
 BLOCK_CHUNKS = 4
-#: Times Dask may rerun a task whose worker died.
-TASK_RETRIES = 3
+#: Times a streaming step is repeated after a worker holding a lane runner was lost.
+STEP_RETRIES = 3
 #: Seconds the driver waits for a lost scheduler to come back before it gives up.
 SCHEDULER_LOST_SECONDS = 10.0
+#: Seconds the driver waits for workers when the cluster has none (e.g. all restarting).
+NO_WORKERS_SECONDS = 60.0
+#: Seconds :meth:`DaskBackend.close` waits for lane calls still running after a stop.
+CLOSE_WAIT_SECONDS = 5.0
 #: Seconds a streaming step may place lanes by an older list of workers.
 WORKERS_MAX_AGE = 5.0
 #: Seconds between looks at stop requests and the scheduler while tasks run.
 _POLL = 0.25
+
+
+#: Exceptions from a task that are about the data, the model or the store: re-raised as
+#: they are (the command reports each in one line).
+_TASK_ERRORS_AS_IS = (DataError, NumericalError, OptionError, MemoryError, OSError)
 
 
 def _comm_errors() -> tuple:
@@ -96,6 +106,7 @@ class DaskBackend:
         self.lanes = self.effective_batch = None  # of streaming steps, once taken
         self._runner_workers: list[str] | None = None
         self._runner_list: list = []
+        self._pending: list = []  # lane calls of the step under way
 
     # -- plumbing ---------------------------------------------------------------------------
     def workers(self, max_age: float = 0.0) -> list[str]:
@@ -116,13 +127,55 @@ class DaskBackend:
                                 f"({type(exc).__name__}: {what})")
 
     def _submit(self, fn, *args, workers=None, **kwargs):
+        """A task (no ``retries``: a task whose worker died is rescheduled by Dask anyway,
+        and a task that raised would raise again: its inputs are its result's only cause).
+        """
         self.tasks += 1
         try:
-            return self.client.submit(fn, *args, pure=False, retries=TASK_RETRIES,
-                                      workers=workers, allow_other_workers=workers is not None,
-                                      **kwargs)
+            return self.client.submit(fn, *args, pure=False, workers=workers,
+                                      allow_other_workers=workers is not None, **kwargs)
         except _comm_errors() as exc:
             raise self._lost(exc) from exc
+
+    def _watch(self, since: dict) -> None:
+        """Raise :class:`DistributedError` once the scheduler has been unreachable, or the
+        cluster without workers, for longer than :data:`SCHEDULER_LOST_SECONDS`;
+        ``since`` keeps when each condition began.
+        """
+        now = time.monotonic()
+        status = self.client.status
+        if status in ("closing", "closed"):
+            raise DistributedError(f"lost the Dask cluster at {self.address} "
+                                   f"(client {status})")
+        if status != "running":
+            since.setdefault("scheduler", now)
+            if now - since["scheduler"] > SCHEDULER_LOST_SECONDS:
+                raise DistributedError(f"lost the Dask scheduler at {self.address}: "
+                                       f"unreachable for {SCHEDULER_LOST_SECONDS:g} s")
+            return
+        since.pop("scheduler", None)
+        if now - since.get("checked", -math.inf) < 1.0:
+            return
+        since["checked"] = now
+        if self.workers():
+            since.pop("no_workers", None)
+            return
+        since.setdefault("no_workers", now)
+        if now - since["no_workers"] > NO_WORKERS_SECONDS:
+            raise DistributedError(f"the Dask cluster at {self.address} has had no workers "
+                                   f"for {NO_WORKERS_SECONDS:g} s")
+
+    def _raise_task_error(self, failed) -> None:
+        """Re-raise the exception a task (a future, or the exception itself) raised on a
+        worker: the package's own errors and OS errors (a store a worker cannot open) as
+        they are, anything else as a :class:`DistributedError` naming it.
+        """
+        exc = failed if isinstance(failed, BaseException) else failed.exception()
+        if isinstance(exc, _TASK_ERRORS_AS_IS):
+            raise exc
+        what = (str(exc).strip().splitlines() or [""])[0]
+        raise DistributedError(f"a task failed on a worker of the Dask cluster at "
+                               f"{self.address} ({type(exc).__name__}: {what})") from exc
 
     def _gather(self, futures, should_stop=None):
         """The futures' results, in order; None when ``should_stop()`` turned True first
@@ -131,12 +184,12 @@ class DaskBackend:
         Raises
         ------
         DistributedError
-            When the scheduler stays unreachable for :data:`SCHEDULER_LOST_SECONDS`, or a
-            task kept killing its workers.
+            When the scheduler stays unreachable, or the cluster without workers, for the
+            grace periods above, or a task kept killing its workers.
         """
         from distributed import wait
 
-        lost_since = None
+        since: dict = {}
         pending = list(futures)
         try:
             while True:
@@ -149,24 +202,15 @@ class DaskBackend:
                 if should_stop is not None and should_stop():
                     self.client.cancel(pending)
                     return None
-                if self.client.status not in ("running", "connecting", "newly-created"):
-                    raise DistributedError(f"lost the Dask cluster at {self.address} "
-                                           f"(client {self.client.status})")
-                if self.client.status == "connecting":
-                    lost_since = lost_since or time.monotonic()
-                    if time.monotonic() - lost_since > SCHEDULER_LOST_SECONDS:
-                        raise DistributedError(
-                            f"lost the Dask scheduler at {self.address}: unreachable for "
-                            f"{SCHEDULER_LOST_SECONDS:g} s")
-                else:
-                    lost_since = None
+                self._watch(since)
+            for f in pending:
+                if f.status == "error":
+                    self._raise_task_error(f)
             return self.client.gather(pending)
-        except DistributedError:
+        except (DistributedError, *_TASK_ERRORS_AS_IS):
             raise
         except _comm_errors() as exc:
             raise self._lost(exc) from exc
-        except TimeoutError:  # pragma: no cover - covered by _comm_errors
-            raise
 
     # -- passes -----------------------------------------------------------------------------
     def pass_stats(self, theta: np.ndarray, *, metric, structure, mc_samples=1, chunks=None,
@@ -200,7 +244,8 @@ class DaskBackend:
         """
         spec = self.spec if n_rows is None else dataclasses.replace(self.spec,
                                                                     n_rows=int(n_rows))
-        return LaneKey(spec, int(lr.seed), int(epoch), int(lane), int(lanes),
+        return LaneKey(spec, model_token(self.model), int(lr.seed), int(epoch), int(lane),
+                       int(lanes),
                        int(lr.batch_size), int(chunks_per_read))
 
     def lane_step(self, lr, epoch: int, cursors: list, theta: np.ndarray, *, metric,
@@ -213,22 +258,34 @@ class DaskBackend:
         live = [j for j, c in enumerate(cursors) if c is not None]
         theta = np.ascontiguousarray(theta, dtype=np.float64)
         last = None
-        for _ in range(TASK_RETRIES + 1):
-            runners = self._runners()
+        for attempt in range(STEP_RETRIES + 1):
+            runners = self._runners(should_stop)
+            if runners is None:
+                return None
             try:
-                calls = [runners[j % len(runners)].lane_step(
+                self._pending = [runners[j % len(runners)].lane_step(
                     self.lane_key(lr, epoch, j, L, chunks_per_read, n_rows), self.model,
-                    cursors[j],
-                    theta, metric=metric, structure=lr.structure, mc_samples=lr.mc_samples,
-                    rng_key=rng_key) for j in live]
-                got = self._actor_results(calls, should_stop)
+                    cursors[j], theta, metric=metric, structure=lr.structure,
+                    mc_samples=lr.mc_samples, rng_key=rng_key) for j in live]
+                got = self._actor_results(self._pending, should_stop)
                 break
-            except (RuntimeError, *_comm_errors()) as exc:
-                if isinstance(exc, DistributedError) or self._runners_alive():
-                    raise
-                last = exc  # a worker holding a runner went away: place the lanes again
+            except DistributedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (the call, not the lane, failed)
+                # a worker holding a runner went away (or its comm broke): the lanes go to
+                # the live workers, which reopen their streams at the cursors given
+                last = exc
+                self._runner_workers = None
+                self._workers = []
+                time.sleep(min(0.5 * (attempt + 1), 2.0))
         else:
             raise self._lost(last)
+        self._pending = []
+        if got is not None:
+            for status, value in got:  # a lane's own failure: bad data, ...
+                if status == "error":
+                    self._raise_task_error(value)
+            got = [value for _, value in got]
         self.bytes_out += len(live) * theta.nbytes
         if got is None:
             return None
@@ -245,43 +302,47 @@ class DaskBackend:
             return None, new
         return tree_sum(parts), new
 
-    def _runners(self) -> list:
-        """One :class:`~natgrad_stream.distributed.worker.LaneRunner` actor per worker
-        (made again when the workers change).
+    def await_workers(self, should_stop=None) -> list[str] | None:
+        """The workers (sorted), waiting while the cluster has none (up to
+        :data:`NO_WORKERS_SECONDS`); None when stopped meanwhile.
         """
+        since: dict = {}
         workers = self.workers(max_age=WORKERS_MAX_AGE)
-        if not workers:
-            try:
-                self.client.wait_for_workers(1, timeout=SCHEDULER_LOST_SECONDS)
-            except _comm_errors() as exc:
-                raise DistributedError(f"the Dask cluster at {self.address} has no workers "
-                                       f"({type(exc).__name__})") from exc
+        while not workers:
+            if should_stop is not None and should_stop():
+                return None
+            self._watch(since)  # raises after NO_WORKERS_SECONDS
+            time.sleep(_POLL)
             workers = self.workers()
+        return workers
+
+    def _runners(self, should_stop=None) -> list | None:
+        """One :class:`~natgrad_stream.distributed.worker.LaneRunner` actor per worker
+        (made again when the workers change; where each lands does not matter); None when
+        stopped while waiting for workers.
+        """
+        workers = self.await_workers(should_stop)
+        if workers is None:
+            return None
         if self._runner_workers != workers:
             with self.client.as_current():
                 futures = [self.client.submit(LaneRunner, workers=[w], actor=True,
-                                              allow_other_workers=False, pure=False)
+                                              allow_other_workers=True, pure=False)
                            for w in workers]
-                self._runner_list = self._gather(futures)
-            self._runner_workers = workers
+                runners = self._gather(futures, should_stop)
+            if runners is None:
+                return None
+            self._runner_list, self._runner_workers = runners, workers
             self.tasks += len(workers)
         return self._runner_list
 
-    def _runners_alive(self) -> bool:
-        """Whether every runner's worker is still in the cluster (refreshing the list)."""
-        held = self._runner_workers or []
-        now = self.workers()
-        if set(held) <= set(now):
-            return True
-        self._runner_workers = None
-        return False
-
     def _actor_results(self, calls, should_stop=None):
-        """The results of actor calls, in order; None when stopped. Watches the scheduler
-        as :meth:`_gather` does (actor calls bypass it, but the fit needs it for passes).
+        """The ``(status, value)`` replies of lane-runner calls, in order; None when
+        stopped. A failed call raises what the call raised. Watches the cluster as
+        :meth:`_gather` does.
         """
         out = []
-        lost_since = None
+        since: dict = {}
         for call in calls:
             while True:
                 try:
@@ -291,15 +352,7 @@ class DaskBackend:
                     pass
                 if should_stop is not None and should_stop():
                     return None
-                if self.client.status != "running":
-                    lost_since = lost_since or time.monotonic()
-                    if time.monotonic() - lost_since > SCHEDULER_LOST_SECONDS:
-                        raise DistributedError(
-                            f"lost the Dask scheduler at {self.address}: unreachable for "
-                            f"{SCHEDULER_LOST_SECONDS:g} s")
-        if self.client.status not in ("running", "connecting"):
-            raise DistributedError(f"lost the Dask cluster at {self.address} "
-                                   f"(client {self.client.status})")
+                self._watch(since)
         return out
 
     def lane_batch(self, lr, epoch: int, cursors: list, what: str, *args,
@@ -325,7 +378,17 @@ class DaskBackend:
                                           int(batch_size))])[0]
 
     def close(self) -> None:
-        """Close the lane streams the workers hold (best effort: the cluster may be gone)."""
+        """Close the lane streams the workers hold, once calls still running (after a stop)
+        have ended; best effort: the cluster may be gone.
+        """
+        if self.client.status != "running":
+            return
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        for call in self._pending:
+            try:
+                call.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 (only waiting for it to end)
+                pass
         try:
             self.client.run(close_lanes)
         except Exception:  # noqa: BLE001 (nothing to keep: the streams die with the workers)

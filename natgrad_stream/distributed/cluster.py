@@ -27,7 +27,9 @@ def require_distributed():
 def dask_client(address: str | None = None, workers: int | None = None):
     """A :class:`distributed.Client` of the scheduler at ``address``
     (``tcp://host:port``), or of a :class:`distributed.LocalCluster` of ``workers`` worker
-    processes (one thread each) started here and closed on exit.
+    processes (one thread each) started here and closed on exit. The client talks to
+    workers directly (``direct_to_workers=True``): the lanes' per-step calls and results
+    do not pass through the scheduler.
 
     Raises
     ------
@@ -42,7 +44,7 @@ def dask_client(address: str | None = None, workers: int | None = None):
     if address is not None:
         try:
             client = distributed.Client(address, timeout=CONNECT_TIMEOUT,
-                                        set_as_default=False)
+                                        set_as_default=False, direct_to_workers=True)
         except (OSError, TimeoutError) as exc:
             raise DistributedError(f"no Dask scheduler answers at {address} ({exc})") \
                 from exc
@@ -56,7 +58,8 @@ def dask_client(address: str | None = None, workers: int | None = None):
     with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1,
                                   processes=True, dashboard_address=":0",
                                   silence_logs=logging.ERROR) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as client:
+            distributed.Client(cluster, set_as_default=False,
+                               direct_to_workers=True) as client:
         log.info("started a local Dask cluster of %d worker processes at %s", int(workers),
                  cluster.scheduler_address)
         yield client

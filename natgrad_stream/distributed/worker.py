@@ -10,12 +10,15 @@ another worker after a failure computes the same result).
 
 from __future__ import annotations
 
+import collections
 import functools
+import json
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream.data import Cursor, open_zarr
 from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
 from natgrad_stream.distributed.stats import Stats, tree_sum
@@ -52,15 +55,34 @@ def open_source(spec: DataSpec):
     return source
 
 
-_WORKSPACES: dict = {}
+_LOCAL = threading.local()
+#: Workspaces kept per thread (one per model and structure in use).
+_WORKSPACES_PER_THREAD = 4
+
+
+def model_token(model) -> str:
+    """The model's identity across processes: its class and constructor arguments."""
+    return f"{type(model).__module__}.{type(model).__qualname__}:" + json.dumps(
+        model.config(), sort_keys=True, default=str)
 
 
 def _workspace(model, structure):
-    key = (id(model), model.n_params, structure)
-    ws = _WORKSPACES.get(key)
+    """The calling thread's workspace for ``model`` (serial kernels: one thread's scratch).
+
+    Every task unpickles its own copy of the model, so workspaces are keyed by what the
+    model is, not by the object; a few are kept per thread.
+    """
+    cache = getattr(_LOCAL, "workspaces", None)
+    if cache is None:
+        cache = _LOCAL.workspaces = collections.OrderedDict()
+    key = (model_token(model), structure)
+    ws = cache.pop(key, None)
     if ws is None:
-        ws = _WORKSPACES[key] = (model, model.new_workspace(structure))
-    return ws[1]
+        ws = model.new_workspace(structure, n_threads=1)
+    cache[key] = ws
+    while len(cache) > _WORKSPACES_PER_THREAD:
+        cache.popitem(last=False)
+    return ws
 
 
 def _batch_stats(model, X, y, w, theta, *, metric, structure, rng, mc_samples) -> Stats:
@@ -114,9 +136,12 @@ def merge(a: Stats, b: Stats) -> Stats:
 # -- lanes: the per-worker streams of synchronous data-parallel steps -----------------------
 @dataclass(frozen=True)
 class LaneKey:
-    """Lane ``lane`` of ``lanes`` in epoch ``epoch`` of the run with stream seed ``seed``."""
+    """Lane ``lane`` of ``lanes`` in epoch ``epoch`` of the run with stream seed ``seed``,
+    for the model ``model`` (:func:`model_token`: its data checks shape the stream).
+    """
 
     spec: DataSpec
+    model: str
     seed: int
     epoch: int
     lane: int
@@ -177,12 +202,17 @@ class _Lane:
             self.stream.close()
 
 
-_LANES: dict = {}
+#: Open lane streams of this process, least recently used first.
+_LANES: collections.OrderedDict = collections.OrderedDict()
 _LANES_LOCK = threading.Lock()
+#: Open lane streams kept per process (each holds its prefetch buffers and a thread).
+MAX_OPEN_LANES = 16
 
 
 def _lane_at(key: LaneKey, model, start: Cursor) -> _Lane:
-    """The cached lane positioned at ``start``, or a new stream opened there."""
+    """The cached lane positioned at ``start`` (taken out of the cache while in use), or a
+    new stream opened there.
+    """
     with _LANES_LOCK:
         lane = _LANES.pop(key, None)
     if lane is not None and lane.cursor != start:
@@ -192,14 +222,18 @@ def _lane_at(key: LaneKey, model, start: Cursor) -> _Lane:
 
 
 def _keep(key: LaneKey, lane: _Lane) -> None:
+    """Put ``lane`` back in the cache; close lanes of earlier epochs of the same run and
+    the least recently used beyond :data:`MAX_OPEN_LANES`.
+    """
     with _LANES_LOCK:
         old = _LANES.pop(key, None)
         _LANES[key] = lane
-        # lanes of earlier epochs are done
         stale = [k for k in _LANES if k.spec == key.spec and k.seed == key.seed
-                 and k.epoch < key.epoch]
-        stale_lanes = [_LANES.pop(k) for k in stale]
-    for s in ([old] if old is not None and old is not lane else []) + stale_lanes:
+                 and k.model == key.model and k.epoch < key.epoch]
+        closing = [_LANES.pop(k) for k in stale]
+        while len(_LANES) > MAX_OPEN_LANES:
+            closing.append(_LANES.popitem(last=False)[1])
+    for s in ([old] if old is not None and old is not lane else []) + closing:
         s.close()
 
 
@@ -210,15 +244,19 @@ def lane_step(key: LaneKey, model, start: dict, theta, *, metric, structure, mc_
     has no rows left this epoch.
     """
     lane = _lane_at(key, model, Cursor.from_dict(start))
-    got = lane.next()
-    if got is None:
+    try:
+        got = lane.next()
+        if got is None:
+            lane.close()
+            return None
+        X, y, w, cursor = got
+        rng = None if rng_key is None else np.random.default_rng([*rng_key, key.lane])
+        stats = _batch_stats(model, X, y, w, theta, metric=metric, structure=structure,
+                             rng=rng, mc_samples=mc_samples)
+    except BaseException:
         lane.close()
-        return None
-    X, y, w, cursor = got
-    _keep(key, lane)
-    rng = None if rng_key is None else np.random.default_rng([*rng_key, key.lane])
-    stats = _batch_stats(model, X, y, w, theta, metric=metric, structure=structure, rng=rng,
-                         mc_samples=mc_samples)
+        raise
+    _keep(key, lane)  # after the sums: the batch views the stream's reused buffers
     return stats, cursor.to_dict()
 
 
@@ -235,7 +273,8 @@ def lane_batch_task(key: LaneKey, model, start: dict, what: str, *args):
         if got is None:
             return None
         X, y, w, _ = got
-        return _on_batch(model, X, y, w, what, args)
+        with limited_blas_threads(1):  # the same bits whatever the worker's BLAS pool
+            return _on_batch(model, X, y, w, what, args)
     finally:
         lane.close()
 
@@ -256,17 +295,21 @@ def _on_batch(model, X, y, w, what, args):
 
 
 class LaneRunner:
-    """A Dask actor that runs lane tasks in its worker's process: a direct call from the
-    driver (about 2 ms a step on a local cluster, against about 12 ms for a task through
-    the scheduler). It holds nothing: the lanes' streams are the process's cache, and a
-    call on another worker computes the same result.
+    """A Dask actor that runs lane steps in its worker's process: about 1–2 ms a step on a
+    local cluster, against about 11 ms for tasks through the scheduler (calls go straight
+    to the worker when the client has ``direct_to_workers=True``, as the command's
+    clients do). It holds nothing: the lanes' streams are the process's cache, and a call
+    on another worker computes the same result.
     """
 
     def lane_step(self, *args, **kwargs):
-        return lane_step(*args, **kwargs)
-
-    def lane_batch_task(self, *args):
-        return lane_batch_task(*args)
+        """Run :func:`lane_step`: ``("ok", result)`` or ``("error", exception)`` (the
+        driver tells a lane's own failure from a failed call by this, not by type).
+        """
+        try:
+            return "ok", lane_step(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 (returned to the driver, which raises it)
+            return "error", exc
 
     def ping(self):
         """Nothing: a round trip (for latency measurements and health checks)."""
@@ -291,4 +334,7 @@ def first_batch_initial_params(spec: DataSpec, model, batch_size: int):
     with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
                         **model.data_checks()) as stream:
         first = next(iter(stream), None)
-        return None if first is None else model.initial_params(first.X, first.y, first.w)
+        if first is None:
+            return None
+        with limited_blas_threads(1):
+            return model.initial_params(first.X, first.y, first.w)

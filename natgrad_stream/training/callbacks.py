@@ -304,17 +304,20 @@ class CheckpointEvery(Callback):
     Nothing is written when fitting stops on an exception, so the last good checkpoint
     is never replaced by the state of a failed run — except when the Dask cluster failed
     (:class:`~natgrad_stream.errors.DistributedError`): the state is then the last
-    completed step, pass or round, and is saved so that the run resumes from it.
+    completed step, pass or round, and is saved so that the run resumes from it (unless
+    ``on_cluster_loss`` is False: a run replacing another saves nothing before it ends).
     """
 
     def __init__(self, path, *, every: int | None = None, seconds: float | None = None,
-                 per_round: bool = True, keep: int = 1, extra: dict | None = None):
+                 per_round: bool = True, keep: int = 1, extra: dict | None = None,
+                 on_cluster_loss: bool = True):
         self.path = Path(path)
         self.every = None if every is None else int(every)
         self.seconds = None if seconds is None else float(seconds)
         self.per_round = bool(per_round)
         self.keep = int(keep)
         self.extra = dict(extra or {})
+        self.on_cluster_loss = bool(on_cluster_loss)
 
     def on_fit_start(self, learner, total_rows):
         self.last = learner.samples
@@ -342,5 +345,5 @@ class CheckpointEvery(Callback):
         self.save(learner)
 
     def on_error(self, learner, exc):
-        if isinstance(exc, DistributedError):
+        if self.on_cluster_loss and isinstance(exc, DistributedError):
             self.save(learner)

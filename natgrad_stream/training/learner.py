@@ -289,8 +289,10 @@ class NaturalGradientLearner:
         before = s.snapshot()
         try:
             refresh, gphi = self._advance(grad, wsum, n, metric_sum, power_iteration)
-        except NumericalError:
-            self.state = before.restore()  # a rejected step changes nothing
+        except BaseException:
+            # a rejected step changes nothing (nor one whose curvature probe failed with
+            # the cluster: the state saved then is the one before the step)
+            self.state = before.restore()
             raise
         for name, value in (extra_state or {}).items():
             setattr(s, name, value)
@@ -874,12 +876,30 @@ class _Streaming(_Strategy):
             raise OptionError("this run was streaming in one process and stopped mid-epoch "
                               f"({s.cursor.epoch}): resume it without --dask")
 
+    def _forget_other_mode(self) -> None:
+        """At an epoch boundary where the other way of streaming takes over: drop its lane
+        cursors (one process) and a divergence rollback point it recorded mid-epoch (its
+        cursor means something else in this mode).
+        """
+        lr = self.learner
+        s = lr.state
+        on_cluster = lr._backend is not None
+        if not on_cluster:
+            s.lanes = None
+        good = lr._last_good
+        if good is not None:
+            g = good.restore()
+            g_mid = bool(g.cursor.read_index or g.cursor.row)
+            if g_mid and (g.lanes is not None) != on_cluster:
+                lr._last_good = s.snapshot()
+
     def _stream(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
         """Stream batches up to ``epochs``; after a divergence rollback the stream reopens
         at the restored cursor, so the rolled-back rows are learned again (with the shorter
         step) and ``samples`` stays the rows learned.
         """
         lr = self.learner
+        self._forget_other_mode()
         if lr._backend is not None:
             return self._stream_lanes(source, plan, callbacks, max_samples, epochs=epochs)
         while True:
@@ -933,8 +953,13 @@ class _Streaming(_Strategy):
             epoch = s.cursor.epoch
             if epoch >= epochs:
                 return False
-            if s.lanes is None:  # a new epoch: one lane per worker (kept on resume)
-                s.lanes = [Cursor().to_dict()] * max(1, len(backend.workers()))
+            if s.lanes is None:  # a new epoch, on the run's lanes
+                if s.lane_count is None:  # the run's first: one lane per worker, for good
+                    workers = backend.await_workers(lambda: lr._stop_requested)
+                    if workers is None:
+                        return True
+                    s.lane_count = len(workers)
+                s.lanes = [Cursor().to_dict()] * s.lane_count
                 log.info("epoch %d on %d lanes: steps of %d × %d = %d rows", epoch + 1,
                          len(s.lanes), len(s.lanes), lr.batch_size,
                          len(s.lanes) * lr.batch_size)
@@ -1149,19 +1174,17 @@ class _LBFGSRounds(_Strategy):
         first evaluation batch, as the streaming strategy does.
         """
         lr = self.learner
-        lr.state.data_init = False
         if lr._backend is not None:
             start = lr._backend.initial_params(lr.batch_size)
-            if start is not None:
-                lr.state.theta = np.asarray(start, dtype=np.float64)
-            return
-        with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
-                            **lr.model.data_checks()) as stream:
-            first = next(iter(stream), None)
-            if first is not None:
-                start = lr.model.initial_params(first.X, first.y, first.w)
-                if start is not None:
-                    lr.state.theta = np.asarray(start, dtype=np.float64)
+        else:
+            with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
+                                **lr.model.data_checks()) as stream:
+                first = next(iter(stream), None)
+                start = None if first is None else \
+                    lr.model.initial_params(first.X, first.y, first.w)
+        lr.state.data_init = False  # after the start is known (a failed read keeps it)
+        if start is not None:
+            lr.state.theta = np.asarray(start, dtype=np.float64)
 
     def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
               rng_key=None):

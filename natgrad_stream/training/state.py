@@ -127,6 +127,9 @@ class LearnerState:
     #: Synchronous data-parallel streaming (Dask): each lane's stream cursor in the current
     #: epoch (a :meth:`Cursor.to_dict`, None once the lane is exhausted); None otherwise.
     lanes: list | None = _f(("distributed", "lanes"), "json", default=None)
+    #: Lanes of the run's synchronous data-parallel streaming, fixed at its first epoch on
+    #: a cluster (the workers then), so that later epochs and resumes keep them.
+    lane_count: int | None = _f(("distributed", "lane_count"), "int", default=None)
     #: The first batch may still pick a data-informed start (only before the first step).
     data_init: bool = _f(("counters", "data_init"), "bool", default=False)
 
