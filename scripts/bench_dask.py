@@ -14,8 +14,9 @@ alternation, for one process, it measures:
 - **lbfgs**: a natural-space L-BFGS fit (2 rounds); rows evaluated per second, and the
   relative difference of its training loss from one process's;
 - **stream**: one streaming pass (sgd, the default options, ``--batch-size`` rows per
-  lane: an effective batch of N × that); rows/s and the held-out gap against the
-  full-batch optimum;
+  lane: an effective batch of N × that, and one process with batches of N × that rows,
+  so both take the same steps); rows/s and the held-out gap against the full-batch
+  optimum;
 
 and the bytes of arrays moved per pass and per step (θ out, sums back, counted by the
 backend). Ratios are to the one-process run measured next to it: this machine is shared
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
                 one, dask = lbfgs(path, d), lbfgs(path, d, client)
                 rows["lbfgs_one"].append(one["rows_per_s"])
                 rows["lbfgs_dask"].append(dask["rows_per_s"])
-                s1, sd = stream(path, d, args.batch_size), \
+                # the same effective batch in one process: n lanes × batch_size rows
+                s1, sd = stream(path, d, n * args.batch_size), \
                     stream(path, d, args.batch_size, client)
                 rows["stream_one"].append(s1["rows_per_s"])
                 rows["stream_dask"].append(sd["rows_per_s"])
@@ -157,7 +159,8 @@ def main(argv=None) -> int:
                 "lbfgs_traffic_per_evaluation": {
                     k: v / dask["evaluations"] for k, v in dask["traffic"].items()
                     if isinstance(v, int | float) and k not in ("lanes", "effective_batch")},
-                "stream_steps": sd["steps"], "stream_effective_batch": n * args.batch_size,
+                "stream_steps": sd["steps"], "stream_steps_one": s1["steps"],
+                "stream_effective_batch": t["effective_batch"],
                 "stream_traffic_per_step": {k: v / sd["steps"] for k, v in t.items()
                                             if k not in ("lanes", "effective_batch")},
                 "stream_gap_percent_one": gap(s1["theta"]),

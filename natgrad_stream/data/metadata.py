@@ -236,8 +236,8 @@ class StoredChunks:
             read_into(self.checked, row, row + 1, out, cols)
         except MissingObject:
             return False
-        except (MemoryError, RecursionError):
-            raise
+        except (MemoryError, RecursionError, OSError, TimeoutError):
+            raise  # the store did not answer: neither present nor absent
         except Exception:  # noqa: BLE001 (present, though damaged: not ours to report here)
             return True
         return True

@@ -6,11 +6,13 @@
   results pairwise, level by level, up to one. The tree's shape depends only on the number
   of chunks, so the result never depends on placement, retries or the number of workers.
 - **Streaming steps** (sgd, momentum, adam): the epoch's chunks are dealt to ``lanes``
-  (as many as workers when the run started; recorded, so a resume keeps them). Each step
-  runs one task per lane — the lane's next batch, at the current θ — pinned to a worker
-  that keeps the lane's stream open (any other worker may run it: it reopens the stream
-  at the cursor it is given). The driver adds the lane sums in lane order and takes one
-  step on the merged batch of ``lanes × batch_size`` rows.
+  (as many as workers when the run's first streaming epoch started; recorded, so later
+  epochs and resumes keep them). Each step calls, per lane, a
+  :class:`~natgrad_stream.distributed.worker.LaneRunner` actor on a worker — the lane's
+  next batch at the current θ; the worker keeps the lane's stream open, and any other
+  worker reopens it at the cursor given, so a lost worker's lanes move and the step is
+  repeated. The driver adds the lane sums in lane order and takes one step on the merged
+  batch of ``lanes × batch_size`` rows.
 
 Workers open the store themselves; only θ (8·P bytes per task) goes out and sums
 (8·P² + 8·P bytes per block or lane) come back.
