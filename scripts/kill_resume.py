@@ -1,8 +1,9 @@
 """kill -9 at random moments, then ``fit --resume`` until done: the final parameters must
 equal, bit for bit, those of an uninterrupted run.
 
-    python scripts/kill_resume.py                 # 20 trials per optimizer (about 10 min)
+    python scripts/kill_resume.py                 # 20 trials per configuration
     python scripts/kill_resume.py --trials 3      # a quick look
+    python scripts/kill_resume.py --configs sgd-dask,lbfgs-dask   # Dask drivers only
 
 Each trial starts ``natgrad-stream fit`` with frequent checkpoints, kills it with SIGKILL
 after a random delay, resumes (killing again with probability 1/2, up to three kills),
@@ -14,6 +15,7 @@ user would. Prints one JSON report (per optimizer: trials, kills, identical).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -32,7 +34,13 @@ CONFIGS = {
     "softmax-block": ["--model", "softmax", "--structure", "block"],
     "lbfgs": ["--model", "logistic", "--optimizer", "lbfgs", "--lbfgs-rounds", "4",
               "--lbfgs-iters", "8", "--batch-size", "4096"],
+    # the driver of a Dask fit killed (the cluster, started by this script, stays up)
+    "sgd-dask": ["--model", "logistic", "--batch-size", "512"],
+    "lbfgs-dask": ["--model", "logistic", "--optimizer", "lbfgs", "--lbfgs-rounds", "4",
+                   "--lbfgs-iters", "8", "--batch-size", "4096"],
 }
+#: The scheduler of the ``-dask`` configurations (set by :func:`main`).
+DASK = {"address": None}
 
 
 def _cli(*args) -> list[str]:
@@ -46,7 +54,13 @@ def _theta(run: Path) -> np.ndarray:
 
 
 def _extent(name: str) -> list[str]:
-    return [] if name == "lbfgs" else ["--epochs", "3", "--checkpoint-every", "3000"]
+    """Options of every attempt (fresh or resumed): the run's length and checkpoints, and
+    the cluster of a ``-dask`` configuration.
+    """
+    dask = ["--dask", DASK["address"]] if name.endswith("-dask") else []
+    if name.startswith("lbfgs"):
+        return dask
+    return ["--epochs", "3", "--checkpoint-every", "3000", *dask]
 
 
 def make_data(root: Path) -> dict[str, Path]:
@@ -140,6 +154,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     report = {}
+    with contextlib.ExitStack() as stack:
+        if any(n.endswith("-dask") for n in args.configs.split(",")):
+            import distributed
+
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"))
+            DASK["address"] = cluster.scheduler_address
+        return _run(args, rng, report)
+
+
+def _run(args, rng, report) -> int:
     with tempfile.TemporaryDirectory(prefix="natgrad-kill-") as tmp:
         root = Path(tmp)
         data = make_data(root)
