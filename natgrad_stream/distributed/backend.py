@@ -109,6 +109,7 @@ class DaskBackend:
         self._runner_workers: list[str] | None = None
         self._runner_list: list = []
         self._pending: list = []  # lane calls of the step under way
+        self._step_watch: dict = {}  # when the scheduler was first seen unreachable
 
     # -- plumbing ---------------------------------------------------------------------------
     def workers(self, max_age: float = 0.0) -> list[str]:
@@ -344,8 +345,8 @@ class DaskBackend:
         :meth:`_gather` does.
         """
         out = []
-        since: dict = {}
-        for call in calls:
+        since = self._step_watch  # kept across steps: calls skip the scheduler, so a
+        for call in calls:        # scheduler gone is seen by its status, step after step
             while True:
                 try:
                     out.append(call.result(timeout=_POLL))
@@ -355,6 +356,7 @@ class DaskBackend:
                 if should_stop is not None and should_stop():
                     return None
                 self._watch(since)
+        self._watch(since)
         return out
 
     def lane_batch(self, lr, epoch: int, cursors: list, what: str, *args,
