@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from natgrad_stream._blas import limited_blas_threads
-from natgrad_stream.data import open_zarr
+from natgrad_stream.data import configure_zarr_threads, open_zarr
 from natgrad_stream.data.datasets import make_dataset
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.geometry.whitening import whiten
@@ -518,6 +518,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="comma-separated subset of: " + ",".join(SECTIONS))
     args = ap.parse_args(argv)
+    configure_zarr_threads()  # as the command line does
     rows = args.rows or (1_000_000 if args.quick else 4_000_000)
     repeats = args.repeats or (2 if args.quick else 3)
     root = Path(args.data)

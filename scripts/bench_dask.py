@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_stream.data import open_zarr
+from natgrad_stream.data import configure_zarr_threads, open_zarr
 from natgrad_stream.data.datasets import make_dataset
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.learner import NaturalGradientLearner
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="bench-data")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
+    configure_zarr_threads()  # as the command line does
     import distributed
 
     root = Path(args.data)

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_stream.app.cli import _configure_zarr_threads
-from natgrad_stream.data import open_zarr
+from natgrad_stream.data import configure_zarr_threads, open_zarr
 from natgrad_stream.data import stream as stream_mod
 from natgrad_stream.data.datasets import make_dataset
 
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--features", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    _configure_zarr_threads()
+    configure_zarr_threads()
     with tempfile.TemporaryDirectory(prefix="natgrad-readers-") as tmp:
         path = Path(tmp) / "data.zarr"
         make_dataset(path, task="logistic", rows=args.rows, features=args.features, seed=0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -276,21 +275,6 @@ def _os_error(exc: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
-def _configure_zarr_threads() -> None:
-    """Give zarr one codec thread per core, unless its configuration already names a count.
-
-    The command owns its process, so it may set zarr's (global) configuration; the library
-    never does. zarr's default is asyncio's executor (cores + 4 threads): on 2 cores that
-    oversubscribed the machine and glibc kept a freed chunk-sized decode buffer per thread
-    (measured on a 4M × 100 store read through zarr's codecs: 2 threads ran 1.3× faster with
-    16% less peak memory). zarr creates its pool once, at its first read: this runs before.
-    """
-    import zarr
-
-    if zarr.config.get("threading.max_workers") is None:
-        zarr.config.set({"threading.max_workers": max(2, os.cpu_count() or 2)})
-
-
 def main(argv=None) -> int:
     """Entry point of the ``natgrad-stream`` console script.
 
@@ -300,7 +284,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     prefix = f"natgrad-stream {args.command}"
     _log_to_stderr(prefix)
-    _configure_zarr_threads()
+    if args.command in ("fit", "evaluate", "demo", "params", "make-data"):
+        from natgrad_stream.data.zarr_reads import configure_zarr_threads
+
+        configure_zarr_threads()  # the command owns its process (the library never does)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"{prefix}: warning: {message}", file=sys.stderr)

@@ -18,9 +18,10 @@ from natgrad_stream.data.stream import (
     read_permutation,
 )
 from natgrad_stream.data.validation import Check, check_finite, check_nonnegative
+from natgrad_stream.data.zarr_reads import configure_zarr_threads
 
 __all__ = [
     "ArraySource", "Batch", "BatchStream", "Check", "Cursor", "FollowSource", "IteratorSource",
-    "Source", "append_rows", "as_source", "check_finite", "check_nonnegative", "epoch_plan",
-    "open_zarr", "read_permutation",
+    "Source", "append_rows", "as_source", "check_finite", "check_nonnegative",
+    "configure_zarr_threads", "epoch_plan", "open_zarr", "read_permutation",
 ]

@@ -43,6 +43,26 @@ class DamagedObject(ValueError):
         self.key, self.problem = key, problem
 
 
+def configure_zarr_threads(n: int | None = None) -> int:
+    """Give zarr ``n`` codec threads (default one per core, at least 2), unless its
+    configuration already names a count; returns the count in force.
+
+    The library never calls this: zarr's configuration is global, and belongs to the
+    application. The command line calls it at start. zarr's own default is asyncio's
+    executor (cores + 4 threads): on 2 cores that oversubscribed the machine and glibc kept
+    a freed chunk-sized decode buffer per thread (measured on a 4M × 100 store read through
+    zarr's codecs: 2 threads ran 1.3× faster with 16% less peak memory). zarr creates its
+    pool once, at its first read, so call this before.
+    """
+    import os
+
+    import zarr
+
+    if zarr.config.get("threading.max_workers") is None:
+        zarr.config.set({"threading.max_workers": int(n or max(2, os.cpu_count() or 2))})
+    return int(zarr.config.get("threading.max_workers"))
+
+
 def _checked_store_class():
     from zarr.storage import WrapperStore
 
