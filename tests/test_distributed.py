@@ -419,3 +419,18 @@ def test_task_errors_other_than_the_packages_are_one_distributed_error(client):
         backend._raise_task_error(DataError("bad", array="X", row=3))
     with pytest.raises(DistributedError, match="RuntimeError: boom"):
         backend._raise_task_error(RuntimeError("boom\nmore"))
+
+
+def test_a_local_cluster_that_fails_to_start_is_one_line_and_exit_2(data, tmp_path, capsys,
+                                                                    monkeypatch):
+    from natgrad_stream.app.cli import main
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Cluster failed to start: Nanny failed to start.")
+
+    monkeypatch.setattr(distributed, "LocalCluster", fails)
+    rc = main(["fit", str(data), "--model", "logistic", "--out", str(tmp_path / "r"),
+               "--dask-workers", "2", "--progress", "never"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "could not start a local Dask cluster of 2 workers" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()

@@ -55,11 +55,15 @@ def dask_client(address: str | None = None, workers: int | None = None):
         return
     if int(workers) < 1:
         raise OptionError(f"--dask-workers must be >= 1, got {workers}")
-    with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1,
-                                  processes=True, dashboard_address=":0",
-                                  silence_logs=logging.ERROR) as cluster, \
-            distributed.Client(cluster, set_as_default=False,
-                               direct_to_workers=True) as client:
+    try:
+        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1,
+                                           processes=True, dashboard_address=":0",
+                                           silence_logs=logging.ERROR)
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        raise DistributedError(f"could not start a local Dask cluster of {workers} workers "
+                               f"({type(exc).__name__}: {exc})") from exc
+    with cluster, distributed.Client(cluster, set_as_default=False,
+                                     direct_to_workers=True) as client:
         log.info("started a local Dask cluster of %d worker processes at %s", int(workers),
                  cluster.scheduler_address)
         yield client
