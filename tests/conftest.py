@@ -1,9 +1,26 @@
 """Shared fixtures: small synthetic Zarr datasets made by the project's own generator."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from natgrad_stream.data.datasets import make_dataset
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("kill_resume")``: a script of ``scripts/`` imported as a module."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,12 @@ placement does not matter, the streaming mode learns in one pass, a lost worker 
 nothing, and a killed driver or a lost scheduler resumes exactly.
 """
 
-import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +82,7 @@ def test_a_scoring_pass_on_the_cluster_equals_the_single_process_pass(data, clie
     theta = lr.theta.copy()
     J1, g1, G1, rows1 = full_pass(lr, source, theta, metric=lr.metric, batch_rows=65536)
     lr._backend = DaskBackend(client, DataSpec(str(data), chunk_rows=CHUNK, n_rows=ROWS),
-                              lr.model, ROWS)
+                              lr.model)
     try:
         J2, g2, G2, rows2 = full_pass(lr, source, theta, metric=lr.metric, batch_rows=65536)
     finally:
@@ -98,7 +96,7 @@ def test_a_scoring_pass_on_the_cluster_equals_the_single_process_pass(data, clie
 def test_pass_sums_do_not_depend_on_placement(data, client):
     model = make_model("logistic", D)
     spec = DataSpec(str(data), chunk_rows=CHUNK, n_rows=ROWS)
-    backend = DaskBackend(client, spec, model, ROWS)
+    backend = DaskBackend(client, spec, model)
     theta = np.linspace(-0.3, 0.3, model.n_params)
     runs = [backend.pass_stats(theta, metric="model", structure="full") for _ in range(3)]
     # the same tree computed in this process, block by block
@@ -170,16 +168,8 @@ def _theta(run):
                                      check=True).stdout)
 
 
-def _kill_resume_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "kill_resume.py"
-    spec = importlib.util.spec_from_file_location("kill_resume", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_a_killed_driver_resumes_exactly(data, client, tmp_path):
+def test_a_killed_driver_resumes_exactly(data, client, tmp_path, load_script):
     address = client.scheduler.address
     common = ["--model", "logistic", "--epochs", "2", "--batch-size", "256",
               "--dask", address, "--progress", "never"]
@@ -190,7 +180,7 @@ def test_a_killed_driver_resumes_exactly(data, client, tmp_path):
     proc = subprocess.Popen(_cli("fit", data, "--out", run, *common,
                                  "--checkpoint-every", "3000"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert _kill_resume_module()._kill_at_next_checkpoint(proc, run / "checkpoint.npz")
+    assert load_script("kill_resume")._kill_at_next_checkpoint(proc, run / "checkpoint.npz")
     proc.stderr.close()
     done = subprocess.run(_cli("fit", data, "--out", run, "--resume", "--dask", address,
                                "--progress", "never"), capture_output=True, text=True)
@@ -414,7 +404,7 @@ def test_task_errors_other_than_the_packages_are_one_distributed_error(client):
     from natgrad_stream.errors import DataError, DistributedError
 
     backend = DaskBackend(client, DataSpec("x", chunk_rows=1, n_rows=1), make_model(
-        "logistic", 2), 1)
+        "logistic", 2))
     with pytest.raises(DataError):
         backend._raise_task_error(DataError("bad", array="X", row=3))
     with pytest.raises(DistributedError, match="RuntimeError: boom"):

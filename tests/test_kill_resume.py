@@ -2,21 +2,13 @@
 version of ``scripts/kill_resume.py``, which runs 20 trials per optimizer).
 """
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kill_resume.py"
-
 
 @pytest.fixture(scope="module")
-def kill_resume():
-    spec = importlib.util.spec_from_file_location("kill_resume", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def kill_resume(load_script):
+    return load_script("kill_resume")
 
 
 @pytest.fixture(scope="module")

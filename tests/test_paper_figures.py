@@ -2,7 +2,6 @@
 numerically against closed forms written from the paper (not from the project's code).
 """
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from numpy.testing import assert_allclose
 
 from natgrad_stream.geometry.whitening import whiten
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_figures.py"
 # The paper's numbers (section 1.1/1.2), typed in independently of the code under test.
 A = np.array([[3.0, 1.0 / 3.0], [1.0 / 3.0, 0.0]])
 G = np.array([[9.0 + 1.0 / 9.0, 1.0], [1.0, 1.0 / 9.0]])
@@ -20,11 +18,8 @@ THETA_INIT = np.array([1.0, -1.0])
 
 
 @pytest.fixture(scope="module")
-def pf():
-    spec = importlib.util.spec_from_file_location("paper_figures", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def pf(load_script):
+    return load_script("paper_figures")
 
 
 @pytest.fixture(scope="module")

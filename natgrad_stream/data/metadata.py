@@ -157,7 +157,6 @@ class StoredChunks:
     def __init__(self, arr, label: str | None = None):
         self._arr = arr
         self._md = arr.metadata
-        self._md_dtype = np.dtype(arr.dtype)
         self.label = label or arr.store_path.path.rsplit("/", 1)[-1] or "array"
         self.shape = tuple(int(s) for s in self._md.shape)
         self.grid = tuple(int(c) for c in self._md.chunk_grid.chunk_shape)
@@ -199,10 +198,6 @@ class StoredChunks:
                 out.append((row, c, self.key(c)) if coords else (row, self.key(c)))
         return out
 
-    @property
-    def local(self) -> bool:
-        return self._root is not None
-
     @functools.cached_property
     def checked(self):
         """The array read through a store that raises on missing or damaged objects (see
@@ -219,21 +214,37 @@ class StoredChunks:
                 return row
         return a
 
+    def region(self, coords) -> tuple:
+        """The slices, one per axis, of the array the object at grid ``coords`` holds."""
+        return tuple(slice(c * g, min((c + 1) * g, s))
+                     for c, g, s in zip(coords, self.grid, self.shape, strict=True))
+
+    def read_region(self, coords, a: int | None = None, b: int | None = None) -> np.ndarray:
+        """Rows ``a:b`` (default all) of the object at grid ``coords``, read through
+        :attr:`checked` (so a missing or damaged object raises).
+        """
+        from natgrad_stream.data.zarr_reads import read_into
+
+        rows, *cols = self.region(coords)
+        a = rows.start if a is None else a
+        b = rows.stop if b is None else b
+        out = np.empty((b - a,) + tuple(s.stop - s.start for s in cols),
+                       dtype=self._arr.dtype)
+        read_into(self.checked, a, b, out, cols)
+        return out
+
     def exists(self, coords) -> bool:
-        """Whether the store holds the object at chunk-grid ``coords``: a ``stat`` for a
-        local store, else a read of its first row through :attr:`checked` (zarr's public
-        API has no synchronous existence test; the read raises when the object is absent).
+        """Whether the store holds the object at grid ``coords``: a ``stat`` for a local
+        store, else a read of its first row through :attr:`checked` (zarr's public API has
+        no synchronous existence test; the read raises when the object is absent).
         """
         if self._root is not None:
             return os.path.isfile(os.path.join(str(self._root), self.key(coords)))
-        from natgrad_stream.data.zarr_reads import MissingObject, read_into
+        from natgrad_stream.data.zarr_reads import MissingObject
 
-        row = int(coords[0]) * self.rows_per_object
-        cols = tuple(slice(c * g, min((c + 1) * g, s))
-                     for c, g, s in zip(coords[1:], self.grid[1:], self.shape[1:], strict=True))
-        out = np.empty((1,) + tuple(s.stop - s.start for s in cols), dtype=self._md_dtype)
+        first = int(coords[0]) * self.rows_per_object
         try:
-            read_into(self.checked, row, row + 1, out, cols)
+            self.read_region(coords, first, first + 1)
         except MissingObject:
             return False
         except (MemoryError, RecursionError, OSError, TimeoutError):
@@ -328,9 +339,7 @@ def write_missing_chunks(path, names=None) -> dict[str, int]:
         for coords in itertools.product(*(range(k) for k in grid_counts)):
             if stored.exists(coords):
                 continue
-            sel = tuple(slice(c * g, min((c + 1) * g, s))
-                        for c, g, s in zip(coords, stored.grid, stored.shape, strict=True))
-            arr[sel] = stored.fill_value
+            arr[stored.region(coords)] = stored.fill_value
             n += 1
         written[name] = n
     return written

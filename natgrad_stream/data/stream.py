@@ -82,6 +82,11 @@ class Cursor:
     row: int = 0
     samples: int = 0
 
+    @property
+    def mid_epoch(self) -> bool:
+        """Whether the cursor stands inside an epoch (past its first read or row)."""
+        return bool(self.read_index or self.row)
+
     def to_dict(self) -> dict:
         """JSON-ready dict of ints."""
         return asdict(self)
@@ -303,14 +308,8 @@ def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
 def _decode_error(stored, a, b, exc) -> DataError:
     """The error for a failed read of rows ``a:b``, at its first chunk that fails alone."""
     for row, coords, key in stored.objects(a, b, coords=True):
-        end = min(b, (coords[0] + 1) * stored.rows_per_object)
-        cols = tuple(slice(c * g, min((c + 1) * g, s))
-                     for c, g, s in zip(coords[1:], stored.grid[1:], stored.shape[1:],
-                                        strict=True))
-        out = np.empty((end - row,) + tuple(c.stop - c.start for c in cols),
-                       dtype=stored.checked.dtype)
         try:
-            read_into(stored.checked, row, end, out, cols)
+            stored.read_region(coords, row, min(b, stored.region(coords)[0].stop))
         except NOT_DATA_ERRORS:
             raise
         except Exception as alone:  # noqa: BLE001 (this chunk's bytes are bad)

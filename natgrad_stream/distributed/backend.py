@@ -62,6 +62,11 @@ _POLL = 0.25
 _TASK_ERRORS_AS_IS = (DataError, NumericalError, OptionError, MemoryError, OSError)
 
 
+def _first_line(exc) -> str:
+    """The first line of an exception's message (some span many)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 def _comm_errors() -> tuple:
     """Exceptions that mean the cluster, not the data or the model, failed."""
     import asyncio
@@ -87,18 +92,17 @@ class DaskBackend:
     ----------
     client : distributed.Client
     spec : DataSpec
-        The store the workers open (its ``chunk_rows`` as the driver sees them).
+        The store the workers open (its ``chunk_rows`` and ``n_rows`` as the driver sees
+        them).
     model : Model
-    n_rows : int
-        Rows of the store (as the driver sees them).
     """
 
-    def __init__(self, client, spec: DataSpec, model, n_rows: int):
+    def __init__(self, client, spec: DataSpec, model):
         self.client = client
         self.spec = spec
         self.model = model
-        self.n_rows = int(n_rows)
-        self.n_chunks = math.ceil(self.n_rows / spec.chunk_rows)
+        self._model_token = model_token(model)
+        self.n_chunks = math.ceil(spec.n_rows / spec.chunk_rows)
         self.address = getattr(client.scheduler, "address", "the scheduler")
         self.bytes_out = 0  # θ and arguments sent with tasks (arrays only)
         self.bytes_back = 0  # sums moved: block and lane results, and merge results
@@ -125,9 +129,8 @@ class DaskBackend:
         return self._workers
 
     def _lost(self, exc) -> DistributedError:
-        what = (str(exc).strip().splitlines() or [""])[0].rstrip(":")
         return DistributedError(f"lost the Dask cluster at {self.address} "
-                                f"({type(exc).__name__}: {what})")
+                                f"({type(exc).__name__}: {_first_line(exc).rstrip(':')})")
 
     def _submit(self, fn, *args, workers=None, **kwargs):
         """A task (no ``retries``: a task whose worker died is rescheduled by Dask anyway,
@@ -176,9 +179,9 @@ class DaskBackend:
         exc = failed if isinstance(failed, BaseException) else failed.exception()
         if isinstance(exc, _TASK_ERRORS_AS_IS):
             raise exc
-        what = (str(exc).strip().splitlines() or [""])[0]
         raise DistributedError(f"a task failed on a worker of the Dask cluster at "
-                               f"{self.address} ({type(exc).__name__}: {what})") from exc
+                               f"{self.address} ({type(exc).__name__}: {_first_line(exc)})"
+                               ) from exc
 
     def _gather(self, futures, should_stop=None):
         """The futures' results, in order; None when ``should_stop()`` turned True first
@@ -245,11 +248,10 @@ class DaskBackend:
         rows the epoch planned over (an epoch planned before rows were appended finishes
         over those).
         """
-        spec = self.spec if n_rows is None else dataclasses.replace(self.spec,
-                                                                    n_rows=int(n_rows))
-        return LaneKey(spec, model_token(self.model), int(lr.seed), int(epoch), int(lane),
-                       int(lanes),
-                       int(lr.batch_size), int(chunks_per_read))
+        spec = self.spec if n_rows in (None, self.spec.n_rows) else \
+            dataclasses.replace(self.spec, n_rows=int(n_rows))
+        return LaneKey(spec, self._model_token, int(lr.seed), int(epoch), int(lane),
+                       int(lanes), int(lr.batch_size), int(chunks_per_read))
 
     def lane_step(self, lr, epoch: int, cursors: list, theta: np.ndarray, *, metric,
                   chunks_per_read: int, rng_key=None, should_stop=None, n_rows=None):
@@ -284,17 +286,14 @@ class DaskBackend:
         else:
             raise self._lost(last)
         self._pending = []
-        if got is not None:
-            for status, value in got:  # a lane's own failure: bad data, ...
-                if status == "error":
-                    self._raise_task_error(value)
-            got = [value for _, value in got]
-        self.bytes_out += len(live) * theta.nbytes
         if got is None:
             return None
+        self.bytes_out += len(live) * theta.nbytes
         new = list(cursors)
         parts = []
-        for j, res in zip(live, got, strict=True):
+        for j, (status, res) in zip(live, got, strict=True):
+            if status == "error":  # the lane's own failure: bad data, ...
+                self._raise_task_error(res)
             if res is None:
                 new[j] = None
                 continue

@@ -247,11 +247,7 @@ class NaturalGradientLearner:
             raise ValueError(f"model {self.model.name!r} needs targets y")
         s = self.state
         if s.data_init and s.steps == 0:
-            start = self.model.initial_params(X, y, w)
-            s.data_init = False
-            if start is not None:  # before anything is learned: nothing to keep
-                s.theta = np.asarray(start, dtype=np.float64)
-                s.phi = s.theta.copy()
+            self._take_data_start(self.model.initial_params(X, y, w))
         need_metric = s.whitener is None or s.steps % self.fisher_every == 0
         ws = self._workspace
         loss_sum, wsum = self.model.accumulate(
@@ -263,6 +259,16 @@ class NaturalGradientLearner:
 
         return self.step_sums(loss_sum, wsum, ws.grad, ws.fisher if need_metric else None, n,
                               power_iteration=power_iteration)
+
+    def _take_data_start(self, start) -> None:
+        """Start from the model's data-informed θ (:meth:`Model.initial_params`; None keeps
+        θ), once, before anything is learned: nothing to keep.
+        """
+        s = self.state
+        s.data_init = False
+        if start is not None:
+            s.theta = np.asarray(start, dtype=np.float64)
+            s.phi = s.theta.copy()
 
     def step_sums(self, loss_sum: float, wsum: float, grad_sum: np.ndarray,
                   metric_sum: np.ndarray | None, rows: int, *, power_iteration=None,
@@ -566,7 +572,7 @@ class NaturalGradientLearner:
             path = os.path.abspath(path)
         spec = DataSpec(path, x=x, y=y if self.model.requires_targets else None, w=w,
                         chunk_rows=source.chunk_rows, n_rows=source.n_rows)
-        return DaskBackend(client, spec, self.model, source.n_rows)
+        return DaskBackend(client, spec, self.model)
 
     _backend = None
     dask_traffic: dict | None = None
@@ -752,7 +758,7 @@ class _Streaming(_Strategy):
         n_rows = source.n_rows
         self._check_lanes_resume()
         if n_rows is not None and s.epoch_rows is not None and s.epoch_rows != n_rows \
-                and (s.cursor.read_index or s.cursor.row):
+                and s.cursor.mid_epoch:
             if s.epoch_rows > n_rows:
                 raise DataError(f"has {n_rows} rows, fewer than the {s.epoch_rows} the "
                                 "interrupted epoch planned: the data changed",
@@ -867,7 +873,7 @@ class _Streaming(_Strategy):
         """
         lr = self.learner
         s = lr.state
-        mid_epoch = bool(s.cursor.read_index or s.cursor.row)
+        mid_epoch = s.cursor.mid_epoch
         if lr._backend is None and s.lanes is not None and mid_epoch:
             raise OptionError("this run was streaming on a Dask cluster and stopped "
                               f"mid-epoch ({s.cursor.epoch}): resume it with --dask or "
@@ -889,8 +895,7 @@ class _Streaming(_Strategy):
         good = lr._last_good
         if good is not None:
             g = good.restore()
-            g_mid = bool(g.cursor.read_index or g.cursor.row)
-            if g_mid and (g.lanes is not None) != on_cluster:
+            if g.cursor.mid_epoch and (g.lanes is not None) != on_cluster:
                 lr._last_good = s.snapshot()
 
     def _stream(self, source, plan, callbacks, max_samples, *, epochs) -> bool:
@@ -964,12 +969,9 @@ class _Streaming(_Strategy):
                          len(s.lanes), len(s.lanes), lr.batch_size,
                          len(s.lanes) * lr.batch_size)
             if s.data_init and s.steps == 0:
-                start = backend.lane_batch(lr, epoch, s.lanes, "initial_params",
-                                           chunks_per_read=per_read, n_rows=source.n_rows)
-                s.data_init = False
-                if start is not None:
-                    s.theta = np.asarray(start, dtype=np.float64)
-                    s.phi = s.theta.copy()
+                lr._take_data_start(backend.lane_batch(
+                    lr, epoch, s.lanes, "initial_params", chunks_per_read=per_read,
+                    n_rows=source.n_rows))
             if max_samples is not None and s.samples >= max_samples:
                 return True
             need_metric = s.whitener is None or s.steps % lr.fisher_every == 0
@@ -1182,9 +1184,7 @@ class _LBFGSRounds(_Strategy):
                 first = next(iter(stream), None)
                 start = None if first is None else \
                     lr.model.initial_params(first.X, first.y, first.w)
-        lr.state.data_init = False  # after the start is known (a failed read keeps it)
-        if start is not None:
-            lr.state.theta = np.asarray(start, dtype=np.float64)
+        lr._take_data_start(start)  # once known: a failed read keeps data_init
 
     def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
               rng_key=None):
