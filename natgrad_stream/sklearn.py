@@ -19,7 +19,8 @@ memory: ``fit("data.zarr")`` reads the arrays ``"X"`` and ``"y"``;
 
 The estimator parameters are the learner options of
 :data:`natgrad_stream.training.options.OPTIONS` that make sense for an estimator, with the
-table's defaults (``decrement_tol`` is ``tol``; ``max_iter`` caps the passes).
+table's defaults, under the same names (``tol`` is ``--tol``; ``max_iter``, scikit-learn's
+name for the cap on passes, is ``epochs``).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ from natgrad_stream.training import options as opts
 __all__ = ["NaturalGradientClassifier", "NaturalGradientPoissonRegressor",
            "NaturalGradientRegressor", "ESTIMATOR_OPTIONS"]
 
-#: Learner options exposed as estimator parameters, under the same names (``tol`` is
-#: ``decrement_tol``, ``max_iter`` the ``epochs`` cap; both handled separately).
+#: Learner options exposed as estimator parameters, under the same names (``tol`` and
+#: ``max_iter``, the ``epochs`` cap, are handled separately).
 ESTIMATOR_OPTIONS = ("optimizer", "metric", "structure", "whitening", "damping", "floor",
                      "batch_size", "seed", "refine")
 _D = {name: opts.BY_NAME[name].default for name in ESTIMATOR_OPTIONS}
-#: The table's ``decrement_tol`` defaults to None (run every pass); an estimator is meant
+#: The table's ``tol`` defaults to None (run every pass); an estimator is meant
 #: to stop at the optimum, so ``tol`` has a default of its own.
 DEFAULT_TOL = 1e-10
 DEFAULT_MAX_ITER = 50
@@ -101,7 +102,7 @@ class _NaturalGradientBase(BaseEstimator):
             raise ValueError(f"optimizer must be one of {list(opts.STREAMING_OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
         out = {name: getattr(self, name) for name in ESTIMATOR_OPTIONS}
-        out["decrement_tol"] = self.tol
+        out["tol"] = self.tol
         out["blas_threads"] = None  # leave the caller's BLAS pools alone
         return out
 

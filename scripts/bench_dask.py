@@ -86,7 +86,7 @@ def one_pass(path, d, client=None) -> tuple[float, dict | None]:
 
 
 def lbfgs(path, d, client=None) -> dict:
-    lr = NaturalGradientLearner(make_model("logistic", d), optimizer="lbfgs", rounds=2)
+    lr = NaturalGradientLearner(make_model("logistic", d), optimizer="lbfgs", lbfgs_rounds=2)
     t0 = time.perf_counter()
     lr.fit(path, client=client)
     seconds = time.perf_counter() - t0

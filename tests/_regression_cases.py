@@ -79,11 +79,11 @@ CASES = {
                             metric="monte-carlo", mc_samples=2, whitening="robust")),
     "gaussian-sgd-full": (GAUSSIAN, _streaming("gaussian", 3, batch_size=256)),
     "mlp-defaults": (MLP, _streaming("mlp", 3, {"hidden": 4}, epochs=1)),
-    "logistic-lbfgs-full": (LOGISTIC, _lbfgs("logistic", 5, rounds=3, batch_size=4096)),
+    "logistic-lbfgs-full": (LOGISTIC, _lbfgs("logistic", 5, lbfgs_rounds=3, batch_size=4096)),
     "softmax-lbfgs-block-window": (
         SOFTMAX, _lbfgs("softmax", 4, {"n_classes": 3}, structure="block", window=4,
-                        rounds=3, iters=10)),
-    "mlp-lbfgs": (MLP, _lbfgs("mlp", 3, {"hidden": 4}, rounds=2, iters=10, damping=1e-2)),
+                        lbfgs_rounds=3, lbfgs_iters=10)),
+    "mlp-lbfgs": (MLP, _lbfgs("mlp", 3, {"hidden": 4}, lbfgs_rounds=2, lbfgs_iters=10, damping=1e-2)),
 }
 
 

@@ -89,14 +89,14 @@ def test_poisson_from_a_poor_start_backtracks_to_the_optimum():
 def test_tol_stops_at_its_criterion_and_not_before_the_optimum_is_within_it(tol,
                                                                           breast_cancer):
     model, X, y, optimum = breast_cancer
-    learner = NaturalGradientLearner(model, decrement_tol=tol).fit((X, y), epochs=50)
+    learner = NaturalGradientLearner(model, tol=tol).fit((X, y), epochs=50)
     res = learner.result
     assert res.converged and res.epochs < 50
     J = model.loss(X, y, learner.theta)
     assert res.decrement <= tol * abs(J)
     assert 0 <= (J - optimum) <= tol * abs(J)  # within the tolerance when it stops
     # not later than needed: one pass fewer had not met the criterion
-    fewer = NaturalGradientLearner(model, decrement_tol=tol).fit((X, y), epochs=res.epochs - 1)
+    fewer = NaturalGradientLearner(model, tol=tol).fit((X, y), epochs=res.epochs - 1)
     assert not fewer.result.converged
 
 

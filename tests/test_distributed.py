@@ -56,8 +56,8 @@ def _rel(a, b):
 
 # -- full-data modes equal one process -----------------------------------------------------
 def test_lbfgs_on_the_cluster_equals_one_process(data, client):
-    one = _learner(optimizer="lbfgs", rounds=2).fit(data)
-    dask = _learner(optimizer="lbfgs", rounds=2).fit(data, client=client)
+    one = _learner(optimizer="lbfgs", lbfgs_rounds=2).fit(data)
+    dask = _learner(optimizer="lbfgs", lbfgs_rounds=2).fit(data, client=client)
     assert _rel(dask.result.train_loss, one.result.train_loss) < 1e-9
     np.testing.assert_allclose(dask.theta, one.theta, rtol=1e-6, atol=1e-8)
     assert dask.result.evaluations == one.result.evaluations
@@ -67,8 +67,8 @@ def test_lbfgs_on_the_cluster_equals_one_process(data, client):
 
 def test_the_converging_multi_pass_default_equals_one_process(data, client):
     kw = {"epochs": 12}
-    one = _learner(decrement_tol=1e-12).fit(data, **kw)
-    dask = _learner(decrement_tol=1e-12).fit(data, client=client, **kw)
+    one = _learner(tol=1e-12).fit(data, **kw)
+    dask = _learner(tol=1e-12).fit(data, client=client, **kw)
     assert one.result.converged and dask.result.converged
     assert _rel(dask.result.train_loss, one.result.train_loss) < 1e-9
 

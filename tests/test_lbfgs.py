@@ -123,7 +123,7 @@ def test_natural_lbfgs_reaches_the_sklearn_optimum_with_far_fewer_evaluations(
 
     # the same L-BFGS-B with the same tolerances on J(θ): many more evaluations
     direct_hit = _direct_lbfgs_evaluations(X, y, J_opt, maxiter=5000, maxcor=10,
-                                           ftol=opt.tol, gtol=opt.gtol)
+                                           ftol=opt.lbfgs_tol, gtol=opt.lbfgs_gtol)
     assert direct_hit is not None  # it gets there, slowly
     assert direct_hit > 10 * natural_hit  # measured: 199 against 6
     assert direct_hit > opt.evaluations  # even counting the whole natural run
@@ -179,7 +179,8 @@ def test_one_window_round_minimizes_the_loss_of_exactly_its_chunks(badly_scaled)
     from sklearn.linear_model import LogisticRegression
 
     rec = Losses()
-    opt = NaturalLBFGS(make_model("logistic", 8), rounds=1, iters=200, window=3, seed=5,
+    opt = NaturalLBFGS(make_model("logistic", 8), lbfgs_rounds=1, lbfgs_iters=200, window=3,
+                       seed=5,
                        batch_size=BATCH).fit(badly_scaled, callbacks=[rec])
     chunks = opt.last_round["window"]
     assert chunks == window_chunks(10, 3, seed=5, round_index=0).tolist()
@@ -195,7 +196,7 @@ def test_one_window_round_minimizes_the_loss_of_exactly_its_chunks(badly_scaled)
 
 
 def test_window_runs_are_deterministic_and_approach_the_full_optimum(badly_scaled, optimum):
-    kw = dict(rounds=4, iters=10, window=4, seed=2, batch_size=BATCH)
+    kw = dict(lbfgs_rounds=4, lbfgs_iters=10, window=4, seed=2, batch_size=BATCH)
     a = NaturalLBFGS(make_model("logistic", 8), **kw).fit(badly_scaled)
     b = NaturalLBFGS(make_model("logistic", 8), **kw).fit(badly_scaled)
     assert_array_equal(a.theta, b.theta)
@@ -220,9 +221,9 @@ def test_data_errors_in_a_window_name_the_real_chunk_and_row(tmp_path):
 
 # -- state: resume, stop, numerical trouble --------------------------------------------------
 def test_resume_at_a_round_boundary_equals_an_uninterrupted_run(badly_scaled, tmp_path):
-    kw = dict(iters=2, batch_size=BATCH)
-    whole = NaturalLBFGS(make_model("logistic", 8), rounds=4, **kw).fit(badly_scaled)
-    part = NaturalLBFGS(make_model("logistic", 8), rounds=4, **kw).fit(badly_scaled, rounds=2)
+    kw = dict(lbfgs_iters=2, batch_size=BATCH)
+    whole = NaturalLBFGS(make_model("logistic", 8), lbfgs_rounds=4, **kw).fit(badly_scaled)
+    part = NaturalLBFGS(make_model("logistic", 8), lbfgs_rounds=4, **kw).fit(badly_scaled, rounds=2)
     assert part.rounds_done == 2 and not part.converged
     save_checkpoint(tmp_path / "c.npz", part.state_dict())
     resumed = NaturalLBFGS.from_state_dict(load_checkpoint(tmp_path / "c.npz"))
@@ -279,11 +280,11 @@ def test_nonfinite_start_raises_numerical_error(badly_scaled):
 def test_bad_options_and_inputs_raise_clear_errors(badly_scaled):
     model = make_model("logistic", 8)
     for kw, exc, phrase in [
-            (dict(rounds=0), ValueError, "rounds must be >= 1"),
-            (dict(iters=2.5), TypeError, "iters must be an integer"),
+            (dict(lbfgs_rounds=0), ValueError, "lbfgs_rounds must be >= 1"),
+            (dict(lbfgs_iters=2.5), TypeError, "lbfgs_iters must be an integer"),
             (dict(window=0), ValueError, "window must be >= 1"),
-            (dict(tol=-1.0), ValueError, "tol must be a finite number >= 0"),
-            (dict(gtol=np.nan), ValueError, "gtol"),
+            (dict(lbfgs_tol=-1.0), ValueError, "lbfgs_tol must be a finite number >= 0"),
+            (dict(lbfgs_gtol=np.nan), ValueError, "lbfgs_gtol"),
             (dict(whitening="cholesky"), ValueError, "whitening must be one of"),
             (dict(metric="amari"), ValueError, "does not support metric 'amari'"),
             (dict(structure="banded"), ValueError, "structure must be one of")]:
@@ -421,7 +422,7 @@ def test_cli_bad_lbfgs_options_exit_2_with_clear_messages(small_zarr, tmp_path, 
 
 def test_fit_run_from_python(small_zarr, tmp_path):
     summary = fit_run(small_zarr, tmp_path / "run", model="logistic",
-                      learner_options={"optimizer": "lbfgs", "iters": 50, "batch_size": BATCH})
+                      learner_options={"optimizer": "lbfgs", "lbfgs_iters": 50, "batch_size": BATCH})
     assert summary["converged"] and summary["rounds"] >= 1
     with pytest.raises(ValueError, match="epochs"):
         fit_run(small_zarr, tmp_path / "run2", model="logistic", epochs=2,
@@ -439,7 +440,7 @@ def test_trial_points_outside_the_model_domain_make_the_line_search_back_off():
     X = rng.normal([3.0, -2.0], [0.1, 0.05], (4000, 2))
     model = make_model("gaussian", 2)
     for start in (None, model.init_params()):  # from the data, and from N(0, I)
-        fit = NaturalLBFGS(model, rounds=20).reset(start).fit((X,))
+        fit = NaturalLBFGS(model, lbfgs_rounds=20).reset(start).fit((X,))
         mean, cov = model.unpack(fit.theta)
         np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-6)
         np.testing.assert_allclose(cov, np.cov(X.T, bias=True), rtol=1e-5)

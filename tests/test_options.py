@@ -175,7 +175,7 @@ def test_learner_rejects_unknown_and_misplaced_options():
     with pytest.raises(TypeError, match="unknown option: learning_rate"):
         NaturalGradientLearner(model, learning_rate=0.1)
     with pytest.raises(ValueError, match="--lbfgs-rounds applies only with --optimizer lbfgs"):
-        NaturalGradientLearner(model, rounds=3)
+        NaturalGradientLearner(model, lbfgs_rounds=3)
     with pytest.raises(ValueError, match="--lr does not apply to --optimizer lbfgs"):
         NaturalGradientLearner(model, optimizer="lbfgs", lr=0.5)
 
@@ -282,3 +282,96 @@ def test_fit_run_progress_from_python(small_zarr, tmp_path, capsys):
     assert "rows/s" not in capsys.readouterr().err  # no progress line unless asked
     fit_run(small_zarr, tmp_path / "loud", model="logistic", progress=True)
     assert "rows/s" in capsys.readouterr().err
+
+
+def test_one_name_per_option_across_flag_toml_estimator_and_run_json(small_zarr, tmp_path,
+                                                                       capsys):
+    """An option has one name: its flag is ``--`` + the name with ``-`` for ``_``, its TOML
+    key and Python keyword are the name, the scikit-learn estimators' parameters are table
+    names (``max_iter`` excepted: scikit-learn's name for the cap on passes, ``epochs``),
+    and ``run.json`` records it under the name.
+    """
+    import inspect
+
+    from natgrad_stream.sklearn import (
+        NaturalGradientClassifier,
+        NaturalGradientPoissonRegressor,
+        NaturalGradientRegressor,
+    )
+
+    for opt in opts.OPTIONS:
+        if opt.cli_flag is not None:
+            assert opt.cli_flag == "--" + opt.name.replace("_", "-"), opt.name
+    for cls in (NaturalGradientClassifier, NaturalGradientRegressor,
+                NaturalGradientPoissonRegressor):
+        names = set(inspect.signature(cls).parameters) - {"max_iter"}
+        assert names <= set(opts.BY_NAME), (cls.__name__, names - set(opts.BY_NAME))
+    # TOML keys are the names, with the meaning of the flag of the same name
+    config = tmp_path / "run.toml"
+    config.write_text('model = "logistic"\ntol = 1e-8\nepochs = 3\n')
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
+                                 "--config", config)
+    assert code == 0, err
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    recorded = run["fit_options"] if "fit_options" in run else run["options"]
+    assert recorded["tol"] == 1e-8
+    assert set(recorded) <= set(opts.BY_NAME), set(recorded) - set(opts.BY_NAME)
+    config.write_text('model = "logistic"\noptimizer = "lbfgs"\nlbfgs_tol = 1e-9\n'
+                      'lbfgs_rounds = 2\n')
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "l",
+                                 "--config", config)
+    assert code == 0, err
+    run = json.loads((tmp_path / "l" / "run.json").read_text())
+    recorded = run["fit_options"] if "fit_options" in run else run["options"]
+    assert recorded["lbfgs_tol"] == 1e-9 and recorded["lbfgs_rounds"] == 2
+    assert set(recorded) <= set(opts.BY_NAME)
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "bad",
+                           "--model", "logistic", "--optimizer", "lbfgs", "--tol", "1e-8")
+    assert code == 2 and "--lbfgs-tol" in err  # the message names the L-BFGS tolerance
+
+
+def test_old_keyword_names_still_work_with_a_deprecation_warning():
+    model = make_model("logistic", 3)
+    with pytest.warns(DeprecationWarning, match="decrement_tol is deprecated: it is now tol"):
+        learner = NaturalGradientLearner(model, decrement_tol=1e-9)
+    assert learner.effective_options["tol"] == 1e-9
+    with pytest.warns(DeprecationWarning) as caught:
+        lbfgs = NaturalGradientLearner(model, optimizer="lbfgs", rounds=3, iters=7)
+    assert sorted(str(w.message) for w in caught) == [
+        "the keyword iters is deprecated: it is now lbfgs_iters",
+        "the keyword rounds is deprecated: it is now lbfgs_rounds"]
+    assert lbfgs.effective_options["lbfgs_rounds"] == 3
+    assert lbfgs.effective_options["lbfgs_iters"] == 7
+    with pytest.raises(ValueError, match="give lbfgs_rounds only"):
+        NaturalGradientLearner(model, optimizer="lbfgs", rounds=3, lbfgs_rounds=3)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_runs_recorded_under_the_old_names_load_and_resume(small_zarr, tmp_path, capsys,
+                                                           optimizer):
+    """Checkpoints written before one name per option (``decrement_tol``; L-BFGS ``rounds``,
+    ``iters``, ``tol``, ``gtol``, ``memory``) load with the same effective options.
+    """
+    from natgrad_stream.app.runs import CHECKPOINT
+
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r", "--model",
+                           "logistic", "--optimizer", optimizer,
+                           *(["--lbfgs-rounds", 1, "--lbfgs-tol", 1e-7] if optimizer == "lbfgs"
+                             else ["--tol", 1e-9]))
+    assert code == 0, err
+    path = tmp_path / "r" / CHECKPOINT
+    state = load_checkpoint(path)
+    new = NaturalGradientLearner.from_state_dict(state).effective_options
+    old_names = {v: k for k, v in opts.RENAMED.items()} | {"lbfgs_tol": "tol"}
+    for record in (state["fit_options"], state["run"]["fit_options"]):
+        for key in list(record):
+            if key in old_names:
+                record[old_names[key]] = record.pop(key)
+    assert NaturalGradientLearner.from_state_dict(state).effective_options == new
+    save_checkpoint(path, state)
+    for p in (tmp_path / "r").glob("checkpoint.[0-9]*.npz"):
+        p.unlink()
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r", "--resume",
+                           *(["--lbfgs-rounds", 2] if optimizer == "lbfgs"
+                             else ["--epochs", 2]))
+    assert code == 0, err

@@ -238,5 +238,5 @@ def test_a_rare_category_seen_late_does_not_blow_up_the_first_pass():
         zz = X @ theta[:-1] + theta[-1]
         return np.mean(np.logaddexp(0, zz) - y * zz)
 
-    best = NaturalGradientLearner(model, decrement_tol=1e-12).fit((X, y), epochs=10).theta
+    best = NaturalGradientLearner(model, tol=1e-12).fit((X, y), epochs=10).theta
     assert loss(learner.theta) < 1.01 * loss(best)

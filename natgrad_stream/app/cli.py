@@ -204,12 +204,13 @@ def _read_config(path) -> dict:
             config = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"config {path} is not valid TOML: {exc}") from None
-    known = set(opts.BY_NAME) | {"data", "out"}
+    known = set(opts.BY_NAME) | set(opts.RENAMED) | {"data", "out"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise OptionError(f"config {path}: unknown option{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(unknown)} (names as in the options table, e.g. "
                           "batch_size, lr, epochs)")
+    config = opts.upgrade_keywords(config, where=f"config {path} key")
     return {k: (str(v) if k in ("data", "out") else v) for k, v in config.items()}
 
 

@@ -112,7 +112,7 @@ def run_lock(run_dir: Path):
 def load_learner(run_dir, **overrides) -> tuple[NaturalGradientLearner, dict]:
     """Rebuild the learner saved in ``run_dir``; returns ``(learner, run_info)``.
 
-    ``overrides`` replace recorded learner options (resumable ones, e.g. ``rounds``).
+    ``overrides`` replace recorded learner options (resumable ones, e.g. ``lbfgs_rounds``).
     """
     state = _load_state(run_dir)
     return NaturalGradientLearner.from_state_dict(state, **overrides), state.get("run", {})
@@ -197,6 +197,7 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     progress = options.get("progress", False)  # from Python: no progress line unless asked
     if isinstance(progress, bool):
         options["progress"] = "always" if progress else "never"
+    options = opts.upgrade_keywords(options)
     opts.check_known(options, opts.BY_NAME)
     given = {k: opts.BY_NAME[k].parse(v) for k, v in opts.explicit(options).items()}
     run_dir = Path(run_dir)
@@ -419,7 +420,7 @@ def _recorded_fit_options(state: dict, model) -> dict:
     """A checkpoint's effective fit options (rebuilt for runs recorded before the table)."""
     info = state.get("run", {})
     if "fit_options" in info:
-        return dict(info["fit_options"])
+        return opts.upgrade_recorded(info["fit_options"])
     learner = NaturalGradientLearner.from_state_dict(state)
     data = {"x": info.get("x", "X"), "y": info.get("y", "y"), "w": info.get("w")}
     run = opts.resolve({}, model, names=opts.RUN_OPTIONS,

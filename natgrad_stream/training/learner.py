@@ -21,13 +21,13 @@ Strategies (chosen by the ``optimizer`` option):
 1. one streaming pass over the evaluation set (all the data, or a *window* of chunks) at
    ``θ`` gives ``J``, ``∇θJ`` and the metric sum ``G``, fused;
 2. ``W = whiten(G)`` re-whitens at ``θ_fixed = θ``;
-3. L-BFGS minimizes ``J(φ)`` from ``φ₀ = Wθ`` for at most ``iters`` iterations
+3. L-BFGS minimizes ``J(φ)`` from ``φ₀ = Wθ`` for at most ``lbfgs_iters`` iterations
    (:func:`natgrad_stream.optim.lbfgs.lbfgs_round`), every evaluation a pass at
    ``θ = W⁻¹φ``; the best point evaluated becomes ``θ``.
 
-Rounds stop once a round improves ``J`` by at most ``tol`` relative or ends with
-``max |∇φJ| ≤ gtol`` (a scale-free, natural-gradient tolerance), or after ``rounds``
-rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a round boundary is
+Rounds stop once a round improves ``J`` by at most ``lbfgs_tol`` relative or ends with
+``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient tolerance), or after
+``lbfgs_rounds`` rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a round boundary is
 an exact restart point. Passes stream chunks in order without shuffling; in window mode
 each round draws its own ``window`` chunks from ``(seed, round)`` and all rounds run.
 """
@@ -78,7 +78,8 @@ from natgrad_stream.training.state import LearnerState
 
 #: Keys of the effective options shown under ``"optimizer"`` in :meth:`options` (the
 #: layout of ``run.json`` and the log's start record), by strategy.
-_LBFGS_KEYS = ("rounds", "iters", "window", "tol", "gtol", "memory")
+_LBFGS_KEYS = ("lbfgs_rounds", "lbfgs_iters", "window", "lbfgs_tol", "lbfgs_gtol",
+               "lbfgs_memory")
 
 
 log = logging.getLogger("natgrad_stream")
@@ -114,8 +115,10 @@ class NaturalGradientLearner:
         ``mc_samples``, ``whitening`` (``eigh``, ``ridge`` eq. 36, ``robust`` eq. 35),
         ``damping``, ``floor``, ``batch_size``, ``seed``, ``blas_threads``; streaming:
         ``lr``, ``step_schedule``, ``rewhiten``, ``half_life``, ``fisher_every``,
-        ``average``, ``drift_probes``; L-BFGS: ``rounds``, ``iters``, ``tol``, ``gtol``,
-        ``memory``, ``window``. Options left unset take the model's
+        ``average``, ``drift_probes``, ``tol``; L-BFGS: ``lbfgs_rounds``, ``lbfgs_iters``,
+        ``lbfgs_tol``, ``lbfgs_gtol``, ``lbfgs_memory``, ``window`` (the keywords before
+        one name per option, ``decrement_tol``, ``rounds``, ``iters``, ``gtol`` and
+        ``memory``, still work with a DeprecationWarning). Options left unset take the model's
         :attr:`~natgrad_stream.models.Model.learner_defaults`, then the optimizer's
         default, then the table's; :attr:`effective_options` holds the values used.
 
@@ -509,7 +512,7 @@ class NaturalGradientLearner:
             Streaming: total passes of the run (default 1); a resumed run continues up to
             this count.
         rounds : int, optional
-            L-BFGS: total rounds of the run (default: the ``rounds`` option).
+            L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
         max_samples : int, optional
             Stop (resumably) once this many samples have been seen in total.
@@ -668,15 +671,14 @@ def _recorded_options(state: dict) -> dict:
     options table, where ``options["optimizer"]`` held the optimizer's own options).
     """
     if "fit_options" in state:
-        return dict(state["fit_options"])
+        return opts.upgrade_recorded(state["fit_options"])
     legacy = dict(state["options"])
     optimizer = dict(legacy.pop("optimizer"))
-    out = {k: v for k, v in legacy.items() if k in opts.LEARNER_OPTIONS}
-    out["optimizer"] = optimizer.pop("name")
     if "schedule" in optimizer:
         optimizer["step_schedule"] = optimizer.pop("schedule")
-    out.update({k: v for k, v in optimizer.items() if k in opts.LEARNER_OPTIONS})
-    return out
+    name = optimizer.pop("name")
+    out = opts.upgrade_recorded({**legacy, **optimizer, "optimizer": name})
+    return {k: v for k, v in out.items() if k in opts.LEARNER_OPTIONS}
 
 
 class NaturalLBFGS(NaturalGradientLearner):
@@ -779,14 +781,14 @@ class _Streaming(_Strategy):
         :mod:`natgrad_stream.training.learner`): each pass evaluates ``J``, ``∇J`` and ``G``
         at θ on the whole data; an accepted point re-whitens there and takes the Newton
         step ``θ ← θ − G_reg⁻¹∇J`` (Fisher scoring; IRLS for GLMs with the model metric),
-        a rejected one (Armijo on ``J``) halves the step. With ``decrement_tol`` the passes
+        a rejected one (Armijo on ``J``) halves the step. With ``tol`` the passes
         stop, with no further step, once ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|``, so θ is then the point
         measured. Each pass depends only on the state at its start, so a run resumed at
         any pass equals an uninterrupted one whatever its ``epochs``.
         """
         lr = self.learner
         s = lr.state
-        tol = max(lr.decrement_tol or 0.0, REFINE_ROUNDOFF)
+        tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
         if s.converged and not s.decrement <= tol * abs(s.train_loss):
             s.converged = False  # resumed with a stricter tolerance: go on
         while s.cursor.epoch < plan["epochs"] and not s.converged:
@@ -828,7 +830,7 @@ class _Streaming(_Strategy):
                 gphi = s.whitener.grad_phi(g)
                 s.decrement = 0.5 * float(gphi @ gphi)
                 s.grad = g
-                tol = max(lr.decrement_tol or 0.0, REFINE_ROUNDOFF)
+                tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
                 # a parameter with no metric but a gradient (predictions saturated on its
                 # rows) is one no Newton step can move: the decrement does not see it
                 stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
@@ -1043,7 +1045,7 @@ class _LBFGSRounds(_Strategy):
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if epochs is not None:
             raise ValueError("epochs does not apply to optimizer 'lbfgs': pass rounds")
-        total = self.learner.rounds if rounds is None else opts.positive_int("rounds", rounds)
+        total = self.learner.lbfgs_rounds if rounds is None else opts.positive_int("rounds", rounds)
         return {"rounds": total}
 
     def check_source(self, source) -> None:
@@ -1135,8 +1137,9 @@ class _LBFGSRounds(_Strategy):
         def count_iteration():
             s.steps += 1
 
-        res = lbfgs_round(evaluate, W, theta0, J0, g0, iters=lr.iters, memory=lr.memory,
-                          tol=lr.tol, gtol=lr.gtol, in_domain=in_domain,
+        res = lbfgs_round(evaluate, W, theta0, J0, g0, iters=lr.lbfgs_iters,
+                          memory=lr.lbfgs_memory, tol=lr.lbfgs_tol, gtol=lr.lbfgs_gtol,
+                          in_domain=in_domain,
                           should_stop=lambda: lr._out_of_budget(max_samples),
                           on_evaluation=lambda J, g: self._report(callbacks, J, g,
                                                                   last_rows[0]),
@@ -1147,8 +1150,8 @@ class _LBFGSRounds(_Strategy):
         rel = (J0 - res.J) / max(abs(J0), abs(res.J), 1.0)
         if res.complete:
             s.rounds += 1
-            s.converged = chunks is None and (rel <= lr.tol or
-                                              float(np.abs(gphi).max()) <= lr.gtol)
+            s.converged = chunks is None and (rel <= lr.lbfgs_tol or
+                                              float(np.abs(gphi).max()) <= lr.lbfgs_gtol)
         record = {
             "event": "round", "round": k + 1, "complete": res.complete, "loss_start": J0,
             "loss": res.J, "relative_improvement": rel,

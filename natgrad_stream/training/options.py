@@ -333,10 +333,9 @@ OPTIONS: tuple[Option, ...] = (
        "natural-gradient Newton step, i.e. Fisher scoring / IRLS, on the whole data, with "
        "backtracking) or stream (more streaming steps)", applies=_ST, recommendable=True,
        choices=REFINE_CHOICES),
-    _o("decrement_tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
+    _o("tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
        "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
-       "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, flag="--tol",
-       metavar="T"),
+       "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, metavar="T"),
     _o("divergence_factor", positive_float_or_none, DIVERGENCE_FACTOR, "stop (exit 1, state rolled "
        "back) when the mean loss of a window of batches rises more than this factor × "
        "|loss at the start| above the start; 'none' disables", applies=_ST, nullable=True,
@@ -344,17 +343,16 @@ OPTIONS: tuple[Option, ...] = (
     _o("drift_probes", positive_int, DEFAULT_DRIFT_PROBES,
        "probe vectors per drift estimate", applies=_ST, metavar="N"),
     # L-BFGS
-    _o("rounds", positive_int, LBFGS_ROUNDS, "lbfgs: total rounds (re-whitenings); a "
-       "resumed run continues up to this count", applies=_LB, resumable=True,
-       flag="--lbfgs-rounds", metavar="R"),
-    _o("iters", positive_int, LBFGS_ITERS, "lbfgs: L-BFGS iterations per round at most",
-       applies=_LB, flag="--lbfgs-iters", metavar="N"),
-    _o("tol", nonnegative_float, LBFGS_TOL, "lbfgs: stop when a round improves the loss by "
-       "at most T, relative", applies=_LB, flag="--lbfgs-tol", metavar="T"),
-    _o("gtol", nonnegative_float, LBFGS_GTOL, "lbfgs: stop when max |natural gradient in "
-       "φ| <= T", applies=_LB, flag="--lbfgs-gtol", metavar="T"),
-    _o("memory", positive_int, LBFGS_MEMORY, "lbfgs: correction pairs kept by L-BFGS",
-       applies=_LB, flag="--lbfgs-memory", metavar="M"),
+    _o("lbfgs_rounds", positive_int, LBFGS_ROUNDS, "lbfgs: total rounds (re-whitenings); a "
+       "resumed run continues up to this count", applies=_LB, resumable=True, metavar="R"),
+    _o("lbfgs_iters", positive_int, LBFGS_ITERS, "lbfgs: L-BFGS iterations per round at "
+       "most", applies=_LB, metavar="N"),
+    _o("lbfgs_tol", nonnegative_float, LBFGS_TOL, "lbfgs: stop when a round improves the "
+       "loss by at most T, relative", applies=_LB, metavar="T"),
+    _o("lbfgs_gtol", nonnegative_float, LBFGS_GTOL, "lbfgs: stop when max |natural gradient "
+       "in φ| <= T", applies=_LB, metavar="T"),
+    _o("lbfgs_memory", positive_int, LBFGS_MEMORY, "lbfgs: correction pairs kept by L-BFGS",
+       applies=_LB, metavar="M"),
     _o("window", positive_int, None, "lbfgs: evaluate each round on this many chunks drawn "
        "by the seed (default: all the data)", applies=_LB, nullable=True,
        metavar="CHUNKS"),
@@ -405,6 +403,44 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+#: Python keywords and ``run.json`` keys of releases before one name per option (old name ->
+#: name). Keywords are still accepted, with a DeprecationWarning; recorded runs are read
+#: through :func:`upgrade_recorded`. The old ``tol`` (now ``lbfgs_tol``) cannot be an alias:
+#: ``tol`` is the Newton-decrement tolerance of ``--tol``, as in the estimators.
+RENAMED = {"decrement_tol": "tol", "rounds": "lbfgs_rounds", "iters": "lbfgs_iters",
+           "gtol": "lbfgs_gtol", "memory": "lbfgs_memory"}
+
+
+def upgrade_keywords(options: dict, *, where: str = "keyword") -> dict:
+    """``options`` with the old names of :data:`RENAMED` replaced (DeprecationWarning)."""
+    import warnings
+
+    old = [k for k in options if k in RENAMED]
+    if not old:
+        return options
+    out = dict(options)
+    for name in old:
+        new = RENAMED[name]
+        if new in options:
+            raise OptionError(f"{name} and {new} are the same option (the {where} {name} is "
+                              f"the old name of {new}): give {new} only")
+        warnings.warn(f"the {where} {name} is deprecated: it is now {new}", DeprecationWarning,
+                      stacklevel=4)
+        out[new] = out.pop(name)
+    return out
+
+
+def upgrade_recorded(options: dict) -> dict:
+    """Recorded options (``run.json``, checkpoints) written before one name per option, under
+    today's names; newer records come back unchanged. Old records always hold one of the old
+    names (``decrement_tol`` for streaming runs, ``rounds`` for L-BFGS), and in them ``tol``
+    was the L-BFGS tolerance.
+    """
+    if not any(k in options for k in RENAMED):
+        return dict(options)
+    out = {("lbfgs_tol" if k == "tol" else RENAMED.get(k, k)): v for k, v in options.items()}
+    return out
 #: Keyword options of the learner's constructor, and the other groups.
 LEARNER_OPTIONS = tuple(o.name for o in OPTIONS if o.group == LEARNER)
 RUN_OPTIONS = tuple(o.name for o in OPTIONS if o.group == RUN)
@@ -510,6 +546,7 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
     """
     from natgrad_stream.optim.rules import OPTIMIZERS
 
+    given = upgrade_keywords(given)
     check_known(given, names)
     given = {k: BY_NAME[k].parse(v) for k, v in explicit(given).items()}
     optimizer = given.get("optimizer", optimizer or BY_NAME["optimizer"].default)
@@ -550,7 +587,8 @@ def _misplaced_message(flags: list[str], optimizer: str) -> str:
     if strategy_of(optimizer) == LBFGS:
         return (f"{names} {'does' if one else 'do'} not apply to --optimizer lbfgs (a batch "
                 "method: it runs --lbfgs-rounds rounds of at most --lbfgs-iters L-BFGS "
-                "iterations, re-whitening and checkpointing after every round)")
+                "iterations, re-whitening and checkpointing after every round; its stopping "
+                "rules are --lbfgs-tol and --lbfgs-gtol)")
     return (f"{names} {'applies' if one else 'apply'} only with --optimizer lbfgs (this run "
             f"uses the streaming optimizer {optimizer})")
 
