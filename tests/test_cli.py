@@ -175,6 +175,10 @@ def test_console_script_and_demo(tmp_path):
     assert report["samples"] == 200_000
     assert report["gap_percent"] < 0.1
     assert "held-out log-loss" in proc.stderr
+    # with --out the run is kept where it says
+    assert report["run"] == str(tmp_path / "demo") and report["run_kept"] is True
+    assert str(tmp_path / "demo") in proc.stderr
+    assert (tmp_path / "demo" / "checkpoint.npz").is_file()
 
 
 def test_progress_line_and_metrics_log_fields(small_zarr, tmp_path, capsys):

@@ -68,6 +68,17 @@ def test_demo_reports_compile_time_apart_and_leaves_nothing_behind(tmp_path):
     assert report["compile_seconds"] >= 0 and report["run_kept"] is False
     assert "re-whitened" in proc.stderr and "condition number" in proc.stderr
     assert list(env_tmp.iterdir()) == []  # nothing left in the temporary directory
+    # no path is shown (on stderr or in the JSON) of a directory that is then deleted
+    assert str(env_tmp) not in proc.stderr and report["run"] is None
+    assert "temporary" in proc.stderr and "--out" in proc.stderr
+    # each long step is announced before it runs (no silence after the run directory)
+    err = proc.stderr
+    for before, after in (("compiling", "kernels ready"), ("fitting one pass", "one pass:"),
+                          ("computing the full-batch optimum", "held-out log-loss")):
+        assert before in err and after in err and err.index(before) < err.index(after)
+    # the rate on stderr is the JSON's: the same seconds and rows/s
+    assert (f"{report['samples']:,} rows in {report['seconds']} s "
+            f"({report['rows_per_s'] / 1e6:.2f} M rows/s)") in err
 
 
 def test_held_out_evaluation_during_fit_is_logged_and_plotted(small_zarr, tmp_path, capsys):

@@ -12,7 +12,6 @@ import argparse
 import json
 import signal
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -238,13 +237,7 @@ def _cmd_plot(args) -> int:
 def _cmd_demo(args) -> int:
     from natgrad_stream.app.demo import run_demo
 
-    if args.out:
-        _print_json(run_demo(Path(args.out), log=sys.stderr))
-        return EXIT_OK
-    with tempfile.TemporaryDirectory(prefix="natgrad-demo-") as tmp:  # leaves nothing
-        report = run_demo(Path(tmp) / "run", log=sys.stderr)
-    report["run_kept"] = False
-    _print_json(report)
+    _print_json(run_demo(Path(args.out) if args.out else None, log=sys.stderr))
     return EXIT_OK
 
 
