@@ -307,7 +307,7 @@ def main(argv=None) -> int:
         print(f"{prefix}: learning failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"{prefix}: interrupted at once: no new checkpoint (the last one is kept)",
+        print(f"{prefix}: interrupted at once: no new checkpoint (one written before is kept)",
               file=sys.stderr)
         return EXIT_SIGNAL
 

@@ -190,7 +190,10 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
         ``model_options`` are dicts of more of them (the earlier signature).
 
     The data are opened and validated before anything is written. On an error the
-    checkpoint is left as it was and the log records the error. An overwriting run writes
+    checkpoint is left as it was and the log records the error. A directory holding no
+    checkpoint holds no run (at most the log of a fit that failed before saving one): a
+    new fit uses it without ``overwrite`` (replacing that log), and ``resume`` refuses it
+    saying there is nothing to resume. An overwriting run writes
     its log to ``metrics.jsonl.partial`` and its checkpoint only at the end.
     """
     options = {**(learner_options or {}), **(model_options or {}), **options}
@@ -204,13 +207,13 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     if not resume:  # validate what can be before creating the directory
         if given.get("model") is None:
             raise OptionError("--model is required for a new run")
-        existing = [p.name for p in (run_dir / CHECKPOINT, run_dir / METRICS) if p.exists()]
-        if existing and not overwrite:
+        _refuse_existing_run(run_dir, overwrite)
+    elif not checkpoint_files(run_dir):
+        if (run_dir / METRICS).exists():  # a fit that failed before it saved anything
             raise RunDirectoryError(
-                f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
-                "continue it or --overwrite to replace it")
-    elif not (run_dir / CHECKPOINT).is_file() and \
-            not any(run_dir.glob("checkpoint.[0-9]*.npz")):
+                f"{run_dir} holds no checkpoint: the fit that wrote it stopped before saving "
+                f"one (its {METRICS} says why), so there is nothing to resume; run the fit "
+                "again without --resume")
         _load_state(run_dir)  # the clear "holds no checkpoint" error, before locking
     created = not run_dir.exists()
     try:
@@ -223,6 +226,28 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
                 (run_dir / LOCK).unlink()
                 run_dir.rmdir()
         raise
+
+
+def checkpoint_files(run_dir) -> list[str]:
+    """Names of the checkpoints in ``run_dir`` (``checkpoint.npz`` first); empty when
+    nothing learned was saved there.
+    """
+    run_dir = Path(run_dir)
+    rotated = sorted(run_dir.glob("checkpoint.[0-9]*.npz"))
+    return [p.name for p in (run_dir / CHECKPOINT, *rotated) if p.is_file()]
+
+
+def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a new run in a directory holding a checkpoint, unless ``overwrite``.
+
+    A directory with no checkpoint holds nothing learned (at most the log of a fit that
+    failed before saving one): a new run may use it.
+    """
+    held = checkpoint_files(run_dir)
+    if held and not overwrite:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({', '.join(held)}); pass --resume to "
+            "continue it or --overwrite to replace it")
 
 
 def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
@@ -330,11 +355,12 @@ def _validation(data, fit_options: dict, run: dict, learner, log) -> Validation 
 
 
 def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
-    existing = [p.name for p in (run_dir / CHECKPOINT, run_dir / METRICS) if p.exists()]
-    if existing and not overwrite:  # again under the lock: another fit may have finished
-        raise RunDirectoryError(
-            f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to "
-            "continue it or --overwrite to replace it")
+    _refuse_existing_run(run_dir, overwrite)  # again under the lock: another fit may have
+    # finished; the log of a fit that failed before saving anything is not this run's
+    if not overwrite and (run_dir / METRICS).exists():
+        logging.getLogger("natgrad_stream").info(
+            "%s: replacing the log of an earlier fit that saved no checkpoint", run_dir)
+        (run_dir / METRICS).unlink()
     groups = _split(given)
     name = given["model"]
     if name not in MODELS:
@@ -463,7 +489,7 @@ def _load_state(run_dir) -> dict:
     newest is damaged).
     """
     path = Path(run_dir) / CHECKPOINT
-    if not path.is_file() and not any(path.parent.glob("checkpoint.[0-9]*.npz")):
+    if not checkpoint_files(run_dir):
         raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); "
                                 "is it the output directory of 'natgrad-stream fit'?")
     return load_latest_checkpoint(path)[0]

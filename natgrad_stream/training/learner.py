@@ -371,7 +371,7 @@ class NaturalGradientLearner:
             cuts = f" after {s.rollbacks} step cuts" if s.rollbacks else ""
             raise NumericalError(
                 f"{what}{cuts}; the learner's state is rolled back to sample "
-                f"{self.state.samples} and the last good checkpoint is kept. Try a smaller "
+                f"{self.state.samples}; a checkpoint already written is kept. Try a smaller "
                 "lr or stronger damping (or --divergence-factor).")
         restored = good.restore()
         restored.rollbacks = s.rollbacks + 1
