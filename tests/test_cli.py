@@ -222,3 +222,54 @@ def test_every_registered_model_and_task_loads():
     for task in TASKS:
         gen = task_generator(task)
         assert hasattr(gen, "true_params") and hasattr(gen, "sample_chunk")
+
+
+@pytest.mark.parametrize("argv, where, what", [
+    (["fit", "x.zarr", "--model", "nope", "--out", "r"], "fit", "invalid choice: 'nope'"),
+    (["fit", "x.zarr", "--model", "logistic", "--epochs", "0"], "fit", "--epochs"),
+    (["fit", "x.zarr", "--nope"], "fit", "unrecognized arguments: --nope"),
+    (["make-data", "d.zarr", "--task", "logistic"], "make-data", "--rows"),
+    (["evaluate", "run"], "evaluate", "DATA"),
+    (["plot"], "plot", "RUN"),
+    (["nope"], None, "invalid choice: 'nope'"),
+    ([], None, "required: COMMAND"),
+])
+def test_usage_errors_are_one_line_and_a_hint(capsys, argv, where, what):
+    """A bad choice or value is its error line (and where to read more), not a usage."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    prog = "natgrad-stream" + (f" {where}" if where else "")
+    assert out == "" and len(lines) == 2, err
+    assert lines[0].startswith(f"{prog}: error: ") and what in lines[0], err
+    assert lines[1] == f"see '{prog} --help'"
+
+
+def _subcommands():
+    import argparse
+
+    from natgrad_stream.app.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, sub.choices
+
+
+def test_every_option_of_every_subcommand_has_a_help_text_and_its_default():
+    import argparse
+
+    parser, commands = _subcommands()
+    assert set(commands) == {"make-data", "fit", "evaluate", "params", "plot", "demo"}
+    for name, p in [("", parser), *commands.items()]:
+        text = " ".join(p.format_help().split())
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            label = action.option_strings or [action.dest]
+            assert action.help and action.help.strip(), (name, label)
+            default = action.default
+            if action.option_strings and not any(default is v for v in
+                                                 (None, False, argparse.SUPPRESS)):
+                assert f"(default {default})" in text, (name, label, default)

@@ -60,26 +60,85 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+_NO_DEFAULT = (None, False, argparse.SUPPRESS)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help texts with the default of every option that has one (unless the text already
+    says it, as the fit options' do)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and not any(action.default is v for v in _NO_DEFAULT) \
+                and "(default" not in text and "%(default)" not in text:
+            text += " (default %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and a hint, not the usage.
+
+    Its subcommands' parsers are of this class too (argparse makes them with the parent's
+    class), so a bad choice or value in any of them reads ``natgrad-stream fit: error:
+    argument --model: invalid choice: ...`` then ``see 'natgrad-stream fit --help'``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee '{self.prog} --help'\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # an unrecognized argument is reported by the subcommand it was given to
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            commands = next((a.choices for a in self._actions
+                             if isinstance(a, argparse._SubParsersAction)), {})
+            where = commands.get(getattr(namespace, "command", None), self)
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="natgrad-stream",
-        description="Natural-gradient learning on chunked Zarr data streams.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+        description="Natural-gradient learning on chunked Zarr data streams. Results go to "
+                    "stdout as one JSON line; progress and errors to stderr. Exit status: "
+                    "0 done, 1 learning failed, 2 bad input or usage, 130 stopped by a "
+                    "signal (after a resumable checkpoint).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands",
+                                help="'natgrad-stream COMMAND --help' describes one")
 
-    p = sub.add_parser("make-data", help="write a synthetic, ill-conditioned Zarr v3 dataset")
-    p.add_argument("out", metavar="OUT.zarr")
-    p.add_argument("--task", required=True, choices=TASK_CHOICES)
-    p.add_argument("--rows", required=True, type=_positive_int)
-    p.add_argument("--features", required=True, type=_positive_int)
-    p.add_argument("--chunk-rows", type=_positive_int, default=DEFAULT_CHUNK_ROWS)
-    p.add_argument("--test-rows", type=_nonnegative_int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
+
+    p = command("make-data", "write a synthetic, ill-conditioned Zarr v3 dataset drawn from "
+                             "a known true model (recorded in the group's attributes)")
+    p.add_argument("out", metavar="OUT.zarr", help="Zarr group to write")
+    p.add_argument("--task", required=True, choices=TASK_CHOICES,
+                   help="model family whose true model draws the data (required)")
+    p.add_argument("--rows", required=True, type=_positive_int, metavar="N",
+                   help="training rows: arrays X (and y) (required)")
+    p.add_argument("--features", required=True, type=_positive_int, metavar="D",
+                   help="feature columns of X (required)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=DEFAULT_CHUNK_ROWS,
+                   metavar="R", help="rows per Zarr chunk (chunks span all columns)")
+    p.add_argument("--test-rows", type=_nonnegative_int, default=0, metavar="M",
+                   help="also write M held-out rows as X_test (and y_test), from the same "
+                        "distribution")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="random seed (the same seed writes the same data)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the features")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    p = sub.add_parser("fit", help="learn a model from a Zarr group by natural gradient")
+    p = command("fit", "learn a model from a Zarr group by natural gradient")
     p.add_argument("data", metavar="DATA", nargs="?", default=None,
                    help="Zarr group, path or URL (or 'data' in --config)")
     p.add_argument("--out", default=None, metavar="RUN",
@@ -95,28 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
     opts.add_arguments(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a fitted run on a dataset")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--x", default="X", metavar="NAME")
-    p.add_argument("--y", default="y", metavar="NAME")
+    p = command("evaluate", "evaluate a fitted run on a dataset: n and the model's measures "
+                            "as JSON")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
+    p.add_argument("data", metavar="DATA", help="Zarr group, path or URL")
+    p.add_argument("--x", default="X", metavar="NAME", help="features array")
+    p.add_argument("--y", default="y", metavar="NAME",
+                   help="targets array (ignored by models without targets)")
     p.add_argument("--w", default=None, metavar="NAME",
                    help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
-                        "Poisson exposure)")
+                        "Poisson exposure); default unweighted")
 
-    p = sub.add_parser("params", help="print a fitted run's parameters as JSON")
-    p.add_argument("run", metavar="RUN")
+    p = command("params", "print a fitted run's parameters as JSON (the Polyak average when "
+                          "the run kept one)")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
 
-    p = sub.add_parser("plot", help="draw a run's training log (loss, rows/s, metric "
-                                    "refreshes) into an image; needs matplotlib")
-    p.add_argument("run", metavar="RUN")
+    p = command("plot", "draw a run's training log (loss, rows/s, metric refreshes) into "
+                        "an image; needs matplotlib")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
     p.add_argument("--out", default=None, metavar="FILE.png",
                    help="image to write (format from the suffix; default RUN/plot.png)")
 
-    p = sub.add_parser("demo", help="fit the embedded demo dataset and compare with the "
-                                    "full-batch optimum")
+    p = command("demo", "fit the embedded demo dataset and compare with the full-batch "
+                        "optimum")
     p.add_argument("--out", default=None, metavar="RUN",
-                   help="run directory (default: a new temporary directory)")
+                   help="keep the run in this directory (default: a temporary one, removed "
+                        "at the end)")
     return parser
 
 
