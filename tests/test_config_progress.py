@@ -97,3 +97,74 @@ def test_held_out_evaluation_during_fit_is_logged_and_plotted(small_zarr, tmp_pa
     code, _, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out",
                            tmp_path / "r2", "--val-x", "nope", "--val-y", "y_test")
     assert code == 2 and "nope" in err
+
+
+def _progress_lines(err):
+    import re
+
+    out = []
+    for line in err.splitlines():
+        m = re.search(r"([\d,]+) rows \| .*\| (epoch [^|]*?) \|", line)
+        if m:
+            out.append((int(m.group(1).replace(",", "")), m.group(2)))
+    return out
+
+
+def test_progress_counts_passes_from_1_and_moves_inside_a_scoring_pass(tmp_path, capsys):
+    """The human text says "epoch 1/2" for the first pass (the records keep their 0-based
+    epoch), and a Fisher-scoring pass (the second) shows the rows it has read so far.
+    """
+    from natgrad_stream.app.demo import demo_dataset_path
+
+    run = tmp_path / "run"
+    code, summary, err = run_cli(capsys, "fit", demo_dataset_path(), "--model", "logistic",
+                                 "--out", run, "--epochs", 2, "--progress", "always",
+                                 "--progress-seconds", 1e-6, "--log-every", 50_000)
+    assert code == 0, err
+    lines = _progress_lines(err)
+    assert lines and "epoch 0" not in err
+    labels = {label for _, label in lines}
+    assert labels == {"epoch 1/2", "epoch 2/2"}, labels
+    n = 200_000
+    inside = [rows for rows, label in lines if label == "epoch 2/2" and n < rows < 2 * n]
+    assert len(inside) >= 2 and inside == sorted(inside)  # advancing through the pass
+    assert "fit done: 400,000 samples" in err and "epoch 2/2" in err.splitlines()[-1]
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    progress = [r for r in records if r["event"] == "progress"]
+    assert progress[0]["epoch"] == 0  # records: 0-based, as before
+    assert summary["epochs"] == 2
+
+
+def test_every_progress_display_counts_each_row_once_through_scoring_passes():
+    import io
+
+    import numpy as np
+
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+    from natgrad_stream.training.callbacks import ProgressBar, TqdmProgress
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((140_000, 3))
+    y = (rng.random(140_000) < 1 / (1 + np.exp(-X @ [1.0, -2.0, 0.5]))).astype(float)
+
+    class Seen(ProgressBar):
+        def __init__(self):
+            super().__init__(io.StringIO(), interval=0.0)
+            self.inside = []
+
+        def on_pass_progress(self, learner, rows):
+            self.inside.append((learner.strategy.status().split(" |")[0], rows))
+            super().on_pass_progress(learner, rows)
+
+    seen, bar = Seen(), TqdmProgress(io.StringIO())
+    learner = NaturalGradientLearner(make_model("logistic", 3))
+    learner.fit((X, y), epochs=3, callbacks=[seen, bar])
+    assert learner.samples == 3 * 140_000
+    assert bar.bar.n == learner.samples  # the bar ends at the rows read, none twice
+    passes = {label for label, _ in seen.inside}
+    assert passes == {"epoch 2/3", "epoch 3/3"}
+    for label in passes:
+        rows = [r for lab, r in seen.inside if lab == label]
+        assert len(rows) >= 2 and rows == sorted(rows) and rows[-1] == 140_000
+    assert "\r" in seen.stream.getvalue() and "epoch 3/3" in seen.stream.getvalue()

@@ -44,7 +44,9 @@ def json_clean(value):
 
 
 class ProgressBar(Callback):
-    """One self-rewriting status line: percent, rows/s, recent loss, re-whitenings.
+    """One self-rewriting status line: percent, rows/s, recent loss, the pass (from 1),
+    re-whitenings; it also advances inside a whole-data pass (Fisher scoring, L-BFGS
+    evaluations), by the rows that pass has read.
 
     Parameters
     ----------
@@ -63,23 +65,38 @@ class ProgressBar(Callback):
         self.t0 = self.last = time.perf_counter()
         self.start_samples = learner.samples
         self.loss = math.nan
+        self.pass_rows = 0
 
     def on_batch_end(self, learner, info, cursor):
         self.loss = smoothed_loss(self.loss, info)
+        self.pass_rows = 0  # a pass's rows are in learner.samples once it reports
+        self._maybe_draw(learner)
+
+    def on_pass_progress(self, learner, rows):
+        self.pass_rows = rows
+        self._maybe_draw(learner)
+
+    def _maybe_draw(self, learner):
         now = time.perf_counter()
         if now - self.last >= self.interval:
             self.last = now
             self._draw(learner, now)
 
+    def _samples(self, learner) -> int:
+        """Rows read so far: the learner's samples and those of a pass under way."""
+        return learner.samples + self.pass_rows
+
     def _draw(self, learner, now, end=""):
-        rate = (learner.samples - self.start_samples) / max(now - self.t0, 1e-9)
-        pct = f"{100 * learner.samples / self.total:5.1f}% " if self.total else ""
-        line = (f"\r{pct}{learner.samples:,} rows | {rate / 1e6:.2f} M rows/s | "
+        samples = self._samples(learner)
+        rate = (samples - self.start_samples) / max(now - self.t0, 1e-9)
+        pct = f"{100 * samples / self.total:5.1f}% " if self.total else ""
+        line = (f"\r{pct}{samples:,} rows | {rate / 1e6:.2f} M rows/s | "
                 f"loss {self.loss:.8g} | {learner.strategy.status()}")
         self.stream.write(line + end)
         self.stream.flush()
 
     def on_fit_end(self, learner, result):
+        self.pass_rows = 0  # a pass stopped part-way counts none of its rows
         self._draw(learner, time.perf_counter(), end="\n")
 
 
@@ -117,19 +134,20 @@ class ProgressLines(ProgressBar):
     def _draw(self, learner, now, end=""):
         if not self.started:
             self._start(learner)
-        rate = (learner.samples - self.start_samples) / max(now - self.t0, 1e-9)
+        samples = self._samples(learner)
+        rate = (samples - self.start_samples) / max(now - self.t0, 1e-9)
         pct = eta = ""
         if self.total:
-            done = learner.samples - self.start_samples
-            left = self.total - learner.samples
-            pct = f"{100 * learner.samples / self.total:.1f}% "
+            done = samples - self.start_samples
+            left = self.total - samples
+            pct = f"{100 * samples / self.total:.1f}% "
             if rate > 0 and left > 0 and done > 0:
                 eta = f" | ETA {left / rate:.0f} s"
         logger.info("%s%s rows | %.2f M rows/s | loss %.6g | %s%s", pct,
-                    f"{learner.samples:,}", rate / 1e6, self.loss, learner.strategy.status(),
-                    eta)
+                    f"{samples:,}", rate / 1e6, self.loss, learner.strategy.status(), eta)
 
     def on_fit_end(self, learner, result):
+        self.pass_rows = 0
         if self.started:
             r = result.to_dict()
             logger.info("fit done: %s samples | %.2f M rows/s | train loss %.6g | %s | %s",
@@ -139,7 +157,8 @@ class ProgressLines(ProgressBar):
 
 
 class TqdmProgress(Callback):
-    """A tqdm bar on a terminal: rows with rate, loss and ETA."""
+    """A tqdm bar on a terminal: rows with rate, loss and ETA (advancing inside a
+    whole-data pass too)."""
 
     def __init__(self, stream=None):
         self.stream = sys.stderr if stream is None else stream
@@ -151,12 +170,22 @@ class TqdmProgress(Callback):
                         unit="rows", unit_scale=True, file=self.stream, dynamic_ncols=True,
                         mininterval=0.25)
         self.loss = math.nan
+        self.pass_rows = 0  # rows of a pass under way already shown
 
     def on_batch_end(self, learner, info, cursor):
         self.loss = smoothed_loss(self.loss, info)
-        self.bar.update(info.rows)
+        self.bar.update(info.rows - self.pass_rows)
+        self.pass_rows = 0
         self.bar.set_postfix_str(f"loss {self.loss:.5g} | {learner.strategy.status()}",
                                  refresh=False)
+
+    def on_pass_progress(self, learner, rows):
+        if rows < self.pass_rows:  # a new pass: the last one ended unreported (an L-BFGS
+            self.pass_rows = 0     # trial at a non-finite point); its rows were read
+        self.bar.set_postfix_str(f"loss {self.loss:.5g} | {learner.strategy.status()}",
+                                 refresh=False)
+        self.bar.update(rows - self.pass_rows)
+        self.pass_rows = rows
 
     def on_fit_end(self, learner, result):
         self.bar.close()

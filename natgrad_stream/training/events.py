@@ -92,6 +92,13 @@ class Callback:
         stands.
         """
 
+    def on_pass_progress(self, learner, rows: int) -> None:
+        """Inside a whole-data pass (a Fisher-scoring pass, an L-BFGS evaluation), after
+        each batch it read: ``rows`` read so far in the pass, not yet in
+        ``learner.samples`` (the pass counts them, and reports through
+        :meth:`on_batch_end`, once it ends). For progress displays.
+        """
+
     def on_refresh(self, learner, event: dict) -> None:
         """After each re-whitening attempt (``event["ok"]`` tells whether it succeeded)."""
 

@@ -544,6 +544,7 @@ class NaturalGradientLearner:
         try:
             with limited_blas_threads(self.blas_threads):
                 interrupted = self.strategy.run(source, plan, callbacks, max_samples)
+            self.strategy.running = False  # status() now says what was done
             seconds = time.perf_counter() - t0
             self.result = self.strategy.result(source, seconds=seconds,
                                                interrupted=interrupted,
@@ -738,13 +739,24 @@ class _Streaming(_Strategy):
         return self.learner.state.cursor
 
     def status(self) -> str:
+        """``epoch k/E | rewhitens n``, for people: while fitting, the pass under way
+        counted from 1 (records keep the cursor's 0-based epoch) of the fit's ``E``; once
+        the fit has returned, the last pass it worked in.
+        """
         s = self.learner.state
-        return f"epoch {s.cursor.epoch} | rewhitens {s.rewhitens}"
+        total = getattr(self, "epochs", None)
+        if getattr(self, "running", False):
+            current = s.cursor.epoch + 1 if total is None else min(s.cursor.epoch + 1, total)
+        else:
+            current = max(1, s.cursor.epoch + (1 if s.cursor.mid_epoch else 0))
+        of = "" if total is None else f"/{total}"
+        return f"epoch {current}{of} | rewhitens {s.rewhitens}"
 
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if rounds is not None:
             raise ValueError("rounds applies only to optimizer 'lbfgs'")
         epochs = 1 if epochs is None else opts.positive_int("epochs", epochs)
+        self.epochs, self.running = epochs, True  # for status()
         return {"epochs": epochs, **stream}
 
     def total_rows(self, source, plan) -> int | None:
@@ -798,7 +810,8 @@ class _Streaming(_Strategy):
             res = full_pass(lr, source, s.theta, metric=lr.metric,
                             rng_key=(lr.seed, k, RNG_LEARNER),
                             batch_rows=max(lr.batch_size, REFINE_BATCH_ROWS),
-                            should_stop=lambda: lr._stop_requested)
+                            should_stop=lambda: lr._stop_requested,
+                            progress=pass_progress(lr, callbacks))
             if res is None:  # stopped mid-pass: the state is as at the pass's start
                 return True
             J, g, G, rows = res
@@ -878,11 +891,12 @@ class _Streaming(_Strategy):
         mid_epoch = s.cursor.mid_epoch
         if lr._backend is None and s.lanes is not None and mid_epoch:
             raise OptionError("this run was streaming on a Dask cluster and stopped "
-                              f"mid-epoch ({s.cursor.epoch}): resume it with --dask or "
+                              f"mid-epoch (epoch {s.cursor.epoch + 1}): resume it with "
+                              "--dask or "
                               "--dask-workers")
         if lr._backend is not None and s.lanes is None and mid_epoch:
             raise OptionError("this run was streaming in one process and stopped mid-epoch "
-                              f"({s.cursor.epoch}): resume it without --dask")
+                              f"(epoch {s.cursor.epoch + 1}): resume it without --dask")
 
     def _forget_other_mode(self) -> None:
         """At an epoch boundary where the other way of streaming takes over: drop its lane
@@ -1046,6 +1060,7 @@ class _LBFGSRounds(_Strategy):
         if epochs is not None:
             raise ValueError("epochs does not apply to optimizer 'lbfgs': pass rounds")
         total = self.learner.lbfgs_rounds if rounds is None else opts.positive_int("rounds", rounds)
+        self.rounds, self.running = total, True  # for status()
         return {"rounds": total}
 
     def check_source(self, source) -> None:
@@ -1061,8 +1076,16 @@ class _LBFGSRounds(_Strategy):
         return Cursor(epoch=s.rounds, samples=s.samples)
 
     def status(self) -> str:
+        """``round k/R | evaluations n`` while fitting (the round under way, from 1);
+        ``rounds done k/R | ...`` once the fit has returned.
+        """
         s = self.learner.state
-        return f"rounds {s.rounds} | evaluations {s.evaluations}"
+        total = getattr(self, "rounds", None)
+        of = "" if total is None else f"/{total}"
+        if getattr(self, "running", False):
+            current = s.rounds + 1 if total is None else min(s.rounds + 1, total)
+            return f"round {current}{of} | evaluations {s.evaluations}"
+        return f"rounds done {s.rounds}{of} | evaluations {s.evaluations}"
 
     def run(self, source, plan, callbacks, max_samples) -> bool:
         lr = self.learner
@@ -1112,7 +1135,7 @@ class _LBFGSRounds(_Strategy):
         lr = self.learner
         s = lr.state
         J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=lr.metric,
-                                     rng_key=rng_key)
+                                     rng_key=rng_key, callbacks=callbacks)
         if not (math.isfinite(J0) and np.all(np.isfinite(g0))):
             raise NumericalError(f"non-finite loss ({J0}) or gradient at the start of round "
                                  f"{k + 1}; |θ|max = {np.abs(theta0).max():.3g}")
@@ -1124,7 +1147,8 @@ class _LBFGSRounds(_Strategy):
         last_rows = [rows]
 
         def evaluate(theta):
-            J, g, _, last_rows[0] = self._pass(src, theta, chunks=chunks)
+            J, g, _, last_rows[0] = self._pass(src, theta, chunks=chunks,
+                                               callbacks=callbacks)
             return J, g
 
         def in_domain(theta) -> bool:
@@ -1190,10 +1214,11 @@ class _LBFGSRounds(_Strategy):
         lr._take_data_start(start)  # once known: a failed read keeps data_init
 
     def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
-              rng_key=None):
+              rng_key=None, callbacks=()):
         """One streaming pass: ``(J, ∇θJ, metric or None, rows)``, averaged by weight."""
         return full_pass(self.learner, source, theta, metric=metric, rng_key=rng_key,
-                         batch_rows=self.learner.batch_size, chunks=chunks)
+                         batch_rows=self.learner.batch_size, chunks=chunks,
+                         progress=pass_progress(self.learner, callbacks))
 
     def _report(self, callbacks, J, g, rows) -> None:
         if not callbacks:
@@ -1206,13 +1231,31 @@ class _LBFGSRounds(_Strategy):
         lr._report(callbacks, info)
 
 
+def pass_progress(lr: NaturalGradientLearner, callbacks):
+    """``progress(rows)`` for :func:`full_pass`: the callbacks' ``on_pass_progress``
+    hooks (callbacks need not subclass Callback), or None when none has one.
+    """
+    hooks = [h for h in (getattr(cb, "on_pass_progress", None) for cb in callbacks)
+             if h is not None]
+    if not hooks:
+        return None
+
+    def progress(rows: int) -> None:
+        for hook in hooks:
+            hook(lr, rows)
+    return progress
+
+
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
-              metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None):
+              metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None,
+              progress=None):
     """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
     order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight; None when
     ``should_stop()`` turned True mid-pass (nothing counted). Counts the rows and the
-    evaluation. ``rng_key`` seeds Monte Carlo draws. On a Dask fit the pass runs on the
-    cluster (:meth:`~natgrad_stream.distributed.DaskBackend.pass_stats`).
+    evaluation. ``rng_key`` seeds Monte Carlo draws. ``progress(rows)``, if given, is
+    called after each batch with the rows read so far in the pass. On a Dask fit the pass
+    runs on the cluster (:meth:`~natgrad_stream.distributed.DaskBackend.pass_stats`),
+    with no progress inside it.
     """
     if lr._backend is not None:
         return _dask_pass(lr, source, theta, metric=metric, rng_key=rng_key, chunks=chunks,
@@ -1226,6 +1269,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     fisher = None if metric is None else RunningFisher(P, structure=lr.structure,
                                                        half_life=None)
     per_read = max(1, batch_rows // source.chunk_rows)
+    if progress is not None:
+        progress(0)  # a pass starts
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
                             chunks_per_read=per_read, **lr.model.data_checks()) as stream:
@@ -1242,6 +1287,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                 rows += n
                 if fisher is not None:
                     fisher.add(ws.fisher, weight=wt, rows=n)
+                if progress is not None:
+                    progress(rows)
     except DataError as exc:
         if chunks is None:
             raise
