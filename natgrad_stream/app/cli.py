@@ -308,6 +308,24 @@ COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evalu
             "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo}
 
 
+class _PrefixFormatter:
+    """``PREFIX: message``, and ``PREFIX: warning: message`` for warnings (as the warnings
+    module's lines read on the command line).
+    """
+
+    def __init__(self, prefix: str):
+        import logging
+
+        self._plain = logging.Formatter(f"{prefix}: %(message)s")
+        self._warning = logging.Formatter(f"{prefix}: warning: %(message)s")
+
+    def format(self, record) -> str:
+        import logging
+
+        return (self._warning if record.levelno >= logging.WARNING else self._plain
+                ).format(record)
+
+
 def _log_to_stderr(prefix: str) -> None:
     """The ``natgrad_stream`` logger's records as ``PREFIX: message`` lines on stderr (the
     library logs; the command decides where its lines go).
@@ -320,7 +338,7 @@ def _log_to_stderr(prefix: str) -> None:
             log.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler._natgrad_cli = True
-    handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    handler.setFormatter(_PrefixFormatter(prefix))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

@@ -549,6 +549,9 @@ class NaturalGradientLearner:
             self.result = self.strategy.result(source, seconds=seconds,
                                                interrupted=interrupted,
                                                rows=self.state.samples - start_samples)
+            note = None if interrupted else self.strategy.unconverged_note(source, plan)
+            if note is not None:
+                log.warning("%s", note)
             for cb in callbacks:  # a failing end (e.g. a full disk) is an error like any
                 cb.on_fit_end(self, self.result)
         except BaseException as exc:
@@ -1036,6 +1039,31 @@ class _Streaming(_Strategy):
             s.last_epoch_loss = s.epoch_loss_sum / s.epoch_loss_weight
         s.epoch_loss_sum = s.epoch_loss_weight = 0.0
 
+    def unconverged_note(self, source, plan) -> str | None:
+        """One line when the pass cap ended a fit before its stopping rule held (None when
+        the rule held, or for sources that cannot be streamed again).
+        """
+        s, lr = self.learner.state, self.learner
+        if s.converged or not isinstance(source, ArraySource) or source.n_rows is None:
+            return None
+        more = max(2, 2 * plan["epochs"])
+        how = (f"continue with --resume --epochs {more} (Python: fit(..., epochs={more}) on "
+               "the same learner)")
+        if lr.refine != "scoring":
+            return (f"stopped by the pass cap (epochs={plan['epochs']}): streaming passes "
+                    f"(refine='stream') check no stopping rule; {how}")
+        if math.isnan(s.decrement):
+            return (f"stopped by the pass cap (epochs={plan['epochs']}) before any "
+                    "convergence check (the Newton decrement is measured by the passes "
+                    f"after the first); {how}")
+        tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
+        why = "the Fisher-scoring step stalled" if s.refine_dir is None and \
+            s.cursor.epoch < plan["epochs"] else f"stopped by the pass cap " \
+            f"(epochs={plan['epochs']})"
+        return (f"not converged: {why} with the Newton decrement at "
+                f"{s.decrement / abs(s.train_loss or 1.0):.3g}·|J|, above tol "
+                f"{tol:.3g}·|J|; {how}")
+
     def result(self, source, *, seconds, interrupted, rows) -> FitResult:
         s = self.learner.state
         loss = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
@@ -1059,7 +1087,8 @@ class _LBFGSRounds(_Strategy):
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if epochs is not None:
             raise ValueError("epochs does not apply to optimizer 'lbfgs': pass rounds")
-        total = self.learner.lbfgs_rounds if rounds is None else opts.positive_int("rounds", rounds)
+        total = self.learner.lbfgs_rounds if rounds is None else \
+            opts.positive_int("rounds", rounds)
         self.rounds, self.running = total, True  # for status()
         return {"rounds": total}
 
@@ -1094,6 +1123,17 @@ class _LBFGSRounds(_Strategy):
                     not self._round(source, callbacks, max_samples):
                 return True
         return False
+
+    def unconverged_note(self, source, plan) -> str | None:
+        """One line when the round cap ended a fit before its stopping rules held."""
+        s = self.learner.state
+        if s.converged or getattr(self.learner, "window", None) is not None:
+            return None  # window mode runs every round by design
+        more = 2 * plan["rounds"]
+        return (f"not converged: stopped by the round cap (lbfgs_rounds={plan['rounds']}) "
+                "before a round improved the loss by at most lbfgs_tol or reached "
+                f"lbfgs_gtol; continue with --resume --lbfgs-rounds {more} (Python: "
+                f"fit(..., rounds={more}) on the same learner)")
 
     def result(self, source, *, seconds, interrupted, rows) -> LBFGSResult:
         s = self.learner.state
