@@ -40,3 +40,35 @@ def test_a_capped_lbfgs_run_says_so(small_zarr, tmp_path, capsys):
     assert code == 0 and summary["converged"] is False
     (line,) = _warnings(err)
     assert "round cap (lbfgs_rounds=1)" in line and "--resume --lbfgs-rounds 2" in line
+
+
+def test_a_capped_run_returns_the_point_it_measured_not_an_unchecked_step(
+        small_zarr, tmp_path, capsys):
+    """The last scoring pass measures J at θ and steps on; the cap then ends the run. What
+    the run reports (summary, params, evaluate, ``learner.theta``) is the measured point, so
+    ``train_loss`` equals ``evaluate`` on the training data; the checkpoint keeps the step,
+    so ``--resume`` continues exactly.
+    """
+    import numpy as np
+
+    from natgrad_stream.app.runs import load_learner
+
+    code, summary, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
+                               "--model", "logistic", "--epochs", 3, "--progress", "never")
+    assert code == 0 and summary["converged"] is False
+    code, scores, _ = run_cli(capsys, "evaluate", tmp_path / "r", small_zarr)
+    assert code == 0
+    assert abs(scores["log_loss"] - summary["train_loss"]) <= 1e-12 * summary["train_loss"]
+    learner, _ = load_learner(tmp_path / "r")
+    s = learner.state
+    assert s.refine_dir is not None  # a step awaits its check ...
+    assert np.array_equal(learner.theta, s.refine_theta)  # ... and is not what is reported
+    assert not np.array_equal(s.theta, s.refine_theta)
+    code, params, _ = run_cli(capsys, "params", tmp_path / "r")
+    assert np.allclose([*params["coef"], params["intercept"]], s.refine_theta, rtol=0, atol=0)
+    # continuing equals running the passes at once
+    code, resumed, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
+                               "--resume", "--epochs", 5, "--progress", "never")
+    code, whole, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "w",
+                             "--model", "logistic", "--epochs", 5, "--progress", "never")
+    assert resumed["train_loss"] == whole["train_loss"]

@@ -473,7 +473,8 @@ def run_params(run_dir) -> dict:
 
 def reported_theta(state: dict) -> np.ndarray:
     """The parameters a run reports: ``theta_sum / weight`` for a run with
-    ``average=True`` (once it has taken a step), else the last iterate ``theta``.
+    ``average=True`` (once it has taken a step), else the fitted ``theta`` (the point
+    measured last while a Fisher-scoring step from it awaits its check).
     """
     average = (state.get("fit_options") or {}).get("average")
     if average is None:  # checkpoints from before the options table
@@ -481,6 +482,9 @@ def reported_theta(state: dict) -> np.ndarray:
     avg = state.get("average") or {}
     if average and float(avg.get("weight") or 0.0) > 0:
         return np.asarray(avg["theta_sum"], dtype=np.float64) / float(avg["weight"])
+    refine = state.get("refine") or {}
+    if refine.get("direction") is not None and refine.get("theta") is not None:
+        return np.asarray(refine["theta"], dtype=np.float64)  # never an unmeasured step
     return np.asarray(state["theta"], dtype=np.float64)
 
 

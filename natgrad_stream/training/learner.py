@@ -133,7 +133,17 @@ class NaturalGradientLearner:
     (4,)
     """
 
-    theta = _StateField("theta")
+    @property
+    def theta(self) -> np.ndarray:
+        """The fitted parameters, shape ``(n_params,)``: never a step whose loss was not
+        measured (:attr:`LearnerState.fitted_theta`); the iterate is ``state.theta``.
+        """
+        return self.state.fitted_theta
+
+    @theta.setter
+    def theta(self, value) -> None:
+        self.state.theta = value
+
     phi = _StateField("phi")
     whitener = _StateField("whitener")
     fisher = _StateField("fisher")
@@ -549,11 +559,11 @@ class NaturalGradientLearner:
             self.result = self.strategy.result(source, seconds=seconds,
                                                interrupted=interrupted,
                                                rows=self.state.samples - start_samples)
-            note = None if interrupted else self.strategy.unconverged_note(source, plan)
-            if note is not None:
-                log.warning("%s", note)
             for cb in callbacks:  # a failing end (e.g. a full disk) is an error like any
                 cb.on_fit_end(self, self.result)
+            note = None if interrupted else self.strategy.unconverged_note(source, plan)
+            if note is not None:  # after the end's checkpoint: an error is the one line
+                log.warning("%s", note)
         except BaseException as exc:
             for cb in callbacks:
                 cb.on_error(self, exc)

@@ -133,6 +133,16 @@ class LearnerState:
     #: The first batch may still pick a data-informed start (only before the first step).
     data_init: bool = _f(("counters", "data_init"), "bool", default=False)
 
+    @property
+    def fitted_theta(self) -> np.ndarray:
+        """The parameters a fit returns: the last point whose whole-data loss was measured
+        while a Fisher-scoring step from it awaits its check (``theta`` is then that
+        unverified step, kept so that a resumed run continues exactly), else ``theta``.
+        """
+        if self.refine_dir is not None and self.refine_theta is not None:
+            return self.refine_theta
+        return self.theta
+
     @classmethod
     def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
               seed: int, data_init: bool) -> LearnerState:
