@@ -186,3 +186,20 @@ def test_an_all_zero_block_gets_the_floor_instead_of_failing_the_refresh():
     assert np.all(np.isfinite(W.inverse))
     with pytest.raises(WhiteningError, match="zero"):
         whiten(np.zeros((4, 4)), blocks=np.array([0, 2, 4]))
+
+
+def test_elimination_keeps_the_sign_on_parameters_of_tiny_scale():
+    """A saturated unit's parameters have metric entries near 1e-220: squaring them
+    underflows, and an elimination step computed as (g ⊗ g)/g_kk turned their Schur
+    complements negative (-4e-209 against a diagonal of 1e-204), which failed the refresh
+    (the mlp on raw diabetes features). Every other scale of the same metric whitens.
+    """
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((6, 40))
+    A = A @ A.T / 40
+    for tiny in (1.0, 1e-60, 1e-110):
+        d = np.array([1.0, tiny, tiny, tiny, 1.0, 1.0])
+        G = A * np.outer(d, d)
+        w = whiten(G, center=[1, 2])
+        WtW = w.matrix.T @ w.matrix
+        assert np.allclose(WtW / np.outer(d, d), A, rtol=1e-8, atol=1e-10)

@@ -188,8 +188,10 @@ def _eliminate(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     g = G[:, k].copy()
     m = g / g[k]
+    # g ⊗ (g / g_kk), not (g ⊗ g) / g_kk: on a saturated unit's parameters (entries near
+    # 1e-200) the squares underflow and the Schur complement would lose its sign
+    Gc = G - np.outer(g, m)
     m[k] = 0.0
-    Gc = G - np.outer(g, g) / g[k]
     Gc[k, :] = 0.0
     Gc[:, k] = 0.0
     Gc[k, k] = g[k]
