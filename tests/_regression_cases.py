@@ -83,7 +83,8 @@ CASES = {
     "softmax-lbfgs-block-window": (
         SOFTMAX, _lbfgs("softmax", 4, {"n_classes": 3}, structure="block", window=4,
                         lbfgs_rounds=3, lbfgs_iters=10)),
-    "mlp-lbfgs": (MLP, _lbfgs("mlp", 3, {"hidden": 4}, lbfgs_rounds=2, lbfgs_iters=10, damping=1e-2)),
+    "mlp-lbfgs": (MLP, _lbfgs("mlp", 3, {"hidden": 4}, lbfgs_rounds=2, lbfgs_iters=10,
+                              damping=1e-2)),
 }
 
 

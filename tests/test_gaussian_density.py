@@ -324,8 +324,9 @@ def test_default_learner_reaches_the_closed_form_mle(gaussian_rows, structure):
     """Default SGD with the harmonic step and the model Fisher, started at the mean and
     covariance of the first batch: one pass lands within 1e-3 (Mahalanobis, mean) and 5e-3
     (relative Frobenius, Σ) of the MLE, a tenth or less of its own sampling error
-    √(d/n) ≈ 0.016; the next passes' (verified) step at least halves the error. Σ stays positive definite throughout
-    (its smallest eigenvalue in MLE units never falls below 0.5).
+    √(d/n) ≈ 0.016; the next passes' (verified) step at least halves the error. Σ stays
+    positive definite throughout (its smallest eigenvalue in MLE units never falls below
+    0.5).
     """
     X = gaussian_rows
     S = np.cov(X.T, bias=True)

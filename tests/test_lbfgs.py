@@ -422,7 +422,8 @@ def test_cli_bad_lbfgs_options_exit_2_with_clear_messages(small_zarr, tmp_path, 
 
 def test_fit_run_from_python(small_zarr, tmp_path):
     summary = fit_run(small_zarr, tmp_path / "run", model="logistic",
-                      learner_options={"optimizer": "lbfgs", "lbfgs_iters": 50, "batch_size": BATCH})
+                      learner_options={"optimizer": "lbfgs", "lbfgs_iters": 50,
+                                       "batch_size": BATCH})
     assert summary["converged"] and summary["rounds"] >= 1
     with pytest.raises(ValueError, match="epochs"):
         fit_run(small_zarr, tmp_path / "run2", model="logistic", epochs=2,

@@ -58,7 +58,7 @@ def _named_files():
 
 
 def _env():
-    """This environment's executables first on PATH (``natgrad-stream``, ``python``)."""
+    """The running environment's executables first on PATH (``natgrad-stream``, ``python``)."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("MPLBACKEND", "Agg")
@@ -95,25 +95,29 @@ def test_readme_python_examples_run_together(tmp_path, monkeypatch, capsys):
     assert "log_loss" in out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("line", [line for line, _, _ in _blocks("python")])
-def test_readme_python_block_runs_as_a_file_twice(line, tmp_path):
-    (code,) = [code for at, _, code in _blocks("python") if at == line]
-    script = tmp_path / f"readme_line_{line}.py"
+def _block_file(language: str, line: int, tmp_path):
+    """The README block of ``language`` at ``line`` saved as a file, and an empty work
+    directory to run it in.
+    """
+    (code,) = [code for at, _, code in _blocks(language) if at == line]
+    script = tmp_path / f"readme_line_{line}.{'py' if language == 'python' else 'sh'}"
     script.write_text(code)
     work = tmp_path / "work"
     work.mkdir()
+    return script, work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", [line for line, _, _ in _blocks("python")])
+def test_readme_python_block_runs_as_a_file_twice(line, tmp_path):
+    script, work = _block_file("python", line, tmp_path)
     _run_twice([sys.executable, str(script)], work, f"README.md:{line} (python)")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("line", [line for line, _, _ in _blocks("bash")[1:]])
 def test_readme_bash_block_runs_as_a_script_twice(line, tmp_path):
-    (code,) = [code for at, _, code in _blocks("bash") if at == line]
-    script = tmp_path / f"readme_line_{line}.sh"
-    script.write_text(code)
-    work = tmp_path / "work"
-    work.mkdir()
+    script, work = _block_file("bash", line, tmp_path)
     for name, text in _named_files().items():
         (work / name).write_text(text)
     _run_twice(["bash", "-eu", "-o", "pipefail", str(script)], work,

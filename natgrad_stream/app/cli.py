@@ -65,7 +65,8 @@ _NO_DEFAULT = (None, False, argparse.SUPPRESS)
 
 class _HelpFormatter(argparse.HelpFormatter):
     """Help texts with the default of every option that has one (unless the text already
-    says it, as the fit options' do)."""
+    says it, as the fit options' do).
+    """
 
     def _get_help_string(self, action):
         text = action.help or ""

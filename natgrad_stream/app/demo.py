@@ -4,9 +4,8 @@ full-batch optimum found by an independent solver (SciPy L-BFGS on the in-memory
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -123,7 +122,9 @@ class _OnePassOnPurpose(logging.Filter):
     """
 
     def filter(self, record) -> bool:
-        return not record.getMessage().startswith("stopped by the pass cap")
+        from natgrad_stream.training.learner import UNCONVERGED
+
+        return getattr(record, "natgrad_event", None) != UNCONVERGED
 
 
 def _demo_steps(data, group, out: Path, kept: bool, log) -> dict:

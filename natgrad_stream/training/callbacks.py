@@ -158,7 +158,8 @@ class ProgressLines(ProgressBar):
 
 class TqdmProgress(Callback):
     """A tqdm bar on a terminal: rows with rate, loss and ETA (advancing inside a
-    whole-data pass too)."""
+    whole-data pass too).
+    """
 
     def __init__(self, stream=None):
         self.stream = sys.stderr if stream is None else stream

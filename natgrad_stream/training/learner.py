@@ -27,9 +27,10 @@ Strategies (chosen by the ``optimizer`` option):
 
 Rounds stop once a round improves ``J`` by at most ``lbfgs_tol`` relative or ends with
 ``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient tolerance), or after
-``lbfgs_rounds`` rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a round boundary is
-an exact restart point. Passes stream chunks in order without shuffling; in window mode
-each round draws its own ``window`` chunks from ``(seed, round)`` and all rounds run.
+``lbfgs_rounds`` rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a
+round boundary is an exact restart point. Passes stream chunks in order without shuffling;
+in window mode each round draws its own ``window`` chunks from ``(seed, round)`` and all
+rounds run.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ _LBFGS_KEYS = ("lbfgs_rounds", "lbfgs_iters", "window", "lbfgs_tol", "lbfgs_gtol
 
 
 log = logging.getLogger("natgrad_stream")
+#: ``record.natgrad_event`` of the warning logged when a cap ends a fit before its stopping
+#: rule held (callers that stop early on purpose, like the demo, filter it out).
+UNCONVERGED = "unconverged"
 
 
 class _StateField:
@@ -563,7 +567,7 @@ class NaturalGradientLearner:
                 cb.on_fit_end(self, self.result)
             note = None if interrupted else self.strategy.unconverged_note(source, plan)
             if note is not None:  # after the end's checkpoint: an error is the one line
-                log.warning("%s", note)
+                log.warning("%s", note, extra={"natgrad_event": UNCONVERGED})
         except BaseException as exc:
             for cb in callbacks:
                 cb.on_error(self, exc)
@@ -905,8 +909,7 @@ class _Streaming(_Strategy):
         if lr._backend is None and s.lanes is not None and mid_epoch:
             raise OptionError("this run was streaming on a Dask cluster and stopped "
                               f"mid-epoch (epoch {s.cursor.epoch + 1}): resume it with "
-                              "--dask or "
-                              "--dask-workers")
+                              "--dask or --dask-workers")
         if lr._backend is not None and s.lanes is None and mid_epoch:
             raise OptionError("this run was streaming in one process and stopped mid-epoch "
                               f"(epoch {s.cursor.epoch + 1}): resume it without --dask")

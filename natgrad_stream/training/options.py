@@ -439,8 +439,7 @@ def upgrade_recorded(options: dict) -> dict:
     """
     if not any(k in options for k in RENAMED):
         return dict(options)
-    out = {("lbfgs_tol" if k == "tol" else RENAMED.get(k, k)): v for k, v in options.items()}
-    return out
+    return {("lbfgs_tol" if k == "tol" else RENAMED.get(k, k)): v for k, v in options.items()}
 #: Keyword options of the learner's constructor, and the other groups.
 LEARNER_OPTIONS = tuple(o.name for o in OPTIONS if o.group == LEARNER)
 RUN_OPTIONS = tuple(o.name for o in OPTIONS if o.group == RUN)
