@@ -115,7 +115,7 @@ def learner_pass(path: Path, n_features: int, *, snapshots=None, **options) -> d
     """One pass of the learner; rows/s and, with snapshots, the held-out loss over time."""
     learner = NaturalGradientLearner(make_model("logistic", n_features), **options)
     cbs = [snapshots] if snapshots is not None else []
-    learner.fit(path, callbacks=cbs)
+    learner.fit(path, callbacks=cbs, epochs=1)
     return {"rows_per_s": learner.result.rows_per_s, "seconds": learner.result.seconds,
             "rewhitens": learner.rewhitens, "theta": learner.theta}
 
@@ -172,7 +172,7 @@ import sys, time
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
 L = NaturalGradientLearner(make_model("logistic", int(sys.argv[2])))
-L.fit(sys.argv[1])
+L.fit(sys.argv[1], epochs=1)
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM"):
         print(int(line.split()[1]) * 1024)

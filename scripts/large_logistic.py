@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             max_samples=200_000)
     read_rate = raw_read(path)
     run = Path(args.dir) / "runs" / f"{path.stem}-{os.getpid()}"
-    summary = fit_run(path, run, model="logistic")
+    summary = fit_run(path, run, model="logistic", epochs=1)
     read_rate_after = raw_read(path)
     ours = evaluate_run(run, path, x="X_test", y="y_test")
 

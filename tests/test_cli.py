@@ -115,7 +115,7 @@ def test_bad_input_gives_clear_errors_and_leaves_the_run_intact(small_zarr, tmp_
     data = write_group(tmp_path / "good.zarr", X=good,
                        y=(good[:, 0] > 0).astype(np.uint8))
     code, _, _ = run_cli(capsys, "fit", data, "--model", "logistic", "--out", run,
-                         "--max-samples", 500)
+                         "--epochs", 1, "--max-samples", 500)
     assert code == 0
     files = {p.name: _digest(p) for p in run.iterdir()
              if p.name not in ("metrics.jsonl", ".lock")}

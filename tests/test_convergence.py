@@ -141,3 +141,48 @@ def test_a_saturated_coefficient_is_reset_and_the_passes_reach_the_optimum():
         learner.fit((X, y), epochs=10)
     assert learner.result.converged
     assert _gap(model, X, y, learner.theta, optimum) < GAP
+
+
+@pytest.mark.parametrize("case", ["breast_cancer", "wine", "anes96"])
+def test_a_fit_left_without_epochs_runs_to_the_optimum(case, request):
+    """No ``epochs``: the GLMs' passes go on until the Newton-decrement rule holds (here at
+    round-off), and the summary's loss is the loss of the returned θ.
+    """
+    from natgrad_stream._constants import AUTO_MAX_EPOCHS
+
+    model, X, y, optimum = request.getfixturevalue(case)
+    learner = NaturalGradientLearner(model).fit((X, y))
+    result = learner.result
+    assert result.converged and 2 < result.epochs < AUTO_MAX_EPOCHS
+    assert -1e-12 < _gap(model, X, y, learner.theta, optimum) < GAP
+    assert result.train_loss == pytest.approx(model.loss(X, y, learner.theta), rel=1e-12)
+
+
+def test_poisson_on_seventeen_rows_reaches_the_statsmodels_optimum_by_default():
+    """statsmodels' cpunish (17 rows): one pass alone ends above the start; the default fit
+    goes on to the maximum-likelihood optimum (statsmodels' log-likelihood less its
+    ``log y!`` terms).
+    """
+    import statsmodels.api as sm
+    from scipy.special import gammaln
+
+    data = sm.datasets.cpunish.load_pandas()
+    X, y = data.exog.to_numpy(np.float64), data.endog.to_numpy(np.float64)
+    ref = sm.GLM(y, sm.add_constant(X, prepend=False),
+                 family=sm.families.Poisson()).fit(tol=1e-14)
+    optimum = -ref.llf / len(y) - gammaln(y + 1).mean()
+    model = make_model("poisson", X.shape[1])
+    learner = NaturalGradientLearner(model).fit((X, y))
+    assert learner.result.converged
+    assert abs(_gap(model, X, y, learner.theta, optimum)) < 1e-9
+    assert learner.result.train_loss == pytest.approx(optimum, rel=1e-9)
+
+
+def test_cli_fit_with_no_flags_is_fitted_and_says_so(small_zarr, tmp_path, capsys):
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--out",
+                                 tmp_path / "r", "--progress", "never")
+    assert code == 0 and summary["converged"] is True and summary["epochs"] > 1
+    assert summary["decrement"] <= 1e-14 * abs(summary["train_loss"])
+    assert ": warning:" not in err
+    code, scores, _ = run_cli(capsys, "evaluate", tmp_path / "r", small_zarr)
+    assert abs(scores["log_loss"] - summary["train_loss"]) <= 1e-12 * summary["train_loss"]

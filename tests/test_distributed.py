@@ -119,8 +119,8 @@ def test_one_streaming_pass_on_the_cluster_reaches_the_optimum(data, client):
                         y="y_test")["log_loss"]
 
     best = _learner(optimizer="lbfgs").fit(data)
-    a = _learner(batch_size=256).fit(data, client=client)
-    b = _learner(batch_size=256).fit(data, client=client)
+    a = _learner(batch_size=256).fit(data, client=client, epochs=1)
+    b = _learner(batch_size=256).fit(data, client=client, epochs=1)
     assert a.result.samples == ROWS and a.result.epochs == 1
     assert a.theta.tobytes() == b.theta.tobytes()  # reproducible
     # 2 lanes of 256 rows: one step per 512 rows
@@ -260,7 +260,7 @@ def test_cli_summary_states_lanes_and_effective_batch(data, client, tmp_path, ca
     from natgrad_stream.app.cli import main
 
     rc = main(["fit", str(data), "--model", "logistic", "--out", str(tmp_path / "r"),
-               "--batch-size", "1000", "--dask", client.scheduler.address,
+               "--batch-size", "1000", "--epochs", "1", "--dask", client.scheduler.address,
                "--progress", "never"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -43,7 +43,8 @@ def test_a_fit_that_failed_before_its_first_checkpoint_blocks_nothing(groups, tm
             assert code == 2 and "nothing to resume" in err and "without --resume" in err
             assert "pass --resume" not in err
         # the same command on good data (no --overwrite, no --resume) is a fresh run
-        code, summary, err = run_cli(capsys, "fit", good, "--model", "logistic", "--out", run)
+        code, summary, err = run_cli(capsys, "fit", good, "--model", "logistic", "--out", run,
+                                     "--epochs", 1)
         assert code == 0, err
         assert summary["samples"] == 1000 and (run / "checkpoint.npz").is_file()
         records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

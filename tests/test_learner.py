@@ -187,7 +187,7 @@ def test_callbacks_see_batches_and_refreshes(small_zarr):
 
     rec = Recorder()
     learner = NaturalGradientLearner(make_model("logistic", 3), batch_size=100)
-    learner.fit(small_zarr, callbacks=[rec])
+    learner.fit(small_zarr, callbacks=[rec], epochs=1)
     assert rec.batches == learner.steps == 4 * 11 + 10  # reads of 4 × 1024 and 904 rows
     assert rec.refreshes[0]["reason"] == "initial" and len(rec.refreshes) == learner.rewhitens
     assert {"condition_number", "floored", "drift"} <= set(rec.refreshes[1])

@@ -83,7 +83,7 @@ def _flip_byte(path, where=0.5):
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one_or_is_refused(data, tmp_path,
                                                                            capsys):
     run = tmp_path / "run"
-    assert _fit(capsys, data, run, "--model", "logistic")[0] == 0
+    assert _fit(capsys, data, run, "--model", "logistic", "--epochs", 1)[0] == 0
     assert _fit(capsys, data, run, "--resume", "--epochs", 2)[0] == 0
     assert (run / "checkpoint.1.npz").is_file()  # --keep-checkpoints 2 by default
     epoch_one = load_checkpoint(run / "checkpoint.1.npz")["theta"]
@@ -97,7 +97,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_or_is_refused(data,
     assert not stale.exists()
     # the same as continuing from epoch 1 without the damage
     again = tmp_path / "again"
-    assert _fit(capsys, data, again, "--model", "logistic")[0] == 0
+    assert _fit(capsys, data, again, "--model", "logistic", "--epochs", 1)[0] == 0
     assert_array_equal(load_checkpoint(again / "checkpoint.npz")["theta"], epoch_one)
     assert _fit(capsys, data, again, "--resume", "--epochs", 2)[0] == 0
     assert_array_equal(load_checkpoint(run / "checkpoint.npz")["theta"],
@@ -129,7 +129,7 @@ def test_checkpoint_checksums_catch_damage_inside_an_array(tmp_path):
 
 def test_periodic_checkpoints_by_wall_time_keep_the_last_k(data, tmp_path, capsys):
     run = tmp_path / "run"
-    code, _, err = _fit(capsys, data, run, "--model", "logistic", "--checkpoint-seconds",
+    code, _, err = _fit(capsys, data, run, "--model", "logistic", "--epochs", 1, "--checkpoint-seconds",
                         1e-6, "--keep-checkpoints", 3)
     assert code == 0, err
     names = sorted(p.name for p in run.glob("checkpoint*.npz"))
@@ -190,7 +190,7 @@ def test_second_sigint_lets_a_checkpoint_being_written_finish(monkeypatch):
 
 def test_resume_on_other_data_is_refused_naming_what_differs(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert _fit(capsys, data, run, "--model", "logistic", "--max-samples", 2000)[0] == 0
+    assert _fit(capsys, data, run, "--model", "logistic", "--epochs", 1, "--max-samples", 2000)[0] == 0
     other = tmp_path / "other.zarr"  # same width, other rows
     make_dataset(other, task="logistic", rows=5000, features=3, chunk_rows=500, seed=3)
     before = _digest(run / "checkpoint.npz")
@@ -232,8 +232,9 @@ def test_rows_appended_mid_epoch_join_at_the_next_epoch(data, tmp_path, capsys):
     shutil.copytree(data, a)
     shutil.copytree(data, b)
     ra, rb = tmp_path / "ra", tmp_path / "rb"
-    assert _fit(capsys, a, ra, "--model", "logistic", "--seed", 4)[0] == 0
-    code, s, _ = _fit(capsys, b, rb, "--model", "logistic", "--seed", 4, "--max-samples", 2500)
+    assert _fit(capsys, a, ra, "--model", "logistic", "--seed", 4, "--epochs", 1)[0] == 0
+    code, s, _ = _fit(capsys, b, rb, "--model", "logistic", "--seed", 4, "--epochs", 1,
+                      "--max-samples", 2500)
     assert code == 0 and s["interrupted"] and s["samples"] < 5000
     for path in (a, b):
         _append(path, 1200, tmp_path)
@@ -374,7 +375,7 @@ def test_a_rollback_relearns_the_rolled_back_rows_and_resumes_exactly(linear_dat
     equals the uninterrupted one bit for bit (the rollback point is checkpointed).
     """
     opts = ["--model", "linear", "--lr", 30, "--step-schedule", "constant",
-            "--batch-size", 256]
+            "--batch-size", 256, "--epochs", 1]
     whole, part = tmp_path / "whole", tmp_path / "part"
     code, summary, err = _fit(capsys, linear_data, whole, *opts)
     assert code == 0 and "rolled back" in err, err

@@ -11,7 +11,7 @@ def _warnings(err: str) -> list[str]:
 
 def test_one_pass_says_no_check_was_made_and_how_to_continue(small_zarr, tmp_path, capsys):
     code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
-                                 "--model", "logistic", "--progress", "never")
+                                 "--model", "logistic", "--epochs", 1, "--progress", "never")
     assert code == 0 and summary["converged"] is False and summary["decrement"] is None
     (line,) = _warnings(err)
     assert "stopped by the pass cap (epochs=1) before any convergence check" in line

@@ -379,7 +379,7 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
     optimizer = learner.effective_options["optimizer"]
     run = opts.resolve(groups[opts.RUN], model, names=opts.RUN_OPTIONS, optimizer=optimizer)
     opts.resolve(groups[opts.DATA], model, names=opts.DATA_OPTIONS, optimizer=optimizer)
-    if data_opts["follow"] and run["epochs"] != 1:
+    if data_opts["follow"] and run["epochs"] not in (None, 1):
         raise OptionError("--epochs does not apply to --follow (each row is learned once, "
                           "as it arrives)")
     if data_opts["shuffle_window"] is not None and not data_opts["follow"]:

@@ -106,6 +106,10 @@ class Model(abc.ABC):
     #: Learner options this model recommends (e.g. a constant step and strong damping for a
     #: nonconvex model); they apply where the user leaves an option unset.
     learner_defaults: dict = {}  # noqa: RUF012 (read-only class constant)
+    #: Whether Fisher scoring (passes after the first, ``refine="scoring"``) converges to the
+    #: optimum: the model metric is the Hessian at the optimum (GLMs with their canonical
+    #: link). A fit left without ``epochs`` then runs until its stopping rule holds.
+    scoring_converges: bool = False
 
     def __init__(self, n_features: int):
         if int(n_features) < 1:

@@ -29,6 +29,7 @@ def _weights(w, n):
 
 class _GLM(Model):
     family: int = -1
+    scoring_converges = True  # canonical links: the model Fisher is the Hessian
 
     @property
     def n_params(self) -> int:

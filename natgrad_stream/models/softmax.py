@@ -89,6 +89,8 @@ class SoftmaxRegression(Model):
     (10, (4, 9))
     """
 
+    scoring_converges = True  # canonical link: the model Fisher is the Hessian
+
     name = "softmax"
     metrics = ("model", "empirical", "loss-gradient", "monte-carlo")
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from natgrad_stream._blas import limited_blas_threads
 from natgrad_stream._constants import (
+    AUTO_MAX_EPOCHS,
     CURVATURE_POWER_ITERATIONS,
     DIVERGENCE_MAX_ROLLBACKS,
     DIVERGENCE_STEP_CUT,
@@ -523,8 +524,10 @@ class NaturalGradientLearner:
             L-BFGS streams its data many times: arrays, a Zarr group or path, or an
             ``ArraySource`` (whose ``chunk_rows`` set the window's chunks).
         epochs : int, optional
-            Streaming: total passes of the run (default 1); a resumed run continues up to
-            this count.
+            Streaming: total passes of the run; a resumed run continues up to this count.
+            Default: until the stopping rule (``tol``, else round-off) holds, at most
+            :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS` passes, for models that Fisher
+            scoring converges (GLMs) on data that can be read again; one pass otherwise.
         rounds : int, optional
             L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
@@ -546,6 +549,7 @@ class NaturalGradientLearner:
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
+        self.strategy.settle(plan, source)
         self._backend = None if client is None else self._dask_backend(client, data, source,
                                                                        x, y, w)
         self.result = None
@@ -745,6 +749,9 @@ class _Strategy:
     def check_source(self, source) -> None:
         """Raise if the strategy cannot read ``source``."""
 
+    def settle(self, plan: dict, source) -> None:
+        """Complete ``plan`` once the source is known (in place)."""
+
 
 class _Streaming(_Strategy):
     """Per-batch steps of a streaming optimizer of φ (sgd, momentum, adam)."""
@@ -772,9 +779,22 @@ class _Streaming(_Strategy):
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if rounds is not None:
             raise ValueError("rounds applies only to optimizer 'lbfgs'")
-        epochs = 1 if epochs is None else opts.positive_int("epochs", epochs)
-        self.epochs, self.running = epochs, True  # for status()
-        return {"epochs": epochs, **stream}
+        epochs = None if epochs is None else opts.positive_int("epochs", epochs)
+        self.running = True  # for status()
+        return {"epochs": epochs, "auto": epochs is None, **stream}
+
+    def settle(self, plan: dict, source) -> None:
+        """A fit left without ``epochs`` runs until its stopping rule holds, at most
+        :data:`AUTO_MAX_EPOCHS` passes, where Fisher scoring converges (the model's
+        :attr:`~natgrad_stream.models.Model.scoring_converges`, ``refine="scoring"``) on a
+        source that can be read again; otherwise it makes one pass.
+        """
+        if plan["epochs"] is None:
+            lr = self.learner
+            again = isinstance(source, ArraySource) and source.n_rows is not None
+            converges = lr.model.scoring_converges and lr.refine == "scoring"
+            plan["epochs"] = AUTO_MAX_EPOCHS if again and converges else 1
+        self.epochs = plan["epochs"]  # for status()
 
     def total_rows(self, source, plan) -> int | None:
         return None if source.n_rows is None else source.n_rows * plan["epochs"]

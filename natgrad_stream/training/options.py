@@ -38,6 +38,7 @@ from natgrad_stream._constants import (
     DEFAULT_MC_SAMPLES,
     DEFAULT_POLL_SECONDS,
     DEFAULT_PROGRESS_SECONDS,
+    AUTO_MAX_EPOCHS,
     DIVERGENCE_FACTOR,
     FISHER_EVERY_PARAMS,
     LBFGS_EVAL_BATCH_ROWS,
@@ -357,8 +358,10 @@ OPTIONS: tuple[Option, ...] = (
        "by the seed (default: all the data)", applies=_LB, nullable=True,
        metavar="CHUNKS"),
     # -- run: may change on --resume --------------------------------------------------------
-    _o("epochs", positive_int, 1, "total passes (a resumed run continues up to this count)",
-       group=RUN, applies=_ST, resumable=True),
+    _o("epochs", positive_int, None, "total passes; a resumed run continues up to this "
+       "count (default: until the --tol rule holds, at most "
+       f"{AUTO_MAX_EPOCHS}, for the models Fisher scoring converges, the GLMs; one pass "
+       "for the others, and with --follow)", group=RUN, applies=_ST, resumable=True),
     _o("max_samples", positive_int, None, "stop (resumably) after this many samples in "
        "total", group=RUN, resumable=True, nullable=True, inherit=False),
     _o("checkpoint_every", positive_int, None, "also checkpoint every N samples",
