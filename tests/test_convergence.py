@@ -159,7 +159,7 @@ def test_a_fit_left_without_epochs_runs_to_the_optimum(case, request):
 
 
 def test_poisson_on_seventeen_rows_reaches_the_statsmodels_optimum_by_default():
-    """statsmodels' cpunish (17 rows): one pass alone ends above the start; the default fit
+    """Statsmodels' cpunish (17 rows): one pass alone ends above the start; the default fit
     goes on to the maximum-likelihood optimum (statsmodels' log-likelihood less its
     ``log y!`` terms).
     """

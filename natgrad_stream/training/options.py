@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from natgrad_stream._constants import (
+    AUTO_MAX_EPOCHS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DAMPING,
     DEFAULT_DRIFT_PROBES,
@@ -38,7 +39,6 @@ from natgrad_stream._constants import (
     DEFAULT_MC_SAMPLES,
     DEFAULT_POLL_SECONDS,
     DEFAULT_PROGRESS_SECONDS,
-    AUTO_MAX_EPOCHS,
     DIVERGENCE_FACTOR,
     FISHER_EVERY_PARAMS,
     LBFGS_EVAL_BATCH_ROWS,
