@@ -129,8 +129,8 @@ def test_checkpoint_checksums_catch_damage_inside_an_array(tmp_path):
 
 def test_periodic_checkpoints_by_wall_time_keep_the_last_k(data, tmp_path, capsys):
     run = tmp_path / "run"
-    code, _, err = _fit(capsys, data, run, "--model", "logistic", "--epochs", 1, "--checkpoint-seconds",
-                        1e-6, "--keep-checkpoints", 3)
+    code, _, err = _fit(capsys, data, run, "--model", "logistic", "--epochs", 1,
+                        "--checkpoint-seconds", 1e-6, "--keep-checkpoints", 3)
     assert code == 0, err
     names = sorted(p.name for p in run.glob("checkpoint*.npz"))
     assert names == ["checkpoint.1.npz", "checkpoint.2.npz", "checkpoint.npz"]
@@ -190,7 +190,8 @@ def test_second_sigint_lets_a_checkpoint_being_written_finish(monkeypatch):
 
 def test_resume_on_other_data_is_refused_naming_what_differs(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert _fit(capsys, data, run, "--model", "logistic", "--epochs", 1, "--max-samples", 2000)[0] == 0
+    assert _fit(capsys, data, run, "--model", "logistic", "--epochs", 1,
+                "--max-samples", 2000)[0] == 0
     other = tmp_path / "other.zarr"  # same width, other rows
     make_dataset(other, task="logistic", rows=5000, features=3, chunk_rows=500, seed=3)
     before = _digest(run / "checkpoint.npz")
