@@ -2,6 +2,8 @@
 decrement where one was measured and how to continue; a converged fit says nothing.
 """
 
+import pytest
+
 from .test_cli import run_cli
 
 
@@ -72,3 +74,32 @@ def test_a_capped_run_returns_the_point_it_measured_not_an_unchecked_step(
     code, whole, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "w",
                              "--model", "logistic", "--epochs", 5, "--progress", "never")
     assert resumed["train_loss"] == whole["train_loss"]
+
+
+def test_after_a_rejected_scoring_step_train_loss_is_the_returned_points():
+    """A scoring pass whose step raised J shortens it (Armijo); if the cap ends the run
+    there, the returned θ is the last accepted point and ``train_loss`` its loss, not the
+    rejected trial's (Poisson, log link, a wide feature: Newton overshoots at pass 3).
+    """
+    import numpy as np
+
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3000, 2)) * [3.0, 1.0]
+    y = rng.poisson(np.exp(np.clip(1.0 + 1.2 * X[:, 0] - 0.5 * X[:, 1], -20, 12)))
+    model = make_model("poisson", 2)
+    with pytest.warns(RuntimeWarning, match="diverging"):  # the streaming pass 1 rolls back
+        learner = NaturalGradientLearner(model, batch_size=256).fit((X, y.astype(float)),
+                                                                    epochs=3)
+    assert learner.state.refine_t < 1  # the last pass rejected a step
+    assert learner.result.train_loss == pytest.approx(model.loss(X, y, learner.theta),
+                                                      rel=1e-12)
+
+
+def test_a_summary_without_a_measuring_pass_reports_running_loss(small_zarr, tmp_path,
+                                                                 capsys):
+    code, summary, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
+                               "--model", "logistic", "--epochs", 1, "--progress", "never")
+    assert code == 0 and "train_loss" not in summary and summary["running_loss"] > 0

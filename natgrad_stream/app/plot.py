@@ -162,9 +162,10 @@ def _title(run_dir: Path, records) -> str:
     elif end.get("event") == "error":
         parts.append(f"(stopped by {end.get('type', 'an error')})")
     else:
-        loss = _num(end.get("train_loss"))
+        which = "train" if "train_loss" in end else "running"
+        loss = _num(end.get(f"{which}_loss"))
         bits = [f"{int(end['samples']):,} samples" if _num(end.get("samples")) else None,
-                f"train loss {loss:.6g}" if loss is not None else None,
+                f"{which} loss {loss:.6g}" if loss is not None else None,
                 f"{end['seconds']:.3g} s" if _num(end.get("seconds")) is not None else None,
                 "interrupted" if end.get("interrupted") else None,
                 "converged" if end.get("converged") else None]

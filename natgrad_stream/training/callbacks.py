@@ -150,8 +150,10 @@ class ProgressLines(ProgressBar):
         self.pass_rows = 0
         if self.started:
             r = result.to_dict()
-            logger.info("fit done: %s samples | %.2f M rows/s | train loss %.6g | %s | %s",
-                        f"{r['samples']:,}", r["rows_per_s"] / 1e6, r["train_loss"],
+            which = "train" if "train_loss" in r else "running"
+            logger.info("fit done: %s samples | %.2f M rows/s | %s loss %.6g | %s | %s",
+                        f"{r['samples']:,}", r["rows_per_s"] / 1e6, which,
+                        r[f"{which}_loss"],
                         learner.strategy.status(),
                         "interrupted (resumable)" if r["interrupted"] else "complete")
 

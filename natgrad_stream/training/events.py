@@ -38,20 +38,27 @@ class FitResult:
     rewhitens: int
     seconds: float
     rows_per_s: float
-    train_loss: float
+    train_loss: float | None
     epochs: int | float
     interrupted: bool = False
     converged: bool = False
     decrement: float | None = None
+    running_loss: float | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (``decrement``: the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last
-        whole-data pass, None when none was made; ``converged``: a stopping rule was met).
+        """JSON-ready summary. ``train_loss``: the loss of the returned θ on the whole
+        training data, measured by a pass; where no pass measured it (streaming passes
+        only, e.g. ``epochs=1``) it is absent and ``running_loss``, the mean of the last
+        pass's batch losses at the θ of their steps, stands in its place. ``decrement``:
+        the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last whole-data pass, None when none was
+        made; ``converged``: a stopping rule was met.
         """
+        loss = {"train_loss": self.train_loss} if self.train_loss is not None else \
+            {"running_loss": self.running_loss}
         return {
             "samples": self.samples, "steps": self.steps, "rewhitens": self.rewhitens,
             "seconds": round(self.seconds, 4), "rows_per_s": round(self.rows_per_s, 1),
-            "train_loss": self.train_loss, "epochs": self.epochs,
+            **loss, "epochs": self.epochs,
             "interrupted": self.interrupted, "converged": self.converged,
             "decrement": self.decrement,
         }

@@ -1093,18 +1093,28 @@ class _Streaming(_Strategy):
         why = "the Fisher-scoring step stalled" if s.refine_dir is None and \
             s.cursor.epoch < plan["epochs"] else f"stopped by the pass cap " \
             f"(epochs={plan['epochs']})"
+        loss = s.refine_loss if s.refine_dir is not None else s.train_loss
         return (f"not converged: {why} with the Newton decrement at "
-                f"{s.decrement / abs(s.train_loss or 1.0):.3g}·|J|, above tol "
+                f"{s.decrement / abs(loss or 1.0):.3g}·|J|, above tol "
                 f"{tol:.3g}·|J|; {how}")
 
     def result(self, source, *, seconds, interrupted, rows) -> FitResult:
         s = self.learner.state
-        loss = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
-            s.last_epoch_loss
+        measured = self.learner.refine == "scoring" and not math.isnan(s.decrement) \
+            and not s.epoch_loss_weight
+        if measured:  # the loss of the fitted θ, which a scoring pass measured
+            train, running = (s.refine_loss if s.refine_dir is not None else
+                              s.train_loss), None
+        else:  # streaming passes only: the mean of the batch losses, at moving θ
+            train = None
+            running = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
+                s.last_epoch_loss
         return FitResult(samples=s.samples, steps=s.steps, rewhitens=s.rewhitens,
                          seconds=seconds, rows_per_s=rows / seconds if seconds else 0.0,
-                         train_loss=float(loss), epochs=s.cursor.epoch,
-                         interrupted=interrupted, converged=bool(s.converged),
+                         train_loss=None if train is None else float(train),
+                         running_loss=None if running is None else float(running),
+                         epochs=s.cursor.epoch, interrupted=interrupted,
+                         converged=bool(s.converged),
                          decrement=None if math.isnan(s.decrement) else s.decrement)
 
 
