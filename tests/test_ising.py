@@ -463,8 +463,8 @@ def test_large_models_default_to_stronger_damping_and_learn():
     params = task.true_params(d, 1)
     X, _ = task.sample_chunk(params, np.random.default_rng(1), 65536)
     model = IsingMPF(d)
-    assert model.learner_defaults == {"damping": 0.1}
-    assert IsingMPF(10).learner_defaults == {}
+    assert model.learner_defaults == {"damping": 0.1, "refine": "lbfgs"}
+    assert IsingMPF(10).learner_defaults == {"refine": "lbfgs"}
     learner = NaturalGradientLearner(model).fit((X.astype(np.float32),), epochs=1)
     J = np.asarray(params["J"])
     Jh = np.asarray(model.params_to_dict(learner.theta)["J"])

@@ -267,7 +267,7 @@ def test_repeating_the_original_command_with_resume_is_accepted(tmp_path, capsys
                        "--features", 2 if task == "gaussian-mean" else 4,
                        "--chunk-rows", 500)[0] == 0
         run = tmp_path / task
-        command = ["fit", data, "--model", task, "--out", run, *args]
+        command = ["fit", data, "--model", task, "--out", run, "--epochs", 1, *args]
         assert run_cli(capsys, *command)[0] == 0
         code, summary, err = run_cli(capsys, *command, "--resume", "--epochs", 2)
         assert code == 0 and summary["epochs"] == 2, err

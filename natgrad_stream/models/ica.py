@@ -104,7 +104,7 @@ class ICA(FactorModel):
     #: In Amari-whitened coordinates the Hessian's eigenvalues span about 0.27–2.3, so the
     #: harmonic b/t step moves far too little (Amari distance 0.56 after 5 passes where
     #: FastICA reaches 0.007); the 1/√t schedule reaches FastICA's accuracy in 20–30 passes.
-    learner_defaults = {"step_schedule": "sqrt", "refine": "stream"}  # noqa: RUF012
+    learner_defaults = {"step_schedule": "sqrt", "refine": "lbfgs"}  # noqa: RUF012
 
     def __init__(self, n_features: int, *, init_scale: float | None = None,
                  sharpness: float = LOGISTIC_SHARPNESS):

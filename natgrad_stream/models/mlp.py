@@ -35,7 +35,7 @@ INIT_W2_SCALE = 1.0
 #: to be used with ``rewhiten=batch_size`` (a fresh whitener every batch): a constant step
 #: on a Marquardt-damped (``G + ε diag G``) metric, i.e. stochastic Levenberg–Marquardt.
 RECOMMENDED_LEARNER_OPTIONS = {"step_schedule": "constant", "lr": 0.1, "damping": 1e-2,
-                               "fisher_every": 1, "rewhiten": "every:1"}
+                               "fisher_every": 1, "rewhiten": "every:1", "refine": "lbfgs"}
 #: Metric kinds whose per-row factor is the Jacobian ``∂f/∂θ``.
 _JACOBIAN_METRICS = ("gauss-newton", "model")
 _DUMMY_U = np.zeros((1, 1, 1))

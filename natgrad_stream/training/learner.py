@@ -80,6 +80,9 @@ from natgrad_stream.training.state import LearnerState
 
 #: Keys of the effective options shown under ``"optimizer"`` in :meth:`options` (the
 #: layout of ``run.json`` and the log's start record), by strategy.
+#: L-BFGS options a streaming learner's hand-over (``refine="lbfgs"``) reads, at their
+#: defaults.
+_HANDOVER_OPTIONS = ("lbfgs_iters", "lbfgs_tol", "lbfgs_gtol", "lbfgs_memory", "window")
 _LBFGS_KEYS = ("lbfgs_rounds", "lbfgs_iters", "window", "lbfgs_tol", "lbfgs_gtol",
                "lbfgs_memory")
 
@@ -177,6 +180,9 @@ class NaturalGradientLearner:
         for name, value in eff.items():
             if name not in ("optimizer", "rewhiten"):
                 setattr(self, name, value)
+        for name in _HANDOVER_OPTIONS:  # refine="lbfgs" runs L-BFGS with the defaults
+            if not hasattr(self, name):
+                setattr(self, name, opts.BY_NAME[name].default)
         self.strategy = _STRATEGIES[opts.strategy_of(eff["optimizer"])](self)
         self.optimizer = self.strategy.make_optimizer(eff)
         self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
@@ -792,7 +798,8 @@ class _Streaming(_Strategy):
         if plan["epochs"] is None:
             lr = self.learner
             again = isinstance(source, ArraySource) and source.n_rows is not None
-            converges = lr.model.scoring_converges and lr.refine == "scoring"
+            converges = lr.refine == "lbfgs" or (lr.model.scoring_converges and
+                                                 lr.refine == "scoring")
             plan["epochs"] = AUTO_MAX_EPOCHS if again and converges else 1
         self.epochs = plan["epochs"]  # for status()
 
@@ -823,7 +830,31 @@ class _Streaming(_Strategy):
             return self._stream(source, plan, callbacks, max_samples, epochs=plan["epochs"])
         if self._stream(source, plan, callbacks, max_samples, epochs=1):
             return True
+        if lr.refine == "lbfgs":
+            return self._handover(source, plan, callbacks, max_samples)
         return self._refine(source, plan, callbacks, max_samples)
+
+    def _handover(self, source, plan, callbacks, max_samples) -> bool:
+        """Passes after the first by L-BFGS in the natural space (``refine="lbfgs"``):
+        rounds of the L-BFGS strategy, each re-whitened at its start, until its rules hold
+        (``lbfgs_tol``, ``lbfgs_gtol``) or the pass cap. Every evaluation is a pass, and the
+        cap is exact: a round it stops returns its best point evaluated (a resumed run then
+        starts a new round there; rounds are the exact restart points otherwise).
+        """
+        lr = self.learner
+        s = lr.state
+        rounds = _LBFGSRounds(lr)
+        cap = s.samples + (plan["epochs"] - s.cursor.epoch) * source.n_rows
+        budget = cap if max_samples is None else min(cap, max_samples)
+        while s.cursor.epoch < plan["epochs"] and not s.converged:
+            if lr._out_of_budget(max_samples):
+                return True
+            complete = rounds._round(source, callbacks, budget)
+            s.cursor = Cursor(1 + s.evaluations, 0, 0, s.samples)
+            s.epoch_rows = source.n_rows
+            if not complete:  # stopped by a signal, max_samples or the cap
+                return lr._out_of_budget(max_samples)
+        return False
 
     def _refine(self, source, plan, callbacks, max_samples) -> bool:
         """Passes after the first: Fisher scoring in φ (module docstring of
@@ -1082,6 +1113,14 @@ class _Streaming(_Strategy):
         more = max(2, 2 * plan["epochs"])
         how = (f"continue with --resume --epochs {more} (Python: fit(..., epochs={more}) on "
                "the same learner)")
+        if lr.refine == "lbfgs":
+            r = s.last_round or {}
+            return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) after "
+                    f"{s.rounds} complete L-BFGS round(s), the last improving the loss by "
+                    f"{r.get('relative_improvement', math.nan):.3g} relative (lbfgs_tol "
+                    f"{lr.lbfgs_tol:g}), max natural gradient "
+                    f"{r.get('max_natural_grad', math.nan):.3g} (lbfgs_gtol "
+                    f"{lr.lbfgs_gtol:g}); {how}")
         if lr.refine != "scoring":
             return (f"stopped by the pass cap (epochs={plan['epochs']}): streaming passes "
                     f"(refine='stream') check no stopping rule; {how}")
@@ -1100,8 +1139,10 @@ class _Streaming(_Strategy):
 
     def result(self, source, *, seconds, interrupted, rows) -> FitResult:
         s = self.learner.state
-        measured = self.learner.refine == "scoring" and not math.isnan(s.decrement) \
-            and not s.epoch_loss_weight
+        refine = self.learner.refine
+        measured = not s.epoch_loss_weight and (
+            (refine == "scoring" and not math.isnan(s.decrement))
+            or (refine == "lbfgs" and s.evaluations > 0))
         if measured:  # the loss of the fitted θ, which a scoring pass measured
             train, running = (s.refine_loss if s.refine_dir is not None else
                               s.train_loss), None

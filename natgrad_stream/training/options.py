@@ -62,7 +62,7 @@ OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
 STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
 WHITENING_CHOICES = ("eigh", "ridge", "robust")
 PROGRESS_CHOICES = ("auto", "always", "never")
-REFINE_CHOICES = ("scoring", "stream")
+REFINE_CHOICES = ("scoring", "stream", "lbfgs")
 
 #: Strategies of the training loop: per-batch steps of a streaming optimizer, or rounds of
 #: L-BFGS evaluations.
@@ -332,8 +332,10 @@ OPTIONS: tuple[Option, ...] = (
        applies=_ST),
     _o("refine", _choice, "scoring", "passes after the first: scoring (each pass one "
        "natural-gradient Newton step, i.e. Fisher scoring / IRLS, on the whole data, with "
-       "backtracking) or stream (more streaming steps)", applies=_ST, recommendable=True,
-       choices=REFINE_CHOICES),
+       "backtracking; for models whose metric is the Hessian, the GLMs), lbfgs (rounds of "
+       "L-BFGS in the natural space, re-whitened every round, with the --lbfgs-* defaults; "
+       "the models' own default otherwise) or stream (more streaming steps)", applies=_ST,
+       recommendable=True, choices=REFINE_CHOICES),
     _o("tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
        "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
        "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, metavar="T"),
