@@ -31,6 +31,9 @@ CONFIGS = {
     "momentum": ["--model", "logistic", "--optimizer", "momentum", "--lr", "0.5",
                  "--structure", "diagonal"],
     "adam": ["--model", "logistic", "--optimizer", "adam", "--average"],
+    # a streaming pass, then L-BFGS rounds (the later-pass method of ICA, Ising, mlp), with
+    # checkpoints due by samples inside the rounds
+    "handover": ["--model", "logistic", "--refine", "lbfgs"],
     "softmax-block": ["--model", "softmax", "--structure", "block"],
     "lbfgs": ["--model", "logistic", "--optimizer", "lbfgs", "--lbfgs-rounds", "4",
               "--lbfgs-iters", "8", "--batch-size", "4096"],
@@ -60,7 +63,8 @@ def _extent(name: str) -> list[str]:
     dask = ["--dask", DASK["address"]] if name.endswith("-dask") else []
     if name.startswith("lbfgs"):
         return dask
-    return ["--epochs", "3", "--checkpoint-every", "3000", *dask]
+    epochs = "12" if name == "handover" else "3"  # L-BFGS rounds: complete ones and a capped one
+    return ["--epochs", epochs, "--checkpoint-every", "3000", *dask]
 
 
 def make_data(root: Path) -> dict[str, Path]:

@@ -16,7 +16,7 @@ def root(tmp_path_factory):
     return tmp_path_factory.mktemp("kill")
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "lbfgs", "handover"])
 def test_killed_and_resumed_runs_equal_the_uninterrupted_one(name, kill_resume, root):
     data = kill_resume.make_data(root)["logistic"]
     ref, seconds = kill_resume.reference(name, data, root)
@@ -24,3 +24,44 @@ def test_killed_and_resumed_runs_equal_the_uninterrupted_one(name, kill_resume, 
                                      at_checkpoints=2)
     assert kills == 2
     assert theta.tobytes() == ref.tobytes()
+
+
+def test_a_checkpoint_written_inside_an_lbfgs_round_resumes_exactly(tmp_path):
+    """Checkpoints due by samples fall inside the L-BFGS rounds of a hand-over
+    (``refine="lbfgs"``): they hold the round's start, the exact restart point, so a run
+    killed after one equals the uninterrupted run bit for bit.
+    """
+    from natgrad_stream.data.datasets import make_dataset
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+    from natgrad_stream.training.events import Callback
+
+    path = tmp_path / "d.zarr"
+    make_dataset(path, task="logistic", rows=8000, features=5, chunk_rows=1024, seed=3)
+
+    def learner():
+        return NaturalGradientLearner(make_model("logistic", 5), refine="lbfgs")
+
+    whole = learner().fit(str(path), epochs=12)
+
+    class Killed(Exception):
+        pass
+
+    class SaveThenDie(Callback):
+        def __init__(self):
+            self.evaluations = 0
+
+        def on_batch_end(self, lr, info, cursor):
+            if info.full_pass:
+                self.evaluations += 1
+                if self.evaluations == 3:  # mid-round: a checkpoint, then kill -9
+                    self.saved = lr.state_dict()
+                    raise Killed
+
+    die = SaveThenDie()
+    with pytest.raises(Killed):
+        learner().fit(str(path), epochs=12, callbacks=[die])
+    resumed = NaturalGradientLearner.from_state_dict(die.saved).fit(str(path), epochs=12)
+    assert whole.result.converged and resumed.result.converged
+    assert resumed.theta.tobytes() == whole.theta.tobytes()
+    assert resumed.samples == whole.samples

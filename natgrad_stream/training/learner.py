@@ -190,6 +190,7 @@ class NaturalGradientLearner:
         self.result: FitResult | None = None
         self._last_good = None  # the divergence guard's rollback point
         self._window_start = None  # the state at the start of the guard's window
+        self._round_start = None  # an L-BFGS round under way: the state it started from
         self.reset()
 
     # -- state --------------------------------------------------------------------------
@@ -637,8 +638,11 @@ class NaturalGradientLearner:
         """Everything needed to continue exactly: a nested dict of arrays and JSON values
         (the model, the effective options and :class:`LearnerState`'s fields).
         """
+        # mid-round (a checkpoint due by samples or seconds) the round's start is the state
+        # to continue from: rounds are the exact restart points
+        state = self.state if self._round_start is None else self._round_start.restore()
         out = {"model": self.model.config(), "options": self.options(),
-               "fit_options": dict(self.effective_options), **self.state.to_dict()}
+               "fit_options": dict(self.effective_options), **state.to_dict()}
         for key, snap in (("guard_rollback_point", self._last_good),
                           ("guard_window_start", self._window_start)):
             if snap is not None:  # the divergence guard's points, for an exact resume
@@ -1245,6 +1249,7 @@ class _LBFGSRounds(_Strategy):
             self._start_from_data(source)
         start = s.snapshot()
         theta0 = s.theta.copy()
+        lr._round_start = start
         try:
             return self._round_at(src, chunks, rng_key, theta0, callbacks, max_samples,
                                   k, t0, evals0, steps0)
@@ -1253,6 +1258,8 @@ class _LBFGSRounds(_Strategy):
             # written after the last round holds it (this state is saved, and resumes)
             lr.state = start.restore()
             raise
+        finally:
+            lr._round_start = None
 
     def _round_at(self, src, chunks, rng_key, theta0, callbacks, max_samples, k, t0,
                   evals0, steps0) -> bool:
@@ -1293,6 +1300,7 @@ class _LBFGSRounds(_Strategy):
                                                                   last_rows[0]),
                           on_iteration=count_iteration)
         s.theta, s.train_loss, s.grad = res.theta, res.J, res.grad
+        lr._round_start = None  # the round is over: its end is the state to save
         s.phi = W.phi(s.theta)
         gphi = W.grad_phi(res.grad)
         rel = (J0 - res.J) / max(abs(J0), abs(res.J), 1.0)
