@@ -188,6 +188,29 @@ class MLPRegressor(FactorModel):
         w2 = rng.standard_normal(H) * (INIT_W2_SCALE / math.sqrt(H))
         return self.pack(W1, np.zeros(H), w2, 0.0)
 
+    def initial_params(self, X, y, w) -> np.ndarray:
+        """:meth:`init_params` for standardized data, mapped to the data's own units.
+
+        With the first batch's (weighted) feature means ``μ`` and deviations ``σ`` and the
+        target's ``μ_y``, ``σ_y``: ``W1/σ`` (column-wise), ``b1 − (W1/σ)μ``, ``σ_y w2`` and
+        ``σ_y b2 + μ_y``. The network starts as the same function of standardized inputs
+        whatever the units, so no unit starts saturated on raw features (a constant
+        feature keeps ``σ = 1``).
+        """
+        X = np.asarray(X, dtype=np.float64)
+        wt = np.ones(X.shape[0]) if w is None else np.asarray(w, dtype=np.float64)
+        if not wt.sum() > 0:
+            return None
+        p = wt / wt.sum()
+        mu = p @ X
+        sd = np.sqrt(np.maximum(p @ (X - mu) ** 2, 0.0))
+        sd = np.where(sd > 0, sd, 1.0)
+        mu_y = float(p @ y)
+        sd_y = float(np.sqrt(max(float(p @ (y - mu_y) ** 2), 0.0))) or 1.0
+        W1, b1, w2, b2 = self.unpack(self.init_params())
+        W1 = W1 / sd
+        return self.pack(W1, b1 - W1 @ mu, sd_y * w2, sd_y * b2 + mu_y)
+
     def params_to_dict(self, theta):
         W1, b1, w2, b2 = self.unpack(theta)
         return {"W1": W1.tolist(), "b1": b1.tolist(), "W2": [w2.tolist()], "b2": [b2]}
