@@ -44,9 +44,9 @@ DEFAULT_MC_SAMPLES = 1
 
 #: L-BFGS in the natural space (:mod:`natgrad_stream.lbfgs`): default rounds (re-whitenings).
 LBFGS_ROUNDS = 10
-#: Passes at most of a fit left without ``epochs`` on a model that Fisher scoring converges
-#: (``Model.scoring_converges``): it runs until the Newton-decrement rule holds, which takes
-#: a handful of passes (quadratic convergence), capped here.
+#: Passes at most of a fit left without ``epochs``: it runs until its later passes' rule
+#: holds (Fisher scoring: a handful of passes, quadratic convergence; the L-BFGS hand-over
+#: of ICA, Ising and the network: tens), capped here.
 AUTO_MAX_EPOCHS = 50
 #: Default L-BFGS iterations per round.
 LBFGS_ITERS = 25

@@ -532,9 +532,10 @@ class NaturalGradientLearner:
             ``ArraySource`` (whose ``chunk_rows`` set the window's chunks).
         epochs : int, optional
             Streaming: total passes of the run; a resumed run continues up to this count.
-            Default: until the stopping rule (``tol``, else round-off) holds, at most
-            :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS` passes, for models that Fisher
-            scoring converges (GLMs) on data that can be read again; one pass otherwise.
+            Default: until the later passes' stopping rule holds (Fisher scoring: ``tol``,
+            else round-off; ``refine="lbfgs"``: the L-BFGS rules), at most
+            :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS` passes, on data that can be
+            read again; one pass otherwise, and with ``refine="stream"``.
         rounds : int, optional
             L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
@@ -791,13 +792,13 @@ class _Streaming(_Strategy):
             raise ValueError("rounds applies only to optimizer 'lbfgs'")
         epochs = None if epochs is None else opts.positive_int("epochs", epochs)
         self.running = True  # for status()
-        return {"epochs": epochs, "auto": epochs is None, **stream}
+        return {"epochs": epochs, **stream}
 
     def settle(self, plan: dict, source) -> None:
         """A fit left without ``epochs`` runs until its stopping rule holds, at most
-        :data:`AUTO_MAX_EPOCHS` passes, where Fisher scoring converges (the model's
-        :attr:`~natgrad_stream.models.Model.scoring_converges`, ``refine="scoring"``) on a
-        source that can be read again; otherwise it makes one pass.
+        :data:`AUTO_MAX_EPOCHS` passes, where its later passes converge (Fisher scoring on a
+        model whose :attr:`~natgrad_stream.models.Model.scoring_converges`, or the L-BFGS
+        hand-over) on a source that can be read again; otherwise it makes one pass.
         """
         if plan["epochs"] is None:
             lr = self.learner

@@ -361,9 +361,9 @@ OPTIONS: tuple[Option, ...] = (
        metavar="CHUNKS"),
     # -- run: may change on --resume --------------------------------------------------------
     _o("epochs", positive_int, None, "total passes; a resumed run continues up to this "
-       "count (default: until the --tol rule holds, at most "
-       f"{AUTO_MAX_EPOCHS}, for the models Fisher scoring converges, the GLMs; one pass "
-       "for the others, and with --follow)", group=RUN, applies=_ST, resumable=True),
+       "count (default: until the later passes' rule holds, at most "
+       f"{AUTO_MAX_EPOCHS} passes; one pass with --follow or --refine stream)", group=RUN,
+       applies=_ST, resumable=True),
     _o("max_samples", positive_int, None, "stop (resumably) after this many samples in "
        "total", group=RUN, resumable=True, nullable=True, inherit=False),
     _o("checkpoint_every", positive_int, None, "also checkpoint every N samples",
