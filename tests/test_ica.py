@@ -17,6 +17,7 @@ from natgrad_stream.data.synthetic import ica as task
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import _ica_kernels as K
+from natgrad_stream.models import ica_density as D
 from natgrad_stream.models import make_model, model_from_config
 from natgrad_stream.models.ica import ICA, SingularUnmixingError, amari_distance
 
@@ -36,6 +37,26 @@ def reference_terms(X, W, beta=0.5):
         loss[i] = -logdet + np.sum(np.log(np.cosh(beta * s)) / beta + log_z)
         grad.append((np.outer(np.tanh(beta * s), x) - WinvT).ravel())
     return loss, np.array(grad)
+
+
+def reference_log_density(S, alpha, eps=0.3):
+    """``log p(s)`` of the adaptive density, ``−(s² + ε²)^{α/2}/α − log Z(α)``, with ``Z`` by
+    SciPy's adaptive quadrature; ``S`` (n, d), ``alpha`` (d,).
+    """
+    out = np.empty_like(S, dtype=np.float64)
+    for a, al in enumerate(np.atleast_1d(alpha)):
+        def energy(s, al=al):
+            return (s * s + eps * eps) ** (al / 2) / al
+
+        z = 2 * quad(lambda s: np.exp(-energy(s)), 0, np.inf, limit=500, epsabs=0,
+                     epsrel=1e-13)[0]
+        out[:, a] = -energy(S[:, a]) - math.log(z)
+    return out
+
+
+def shape_ref(kappa):
+    """The adaptive density's shapes, ``α = 1 + 9 sin²κ``."""
+    return 1 + 9 * np.sin(np.asarray(kappa, dtype=np.float64)) ** 2
 
 
 def random_unmixing(d, seed):
@@ -72,25 +93,26 @@ def test_row_kernel_matches_reference(dtype, parallel, n, beta):
                     rtol=1e-9)
 
 
-def test_default_prior_is_the_logistic_density():
+def test_sech_prior_default_is_the_logistic_density():
     """Log p(s) = −2 log cosh(s/2) − log 4 = scipy's logistic log-density; every β integrates
     to one.
     """
     s = np.linspace(-40, 40, 801)
-    assert_allclose(ICA(2).log_prior(s), logistic.logpdf(s), rtol=1e-12, atol=1e-12)
+    assert_allclose(ICA(2, density="sech").log_prior(s), logistic.logpdf(s), rtol=1e-12,
+                    atol=1e-12)
     for beta in (0.5, 1.0, 3.0):
         mass = quad(lambda v, b=beta: np.exp(ICA(2, sharpness=b).log_prior(v)), -80, 80)[0]
         assert mass == pytest.approx(1.0, abs=1e-9)
     # huge sources do not overflow
     X = np.array([[1e6, -1e6]])
-    assert np.isfinite(ICA(2).loss(X, None, np.eye(2).ravel()))
+    assert np.isfinite(ICA(2, density="sech").loss(X, None, np.eye(2).ravel()))
 
 
 def test_loss_is_minus_the_log_density_of_x():
     """−log q(x) = −log|det W| − Σ log p(w_a·x), with scipy's logistic for p."""
     W = random_unmixing(3, 1)
     X = laplace_rows(50, 3, seed=1)
-    loss = ICA(3).row_terms(X, None, W.ravel(), metric=None).loss
+    loss = ICA(3, density="sech").row_terms(X, None, W.ravel(), metric=None).loss
     ref = -np.log(abs(np.linalg.det(W))) - logistic.logpdf(X @ W.T).sum(axis=1)
     assert_allclose(loss, ref, rtol=1e-12)
 
@@ -117,7 +139,7 @@ def test_accumulate_matches_reference(metric, structure):
     X = laplace_rows(n, d, seed=3)
     W = random_unmixing(d, 3)
     w = np.random.default_rng(0).random(n) * 2
-    model = ICA(d)
+    model = ICA(d, density="sech")
     r_loss, r_grad = reference_terms(X, W)
     ws = model.new_workspace(structure, n_threads=2)
     for weights in (None, w):
@@ -149,7 +171,7 @@ def test_learner_natural_gradient_is_grad_times_wt_w(structure):
     d = 3
     W0 = random_unmixing(d, 5)
     X = laplace_rows(500, d, seed=5)
-    model = ICA(d)
+    model = ICA(d, density="sech")
     learner = NaturalGradientLearner(model, structure=structure, damping=0.0, floor=0.0,
                                      batch_size=500)
     learner.reset(W0.ravel())
@@ -168,7 +190,7 @@ def test_amari_metric_is_invariant_under_right_multiplication():
     d = 3
     rng = np.random.default_rng(4)
     W, dW, Y = random_unmixing(d, 4), rng.standard_normal((d, d)), random_unmixing(d, 9)
-    model = ICA(d)
+    model = ICA(d, density="sech")
     lhs = dW.ravel() @ model.amari_metric(W.ravel()) @ dW.ravel()
     rhs = (dW @ Y).ravel() @ model.amari_metric((W @ Y).ravel()) @ (dW @ Y).ravel()
     assert lhs == pytest.approx(rhs, rel=1e-10)
@@ -212,7 +234,7 @@ def test_recovers_laplace_sources_better_than_fastica(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_default_logistic_prior_matches_fastica(seed):
+def test_logistic_prior_matches_fastica(seed):
     """With the logistic prior (ψ = tanh(s/2), FastICA's own nonlinearity up to scale) the ML
     estimate and FastICA are statistically equivalent (ratios 0.98–1.01 at the exact optimum);
     18 passes land within 5% of FastICA.
@@ -220,20 +242,27 @@ def test_default_logistic_prior_matches_fastica(seed):
     p = task.true_params(4, seed)
     A = np.array(p["mixing"])
     X, _ = task.sample_chunk(p, np.random.default_rng(seed), 20_000)
-    model = ICA(4)
+    model = ICA(4, density="sech")
     ours = amari_distance(model.unmixing(_two_phase_fit(model, X)) @ A)
     assert ours <= 1.05 * _fastica_distance(X, A)
 
 
 def test_fit_is_equivariant_to_the_data_scale():
-    """Amari's rule and the whitener scale exactly: data × 100 from W₀ = I/100 gives W/100."""
+    """Amari's rule and the whitener scale exactly: data × 100 from W₀ = I/100 gives W/100
+    (and the same source shapes, which do not depend on the data's units).
+    """
     p = task.true_params(3, 0)
     X, _ = task.sample_chunk(p, np.random.default_rng(0), 5000)
-    thetas = []
-    for k in (1.0, 100.0):
-        learner = NaturalGradientLearner(ICA(3, init_scale=1 / k), step_schedule="sqrt")
-        thetas.append(learner.fit((X * k,), epochs=3).theta * k)
-    assert_allclose(thetas[1], thetas[0], rtol=1e-7, atol=1e-9)
+    for density in ("sech", "adaptive"):
+        W, shapes = [], []
+        for k in (1.0, 100.0):
+            model = ICA(3, init_scale=1 / k, density=density)
+            learner = NaturalGradientLearner(model, step_schedule="sqrt")
+            theta = learner.fit((X * k,), epochs=3).theta
+            W.append(model.unmixing(theta) * k)
+            shapes.append(theta[9:])
+        assert_allclose(W[1], W[0], rtol=1e-7, atol=1e-9)
+        assert_allclose(shapes[1], shapes[0], rtol=1e-7, atol=1e-9)
 
 
 def test_amari_distance_reference_values():
@@ -248,16 +277,26 @@ def test_amari_distance_reference_values():
 # -- parameters, validation, data -------------------------------------------------------------
 
 
-def test_initial_params_scale_the_identity_by_the_batch_spread():
+def test_initial_params_whiten_the_first_batch():
+    """Adaptive density: the symmetric whitening C^{-1/2} of the batch's weighted covariance
+    (W C Wᵀ = I, W symmetric), Gaussian shapes; sech: I/√(mean variance).
+    """
     X = laplace_rows(400, 3, seed=4) * 30.0
     w = np.random.default_rng(4).random(400)
-    model = ICA(3)
+    model, sech = ICA(3), ICA(3, density="sech")
     for weights in (None, w):
-        v = np.mean(np.cov(X.T, aweights=weights, bias=True).diagonal())
-        W0 = model.unmixing(model.initial_params(X, None, weights))
-        assert_allclose(W0, np.eye(3) / np.sqrt(v), rtol=1e-10)
+        C = np.cov(X.T, aweights=weights, bias=True)
+        theta0 = model.initial_params(X, None, weights)
+        W0 = model.unmixing(theta0)
+        assert_allclose(W0 @ C @ W0.T, np.eye(3), atol=1e-10)
+        assert_allclose(W0, W0.T, rtol=1e-12, atol=1e-15)
+        assert_allclose(model.shapes(theta0), 2.0, rtol=1e-14)
+        v = np.mean(C.diagonal())
+        assert_allclose(sech.unmixing(sech.initial_params(X, None, weights)),
+                        np.eye(3) / np.sqrt(v), rtol=1e-10)
     assert ICA(3, init_scale=2.0).initial_params(X, None, None) is None
     assert model.initial_params(np.zeros((5, 3)), None, None) is None
+    assert sech.initial_params(np.zeros((5, 3)), None, None) is None
 
 
 def test_params_config_and_init():
@@ -265,14 +304,25 @@ def test_params_config_and_init():
     assert_allclose(model.unmixing(model.init_params()), 0.5 * np.eye(3))
     again = model_from_config(json.loads(json.dumps(model.config())))
     assert again.config() == model.config() and again.sharpness == 2.0
+    assert model.density == "sech"  # sharpness implies the sech density
     W = random_unmixing(3, 0)
     assert model.params_to_dict(W.ravel()) == {"W": W.tolist()}
-    assert ICA(3).config() == {"name": "ica", "n_features": 3}
-    assert_allclose(ICA(3).init_params(), np.eye(3).ravel())
+    assert ICA(3).config() == {"name": "ica", "n_features": 3, "density": "adaptive"}
+    theta0 = ICA(3).init_params()
+    assert_allclose(theta0[:9], np.eye(3).ravel())
+    assert_allclose(shape_ref(theta0[9:]), 2.0, rtol=1e-14)  # Gaussian
+    theta = np.r_[W.ravel(), 0.0, -1.0, 2.0]
+    out = ICA(3).params_to_dict(theta)
+    assert out["W"] == W.tolist()
+    assert_allclose(out["alpha"], shape_ref(np.array([0.0, -1.0, 2.0])), rtol=1e-14)
+    # a run recorded before the adaptive density existed: no "density" key means sech
+    legacy = model_from_config({"name": "ica", "n_features": 3})
+    assert legacy.density == "sech" and legacy.n_params == 9
+    assert model_from_config(ICA(3).config()).n_params == 12
 
 
 def test_bad_input_is_a_clear_error():
-    model = ICA(2)
+    model = ICA(2, density="sech")
     X = np.ones((4, 2))
     with pytest.raises(SingularUnmixingError, match="singular") as info:
         model.loss(X, None, np.array([1.0, 2.0, 2.0, 4.0]))
@@ -288,14 +338,23 @@ def test_bad_input_is_a_clear_error():
         model.model_fisher(X, model.init_params())
     with pytest.raises(ValueError, match="does not support metric 'model'"):
         NaturalGradientLearner(model, metric="model")
+    with pytest.raises(ValueError, match="sharpness applies to density 'sech' only"):
+        ICA(2, density="adaptive", sharpness=1.0)
+    with pytest.raises(ValueError, match="density must be one of adaptive, sech"):
+        ICA(2, density="laplace")
+    with pytest.raises(ValueError, match=r"shape parameter is not finite"):
+        ICA(2).loss(X, None, np.r_[np.eye(2).ravel(), 0.0, np.nan])
 
 
 def test_options_from_data_scale_and_centering_check(tmp_path):
     from natgrad_stream.data import as_source
 
     X, _ = task.sample_chunk(task.true_params(3, 1), np.random.default_rng(1), 6000)
-    opts = ICA.options_from_data(None, as_source((X * 50.0,), y=None), {})
+    opts = ICA.options_from_data(None, as_source((X * 50.0,), y=None), {"density": "sech"})
     assert opts["init_scale"] == pytest.approx(1 / np.sqrt(np.mean((X[:4096] * 50).var(0))))
+    assert opts["density"] == "sech"
+    # the adaptive density starts from the learner's first batch (initial_params)
+    assert ICA.options_from_data(None, as_source((X * 50.0,), y=None), {}) == {}
     with pytest.warns(RuntimeWarning, match="zero-mean data"):
         ICA.options_from_data(None, as_source((X + 3.0,), y=None), {})
 
@@ -318,10 +377,15 @@ def test_synthetic_task():
 def test_evaluate_is_the_mean_log_likelihood():
     X = laplace_rows(3000, 3, seed=8)
     W = random_unmixing(3, 8)
-    out = evaluate(ICA(3), W.ravel(), (X,), batch_size=700)
+    out = evaluate(ICA(3, density="sech"), W.ravel(), (X,), batch_size=700)
     assert set(out) == {"n", "log_likelihood"} and out["n"] == 3000
     ref = np.log(abs(np.linalg.det(W))) + logistic.logpdf(X @ W.T).sum(axis=1)
     assert_allclose(out["log_likelihood"], ref.mean(), rtol=1e-12)
+    kappa = np.array([-0.5, 0.3, 1.2])
+    out = evaluate(ICA(3), np.r_[W.ravel(), kappa], (X,), batch_size=700)
+    ref = reference_log_density(X @ W.T, shape_ref(kappa)).sum(axis=1)
+    assert_allclose(out["log_likelihood"], np.log(abs(np.linalg.det(W))) + ref.mean(),
+                    rtol=1e-11)
 
 
 def _cli(capsys, *args):
@@ -346,11 +410,12 @@ def test_cli_round_trip(tmp_path, capsys):
     assert code == 0 and summary["samples"] == 400_000
     code, ev = _cli(capsys, "evaluate", run, data, "--x", "X_test")
     code, params = _cli(capsys, "params", run)
-    assert code == 0 and set(params) == {"W"}
-    W = np.array(params["W"])
+    assert code == 0 and set(params) == {"W", "alpha"}
+    W, alpha = np.array(params["W"]), np.array(params["alpha"])
     assert amari_distance(W @ g["A"][...]) < 0.05
+    assert np.all(alpha < 2.0)  # Laplace sources: super-Gaussian shapes
     Xt = g["X_test"][...].astype(np.float64)
-    ref = np.log(abs(np.linalg.det(W))) + logistic.logpdf(Xt @ W.T).sum(axis=1)
+    ref = np.log(abs(np.linalg.det(W))) + reference_log_density(Xt @ W.T, alpha).sum(axis=1)
     assert ev["n"] == 2000 and ev["log_likelihood"] == pytest.approx(ref.mean(), rel=1e-9)
 
 
@@ -404,3 +469,187 @@ def test_cli_sharpness_option_reaches_the_model(tmp_path, capsys):
     info = json.loads((run / "run.json").read_text())
     assert info["model"]["sharpness"] == 2.0
     assert info["options"]["optimizer"]["schedule"] == "sqrt"
+
+
+# -- the adaptive density ------------------------------------------------------------------------
+
+
+def _adaptive_theta(d, seed):
+    kappa = np.random.default_rng(seed).uniform(-2.0, 2.0, d)
+    return np.r_[random_unmixing(d, seed).ravel(), kappa]
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.0 + 1e-9, 1.3, 2.0, 5.0, 50.0, 200.0])
+def test_normalizer_matches_adaptive_quadrature(alpha):
+    """log Z, ∂log Z/∂α and the Fisher information Var_p[∂g/∂α] of the grid rule against
+    SciPy's adaptive quadrature (α = 2: the Gaussian's log Z = log √(2π) − ε²/2 exactly).
+    """
+    eps = D.SMOOTHING
+
+    def energy(s):
+        return (s * s + eps * eps) ** (alpha / 2) / alpha
+
+    def g_alpha(s):
+        return energy(s) * (0.5 * math.log(s * s + eps * eps) - 1 / alpha)
+
+    upper = (80 * alpha) ** (1 / alpha) + 1  # e^{−g} < e^{−80} beyond
+
+    def integral(f):
+        return 2 * quad(f, 0, upper, limit=500, epsabs=0, epsrel=1e-13)[0]
+
+    z = integral(lambda s: math.exp(-energy(s)))
+    mean = integral(lambda s: math.exp(-energy(s)) * g_alpha(s)) / z
+    var = integral(lambda s: math.exp(-energy(s)) * (g_alpha(s) - mean) ** 2) / z
+    log_z, dlog_z, fisher = D.normalizer([alpha])
+    assert log_z[0] == pytest.approx(math.log(z), abs=1e-12)
+    assert dlog_z[0] == pytest.approx(-mean, rel=1e-9, abs=1e-13)
+    assert fisher[0] == pytest.approx(var, rel=1e-9, abs=1e-13)
+    if alpha == 2.0:
+        assert log_z[0] == pytest.approx(0.5 * math.log(2 * math.pi) - eps**2 / 2, abs=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("n", [1, 37])
+def test_power_kernel_matches_reference(dtype, parallel, n):
+    """Per-row loss and gradient (W and κ) of the adaptive density against NumPy."""
+    d = 3
+    X = laplace_rows(n, d, seed=n, dtype=dtype)
+    theta = _adaptive_theta(d, n)
+    model = ICA(d)
+    W, Winv, logdet = model.factor(theta)
+    alpha = shape_ref(theta[d * d:])
+    slope = 9 * np.sin(2 * theta[d * d:])
+    log_z, dlog_z, _ = D.normalizer(alpha)
+    loss, grad = np.empty(n), np.empty((n, d * d + d))
+    kernel = K.ica_power_row_terms_parallel if parallel else K.ica_power_row_terms
+    kernel(X, W, np.ascontiguousarray(Winv.T), logdet, alpha, log_z, dlog_z, slope,
+           D.SMOOTHING**2, loss, grad, np.empty((3 if parallel else 1, d)))
+    S = X.astype(np.float64) @ W.T
+    r2 = S * S + D.SMOOTHING**2
+    g = r2 ** (alpha / 2) / alpha
+    psi = S * r2 ** (alpha / 2 - 1)
+    r_loss = -logdet + (g + log_z).sum(axis=1)
+    r_grad_W = psi[:, :, None] * X.astype(np.float64)[:, None, :] - Winv.T[None]
+    r_grad_k = (g * (0.5 * np.log(r2) - 1 / alpha) + dlog_z) * slope
+    assert_allclose(loss, r_loss, rtol=1e-12)
+    assert_allclose(grad, np.hstack([r_grad_W.reshape(n, -1), r_grad_k]), rtol=1e-10,
+                    atol=1e-12)
+    assert_allclose(K.ica_power_evaluate(X, W, logdet, alpha, log_z, D.SMOOTHING**2),
+                    r_loss.sum(), rtol=1e-12)
+
+
+def test_adaptive_gradient_matches_finite_differences():
+    d = 3
+    X = laplace_rows(60, d, seed=4)
+    model = ICA(d)
+    theta = _adaptive_theta(d, 4)
+    grad = model.row_terms(X, None, theta, metric=None).grad.mean(axis=0)
+    h = 1e-6
+    fd = np.array([(model.loss(X, None, theta + h * e) - model.loss(X, None, theta - h * e))
+                   / (2 * h) for e in np.eye(theta.size)])
+    # round-off of the central difference: |J| ε / h, with |J| up to 1e5 (sharp shapes)
+    atol = 10 * abs(model.loss(X, None, theta)) * np.finfo(float).eps / h
+    assert_allclose(grad, fd, rtol=1e-6, atol=atol)
+
+
+def test_adaptive_metric_is_amari_and_the_shapes_fisher():
+    """The ``amari`` metric with the adaptive density: Amari's block for W and, for κ, the
+    Fisher information of one source value, E_p[(∂ log p/∂κ)²] (by quadrature), plus the
+    floor times that of α.
+    """
+    d = 3
+    theta = _adaptive_theta(d, 6)
+    model = ICA(d)
+    G = model.amari_metric(theta)
+    W = model.unmixing(theta)
+    assert_allclose(G[:9, :9], np.kron(np.eye(d), np.linalg.inv(W.T @ W)), rtol=1e-10)
+    assert not G[:9, 9:].any() and not G[9:, :9].any()
+    alpha = model.shapes(theta)
+    for a in range(d):
+        # E_p[(∂ log p/∂κ)²] by finite differences of log p in κ, integrated by quad
+        def score(s, a=a):
+            h = 1e-6
+            kp, km = theta.copy(), theta.copy()
+            kp[9 + a] += h
+            km[9 + a] -= h
+            up = model.log_prior(np.full((1, d), s), kp)[0, a]
+            down = model.log_prior(np.full((1, d), s), km)[0, a]
+            return (up - down) / (2 * h)
+
+        dens = [math.exp(model.log_prior(np.full((1, d), s), theta)[0, a])
+                for s in np.linspace(-1, 1, 3)]
+        assert all(v > 0 for v in dens)
+        fisher = 2 * quad(lambda s, a=a: math.exp(model.log_prior(np.full((1, d), s),
+                                                                  theta)[0, a]) * score(s) ** 2,
+                          0, 60, limit=200)[0]
+        slope = 9 * math.sin(2 * theta[9 + a])  # dα/dκ
+        # the Fisher information of κ, plus the floor times that of α (= it / slope²)
+        assert G[9 + a, 9 + a] == pytest.approx(fisher * (1 + D.SHAPE_METRIC_FLOOR / slope**2),
+                                                rel=1e-5)
+        assert 1 < alpha[a] < 10
+
+
+def test_adaptive_density_separates_sub_and_super_gaussian_sources():
+    """Two uniform (sub-Gaussian) and two Laplace (super-Gaussian) sources, 20,000 rows: the
+    logistic prior cannot separate the uniform pair, the default adaptive density does, at
+    most FastICA's Amari distance, with shapes above 2 (sub) and below 2 (super); converged.
+    Measured: adaptive 0.0045 (95 passes, shapes 10, 10, 1, 1), FastICA 0.0061, logistic 0.18.
+    """
+    rng = np.random.default_rng(11)
+    n = 20_000
+    S = np.column_stack([rng.uniform(-1, 1, n), rng.uniform(-1, 1, n),
+                         rng.laplace(size=n), rng.laplace(size=n)])
+    S /= S.std(axis=0)
+    A = rng.standard_normal((4, 4))
+    X = S @ A.T
+    X -= X.mean(axis=0)
+    learner = NaturalGradientLearner(ICA(4))
+    learner.fit((X,))
+    model = learner.model
+    ours = amari_distance(model.unmixing(learner.theta) @ A)
+    assert learner.converged
+    assert ours <= _fastica_distance(X, A)
+    alpha = model.shapes(learner.theta)
+    # the row of W that recovers source j
+    which = np.argmax(np.abs(model.unmixing(learner.theta) @ A), axis=0)
+    assert np.all(alpha[which[:2]] > 2.0) and np.all(alpha[which[2:]] < 2.0)
+    logistic_fit = NaturalGradientLearner(ICA(4, density="sech")).fit((X,))
+    assert amari_distance(logistic_fit.model.unmixing(logistic_fit.theta) @ A) > 0.05
+
+
+def _random_sources(rng, n, kinds):
+    make = {"u": lambda: rng.uniform(-1, 1, n), "l": lambda: rng.laplace(size=n),
+            "b": lambda: rng.choice([-1.0, 1.0], n) + 0.3 * rng.standard_normal(n),
+            "t": lambda: rng.standard_t(5, n), "g": lambda: rng.gamma(2.0, size=n)}
+    S = np.column_stack([make[k]() for k in kinds])
+    return (S - S.mean(axis=0)) / S.std(axis=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12))
+def test_default_fit_separates_random_mixtures(seed):
+    """3–5 sources drawn from uniform, Laplace, bimodal (±1 + N(0, 0.3²)), Student-t(5) and
+    skewed gamma(2), 20,000 rows, a random N(0, 1) mixing: the default fit converges and
+    separates, within 2.5× FastICA's best ``fun`` (logcosh, exp, cube) and below 0.02.
+    Measured (the panel this default was chosen on): Amari 0.0043–0.0097, converged in
+    45–172 passes; ours/FastICA 0.59–2.0 (the larger ratios on gamma and Student-t
+    sources, which a symmetric density fits less well).
+    """
+    from sklearn.decomposition import FastICA
+
+    rng = np.random.default_rng(100 + seed)
+    kinds = ["u", "l", "b", "t", "g"]
+    pick = [kinds[i] for i in rng.permutation(5)[: 3 + seed % 3]]
+    S = _random_sources(rng, 20_000, pick)
+    A = rng.standard_normal((S.shape[1],) * 2)
+    X = S @ A.T
+    learner = NaturalGradientLearner(ICA(S.shape[1]))
+    learner.fit((X,))
+    ours = amari_distance(learner.model.unmixing(learner.theta) @ A)
+    best = min(amari_distance(FastICA(n_components=S.shape[1], fun=fun, whiten="unit-variance",
+                                      max_iter=10_000, tol=1e-8, random_state=0)
+                              .fit(X).components_ @ A)
+               for fun in ("logcosh", "exp", "cube"))
+    assert learner.converged
+    assert ours < 0.02 and ours <= 2.5 * best

@@ -58,9 +58,9 @@ RUN_JSON = "run.json"
 LOCK = ".lock"
 #: Model options as they appear in a model's ``config()``, and the model each one is for.
 _MODEL_CONFIG_KEYS = {"model": "name", "classes": "n_classes", "hidden": "hidden",
-                      "sharpness": "sharpness"}
+                      "sharpness": "sharpness", "density": "density"}
 _MODEL_OPTION_OWNER = {"mixing": "gaussian-mean", "classes": "softmax", "hidden": "mlp",
-                       "sharpness": "ica"}
+                       "sharpness": "ica", "density": "ica"}
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:

@@ -63,7 +63,10 @@ def make_model(name: str, n_features: int, **options) -> Model:
 def model_from_config(config: dict) -> Model:
     """Rebuild a model from :meth:`Model.config`."""
     cfg = dict(config)
-    return make_model(cfg.pop("name"), cfg.pop("n_features"), **cfg)
+    name = cfg.pop("name")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name].from_config(cfg.pop("n_features"), **cfg)
 
 
 __all__ = [

@@ -110,6 +110,10 @@ class Model(abc.ABC):
     #: optimum: the model metric is the Hessian at the optimum (GLMs with their canonical
     #: link). A fit left without ``epochs`` then runs until its stopping rule holds.
     scoring_converges: bool = False
+    #: Pass cap of a fit left without ``epochs`` (None:
+    #: :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS`), for families whose later passes
+    #: need more of them.
+    auto_max_epochs: int | None = None
 
     def __init__(self, n_features: int):
         if int(n_features) < 1:
@@ -208,6 +212,13 @@ class Model(abc.ABC):
     def config(self) -> dict:
         """JSON-ready constructor arguments; ``make_model(**config)`` rebuilds the model."""
         return {"name": self.name, "n_features": self.n_features}
+
+    @classmethod
+    def from_config(cls, n_features: int, **config) -> Model:
+        """The model of a recorded :meth:`config` (without ``name``); subclasses override
+        to read configs recorded by older versions.
+        """
+        return cls(n_features, **config)
 
     # -- batch statistics -----------------------------------------------------------
     def new_workspace(self, structure: str = "full", *, n_threads: int | None = None) -> Workspace:

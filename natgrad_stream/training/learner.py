@@ -534,8 +534,8 @@ class NaturalGradientLearner:
             Streaming: total passes of the run; a resumed run continues up to this count.
             Default: until the later passes' stopping rule holds (Fisher scoring: ``tol``,
             else round-off; ``refine="lbfgs"``: the L-BFGS rules), at most
-            :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS` passes, on data that can be
-            read again; one pass otherwise, and with ``refine="stream"``.
+            :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS` passes (the model's
+            ``auto_max_epochs`` where it sets one), on data that can be read again; one pass otherwise, and with ``refine="stream"``.
         rounds : int, optional
             L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
@@ -796,7 +796,8 @@ class _Streaming(_Strategy):
 
     def settle(self, plan: dict, source) -> None:
         """A fit left without ``epochs`` runs until its stopping rule holds, at most
-        :data:`AUTO_MAX_EPOCHS` passes, where its later passes converge (Fisher scoring on a
+        :data:`AUTO_MAX_EPOCHS` passes (or the model's
+        :attr:`~natgrad_stream.models.Model.auto_max_epochs`), where its later passes converge (Fisher scoring on a
         model whose :attr:`~natgrad_stream.models.Model.scoring_converges`, or the L-BFGS
         hand-over) on a source that can be read again; otherwise it makes one pass.
         """
@@ -805,7 +806,8 @@ class _Streaming(_Strategy):
             again = isinstance(source, ArraySource) and source.n_rows is not None
             converges = lr.refine == "lbfgs" or (lr.model.scoring_converges and
                                                  lr.refine == "scoring")
-            plan["epochs"] = AUTO_MAX_EPOCHS if again and converges else 1
+            cap = lr.model.auto_max_epochs or AUTO_MAX_EPOCHS
+            plan["epochs"] = cap if again and converges else 1
         self.epochs = plan["epochs"]  # for status()
 
     def total_rows(self, source, plan) -> int | None:

@@ -287,9 +287,12 @@ OPTIONS: tuple[Option, ...] = (
        group=MODEL, nullable=True, metavar="K"),
     _o("hidden", positive_int, None, "mlp: hidden units (default 16)", group=MODEL,
        nullable=True, metavar="H"),
-    _o("sharpness", positive_float, None, "ica: source prior p(s) ∝ cosh(B·s)^(−1/B); "
-       "default 0.5, the logistic density; larger B is closer to a Laplace prior",
-       group=MODEL, nullable=True, metavar="B"),
+    _o("density", _choice, None, "ica: source density; adaptive (the default) learns each "
+       "source's shape (sub- or super-Gaussian), sech is the fixed prior of --sharpness",
+       group=MODEL, nullable=True, choices=("adaptive", "sech")),
+    _o("sharpness", positive_float, None, "ica: the sech density p(s) ∝ cosh(B·s)^(−1/B) "
+       "(implies --density sech); default 0.5, the logistic density; larger B is closer to "
+       "a Laplace prior", group=MODEL, nullable=True, metavar="B"),
     # -- learner ---------------------------------------------------------------------------
     _o("optimizer", _choice, "sgd", "optimizer of φ; lbfgs: batch L-BFGS in the natural "
        "space, re-whitened every round (paper section 2.7)", choices=OPTIMIZER_CHOICES),
@@ -362,7 +365,7 @@ OPTIONS: tuple[Option, ...] = (
     # -- run: may change on --resume --------------------------------------------------------
     _o("epochs", positive_int, None, "total passes; a resumed run continues up to this "
        "count (default: until the later passes' rule holds, at most "
-       f"{AUTO_MAX_EPOCHS} passes; one pass with --follow or --refine stream)", group=RUN,
+       f"{AUTO_MAX_EPOCHS} passes, ica 200; one pass with --follow or --refine stream)", group=RUN,
        applies=_ST, resumable=True),
     _o("max_samples", positive_int, None, "stop (resumably) after this many samples in "
        "total", group=RUN, resumable=True, nullable=True, inherit=False),
