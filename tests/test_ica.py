@@ -481,7 +481,7 @@ def _adaptive_theta(d, seed):
 
 @pytest.mark.parametrize("alpha", [1.0, 1.0 + 1e-9, 1.3, 2.0, 5.0, 50.0, 200.0])
 def test_normalizer_matches_adaptive_quadrature(alpha):
-    """log Z, ∂log Z/∂α and the Fisher information Var_p[∂g/∂α] of the grid rule against
+    """Log Z, ∂log Z/∂α and the Fisher information Var_p[∂g/∂α] of the grid rule against
     SciPy's adaptive quadrature (α = 2: the Gaussian's log Z = log √(2π) − ε²/2 exactly).
     """
     eps = D.SMOOTHING

@@ -217,7 +217,8 @@ class ICA(FactorModel):
     def _with_shapes(self, W: np.ndarray | None) -> np.ndarray | None:
         if W is None:
             return None
-        return np.r_[W.ravel(), np.full(self.n_features if self.adaptive else 0, D.param_from_shape(2.0))]
+        shapes = np.full(self.n_features if self.adaptive else 0, D.param_from_shape(2.0))
+        return np.r_[W.ravel(), shapes]
 
     def init_params(self) -> np.ndarray:
         """``vec(init_scale · I)`` (``init_scale`` 1 when not given), then Gaussian shapes
@@ -295,7 +296,8 @@ class ICA(FactorModel):
 
     def shapes(self, theta) -> np.ndarray:
         """The adaptive density's shapes ``α`` (see :func:`ica_density.shape_from_param`),
-        shape (d,)."""
+        shape (d,).
+        """
         if not self.adaptive:
             raise ValueError("density 'sech' has no learned shapes")
         d = self.n_features
@@ -303,7 +305,8 @@ class ICA(FactorModel):
 
     def check_params(self, theta) -> None:
         """Raise :class:`SingularUnmixingError` unless ``W`` is finite and non-singular, and
-        ``ValueError`` unless the shapes are finite."""
+        ``ValueError`` unless the shapes are finite.
+        """
         self.factor(theta)
         if self.adaptive:
             self._density_terms(theta)
@@ -335,7 +338,8 @@ class ICA(FactorModel):
 
     def _density_terms(self, theta):
         """``(α, dα/dκ, log Z, ∂log Z/∂α, Fisher of κ)`` of the adaptive density, each
-        (d,)."""
+        (d,).
+        """
         d = self.n_features
         kappa = as_float64_vector(theta, "theta", self.n_params)[d * d:]
         if not np.all(np.isfinite(kappa)):

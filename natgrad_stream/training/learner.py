@@ -535,7 +535,8 @@ class NaturalGradientLearner:
             Default: until the later passes' stopping rule holds (Fisher scoring: ``tol``,
             else round-off; ``refine="lbfgs"``: the L-BFGS rules), at most
             :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS` passes (the model's
-            ``auto_max_epochs`` where it sets one), on data that can be read again; one pass otherwise, and with ``refine="stream"``.
+            ``auto_max_epochs`` where it sets one), on data that can be read again; one
+            pass otherwise, and with ``refine="stream"``.
         rounds : int, optional
             L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
@@ -797,9 +798,10 @@ class _Streaming(_Strategy):
     def settle(self, plan: dict, source) -> None:
         """A fit left without ``epochs`` runs until its stopping rule holds, at most
         :data:`AUTO_MAX_EPOCHS` passes (or the model's
-        :attr:`~natgrad_stream.models.Model.auto_max_epochs`), where its later passes converge (Fisher scoring on a
-        model whose :attr:`~natgrad_stream.models.Model.scoring_converges`, or the L-BFGS
-        hand-over) on a source that can be read again; otherwise it makes one pass.
+        :attr:`~natgrad_stream.models.Model.auto_max_epochs`), where its later passes
+        converge (Fisher scoring on a model whose
+        :attr:`~natgrad_stream.models.Model.scoring_converges`, or the L-BFGS hand-over) on
+        a source that can be read again; otherwise it makes one pass.
         """
         if plan["epochs"] is None:
             lr = self.learner
