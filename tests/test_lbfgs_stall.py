@@ -30,21 +30,36 @@ def diabetes_standardized():
     return X, y
 
 
-def _unconverged_lines(caplog):
-    return [r.getMessage() for r in caplog.records
-            if getattr(r, "natgrad_event", None) == UNCONVERGED]
+class _Records(logging.Handler):
+    """The records of the ``natgrad_stream`` logger while attached (independent of how
+    other tests configured its propagation).
+    """
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def unconverged(self) -> list[str]:
+        return [r.getMessage() for r in self.records
+                if getattr(r, "natgrad_event", None) == UNCONVERGED]
 
 
-def test_a_round_that_did_not_descend_is_a_stall_not_convergence(diabetes_standardized,
-                                                                 caplog):
+def test_a_round_that_did_not_descend_is_a_stall_not_convergence(diabetes_standardized):
     X, y = diabetes_standardized
-    with caplog.at_level(logging.WARNING, logger="natgrad_stream"):
+    logger, seen = logging.getLogger("natgrad_stream"), _Records()
+    logger.addHandler(seen)
+    try:
         lr = NaturalGradientLearner(make_model("mlp", 10, seed=2)).fit((X, y), epochs=300)
+    finally:
+        logger.removeHandler(seen)
     last = lr.state.last_round
     assert last["relative_improvement"] == 0.0 and last["max_natural_grad"] > 1e-3
     assert lr.result.converged is False and last["stalled"] is True
     assert lr.result.epochs < 300  # stopped at the stall, not by the cap
-    (line,) = _unconverged_lines(caplog)
+    (line,) = seen.unconverged()
     assert "stalled" in line and f"round {last['round']}" in line
     # the returned θ is the best point measured: its loss is the summary's
     mse = float(np.mean((y - lr.model.predict(X, lr.theta)) ** 2))

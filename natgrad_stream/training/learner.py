@@ -25,9 +25,10 @@ Strategies (chosen by the ``optimizer`` option):
    (:func:`natgrad_stream.optim.lbfgs.lbfgs_round`), every evaluation a pass at
    ``θ = W⁻¹φ``; the best point evaluated becomes ``θ``.
 
-Rounds stop once a round improves ``J`` by at most ``lbfgs_tol`` relative or ends with
-``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient tolerance), or after
-``lbfgs_rounds`` rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a
+Rounds stop once a round that descended improves ``J`` by at most ``lbfgs_tol`` relative
+or a round ends with ``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient
+tolerance), or after ``lbfgs_rounds`` rounds; a round that found no point below its start
+(its first line search failed) is a *stall*, which ends the fit unconverged. L-BFGS's curvature memory is dropped at each re-whitening, so a
 round boundary is an exact restart point. Passes stream chunks in order without shuffling;
 in window mode each round draws its own ``window`` chunks from ``(seed, round)`` and all
 rounds run.
