@@ -25,9 +25,10 @@ Strategies (chosen by the ``optimizer`` option):
    (:func:`natgrad_stream.optim.lbfgs.lbfgs_round`), every evaluation a pass at
    ``θ = W⁻¹φ``; the best point evaluated becomes ``θ``.
 
-Rounds stop once a round improves ``J`` by at most ``lbfgs_tol`` relative or ends with
-``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient tolerance), or after
-``lbfgs_rounds`` rounds. L-BFGS's curvature memory is dropped at each re-whitening, so a
+Rounds stop once a round that descended improves ``J`` by at most ``lbfgs_tol`` relative
+or a round ends with ``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient
+tolerance), or after ``lbfgs_rounds`` rounds; a round that found no point below its start
+(its first line search failed) is a *stall*, which ends the fit unconverged. L-BFGS's curvature memory is dropped at each re-whitening, so a
 round boundary is an exact restart point. Passes stream chunks in order without shuffling;
 in window mode each round draws its own ``window`` chunks from ``(seed, round)`` and all
 rounds run.
@@ -855,7 +856,7 @@ class _Streaming(_Strategy):
         rounds = _LBFGSRounds(lr)
         cap = s.samples + (plan["epochs"] - s.cursor.epoch) * source.n_rows
         budget = cap if max_samples is None else min(cap, max_samples)
-        while s.cursor.epoch < plan["epochs"] and not s.converged:
+        while s.cursor.epoch < plan["epochs"] and not s.converged and not _stalled(s):
             if lr._out_of_budget(max_samples):
                 return True
             complete = rounds._round(source, callbacks, budget)
@@ -1124,6 +1125,8 @@ class _Streaming(_Strategy):
                "the same learner)")
         if lr.refine == "lbfgs":
             r = s.last_round or {}
+            if _stalled(s):
+                return _stall_note(r)
             return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) after "
                     f"{s.rounds} complete L-BFGS round(s), the last improving the loss by "
                     f"{r.get('relative_improvement', math.nan):.3g} relative (lbfgs_tol "
@@ -1211,7 +1214,8 @@ class _LBFGSRounds(_Strategy):
 
     def run(self, source, plan, callbacks, max_samples) -> bool:
         lr = self.learner
-        while lr.state.rounds < plan["rounds"] and not lr.state.converged:
+        while lr.state.rounds < plan["rounds"] and not lr.state.converged \
+                and not _stalled(lr.state):
             if lr._out_of_budget(max_samples) or \
                     not self._round(source, callbacks, max_samples):
                 return True
@@ -1222,6 +1226,8 @@ class _LBFGSRounds(_Strategy):
         s = self.learner.state
         if s.converged or getattr(self.learner, "window", None) is not None:
             return None  # window mode runs every round by design
+        if _stalled(s):
+            return _stall_note(s.last_round)
         more = 2 * plan["rounds"]
         return (f"not converged: stopped by the round cap (lbfgs_rounds={plan['rounds']}) "
                 "before a round improved the loss by at most lbfgs_tol or reached "
@@ -1309,10 +1315,11 @@ class _LBFGSRounds(_Strategy):
         s.phi = W.phi(s.theta)
         gphi = W.grad_phi(res.grad)
         rel = (J0 - res.J) / max(abs(J0), abs(res.J), 1.0)
+        stalled = False
         if res.complete:
             s.rounds += 1
-            s.converged = chunks is None and (rel <= lr.lbfgs_tol or
-                                              float(np.abs(gphi).max()) <= lr.lbfgs_gtol)
+            s.converged, stalled = _round_verdict(res.J < J0, rel, gphi, lr,
+                                                  full=chunks is None)
         record = {
             "event": "round", "round": k + 1, "complete": res.complete, "loss_start": J0,
             "loss": res.J, "relative_improvement": rel,
@@ -1324,7 +1331,7 @@ class _LBFGSRounds(_Strategy):
             "rows_per_evaluation": rows,
             "window": None if chunks is None else chunks.tolist(),
             "nonfinite_trials": res.nonfinite_trials, "status": res.status,
-            "converged": s.converged,
+            "converged": s.converged, "stalled": stalled,
             "rewhiten": {k_: v for k_, v in event.items() if k_ not in ("event", "round")},
             "seconds": time.perf_counter() - t0,
         }
@@ -1366,6 +1373,42 @@ class _LBFGSRounds(_Strategy):
                         natural_grad_norm=float(np.linalg.norm(gphi)), rows=rows,
                         samples=lr.state.samples, steps=lr.state.steps, full_pass=True)
         lr._report(callbacks, info)
+
+
+def _stalled(s: LearnerState) -> bool:
+    """Whether the last L-BFGS round stalled (:func:`_round_verdict`)."""
+    return bool((s.last_round or {}).get("stalled"))
+
+
+def _stall_note(record: dict) -> str:
+    """The warning line of a fit that a stalled L-BFGS round ended (:func:`_round_verdict`)."""
+    return (f"not converged: L-BFGS round {record.get('round')} stalled (no point below its "
+            f"start; {record.get('status')}) with max natural gradient "
+            f"{record.get('max_natural_grad', math.nan):.3g}; more passes would repeat it "
+            "(another model seed starts elsewhere)")
+
+
+def _round_verdict(descended: bool, rel: float, gphi: np.ndarray, lr, *,
+                   full: bool) -> tuple[bool, bool]:
+    """``(converged, stalled)`` after a complete L-BFGS round on the whole data (``full``).
+
+    ``descended``: the round found a point below its start; ``rel`` its relative
+    improvement; ``gphi`` (P,) the natural gradient at the round's best point. The gradient
+    rule (``max |∇φJ| ≤ lbfgs_gtol``) always certifies convergence. The improvement rule
+    (``rel ≤ lbfgs_tol``) does only for a round that descended: a round whose best point is
+    its start had its first line search fail (e.g. every trial far above ``J``, as when
+    parameters of saturated units have run off to huge values and ``θ = W⁻¹φ`` loses them
+    to round-off), which says nothing about stationarity. Such a round is *stalled*: the
+    next round would re-whiten at the same θ and repeat it exactly, so the fit stops there,
+    not converged. Window rounds (``full`` False) never converge nor stall.
+    """
+    if not full:
+        return False, False
+    if float(np.abs(gphi).max()) <= lr.lbfgs_gtol:
+        return True, False
+    if descended:
+        return rel <= lr.lbfgs_tol, False
+    return False, True
 
 
 def pass_progress(lr: NaturalGradientLearner, callbacks):

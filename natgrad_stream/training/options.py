@@ -353,8 +353,8 @@ OPTIONS: tuple[Option, ...] = (
        "resumed run continues up to this count", applies=_LB, resumable=True, metavar="R"),
     _o("lbfgs_iters", positive_int, LBFGS_ITERS, "lbfgs: L-BFGS iterations per round at "
        "most", applies=_LB, metavar="N"),
-    _o("lbfgs_tol", nonnegative_float, LBFGS_TOL, "lbfgs: stop when a round improves the "
-       "loss by at most T, relative", applies=_LB, metavar="T"),
+    _o("lbfgs_tol", nonnegative_float, LBFGS_TOL, "lbfgs: stop when a round that descended "
+       "improves the loss by at most T, relative", applies=_LB, metavar="T"),
     _o("lbfgs_gtol", nonnegative_float, LBFGS_GTOL, "lbfgs: stop when max |natural gradient "
        "in φ| <= T", applies=_LB, metavar="T"),
     _o("lbfgs_memory", positive_int, LBFGS_MEMORY, "lbfgs: correction pairs kept by L-BFGS",
