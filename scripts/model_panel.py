@@ -423,10 +423,13 @@ def reference_ica(case, model):
                      "warnings": sorted({f"{type(c.message).__name__}: "
                                          f"{str(c.message)[:100]}" for c in caught})}
     best = min(fast, key=lambda f: fast[f]["amari"])
-    v = float(np.mean(X.var(axis=0)))
-    starts = {"I/sqrt(v)": np.eye(X.shape[1]).ravel() / math.sqrt(v)}
+    # the model's own start (with the adaptive density: the whitened data, Gaussian shapes)
+    # and FastICA's best W (with the model's starting shapes)
+    theta0 = model.initial_params(X, None, None)
+    starts = {"the model's start": theta0}
     if fast[best]["W"] is not None:
-        starts[f"FastICA {best}"] = fast[best]["W"].ravel()
+        starts[f"FastICA {best}"] = np.r_[fast[best]["W"].ravel(),
+                                          theta0[X.shape[1] ** 2:]]
     opt = {}
     t0 = time.perf_counter()
     for name, theta0 in starts.items():
