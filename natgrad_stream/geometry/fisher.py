@@ -52,6 +52,8 @@ class RunningFisher:
         self.sum = np.zeros(shape)
         self.weight = 0.0
         self.samples = 0
+        #: Rows in the estimate, decayed as the sums are (the evidence behind it).
+        self.rows = 0.0
 
     def current_half_life(self) -> float:
         """Half-life in samples in force now (``inf`` for plain sums)."""
@@ -81,6 +83,7 @@ class RunningFisher:
         self.weight *= decay
         self.weight += float(weight)
         self.samples += int(rows)
+        self.rows = self.rows * decay + int(rows)
 
     def merge(self, other: RunningFisher) -> RunningFisher:
         """Add another estimate's sums (statistics of the same period, e.g. other workers)."""
@@ -90,6 +93,7 @@ class RunningFisher:
         out.sum = self.sum + other.sum
         out.weight = self.weight + other.weight
         out.samples = self.samples + other.samples
+        out.rows = self.rows + other.rows
         return out
 
     @property
@@ -108,7 +112,8 @@ class RunningFisher:
         """Arrays and scalars that :meth:`from_state` restores exactly."""
         hl = self.half_life
         return {"sum": self.sum.copy(), "weight": self.weight, "samples": self.samples,
-                "structure": self.structure, "half_life": hl, "n_params": self.n_params}
+                "rows": self.rows, "structure": self.structure, "half_life": hl,
+                "n_params": self.n_params}
 
     @classmethod
     def from_state(cls, state: dict) -> RunningFisher:
@@ -118,4 +123,6 @@ class RunningFisher:
         out.sum = np.array(state["sum"], dtype=np.float64)
         out.weight = float(state["weight"])
         out.samples = int(state["samples"])
+        # a checkpoint from before the decayed row count: its samples (no decay)
+        out.rows = float(state.get("rows", out.samples))
         return out

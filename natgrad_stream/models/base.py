@@ -110,6 +110,9 @@ class Model(abc.ABC):
     #: optimum: the model metric is the Hessian at the optimum (GLMs with their canonical
     #: link). A fit left without ``epochs`` then runs until its stopping rule holds.
     scoring_converges: bool = False
+    #: Metric kinds this model computes in closed form from θ alone (no sampling noise over
+    #: rows): the learner does not shrink their running estimate toward the diagonal.
+    exact_metrics: tuple[str, ...] = ()
     #: Pass cap of a fit left without ``epochs`` (None:
     #: :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS`), for families whose later passes
     #: need more of them.

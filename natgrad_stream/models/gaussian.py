@@ -130,6 +130,7 @@ class Gaussian(FactorModel):
     scoring_converges = True  # measured: 3 passes to round-off (exponential family)
     metrics = ("model", "empirical", "loss-gradient", "energy")
     default_metric = "model"
+    exact_metrics = ("model",)
 
     def __init__(self, n_features: int, *, init_mean=None, init_cov=None):
         super().__init__(n_features)

@@ -46,6 +46,7 @@ class GaussianMean(Model):
     requires_targets = False
     scoring_converges = True  # the metric is the Hessian (a constant): one Newton step
     metrics = ("model", "empirical", "loss-gradient")
+    exact_metrics = ("model",)
 
     def __init__(self, n_features: int, *, mixing=None):
         super().__init__(n_features)

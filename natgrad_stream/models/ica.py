@@ -132,6 +132,7 @@ class ICA(FactorModel):
     requires_targets = False
     metrics = ("amari", "empirical", "loss-gradient")
     default_metric = "amari"
+    exact_metrics = ("amari",)
     #: In Amari-whitened coordinates the Hessian's eigenvalues span about 0.27–2.3, so the
     #: harmonic b/t step moves far too little (Amari distance 0.56 after 5 passes where
     #: FastICA reaches 0.007); the 1/√t schedule reaches FastICA's accuracy in 20–30 passes.

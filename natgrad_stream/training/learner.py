@@ -28,8 +28,9 @@ Strategies (chosen by the ``optimizer`` option):
 Rounds stop once a round that descended improves ``J`` by at most ``lbfgs_tol`` relative
 or a round ends with ``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient
 tolerance), or after ``lbfgs_rounds`` rounds; a round that found no point below its start
-(its first line search failed) is a *stall*, which ends the fit unconverged. L-BFGS's curvature memory is dropped at each re-whitening, so a
-round boundary is an exact restart point. Passes stream chunks in order without shuffling;
+(its first line search failed) is a *stall*, which ends the fit unconverged. L-BFGS's
+curvature memory is dropped at each re-whitening, so a round boundary is an exact restart
+point. Passes stream chunks in order without shuffling;
 in window mode each round draws its own ``window`` chunks from ``(seed, round)`` and all
 rounds run.
 """
@@ -51,6 +52,7 @@ from natgrad_stream._constants import (
     DIVERGENCE_MAX_ROLLBACKS,
     DIVERGENCE_STEP_CUT,
     DIVERGENCE_WINDOW_BATCHES,
+    METRIC_WARMUP_ROWS_PER_PARAM,
     REFINE_ARMIJO,
     REFINE_BATCH_ROWS,
     REFINE_MAX_HALVINGS,
@@ -70,6 +72,7 @@ from natgrad_stream.errors import (
 )
 from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.schedule import RefreshSchedule
+from natgrad_stream.geometry.shrinkage import shrink
 from natgrad_stream.geometry.whitening import Whitener, whiten
 from natgrad_stream.models import Model, model_from_config
 from natgrad_stream.models.base import check_metric_structure
@@ -274,7 +277,7 @@ class NaturalGradientLearner:
         s = self.state
         if s.data_init and s.steps == 0:
             self._take_data_start(self.model.initial_params(X, y, w))
-        need_metric = s.whitener is None or s.steps % self.fisher_every == 0
+        need_metric = self._metric_due()
         ws = self._workspace
         loss_sum, wsum = self.model.accumulate(
             X, y, w, s.theta, metric=self.metric if need_metric else None,
@@ -285,6 +288,16 @@ class NaturalGradientLearner:
 
         return self.step_sums(loss_sum, wsum, ws.grad, ws.fisher if need_metric else None, n,
                               power_iteration=power_iteration)
+
+    def _metric_due(self) -> bool:
+        """Whether this step folds a batch into the running metric: one batch in
+        ``fisher_every``, and every batch while the estimate holds fewer than
+        :data:`METRIC_WARMUP_ROWS_PER_PARAM` rows per parameter (its first refreshes then
+        see several batches' evidence, not one's).
+        """
+        s = self.state
+        return (s.whitener is None or s.steps % self.fisher_every == 0
+                or s.fisher.rows < METRIC_WARMUP_ROWS_PER_PARAM * self.model.n_params)
 
     def _take_data_start(self, start) -> None:
         """Start from the model's data-informed θ (:meth:`Model.initial_params`; None keeps
@@ -446,10 +459,22 @@ class NaturalGradientLearner:
         elif self.schedule.clock_due(s.schedule, s.samples):
             reason = "schedule"
         elif self.schedule.drift_check_due(s.schedule):
-            drift = s.whitener.drift(s.fisher.estimate(), s.rng, probes=self.drift_probes)
+            drift = s.whitener.drift(self._running_metric()[0], s.rng, probes=self.drift_probes)
             if self.schedule.drift_exceeded(drift):
                 reason = "drift"
         return None if reason is None else self.refresh(reason=reason, drift=drift)
+
+    def _running_metric(self) -> tuple[np.ndarray, float]:
+        """The running estimate shrunk for the rows behind it (what a refresh factors and
+        the drift check compares with), and the shrinkage intensity
+        (:func:`natgrad_stream.geometry.shrinkage.shrink`); a metric the model computes in
+        closed form (:attr:`~natgrad_stream.models.Model.exact_metrics`) is not shrunk.
+        """
+        s = self.state
+        rows = None if self.metric in self.model.exact_metrics else s.fisher.rows
+        return shrink(s.fisher.estimate(), rows,
+                      centers=self.model.center_indices,
+                      blocks=self.model.param_bounds() if self.structure == "block" else None)
 
     def _curvature_cap(self, power_iteration, event: dict) -> float:
         """Step factor ``min(1, 1/ρ)`` for a diagonal whitener.
@@ -495,7 +520,11 @@ class NaturalGradientLearner:
         event = {"event": "rewhiten", "reason": reason, **fields, "samples": s.samples,
                  "step": s.steps, "drift": drift}
         try:
-            G = s.fisher.estimate() if metric is None else metric
+            # the running estimate is shrunk toward its diagonal for the rows it has seen;
+            # a whole-data metric (scoring passes, L-BFGS rounds) is the exact curvature of
+            # the objective being minimized and is factored as it is
+            G, rho = self._running_metric() if metric is None else (metric, 0.0)
+            event["shrinkage"] = rho
             new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
                          center=self.model.center_indices or None,
                          blocks=self.model.param_bounds() if self.structure == "block" else None)
@@ -1067,7 +1096,7 @@ class _Streaming(_Strategy):
                     n_rows=source.n_rows))
             if max_samples is not None and s.samples >= max_samples:
                 return True
-            need_metric = s.whitener is None or s.steps % lr.fisher_every == 0
+            need_metric = lr._metric_due()
             got = backend.lane_step(lr, epoch, s.lanes, s.theta,
                                     metric=lr.metric if need_metric else None,
                                     chunks_per_read=per_read,

@@ -1,0 +1,185 @@
+"""Wide dense models (issue 18): one default pass and the default fit at d = 1,000 … 10,000
+raw, ill-conditioned features, against scikit-learn's ``LogisticRegression`` (L-BFGS) and
+LIBLINEAR on the same data, with wall time and peak RSS of every run.
+
+Usage::
+
+    python scripts/wide_bench.py                       # d = 1000, 3000 (minutes)
+    python scripts/wide_bench.py --dims 1000 --rows 200000
+    python scripts/wide_bench.py --quick               # d = 200, 20,000 rows (seconds)
+
+Each run is its own process (``natgrad-stream fit`` / ``evaluate`` and the references), so
+its peak RSS (``ru_maxrss`` from ``wait4``) is its own. Data: ``make-data --task logistic``
+(features ``x = offset + scale ⊙ (L z)``, scales over three decades, a decaying spectrum),
+float32, written once per (d, rows) under ``--data``. The loss of every θ is the mean
+negative log-likelihood on the training data in float64 (``natgrad-stream evaluate``'s
+``log_loss`` for ours; the same formula for the references'); **gap** is its relative
+excess over the lowest of all runs (the references reach the unpenalized optimum: L-BFGS at
+``tol`` 1e-10 on standardized features; LIBLINEAR with ``C = 1e6``, whose penalty is below
+the optimum's round-off at these sizes). Results go to ``--out`` as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REF_CODE = r"""
+import json, sys, time
+import numpy as np, zarr
+from sklearn.linear_model import LogisticRegression
+path, solver = sys.argv[1], sys.argv[2]
+g = zarr.open_group(path, mode="r")
+X = np.asarray(g["X"][:], dtype=np.float64); y = np.asarray(g["y"][:])
+t0 = time.perf_counter()
+mu, sd = X.mean(axis=0), X.std(axis=0)
+sd[sd == 0] = 1.0
+Z = (X - mu) / sd
+if solver == "lbfgs":
+    m = LogisticRegression(C=np.inf, tol=1e-10, max_iter=20000).fit(Z, y)
+else:
+    m = LogisticRegression(solver="liblinear", C=1e6, tol=1e-10, max_iter=20000,
+                           intercept_scaling=100.0).fit(Z, y)
+secs = time.perf_counter() - t0
+z = Z @ m.coef_[0] + m.intercept_[0]
+print(json.dumps({"loss": float(np.mean(np.logaddexp(0, z) - y * z)), "seconds": secs,
+                  "n_iter": int(np.max(m.n_iter_))}))
+"""
+
+
+def measured(cmd: list[str]) -> tuple[str, float, float, int]:
+    """Run ``cmd`` under a fresh interpreter that reports the child's peak RSS
+    (``RUSAGE_CHILDREN`` of a process with that one child is that child's own):
+    ``(stdout, wall seconds, peak RSS in MB, exit code)``.
+    """
+    wrapper = [sys.executable, "-c",
+               "import resource, subprocess, sys, json, time\n"
+               "t = time.perf_counter()\n"
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+               "r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0\n"
+               "sys.stdout.write('\\n@@' + json.dumps({'rss_mb': r, 'rc': p.returncode,"
+               " 'seconds': time.perf_counter() - t}))\n", *cmd]
+    proc = subprocess.run(wrapper, capture_output=True, text=True)
+    body, _, tail = proc.stdout.rpartition("\n@@")
+    info = json.loads(tail)
+    if info["rc"] != 0:
+        sys.stderr.write(proc.stderr[-2000:])
+    return body, info["seconds"], info["rss_mb"], info["rc"]
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {}
+
+
+def make_data(data_dir: Path, d: int, rows: int) -> Path:
+    path = data_dir / f"logistic-{d}-{rows}.zarr"
+    if not path.exists():
+        subprocess.run(["natgrad-stream", "make-data", str(path), "--task", "logistic",
+                        "--rows", str(rows), "--features", str(d), "--seed", "1"],
+                       check=True, capture_output=True)
+    return path
+
+
+def ours(path: Path, out_dir: Path, name: str, extra: list[str]) -> dict:
+    run = out_dir / name
+    body, secs, rss, rc = measured(["natgrad-stream", "fit", str(path), "--model", "logistic",
+                                    "--out", str(run), "--overwrite", "--progress", "never",
+                                    *extra])
+    summary = _last_json(body)
+    row = {"run": name, "flags": " ".join(extra) or "(none)", "seconds": secs, "rss_mb": rss,
+           "exit": rc, "epochs": summary.get("epochs"), "converged": summary.get("converged")}
+    if rc == 0:
+        ev = _last_json(subprocess.run(["natgrad-stream", "evaluate", str(run), str(path)],
+                                       capture_output=True, text=True).stdout)
+        row["loss"] = ev.get("log_loss")
+        log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        row["rollbacks"] = sum('"rollback"' in line for line in log)
+    return row
+
+
+def reference(path: Path, solver: str) -> dict:
+    body, secs, rss, rc = measured([sys.executable, "-c", REF_CODE, str(path), solver])
+    res = _last_json(body)
+    name = {"lbfgs": "sklearn LogisticRegression (lbfgs)", "liblinear": "LIBLINEAR"}[solver]
+    return {"run": name, "flags": "", "seconds": secs, "rss_mb": rss, "exit": rc,
+            "loss": res.get("loss"), "fit_seconds": res.get("seconds"),
+            "n_iter": res.get("n_iter")}
+
+
+def bench(d: int, rows: int, data_dir: Path, out_dir: Path, refs: bool) -> list[dict]:
+    path = make_data(data_dir, d, rows)
+    rows_out = [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
+                ours(path, out_dir, f"d{d}-default", [])]
+    if refs:
+        rows_out += [reference(path, "lbfgs"), reference(path, "liblinear")]
+    best = min((r["loss"] for r in rows_out if r.get("loss") is not None), default=math.nan)
+    for r in rows_out:
+        r.update(d=d, rows=rows)
+        r["gap"] = (r["loss"] - best) / best if r.get("loss") is not None else None
+    return rows_out
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"### Wide dense logistic regression ({meta['date']}, {meta['machine']}, "
+             f"commit {meta['commit']})", "",
+             "| d | rows | run | flags | gap | passes | converged | rollbacks | seconds | "
+             "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        gap = "–" if r.get("gap") is None else f"{r['gap']:.2e}"
+        rss = "–" if not math.isfinite(r.get("rss_mb", math.nan)) else f"{r['rss_mb']:,.0f}"
+        lines.append(f"| {r['d']:,} | {r['rows']:,} | {r['run']} | {r['flags']} | {gap} | "
+                     f"{r.get('epochs') or '–'} | {r.get('converged', '–')} | "
+                     f"{r.get('rollbacks', '–')} | {r['seconds']:.1f} | {rss} |")
+    lines.append("")
+    lines.append(f"Command: `{meta['command']}`.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dims", default="1000,3000", help="comma-separated feature counts")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="rows per dataset (default: 200 per feature, at least 20,000)")
+    ap.add_argument("--data", default="/tmp/natgrad-wide-data", help="data directory")
+    ap.add_argument("--out", default="scripts/results/wide-latest", help="report prefix")
+    ap.add_argument("--no-refs", action="store_true", help="skip the references")
+    ap.add_argument("--quick", action="store_true", help="d = 200, 20,000 rows")
+    args = ap.parse_args(argv)
+    dims = [200] if args.quick else [int(v) for v in args.dims.split(",")]
+    data_dir, out = Path(args.data), Path(args.out)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for d in dims:
+        rows = args.rows or max(20_000, 200 * d)
+        if args.quick:
+            rows = 20_000
+        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", not args.no_refs):
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    meta = {"date": time.strftime("%Y-%m-%d"), "commit": commit,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "command": "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])}
+    Path(f"{out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2),
+                                   encoding="utf-8")
+    Path(f"{out}.md").write_text(markdown(results, meta), encoding="utf-8")
+    print(markdown(results, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
