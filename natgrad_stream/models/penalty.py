@@ -10,6 +10,15 @@ to the metric's diagonal on ``S`` (``G + λ I_S``: exactly the penalty's Hessian
 scoring stays Newton's method for the GLMs). It is applied to whole-batch or whole-pass
 *means* (or to sums with their weight), after the model's kernels and after Dask merges, so
 no kernel and no worker knows about it.
+
+L1 and elastic net are not offered (issue 18 asked whether a proximal step fits). The prox
+of ``λ₁‖θ‖₁`` is a soft threshold only in a metric that is diagonal in θ: with the full or
+block metric a natural (proximal-Newton) step needs ``argmin ½‖θ − θ⁺‖²_G + λ₁‖θ‖₁``, a
+Lasso subproblem of its own (glmnet's and newGLMNET's inner coordinate descent), not one
+thresholding; L-BFGS in φ would need an orthant-wise variant (OWL-QN); and the Newton
+decrement that stops the scoring passes would become a prox-gradient residual. Only the
+diagonal structure's step is a plain per-coordinate threshold, which alone is not worth an
+option that every other structure would refuse.
 """
 
 from __future__ import annotations

@@ -126,7 +126,9 @@ class NaturalGradientLearner:
         runs rounds of L-BFGS), ``metric`` (eq. 30, 31, 33, 39–41, 43; default the
         model's), ``structure`` (``full``, ``diagonal`` eq. 34, ``block``),
         ``mc_samples``, ``whitening`` (``eigh``, ``ridge`` eq. 36, ``robust`` eq. 35),
-        ``damping``, ``floor``, ``batch_size``, ``seed``, ``blas_threads``; streaming:
+        ``damping``, ``floor``, ``l2`` (λ: minimize the mean loss + λ/2·‖θ_S‖² over the
+        model's :attr:`~natgrad_stream.models.Model.penalized_indices`, intercepts left
+        out; :attr:`penalty`), ``batch_size``, ``seed``, ``blas_threads``; streaming:
         ``lr``, ``step_schedule``, ``rewhiten``, ``half_life``, ``fisher_every``,
         ``average``, ``drift_probes``, ``tol``; L-BFGS: ``lbfgs_rounds``, ``lbfgs_iters``,
         ``lbfgs_tol``, ``lbfgs_gtol``, ``lbfgs_memory``, ``window`` (the keywords before
@@ -1511,7 +1513,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
               metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None,
               progress=None):
     """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
-    order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight; None when
+    order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight, with the learner's
+    L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,)); None when
     ``should_stop()`` turned True mid-pass (nothing counted). Counts the rows and the
     evaluation. ``rng_key`` seeds Monte Carlo draws. ``progress(rows)``, if given, is
     called after each batch with the rows read so far in the pass. On a Dask fit the pass
