@@ -122,3 +122,10 @@ REFINE_ROUNDOFF = 1e-14
 #: A rejected step is shortened by quadratic interpolation of J along it, to between these
 #: fractions of its length.
 REFINE_SHRINK = (0.1, 0.5)
+#: Unbounded coefficients (Fisher scoring without a penalty): this many accepted passes in a
+#: row whose Newton step lengthens θ while the decrement stays above UNBOUNDED_DECREMENT·|J|
+#: (Newton's quadratic convergence would have shrunk it) stop the fit as separable or
+#: unidentified data (on separable data the decrement stays a fixed fraction of J, about
+#: 0.4, as J and the gradient vanish together along the separating direction).
+UNBOUNDED_PASSES = 8
+UNBOUNDED_DECREMENT = 0.05

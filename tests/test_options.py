@@ -288,8 +288,9 @@ def test_one_name_per_option_across_flag_toml_estimator_and_run_json(small_zarr,
                                                                        capsys):
     """An option has one name: its flag is ``--`` + the name with ``-`` for ``_``, its TOML
     key and Python keyword are the name, the scikit-learn estimators' parameters are table
-    names (``max_iter`` excepted: scikit-learn's name for the cap on passes, ``epochs``),
-    and ``run.json`` records it under the name.
+    names (``max_iter``, ``C`` and ``alpha`` excepted: scikit-learn's names for the cap on
+    passes, ``epochs``, and for the penalty, which sets ``l2``), and ``run.json`` records it
+    under the name.
     """
     import inspect
 
@@ -304,7 +305,7 @@ def test_one_name_per_option_across_flag_toml_estimator_and_run_json(small_zarr,
             assert opt.cli_flag == "--" + opt.name.replace("_", "-"), opt.name
     for cls in (NaturalGradientClassifier, NaturalGradientRegressor,
                 NaturalGradientPoissonRegressor):
-        names = set(inspect.signature(cls).parameters) - {"max_iter"}
+        names = set(inspect.signature(cls).parameters) - {"max_iter", "C", "alpha"}
         assert names <= set(opts.BY_NAME), (cls.__name__, names - set(opts.BY_NAME))
     # TOML keys are the names, with the meaning of the flag of the same name
     config = tmp_path / "run.toml"

@@ -13,7 +13,7 @@ from natgrad_stream.models import Model
 
 
 def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | None = "y",
-             w: str | None = None, batch_size: int = EVAL_BATCH_ROWS) -> dict:
+             w: str | None = None, batch_size: int = EVAL_BATCH_ROWS, penalty=None) -> dict:
     """Evaluate ``model`` at ``theta`` over all rows of ``data``.
 
     Parameters
@@ -27,6 +27,9 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
         Sample-weight array: the measures become weighted means, as in training (e.g. the
         exposure of a Poisson rate model). Models with ``supports_weighted_evaluation``.
     batch_size : int
+    penalty : L2Penalty, optional
+        The fit's L2 penalty: when active, the result adds ``objective``, the mean training
+        loss (weighted by ``w``) plus ``λ/2·‖θ_S‖²``, what the fit minimized.
 
     Returns
     -------
@@ -44,6 +47,9 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
         raise DataError(f"model {model.name!r} needs targets to evaluate", array=y)
     checks = model.data_checks()
     totals: dict[str, float] = {}
+    penalized = penalty is not None and penalty.active
+    ws = model.new_workspace("diagonal") if penalized else None
+    loss = weight = 0.0
     with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
                         **checks) as stream:
         for batch in stream:
@@ -51,6 +57,13 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
                 model.evaluation_sums(batch.X, batch.y, theta, w=batch.w)
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + v
+            if penalized:  # the training loss, as the fit's passes sum it
+                ls, wt = model.accumulate(batch.X, batch.y, batch.w, theta, metric=None,
+                                          structure="diagonal", ws=ws)
+                loss, weight = loss + ls, weight + wt
     if not totals:
         raise DataError("no rows to evaluate", array=x)
-    return model.evaluation_metrics(totals)
+    out = model.evaluation_metrics(totals)
+    if penalized:
+        out["objective"] = loss / weight + penalty.value(theta)
+    return out

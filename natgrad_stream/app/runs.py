@@ -37,6 +37,7 @@ from natgrad_stream.data import FollowSource, as_source
 from natgrad_stream.data.identity import compare_identity, data_identity
 from natgrad_stream.errors import OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
+from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import (
     CheckpointEvery,
@@ -460,7 +461,9 @@ def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = N
     """
     state = _load_state(run_dir)
     model = model_from_config(state["model"])
-    return evaluate(model, reported_theta(state), data, x=x, y=y, w=w)
+    l2 = (state.get("fit_options") or {}).get("l2", 0.0)
+    return evaluate(model, reported_theta(state), data, x=x, y=y, w=w,
+                    penalty=L2Penalty.for_model(model, l2) if l2 else None)
 
 
 def run_params(run_dir) -> dict:

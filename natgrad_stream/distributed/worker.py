@@ -263,9 +263,10 @@ def lane_step(key: LaneKey, model, start: dict, theta, *, metric, structure, mc_
 def lane_batch_task(key: LaneKey, model, start: dict, what: str, *args):
     """A computation on the batch a lane serves after cursor ``start``, without moving the
     lane: ``what`` is ``"initial_params"`` (the model's data-informed start) or
-    ``"curvature"`` (``args = (theta, whitener, v, metric, iterations)``: the power
-    iteration of the learner's curvature cap). The lane's cached stream, if any, stays
-    where it is (the batch is read apart: this is rare, at a refresh or the first step).
+    ``"curvature"`` (``args = (theta, whitener, v, metric, iterations[, penalty])``: the
+    power iteration of the learner's curvature cap, with its L2 penalty's ``λI_S``). The
+    lane's cached stream, if any, stays where it is (the batch is read apart: this is rare,
+    at a refresh or the first step).
     """
     lane = _Lane(key, model, Cursor.from_dict(start))  # apart from the lane's own stream
     try:
@@ -282,13 +283,16 @@ def lane_batch_task(key: LaneKey, model, start: dict, what: str, *args):
 def _on_batch(model, X, y, w, what, args):
     if what == "initial_params":
         return model.initial_params(X, y, w)
-    theta, whitener, v, metric, iterations = args
+    theta, whitener, v, metric, iterations, *rest = args
+    penalty = rest[0] if rest else None  # the learner's L2Penalty (G + λI_S)
     rho = 1.0
     v = np.array(v, dtype=np.float64).reshape(-1, 1)
     for _ in range(iterations):
         v /= np.linalg.norm(v)
         u = whitener.theta(v[:, 0])[:, None]
         Gu = model.metric_matvec(X, y, w, theta, u, metric=metric)
+        if penalty is not None:
+            Gu = penalty.add_matvec(Gu, u)
         v = whitener.grad_phi(Gu[:, 0])[:, None]
         rho = float(np.linalg.norm(v))
     return rho

@@ -142,6 +142,16 @@ class Model(abc.ABC):
         k = self.intercept_index
         return () if k is None else (k,)
 
+    @property
+    def penalized_indices(self) -> tuple[int, ...]:
+        """Coordinates of θ the ``l2`` penalty ``λ/2·‖θ_S‖²`` applies to
+        (:class:`~natgrad_stream.models.penalty.L2Penalty`): every parameter but the
+        intercepts (:attr:`center_indices`) unless a model says otherwise; empty when the
+        penalty has no meaning for the model (the learner then refuses ``l2 > 0``).
+        """
+        skip = set(self.center_indices)
+        return tuple(j for j in range(self.n_params) if j not in skip)
+
     def param_groups(self) -> list[tuple[str, int, int]]:
         """Contiguous parameter groups ``(name, start, stop)`` for the block structure.
 

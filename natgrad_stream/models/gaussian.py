@@ -155,6 +155,11 @@ class Gaussian(FactorModel):
     def n_params(self) -> int:
         return self.n_features + n_vech(self.n_features)
 
+    @property
+    def penalized_indices(self) -> tuple[int, ...]:
+        """None: a penalty toward a zero covariance would leave the model's domain."""
+        return ()
+
     def param_groups(self):
         """The mean and the covariance."""
         d = self.n_features

@@ -183,6 +183,11 @@ class ICA(FactorModel):
         d = self.n_features
         return d * d + (d if self.adaptive else 0)
 
+    @property
+    def penalized_indices(self) -> tuple[int, ...]:
+        """The unmixing matrix ``W`` (not the source shapes)."""
+        return tuple(range(self.n_features * self.n_features))
+
     def param_groups(self):
         """One group per row ``w_a`` of ``W`` (the ``amari`` metric is block-diagonal), and
         the shapes ``κ`` (adaptive density).

@@ -235,6 +235,11 @@ class IsingMPF(FactorModel):
     def n_params(self) -> int:
         return n_couplings(self.n_features) + self.n_features
 
+    @property
+    def penalized_indices(self) -> tuple[int, ...]:
+        """The couplings ``J`` (the fields ``h`` play the intercepts' part)."""
+        return tuple(range(n_couplings(self.n_features)))
+
     def param_groups(self):
         """Couplings ``J`` (upper triangle) and fields ``h``."""
         m = n_couplings(self.n_features)

@@ -44,17 +44,22 @@ class FitResult:
     converged: bool = False
     decrement: float | None = None
     running_loss: float | None = None
+    objective: float | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready summary. ``train_loss``: the loss of the returned θ on the whole
-        training data, measured by a pass; where no pass measured it (streaming passes
-        only, e.g. ``epochs=1``) it is absent and ``running_loss``, the mean of the last
-        pass's batch losses at the θ of their steps, stands in its place. ``decrement``:
-        the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last whole-data pass, None when none was
-        made; ``converged``: a stopping rule was met.
+        """JSON-ready summary. ``train_loss``: the (unpenalized) mean loss of the returned θ
+        on the whole training data, measured by a pass — what ``natgrad-stream evaluate``
+        reports on the training data; where no pass measured it (streaming passes only,
+        e.g. ``epochs=1``) it is absent and ``running_loss``, the mean of the last pass's
+        batch losses at the θ of their steps, stands in its place. ``objective`` (only with
+        an L2 penalty ``l2=λ``): what the fit minimizes, ``train_loss + λ/2·‖coef‖²``.
+        ``decrement``: the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last whole-data pass (of
+        the objective), None when none was made; ``converged``: a stopping rule was met.
         """
         loss = {"train_loss": self.train_loss} if self.train_loss is not None else \
             {"running_loss": self.running_loss}
+        if self.objective is not None:
+            loss["objective"] = self.objective
         return {
             "samples": self.samples, "steps": self.steps, "rewhitens": self.rewhitens,
             "seconds": round(self.seconds, 4), "rows_per_s": round(self.rows_per_s, 1),

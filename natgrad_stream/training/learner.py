@@ -59,6 +59,8 @@ from natgrad_stream._constants import (
     REFINE_ROUNDOFF,
     REFINE_SHRINK,
     RNG_LEARNER,
+    UNBOUNDED_DECREMENT,
+    UNBOUNDED_PASSES,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
@@ -76,6 +78,7 @@ from natgrad_stream.geometry.shrinkage import shrink
 from natgrad_stream.geometry.whitening import Whitener, whiten
 from natgrad_stream.models import Model, model_from_config
 from natgrad_stream.models.base import check_metric_structure
+from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.rules import make_optimizer
 from natgrad_stream.training import options as opts
@@ -125,7 +128,9 @@ class NaturalGradientLearner:
         runs rounds of L-BFGS), ``metric`` (eq. 30, 31, 33, 39–41, 43; default the
         model's), ``structure`` (``full``, ``diagonal`` eq. 34, ``block``),
         ``mc_samples``, ``whitening`` (``eigh``, ``ridge`` eq. 36, ``robust`` eq. 35),
-        ``damping``, ``floor``, ``batch_size``, ``seed``, ``blas_threads``; streaming:
+        ``damping``, ``floor``, ``l2`` (λ: minimize the mean loss + λ/2·‖θ_S‖² over the
+        model's :attr:`~natgrad_stream.models.Model.penalized_indices`, intercepts left
+        out; :attr:`penalty`), ``batch_size``, ``seed``, ``blas_threads``; streaming:
         ``lr``, ``step_schedule``, ``rewhiten``, ``half_life``, ``fisher_every``,
         ``average``, ``drift_probes``, ``tol``; L-BFGS: ``lbfgs_rounds``, ``lbfgs_iters``,
         ``lbfgs_tol``, ``lbfgs_gtol``, ``lbfgs_memory``, ``window`` (the keywords before
@@ -187,6 +192,7 @@ class NaturalGradientLearner:
         for name in _HANDOVER_OPTIONS:  # refine="lbfgs" runs L-BFGS with the defaults
             if not hasattr(self, name):
                 setattr(self, name, opts.BY_NAME[name].default)
+        self.penalty = L2Penalty.for_model(model, self.l2)
         self.strategy = _STRATEGIES[opts.strategy_of(eff["optimizer"])](self)
         self.optimizer = self.strategy.make_optimizer(eff)
         self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
@@ -324,6 +330,9 @@ class NaturalGradientLearner:
         s = self.state
         if not wsum > 0:
             raise DataError("batch has zero total sample weight", array="w")
+        data_loss_sum = loss_sum
+        loss_sum, grad_sum, metric_sum = self._penalize_sums(loss_sum, wsum, grad_sum,
+                                                             metric_sum)
         grad = grad_sum / wsum
         if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad))):
             raise NumericalError(
@@ -345,7 +354,7 @@ class NaturalGradientLearner:
         if self.average:
             s.theta_sum = s.theta_sum + n * s.theta
             s.average_weight += n
-        s.epoch_loss_sum += loss_sum
+        s.epoch_loss_sum += data_loss_sum  # running_loss: the data loss, as train_loss
         s.epoch_loss_weight += wsum
         events = self._guard_divergence(loss_sum, wsum, before)
         return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
@@ -353,6 +362,19 @@ class NaturalGradientLearner:
                         samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
+
+    def _penalize_sums(self, loss_sum: float, wsum: float, grad_sum: np.ndarray,
+                       metric_sum: np.ndarray | None):
+        """A batch's sums with the L2 penalty at θ added with the batch's weight ``wsum``:
+        ``(Σwℓ + Σw·λ/2‖θ_S‖², Σw∇ℓ + Σw·λθ_S, ΣG + Σw·λI_S)`` (shapes as given:
+        (P,), and (P,), (P, P) or None), so that their means are the penalized ones.
+        """
+        pen = self.penalty
+        if not pen.active:
+            return loss_sum, grad_sum, metric_sum
+        theta = self.state.theta
+        return (loss_sum + wsum * pen.value(theta), grad_sum + wsum * pen.gradient(theta),
+                pen.add_metric(metric_sum, weight=wsum))
 
     def _guard_divergence(self, loss_sum: float, wsum: float, before) -> tuple:
         """Watch for divergence: every ``DIVERGENCE_WINDOW_BATCHES`` steps, a window whose
@@ -408,7 +430,10 @@ class NaturalGradientLearner:
             raise NumericalError(
                 f"{what}{cuts}; the learner's state is rolled back to sample "
                 f"{self.state.samples}; a checkpoint already written is kept. Try a smaller "
-                "lr or stronger damping (or --divergence-factor).")
+                "lr or stronger damping (or --divergence-factor)"
+                + ("" if self.penalty.active else "; on collinear features (a full one-hot "
+                   "encoding with the intercept) or separable data, an L2 penalty (--l2)")
+                + ".")
         restored = good.restore()
         restored.rollbacks = s.rollbacks + 1
         restored.step_scale = s.step_scale * DIVERGENCE_STEP_CUT
@@ -501,7 +526,8 @@ class NaturalGradientLearner:
         for _ in range(CURVATURE_POWER_ITERATIONS):
             v /= np.linalg.norm(v)
             u = s.whitener.theta(v[:, 0])[:, None]
-            Gu = self.model.metric_matvec(X, y, w, s.theta, u, metric=self.metric)
+            Gu = self.penalty.add_matvec(
+                self.model.metric_matvec(X, y, w, s.theta, u, metric=self.metric), u)
             v = s.whitener.grad_phi(Gu[:, 0])[:, None]
             rho = float(np.linalg.norm(v))
         return rho
@@ -910,7 +936,7 @@ class _Streaming(_Strategy):
         tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
         if s.converged and not s.decrement <= tol * abs(s.train_loss):
             s.converged = False  # resumed with a stricter tolerance: go on
-        while s.cursor.epoch < plan["epochs"] and not s.converged:
+        while s.cursor.epoch < plan["epochs"] and not s.converged and s.unbounded is None:
             if lr._out_of_budget(max_samples):
                 return True
             k = s.cursor.epoch
@@ -942,6 +968,7 @@ class _Streaming(_Strategy):
                     s.refine_dir = None
                 else:
                     s.theta = s.refine_theta + s.refine_t * s.refine_dir
+                s.refine_growth = 0
                 event.update(accepted=False, step=s.refine_t)
                 if stalled:
                     event["stalled"] = True
@@ -968,6 +995,8 @@ class _Streaming(_Strategy):
                                   "a nonzero gradient (predictions saturated on their "
                                   "rows); reset to their starting values", RuntimeWarning,
                                   stacklevel=2)
+                elif not s.converged and self._unbounded(J, -s.whitener.theta(gphi), event):
+                    pass  # the fit stops here, at the point measured (no further step)
                 elif not s.converged:
                     d = -s.whitener.theta(gphi)
                     s.refine_theta, s.refine_dir, s.refine_t = s.theta.copy(), d, 1.0
@@ -987,6 +1016,26 @@ class _Streaming(_Strategy):
             if event.get("stalled"):
                 break
         return False
+
+    def _unbounded(self, J: float, d: np.ndarray, event: dict) -> bool:
+        """Whether the coefficients grow without bound: :data:`UNBOUNDED_PASSES` accepted
+        passes in a row whose Newton step ``d`` (shape (P,)) lengthens θ while the
+        decrement stays above :data:`UNBOUNDED_DECREMENT`·|J| (an unpenalized fit only: a
+        penalty bounds θ). Then ``state.unbounded`` (and ``event["unbounded_parameters"]``)
+        holds the parameters the step moves most, at most 10, and the fit stops at θ.
+        """
+        s, lr = self.learner.state, self.learner
+        if lr.penalty.active:
+            return False
+        growing = s.decrement > UNBOUNDED_DECREMENT * abs(J) and \
+            np.linalg.norm(s.theta + d) > np.linalg.norm(s.theta)
+        s.refine_growth = s.refine_growth + 1 if growing else 0
+        if s.refine_growth < UNBOUNDED_PASSES:
+            return False
+        order = np.argsort(-np.abs(d))
+        s.unbounded = order[np.abs(d[order]) >= 0.1 * np.abs(d[order[0]])][:10].tolist()
+        event["unbounded_parameters"] = s.unbounded
+        return True
 
     def _check_lanes_resume(self) -> None:
         """Refuse to continue an epoch mid-way under the other way of streaming (a lanes
@@ -1120,7 +1169,7 @@ class _Streaming(_Strategy):
                 st = lr.state
                 return backend.lane_batch(lr, epoch, lanes, "curvature", st.theta,
                                           st.whitener, v, lr.metric,
-                                          CURVATURE_POWER_ITERATIONS,
+                                          CURVATURE_POWER_ITERATIONS, lr.penalty,
                                           chunks_per_read=per_read, n_rows=source.n_rows)
 
             info = lr.step_sums(stats.loss, stats.weight, stats.grad, stats.metric,
@@ -1165,6 +1214,8 @@ class _Streaming(_Strategy):
         if lr.refine != "scoring":
             return (f"stopped by the pass cap (epochs={plan['epochs']}): streaming passes "
                     f"(refine='stream') check no stopping rule; {how}")
+        if s.unbounded is not None:
+            return _unbounded_note(s)
         if math.isnan(s.decrement):
             return (f"stopped by the pass cap (epochs={plan['epochs']}) before any "
                     "convergence check (the Newton decrement is measured by the passes "
@@ -1191,13 +1242,15 @@ class _Streaming(_Strategy):
             train = None
             running = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
                 s.last_epoch_loss
+        train, objective = _split_objective(self.learner, train)
         return FitResult(samples=s.samples, steps=s.steps, rewhitens=s.rewhitens,
                          seconds=seconds, rows_per_s=rows / seconds if seconds else 0.0,
-                         train_loss=None if train is None else float(train),
+                         train_loss=train,
                          running_loss=None if running is None else float(running),
                          epochs=s.cursor.epoch, interrupted=interrupted,
                          converged=bool(s.converged),
-                         decrement=None if math.isnan(s.decrement) else s.decrement)
+                         decrement=None if math.isnan(s.decrement) else s.decrement,
+                         objective=objective)
 
 
 class _LBFGSRounds(_Strategy):
@@ -1266,9 +1319,11 @@ class _LBFGSRounds(_Strategy):
     def result(self, source, *, seconds, interrupted, rows) -> LBFGSResult:
         s = self.learner.state
         gphi = s.whitener.grad_phi(s.grad) if s.whitener is not None else s.grad
+        train, objective = _split_objective(self.learner, s.train_loss)
         return LBFGSResult(
             samples=s.samples, steps=s.steps, rewhitens=s.rewhitens, seconds=seconds,
-            rows_per_s=rows / seconds if seconds else 0.0, train_loss=float(s.train_loss),
+            rows_per_s=rows / seconds if seconds else 0.0, train_loss=train,
+            objective=objective,
             epochs=round(s.samples / source.n_rows, 4), interrupted=interrupted,
             rounds=s.rounds, evaluations=s.evaluations, converged=s.converged,
             grad_norm=float(np.linalg.norm(s.grad)),
@@ -1404,9 +1459,36 @@ class _LBFGSRounds(_Strategy):
         lr._report(callbacks, info)
 
 
+def _split_objective(lr: NaturalGradientLearner, objective) -> tuple:
+    """``(train_loss, objective)`` of the summary from the measured objective ``J`` at the
+    fitted θ (None: not measured): the data loss ``J − λ/2‖θ_S‖²`` and, with an L2
+    penalty, ``J`` itself (None without one).
+    """
+    if objective is None:
+        return None, None
+    J = float(objective)
+    if not lr.penalty.active:
+        return J, None
+    return J - lr.penalty.value(lr.theta), J
+
+
 def _stalled(s: LearnerState) -> bool:
     """Whether the last L-BFGS round stalled (:func:`_round_verdict`)."""
     return bool((s.last_round or {}).get("stalled"))
+
+
+def _unbounded_note(s: LearnerState) -> str:
+    """The warning line of a fit stopped because its coefficients grow without bound."""
+    J = s.train_loss
+    return (f"not converged: the coefficients grow without bound (max |θ| = "
+            f"{np.abs(s.theta).max():.3g} after {s.cursor.epoch} passes; the last "
+            f"{UNBOUNDED_PASSES} Newton steps each lengthened θ while the loss fell to "
+            f"{J:.3g} with the decrement still {s.decrement / abs(J or 1.0):.2g}·|J|): the "
+            "data look separable (a direction along which the classes are split and the loss "
+            "only approaches its infimum at infinity), or the parameters they move most, "
+            f"{s.unbounded}, are not identified; "
+            "no finite optimum exists: set an L2 penalty (--l2 λ; the estimators' C or "
+            "alpha)")
 
 
 def _stall_note(record: dict) -> str:
@@ -1459,7 +1541,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
               metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None,
               progress=None):
     """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
-    order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight; None when
+    order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight, with the learner's
+    L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,)); None when
     ``should_stop()`` turned True mid-pass (nothing counted). Counts the rows and the
     evaluation. ``rng_key`` seeds Monte Carlo draws. ``progress(rows)``, if given, is
     called after each batch with the rows read so far in the pass. On a Dask fit the pass
@@ -1508,7 +1591,7 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         raise DataError("the evaluation set has zero total sample weight",
                         array=source.names[2])
     G = None if fisher is None else fisher.estimate()
-    return loss / wsum, grad / wsum, G, rows
+    return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
 
 
 def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
@@ -1525,7 +1608,8 @@ def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
         raise DataError("the evaluation set has zero total sample weight",
                         array=source.names[2])
     G = None if stats.metric is None else stats.metric / stats.weight
-    return stats.loss / stats.weight, stats.grad / stats.weight, G, stats.rows
+    return (*lr.penalty.penalize(stats.loss / stats.weight, stats.grad / stats.weight, G,
+                                 theta), stats.rows)
 
 
 _STRATEGIES = {opts.STREAM: _Streaming, opts.LBFGS: _LBFGSRounds}

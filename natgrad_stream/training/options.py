@@ -309,6 +309,9 @@ OPTIONS: tuple[Option, ...] = (
        recommendable=True),
     _o("floor", nonnegative_float, DEFAULT_EIGEN_FLOOR,
        "eigenvalue floor relative to the largest (eigh, robust)"),
+    _o("l2", nonnegative_float, 0.0, "L2 penalty λ: minimize the mean loss + λ/2·‖coef‖² "
+       "(the intercepts are not penalized; added to the loss, the gradient and the metric, "
+       "G + λI); the recorded λ cannot change on --resume", metavar="LAMBDA"),
     _o("batch_size", positive_int, DEFAULT_BATCH_SIZE, "rows per batch (lbfgs: rows per "
        f"evaluation batch, default {LBFGS_EVAL_BATCH_ROWS})",
        lbfgs_default=LBFGS_EVAL_BATCH_ROWS),

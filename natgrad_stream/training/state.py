@@ -109,6 +109,11 @@ class LearnerState:
     refine_loss: float = _f(("refine", "loss"), "nan_float", default=math.nan)
     refine_slope: float = _f(("refine", "slope"), "float", default=0.0)
     decrement: float = _f(("refine", "decrement"), "nan_float", default=math.nan)
+    #: Accepted scoring passes in a row whose step lengthened θ with a large decrement, and
+    #: once they reach UNBOUNDED_PASSES (the fit then stops: separable data), the indices
+    #: of the parameters the last step moved most (else None).
+    refine_growth: int = _f(("refine", "growth"), "int", default=0)
+    unbounded: list | None = _f(("refine", "unbounded"), "json", default=None)
     theta_sum: np.ndarray | None = _f(("average", "theta_sum"), "array", default=None)
     average_weight: float = _f(("average", "weight"), "float", default=0.0)
     epoch_loss_sum: float = _f(("epoch_loss", "sum"), "float", default=0.0)
