@@ -28,8 +28,9 @@ Strategies (chosen by the ``optimizer`` option):
 Rounds stop once a round that descended improves ``J`` by at most ``lbfgs_tol`` relative
 or a round ends with ``max |∇φJ| ≤ lbfgs_gtol`` (a scale-free, natural-gradient
 tolerance), or after ``lbfgs_rounds`` rounds; a round that found no point below its start
-(its first line search failed) is a *stall*, which ends the fit unconverged. L-BFGS's curvature memory is dropped at each re-whitening, so a
-round boundary is an exact restart point. Passes stream chunks in order without shuffling;
+(its first line search failed) is a *stall*, which ends the fit unconverged. L-BFGS's
+curvature memory is dropped at each re-whitening, so a round boundary is an exact restart
+point. Passes stream chunks in order without shuffling;
 in window mode each round draws its own ``window`` chunks from ``(seed, round)`` and all
 rounds run.
 """
@@ -1009,6 +1010,7 @@ class _Streaming(_Strategy):
                                     shuffle=plan["shuffle"], start=s.cursor,
                                     prefetch=plan["prefetch"],
                                     chunks_per_read=plan["chunks_per_read"],
+                                    read_buffer_bytes=lr.read_buffer_bytes,
                                     **lr.model.data_checks())
             rolled_back = False
             with stream:
@@ -1348,9 +1350,10 @@ class _LBFGSRounds(_Strategy):
         """
         lr = self.learner
         if lr._backend is not None:
-            start = lr._backend.initial_params(lr.batch_size)
+            start = lr._backend.initial_params(lr.batch_size, lr.read_buffer_bytes)
         else:
             with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
+                                read_buffer_bytes=lr.read_buffer_bytes,
                                 **lr.model.data_checks()) as stream:
                 first = next(iter(stream), None)
                 start = None if first is None else \
@@ -1453,7 +1456,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         progress(0)  # a pass starts
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
-                            chunks_per_read=per_read, **lr.model.data_checks()) as stream:
+                            chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
+                            **lr.model.data_checks()) as stream:
             for batch in stream:
                 if should_stop is not None and should_stop():
                     return None
