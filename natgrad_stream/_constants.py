@@ -123,5 +123,5 @@ REFINE_SHRINK = (0.1, 0.5)
 #: number of features (prefetch, then chunks per read, are lowered to fit; whole chunks
 #: always, see :mod:`natgrad_stream.data.budget`). 512 MiB keeps the row-sized plan of
 #: earlier releases (4 buffers of 2 chunks of 65,536 rows) unchanged up to about 250
-#: float32 features, and its read order up to about 340.
+#: float32 features, and its read order up to about 330.
 DEFAULT_READ_BUFFER_BYTES = 512 << 20
