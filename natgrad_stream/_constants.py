@@ -129,3 +129,11 @@ REFINE_SHRINK = (0.1, 0.5)
 #: 0.4, as J and the gradient vanish together along the separating direction).
 UNBOUNDED_PASSES = 8
 UNBOUNDED_DECREMENT = 0.05
+
+#: Bytes a stream's read buffers may take by default (``read_buffer_bytes``): the pooled
+#: read buffers, their staging buffers and the batch buffer of one stream, whatever the
+#: number of features (prefetch, then chunks per read, are lowered to fit; whole chunks
+#: always, see :mod:`natgrad_stream.data.budget`). 512 MiB keeps the row-sized plan of
+#: earlier releases (4 buffers of 2 chunks of 65,536 rows) unchanged up to about 250
+#: float32 features, and its read order up to about 330.
+DEFAULT_READ_BUFFER_BYTES = 512 << 20

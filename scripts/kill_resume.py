@@ -35,6 +35,8 @@ CONFIGS = {
     # checkpoints due by samples inside the rounds
     "handover": ["--model", "logistic", "--refine", "lbfgs"],
     "softmax-block": ["--model", "softmax", "--structure", "block"],
+    # read buffers under a byte budget that binds: one 2,048-row chunk per read (not 2)
+    "sgd-budget": ["--model", "logistic", "--read-buffer-bytes", "500K"],
     "lbfgs": ["--model", "logistic", "--optimizer", "lbfgs", "--lbfgs-rounds", "4",
               "--lbfgs-iters", "8", "--batch-size", "4096"],
     # the driver of a Dask fit killed (the cluster, started by this script, stays up)

@@ -20,6 +20,12 @@ from natgrad_stream.errors import DataError
 ROWS, FEATURES, CHUNK = 5000, 4, 1000
 
 
+def opts_default_budget() -> int:
+    from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
+
+    return DEFAULT_READ_BUFFER_BYTES
+
+
 def _stream_all(source, **kw):
     """Stream one epoch; the number of rows delivered."""
     n = 0
@@ -293,11 +299,15 @@ def test_stream_buffers_beyond_memory_are_refused_before_allocation(tmp_path):
     path = _made(tmp_path / "d.zarr")
     source = as_source(path)
     t0 = time.perf_counter()
-    with pytest.raises(DataError, match="memory"):
-        source.batches(batch_size=100, chunks_per_read=10**12)
-    with pytest.raises(DataError, match="memory"):
-        source.batches(batch_size=100, prefetch=10**9)
+    with pytest.raises(DataError, match="memory"):  # without a byte budget
+        source.batches(batch_size=100, prefetch=10**9, read_buffer_bytes=None)
     assert time.perf_counter() - t0 < 1.0
+    # within the budget (the default) the same plans are lowered to fit; a read never
+    # holds more rows than the data
+    for kw in ({"prefetch": 10**9}, {"chunks_per_read": 10**12}):
+        assert _stream_all(source, **kw) == ROWS
+        assert source.read_plan(**kw).nbytes <= opts_default_budget()
+    assert time.perf_counter() - t0 < 5.0
     # a batch never straddles reads: its buffer holds at most one read
     assert _stream_all(source, batch_size=10**13) == ROWS
 

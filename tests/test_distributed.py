@@ -375,7 +375,7 @@ def test_switching_modes_at_an_epoch_boundary_drops_the_lanes(data, client):
 def test_a_failed_data_informed_start_is_not_skipped_on_resume(data, client, monkeypatch):
     from natgrad_stream.errors import DistributedError
 
-    def lost(self, batch_size):
+    def lost(self, batch_size, read_buffer_bytes=None):
         raise DistributedError("lost the Dask cluster at tcp://x (test)")
 
     monkeypatch.setattr(DaskBackend, "initial_params", lost)

@@ -26,6 +26,23 @@ def test_killed_and_resumed_runs_equal_the_uninterrupted_one(name, kill_resume, 
     assert theta.tobytes() == ref.tobytes()
 
 
+def test_a_run_whose_read_budget_binds_resumes_exactly(kill_resume, root):
+    """``--read-buffer-bytes 500K`` reads one 2,048-row chunk at a time instead of 2 (the
+    order changes, deterministically); kills mid-epoch still resume bit for bit.
+    """
+    from natgrad_stream.data import open_zarr
+
+    data = kill_resume.make_data(root)["logistic"]
+    plan = open_zarr(data).read_plan(read_buffer_bytes=500 << 10)
+    assert plan.chunks_per_read == 1 and not plan.over_budget
+    ref, seconds = kill_resume.reference("sgd-budget", data, root)
+    theta, kills = kill_resume.trial("sgd-budget", data, root, seconds,
+                                     np.random.default_rng(8), at_checkpoints=2)
+    assert kills == 2
+    assert theta.tobytes() == ref.tobytes()
+    assert theta.tobytes() != kill_resume.reference("sgd", data, root)[0].tobytes()
+
+
 def test_a_checkpoint_written_inside_an_lbfgs_round_resumes_exactly(tmp_path):
     """Checkpoints due by samples fall inside the L-BFGS rounds of a hand-over
     (``refine="lbfgs"``): they hold the round's start, the exact restart point, so a run

@@ -1,10 +1,11 @@
 """An L-BFGS round that found no point below its start is a stall, not convergence.
 
 Measured (issue 17, the mlp part): on standardized diabetes the default mlp fit (seed 2;
-seeds 3 and 4 since the streaming metric is shrunk for few rows) reaches a state where units' first-layer weights have run off to ~1e22; the round's first
-trial (a unit step in φ) is ~1e12 above ``J`` and the line search's next trial, a step of
-~1e-16, is as high (``θ = W⁻¹φ`` loses the huge weights to round-off). L-BFGS-B then stops
-with "CONVERGENCE: RELATIVE REDUCTION OF F", the round improved ``J`` by exactly 0, and the
+seeds 3 and 4 since the streaming metric is shrunk for few rows) reaches a state where
+units' first-layer weights have run off to ~1e22; the round's first trial (a unit step in
+φ) is ~1e12 above ``J`` and the line search's next trial, a step of ~1e-16, is as high
+(``θ = W⁻¹φ`` loses the huge weights to round-off). L-BFGS-B then stops with
+"CONVERGENCE: RELATIVE REDUCTION OF F", the round improved ``J`` by exactly 0, and the
 improvement rule (``rel ≤ lbfgs_tol``) reported ``converged: true`` with the natural
 gradient at 0.03. Repeating the round repeats it exactly, so the fit stops, not converged,
 and says why in one line.

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
+from natgrad_stream.data.budget import plan_reads, warn_over_budget
 from natgrad_stream.data.metadata import StoredChunks
 from natgrad_stream.data.stream import (
     Batch,
@@ -350,14 +352,31 @@ class FollowSource(Source):
                 "y": raw["y"].astype(np.float64) if "y" in raw else None,
                 "w": raw["w"].astype(np.float64) if "w" in raw else None}
 
+    def read_cost(self, chunks_per_read: int, prefetch: int) -> int:
+        """Bytes of the rows a stream holds at once, about ``(prefetch + 2)`` reads of
+        ``chunk_rows × chunks_per_read`` rows (features in the compute dtype, float64
+        targets/weights, int64 row indices), as for :meth:`ArraySource.plan_bytes`.
+        """
+        row = (self.n_features * self.x_dtype.itemsize + 8 + 8 * self.has_targets
+               + 8 * self.has_weights)
+        return (int(prefetch) + 2) * self.chunk_rows * int(chunks_per_read) * row
+
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=2, prefetch=2, checks=(), x_checks=()) -> BatchStream:
+                chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
+                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES) -> BatchStream:
         """Open a stream of the rows appended after ``start`` (see the class docstring).
 
         ``epochs`` must be 1; ``shuffle`` turns the shuffle window on or off (arrival order
-        without a window either way); ``chunks_per_read`` bounds each read.
+        without a window either way); ``chunks_per_read`` bounds each read, lowered (after
+        ``prefetch``) to fit ``read_buffer_bytes`` (:func:`~natgrad_stream.data.budget.
+        plan_reads`). The order of the rows never depends on either: it is arrival order,
+        or windows of ``shuffle_window`` rows (rows held for a window come on top).
         """
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        plan = plan_reads(self.read_cost, chunks_per_read, prefetch, read_buffer_bytes)
+        if plan.over_budget:
+            warn_over_budget(plan, read_buffer_bytes, self.read_cost(1, 1) // 3, self.name)
+        chunks_per_read, prefetch = plan.chunks_per_read, plan.prefetch
         if int(epochs) != 1:
             raise ValueError("a followed source is learned once, row by row: epochs must be 1")
         start = start or Cursor()

@@ -11,7 +11,10 @@ reads. Everything is a pure function of ``(seed, epoch, read_index)``, so a
 :class:`Cursor` ``(epoch, read_index, row, samples)`` resumes a stream exactly.
 
 Peak memory is about ``(prefetch + 2) × chunks_per_read × chunk_rows`` rows, whatever the
-dataset's size; metadata and plans that cannot fit are refused before anything is allocated.
+dataset's size, and within a byte budget (``read_buffer_bytes``, default 512 MiB) whatever
+the number of features: the stream lowers ``prefetch``, then ``chunks_per_read``, to fit
+(:mod:`natgrad_stream.data.budget`). Metadata and plans that cannot fit the machine are
+refused before anything is allocated.
 A Zarr chunk missing from the store or undecodable is a :class:`DataError` on every read
 path, never fill values (:mod:`natgrad_stream.data.metadata`).
 """
@@ -31,9 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_stream._constants import DEFAULT_CHUNK_ROWS, RNG_CHUNK_ORDER, RNG_ROW_ORDER
+from natgrad_stream._constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_READ_BUFFER_BYTES,
+    RNG_CHUNK_ORDER,
+    RNG_ROW_ORDER,
+)
 from natgrad_stream.data._gather_kernels import gather_rows
 from natgrad_stream.data._zstd_direct import DirectChunks, run_in_order
+from natgrad_stream.data.budget import ReadPlan, plan_reads, warn_over_budget
 from natgrad_stream.data.metadata import (
     StoredChunks,
     check_plan_memory,
@@ -379,7 +389,8 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def batches(self, *, batch_size: int, epochs: int = 1, seed: int = 0, shuffle: bool = True,
                 start: Cursor | None = None, chunks_per_read: int = 2, prefetch: int = 2,
-                checks: Sequence[Check] = (), x_checks: Sequence[Check] = ()) -> BatchStream:
+                checks: Sequence[Check] = (), x_checks: Sequence[Check] = (),
+                read_buffer_bytes: int | None = DEFAULT_READ_BUFFER_BYTES) -> BatchStream:
         """Open a stream of batches.
 
         Parameters
@@ -402,6 +413,11 @@ class Source(abc.ABC):
             Extra checks for the targets (e.g. a model's label domain).
         x_checks : sequence of Check
             Extra checks for the features (e.g. binary units), after the finiteness scan.
+        read_buffer_bytes : int or None
+            Bytes the stream's buffers may take; chunked sources lower ``prefetch``, then
+            ``chunks_per_read``, to fit (whole chunks always: one chunk too large is read
+            alone, over the budget, with a warning; see :mod:`natgrad_stream.data.budget`).
+            None: the plan as requested. Iterator sources hold the items they are given.
         """
 
 
@@ -494,6 +510,7 @@ class ArraySource(Source):
         self._direct = {id(a): DirectChunks.for_array(a, label) if _DIRECT_ENABLED else None
                         for a, label in self._bases}
         self._stored = {id(a): StoredChunks(a, label) for a, label in self._bases}
+        self._warned_budget = False  # a chunk over the read budget is logged once
 
     def _row_bytes(self) -> int:
         """Bytes of one row in a read buffer (features, float64 targets/weights, index)."""
@@ -560,27 +577,70 @@ class ArraySource(Source):
                 raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
                                 row=row0 + offset, column=col[0] if col else None)
 
+    def _staging_row_bytes(self) -> int:
+        """Bytes per row of a read's staging buffers (stored dtypes converted on reading)."""
+        convert_x = self._x_stored != self.x_dtype
+        return ((self.y.dtype.itemsize if self.has_targets else 0)
+                + (self.w.dtype.itemsize if self.has_weights else 0)
+                + (self.n_features * self._x_stored.itemsize if convert_x else 0) + 8)
+
+    def plan_bytes(self, chunks_per_read: int, prefetch: int, batch_size: int,
+                   shuffle: bool) -> int:
+        """Bytes of a stream's buffers for a plan: ``prefetch + 2`` read buffers of
+        ``read_rows = min(chunk_rows × chunks_per_read, n_rows)`` rows (features in the
+        compute dtype, float64 targets/weights, int64 row indices), one read's staging
+        buffers, and the shuffled stream's ``(min(batch_size, read_rows), d)`` batch buffer.
+        """
+        read_rows = min(self.chunk_rows * int(chunks_per_read), self.n_rows)
+        batch_rows = min(int(batch_size), read_rows) if shuffle else 0
+        return ((int(prefetch) + 2) * read_rows * self._row_bytes()
+                + read_rows * self._staging_row_bytes()
+                + batch_rows * self.n_features * self.x_dtype.itemsize)
+
+    def read_plan(self, *, chunks_per_read: int = 2, prefetch: int = 2,
+                  batch_size: int = DEFAULT_BATCH_SIZE, shuffle: bool = True,
+                  read_buffer_bytes: int | None = DEFAULT_READ_BUFFER_BYTES) -> ReadPlan:
+        """The reads a stream with these arguments makes within ``read_buffer_bytes``
+        (:func:`~natgrad_stream.data.budget.plan_reads`: prefetch lowered first, then
+        chunks per read; whole chunks always).
+        """
+        return plan_reads(functools.partial(self._plan_bytes_kp, batch_size, shuffle),
+                          chunks_per_read, prefetch, read_buffer_bytes)
+
+    def _plan_bytes_kp(self, batch_size, shuffle, chunks_per_read, prefetch) -> int:
+        return self.plan_bytes(chunks_per_read, prefetch, batch_size, shuffle)
+
+    def _settle_plan(self, chunks_per_read, prefetch, batch_size, shuffle,
+                     read_buffer_bytes) -> ReadPlan:
+        """:meth:`read_plan`, warning once per source when one chunk exceeds the budget."""
+        plan = self.read_plan(chunks_per_read=chunks_per_read, prefetch=prefetch,
+                              batch_size=batch_size, shuffle=shuffle,
+                              read_buffer_bytes=read_buffer_bytes)
+        if plan.over_budget and not self._warned_budget:
+            self._warned_budget = True
+            chunk = min(self.chunk_rows, self.n_rows) * self._row_bytes()
+            warn_over_budget(plan, read_buffer_bytes, chunk, self.name)
+        return plan
+
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=2, prefetch=2, checks=(), x_checks=()):
+                chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
+                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         start = start or Cursor()
+        plan = self._settle_plan(chunks_per_read, prefetch, batch_size, shuffle,
+                                 read_buffer_bytes)
+        chunks_per_read, prefetch = plan.chunks_per_read, plan.prefetch
         R, n, d = self.chunk_rows, self.n_rows, self.n_features
-        read_rows = R * int(chunks_per_read)
+        read_rows = min(R * chunks_per_read, n)  # a read never holds more than the data
         nx, ny, nw = self.names
         x_all = (check_finite, *x_checks)
         y_checks = (check_finite, *checks)
         w_checks = (check_finite, check_nonnegative)
 
         convert_x = self._x_stored != self.x_dtype
-        raw_bytes = (self.y.dtype.itemsize if self.has_targets else 0) + \
-            (self.w.dtype.itemsize if self.has_weights else 0) + \
-            (d * self._x_stored.itemsize if convert_x else 0)
         batch_rows = min(int(batch_size), read_rows)  # batches never straddle reads
-        check_plan_memory(
-            nx, n_chunks=math.ceil(n / R),
-            buffer_bytes=(int(prefetch) + 2) * read_rows * self._row_bytes()
-            + read_rows * (raw_bytes + 8) + batch_rows * d * self.x_dtype.itemsize,
-            what=f"{int(prefetch) + 2} read buffers of {read_rows:,} rows")
+        check_plan_memory(nx, n_chunks=math.ceil(n / R), buffer_bytes=plan.nbytes,
+                          what=f"{prefetch + 2} read buffers of {read_rows:,} rows")
 
         def buffers():
             return {"X": np.empty((read_rows, d), dtype=self.x_dtype),
@@ -741,7 +801,8 @@ class IteratorSource(Source):
         return X, y, w
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
-                chunks_per_read=2, prefetch=2, checks=(), x_checks=()):
+                chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
+                read_buffer_bytes=None):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         if int(epochs) != 1 and (start is None or start.epoch == 0):
             raise ValueError("an iterator source can be streamed for one epoch only")

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.distributed.stats import Stats, tree_sum
 from natgrad_stream.distributed.worker import (
     DataSpec,
@@ -251,7 +252,8 @@ class DaskBackend:
         spec = self.spec if n_rows in (None, self.spec.n_rows) else \
             dataclasses.replace(self.spec, n_rows=int(n_rows))
         return LaneKey(spec, self._model_token, int(lr.seed), int(epoch), int(lane),
-                       int(lanes), int(lr.batch_size), int(chunks_per_read))
+                       int(lanes), int(lr.batch_size), int(chunks_per_read),
+                       lr.read_buffer_bytes)
 
     def lane_step(self, lr, epoch: int, cursors: list, theta: np.ndarray, *, metric,
                   chunks_per_read: int, rng_key=None, should_stop=None, n_rows=None):
@@ -375,10 +377,12 @@ class DaskBackend:
                            workers=[workers[j % len(workers)]] if workers else None)
         return self._gather([fut])[0]
 
-    def initial_params(self, batch_size: int):
-        """The model's data-informed start from the store's first rows (on a worker)."""
+    def initial_params(self, batch_size: int, read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
+        """The model's data-informed start from the store's first rows (on a worker), read
+        within ``read_buffer_bytes`` as a single-process fit reads them.
+        """
         return self._gather([self._submit(first_batch_initial_params, self.spec, self.model,
-                                          int(batch_size))])[0]
+                                          int(batch_size), read_buffer_bytes)])[0]
 
     def close(self) -> None:
         """Close the lane streams the workers hold, once calls still running (after a stop)

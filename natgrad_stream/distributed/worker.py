@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from natgrad_stream._blas import limited_blas_threads
+from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.data import Cursor, open_zarr
 from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
 from natgrad_stream.distributed.stats import Stats, tree_sum
@@ -148,6 +149,7 @@ class LaneKey:
     lanes: int
     batch_size: int
     chunks_per_read: int
+    read_buffer_bytes: int | None = DEFAULT_READ_BUFFER_BYTES
 
 
 def lane_chunks(n_chunks: int, key: LaneKey) -> np.ndarray:
@@ -181,7 +183,9 @@ class _Lane:
             self.stream = self.window.batches(batch_size=key.batch_size, epochs=1,
                                               seed=lane_seed(key), shuffle=True, start=start,
                                               chunks_per_read=key.chunks_per_read,
-                                              prefetch=2, **model.data_checks())
+                                              prefetch=2,
+                                              read_buffer_bytes=key.read_buffer_bytes,
+                                              **model.data_checks())
             self.iter = iter(self.stream)
 
     def next(self):
@@ -330,13 +334,14 @@ def close_lanes() -> int:
     return len(lanes)
 
 
-def first_batch_initial_params(spec: DataSpec, model, batch_size: int):
+def first_batch_initial_params(spec: DataSpec, model, batch_size: int,
+                               read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
     """The model's data-informed start from the store's first ``batch_size`` rows (in
-    order), as a single-process L-BFGS fit computes it.
+    order, read within ``read_buffer_bytes``), as a single-process L-BFGS fit computes it.
     """
     source = open_source(spec)
     with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
-                        **model.data_checks()) as stream:
+                        read_buffer_bytes=read_buffer_bytes, **model.data_checks()) as stream:
         first = next(iter(stream), None)
         if first is None:
             return None

@@ -1087,6 +1087,7 @@ class _Streaming(_Strategy):
                                     shuffle=plan["shuffle"], start=s.cursor,
                                     prefetch=plan["prefetch"],
                                     chunks_per_read=plan["chunks_per_read"],
+                                    read_buffer_bytes=lr.read_buffer_bytes,
                                     **lr.model.data_checks())
             rolled_back = False
             with stream:
@@ -1432,9 +1433,10 @@ class _LBFGSRounds(_Strategy):
         """
         lr = self.learner
         if lr._backend is not None:
-            start = lr._backend.initial_params(lr.batch_size)
+            start = lr._backend.initial_params(lr.batch_size, lr.read_buffer_bytes)
         else:
             with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
+                                read_buffer_bytes=lr.read_buffer_bytes,
                                 **lr.model.data_checks()) as stream:
                 first = next(iter(stream), None)
                 start = None if first is None else \
@@ -1565,7 +1567,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         progress(0)  # a pass starts
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
-                            chunks_per_read=per_read, **lr.model.data_checks()) as stream:
+                            chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
+                            **lr.model.data_checks()) as stream:
             for batch in stream:
                 if should_stop is not None and should_stop():
                     return None

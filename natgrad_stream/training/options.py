@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from natgrad_stream._constants import (
     DEFAULT_MC_SAMPLES,
     DEFAULT_POLL_SECONDS,
     DEFAULT_PROGRESS_SECONDS,
+    DEFAULT_READ_BUFFER_BYTES,
     DIVERGENCE_FACTOR,
     FISHER_EVERY_PARAMS,
     LBFGS_EVAL_BATCH_ROWS,
@@ -138,6 +140,40 @@ def nonnegative_float(name, value) -> float:
     if not (v >= 0 and math.isfinite(v)):
         raise OptionError(f"{name} must be a finite number >= 0, got {value}")
     return v
+
+
+#: Units of a byte size (binary: ``1K`` = 1,024 bytes), with an optional ``B`` or ``iB``.
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_BYTE_SIZE = re.compile(r"(?P<number>\d+(\.\d*)?)\s*(?P<unit>[kKmMgGtT])?(i?[bB])?")
+
+
+def byte_size(name, value):
+    """A byte count >= 1 from an int or a string (``"536870912"``, ``"512M"``, ``"1G"``,
+    ``"1.5GiB"``; binary units K, M, G, T), or None (``"none"``).
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"{name} must be a byte count such as 512M or 1G, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _BYTE_SIZE.fullmatch(value.strip())
+        if m is None:
+            raise OptionError(f"{name} must be a byte count such as 512M or 1G, got "
+                              f"{value!r}")
+        n = int(float(m["number"]) * _BYTE_UNITS[(m["unit"] or "").upper()])
+    if n < 1:
+        raise OptionError(f"{name} must be at least 1 byte, got {value!r}")
+    return n
+
+
+def show_bytes(n: int) -> str:
+    """``n`` bytes the way :func:`byte_size` reads them, shortest exact form (``512M``)."""
+    for unit in ("T", "G", "M", "K"):
+        if n % _BYTE_UNITS[unit] == 0:
+            return f"{n // _BYTE_UNITS[unit]}{unit}"
+    return str(n)
 
 
 def text(name, value) -> str:
@@ -317,6 +353,13 @@ OPTIONS: tuple[Option, ...] = (
        lbfgs_default=LBFGS_EVAL_BATCH_ROWS),
     _o("seed", nonnegative_int, 0, "seeds the data order, drift probes, Monte Carlo "
        "targets and L-BFGS windows"),
+    _o("read_buffer_bytes", byte_size, DEFAULT_READ_BUFFER_BYTES, "bytes the read buffers "
+       f"of a data stream may take ({show_bytes(DEFAULT_READ_BUFFER_BYTES)} by default; "
+       "K, M, G, T: 256M, 1G; none: 4 buffers of 2 "
+       "chunks whatever their size); the reader prefetches less, then reads fewer chunks "
+       "at once, to fit, which changes the shuffled order only when the budget binds; a "
+       "chunk too large for 3 buffers is read one at a time, over the budget (a warning)",
+       nullable=True, metavar="BYTES"),
     _o("blas_threads", positive_int, 1, "threads of the BLAS pools during fit (None leaves "
        "them alone)", nullable=True, flag=None),
     # streaming optimizers
@@ -446,11 +489,13 @@ def upgrade_recorded(options: dict) -> dict:
     """Recorded options (``run.json``, checkpoints) written before one name per option, under
     today's names; newer records come back unchanged. Old records always hold one of the old
     names (``decrement_tol`` for streaming runs, ``rounds`` for L-BFGS), and in them ``tol``
-    was the L-BFGS tolerance.
+    was the L-BFGS tolerance. Records from before ``read_buffer_bytes`` read with buffers
+    sized in rows: they get ``read_buffer_bytes = None``, so a resume reads as they did.
     """
-    if not any(k in options for k in RENAMED):
-        return dict(options)
-    return {("lbfgs_tol" if k == "tol" else RENAMED.get(k, k)): v for k, v in options.items()}
+    out = dict(options) if not any(k in options for k in RENAMED) else \
+        {("lbfgs_tol" if k == "tol" else RENAMED.get(k, k)): v for k, v in options.items()}
+    out.setdefault("read_buffer_bytes", None)
+    return out
 #: Keyword options of the learner's constructor, and the other groups.
 LEARNER_OPTIONS = tuple(o.name for o in OPTIONS if o.group == LEARNER)
 RUN_OPTIONS = tuple(o.name for o in OPTIONS if o.group == RUN)

@@ -1,0 +1,109 @@
+"""Read buffers sized by a byte budget: how many chunks a read holds, how many reads wait.
+
+A stream of chunked data keeps ``prefetch + 2`` pooled read buffers of ``chunks_per_read``
+chunks each (one being filled, ``prefetch`` queued, one being consumed), plus staging and
+batch buffers. Sized in rows, that grows with the number of features ``d``; under a byte
+budget the stream keeps the requested plan when it fits and otherwise lowers, in this
+order,
+
+1. ``prefetch`` (down to 1): it changes nothing but how far the reader runs ahead;
+2. ``chunks_per_read`` (down to 1): it changes the reads, so the row order of a shuffled
+   epoch (rows are permuted within a read) and the meaning of a cursor's ``read_index`` —
+   both still a pure function of ``(seed, epoch, read_index)`` and of the budget, so the
+   same budget on the same data gives the same order and resumes exactly.
+
+The unit of reading stays one whole chunk (chunk alignment, the direct zstd decoder and the
+integrity checks are per chunk), so the smallest plan is one chunk per read with three
+buffers. A chunk too large for that is still read, over the budget, by that smallest plan
+(:attr:`ReadPlan.over_budget`; the stream logs a warning once per source); rechunking the
+data (e.g. ``make-data --chunk-rows``) is the cure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("natgrad_stream")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What a stream reads at once.
+
+    Attributes
+    ----------
+    chunks_per_read : int
+        Chunks per read (``≤`` the requested count).
+    prefetch : int
+        Reads prepared ahead (``≤`` the requested count); ``prefetch + 2`` buffers.
+    nbytes : int
+        Bytes of the plan's buffers (by the stream's own cost function).
+    over_budget : bool
+        Even one chunk per read with ``prefetch = 1`` exceeds the budget.
+    """
+
+    chunks_per_read: int
+    prefetch: int
+    nbytes: int
+    over_budget: bool = False
+
+
+def plan_reads(cost: Callable[[int, int], int], chunks_per_read: int, prefetch: int,
+               budget: int | None) -> ReadPlan:
+    """The largest plan within ``budget`` bytes, reducing ``prefetch`` before
+    ``chunks_per_read`` (see the module docstring).
+
+    Parameters
+    ----------
+    cost : callable
+        ``cost(chunks_per_read, prefetch) -> bytes`` of the stream's buffers; must not
+        decrease in either argument.
+    chunks_per_read, prefetch : int
+        The requested plan (each ``>= 1``).
+    budget : int or None
+        Bytes; None keeps the requested plan whatever it costs.
+
+    Returns
+    -------
+    ReadPlan
+        The requested plan when it fits (or when ``budget`` is None), else the first plan
+        that fits, else ``(1, 1)`` marked ``over_budget``.
+    """
+    k, p = int(chunks_per_read), int(prefetch)
+    if budget is None:
+        return ReadPlan(k, p, int(cost(k, p)))
+    if cost(1, 1) > budget:
+        return ReadPlan(1, 1, int(cost(1, 1)), over_budget=True)
+    # the most chunks that fit with the least prefetch, then the most prefetch with them
+    # (cost is monotone, so this is the first fit in the order (k, p), (k, p-1), ..., (k-1, p))
+    k = _largest(lambda kk: cost(kk, 1) <= budget, k)
+    p = _largest(lambda pp: cost(k, pp) <= budget, p)
+    return ReadPlan(k, p, int(cost(k, p)))
+
+
+def _largest(fits: Callable[[int], bool], high: int) -> int:
+    """The largest ``n`` in ``[1, high]`` with ``fits(n)``, for ``fits`` true at 1 and
+    monotone (true up to some ``n``, false beyond): a binary search, so plans of ``10**12``
+    chunks cost about 40 evaluations.
+    """
+    lo, hi = 1, int(high)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def warn_over_budget(plan: ReadPlan, budget: int, chunk_bytes: int, name: str) -> None:
+    """Log (once per call site's caller) that ``name``'s chunks do not fit ``budget``."""
+    from natgrad_stream.data.metadata import format_bytes
+
+    log.warning("%s: one chunk takes %s in a read buffer, too large for read_buffer_bytes = "
+                "%s (3 buffers of one chunk at least); reading one chunk at a time with "
+                "3 buffers, %s in all (rechunk the data into smaller chunks, or raise "
+                "--read-buffer-bytes)", name, format_bytes(chunk_bytes), format_bytes(budget),
+                format_bytes(plan.nbytes))
