@@ -197,6 +197,8 @@ class NaturalGradientLearner:
         self.optimizer = self.strategy.make_optimizer(eff)
         self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
         self._workspace = model.new_workspace(self.structure)
+        #: Rows of the data being fitted (None: unknown, e.g. ``step`` alone or a stream).
+        self._source_rows = None
         self.result: FitResult | None = None
         self._last_good = None  # the divergence guard's rollback point
         self._window_start = None  # the state at the start of the guard's window
@@ -493,10 +495,15 @@ class NaturalGradientLearner:
         """The running estimate shrunk for the rows behind it (what a refresh factors and
         the drift check compares with), and the shrinkage intensity
         (:func:`natgrad_stream.geometry.shrinkage.shrink`); a metric the model computes in
-        closed form (:attr:`~natgrad_stream.models.Model.exact_metrics`) is not shrunk.
+        closed form (:attr:`~natgrad_stream.models.Model.exact_metrics`), or one that has
+        seen as many rows as the data being fitted hold, is not shrunk.
         """
         s = self.state
-        rows = None if self.metric in self.model.exact_metrics else s.fisher.rows
+        # exact metrics have no sampling noise; an estimate over every row of the data
+        # being fitted is that data's own metric (the objective's, with nothing unmeasured)
+        exact = self.metric in self.model.exact_metrics or (
+            self._source_rows is not None and s.fisher.samples >= self._source_rows)
+        rows = None if exact else s.fisher.rows
         return shrink(s.fisher.estimate(), rows,
                       centers=self.model.center_indices,
                       blocks=self.model.param_bounds() if self.structure == "block" else None)
@@ -614,6 +621,7 @@ class NaturalGradientLearner:
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
+        self._source_rows = getattr(source, "n_rows", None)  # for _running_metric
         self.strategy.settle(plan, source)
         self._backend = None if client is None else self._dask_backend(client, data, source,
                                                                        x, y, w)
