@@ -383,7 +383,8 @@ OPTIONS: tuple[Option, ...] = (
        "natural-gradient Newton step, i.e. Fisher scoring / IRLS, on the whole data, with "
        "backtracking; for models whose metric is the Hessian, the GLMs), lbfgs (rounds of "
        "L-BFGS in the natural space, re-whitened every round, with the --lbfgs-* defaults; "
-       "the models' own default otherwise) or stream (more streaming steps)", applies=_ST,
+       "the models' own default otherwise, and with --structure diagonal) or stream (more "
+       "streaming steps)", applies=_ST,
        recommendable=True, choices=REFINE_CHOICES),
     _o("tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
        "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
@@ -624,6 +625,11 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
                 else opt.default_for(strategy)
     if misplaced:
         raise OptionError(_misplaced_message(misplaced, optimizer))
+    if out.get("structure") == "diagonal" and "refine" in out and "refine" not in given \
+            and "refine" not in recommended:
+        # a diagonal metric is no Hessian: Fisher scoring with it converges slowly (200k ×
+        # 100 logistic, 50 passes: scoring 8.1% above the optimum, the L-BFGS hand-over 1.0%)
+        out["refine"] = "lbfgs"
     if "metric" in out and out["metric"] is None:
         out["metric"] = model.default_metric
     if strategy == STREAM and "optimizer" in out:
