@@ -80,10 +80,11 @@ DEFAULT_CHUNK_ROWS = 65536
 #: exactly as before), else the most rows in a multiple of CHUNK_ROWS_MULTIPLE that fit
 #: (at least CHUNK_ROWS_MULTIPLE). 60 MiB is the default read budget over the 8 chunks of
 #: the default plan (4 buffers of 2 chunks), less room for each row's index and target
-#: (16 bytes), the staging buffers and the batch buffer: the default plan fits
-#: DEFAULT_READ_BUFFER_BYTES at every width up to about 12,000 float32 features, and one
-#: chunk per read (prefetch lowered, the order unchanged) up to about 20,000 (measured by
-#: ``tests/test_chunk_bytes.py``); wider still, 1,024-row chunks exceed it.
+#: (16 bytes), the staging buffers and the batch buffer: with float32 features (float64:
+#: half the counts) the default plan fits DEFAULT_READ_BUFFER_BYTES at every width up to
+#: 14,559 features (beyond, 1,024-row chunks and the batch buffer outgrow it and prefetch
+#: is lowered, the order unchanged), the smallest plan up to 32,764; wider still, rows are
+#: too wide for any chunking of 1,024 rows (``tests/test_chunk_bytes.py``).
 DEFAULT_CHUNK_BYTES = 60 << 20
 #: Rows of a chunk shortened for DEFAULT_CHUNK_BYTES are a multiple of this (the default
 #: batch), and at least this many.
