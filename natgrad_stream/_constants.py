@@ -69,9 +69,26 @@ LBFGS_EVAL_BATCH_ROWS = 65536
 #: values, for convergence).
 NONFINITE_RISE = 1.0
 
-#: Rows per chunk written by ``make-data`` and assumed for in-memory arrays; rows per
-#: evaluation batch of ``evaluate``; samples between progress records of the metrics log.
+#: Rows per chunk written by ``make-data`` and assumed for in-memory arrays, for data narrow
+#: enough that this many rows of features fit DEFAULT_CHUNK_BYTES; rows per evaluation
+#: batch of ``evaluate``; samples between progress records of the metrics log.
 DEFAULT_CHUNK_ROWS = 65536
+#: Bytes of features (rows × features × itemsize of the features' dtype, as read) that one
+#: chunk of the default chunking holds at most: ``make-data`` / ``make_dataset`` and
+#: in-memory arrays use DEFAULT_CHUNK_ROWS rows where they fit (float32 up to 240
+#: features, float64 up to 120: such data are chunked, and make-data's values drawn,
+#: exactly as before), else the most rows in a multiple of CHUNK_ROWS_MULTIPLE that fit
+#: (at least CHUNK_ROWS_MULTIPLE). 60 MiB is the default read budget over the 8 chunks of
+#: the default plan (4 buffers of 2 chunks), less room for each row's index and target
+#: (16 bytes), the staging buffers and the batch buffer: with float32 features (float64:
+#: half the counts) the default plan fits DEFAULT_READ_BUFFER_BYTES at every width up to
+#: 14,559 features (beyond, 1,024-row chunks and the batch buffer outgrow it and prefetch
+#: is lowered, the order unchanged), the smallest plan up to 32,764; wider still, rows are
+#: too wide for any chunking of 1,024 rows (``tests/test_chunk_bytes.py``).
+DEFAULT_CHUNK_BYTES = 60 << 20
+#: Rows of a chunk shortened for DEFAULT_CHUNK_BYTES are a multiple of this (the default
+#: batch), and at least this many.
+CHUNK_ROWS_MULTIPLE = 1024
 EVAL_BATCH_ROWS = 65536
 DEFAULT_LOG_EVERY = 65536
 #: Checkpoints kept in a run directory (the newest and the one before it).

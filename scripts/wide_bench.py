@@ -84,7 +84,11 @@ def _last_json(text: str) -> dict:
 
 
 def make_data(data_dir: Path, d: int, rows: int) -> Path:
-    path = data_dir / f"logistic-{d}-{rows}.zarr"
+    from natgrad_stream.data.datasets import dataset_chunk_rows
+
+    # make-data's default chunks set the values drawn (beyond 240 float32 features they
+    # hold fewer rows than the 65,536 of data cached by earlier releases): part of the name
+    path = data_dir / f"logistic-{d}-{rows}-c{dataset_chunk_rows(d)}.zarr"
     if not path.exists():
         subprocess.run(["natgrad-stream", "make-data", str(path), "--task", "logistic",
                         "--rows", str(rows), "--features", str(d), "--seed", "1"],

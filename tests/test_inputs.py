@@ -9,6 +9,7 @@ import pytest
 import zarr
 from numpy.testing import assert_array_equal
 
+from natgrad_stream._constants import DEFAULT_CHUNK_ROWS
 from natgrad_stream.data import as_source, open_zarr
 from natgrad_stream.data import stream as stream_mod
 from natgrad_stream.data.datasets import make_dataset
@@ -211,7 +212,7 @@ def test_pandas_dataframe_and_series(ref):
     df = pd.DataFrame(X.astype(np.float32), columns=[f"f{i}" for i in range(D)])
     s = pd.Series(y, name="y")
     src = as_source((df, s))
-    assert src.chunk_rows == stream_mod.DEFAULT_CHUNK_ROWS
+    assert src.chunk_rows == DEFAULT_CHUNK_ROWS
     _assert_same_batches(_batches(as_source((df, s))),
                          _batches(as_source((X.astype(np.float32), y))))
     np.testing.assert_allclose(_theta((df, s)), _theta((X.astype(np.float32), y)), rtol=0,

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from natgrad_stream import __version__
-from natgrad_stream._constants import DEFAULT_CHUNK_ROWS
+from natgrad_stream._constants import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS
 from natgrad_stream.errors import (
     CheckpointError,
     DataError,
@@ -128,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training rows: arrays X (and y) (required)")
     p.add_argument("--features", required=True, type=_positive_int, metavar="D",
                    help="feature columns of X (required)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=DEFAULT_CHUNK_ROWS,
-                   metavar="R", help="rows per Zarr chunk (chunks span all columns)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=None, metavar="R",
+                   help="rows per Zarr chunk (chunks span all columns; default 65,536 where "
+                        "those hold at most 60 MiB of features, else fewer, a multiple of "
+                        "1,024; the chunk size sets the values drawn)"),
     p.add_argument("--test-rows", type=_nonnegative_int, default=0, metavar="M",
                    help="also write M held-out rows as X_test (and y_test), from the same "
                         "distribution")
@@ -224,15 +226,33 @@ class _GracefulStop:
         return False
 
 
+def _chunk_bytes(args, rows: int) -> int:
+    """Bytes of features in a chunk of ``rows`` rows of the make-data arguments ``args``."""
+    import numpy as np
+
+    return int(rows) * int(args.features) * np.dtype(args.dtype).itemsize
+
+
 def _cmd_make_data(args) -> int:
     from natgrad_stream.data.datasets import make_dataset
+    from natgrad_stream.data.metadata import format_bytes
 
-    make_dataset(args.out, task=args.task, rows=args.rows, features=args.features,
-                 chunk_rows=args.chunk_rows, test_rows=args.test_rows, seed=args.seed,
-                 dtype=args.dtype, overwrite=args.overwrite)
-    _print_json({"path": str(args.out), "task": args.task, "rows": args.rows,
-                 "features": args.features, "chunk_rows": args.chunk_rows,
-                 "test_rows": args.test_rows, "seed": args.seed, "dtype": args.dtype})
+    group = make_dataset(args.out, task=args.task, rows=args.rows, features=args.features,
+                         chunk_rows=args.chunk_rows, test_rows=args.test_rows,
+                         seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
+    chunk_rows = int(group.attrs["natgrad_stream"]["chunk_rows"])
+    out = {"path": str(args.out), "task": args.task, "rows": args.rows,
+           "features": args.features, "chunk_rows": chunk_rows,
+           "test_rows": args.test_rows, "seed": args.seed, "dtype": args.dtype}
+    if args.chunk_rows is None and chunk_rows != DEFAULT_CHUNK_ROWS:
+        out["chunk_note"] = (
+            f"default chunks of {chunk_rows:,} rows "
+            f"({format_bytes(_chunk_bytes(args, chunk_rows))} of features; "
+            f"{DEFAULT_CHUNK_ROWS:,} rows would take "
+            f"{format_bytes(_chunk_bytes(args, DEFAULT_CHUNK_ROWS))}, over the "
+            f"{format_bytes(DEFAULT_CHUNK_BYTES)} chunk target): the values differ from "
+            f"those --chunk-rows {DEFAULT_CHUNK_ROWS} writes for the same seed")
+    _print_json(out)
     return EXIT_OK
 
 

@@ -16,7 +16,9 @@ The unit of reading stays one whole chunk (chunk alignment, the direct zstd deco
 integrity checks are per chunk), so the smallest plan is one chunk per read with three
 buffers. A chunk too large for that is still read, over the budget, by that smallest plan
 (:attr:`ReadPlan.over_budget`; the stream logs a warning once per source); rechunking the
-data (e.g. ``make-data --chunk-rows``) is the cure.
+data (e.g. ``make-data --chunk-rows``) is the cure, and the default chunking of the data
+the project writes and of in-memory arrays (:func:`default_chunk_rows`) avoids it: chunks
+of at most ``DEFAULT_CHUNK_BYTES`` of features, so the default plan fits the default budget.
 """
 
 from __future__ import annotations
@@ -25,7 +27,38 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from natgrad_stream._constants import (
+    CHUNK_ROWS_MULTIPLE,
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNK_ROWS,
+)
+
 log = logging.getLogger("natgrad_stream")
+
+
+def default_chunk_rows(row_bytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk of the default chunking, for rows of ``row_bytes`` bytes of features.
+
+    ``DEFAULT_CHUNK_ROWS`` (65,536) when that many rows take at most ``chunk_bytes``, so
+    narrow data are chunked as they always were; otherwise the most rows within
+    ``chunk_bytes`` in a multiple of ``CHUNK_ROWS_MULTIPLE`` (1,024, the default batch), and
+    at least that many (a row wider than ``chunk_bytes / 1,024`` gets 1,024-row chunks over
+    the target).
+
+    Parameters
+    ----------
+    row_bytes : int
+        Bytes of one row's features: ``features × itemsize`` of their (compute) dtype.
+    chunk_bytes : int
+        The target bytes of features per chunk.
+    """
+    row_bytes, chunk_bytes = int(row_bytes), int(chunk_bytes)
+    if row_bytes < 1:
+        raise ValueError(f"row_bytes must be >= 1, got {row_bytes}")
+    if DEFAULT_CHUNK_ROWS * row_bytes <= chunk_bytes:
+        return DEFAULT_CHUNK_ROWS
+    m = CHUNK_ROWS_MULTIPLE
+    return max(m, chunk_bytes // row_bytes // m * m)
 
 
 @dataclass(frozen=True)

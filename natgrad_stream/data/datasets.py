@@ -5,7 +5,12 @@ Features are raw and ill-conditioned, as real data are: ``x = offset + scale ⊙
 (a random rotation of a decaying spectrum), per-feature scales log-uniform over three
 decades and offsets far from zero. Each chunk is generated from its own random stream
 ``(seed, array, chunk)``, so datasets far larger than memory are written in constant memory
-and are identical whatever the chunk-writing order.
+and are identical whatever the chunk-writing order — but not whatever the chunk size: the
+same seed with other ``chunk_rows`` draws other values. By default chunks hold 65,536 rows
+where those fit ``DEFAULT_CHUNK_BYTES`` (60 MiB) of features, as they always did, and fewer
+rows in wider data (:func:`~natgrad_stream.data.budget.default_chunk_rows`), so only data
+wider than that (float32: more than 240 features; float64: 120) differ from what earlier
+releases wrote for the same seed (``chunk_rows=65536`` writes those again).
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream._constants import (
-    DEFAULT_CHUNK_ROWS,
     PAPER_MIXING,
     RNG_FEATURE_MODEL,
     RNG_TRUE_PARAMS,
 )
+from natgrad_stream.data.budget import default_chunk_rows
 
 #: Tasks generated in this module (raw, ill-conditioned features).
 _BUILTIN_TASKS = ("logistic", "linear", "gaussian-mean")
@@ -142,7 +147,15 @@ def _chunk(task, fm, params, rng, n):
     return X, (z + rng.standard_normal(n)).astype(np.float32)
 
 
-def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+def dataset_chunk_rows(features: int, dtype: str = "float32") -> int:
+    """Rows per chunk :func:`make_dataset` writes by default: 65,536 where that many rows of
+    ``features`` columns of ``dtype`` take at most ``DEFAULT_CHUNK_BYTES`` (60 MiB), else
+    fewer (:func:`~natgrad_stream.data.budget.default_chunk_rows`).
+    """
+    return default_chunk_rows(int(features) * np.dtype(dtype).itemsize)
+
+
+def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int | None = None,
                  test_rows: int = 0, seed: int = 0, dtype: str = "float32",
                  overwrite: bool = False):
     """Write a synthetic dataset as a Zarr v3 group and return the opened group.
@@ -159,8 +172,14 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int =
         their modules under :mod:`natgrad_stream.data.synthetic`; each draws from a known
         true model, recorded in the group's attributes.
     rows, features : int
-    chunk_rows : int
-        Rows per Zarr chunk (chunks span all columns).
+    chunk_rows : int, optional
+        Rows per Zarr chunk (chunks span all columns). Default
+        :func:`dataset_chunk_rows`: 65,536 where a chunk of that many rows holds at most
+        ``DEFAULT_CHUNK_BYTES`` (60 MiB) of features (float32: up to 240 features), else the
+        most rows within it in a multiple of 1,024, so the default read budget holds the
+        default read plan. Each chunk draws from its own random stream, so the chunk size
+        sets the values: narrow data are what they always were, wider data differ from
+        what ``chunk_rows=65536`` (earlier releases' default) writes for the same seed.
     test_rows : int
         Also write ``X_test`` (and ``y_test``) from the same distribution when > 0.
     seed : int
@@ -179,12 +198,14 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int =
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if chunk_rows is None and int(features) >= 1:
+        chunk_rows = dataset_chunk_rows(features, dtype)
     for name, v, lo in (("rows", rows, 1), ("features", features, 1),
                         ("chunk_rows", chunk_rows, 1), ("test_rows", test_rows, 0)):
         if int(v) < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")

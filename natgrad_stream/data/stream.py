@@ -36,14 +36,18 @@ import numpy as np
 
 from natgrad_stream._constants import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_CHUNK_ROWS,
     DEFAULT_READ_BUFFER_BYTES,
     RNG_CHUNK_ORDER,
     RNG_ROW_ORDER,
 )
 from natgrad_stream.data._gather_kernels import gather_rows
 from natgrad_stream.data._zstd_direct import DirectChunks, run_in_order
-from natgrad_stream.data.budget import ReadPlan, plan_reads, warn_over_budget
+from natgrad_stream.data.budget import (
+    ReadPlan,
+    default_chunk_rows,
+    plan_reads,
+    warn_over_budget,
+)
 from natgrad_stream.data.metadata import (
     StoredChunks,
     check_plan_memory,
@@ -436,7 +440,10 @@ def _bases_of(arr):
     return [arr]
 
 
-def _chunk_rows_of(X, chunk_rows):
+def _chunk_rows_of(X, chunk_rows, row_bytes: int) -> int:
+    """Rows per read unit: ``chunk_rows`` if given, else the array's own chunking, else the
+    default for rows of ``row_bytes`` bytes of features (:func:`default_chunk_rows`).
+    """
     if chunk_rows is not None:
         if int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -445,7 +452,7 @@ def _chunk_rows_of(X, chunk_rows):
     if chunks:
         first = chunks[0]
         return int(first[0] if isinstance(first, tuple) else first)
-    return DEFAULT_CHUNK_ROWS
+    return default_chunk_rows(row_bytes)
 
 
 class ArraySource(Source):
@@ -460,7 +467,14 @@ class ArraySource(Source):
     y, w : array_like, shape (n,), optional
         Targets and sample weights (any real numeric dtype; delivered as float64).
     chunk_rows : int, optional
-        Rows per read unit; defaults to the array's own chunking (Zarr, dask) or 65,536.
+        Rows per read unit; defaults to the array's own chunking (Zarr, dask), else (NumPy
+        and other unchunked arrays) 65,536 where that many rows hold at most
+        ``DEFAULT_CHUNK_BYTES`` (60 MiB) of features in the compute dtype (float32: up to
+        240 features, float64: 120), else the most rows within it in a multiple of 1,024
+        (:func:`~natgrad_stream.data.budget.default_chunk_rows`), so the default read plan
+        fits the default read budget. The chunks set a shuffled epoch's order (and a
+        cursor's meaning), so wider in-memory data are read in another order than by
+        releases that cut them into 65,536-row chunks (``chunk_rows=65536`` restores it).
     names : tuple of str
         Array names used in error messages.
     name : str
@@ -502,7 +516,7 @@ class ArraySource(Source):
                        if a is not None for base in _bases_of(a) if is_zarr_array(base)]
         for base, label in self._bases:
             check_zarr_layout(base, label)
-        self.chunk_rows = _chunk_rows_of(X, chunk_rows)
+        self.chunk_rows = _chunk_rows_of(X, chunk_rows, d * self.x_dtype.itemsize)
         check_plan_memory(nx, n_chunks=math.ceil(n / self.chunk_rows),
                           buffer_bytes=self.chunk_rows * self._row_bytes(), what="one chunk")
         # whole-chunk zstd decoders for Zarr arrays with the simple layout (else None), and
