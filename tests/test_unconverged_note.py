@@ -103,3 +103,53 @@ def test_a_summary_without_a_measuring_pass_reports_running_loss(small_zarr, tmp
     code, summary, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
                                "--model", "logistic", "--epochs", 1, "--progress", "never")
     assert code == 0 and "train_loss" not in summary and summary["running_loss"] > 0
+
+
+@pytest.mark.parametrize("structure", ["full", "diagonal", "block"])
+@pytest.mark.parametrize("refine", ["scoring", "lbfgs", "stream"])
+@pytest.mark.parametrize("l2", [None, 0.01])
+def test_train_loss_is_evaluate_for_every_structure_and_later_pass_method(
+        small_zarr, tmp_path, capsys, structure, refine, l2):
+    """Issue 18: whatever the structure and the later-pass method, capped or converged, with
+    or without a penalty, the summary's ``train_loss`` (or, where no pass measured the
+    returned point, ``running_loss`` in its place) is what ``evaluate`` reports on the
+    training data, to 1e-12; with ``--l2`` the summary's ``objective`` adds λ/2‖coef‖² to it.
+    """
+    import json
+
+    import numpy as np
+
+    extra = [] if l2 is None else ["--l2", l2]
+    code, summary, _ = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
+                               "--model", "logistic", "--structure", structure,
+                               "--refine", refine, "--epochs", 4, "--progress", "never",
+                               *extra)
+    assert code == 0
+    code, scores, _ = run_cli(capsys, "evaluate", tmp_path / "r", small_zarr)
+    assert code == 0
+    if refine == "stream":  # more streaming passes: no pass measures the returned point
+        assert "train_loss" not in summary and "running_loss" in summary
+        return
+    assert summary["epochs"] <= 4
+    assert abs(scores["log_loss"] - summary["train_loss"]) <= 1e-12 * summary["train_loss"]
+    if l2 is not None:
+        code, params, _ = run_cli(capsys, "params", tmp_path / "r")
+        penalty = 0.5 * l2 * float(np.sum(np.square(params["coef"])))
+        assert summary["objective"] == pytest.approx(summary["train_loss"] + penalty,
+                                                     rel=1e-12)
+        assert abs(scores["objective"] - summary["objective"]) <= 1e-12 * summary["objective"]
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["options"]["refine"] == refine and run["options"]["structure"] == structure
+
+
+def test_one_pass_of_a_hand_over_run_says_no_check_was_made(small_zarr, tmp_path, capsys):
+    """``--refine lbfgs --epochs 1``: no round ran, so the line says no check was made (it
+    printed "after 0 complete L-BFGS round(s), the last improving the loss by nan").
+    """
+    code, summary, err = run_cli(capsys, "fit", small_zarr, "--out", tmp_path / "r",
+                                 "--model", "logistic", "--refine", "lbfgs", "--epochs", 1,
+                                 "--progress", "never")
+    assert code == 0 and summary["converged"] is False
+    (line,) = _warnings(err)
+    assert "before any convergence check" in line and "nan" not in line
+    assert "--resume --epochs 2" in line

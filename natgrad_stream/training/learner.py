@@ -1214,6 +1214,10 @@ class _Streaming(_Strategy):
             r = s.last_round or {}
             if _stalled(s):
                 return _stall_note(r)
+            if not r:  # the cap ended the fit before the hand-over measured anything
+                return (f"stopped by the pass cap (epochs={plan['epochs']}) before any "
+                        "convergence check (the L-BFGS rounds that check it start after "
+                        f"the first pass); {how}")
             return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) after "
                     f"{s.rounds} complete L-BFGS round(s), the last improving the loss by "
                     f"{r.get('relative_improvement', math.nan):.3g} relative (lbfgs_tol "
