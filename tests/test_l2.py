@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -255,8 +256,11 @@ def test_separable_data_stop_with_a_message_and_converge_with_l2():
 def test_full_one_hot_without_drop_converges_with_l2():
     X, y = _one_hot()
     model = make_model("logistic", X.shape[1])
-    with pytest.raises(NumericalError, match="--l2"):  # unidentified: runs away unpenalized
+    with pytest.raises(NumericalError, match="--l2") as info:  # runs away unpenalized
         NaturalGradientLearner(model).fit((X, y))
+    # the error names the parameters that moved most (one-hot levels, not the intercept)
+    moving = re.search(r"moving most \(θ indices\): \[([\d, ]+)\]", str(info.value))
+    assert moving and all(int(j) < X.shape[1] for j in moving.group(1).split(","))
     C = 1.0
     lam = 1.0 / (C * len(y))
     ref = _sklearn_logistic(X, y, C)

@@ -426,13 +426,15 @@ class NaturalGradientLearner:
                 f"{samples}) is {mean:.4g}, against {start:.4g} at the start (more than "
                 f"{factor:g}× above it)")
         if good is None or final or s.rollbacks >= DIVERGENCE_MAX_ROLLBACKS:
+            moving = [] if good is None else _moving_most(s.theta - good.restore().theta)
             if good is not None:
                 self.state = good.restore()
             cuts = f" after {s.rollbacks} step cuts" if s.rollbacks else ""
             raise NumericalError(
-                f"{what}{cuts}; the learner's state is rolled back to sample "
-                f"{self.state.samples}; a checkpoint already written is kept. Try a smaller "
-                "lr or stronger damping (or --divergence-factor)"
+                f"{what}{cuts}; the parameters moving most (θ indices): {moving}; the "
+                f"learner's state is rolled back to sample {self.state.samples}; a "
+                "checkpoint already written is kept. Try a smaller lr or stronger damping "
+                "(or --divergence-factor)"
                 + ("" if self.penalty.active else "; on collinear features (a full one-hot "
                    "encoding with the intercept) or separable data, an L2 penalty (--l2)")
                 + ".")
@@ -1040,8 +1042,7 @@ class _Streaming(_Strategy):
         s.refine_growth = s.refine_growth + 1 if growing else 0
         if s.refine_growth < UNBOUNDED_PASSES:
             return False
-        order = np.argsort(-np.abs(d))
-        s.unbounded = order[np.abs(d[order]) >= 0.1 * np.abs(d[order[0]])][:10].tolist()
+        s.unbounded = _moving_most(d)
         event["unbounded_parameters"] = s.unbounded
         return True
 
@@ -1489,6 +1490,17 @@ def _split_objective(lr: NaturalGradientLearner, objective) -> tuple:
 def _stalled(s: LearnerState) -> bool:
     """Whether the last L-BFGS round stalled (:func:`_round_verdict`)."""
     return bool((s.last_round or {}).get("stalled"))
+
+
+def _moving_most(d: np.ndarray, most: int = 10) -> list[int]:
+    """Indices of the parameters a move ``d`` (shape (P,)) changes most: at most ``most``,
+    each by at least a tenth of the largest change (empty when nothing moved).
+    """
+    d = np.nan_to_num(np.abs(np.asarray(d, dtype=np.float64)), nan=np.inf)
+    if d.size == 0 or not d.max() > 0:
+        return []
+    order = np.argsort(-d, kind="stable")
+    return order[d[order] >= 0.1 * d[order[0]]][:most].tolist()
 
 
 def _unbounded_note(s: LearnerState) -> str:
