@@ -79,7 +79,9 @@ class RunningFisher:
             raise ValueError(f"batch metric has shape {batch_sum.shape}, expected {self.sum.shape}")
         decay = 0.5 ** (rows / self.current_half_life())
         # a new array, not an in-place update: a learner can keep the old one to undo a step
-        self.sum = self.sum * decay + batch_sum if decay != 1.0 else self.sum + batch_sum
+        new = self.sum * decay if decay != 1.0 else self.sum.copy()
+        new += batch_sum
+        self.sum = new
         self.weight *= decay
         self.weight += float(weight)
         self.samples += int(rows)

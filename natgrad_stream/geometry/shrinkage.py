@@ -121,8 +121,8 @@ def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None
     rho : float
         The intensity (the largest over blocks).
     """
-    if rows is None or G.ndim != 2:
-        return G, 0.0
+    if rows is None or G.ndim != 2 or taper(rows, G.shape[0]) == 0.0:
+        return G, 0.0  # (a block is smaller than G, so no block's taper is positive)
     bounds = [0, G.shape[0]] if blocks is None else [int(b) for b in blocks]
     out, top = G, 0.0
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):

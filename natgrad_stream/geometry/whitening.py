@@ -312,7 +312,8 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
         inner = _whiten(G, own, rest, method, damping, floor, scale)
         # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ
         W = inner.matrix + np.outer(inner.matrix[:, center], m)
-        Winv = inner.inverse - np.outer(np.eye(G.shape[0])[center], m @ inner.inverse)
+        Winv = inner.inverse.copy()  # − e_k ⊗ (m W_c⁻¹): only row k changes
+        Winv[center] -= m @ inner.inverse
         return Whitener(W, Winv, inner.diagnostics)
     diag = G if G.ndim == 1 else np.diag(G)
     ref = np.maximum(own, 0.0)
@@ -385,8 +386,11 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
                 s = np.maximum(s, lo)
             cond = float(s.max() / s.min())
             root = np.sqrt(s)
-            W = (V * root) @ V.T * sqrt_d[None, :]
-            Winv = (V / root) @ V.T / sqrt_d[:, None]
+            # in place where a temporary would be a third P × P array
+            W = (V * root) @ V.T
+            W *= sqrt_d[None, :]
+            Winv = (V / root) @ V.T
+            Winv /= sqrt_d[:, None]
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError) as exc:
         raise WhiteningError(f"{method} factorization failed: {exc}") from exc
     if not (np.all(np.isfinite(W)) and np.all(np.isfinite(Winv))):
