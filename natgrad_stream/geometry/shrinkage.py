@@ -33,7 +33,9 @@ import numpy as np
 #: 200k × 1000 logistic (one default pass, gap to the optimum): 2 0.236%, 3 0.123%,
 #: 5 0.113%, 10 0.156%, 20 0.196%, 50 0.219%, no taper 0.235%; no shrinkage at all 22%
 #: with a rollback. The first refreshes (about one row per parameter) need it; a
-#: well-sampled estimate is better trusted.
+#: well-sampled estimate is better trusted. (Those runs read two chunks at a time; with
+#: the byte-budgeted reader, one, so another row order: 5 gives 0.127% there,
+#: ``scripts/results/wide-latest.md``.)
 TAPER_ROWS_PER_PARAM = 5.0
 
 
