@@ -29,14 +29,20 @@ def _neg_log_prior(z, beta, log_z):  # pragma: no cover - compiled
 
 
 @jit
+def _source(X, W, i, a):  # pragma: no cover - compiled
+    """``s_a = w_a · x_i``, float64."""
+    z = 0.0
+    for b in range(X.shape[1]):
+        z += W[a, b] * X[i, b]
+    return z
+
+
+@jit
 def _row(X, W, WinvT, logabsdet, beta, log_z, i, loss, grad, s):  # pragma: no cover
     """Loss and loss gradient of row ``i``; ``s`` is (d,) scratch."""
     d = X.shape[1]
     for a in range(d):
-        z = 0.0
-        for b in range(d):
-            z += W[a, b] * X[i, b]
-        s[a] = z
+        s[a] = _source(X, W, i, a)
     total = -logabsdet
     for a in range(d):
         z = s[a]
@@ -95,9 +101,7 @@ def ica_evaluate(X, W, logabsdet, beta, log_z):  # pragma: no cover - compiled
     for i in range(n):
         total -= logabsdet
         for a in range(d):
-            z = 0.0
-            for b in range(d):
-                z += W[a, b] * X[i, b]
+            z = _source(X, W, i, a)
             total += _neg_log_prior(z, beta, log_z)
     return total
 
@@ -137,10 +141,7 @@ def _power_row(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2, i, los
     """Loss and loss gradient (d² + d) of row ``i``; ``s`` is (d,) scratch."""
     d = X.shape[1]
     for a in range(d):
-        z = 0.0
-        for b in range(d):
-            z += W[a, b] * X[i, b]
-        s[a] = z
+        s[a] = _source(X, W, i, a)
     total = -logabsdet
     for a in range(d):
         g, psi, g_alpha = _power_terms(s[a], alpha[a], eps2)
@@ -199,9 +200,7 @@ def ica_power_evaluate(X, W, logabsdet, alpha, log_z, eps2):  # pragma: no cover
     for i in range(n):
         total -= logabsdet
         for a in range(d):
-            z = 0.0
-            for b in range(d):
-                z += W[a, b] * X[i, b]
+            z = _source(X, W, i, a)
             g, _, _ = _power_terms(z, alpha[a], eps2)
             total += g + log_z[a]
     return total

@@ -315,7 +315,7 @@ class ICA(FactorModel):
         """
         self.factor(theta)
         if self.adaptive:
-            self._density_terms(theta)
+            self._kappa(theta)
 
     def params_to_dict(self, theta):
         out = {"W": self.unmixing(theta).tolist()}
@@ -342,15 +342,19 @@ class ICA(FactorModel):
                 "sources cannot be recovered from it")
         return W, np.linalg.inv(W), float(logabsdet)
 
-    def _density_terms(self, theta):
-        """``(α, dα/dκ, log Z, ∂log Z/∂α, Fisher of κ)`` of the adaptive density, each
-        (d,).
-        """
+    def _kappa(self, theta) -> np.ndarray:
+        """The shapes' parameters ``κ`` (d,); ``ValueError`` unless finite."""
         d = self.n_features
         kappa = as_float64_vector(theta, "theta", self.n_params)[d * d:]
         if not np.all(np.isfinite(kappa)):
             raise ValueError(f"a source shape parameter is not finite: {kappa}")
-        alpha, slope = D.shape_from_param(kappa)
+        return kappa
+
+    def _density_terms(self, theta):
+        """``(α, dα/dκ, log Z, ∂log Z/∂α, Fisher of κ)`` of the adaptive density, each
+        (d,).
+        """
+        alpha, slope = D.shape_from_param(self._kappa(theta))
         log_z, dlog_z, fisher = D.normalizer(alpha)
         return alpha, slope, log_z, dlog_z, fisher * (slope**2 + D.SHAPE_METRIC_FLOOR)
 
@@ -359,9 +363,10 @@ class ICA(FactorModel):
         X = self.check_X(X)
         return X.astype(np.float64) @ self.unmixing(theta).T
 
-    def amari_metric(self, theta) -> np.ndarray:
+    def amari_metric(self, theta, shape_fisher=None) -> np.ndarray:
         """Amari's metric (eq. 43) in the layout, shape (P, P): ``I_d ⊗ (WᵀW)⁻¹``, then the
-        shapes' diagonal Fisher block (adaptive density).
+        shapes' diagonal Fisher block (adaptive density; ``shape_fisher`` (d,) when already
+        computed at θ).
         """
         _, Winv, _ = self.factor(theta)
         B = Winv @ Winv.T
@@ -371,7 +376,9 @@ class ICA(FactorModel):
         d2 = G.shape[0]
         out = np.zeros((self.n_params, self.n_params))
         out[:d2, :d2] = G
-        out[d2:, d2:] = np.diag(self._density_terms(theta)[4])
+        if shape_fisher is None:
+            shape_fisher = self._density_terms(theta)[4]
+        out[d2:, d2:] = np.diag(shape_fisher)
         return out
 
     # -- per-row terms ------------------------------------------------------------------
@@ -384,8 +391,9 @@ class ICA(FactorModel):
         grad = np.empty((n, self.n_params))
         T = num_threads() if self.use_parallel(n, parallel) else 1
         scratch = np.empty((T, d))
+        shape_fisher = None
         if self.adaptive:
-            alpha, slope, log_z, dlog_z, _ = self._density_terms(theta)
+            alpha, slope, log_z, dlog_z, shape_fisher = self._density_terms(theta)
             kernel = K.ica_power_row_terms_parallel if T > 1 else K.ica_power_row_terms
             kernel(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, D.SMOOTHING**2, loss,
                    grad, scratch)
@@ -396,7 +404,8 @@ class ICA(FactorModel):
         if metric is None:
             return RowTerms(loss, grad)
         if metric == "amari":
-            return RowTerms(loss, grad, constant_metric=self.amari_metric(theta))
+            return RowTerms(loss, grad,
+                            constant_metric=self.amari_metric(theta, shape_fisher))
         return RowTerms(loss, grad, factors=self.generic_factors(X, y, theta, grad, metric,
                                                                  rng, mc_samples))
 
