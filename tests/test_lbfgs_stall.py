@@ -54,8 +54,9 @@ def test_a_round_that_did_not_descend_is_a_stall_not_convergence(diabetes_standa
     logger.addHandler(seen)
     try:
         # the seeds whose fits reach such a state (the path is non-convex and chaotic:
-        # seed 2 before the streaming metric was shrunk, seeds 3 and 4 since)
-        for seed in (4, 3):
+        # seed 2 before the streaming metric was shrunk, seeds 3 and 4 since; round-off
+        # decides, so on another CPU the first stall may come at another seed)
+        for seed in (4, 3, *range(3), *range(5, 12)):
             seen.records.clear()
             lr = NaturalGradientLearner(make_model("mlp", 10, seed=seed)).fit((X, y),
                                                                                epochs=300)
