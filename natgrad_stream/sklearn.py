@@ -175,9 +175,12 @@ class _NaturalGradientBase(BaseEstimator):
         data, a divergence rollback) and recovers from them. They are collected here and,
         when the fit does not end converged, re-issued as one ConvergenceWarning; a fit
         that does converge dropped them as resolved. A step that leaves the model's domain
-        or gives non-finite values raises ``ValueError``.
+        or gives non-finite values raises ``ValueError``. The learner's 'stopped by the pass
+        cap' line after each pass is dropped: the estimator warns once, at the end.
         """
-        with warnings.catch_warnings(record=True) as caught:
+        from natgrad_stream.training.learner import pass_cap_notes_dropped
+
+        with warnings.catch_warnings(record=True) as caught, pass_cap_notes_dropped():
             warnings.simplefilter("always", RuntimeWarning)
             try:
                 action()

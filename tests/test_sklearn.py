@@ -68,6 +68,18 @@ def test_logistic_reaches_sklearn_optimum(C):
                                rtol=100 * atol, atol=atol)
 
 
+def test_a_converged_fit_logs_no_pass_cap_lines(caplog):
+    """The estimator runs the learner one pass at a time; the learner's 'stopped by the
+    pass cap' line after each is the estimator's business (one ConvergenceWarning when it
+    does not converge), not a line per pass on the user's stderr.
+    """
+    X, y = load_breast_cancer(return_X_y=True)
+    with caplog.at_level("INFO", logger="natgrad_stream"):
+        est = NaturalGradientClassifier().fit(X[:, :10], y)
+    assert est.converged_ and est.n_iter_ > 2
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_linear_reaches_sklearn_optimum():
     X, y = load_diabetes(return_X_y=True)
     est = NaturalGradientRegressor().fit(X, y)

@@ -5,7 +5,6 @@ full-batch optimum found by an independent solver (SciPy L-BFGS on the in-memory
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -108,23 +107,10 @@ def _run_demo(out: Path, *, kept: bool, log) -> dict:
     _say(log, f"  run directory: {out} (kept)" if kept else
          "  run directory: temporary, removed at the end (pass --out RUN to keep it)")
     _say(log, "  compiling the kernels (or loading them from Numba's cache)...")
-    cap_note = _OnePassOnPurpose()  # the demo measures its one pass's gap itself
-    logging.getLogger("natgrad_stream").addFilter(cap_note)
-    try:
+    from natgrad_stream.training.learner import pass_cap_notes_dropped
+
+    with pass_cap_notes_dropped():  # the demo's one pass is the point; it reports its gap
         return _demo_steps(data, group, out, kept, log)
-    finally:
-        logging.getLogger("natgrad_stream").removeFilter(cap_note)
-
-
-class _OnePassOnPurpose(logging.Filter):
-    """Drops the learner's 'stopped by the pass cap' line: the demo's one pass is the point,
-    and it reports its gap to the optimum.
-    """
-
-    def filter(self, record) -> bool:
-        from natgrad_stream.training.learner import UNCONVERGED
-
-        return getattr(record, "natgrad_event", None) != UNCONVERGED
 
 
 def _demo_steps(data, group, out: Path, kept: bool, log) -> dict:

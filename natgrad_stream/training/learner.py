@@ -37,6 +37,7 @@ rounds run.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -98,6 +99,25 @@ log = logging.getLogger("natgrad_stream")
 #: ``record.natgrad_event`` of the warning logged when a cap ends a fit before its stopping
 #: rule held (callers that stop early on purpose, like the demo, filter it out).
 UNCONVERGED = "unconverged"
+
+
+class _DropUnconvergedNote(logging.Filter):
+    def filter(self, record) -> bool:
+        return getattr(record, "natgrad_event", None) != UNCONVERGED
+
+
+@contextlib.contextmanager
+def pass_cap_notes_dropped():
+    """Within the block, the learner does not log its 'stopped by the pass cap' line: for
+    callers that cap a fit on purpose and say themselves how it ended (the demo measures
+    its one pass's gap; the estimators run one pass at a time and warn once).
+    """
+    drop = _DropUnconvergedNote()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 class _StateField:
