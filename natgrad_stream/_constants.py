@@ -11,6 +11,14 @@ DEFAULT_EIGEN_FLOOR = 1e-10
 #: step (an exact zero, which has no scale of its own, by this fraction of the largest).
 #: Never compared across parameters, so one feature at 1e18 cannot zero the others.
 ZERO_DIAGONAL_FRACTION = 1e-14
+#: Eigenvalues of the scaled metric below this fraction of the largest are zero to round-off
+#: (eigh's error is about P·2e-16 of the largest: 1e-12 at P = 5,000): directions no row has
+#: moved, given the mean eigenvalue as a prior (see ``whitening._unidentified_to_prior``).
+#: Ten times below DEFAULT_EIGEN_FLOOR, so directions the data do identify, however soft,
+#: keep the floor.
+NULL_EIGENVALUE_FRACTION = 1e-11
+#: At most this many parameters are named as moved by unidentified directions.
+UNIDENTIFIED_NAMED = 10
 #: Negative diagonal entries down to this fraction of the parameter's own diagonal before an
 #: elimination step are round-off (e.g. on a rank-deficient batch metric) and read as 0; an
 #: input diagonal that is itself negative has no scale of its own and is judged against the

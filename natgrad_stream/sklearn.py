@@ -214,6 +214,9 @@ class _NaturalGradientBase(BaseEstimator):
         self._finish(learner, model)
         self.n_iter_ = int(learner.result.epochs)
         self.converged_ = self._converged(learner)
+        note = learner.unidentified_note()
+        if note is not None:  # the learner's own line is dropped with the per-pass ones
+            warnings.warn(f"{type(self).__name__}: {note}", UserWarning, stacklevel=3)
         if not self.converged_ and max_iter > 1:
             detail = f" ({'; '.join(dict.fromkeys(notes))})" if notes else ""
             warnings.warn(f"{type(self).__name__} did not converge in max_iter={max_iter} "

@@ -203,3 +203,44 @@ def test_elimination_keeps_the_sign_on_parameters_of_tiny_scale():
         w = whiten(G, center=[1, 2])
         WtW = w.matrix.T @ w.matrix
         assert np.allclose(WtW / np.outer(d, d), A, rtol=1e-8, atol=1e-10)
+
+
+def _one_hot_fisher(levels, rows, seen):
+    """Fisher of a logistic model at θ = 0 (weights ¼) on ``rows`` rows of a full one-hot
+    encoding with an intercept (θ[0]), whose levels are drawn from ``seen`` only.
+    """
+    rng = np.random.default_rng(0)
+    X = np.zeros((rows, levels + 1))
+    X[:, 0] = 1.0
+    X[np.arange(rows), 1 + rng.choice(seen, rows)] = 1.0
+    return 0.25 * X.T @ X / rows
+
+
+def test_a_direction_no_row_has_moved_gets_the_mean_curvature_not_the_floor():
+    # 20 levels, level 19 absent from the rows the metric saw: after the intercept's
+    # elimination the 19 seen levels' sum is a null direction of the metric, which a row of
+    # level 19 does move (it breaks the collinearity)
+    G = _one_hot_fisher(20, 400, np.arange(19))
+    W = whiten(G, center=0)
+    assert W.diagnostics.unidentified == 1
+    x = np.zeros(21)
+    x[0], x[20] = 1.0, 1.0  # the gradient of one row of level 19 (residual ½)
+    step = W.inverse @ (W.inverse.T @ (0.5 * x))
+    # the step is the size a seen level's row gets (the floor gave about 1e9 times it)
+    seen = np.zeros(21)
+    seen[0], seen[1] = 1.0, 1.0
+    reference = W.inverse @ (W.inverse.T @ (0.5 * seen))
+    assert np.abs(step).max() < 10 * np.abs(reference).max()
+    # every level seen: the null direction is the encoding's own collinearity, which no
+    # row moves (zero gradient, so a zero step either way); drop a level and none is left
+    full = _one_hot_fisher(20, 400, np.arange(20))
+    assert whiten(full, center=0).diagnostics.unidentified == 1
+    dropped = np.delete(np.delete(full, 1, axis=0), 1, axis=1)
+    assert whiten(dropped, center=0).diagnostics.unidentified == 0
+
+
+def test_soft_but_identified_directions_keep_the_floor():
+    G = np.array([[1.0, 1.0 - 1e-9], [1.0 - 1e-9, 1.0]])  # condition about 2e9, identified
+    W = whiten(G, damping=0.0, floor=0.0)
+    assert W.diagnostics.unidentified == 0
+    assert_allclose(W.matrix.T @ W.matrix, G, atol=1e-12)

@@ -31,7 +31,7 @@ differ only in the coordinates φ that an optimizer sees (footnote 1 of the pape
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import scipy.linalg
@@ -40,6 +40,8 @@ from natgrad_stream._constants import (
     DEFAULT_DAMPING,
     DEFAULT_EIGEN_FLOOR,
     NEGATIVE_DIAGONAL_TOLERANCE,
+    NULL_EIGENVALUE_FRACTION,
+    UNIDENTIFIED_NAMED,
     ZERO_DIAGONAL_FRACTION,
 )
 from natgrad_stream.errors import WhiteningError
@@ -66,6 +68,13 @@ class WhitenerDiagnostics:
     zero_diagonal : int
         Parameters whose metric diagonal was zero (the data never moved them), or became
         zero to round-off relative to their own diagonal in an elimination step.
+    unidentified : int
+        Directions along which the scaled metric is zero to round-off (no row seen has
+        moved them, e.g. the sum of a full one-hot encoding's columns after the intercept's
+        elimination), given the prior eigenvalue instead of the floor.
+    unidentified_params : list of int
+        The parameters those directions move (each at least a tenth of the most moved, in
+        the scaled coordinates), the first ``UNIDENTIFIED_NAMED`` of them.
     """
 
     method: str
@@ -74,6 +83,8 @@ class WhitenerDiagnostics:
     floored: int
     damping: float
     zero_diagonal: int
+    unidentified: int = 0
+    unidentified_params: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (infinite condition numbers become None)."""
@@ -205,7 +216,7 @@ def _whiten_blocks(G, blocks, centers, **options) -> Whitener:
     if bounds[0] != 0 or bounds[-1] != P or np.any(np.diff(bounds) <= 0):
         raise ValueError(f"blocks must be increasing boundaries from 0 to {P}, got {bounds}")
     W, Winv = np.zeros((P, P)), np.zeros((P, P))
-    parts = []
+    parts, named = [], []
     diag = np.diag(G)
     top = float(np.max(diag)) if P else 0.0
     if not top > 0:
@@ -229,11 +240,13 @@ def _whiten_blocks(G, blocks, centers, **options) -> Whitener:
         part = whiten(G[a:b, a:b], center=inner or None, **options)
         W[a:b, a:b], Winv[a:b, a:b] = part.matrix, part.inverse
         parts.append(part.diagnostics)
+        named += [a + j for j in part.diagnostics.unidentified_params]
     parts = [d for d in parts if d is not None]
     diagn = WhitenerDiagnostics(
         parts[0].method, max(d.condition_number for d in parts),
         max(d.raw_condition_number for d in parts), sum(d.floored for d in parts),
-        max(d.damping for d in parts), sum(d.zero_diagonal for d in parts)) if parts else None
+        max(d.damping for d in parts), sum(d.zero_diagonal for d in parts),
+        sum(d.unidentified for d in parts), named[:UNIDENTIFIED_NAMED]) if parts else None
     return Whitener(W, Winv, diagn)
 
 
@@ -257,8 +270,9 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     floor : float
         Eigenvalue floor relative to the largest eigenvalue (``eigh``, ``robust``).
     scale : bool
-        Jacobi-scale before factoring (recommended). ``scale=False, damping=0`` gives the
-        exact symmetric root ``G^½``.
+        Jacobi-scale before factoring (recommended; it also gives directions the metric
+        has not seen, zero to round-off, the mean eigenvalue instead of the floor).
+        ``scale=False, damping=0`` gives the exact symmetric root ``G^½``.
     center : int or sequence of int, optional
         Indices of intercept-like parameters to eliminate exactly first (Schur-complement
         steps, :func:`_eliminate`): it centres the metric, removing the near-collinearity
@@ -367,10 +381,13 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
             rcond, _ = scipy.linalg.lapack.dpocon(U, np.abs(A).sum(axis=0).max())
             cond = 1.0 / rcond if rcond > 0 else np.inf  # LAPACK 1-norm estimate
             raw_cond = np.inf  # no spectrum is computed on this path
-            n_floor = 0
+            n_floor = n_null = 0
+            null_params = []
         else:
             s, V = scipy.linalg.eigh(S)
             raw_cond = float(s[-1] / s[0]) if s[0] > 0 else np.inf
+            s, n_null = _unidentified_to_prior(s) if scale else (s, 0)
+            null_params = _moved_by(V[:, :n_null]) if n_null else []
             if method == "robust":
                 # eq. 35: G_reg⁻¹ = (GᵀG + ε'I)⁻¹Gᵀ has eigenvalues s/(s² + ε'), with
                 # ε' = ε·(tr Ĝ/P)²; the floor keeps W finite where s = 0.
@@ -395,8 +412,39 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
         raise WhiteningError(f"{method} factorization failed: {exc}") from exc
     if not (np.all(np.isfinite(W)) and np.all(np.isfinite(Winv))):
         raise WhiteningError(f"{method} factorization produced non-finite values")
-    diagn = WhitenerDiagnostics(method, cond, raw_cond, n_floor, eps, int(zero.sum()))
+    diagn = WhitenerDiagnostics(method, cond, raw_cond, n_floor, eps, int(zero.sum()),
+                                n_null, null_params)
     return Whitener(W, Winv, diagn)
+
+
+def _unidentified_to_prior(s: np.ndarray) -> tuple[np.ndarray, int]:
+    """Eigenvalues ``s`` (ascending, of the Jacobi-scaled metric) with those below
+    ``NULL_EIGENVALUE_FRACTION`` of the largest (zero to round-off: no row seen has moved
+    that direction) set to the mean eigenvalue, and how many.
+
+    The floor would make such a direction the *softest* of all, so the first rows that do
+    move it (a category level missing from the rows the metric saw, breaking the
+    collinearity of the others with the intercept) take a step 1/floor times too long: θ
+    reached 5e6 on the second batch of a 200-level one-hot set. The data say nothing about
+    its curvature; the mean eigenvalue (the scaled metric's trace / P, i.e. an average
+    parameter's) is the neutral prior. Where the collinearity is real for all the data
+    the gradient along it is zero, and the step is zero either way.
+    """
+    null = s < NULL_EIGENVALUE_FRACTION * s[-1]
+    n_null = int(null.sum())
+    if not n_null or n_null == s.size:
+        return s, 0
+    s = s.copy()
+    s[null] = float(np.mean(s))
+    return s, n_null
+
+
+def _moved_by(V: np.ndarray) -> list[int]:
+    """Parameters the directions ``V`` (shape (P, k), orthonormal) move at least a tenth as
+    much as the most moved one (the first ``UNIDENTIFIED_NAMED``).
+    """
+    load = np.abs(V).max(axis=1)
+    return np.flatnonzero(load >= 0.1 * load.max())[:UNIDENTIFIED_NAMED].tolist()
 
 
 def _whiten_diagonal(diag, d, sqrt_d, zero, method, damping, floor, scale):

@@ -62,6 +62,7 @@ from natgrad_stream._constants import (
     RNG_LEARNER,
     UNBOUNDED_DECREMENT,
     UNBOUNDED_PASSES,
+    UNIDENTIFIED_NAMED,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
@@ -99,11 +100,14 @@ log = logging.getLogger("natgrad_stream")
 #: ``record.natgrad_event`` of the warning logged when a cap ends a fit before its stopping
 #: rule held (callers that stop early on purpose, like the demo, filter it out).
 UNCONVERGED = "unconverged"
+#: ``record.natgrad_event`` of the note that a converged, unpenalized fit's coefficients
+#: are not identified along some directions.
+UNIDENTIFIED = "unidentified"
 
 
 class _DropUnconvergedNote(logging.Filter):
     def filter(self, record) -> bool:
-        return getattr(record, "natgrad_event", None) != UNCONVERGED
+        return getattr(record, "natgrad_event", None) not in (UNCONVERGED, UNIDENTIFIED)
 
 
 @contextlib.contextmanager
@@ -112,7 +116,7 @@ def pass_cap_notes_dropped():
     callers that cap a fit on purpose and say themselves how it ended (the demo measures
     its one pass's gap; the estimators run one pass at a time and warn once).
     """
-    drop = _DropUnconvergedNote()
+    drop = _DropUnconvergedNote()  # (the estimators' one-pass-at-a-time fits drop both)
     log.addFilter(drop)
     try:
         yield
@@ -561,6 +565,25 @@ class NaturalGradientLearner:
             rho = float(np.linalg.norm(v))
         return rho
 
+    def unidentified_note(self) -> str | None:
+        """One line when a converged fit without a penalty has coefficients the data do not
+        identify (the last refresh's metric, over the whole data, is zero along some
+        directions): which parameters, and what a penalty would do (None otherwise).
+        """
+        s = self.state
+        event = s.last_refresh or {}
+        k = int(event.get("unidentified") or 0)
+        if not (s.converged and k and not self.penalty.active):
+            return None
+        named = event.get("unidentified_params") or []
+        more = " and more" if len(named) >= UNIDENTIFIED_NAMED else ""
+        return (f"{k} direction(s) of the parameters are not identified by the data "
+                f"(collinear features, e.g. a full one-hot encoding beside the intercept), "
+                f"moving θ indices {named}{more}: the "
+                "loss and the predictions are at their optimum, the coefficients are one of "
+                "many that give it; an L2 penalty (--l2; the estimators' C or alpha) picks "
+                "the smallest")
+
     # -- re-whitening (shared) ----------------------------------------------------------
     def refresh(self, *, reason: str = "manual", drift: float | None = None,
                 metric: np.ndarray | None = None, **fields) -> dict:
@@ -667,6 +690,9 @@ class NaturalGradientLearner:
             note = None if interrupted else self.strategy.unconverged_note(source, plan)
             if note is not None:  # after the end's checkpoint: an error is the one line
                 log.warning("%s", note, extra={"natgrad_event": UNCONVERGED})
+            note = None if interrupted else self.unidentified_note()
+            if note is not None:
+                log.warning("%s", note, extra={"natgrad_event": UNIDENTIFIED})
         except BaseException as exc:
             for cb in callbacks:
                 cb.on_error(self, exc)
