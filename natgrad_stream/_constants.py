@@ -17,6 +17,12 @@ ZERO_DIAGONAL_FRACTION = 1e-14
 #: Ten times below DEFAULT_EIGEN_FLOOR, so directions the data do identify, however soft,
 #: keep the floor.
 NULL_EIGENVALUE_FRACTION = 1e-11
+#: From this many parameters on, a GLM's parallel full-metric pass splits the metric's rows
+#: over threads (one shared P × P accumulator) instead of the batch's rows (one per thread):
+#: at P = 3,001 the per-thread copies were 2 × 69 MiB of a wide fit's peak memory. It adds
+#: a barrier per 64 rows, which costs time on a busy machine at smaller P (at P = 1,201
+#: with 9 processes on 2 cores: 2.5× the row split's time; at 3,001 the same time).
+WIDE_METRIC_PARAMS = 2048
 #: At most this many parameters are named as moved by unidentified directions.
 UNIDENTIFIED_NAMED = 10
 #: Negative diagonal entries down to this fraction of the parameter's own diagonal before an

@@ -47,6 +47,39 @@ def test_glm_kernel_matches_reference(family, metric, structure, dtype, parallel
         assert_allclose(ws.fisher, r_G, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["logistic", "poisson"])
+@pytest.mark.parametrize("metric", ["model", "empirical"])
+@pytest.mark.parametrize("n", [1, 64, 200])
+@pytest.mark.parametrize("d", [6, 7, 130])
+def test_wide_glm_kernel_matches_reference_and_the_serial_sums(family, metric, n, d,
+                                                               monkeypatch):
+    """The wide path (the metric's rows split over threads, no per-thread copy) against
+    NumPy, and against the serial kernel, whose sums it adds in the same order.
+    """
+    import natgrad_stream.models.glm as glm
+
+    X, y, w, theta = _data(n, d, np.float32, seed=n + d, family=family)
+    theta /= np.sqrt(d)  # moderate margins (the reference's log underflows beyond ~36)
+    model = make_model(family, d)
+    monkeypatch.setattr(glm, "WIDE_METRIC_PARAMS", 1)
+    wide, serial = model.new_workspace("full"), model.new_workspace("full")
+    assert wide.scratch["fisher_t"].shape[1:] == (1, 1)  # no per-thread P × P copies
+    for weights in (None, w):
+        out = model.accumulate(X, y, weights, theta, metric=metric, structure="full",
+                               ws=wide, parallel=True)
+        ref = model.accumulate(X, y, weights, theta, metric=metric, structure="full",
+                               ws=serial, parallel=False)
+        r_loss, r_grad, r_G, _ = glm_reference(family, X, y, weights, theta, metric, "full")
+        assert_allclose(out[0], r_loss, rtol=1e-10)
+        assert_allclose(wide.grad, r_grad, rtol=1e-9, atol=1e-12)
+        assert_allclose(wide.fisher, r_G, rtol=1e-9, atol=1e-12)
+        assert np.array_equal(wide.fisher, wide.fisher.T)
+        # the same sums in the same order as the serial kernel (round-off aside: LLVM may
+        # vectorize the two call sites differently)
+        assert_allclose(wide.fisher, serial.fisher, rtol=1e-13, atol=0)
+        assert_allclose(out, ref, rtol=1e-13)
+
+
 def test_metric_none_leaves_fisher_zero_and_grad_intact():
     X, y, _, theta = _data(100, 4, np.float64)
     model = make_model("logistic", 4)
@@ -163,3 +196,31 @@ def test_bad_shapes_and_dtypes_are_rejected():
         GaussianMean(3)
     with pytest.raises(ValueError, match="unknown model"):
         make_model("nope", 3)
+
+
+def test_a_wide_workspace_releases_its_batch_metric_pages(monkeypatch):
+    """A full metric of a wide model sits in a private anonymous mapping whose pages are
+    given back after the batch folds in (values read as zeros; the next batch rewrites it).
+    """
+    import natgrad_stream.models.base as base
+
+    def resident_mib():
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096 / 2**20
+
+    monkeypatch.setattr(base, "WIDE_METRIC_PARAMS", 100)
+    model = make_model("logistic", 2000)
+    ws = model.new_workspace("full")
+    X, y, _, theta = _data(64, 2000, np.float64)
+    model.accumulate(X, y, None, theta / 100, metric="model", structure="full", ws=ws)
+    first = ws.fisher.copy()
+    before = resident_mib()
+    ws.release_metric()
+    assert not ws.fisher.any()
+    assert before - resident_mib() > 20  # the 30.5 MiB buffer's pages, give or take
+    model.accumulate(X, y, None, theta / 100, metric="model", structure="full", ws=ws)
+    assert np.array_equal(ws.fisher, first)
+    small = make_model("logistic", 10).new_workspace("full")
+    small.fisher[0, 0] = 1.0
+    small.release_metric()  # a NumPy buffer: nothing to release
+    assert small.fisher[0, 0] == 1.0

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from natgrad_stream.geometry.whitening import TILE_ROWS, symmetrize
+
 #: Rows per parameter beyond which the estimate is not shrunk (:func:`taper`). Measured on
 #: 200k × 1000 logistic (one default pass, gap to the optimum): 2 0.236%, 3 0.123%,
 #: 5 0.113%, 10 0.156%, 20 0.196%, 50 0.219%, no taper 0.235%; no shrinkage at all 22%
@@ -54,26 +56,18 @@ def oas_intensity(S: np.ndarray, rows: float) -> float:
     float
         0 when ``p < 2`` or ``S`` is already diagonal to round-off relative to its trace.
     """
-    p = S.shape[0]
+    return oas_moments(float(np.trace(S)), float(np.vdot(S, S)), S.shape[0], rows)
+
+
+def oas_moments(tr: float, tr2: float, p: int, rows: float) -> float:
+    """:func:`oas_intensity` from ``tr(S)`` and ``tr(S²)`` (of a symmetric ``S``, p × p)."""
     if p < 2 or not rows > 0:
         return 0.0
-    tr = float(np.trace(S))
-    tr2 = float(np.sum(S * S))  # tr(S²) of a symmetric S
     spread = tr2 - tr * tr / p
     if not spread > 1e-12 * tr2:
         return 0.0
     rho = ((1.0 - 2.0 / p) * tr2 + tr * tr) / ((rows + 1.0 - 2.0 / p) * spread)
     return float(min(1.0, max(0.0, rho)))
-
-
-def shrink_to_diagonal(S: np.ndarray, rho: float) -> np.ndarray:
-    """``(1 − ρ) S + ρ Diag(S)``, a new array (shape of ``S``)."""
-    if rho <= 0.0:
-        return S
-    out = (1.0 - rho) * S
-    idx = np.arange(S.shape[0])
-    out[idx, idx] = np.diag(S)
-    return out
 
 
 def taper(rows: float, n_params: int) -> float:
@@ -87,21 +81,37 @@ def taper(rows: float, n_params: int) -> float:
 
 def schur_complement(G: np.ndarray, centers) -> np.ndarray:
     """``G`` with the ``centers`` eliminated: ``G − G[:, C] G[C, C]⁺ G[C, :]``, shape (P, P)
-    (rows and columns ``C`` become zero); centres with a zero diagonal are skipped.
+    (rows and columns ``C`` become zero); centres with a zero diagonal are skipped. One new
+    P × P array; the update runs a tile of rows at a time.
     """
     C = [int(c) for c in centers if G[int(c), int(c)] > 0]
+    out = G.copy()
     if not C:
-        return G
-    GCC = G[np.ix_(C, C)]
-    K = G[:, C] @ np.linalg.pinv(GCC, hermitian=True)
-    out = G - K @ G[C, :]
+        return out
+    K = G[:, C] @ np.linalg.pinv(G[np.ix_(C, C)], hermitian=True)
+    GC = G[C, :]
+    for i in range(0, out.shape[0], TILE_ROWS):
+        out[i:i + TILE_ROWS] -= K[i:i + TILE_ROWS] @ GC
     out[C, :] = 0.0
     out[:, C] = 0.0
-    return 0.5 * (out + out.T)
+    symmetrize(out)
+    return out
 
 
-def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None
-           ) -> tuple[np.ndarray, float]:
+def _scaled_trace_of_square(Gc: np.ndarray, r: np.ndarray) -> float:
+    """``tr(S²) = Σᵢⱼ (rᵢ Gcᵢⱼ rⱼ)²`` of ``S = Diag(r) Gc Diag(r)`` (Gc symmetric), a
+    tile of rows at a time.
+    """
+    total = 0.0
+    for i in range(0, Gc.shape[0], TILE_ROWS):
+        t = Gc[i:i + TILE_ROWS] * r[i:i + TILE_ROWS, None]
+        t *= r[None, :]
+        total += float(np.vdot(t, t))
+    return total
+
+
+def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None,
+           overwrite: bool = False) -> tuple[np.ndarray, float]:
     """Shrink a running metric estimate toward its (centred) diagonal; see the module
     docstring.
 
@@ -115,6 +125,9 @@ def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None
         Intercept-like parameters, eliminated before the intensity is estimated.
     blocks : ndarray, shape (B + 1,), optional
         Group boundaries of a block-diagonal metric: each block is shrunk on its own.
+    overwrite : bool
+        Shrink ``G`` in place (else a copy, when ``ρ > 0``). Either way the only other
+        P × P array is the block's Schur complement.
 
     Returns
     -------
@@ -128,19 +141,23 @@ def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None
     bounds = [0, G.shape[0]] if blocks is None else [int(b) for b in blocks]
     out, top = G, 0.0
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        block = G[a:b, a:b]
-        Gc = schur_complement(block, [c - a for c in centers if a <= c < b])
+        Gc = schur_complement(G[a:b, a:b], [c - a for c in centers if a <= c < b])
         d = np.diag(Gc).copy()
-        moved = np.flatnonzero(d > 0)
-        if moved.size < 2:
+        moved = d > 0
+        p = int(moved.sum())
+        if p < 2:
             continue
-        root = np.sqrt(d[moved])
-        S = Gc[np.ix_(moved, moved)] / np.outer(root, root)
-        rho = oas_intensity(0.5 * (S + S.T), rows) * taper(rows, b - a)
+        # S = Jacobi-scaled Gc on the moved parameters: unit diagonal, so tr(S) = p
+        r = np.where(moved, 1.0 / np.sqrt(np.where(moved, d, 1.0)), 0.0)
+        rho = oas_moments(float(p), _scaled_trace_of_square(Gc, r), p, rows) \
+            * taper(rows, b - a)
         if rho > 0:
-            if out is G:
+            if out is G and not overwrite:
                 out = G.copy()
-            off = Gc - np.diag(d)
-            out[a:b, a:b] -= rho * off
+            Gc *= rho  # out −= ρ (G_c − Diag(G_c)), Gc's memory as the workspace
+            idx = np.arange(b - a)
+            Gc[idx, idx] = 0.0
+            out[a:b, a:b] -= Gc
             top = max(top, rho)
+        del Gc
     return out, top

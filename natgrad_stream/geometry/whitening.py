@@ -189,8 +189,10 @@ class Whitener:
         return cls(np.asarray(state["matrix"]), np.asarray(state["inverse"]))
 
 
-def _eliminate(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """One exact block-elimination step on parameter ``k``.
+def _eliminate(G: np.ndarray, k: int, *, overwrite: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One exact block-elimination step on parameter ``k`` (in ``G`` itself when
+    ``overwrite``).
 
     With ``m = G[:, k] / G[k, k]`` (``m_k = 0``) and ``E = I − m e_kᵀ``, returns
     ``G_c = E G Eᵀ``, whose row and column ``k`` vanish off the diagonal, and ``m``; then
@@ -201,12 +203,35 @@ def _eliminate(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     m = g / g[k]
     # g ⊗ (g / g_kk), not (g ⊗ g) / g_kk: on a saturated unit's parameters (entries near
     # 1e-200) the squares underflow and the Schur complement would lose its sign
-    Gc = G - np.outer(g, m)
+    Gc = G if overwrite else G.copy()
+    rank_one_update(Gc, -1.0, g, m)
     m[k] = 0.0
     Gc[k, :] = 0.0
     Gc[:, k] = 0.0
     Gc[k, k] = g[k]
-    return 0.5 * (Gc + Gc.T), m
+    symmetrize(Gc)
+    return Gc, m
+
+
+#: Rows per tile of the in-place P × P updates below: their temporaries are tiles, never
+#: another P × P matrix (at P = 3,000 each is 69 MiB).
+TILE_ROWS = 256
+
+
+def rank_one_update(A: np.ndarray, alpha: float, x: np.ndarray, y: np.ndarray) -> None:
+    """``A += alpha · x ⊗ y`` in place, a tile of rows at a time (A of shape (P, Q))."""
+    for i in range(0, A.shape[0], TILE_ROWS):
+        A[i:i + TILE_ROWS] += alpha * np.outer(x[i:i + TILE_ROWS], y)
+
+
+def symmetrize(A: np.ndarray) -> None:
+    """``A ← (A + Aᵀ) / 2`` in place (A square), tile pair by tile pair."""
+    P = A.shape[0]
+    for i in range(0, P, TILE_ROWS):
+        for j in range(i, P, TILE_ROWS):
+            t = 0.5 * (A[i:i + TILE_ROWS, j:j + TILE_ROWS] + A[j:j + TILE_ROWS, i:i + TILE_ROWS].T)
+            A[i:i + TILE_ROWS, j:j + TILE_ROWS] = t
+            A[j:j + TILE_ROWS, i:i + TILE_ROWS] = t.T
 
 
 def _whiten_blocks(G, blocks, centers, **options) -> Whitener:
@@ -256,7 +281,7 @@ def _dense(a: np.ndarray) -> np.ndarray:
 
 def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMPING,
            floor: float = DEFAULT_EIGEN_FLOOR, scale: bool = True,
-           center=None, blocks=None) -> Whitener:
+           center=None, blocks=None, overwrite: bool = False) -> Whitener:
     """Factor a metric into a whitener ``W`` with ``WᵀW = G_reg``.
 
     Parameters
@@ -282,6 +307,10 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
     blocks : ndarray, shape (B + 1,), optional
         Group boundaries of a block-diagonal metric: each diagonal block is factored on
         its own (cost ``Σ P_b³``) and ``W`` is block-diagonal (stored dense).
+    overwrite : bool
+        Use ``G``'s memory as workspace (its values are lost): a refresh of a P × P metric
+        then holds ``G``, the eigenvectors, ``W`` and ``W⁻¹`` at its peak, and nothing else
+        of that size.
 
     Returns
     -------
@@ -303,15 +332,15 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
         ((int(center),) if np.ndim(center) == 0 else tuple(int(c) for c in center))
     if blocks is not None and G.ndim == 2 and len(blocks) > 2:
         return _whiten_blocks(G, blocks, centers, method=method, damping=damping, floor=floor,
-                              scale=scale)
+                              scale=scale, overwrite=overwrite)
     if G.ndim != 2:
         centers = ()
     # each parameter's own scale, the reference of every threshold below
     own = (np.diag(G) if G.ndim == 2 else G).copy()
-    return _whiten(G, own, centers, method, damping, floor, scale)
+    return _whiten(G, own, centers, method, damping, floor, scale, overwrite)
 
 
-def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
+def _whiten(G, own, centers, method, damping, floor, scale, overwrite=False) -> Whitener:
     """:func:`whiten` after validation; ``own`` holds each parameter's diagonal before any
     elimination step, the scale that its zero and round-off tests are relative to.
     """
@@ -322,12 +351,14 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
     centers = tuple(c for c in centers if G[c, c] > ZERO_DIAGONAL_FRACTION * own[c])
     if centers:
         center, rest = centers[0], centers[1:]
-        G, m = _eliminate(G, center)
-        inner = _whiten(G, own, rest, method, damping, floor, scale)
-        # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ
-        W = inner.matrix + np.outer(inner.matrix[:, center], m)
-        Winv = inner.inverse.copy()  # − e_k ⊗ (m W_c⁻¹): only row k changes
-        Winv[center] -= m @ inner.inverse
+        G, m = _eliminate(G, center, overwrite=overwrite)
+        inner = _whiten(G, own, rest, method, damping, floor, scale, True)
+        # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ; in
+        # place (m_k = 0, so column k of W and row k of W⁻¹ m are read unchanged)
+        W = inner.matrix
+        rank_one_update(W, 1.0, W[:, center].copy(), m)
+        Winv = inner.inverse  # − e_k ⊗ (m W_c⁻¹): only row k changes
+        Winv[center] -= m @ Winv
         return Whitener(W, Winv, inner.diagnostics)
     diag = G if G.ndim == 1 else np.diag(G)
     ref = np.maximum(own, 0.0)
@@ -338,7 +369,7 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
         tol = NEGATIVE_DIAGONAL_TOLERANCE * np.where(ref > 0, ref, float(np.max(np.abs(diag))))
         if np.any(diag < -tol):
             raise WhiteningError(f"metric has a negative diagonal entry ({diag.min():.3g})")
-        G = np.maximum(G, 0.0) if G.ndim == 1 else G.copy()
+        G = np.maximum(G, 0.0) if G.ndim == 1 else (G if overwrite else G.copy())
         if G.ndim == 2:
             neg = np.flatnonzero(np.diag(G) < 0)
             G[neg, neg] = 0.0
@@ -364,13 +395,17 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
     sqrt_d = np.sqrt(d)
     if G.ndim == 1:
         return _whiten_diagonal(diag, d, sqrt_d, zero, method, damping, floor, scale)
-    S = G / np.outer(sqrt_d, sqrt_d) if scale else G.copy()
-    S = 0.5 * (S + S.T)
+    S = G if overwrite else G.copy()  # scaled, symmetrized and factored in place
+    if scale:
+        S /= sqrt_d[:, None]
+        S /= sqrt_d[None, :]
+    symmetrize(S)
     if unseen.any():
         S[unseen, :] = 0.0
         S[:, unseen] = 0.0
         S[unseen, unseen] = 1.0
-    eps = damping * float(np.trace(S)) / S.shape[0]
+    mean_diag = float(np.trace(S)) / S.shape[0]
+    eps = damping * mean_diag
     try:
         if method == "ridge":
             A = S + eps * np.eye(S.shape[0])
@@ -384,7 +419,8 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
             n_floor = n_null = 0
             null_params = []
         else:
-            s, V = scipy.linalg.eigh(S)
+            s, V = scipy.linalg.eigh(S, overwrite_a=True, check_finite=False)
+            del S  # (its memory is LAPACK's workspace now)
             raw_cond = float(s[-1] / s[0]) if s[0] > 0 else np.inf
             s, n_null = _unidentified_to_prior(s) if scale else (s, 0)
             null_params = _moved_by(V[:, :n_null]) if n_null else []
@@ -394,7 +430,7 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
                 lo = floor * s[-1]
                 n_floor = int(np.sum(s < lo))
                 s = np.maximum(s, lo)
-                eps = damping * float(np.mean(np.diag(S))) ** 2
+                eps = damping * mean_diag ** 2
                 s = (s * s + eps) / s
             else:
                 s = s + eps
@@ -402,11 +438,15 @@ def _whiten(G, own, centers, method, damping, floor, scale) -> Whitener:
                 n_floor = int(np.sum(s < lo))
                 s = np.maximum(s, lo)
             cond = float(s.max() / s.min())
-            root = np.sqrt(s)
-            # in place where a temporary would be a third P × P array
-            W = (V * root) @ V.T
+            # W = V s^½ Vᵀ = (V s^¼)(V s^¼)ᵀ and W⁻¹ = (V s^-¼)(V s^-¼)ᵀ: V is rescaled in
+            # place, so the refresh holds V, W and W⁻¹ and no fourth P × P array
+            quarter = s ** 0.25
+            V *= quarter
+            W = V @ V.T
+            V /= quarter * quarter
+            Winv = V @ V.T
+            del V
             W *= sqrt_d[None, :]
-            Winv = (V / root) @ V.T
             Winv /= sqrt_d[:, None]
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError) as exc:
         raise WhiteningError(f"{method} factorization failed: {exc}") from exc

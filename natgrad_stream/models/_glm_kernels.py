@@ -30,6 +30,7 @@ from natgrad_stream.models._gram_kernels import (
     BLOCK_ROWS,
     symmetrize_from_upper,
     syrk_upper,
+    syrk_upper_parallel,
     thread_ranges,
     zero_columns,
 )
@@ -156,6 +157,45 @@ def glm_accumulate(X, y, w, theta, family, metric, structure, grad, fisher, fdia
     if metric != METRIC_NONE and structure == STRUCTURE_FULL:
         symmetrize_from_upper(fisher)
     return loss, wsum
+
+
+@jit
+def glm_accumulate_wide(X, y, w, theta, family, metric, grad, fisher, ST):  # pragma: no cover
+    """Fused pass for a full metric of a wide model: rows in blocks of ``BLOCK_ROWS``, each
+    block's rank-``BLOCK_ROWS`` update of ``fisher`` split over threads by rows of
+    ``fisher`` (:func:`syrk_upper_parallel`), so no per-thread P × P accumulator exists.
+    The sums are those of the serial :func:`glm_accumulate`, in its order.
+
+    Shapes as in :func:`glm_accumulate_range` (``metric`` not ``METRIC_NONE``). Returns
+    ``(loss_sum, weight_sum)``; ``fisher`` comes back symmetric.
+    """
+    n = X.shape[0]
+    d = X.shape[1]
+    weighted = w.shape[0] > 0
+    loss_sum = 0.0
+    weight_sum = 0.0
+    for b0 in range(0, n, BLOCK_ROWS):
+        b1 = min(b0 + BLOCK_ROWS, n)
+        for i in range(b0, b1):
+            wi = w[i] if weighted else 1.0
+            z = linear_predictor(X, theta, i)
+            loss, dz, c_model, c_emp = glm_row(family, z, y[i])
+            loss_sum += wi * loss
+            weight_sum += wi
+            g = wi * dz
+            for j in range(d):
+                grad[j] += g * X[i, j]
+            grad[d] += g
+            s = np.sqrt(wi * (c_model if metric == METRIC_MODEL else c_emp))
+            r = i - b0
+            for j in range(d):
+                ST[j, r] = s * X[i, j]
+            ST[d, r] = s
+        if b1 - b0 < BLOCK_ROWS:
+            zero_columns(ST, b1 - b0)
+        syrk_upper_parallel(ST, fisher)
+    symmetrize_from_upper(fisher)
+    return loss_sum, weight_sum
 
 
 @jit(parallel=True)

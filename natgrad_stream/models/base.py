@@ -8,10 +8,12 @@ learning state, so one instance serves a learner, an evaluation, and Dask worker
 from __future__ import annotations
 
 import abc
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
 
+from natgrad_stream._constants import WIDE_METRIC_PARAMS
 from natgrad_stream._jit import num_threads
 
 #: Metric kinds a learner may request. ``model``: the Fisher information over the model
@@ -46,6 +48,35 @@ class Workspace:
     grad: np.ndarray
     fisher: np.ndarray
     scratch: dict
+
+    def release_metric(self) -> None:
+        """Give the pages of a wide model's batch-metric buffer back to the OS; its values
+        become zeros (:meth:`Model.accumulate` zeroes it first anyway). Between the batch
+        folding into the running metric and the next batch, a P × P buffer nobody reads
+        need not be resident: a re-whitening's peak memory (issue 18) is one P × P lower.
+        A no-op for a buffer not allocated by :func:`metric_buffer`.
+        """
+        mapping = self.scratch.get(_METRIC_MAPPING)
+        if mapping is not None:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+_METRIC_MAPPING = "metric_mapping"
+
+
+def metric_buffer(shape: tuple, scratch: dict) -> np.ndarray:
+    """Zeros of ``shape`` (float64) for a batch metric: for a full metric of a wide model
+    (at least ``WIDE_METRIC_PARAMS`` parameters) in an anonymous memory map, whose pages
+    :meth:`Workspace.release_metric` can drop (recorded in ``scratch``); else NumPy's.
+    """
+    if len(shape) != 2 or shape[0] < WIDE_METRIC_PARAMS or not hasattr(mmap, "MADV_DONTNEED") \
+            or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.zeros(shape)
+    # private and anonymous: zero pages until written, and zero-filled again (and freed)
+    # after MADV_DONTNEED (a shared mapping would keep its pages)
+    mapping = mmap.mmap(-1, int(np.prod(shape)) * 8, flags=mmap.MAP_PRIVATE)
+    scratch[_METRIC_MAPPING] = mapping
+    return np.frombuffer(mapping, dtype=np.float64).reshape(shape)
 
 
 def check_metric_structure(metric: str, structure: str, model: Model | None = None) -> None:
@@ -237,9 +268,10 @@ class Model(abc.ABC):
     def new_workspace(self, structure: str = "full", *, n_threads: int | None = None) -> Workspace:
         """Allocate the buffers :meth:`accumulate` writes into."""
         P = self.n_params
-        fisher = np.zeros(P) if structure == "diagonal" else np.zeros((P, P))
         T = num_threads() if n_threads is None else int(n_threads)
-        return Workspace(grad=np.zeros(P), fisher=fisher, scratch=self._scratch(structure, T))
+        scratch = self._scratch(structure, T)
+        fisher = np.zeros(P) if structure == "diagonal" else metric_buffer((P, P), scratch)
+        return Workspace(grad=np.zeros(P), fisher=fisher, scratch=scratch)
 
     def _scratch(self, structure: str, n_threads: int) -> dict:
         return {}

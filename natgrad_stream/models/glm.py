@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from natgrad_stream._constants import WIDE_METRIC_PARAMS
 from natgrad_stream.models import _glm_kernels as K
 from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
@@ -55,7 +56,9 @@ class _GLM(Model):
             "ST": np.zeros((P, BLOCK_ROWS)),
             "ST_t": np.zeros((n_threads, P, BLOCK_ROWS)),
             "grad_t": np.zeros((n_threads, P)),
-            "fisher_t": np.zeros((n_threads, P, P) if full else (n_threads, 1, 1)),
+            # wide models split the metric's rows over threads instead (no T copies)
+            "fisher_t": np.zeros((n_threads, P, P) if full and P < WIDE_METRIC_PARAMS
+                                 else (n_threads, 1, 1)),
             "fdiag_t": np.zeros((n_threads, 1) if full else (n_threads, P)),
             "dummy_full": np.zeros((1, 1)),
             "dummy_diag": np.zeros(1),
@@ -76,7 +79,11 @@ class _GLM(Model):
         full, diag = (sc["dummy_full"], ws.fisher) if structure == "diagonal" else \
             (ws.fisher, sc["dummy_diag"])
         par = self.use_parallel(n, parallel)
-        if par:
+        if par and structure == "full" and metric is not None and \
+                self.n_params >= WIDE_METRIC_PARAMS:
+            out = K.glm_accumulate_wide(X, y, w, theta, self.family, m, ws.grad, ws.fisher,
+                                        sc["ST"])
+        elif par:
             out = K.glm_accumulate_parallel(X, y, w, theta, self.family, m, s, ws.grad, full,
                                             diag, sc["grad_t"], sc["fisher_t"], sc["fdiag_t"],
                                             sc["ST_t"])

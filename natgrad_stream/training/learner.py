@@ -481,6 +481,7 @@ class NaturalGradientLearner:
         s = self.state
         if metric_sum is not None:
             s.fisher.add(metric_sum, weight=wsum, rows=n)
+            self._workspace.release_metric()  # (folded in: its pages are not needed now)
         s.samples += n
         refresh = self._maybe_refresh()
         if refresh is not None and refresh.get("ok") and self.structure == "diagonal" \
@@ -530,9 +531,10 @@ class NaturalGradientLearner:
         exact = self.metric in self.model.exact_metrics or (
             self._source_rows is not None and s.fisher.samples >= self._source_rows)
         rows = None if exact else s.fisher.rows
-        return shrink(s.fisher.estimate(), rows,
+        return shrink(s.fisher.estimate(), rows,  # (a new array: shrunk in place)
                       centers=self.model.center_indices,
-                      blocks=self.model.param_bounds() if self.structure == "block" else None)
+                      blocks=self.model.param_bounds() if self.structure == "block" else None,
+                      overwrite=True)
 
     def _curvature_cap(self, power_iteration, event: dict) -> float:
         """Step factor ``min(1, 1/ρ)`` for a diagonal whitener.
@@ -603,9 +605,13 @@ class NaturalGradientLearner:
             # the objective being minimized and is factored as it is
             G, rho = self._running_metric() if metric is None else (metric, 0.0)
             event["shrinkage"] = rho
+            # the running estimate is a new array: factored in place (the caller's metric
+            # is not); G's values are gone after this
             new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
                          center=self.model.center_indices or None,
-                         blocks=self.model.param_bounds() if self.structure == "block" else None)
+                         blocks=self.model.param_bounds() if self.structure == "block" else None,
+                         overwrite=metric is None)
+            del G
         except (WhiteningError, ValueError) as exc:
             event.update(ok=False, error=str(exc))
             warnings.warn(f"re-whitening at sample {s.samples} failed ({exc}); keeping the "
