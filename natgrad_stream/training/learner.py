@@ -619,7 +619,7 @@ class NaturalGradientLearner:
             started), an effective batch of ``lanes × batch_size`` rows.
         """
         if max_samples is not None:
-            max_samples = opts.positive_int("max_samples", max_samples)
+            max_samples = opts.BY_NAME["max_samples"].parse(max_samples)
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
@@ -857,7 +857,7 @@ class _Streaming(_Strategy):
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if rounds is not None:
             raise ValueError("rounds applies only to optimizer 'lbfgs'")
-        epochs = None if epochs is None else opts.positive_int("epochs", epochs)
+        epochs = None if epochs is None else opts.BY_NAME["epochs"].parse(epochs)
         self.running = True  # for status()
         return {"epochs": epochs, **stream}
 
@@ -1280,7 +1280,7 @@ class _LBFGSRounds(_Strategy):
         if epochs is not None:
             raise ValueError("epochs does not apply to optimizer 'lbfgs': pass rounds")
         total = self.learner.lbfgs_rounds if rounds is None else \
-            opts.positive_int("rounds", rounds)
+            opts.BY_NAME["lbfgs_rounds"].check_value("rounds", rounds)
         self.rounds, self.running = total, True  # for status()
         return {"rounds": total}
 
