@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -36,7 +37,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNAL = 0, 1, 2, 130
 #: ``make-data`` tasks: one per model family (checked against the registry by a test).
 TASK_CHOICES = MODEL_CHOICES
 __all__ = ["METRIC_CHOICES", "MODEL_CHOICES", "OPTIMIZER_CHOICES", "STRUCTURE_CHOICES",
-           "TASK_CHOICES", "build_parser", "main"]
+           "TASK_CHOICES", "build_parser", "main", "run"]
+
+
+#: Whether the running command has written its result (a signal after it loses nothing).
+_RESULT = {"written": False}
 
 
 def _print_json(obj: dict) -> None:
@@ -44,6 +49,7 @@ def _print_json(obj: dict) -> None:
 
     sys.stdout.write(json.dumps(json_clean(obj)) + "\n")
     sys.stdout.flush()
+    _RESULT["written"] = True
 
 
 def _positive_int(text: str) -> int:
@@ -371,14 +377,55 @@ def _os_error(exc: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
+def _interrupt(signum, frame):
+    """SIGINT and SIGTERM outside a fit's graceful window: stop the command at once."""
+    raise KeyboardInterrupt
+
+
+def _exit_now(signum, frame):
+    """A signal once the command has returned (output written): one line, exit 130."""
+    os.write(2, b"natgrad-stream: stopped by a signal after the command had finished\n")
+    os._exit(EXIT_SIGNAL)
+
+
+def _set_stop_signals(handler) -> dict:
+    """Install ``handler`` for SIGINT and SIGTERM (main thread only); the previous ones."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``natgrad-stream`` console script.
+    """Entry point of the ``natgrad-stream`` command (see :func:`run`).
 
     Every condition a user or the environment causes ends in one line on stderr and the
-    documented exit status; a traceback means a bug.
+    documented exit status; a traceback means a bug. SIGINT and SIGTERM end any command at
+    any moment with one line and 130 (during a fit: after the current batch and a
+    checkpoint, see :class:`_GracefulStop`).
     """
-    args = build_parser().parse_args(argv)
-    prefix = f"natgrad-stream {args.command}"
+    old = _set_stop_signals(_interrupt)
+    prefix, _RESULT["written"] = "natgrad-stream", False
+    try:
+        args = build_parser().parse_args(argv)
+        prefix = f"natgrad-stream {args.command}"
+        return _run_command(args, prefix)
+    except KeyboardInterrupt:
+        if _RESULT["written"]:
+            note = " after the result was written"
+        elif prefix.endswith(" fit"):
+            note = ": no new checkpoint (one written before is kept)"
+        else:
+            note = ""
+        print(f"{prefix}: interrupted{note}", file=sys.stderr)
+        return EXIT_SIGNAL
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_command(args, prefix: str) -> int:
     _log_to_stderr(prefix)
     if args.command in ("fit", "evaluate", "demo", "params", "make-data"):
         from natgrad_stream.data.zarr_reads import configure_zarr_threads
@@ -408,11 +455,26 @@ def main(argv=None) -> int:
     except FloatingPointError as exc:
         print(f"{prefix}: learning failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted at once: no new checkpoint (one written before is kept)",
-              file=sys.stderr)
-        return EXIT_SIGNAL
+
+
+def run() -> None:
+    """The console script and ``python -m natgrad_stream``: :func:`main`, then exit.
+
+    From the first line to the last a signal ends the process with one line and status
+    130, never a traceback: :func:`main` turns it into its ``interrupted`` line; once main
+    has returned (everything written and flushed), a signal exits at once with 130.
+    """
+    _set_stop_signals(_interrupt)
+    try:
+        code = main()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt:  # between main's return and here
+        os.write(2, b"natgrad-stream: interrupted\n")
+        code = EXIT_SIGNAL
+    _set_stop_signals(_exit_now)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
