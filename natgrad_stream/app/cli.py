@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _GracefulStop:
     """SIGINT/SIGTERM ask the learner to stop after its current batch (a checkpoint
-    follows); a second SIGINT interrupts at once, except while a checkpoint is being
-    written, which it lets finish.
+    follows); a second SIGINT or SIGTERM interrupts at once (a batch that never comes,
+    e.g. a read the OS does not end, cannot hold the process), except while a checkpoint
+    is being written, which it lets finish.
     """
 
     def __init__(self):
@@ -214,7 +215,7 @@ class _GracefulStop:
     def _handle(self, signum, frame):
         from natgrad_stream.training.checkpoint import WRITING
 
-        if self.signalled and signum == signal.SIGINT:
+        if self.signalled:
             if WRITING.is_set():
                 print("\nnatgrad-stream: finishing the checkpoint being written...",
                       file=sys.stderr)
@@ -288,11 +289,17 @@ def _read_config(path) -> dict:
     """Fit options from a TOML file: option names of the table plus data and out."""
     import tomllib
 
+    from natgrad_stream._files import open_regular
+
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             config = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"config {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"config {path} is not UTF-8 text (byte {exc.start} is "
+                          f"{exc.object[exc.start:exc.start + 1]!r}): TOML files are UTF-8"
+                          ) from None
     known = set(opts.BY_NAME) | set(opts.RENAMED) | {"data", "out"}
     unknown = sorted(set(config) - known)
     if unknown:
@@ -473,7 +480,29 @@ def run() -> None:
         os.write(2, b"natgrad-stream: interrupted\n")
         code = EXIT_SIGNAL
     _set_stop_signals(_exit_now)
+    _bounded_shutdown(code)
     sys.exit(code)
+
+
+#: Longest the interpreter may take to shut down after the command (joining threads).
+SHUTDOWN_SECONDS = 20.0
+
+
+def _bounded_shutdown(code: int) -> None:
+    """Exit with ``code`` after :data:`SHUTDOWN_SECONDS` even if a thread the interpreter
+    joins at exit never ends (e.g. stuck in a read the OS does not end): output is already
+    flushed, so nothing written is lost.
+    """
+    import threading
+
+    def give_up():
+        os.write(2, b"natgrad-stream: a background thread did not stop; exiting without "
+                    b"it\n")
+        os._exit(code)
+
+    timer = threading.Timer(SHUTDOWN_SECONDS, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":  # pragma: no cover

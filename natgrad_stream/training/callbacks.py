@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from natgrad_stream._constants import DEFAULT_LOG_EVERY
+from natgrad_stream._files import open_fd
 from natgrad_stream.errors import DistributedError
 from natgrad_stream.training.checkpoint import save_checkpoint
 from natgrad_stream.training.events import Callback
@@ -259,8 +260,8 @@ class MetricsLogger(Callback):
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # never through a symbolic link: O_NOFOLLOW fails on one (ELOOP)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                         0o644)
+            # nor into a FIFO or device, which could block for ever
+            fd = open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW)
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
         try:
             self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
