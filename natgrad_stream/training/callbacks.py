@@ -28,6 +28,8 @@ def _json_default(value):
 
 def smoothed_loss(previous: float, info) -> float:
     """A display loss: a whole evaluation set's as is, else an EMA over batches."""
+    if getattr(info, "skipped", False):  # a zero-weight batch: no loss
+        return previous
     if info.full_pass or math.isnan(previous):
         return info.loss
     return 0.98 * previous + 0.02 * info.loss
@@ -285,8 +287,9 @@ class MetricsLogger(Callback):
                      "model": learner.model.config()})
 
     def on_batch_end(self, learner, info, cursor):
-        self.loss_sum += info.loss * info.rows
-        self.rows += info.rows
+        if not info.skipped:
+            self.loss_sum += info.loss * info.rows
+            self.rows += info.rows
         if learner.samples - self.samples_last >= self.every:
             self._progress(learner, info)
 

@@ -283,6 +283,8 @@ class NaturalGradientLearner:
         if self.model.requires_targets and y is None:
             raise ValueError(f"model {self.model.name!r} needs targets y")
         s = self.state
+        if w is not None and float(np.sum(w)) == 0.0:
+            return self._skip_zero_weight(n)
         if s.data_init and s.steps == 0:
             self._take_data_start(self.model.initial_params(X, y, w))
         need_metric = self._metric_due()
@@ -330,8 +332,10 @@ class NaturalGradientLearner:
         is applied with the step, and undone with it.
         """
         s = self.state
+        if wsum == 0:
+            return self._skip_zero_weight(rows, extra_state)
         if not wsum > 0:
-            raise DataError("batch has zero total sample weight", array="w")
+            raise DataError(f"batch has total sample weight {wsum}", array="w")
         data_loss_sum = loss_sum
         loss_sum, grad_sum, metric_sum = self._penalize_sums(loss_sum, wsum, grad_sum,
                                                              metric_sum)
@@ -364,6 +368,21 @@ class NaturalGradientLearner:
                         samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
+
+    def _skip_zero_weight(self, rows: int, extra_state=None) -> StepInfo:
+        """Skip a batch whose sample weights sum to zero (it carries no information, and its
+        mean loss is undefined): the rows count as read, the skip is counted
+        (``skipped_zero_weight_batches`` in the summary), nothing else changes. Where the
+        rows fall does not matter: a pass of such batches only is refused at its end
+        (:func:`_refuse_weightless`).
+        """
+        s = self.state
+        for name, value in (extra_state or {}).items():
+            setattr(s, name, value)
+        s.samples += int(rows)
+        s.skipped_zero_weight += 1
+        return StepInfo(loss=math.nan, grad_norm=0.0, natural_grad_norm=0.0, rows=int(rows),
+                        samples=s.samples, steps=s.steps, skipped=True)
 
     def _penalize_sums(self, loss_sum: float, wsum: float, grad_sum: np.ndarray,
                        metric_sum: np.ndarray | None):
@@ -1122,6 +1141,7 @@ class _Streaming(_Strategy):
                 continue
             if lr._stop_requested:  # a stop while a followed source waited for rows
                 return True
+            _refuse_weightless(lr.state)
             lr._check_divergence(final=True)
             return False
 
@@ -1197,6 +1217,7 @@ class _Streaming(_Strategy):
 
     @staticmethod
     def _close_epoch(s: LearnerState) -> None:
+        _refuse_weightless(s)
         if s.epoch_loss_weight:
             s.last_epoch_loss = s.epoch_loss_sum / s.epoch_loss_weight
         s.epoch_loss_sum = s.epoch_loss_weight = 0.0
@@ -1264,7 +1285,18 @@ class _Streaming(_Strategy):
                          epochs=s.cursor.epoch, interrupted=interrupted,
                          converged=bool(s.converged),
                          decrement=None if math.isnan(s.decrement) else s.decrement,
-                         objective=objective)
+                         objective=objective,
+                         skipped_zero_weight_batches=s.skipped_zero_weight)
+
+
+def _refuse_weightless(s: LearnerState) -> None:
+    """Refuse data whose sample weights, over a whole pass, sum to zero: every batch was
+    skipped (:meth:`NaturalGradientLearner._skip_zero_weight`) and nothing was learned.
+    """
+    if s.steps == 0 and s.skipped_zero_weight:
+        raise DataError(f"every sample weight of the pass is zero ({s.skipped_zero_weight} "
+                        "batches, no step): data of zero total weight cannot be fitted",
+                        array="w")
 
 
 class _LBFGSRounds(_Strategy):
