@@ -102,3 +102,22 @@ def test_learner_and_estimator_share_the_bounds():
         NaturalGradientClassifier(batch_size=10**20).fit(X, y)
     with pytest.raises(ValueError, match="max_iter must be <= "):
         NaturalGradientClassifier(max_iter=10**20).fit(X, y)
+
+
+@pytest.mark.parametrize(("flag", "value", "phrase"), [
+    ("--rows", "9" * 20, "must be <= 1,000,000,000,000"),
+    ("--features", "10000001", "must be <= 1,000,000"),
+    ("--chunk-rows", "9" * 12, "must be <= 67,108,864"),
+    ("--test-rows", "9" * 20, "must be <= 1,000,000,000,000"),
+    ("--seed", "9" * 20, "must be <= 4,294,967,295"),
+    ("--seed", "-1", "must be >= 0"),
+])
+def test_make_data_bounds(tmp_path, capsys, flag, value, phrase):
+    args = {"--rows": "10", "--features": "2", flag: value}
+    with pytest.raises(SystemExit) as exc:
+        main(["make-data", str(tmp_path / "d.zarr"), "--task", "logistic",
+              *[x for kv in args.items() for x in kv]])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"natgrad-stream make-data: error: argument {flag}: {phrase}")
+    assert not (tmp_path / "d.zarr").exists()

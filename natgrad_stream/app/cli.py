@@ -52,18 +52,27 @@ def _print_json(obj: dict) -> None:
     _RESULT["written"] = True
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in ``[low, high]`` (``high``: a sanity bound)."""
+    def convert(text: str) -> int:
+        value = int(text)
+        if value < low:
+            what = "a positive integer" if low == 1 else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}, got {text}")
+        return value
+    convert.__name__ = "int"
+    return convert
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+#: make-data's bounds: rows (a store of 10¹² rows is far beyond a synthetic dataset),
+#: feature columns, rows per chunk (as a batch), seeds (as fit's).
+_ROWS = _bounded_int(1, 10**12)
+_TEST_ROWS = _bounded_int(0, 10**12)
+_FEATURES = _bounded_int(1, 1_000_000)
+_CHUNK_ROWS = _bounded_int(1, opts.MAX_ROWS_IN_MEMORY)
+_SEED = _bounded_int(0, opts.MAX_SEED)
 
 
 _NO_DEFAULT = (None, False, argparse.SUPPRESS)
@@ -130,18 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT.zarr", help="Zarr group to write")
     p.add_argument("--task", required=True, choices=TASK_CHOICES,
                    help="model family whose true model draws the data (required)")
-    p.add_argument("--rows", required=True, type=_positive_int, metavar="N",
+    p.add_argument("--rows", required=True, type=_ROWS, metavar="N",
                    help="training rows: arrays X (and y) (required)")
-    p.add_argument("--features", required=True, type=_positive_int, metavar="D",
+    p.add_argument("--features", required=True, type=_FEATURES, metavar="D",
                    help="feature columns of X (required)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=None, metavar="R",
+    p.add_argument("--chunk-rows", type=_CHUNK_ROWS, default=None, metavar="R",
                    help="rows per Zarr chunk (chunks span all columns; default 65,536 where "
                         "those hold at most 60 MiB of features, else fewer, a multiple of "
                         "1,024; the chunk size sets the values drawn)"),
-    p.add_argument("--test-rows", type=_nonnegative_int, default=0, metavar="M",
+    p.add_argument("--test-rows", type=_TEST_ROWS, default=0, metavar="M",
                    help="also write M held-out rows as X_test (and y_test), from the same "
                         "distribution")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument("--seed", type=_SEED, default=0, metavar="S",
                    help="random seed (the same seed writes the same data)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of the features")
