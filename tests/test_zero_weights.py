@@ -82,3 +82,10 @@ def test_negative_total_weight_is_still_an_error():
     lr = NaturalGradientLearner(LogisticRegression(D))
     with pytest.raises(DataError, match="total sample weight -"):
         lr.step_sums(-1.0, -1.0, np.zeros(D + 1), None, 1)
+
+
+def test_lbfgs_names_data_of_zero_weight():
+    X, y, w = _data(slice(0, N))
+    lr = NaturalGradientLearner(LogisticRegression(D), optimizer="lbfgs", lbfgs_rounds=1)
+    with pytest.raises(DataError, match="array 'w': every sample weight of the data is zero"):
+        lr.fit((X, y, w))

@@ -1647,10 +1647,17 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     lr.state.samples += rows
     lr.state.evaluations += 1
     if not wsum > 0:
-        raise DataError("the evaluation set has zero total sample weight",
-                        array=source.names[2])
+        raise DataError(_weightless_evaluation(chunks), array=source.names[2])
     G = None if fisher is None else fisher.estimate()
     return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
+
+
+def _weightless_evaluation(chunks) -> str:
+    """The message for an evaluation set (the data, or a window of chunks) of zero weight."""
+    if chunks is None:
+        return "every sample weight of the data is zero: nothing to fit"
+    return (f"every sample weight of this round's window of {len(chunks)} chunks (drawn by "
+            "--seed) is zero: a larger --window, or none, reads more of the data")
 
 
 def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
@@ -1664,8 +1671,7 @@ def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
     lr.state.samples += stats.rows
     lr.state.evaluations += 1
     if not stats.weight > 0:
-        raise DataError("the evaluation set has zero total sample weight",
-                        array=source.names[2])
+        raise DataError(_weightless_evaluation(chunks), array=source.names[2])
     G = None if stats.metric is None else stats.metric / stats.weight
     return (*lr.penalty.penalize(stats.loss / stats.weight, stats.grad / stats.weight, G,
                                  theta), stats.rows)
