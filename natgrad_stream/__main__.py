@@ -2,6 +2,10 @@
 
 import sys
 
-from natgrad_stream.app.cli import main
+try:
+    from natgrad_stream.app.cli import run
+except KeyboardInterrupt:  # a signal while the command line loads: one line, no traceback
+    print("natgrad-stream: interrupted", file=sys.stderr)
+    sys.exit(130)
 
-sys.exit(main())
+run()

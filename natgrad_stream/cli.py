@@ -2,11 +2,9 @@
 (``python -m natgrad_stream.cli`` still runs it).
 """
 
-import sys
+from natgrad_stream.app.cli import build_parser, main, run
 
-from natgrad_stream.app.cli import build_parser, main
-
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -197,7 +197,7 @@ class _NaturalGradientBase(BaseEstimator):
 
     def _fit_learner(self, data, n_features, weight_sum, *, x="X", y="y", w=None):
         try:
-            max_iter = opts.positive_int("max_iter", self.max_iter)
+            max_iter = opts.BY_NAME["epochs"].check_value("max_iter", self.max_iter)
         except TypeError as exc:
             raise ValueError(str(exc)) from None
         model = self._make_model(n_features)

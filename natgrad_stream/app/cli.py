@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -36,7 +37,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGNAL = 0, 1, 2, 130
 #: ``make-data`` tasks: one per model family (checked against the registry by a test).
 TASK_CHOICES = MODEL_CHOICES
 __all__ = ["METRIC_CHOICES", "MODEL_CHOICES", "OPTIMIZER_CHOICES", "STRUCTURE_CHOICES",
-           "TASK_CHOICES", "build_parser", "main"]
+           "TASK_CHOICES", "build_parser", "main", "run"]
+
+
+#: Whether the running command has written its result (a signal after it loses nothing).
+_RESULT = {"written": False}
 
 
 def _print_json(obj: dict) -> None:
@@ -44,20 +49,30 @@ def _print_json(obj: dict) -> None:
 
     sys.stdout.write(json.dumps(json_clean(obj)) + "\n")
     sys.stdout.flush()
+    _RESULT["written"] = True
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in ``[low, high]`` (``high``: a sanity bound)."""
+    def convert(text: str) -> int:
+        value = int(text)
+        if value < low:
+            what = "a positive integer" if low == 1 else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}, got {text}")
+        return value
+    convert.__name__ = "int"
+    return convert
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+#: make-data's bounds: rows (a store of 10¹² rows is far beyond a synthetic dataset),
+#: feature columns, rows per chunk (as a batch), seeds (as fit's).
+_ROWS = _bounded_int(1, 10**12)
+_TEST_ROWS = _bounded_int(0, 10**12)
+_FEATURES = _bounded_int(1, 1_000_000)
+_CHUNK_ROWS = _bounded_int(1, opts.MAX_ROWS_IN_MEMORY)
+_SEED = _bounded_int(0, opts.MAX_SEED)
 
 
 _NO_DEFAULT = (None, False, argparse.SUPPRESS)
@@ -124,18 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT.zarr", help="Zarr group to write")
     p.add_argument("--task", required=True, choices=TASK_CHOICES,
                    help="model family whose true model draws the data (required)")
-    p.add_argument("--rows", required=True, type=_positive_int, metavar="N",
+    p.add_argument("--rows", required=True, type=_ROWS, metavar="N",
                    help="training rows: arrays X (and y) (required)")
-    p.add_argument("--features", required=True, type=_positive_int, metavar="D",
+    p.add_argument("--features", required=True, type=_FEATURES, metavar="D",
                    help="feature columns of X (required)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=None, metavar="R",
+    p.add_argument("--chunk-rows", type=_CHUNK_ROWS, default=None, metavar="R",
                    help="rows per Zarr chunk (chunks span all columns; default 65,536 where "
                         "those hold at most 60 MiB of features, else fewer, a multiple of "
                         "1,024; the chunk size sets the values drawn)"),
-    p.add_argument("--test-rows", type=_nonnegative_int, default=0, metavar="M",
+    p.add_argument("--test-rows", type=_TEST_ROWS, default=0, metavar="M",
                    help="also write M held-out rows as X_test (and y_test), from the same "
                         "distribution")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument("--seed", type=_SEED, default=0, metavar="S",
                    help="random seed (the same seed writes the same data)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of the features")
@@ -188,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _GracefulStop:
     """SIGINT/SIGTERM ask the learner to stop after its current batch (a checkpoint
-    follows); a second SIGINT interrupts at once, except while a checkpoint is being
-    written, which it lets finish.
+    follows); a second SIGINT or SIGTERM interrupts at once (a batch that never comes,
+    e.g. a read the OS does not end, cannot hold the process), except while a checkpoint
+    is being written, which it lets finish.
     """
 
     def __init__(self):
@@ -208,7 +224,7 @@ class _GracefulStop:
     def _handle(self, signum, frame):
         from natgrad_stream.training.checkpoint import WRITING
 
-        if self.signalled and signum == signal.SIGINT:
+        if self.signalled:
             if WRITING.is_set():
                 print("\nnatgrad-stream: finishing the checkpoint being written...",
                       file=sys.stderr)
@@ -282,11 +298,17 @@ def _read_config(path) -> dict:
     """Fit options from a TOML file: option names of the table plus data and out."""
     import tomllib
 
+    from natgrad_stream._files import open_regular
+
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             config = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"config {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"config {path} is not UTF-8 text (byte {exc.start} is "
+                          f"{exc.object[exc.start:exc.start + 1]!r}): TOML files are UTF-8"
+                          ) from None
     known = set(opts.BY_NAME) | set(opts.RENAMED) | {"data", "out"}
     unknown = sorted(set(config) - known)
     if unknown:
@@ -371,14 +393,55 @@ def _os_error(exc: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
+def _interrupt(signum, frame):
+    """SIGINT and SIGTERM outside a fit's graceful window: stop the command at once."""
+    raise KeyboardInterrupt
+
+
+def _exit_now(signum, frame):
+    """A signal once the command has returned (output written): one line, exit 130."""
+    os.write(2, b"natgrad-stream: stopped by a signal after the command had finished\n")
+    os._exit(EXIT_SIGNAL)
+
+
+def _set_stop_signals(handler) -> dict:
+    """Install ``handler`` for SIGINT and SIGTERM (main thread only); the previous ones."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``natgrad-stream`` console script.
+    """Entry point of the ``natgrad-stream`` command (see :func:`run`).
 
     Every condition a user or the environment causes ends in one line on stderr and the
-    documented exit status; a traceback means a bug.
+    documented exit status; a traceback means a bug. SIGINT and SIGTERM end any command at
+    any moment with one line and 130 (during a fit: after the current batch and a
+    checkpoint, see :class:`_GracefulStop`).
     """
-    args = build_parser().parse_args(argv)
-    prefix = f"natgrad-stream {args.command}"
+    old = _set_stop_signals(_interrupt)
+    prefix, _RESULT["written"] = "natgrad-stream", False
+    try:
+        args = build_parser().parse_args(argv)
+        prefix = f"natgrad-stream {args.command}"
+        return _run_command(args, prefix)
+    except KeyboardInterrupt:
+        if _RESULT["written"]:
+            note = " after the result was written"
+        elif prefix.endswith(" fit"):
+            note = ": no new checkpoint (one written before is kept)"
+        else:
+            note = ""
+        print(f"{prefix}: interrupted{note}", file=sys.stderr)
+        return EXIT_SIGNAL
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_command(args, prefix: str) -> int:
     _log_to_stderr(prefix)
     if args.command in ("fit", "evaluate", "demo", "params", "make-data"):
         from natgrad_stream.data.zarr_reads import configure_zarr_threads
@@ -408,11 +471,48 @@ def main(argv=None) -> int:
     except FloatingPointError as exc:
         print(f"{prefix}: learning failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted at once: no new checkpoint (one written before is kept)",
-              file=sys.stderr)
-        return EXIT_SIGNAL
+
+
+def run() -> None:
+    """The console script and ``python -m natgrad_stream``: :func:`main`, then exit.
+
+    From the first line to the last a signal ends the process with one line and status
+    130, never a traceback: :func:`main` turns it into its ``interrupted`` line; once main
+    has returned (everything written and flushed), a signal exits at once with 130.
+    """
+    _set_stop_signals(_interrupt)
+    try:
+        code = main()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt:  # between main's return and here
+        os.write(2, b"natgrad-stream: interrupted\n")
+        code = EXIT_SIGNAL
+    _set_stop_signals(_exit_now)
+    _bounded_shutdown(code)
+    sys.exit(code)
+
+
+#: Longest the interpreter may take to shut down after the command (joining threads).
+SHUTDOWN_SECONDS = 20.0
+
+
+def _bounded_shutdown(code: int) -> None:
+    """Exit with ``code`` after :data:`SHUTDOWN_SECONDS` even if a thread the interpreter
+    joins at exit never ends (e.g. stuck in a read the OS does not end): output is already
+    flushed, so nothing written is lost.
+    """
+    import threading
+
+    def give_up():
+        os.write(2, b"natgrad-stream: a background thread did not stop; exiting without "
+                    b"it\n")
+        os._exit(code)
+
+    timer = threading.Timer(SHUTDOWN_SECONDS, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream._files import check_zarr_metadata, open_fd
 from natgrad_stream.app.evaluate import evaluate
 from natgrad_stream.data import FollowSource, as_source
 from natgrad_stream.data.identity import compare_identity, data_identity
@@ -90,8 +91,8 @@ def run_lock(run_dir: Path):
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:  # a FIFO or device in its place is refused, never waited on
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
     except OSError as exc:
         raise RunDirectoryError(f"cannot open the lock {path}: {exc.strerror}") from exc
     try:
@@ -125,6 +126,7 @@ def _open_group(data):
         return data if hasattr(data, "array_keys") else None
     import zarr
 
+    check_zarr_metadata(data)  # a FIFO or device would hang zarr's read
     try:
         return zarr.open_group(str(data), mode="r")
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):

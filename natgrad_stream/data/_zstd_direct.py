@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream._files import SpecialFileError, open_regular
 from natgrad_stream.data.metadata import missing_chunk_error
 from natgrad_stream.errors import DataError
 
@@ -104,9 +105,12 @@ class DirectChunks:
         """
         path = self.local_path(a)
         try:
-            fh = open(path, "rb")  # noqa: SIM115 (closed below, after the map)
+            fh = open_regular(path)  # a FIFO or device is refused, never waited on
         except (FileNotFoundError, NotADirectoryError):
             raise self.missing(a) from None
+        except SpecialFileError as exc:
+            raise DataError(f"chunk file {path} {exc.strerror}", array=self.label,
+                            chunk=a // self.chunk_rows, row=a) from None
         with fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:

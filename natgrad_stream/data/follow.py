@@ -99,10 +99,11 @@ def _get(group, name, label):
 
 
 def _committed_attr(group) -> int | None:
-    meta = group.attrs.asdict().get("natgrad_stream")
-    if isinstance(meta, dict) and meta.get(COMMITTED_KEY) is not None:
-        return int(meta[COMMITTED_KEY])
-    return None
+    from natgrad_stream.data.metadata import attribute_int, group_attribute
+
+    where = getattr(group.store, "root", None) or group.store
+    return attribute_int(group_attribute(group), COMMITTED_KEY,
+                         f"group attribute 'natgrad_stream' of {where}")
 
 
 def _read_rows(requests) -> None:

@@ -343,3 +343,34 @@ def write_missing_chunks(path, names=None) -> dict[str, int]:
             n += 1
         written[name] = n
     return written
+
+
+def group_attribute(group, name: str = "natgrad_stream") -> dict:
+    """The group attribute ``name`` as a dict (empty when absent).
+
+    Raises
+    ------
+    DataError
+        When it is not a JSON object, naming the attribute and the store (instead of
+        ``cannot convert dictionary update sequence element #0`` from deep inside).
+    """
+    where = getattr(group.store, "root", None) or group.store
+    value = group.attrs.asdict().get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError(f"group attribute {name!r} of {where} must be a JSON object, got "
+                        f"{type(value).__name__}")
+    return value
+
+
+def attribute_int(meta: dict, key: str, where: str, *, minimum: int = 0) -> int | None:
+    """``meta[key]`` as an int >= ``minimum`` (None when absent); a DataError naming
+    ``where`` (the attribute's path and store) when it is anything else.
+    """
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DataError(f"{where}.{key} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -40,6 +40,7 @@ from natgrad_stream._constants import (
     RNG_CHUNK_ORDER,
     RNG_ROW_ORDER,
 )
+from natgrad_stream._files import check_zarr_metadata
 from natgrad_stream.data._gather_kernels import gather_rows
 from natgrad_stream.data._zstd_direct import DirectChunks, run_in_order
 from natgrad_stream.data.budget import (
@@ -73,6 +74,8 @@ from natgrad_stream.errors import DataError
 #: Default rows per chunk for arrays that are not chunked (NumPy).
 #: Seconds between checks of the stop flag while the reader waits on a full queue.
 _POLL_SECONDS = 0.05
+#: Longest wait for the reader thread to stop when a stream is closed.
+_CLOSE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,9 @@ class BatchStream:
             except queue.Empty:
                 break
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            # bounded: a reader stuck in a read the OS never ends (a hung network mount)
+            # is left behind (a daemon thread) rather than hanging the caller
+            self._thread.join(timeout=_CLOSE_SECONDS)
 
     def __enter__(self):
         return self
@@ -888,6 +893,7 @@ def _open_group(data):
                 raise DataError(f"{label} is a file but not a zip archive of a Zarr group")
             store = ZipStore(label, mode="r")
         else:
+            check_zarr_metadata(label)  # a FIFO or device would hang zarr's read
             store = label
     else:  # pragma: no cover - callers check the type
         raise TypeError(f"cannot open a Zarr group from {type(data).__name__}")

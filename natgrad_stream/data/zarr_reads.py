@@ -17,9 +17,11 @@ uses zarr's internal modules or changes its global configuration.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream._files import SpecialFileError, check_regular
 from natgrad_stream.data.metadata import blosc_frame_problem
 from natgrad_stream.errors import DataError
 
@@ -82,6 +84,7 @@ def _checked_store_class():
             return type(self)(store, self.blosc_frames)
 
         async def get(self, key, prototype, byte_range=None):
+            _refuse_special_file(self._store, key)
             buf = await self._store.get(key, prototype, byte_range)
             if buf is None:
                 raise MissingObject(key)
@@ -94,6 +97,8 @@ def _checked_store_class():
 
         async def get_partial_values(self, prototype, key_ranges):
             key_ranges = list(key_ranges)
+            for key, _ in key_ranges:
+                _refuse_special_file(self._store, key)
             bufs = await self._store.get_partial_values(prototype, key_ranges)
             for (key, _), buf in zip(key_ranges, bufs, strict=True):
                 if buf is None:
@@ -101,6 +106,18 @@ def _checked_store_class():
             return bufs
 
     return CheckedStore
+
+
+def _refuse_special_file(store, key: str) -> None:
+    """:class:`DamagedObject` when ``key`` of a local store is a FIFO, device or socket,
+    which reading would wait on for ever.
+    """
+    root = getattr(store, "root", None)
+    if root is not None and type(store).__name__ == "LocalStore":
+        try:
+            check_regular(Path(root) / key)
+        except SpecialFileError as exc:
+            raise DamagedObject(key, exc.strerror) from None
 
 
 @functools.cache

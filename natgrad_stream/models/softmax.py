@@ -140,10 +140,17 @@ class SoftmaxRegression(Model):
         if options.get("classes") is not None:
             return {"n_classes": int(options["classes"])}
         if group is not None:
-            meta = dict(group.attrs.get("natgrad_stream", {}) or {})
-            k = (meta.get("true_params") or {}).get("n_classes")
+            from natgrad_stream.data.metadata import attribute_int, group_attribute
+
+            where = getattr(group.store, "root", None) or group.store
+            true = group_attribute(group).get("true_params") or {}
+            if not isinstance(true, dict):
+                raise DataError(f"group attribute 'natgrad_stream'.true_params of {where} "
+                                f"must be a JSON object, got {type(true).__name__}")
+            k = attribute_int(true, "n_classes", f"group attribute 'natgrad_stream'."
+                              f"true_params of {where}", minimum=2)
             if k is not None:
-                return {"n_classes": int(k)}
+                return {"n_classes": k}
         y = getattr(source, "y", None)
         if y is None or getattr(source, "n_rows", None) is None:
             raise ValueError("softmax: cannot tell the number of classes from this data; "

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from natgrad_stream._constants import DEFAULT_LOG_EVERY
+from natgrad_stream._files import open_fd
 from natgrad_stream.errors import DistributedError
 from natgrad_stream.training.checkpoint import save_checkpoint
 from natgrad_stream.training.events import Callback
@@ -27,6 +28,8 @@ def _json_default(value):
 
 def smoothed_loss(previous: float, info) -> float:
     """A display loss: a whole evaluation set's as is, else an EMA over batches."""
+    if getattr(info, "skipped", False):  # a zero-weight batch: no loss
+        return previous
     if info.full_pass or math.isnan(previous):
         return info.loss
     return 0.98 * previous + 0.02 * info.loss
@@ -259,8 +262,8 @@ class MetricsLogger(Callback):
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # never through a symbolic link: O_NOFOLLOW fails on one (ELOOP)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                         0o644)
+            # nor into a FIFO or device, which could block for ever
+            fd = open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW)
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
         try:
             self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
@@ -284,8 +287,9 @@ class MetricsLogger(Callback):
                      "model": learner.model.config()})
 
     def on_batch_end(self, learner, info, cursor):
-        self.loss_sum += info.loss * info.rows
-        self.rows += info.rows
+        if not info.skipped:
+            self.loss_sum += info.loss * info.rows
+            self.rows += info.rows
         if learner.samples - self.samples_last >= self.every:
             self._progress(learner, info)
 

@@ -15,7 +15,8 @@ class StepInfo:
 
     ``full_pass`` is True when ``loss`` is over a whole evaluation set rather than one
     batch (progress displays then show it as is instead of smoothing it); ``events`` are
-    records for the log (e.g. a divergence rollback).
+    records for the log (e.g. a divergence rollback); ``skipped``: the batch's sample
+    weights sum to zero, so no step was taken and ``loss`` is NaN.
     """
 
     loss: float
@@ -27,6 +28,7 @@ class StepInfo:
     refresh: dict | None = None
     full_pass: bool = False
     events: tuple = ()
+    skipped: bool = False
 
 
 @dataclass
@@ -45,6 +47,7 @@ class FitResult:
     decrement: float | None = None
     running_loss: float | None = None
     objective: float | None = None
+    skipped_zero_weight_batches: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready summary. ``train_loss``: the (unpenalized) mean loss of the returned θ
@@ -53,6 +56,8 @@ class FitResult:
         e.g. ``epochs=1``) it is absent and ``running_loss``, the mean of the last pass's
         batch losses at the θ of their steps, stands in its place. ``objective`` (only with
         an L2 penalty ``l2=λ``): what the fit minimizes, ``train_loss + λ/2·‖coef‖²``.
+        ``skipped_zero_weight_batches`` (only when some were): streaming batches whose
+        sample weights sum to zero, skipped without a step.
         ``decrement``: the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last whole-data pass (of
         the objective), None when none was made; ``converged``: a stopping rule was met.
         """
@@ -60,6 +65,8 @@ class FitResult:
             {"running_loss": self.running_loss}
         if self.objective is not None:
             loss["objective"] = self.objective
+        if self.skipped_zero_weight_batches:
+            loss["skipped_zero_weight_batches"] = self.skipped_zero_weight_batches
         return {
             "samples": self.samples, "steps": self.steps, "rewhitens": self.rewhitens,
             "seconds": round(self.seconds, 4), "rows_per_s": round(self.rows_per_s, 1),

@@ -307,6 +307,8 @@ class NaturalGradientLearner:
         if self.model.requires_targets and y is None:
             raise ValueError(f"model {self.model.name!r} needs targets y")
         s = self.state
+        if w is not None and float(np.sum(w)) == 0.0:
+            return self._skip_zero_weight(n)
         if s.data_init and s.steps == 0:
             self._take_data_start(self.model.initial_params(X, y, w))
         need_metric = self._metric_due()
@@ -354,8 +356,10 @@ class NaturalGradientLearner:
         is applied with the step, and undone with it.
         """
         s = self.state
+        if wsum == 0:
+            return self._skip_zero_weight(rows, extra_state)
         if not wsum > 0:
-            raise DataError("batch has zero total sample weight", array="w")
+            raise DataError(f"batch has total sample weight {wsum}", array="w")
         data_loss_sum = loss_sum
         loss_sum, grad_sum, metric_sum = self._penalize_sums(loss_sum, wsum, grad_sum,
                                                              metric_sum)
@@ -388,6 +392,21 @@ class NaturalGradientLearner:
                         samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
+
+    def _skip_zero_weight(self, rows: int, extra_state=None) -> StepInfo:
+        """Skip a batch whose sample weights sum to zero (it carries no information, and its
+        mean loss is undefined): the rows count as read, the skip is counted
+        (``skipped_zero_weight_batches`` in the summary), nothing else changes. Where the
+        rows fall does not matter: a pass of such batches only is refused at its end
+        (:func:`_refuse_weightless`).
+        """
+        s = self.state
+        for name, value in (extra_state or {}).items():
+            setattr(s, name, value)
+        s.samples += int(rows)
+        s.skipped_zero_weight += 1
+        return StepInfo(loss=math.nan, grad_norm=0.0, natural_grad_norm=0.0, rows=int(rows),
+                        samples=s.samples, steps=s.steps, skipped=True)
 
     def _penalize_sums(self, loss_sum: float, wsum: float, grad_sum: np.ndarray,
                        metric_sum: np.ndarray | None):
@@ -668,7 +687,7 @@ class NaturalGradientLearner:
             started), an effective batch of ``lanes × batch_size`` rows.
         """
         if max_samples is not None:
-            max_samples = opts.positive_int("max_samples", max_samples)
+            max_samples = opts.BY_NAME["max_samples"].parse(max_samples)
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
@@ -909,7 +928,7 @@ class _Streaming(_Strategy):
     def plan(self, *, epochs, rounds, **stream) -> dict:
         if rounds is not None:
             raise ValueError("rounds applies only to optimizer 'lbfgs'")
-        epochs = None if epochs is None else opts.positive_int("epochs", epochs)
+        epochs = None if epochs is None else opts.BY_NAME["epochs"].parse(epochs)
         self.running = True  # for status()
         return {"epochs": epochs, **stream}
 
@@ -1174,6 +1193,7 @@ class _Streaming(_Strategy):
                 continue
             if lr._stop_requested:  # a stop while a followed source waited for rows
                 return True
+            _refuse_weightless(lr.state)
             lr._check_divergence(final=True)
             return False
 
@@ -1249,6 +1269,7 @@ class _Streaming(_Strategy):
 
     @staticmethod
     def _close_epoch(s: LearnerState) -> None:
+        _refuse_weightless(s)
         if s.epoch_loss_weight:
             s.last_epoch_loss = s.epoch_loss_sum / s.epoch_loss_weight
         s.epoch_loss_sum = s.epoch_loss_weight = 0.0
@@ -1316,7 +1337,18 @@ class _Streaming(_Strategy):
                          epochs=s.cursor.epoch, interrupted=interrupted,
                          converged=bool(s.converged),
                          decrement=None if math.isnan(s.decrement) else s.decrement,
-                         objective=objective)
+                         objective=objective,
+                         skipped_zero_weight_batches=s.skipped_zero_weight)
+
+
+def _refuse_weightless(s: LearnerState) -> None:
+    """Refuse data whose sample weights, over a whole pass, sum to zero: every batch was
+    skipped (:meth:`NaturalGradientLearner._skip_zero_weight`) and nothing was learned.
+    """
+    if s.steps == 0 and s.skipped_zero_weight:
+        raise DataError(f"every sample weight of the pass is zero ({s.skipped_zero_weight} "
+                        "batches, no step): data of zero total weight cannot be fitted",
+                        array="w")
 
 
 class _LBFGSRounds(_Strategy):
@@ -1332,7 +1364,7 @@ class _LBFGSRounds(_Strategy):
         if epochs is not None:
             raise ValueError("epochs does not apply to optimizer 'lbfgs': pass rounds")
         total = self.learner.lbfgs_rounds if rounds is None else \
-            opts.positive_int("rounds", rounds)
+            opts.BY_NAME["lbfgs_rounds"].check_value("rounds", rounds)
         self.rounds, self.running = total, True  # for status()
         return {"rounds": total}
 
@@ -1667,10 +1699,17 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     lr.state.samples += rows
     lr.state.evaluations += 1
     if not wsum > 0:
-        raise DataError("the evaluation set has zero total sample weight",
-                        array=source.names[2])
+        raise DataError(_weightless_evaluation(chunks), array=source.names[2])
     G = None if fisher is None else fisher.estimate()
     return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
+
+
+def _weightless_evaluation(chunks) -> str:
+    """The message for an evaluation set (the data, or a window of chunks) of zero weight."""
+    if chunks is None:
+        return "every sample weight of the data is zero: nothing to fit"
+    return (f"every sample weight of this round's window of {len(chunks)} chunks (drawn by "
+            "--seed) is zero: a larger --window, or none, reads more of the data")
 
 
 def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
@@ -1684,8 +1723,7 @@ def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
     lr.state.samples += stats.rows
     lr.state.evaluations += 1
     if not stats.weight > 0:
-        raise DataError("the evaluation set has zero total sample weight",
-                        array=source.names[2])
+        raise DataError(_weightless_evaluation(chunks), array=source.names[2])
     G = None if stats.metric is None else stats.metric / stats.weight
     return (*lr.penalty.penalize(stats.loss / stats.weight, stats.grad / stats.weight, G,
                                  theta), stats.rows)

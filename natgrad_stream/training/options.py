@@ -218,6 +218,28 @@ def _every_samples(name, value):  # --rewhiten-every N: the schedule every:N
     return rewhiten(name, positive_int(name, value))
 
 
+def at_most(name, value, maximum, given=None):
+    """``value`` if it is at most ``maximum`` (a number; for a dict value, such as a
+    re-whitening schedule's, a dict of maxima by key), else :class:`OptionError`.
+    """
+    given = value if given is None else given
+    if maximum is None or value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, dict):
+        for key, top in maximum.items():
+            if value.get(key) is not None and value[key] > top:
+                raise OptionError(f"{name} must have {key} <= {_show_bound(top)}, got "
+                                  f"{given}")
+        return value
+    if value > maximum:
+        raise OptionError(f"{name} must be <= {_show_bound(maximum)}, got {given}")
+    return value
+
+
+def _show_bound(maximum) -> str:
+    return f"{maximum:,}" if isinstance(maximum, int) else f"{maximum:g}"
+
+
 @dataclass(frozen=True)
 class Option:
     """One fit option.
@@ -248,6 +270,10 @@ class Option:
     inherit : bool
         A resumed run left without it keeps the recorded value (else: the default; for
         per-invocation options such as ``max_samples`` and ``progress``).
+    maximum : number or dict, optional
+        The largest value accepted (a sanity bound: far beyond any useful value, short of
+        what would hang, overflow or exhaust memory); for ``rewhiten``, maxima by key of
+        the schedule. Every numeric option has one (a test checks it).
     """
 
     name: str
@@ -264,6 +290,7 @@ class Option:
     metavar: str | None = None
     lbfgs_default: Any = None
     inherit: bool = True
+    maximum: Any = None
 
     @property
     def cli_flag(self) -> str | None:
@@ -281,7 +308,11 @@ class Option:
                 raise OptionError(f"{self.name} must be one of {list(self.choices)}, got "
                                   f"{value!r}")
             return value
-        return self.check(self.name, value)
+        return self.check_value(self.name, value)
+
+    def check_value(self, name: str, value):
+        """``check`` then the upper bound, with ``name`` (a flag or keyword) in messages."""
+        return at_most(name, self.check(name, value), self.maximum, value)
 
     def default_for(self, strategy: str):
         """The default under ``strategy``."""
@@ -301,6 +332,21 @@ def _o(name, check, default, help, **kw) -> Option:  # noqa: A002 (help: argpars
 _LB = (LBFGS,)
 _ST = (STREAM,)
 
+#: Upper bounds shared by several options (sanity bounds, far beyond any useful value): rows
+#: held in memory at once (a batch, a shuffle window), units of a model layer or classes,
+#: samples (a counter that must stay an int64), counts of passes, rounds and batches,
+#: threads and workers, seeds (32 bits, as every generator takes them), wall-clock seconds
+#: (a year), and seconds of one wait (a day: waits wake up for signals, but an interval
+#: longer than this is a typo).
+MAX_ROWS_IN_MEMORY = 1 << 26
+MAX_UNITS = 100_000
+MAX_SAMPLES = 10**18
+MAX_COUNT = 10**9
+MAX_THREADS = 1_024
+MAX_SEED = 2**32 - 1
+MAX_SECONDS = 366 * 86_400.0
+MAX_WAIT_SECONDS = 86_400.0
+
 #: Every option of ``fit``, in ``--help`` order.
 OPTIONS: tuple[Option, ...] = (
     # -- data ------------------------------------------------------------------------------
@@ -313,22 +359,22 @@ OPTIONS: tuple[Option, ...] = (
        "SIGTERM (resumable) or after --idle-timeout", group=DATA, applies=_ST),
     _o("shuffle_window", positive_int, None, "--follow: shuffle rows within windows of N "
        "arriving rows (default: arrival order)", group=DATA, applies=_ST, nullable=True,
-       metavar="N"),
+       metavar="N", maximum=MAX_ROWS_IN_MEMORY),
     # -- model -----------------------------------------------------------------------------
     _o("model", _choice, None, "model family (required unless --resume)", group=MODEL,
        choices=MODEL_CHOICES),
     _o("mixing", text, None, "gaussian-mean: mixing-matrix array in DATA (default A if "
        "present)", group=MODEL, nullable=True, metavar="NAME"),
     _o("classes", positive_int, None, "softmax: number of classes (default: from the data)",
-       group=MODEL, nullable=True, metavar="K"),
+       group=MODEL, nullable=True, metavar="K", maximum=MAX_UNITS),
     _o("hidden", positive_int, None, "mlp: hidden units (default 16)", group=MODEL,
-       nullable=True, metavar="H"),
+       nullable=True, metavar="H", maximum=MAX_UNITS),
     _o("density", _choice, None, "ica: source density; adaptive (the default) learns each "
        "source's shape (sub- or super-Gaussian), sech is the fixed prior of --sharpness",
        group=MODEL, nullable=True, choices=("adaptive", "sech")),
     _o("sharpness", positive_float, None, "ica: the sech density p(s) ∝ cosh(B·s)^(−1/B) "
        "(implies --density sech); default 0.5, the logistic density; larger B is closer to "
-       "a Laplace prior", group=MODEL, nullable=True, metavar="B"),
+       "a Laplace prior", group=MODEL, nullable=True, metavar="B", maximum=1e3),
     # -- learner ---------------------------------------------------------------------------
     _o("optimizer", _choice, "sgd", "optimizer of φ; lbfgs: batch L-BFGS in the natural "
        "space, re-whitened every round (paper section 2.7)", choices=OPTIMIZER_CHOICES),
@@ -337,46 +383,46 @@ OPTIONS: tuple[Option, ...] = (
     _o("structure", _choice, "full", "full, diagonal (eq. 34) or block-diagonal by "
        "parameter group", choices=STRUCTURE_CHOICES),
     _o("mc_samples", positive_int, DEFAULT_MC_SAMPLES,
-       "targets sampled per row for --metric monte-carlo", metavar="K"),
+       "targets sampled per row for --metric monte-carlo", metavar="K", maximum=1_000),
     _o("whitening", _choice, "eigh", "regularized factorization of the metric: eigh, ridge "
        "(eq. 36) or robust (eq. 35)", choices=WHITENING_CHOICES),
     _o("damping", nonnegative_float, DEFAULT_DAMPING, "relative damping ε of the whitener "
        "(ridge ε of eq. 36, eq. 35's ε); default: the model's own, else this",
-       recommendable=True),
+       recommendable=True, maximum=1e6),
     _o("floor", nonnegative_float, DEFAULT_EIGEN_FLOOR,
-       "eigenvalue floor relative to the largest (eigh, robust)"),
+       "eigenvalue floor relative to the largest (eigh, robust)", maximum=1.0),
     _o("l2", nonnegative_float, 0.0, "L2 penalty λ: minimize the mean loss + λ/2·‖coef‖² "
        "(the intercepts are not penalized; added to the loss, the gradient and the metric, "
-       "G + λI); the recorded λ cannot change on --resume", metavar="LAMBDA"),
+       "G + λI); the recorded λ cannot change on --resume", metavar="LAMBDA", maximum=1e12),
     _o("batch_size", positive_int, DEFAULT_BATCH_SIZE, "rows per batch (lbfgs: rows per "
        f"evaluation batch, default {LBFGS_EVAL_BATCH_ROWS})",
-       lbfgs_default=LBFGS_EVAL_BATCH_ROWS),
+       lbfgs_default=LBFGS_EVAL_BATCH_ROWS, maximum=MAX_ROWS_IN_MEMORY),
     _o("seed", nonnegative_int, 0, "seeds the data order, drift probes, Monte Carlo "
-       "targets and L-BFGS windows"),
+       "targets and L-BFGS windows", maximum=MAX_SEED),
     _o("read_buffer_bytes", byte_size, DEFAULT_READ_BUFFER_BYTES, "bytes the read buffers "
        f"of a data stream may take ({show_bytes(DEFAULT_READ_BUFFER_BYTES)} by default; "
        "K, M, G, T: 256M, 1G; none: 4 buffers of 2 "
        "chunks whatever their size); the reader prefetches less, then reads fewer chunks "
        "at once, to fit, which changes the shuffled order only when the budget binds; a "
        "chunk too large for 3 buffers is read one at a time, over the budget (a warning)",
-       nullable=True, metavar="BYTES"),
+       nullable=True, metavar="BYTES", maximum=1 << 40),
     _o("blas_threads", positive_int, 1, "threads of the BLAS pools during fit (None leaves "
-       "them alone)", nullable=True, flag=None),
+       "them alone)", nullable=True, flag=None, maximum=MAX_THREADS),
     # streaming optimizers
     _o("lr", positive_float, None, "step-size scale (default: the model's own, else the "
        "optimizer's: 1 for sgd and momentum, 0.05 for adam)", applies=_ST,
-       recommendable=True),
+       recommendable=True, maximum=1e6),
     _o("step_schedule", _choice, None, "step sizes over samples t: harmonic b/t, sqrt "
        "√(b/t) or constant (default: the model's own, else the optimizer's)",
        applies=_ST, recommendable=True, choices=STEP_SCHEDULE_CHOICES),
     _o("rewhiten", rewhiten, "auto", "re-whitening schedule: auto, never, every:N, "
        "geometric:F, drift:T (--rewhiten-every N is every:N)", applies=_ST,
-       recommendable=True),
+       recommendable=True, maximum={"every": MAX_SAMPLES, "factor": 1e6, "drift": 1e6}),
     _o("half_life", half_life, "auto", "running-metric half-life in samples, 'auto' or "
-       "'none'", applies=_ST, nullable=True),
+       "'none'", applies=_ST, nullable=True, maximum=1e18),
     _o("fisher_every", fisher_every, "auto", f"accumulate the metric on one batch in N "
        f"(auto: round(P/{FISHER_EVERY_PARAMS}))", applies=_ST, recommendable=True,
-       metavar="N"),
+       metavar="N", maximum=MAX_COUNT),
     _o("average", flag, False, "keep a Polyak average of θ (params and evaluate report it)",
        applies=_ST),
     _o("refine", _choice, "scoring", "passes after the first: scoring (each pass one "
@@ -388,47 +434,50 @@ OPTIONS: tuple[Option, ...] = (
        recommendable=True, choices=REFINE_CHOICES),
     _o("tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
        "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
-       "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, metavar="T"),
+       "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, metavar="T",
+       maximum=1.0),
     _o("divergence_factor", positive_float_or_none, DIVERGENCE_FACTOR, "stop (exit 1, state rolled "
        "back) when the mean loss of a window of batches rises more than this factor × "
        "|loss at the start| above the start; 'none' disables", applies=_ST, nullable=True,
-       metavar="F"),
+       metavar="F", maximum=1e12),
     _o("drift_probes", positive_int, DEFAULT_DRIFT_PROBES,
-       "probe vectors per drift estimate", applies=_ST, metavar="N"),
+       "probe vectors per drift estimate", applies=_ST, metavar="N", maximum=1_000),
     # L-BFGS
     _o("lbfgs_rounds", positive_int, LBFGS_ROUNDS, "lbfgs: total rounds (re-whitenings); a "
-       "resumed run continues up to this count", applies=_LB, resumable=True, metavar="R"),
+       "resumed run continues up to this count", applies=_LB, resumable=True, metavar="R",
+       maximum=MAX_COUNT),
     _o("lbfgs_iters", positive_int, LBFGS_ITERS, "lbfgs: L-BFGS iterations per round at "
-       "most", applies=_LB, metavar="N"),
+       "most", applies=_LB, metavar="N", maximum=MAX_COUNT),
     _o("lbfgs_tol", nonnegative_float, LBFGS_TOL, "lbfgs: stop when a round that descended "
-       "improves the loss by at most T, relative", applies=_LB, metavar="T"),
+       "improves the loss by at most T, relative", applies=_LB, metavar="T", maximum=1.0),
     _o("lbfgs_gtol", nonnegative_float, LBFGS_GTOL, "lbfgs: stop when max |natural gradient "
-       "in φ| <= T", applies=_LB, metavar="T"),
+       "in φ| <= T", applies=_LB, metavar="T", maximum=1e12),
     _o("lbfgs_memory", positive_int, LBFGS_MEMORY, "lbfgs: correction pairs kept by L-BFGS",
-       applies=_LB, metavar="M"),
+       applies=_LB, metavar="M", maximum=1_000),
     _o("window", positive_int, None, "lbfgs: evaluate each round on this many chunks drawn "
        "by the seed (default: all the data)", applies=_LB, nullable=True,
-       metavar="CHUNKS"),
+       metavar="CHUNKS", maximum=MAX_COUNT),
     # -- run: may change on --resume --------------------------------------------------------
     _o("epochs", positive_int, None, "total passes; a resumed run continues up to this "
        "count (default: until the later passes' rule holds, at most "
        f"{AUTO_MAX_EPOCHS} passes, ica 200; one pass with --follow or --refine stream)", group=RUN,
-       applies=_ST, resumable=True),
+       applies=_ST, resumable=True, maximum=MAX_COUNT),
     _o("max_samples", positive_int, None, "stop (resumably) after this many samples in "
-       "total", group=RUN, resumable=True, nullable=True, inherit=False),
+       "total", group=RUN, resumable=True, nullable=True, inherit=False, maximum=MAX_SAMPLES),
     _o("checkpoint_every", positive_int, None, "also checkpoint every N samples",
-       group=RUN, applies=_ST, resumable=True, nullable=True, metavar="N"),
+       group=RUN, applies=_ST, resumable=True, nullable=True, metavar="N", maximum=MAX_SAMPLES),
     _o("checkpoint_seconds", positive_float, None, "also checkpoint every S seconds of "
-       "wall time", group=RUN, resumable=True, nullable=True, metavar="S"),
+       "wall time", group=RUN, resumable=True, nullable=True, metavar="S", maximum=MAX_SECONDS),
     _o("keep_checkpoints", positive_int, DEFAULT_KEEP_CHECKPOINTS, "checkpoints kept in "
        "RUN (the newest as checkpoint.npz, older ones as checkpoint.1.npz, …); --resume "
        "falls back to an older one when the newest is damaged", group=RUN, resumable=True,
-       metavar="K"),
+       metavar="K", maximum=1_000),
     _o("poll_seconds", positive_float, DEFAULT_POLL_SECONDS, "--follow: seconds between "
-       "looks for new rows", group=RUN, applies=_ST, resumable=True, metavar="S"),
+       "looks for new rows", group=RUN, applies=_ST, resumable=True, metavar="S",
+       maximum=MAX_WAIT_SECONDS),
     _o("idle_timeout", nonnegative_float_or_none, None, "--follow: end the fit (exit 0) "
        "after S seconds without new rows (default: wait until stopped)", group=RUN,
-       applies=_ST, resumable=True, nullable=True, metavar="S"),
+       applies=_ST, resumable=True, nullable=True, metavar="S", maximum=MAX_SECONDS),
     _o("val", text, None, "held-out data to evaluate during fit (a store with the --x/--y "
        "arrays; default: the training store when --val-x is given)", group=RUN,
        resumable=True, nullable=True, metavar="DATA"),
@@ -438,23 +487,24 @@ OPTIONS: tuple[Option, ...] = (
        nullable=True, metavar="NAME"),
     _o("val_every", positive_int, None, "samples between held-out evaluations (default "
        "--log-every), logged to metrics.jsonl as validation records", group=RUN,
-       resumable=True, nullable=True, metavar="N"),
+       resumable=True, nullable=True, metavar="N", maximum=MAX_SAMPLES),
     _o("dask", text, None, "run on the Dask scheduler at ADDRESS (tcp://host:port): the "
        "workers open the store and read their own chunks; passes equal one process's, "
        "streaming steps merge one batch per worker", group=RUN, resumable=True,
        nullable=True, inherit=False, metavar="ADDRESS"),
     _o("dask_workers", positive_int, None, "run on a local Dask cluster of N worker "
        "processes started for this fit (as --dask)", group=RUN, resumable=True,
-       nullable=True, inherit=False, metavar="N"),
+       nullable=True, inherit=False, metavar="N", maximum=MAX_THREADS),
     _o("log_every", positive_int, DEFAULT_LOG_EVERY,
        "samples between progress records in metrics.jsonl", group=RUN, resumable=True,
-       metavar="N"),
+       metavar="N", maximum=MAX_SAMPLES),
     _o("progress", _choice, "auto", "progress on stderr: a bar on a terminal, else a line "
        "every --progress-seconds (auto: the bar or lines; always: also a start and an end "
        "line for short runs; never)", group=RUN, resumable=True, choices=PROGRESS_CHOICES,
        inherit=False),
     _o("progress_seconds", positive_float, DEFAULT_PROGRESS_SECONDS, "without a terminal: "
-       "seconds between progress lines on stderr", group=RUN, resumable=True, metavar="S"),
+       "seconds between progress lines on stderr", group=RUN, resumable=True, metavar="S",
+       maximum=MAX_WAIT_SECONDS),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -549,7 +599,7 @@ def _argparse_type(opt: Option, check=None):
 
     def convert(value: str):
         try:
-            return check(opt.cli_flag, value)
+            return at_most(opt.cli_flag, check(opt.cli_flag, value), opt.maximum, value)
         except (OptionError, TypeError) as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     convert.__name__ = opt.name

@@ -93,6 +93,8 @@ class LearnerState:
     samples: int = _f(("counters", "samples"), "int", default=0)
     steps: int = _f(("counters", "steps"), "int", default=0)
     rewhitens: int = _f(("counters", "rewhitens"), "int", default=0)
+    #: Batches skipped because their sample weights sum to zero (no step, no metric).
+    skipped_zero_weight: int = _f(("counters", "skipped_zero_weight"), "int", default=0)
     #: Step factor min(1, 1/ρ) of a diagonal whitener (see the learner's curvature cap).
     step_cap: float = _f(("counters", "step_cap"), "float", default=1.0)
     rounds: int = _f(("counters", "rounds"), "int", default=0)

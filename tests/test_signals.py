@@ -1,0 +1,89 @@
+"""Signals at any moment of a command end it with one line and exit 130 (issue 19: SIGINT
+during start-up printed a 29-line KeyboardInterrupt traceback, SIGTERM after the summary
+killed the process, status -15).
+
+Each case runs ``python -m natgrad_stream`` in a child process that sends itself the signal
+at a chosen point (a hook installed before the command runs), so the moment is exact.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Child program: install the hook named by argv[1], then run the command line as
+#: ``python -m natgrad_stream`` does.
+CHILD = """
+import atexit, os, runpy, signal, sys, time
+where, signame = sys.argv[1], sys.argv[2]
+sig = getattr(signal, signame)
+sys.argv = ["natgrad-stream"] + sys.argv[3:]
+
+def send(*args, **kwargs):
+    os.kill(os.getpid(), sig)
+    time.sleep(0.2)  # the handler runs here
+
+if where == "start-up":  # before the fit's own handler: imports, zarr's thread pool
+    import natgrad_stream.data.zarr_reads as zr
+    configure = zr.configure_zarr_threads
+    zr.configure_zarr_threads = lambda: (send(), configure())
+elif where == "after-summary":  # the summary is on stdout, the command not yet returned
+    import natgrad_stream.app.cli as cli
+    print_json = cli._print_json
+    cli._print_json = lambda obj: (print_json(obj), send())
+elif where == "shutdown":  # the command has returned: interpreter exit
+    atexit.register(send)
+runpy.run_module("natgrad_stream", run_name="__main__")
+"""
+
+
+def _run(where, signame, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", CHILD, where, signame, *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signal_during_start_up_is_one_line_and_130(small_zarr, tmp_path, signame):
+    code, out, err = _run("start-up", signame, "fit", small_zarr, "--model", "logistic",
+                          "--out", tmp_path / "run", "--epochs", 1)
+    assert code == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert err.startswith("natgrad-stream fit: interrupted")
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", ["evaluate", "params"])
+def test_signal_during_start_up_of_other_commands(small_zarr, tmp_path, command):
+    args = ("params", tmp_path / "none") if command == "params" else \
+        ("evaluate", tmp_path / "none", small_zarr)
+    code, _, err = _run("start-up", "SIGINT", *args)
+    assert code == 130 and err.strip() == f"natgrad-stream {command}: interrupted", err
+
+
+@pytest.mark.parametrize("where", ["after-summary", "shutdown"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signal_after_the_summary_is_one_line_and_130(small_zarr, tmp_path, where, signame):
+    run = tmp_path / "run"
+    code, out, err = _run(where, signame, "fit", small_zarr, "--model", "logistic",
+                          "--out", run, "--epochs", 1, "--progress", "never")
+    assert code == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if ": warning: " not in ln]
+    assert len(lines) == 1 and "after the" in lines[0], err
+    summary = json.loads(out.strip().splitlines()[-1])  # written, and the run with it
+    assert summary["samples"] == 5000 and not summary["interrupted"]
+    assert (run / "checkpoint.npz").is_file() and (run / "run.json").is_file()
+
+
+def test_entry_points_run_the_signal_safe_wrapper():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'natgrad-stream = "natgrad_stream.app.cli:run"' in text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() restores handlers
