@@ -124,16 +124,7 @@ def test_swapped_chunks_are_refused_where_a_manifest_exists(tmp_path, kind, name
 
 @pytest.mark.parametrize("kind", PATHS)
 def test_an_old_store_without_checksums_or_manifest_still_reads(tmp_path, kind):
-    path = tmp_path / "old.zarr"
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((ROWS, FEATURES)).astype(np.float32)
-    y = rng.integers(0, 2, ROWS).astype(np.uint8)
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
-    codec = zarr.codecs.ZstdCodec(level=1)  # what make-data wrote before: no checksums
-    g.create_array("X", shape=X.shape, chunks=(CHUNK, FEATURES), dtype="float32",
-                   compressors=codec)[...] = X
-    g.create_array("y", shape=y.shape, chunks=(CHUNK,), dtype="uint8",
-                   compressors=codec)[...] = y
+    path, X, y = _old_store(tmp_path / "old.zarr")
     got_X, got_y = _read(path, kind)
     np.testing.assert_array_equal(got_X, X)
     np.testing.assert_array_equal(got_y, y)
@@ -253,7 +244,40 @@ def test_append_rows_refuses_rows_written_past_the_manifest(tmp_path):
                     y=np.ones(10, np.uint8))
 
 
-def test_write_manifest_records_a_store_changed_on_purpose_and_an_old_store(tmp_path):
+def _old_store(path):
+    """A store as make-data wrote it before: zstd without checksums, no manifest."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((ROWS, FEATURES)).astype(np.float32)
+    y = rng.integers(0, 2, ROWS).astype(np.uint8)
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    codec = zarr.codecs.ZstdCodec(level=1)
+    g.create_array("X", shape=X.shape, chunks=(CHUNK, FEATURES), dtype="float32",
+                   compressors=codec)[...] = X
+    g.create_array("y", shape=y.shape, chunks=(CHUNK,), dtype="uint8",
+                   compressors=codec)[...] = y
+    return path, X, y
+
+
+@pytest.mark.parametrize("kind", PATHS)
+def test_an_old_store_given_a_manifest_refuses_swaps_and_flips_by_crc32c(tmp_path, kind):
+    path, X, _ = _old_store(tmp_path / "old.zarr")
+    assert write_manifest(path) == {"X": 5, "y": 5}
+    assert _manifest(path, "X")["hash"] == "crc32c"
+    np.testing.assert_array_equal(_read(path, kind)[0], X)
+    one, three = _chunk_file(path, "X", 1), _chunk_file(path, "X", 3)
+    a, b = one.read_bytes(), three.read_bytes()
+    one.write_bytes(b)
+    three.write_bytes(a)
+    with pytest.raises(DataError, match="array 'X', chunk 1, .*not the chunk written there"):
+        _read(path, kind)
+    one.write_bytes(a)
+    three.write_bytes(b)
+    _flip(three, len(b) // 2)
+    with pytest.raises(DataError, match="array 'X', chunk 3, .*not the chunk written there"):
+        _read(path, kind)
+
+
+def test_write_manifest_records_a_store_changed_on_purpose(tmp_path):
     path = _made(tmp_path / "d.zarr")
     one, three = _chunk_file(path, "X", 1), _chunk_file(path, "X", 3)
     a, b = one.read_bytes(), three.read_bytes()

@@ -26,6 +26,7 @@ Manifest
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -256,20 +257,19 @@ def _recording_store_class():
     return RecordingStore
 
 
-_RECORDING = None
+@functools.cache
+def _recording_class():
+    return _recording_store_class()
 
 
 def recording_view(arr, *, reads: bool = False):
     """``(view, seen)``: ``arr`` through a store that records what is written (with
     ``reads``, also read) through it, and the ``{key: (size, hash) | None}`` it fills.
     """
-    global _RECORDING
     import zarr
     from zarr.storage import StorePath
 
-    if _RECORDING is None:
-        _RECORDING = _recording_store_class()
-    store = _RECORDING(arr.store_path.store, hash_kind(arr.metadata), reads)
+    store = _recording_class()(arr.store_path.store, hash_kind(arr.metadata), reads)
     view = zarr.Array(zarr.AsyncArray(arr.metadata, StorePath(store, arr.store_path.path),
                                       arr.config))
     return view, store.seen
