@@ -303,8 +303,9 @@ def test_a_malformed_manifest_is_one_line(tmp_path):
 
 
 def test_follow_mode_verifies_and_tolerates_a_concurrent_writer(tmp_path):
-    """A follower reading the partial last chunk while appends rewrite it sees no false
-    mismatch; every row arrives once.
+    """A follower of a checksummed store with a manifest gets every row once while another
+    process appends (the window in which an append rewrites a chunk the reader is about to
+    read is tested deterministically by the test above), and refuses a damaged chunk.
     """
     path = _made(tmp_path / "live.zarr", rows=1000)
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
