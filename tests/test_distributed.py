@@ -390,14 +390,17 @@ def test_a_failed_data_informed_start_is_not_skipped_on_resume(data, client, mon
 def test_bad_values_on_a_worker_are_a_data_error_naming_the_row(tmp_path, client, optimizer):
     import zarr
 
+    from natgrad_stream.data.manifest import write_manifest
     from natgrad_stream.errors import DataError
 
     path = tmp_path / "nan.zarr"
     make_dataset(path, task="logistic", rows=10_000, features=D, chunk_rows=CHUNK, seed=4)
     zarr.open_group(str(path), mode="r+")["X"][7000, 2] = np.nan
+    write_manifest(path)  # a change on purpose: the values, not the manifest, are refused
     with pytest.raises(DataError) as info:
         _learner(optimizer=optimizer).fit(path, client=client)
     assert (info.value.array, info.value.row, info.value.chunk) == ("X", 7000, 7000 // CHUNK)
+    assert "non-finite value" in str(info.value), info.value
 
 
 def test_task_errors_other_than_the_packages_are_one_distributed_error(client):

@@ -28,6 +28,7 @@ from natgrad_stream._constants import (
     RNG_TRUE_PARAMS,
 )
 from natgrad_stream.data.budget import default_chunk_rows
+from natgrad_stream.data.manifest import checksummed_zstd, record_manifest, recording_view
 
 #: Tasks generated in this module (raw, ill-conditioned features).
 _BUILTIN_TASKS = ("logistic", "linear", "gaussian-mean")
@@ -215,7 +216,9 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
     params = gen.true_params(features, seed)
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        codec = zarr.codecs.ZstdCodec(level=1)
+        # zstd frames with content checksums, and each array's manifest of what was stored
+        # (natgrad_stream.data.manifest): damaged or misplaced chunks are refused on reading
+        codec = checksummed_zstd()
         # every chunk is stored, even one holding only the fill value (zarr skips those by
         # default), so a chunk missing from the store is always an error for the readers
         config = {"write_empty_chunks": True}
@@ -229,24 +232,33 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
             X = group.create_array(xname, shape=(n, features), chunks=(r, features),
                                    dtype=dtype, compressors=codec, config=config,
                                    dimension_names=(rowdim, "feature"))
-            Y = None
+            X_view, X_seen = recording_view(X)
+            Y = Y_view = None
             if gen.Y_DTYPE is not None:
                 Y = group.create_array(yname, shape=(n,), chunks=(r,), dtype=gen.Y_DTYPE,
                                        compressors=codec, config=config,
                                        dimension_names=(rowdim,))
+                Y_view, Y_seen = recording_view(Y)
             for c in range(math.ceil(n / r)):
                 a, b = c * r, min((c + 1) * r, n)
                 rng = np.random.default_rng([seed, _ARRAY_IDS[xname], c])
                 Xc, yc = gen.sample_chunk(params, rng, b - a)
-                X[a:b] = np.asarray(Xc).astype(dtype)
+                X_view[a:b] = np.asarray(Xc).astype(dtype)
                 if Y is not None:
-                    Y[a:b] = yc
+                    Y_view[a:b] = yc
+            record_manifest(X, X_seen, rows=n, replace=True)
+            if Y is not None:
+                record_manifest(Y, Y_seen, rows=n, replace=True)
         extra = getattr(gen, "extra_arrays", None)
         for name, arr in (extra(params) if extra is not None else {}).items():
             arr = np.asarray(arr, dtype=np.float64)
-            group.create_array(name, shape=arr.shape, dtype="float64", config=config,
-                               dimension_names=tuple(f"{name}_{i}"
-                                                     for i in range(arr.ndim)))[...] = arr
+            A = group.create_array(name, shape=arr.shape, dtype="float64", config=config,
+                                   compressors=codec,
+                                   dimension_names=tuple(f"{name}_{i}"
+                                                         for i in range(arr.ndim)))
+            A_view, A_seen = recording_view(A)
+            A_view[...] = arr
+            record_manifest(A, A_seen, rows=arr.shape[0], replace=True)
         group.attrs["natgrad_stream"] = {
             "task": task, "seed": seed, "rows": rows, "features": features,
             "test_rows": test_rows, "chunk_rows": chunk_rows, "dtype": dtype,

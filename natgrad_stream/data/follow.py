@@ -33,6 +33,12 @@ import numpy as np
 
 from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.data.budget import plan_reads, warn_over_budget
+from natgrad_stream.data.manifest import (
+    begin_rewrite,
+    check_manifest_rows,
+    record_manifest,
+    recording_view,
+)
 from natgrad_stream.data.metadata import StoredChunks
 from natgrad_stream.data.stream import (
     Batch,
@@ -120,7 +126,9 @@ def append_rows(store, **arrays) -> int:
     """Append rows to existing arrays of a Zarr v3 group; returns the committed row count.
 
     ``append_rows("data.zarr", X=X_new, y=y_new)`` resizes ``X`` and ``y``, writes the new
-    rows with every chunk stored (``write_empty_chunks``), and then sets
+    rows with every chunk stored (``write_empty_chunks``), updates the manifest of arrays
+    that keep one (:mod:`natgrad_stream.data.manifest`; the chunks are written with the
+    array's own codecs, so checksummed arrays stay checksummed), and then sets
     ``attrs["natgrad_stream"]["committed_rows"]`` (other attributes are kept). Readers
     (:class:`FollowSource`) only read committed rows, so a failed or interrupted call leaves
     them unaffected; the next call writes from the committed count again.
@@ -138,8 +146,9 @@ def append_rows(store, **arrays) -> int:
     Raises
     ------
     DataError
-        When an array is missing, shapes disagree, or the arrays' lengths do not match the
-        committed count.
+        When an array is missing, shapes disagree, the arrays' lengths do not match the
+        committed count, or an array's manifest records fewer rows than are committed
+        (another writer appended without it).
     TypeError
         When values cannot be cast to an array's dtype.
     """
@@ -175,15 +184,30 @@ def append_rows(store, **arrays) -> int:
                         "shorter (append to every followed array)")
     if k == 0:
         return old
+    for name, arr in targets.items():
+        check_manifest_rows(arr, old, name)
     if first:  # readers go by the attribute before any array grows
         _commit(group, old)
     new = old + k
-    # 1. resize (rows left past the commit by a failed call are overwritten), 2. write
+    # 1. mark the rows rewritten in each array's manifest, if it keeps one, 2. resize (rows
+    # left past the commit by a failed call are overwritten), 3. write, recording what is
+    # stored, 4. record it in the manifest
     for arr in targets.values():
+        begin_rewrite(arr, old)
         arr.resize((new,) + tuple(arr.shape[1:]))
     for name, arr in targets.items():
-        arr.with_config({"write_empty_chunks": True})[old:new] = values[name]
-    # 3. commit, only once every row is stored
+        view, seen = recording_view(arr.with_config({"write_empty_chunks": True}))
+        try:  # zarr decodes a partly filled last chunk to write into it
+            view[old:new] = values[name]
+        except (RuntimeError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            R = int(arr.chunks[0])
+            raise DataError(f"the stored chunk holding rows {old // R * R}:{old} could not "
+                            f"be decoded to append after them ({exc})", array=name,
+                            chunk=old // R, row=old // R * R) from exc
+        record_manifest(arr, seen, rows=new)
+    # 5. commit, only once every row is stored
     _commit(group, new)
     return new
 

@@ -200,12 +200,14 @@ class StoredChunks:
 
     @functools.cached_property
     def checked(self):
-        """The array read through a store that raises on missing or damaged objects (see
-        :mod:`natgrad_stream.data.zarr_reads`).
+        """The array read through a store that raises on missing or damaged objects, and on
+        objects its manifest does not record (see :mod:`natgrad_stream.data.zarr_reads`).
         """
+        from natgrad_stream.data.manifest import Manifest
         from natgrad_stream.data.zarr_reads import checked_view
 
-        return checked_view(self._arr, blosc_frames=self._blosc)
+        return checked_view(self._arr, blosc_frames=self._blosc,
+                            manifest=Manifest.of(self._arr, self.label))
 
     def row_of(self, key: str, a: int, b: int) -> int:
         """First row, within ``a:b``, of the stored object ``key`` (``a`` if not among them)."""

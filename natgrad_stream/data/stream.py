@@ -65,6 +65,7 @@ from natgrad_stream.data.validation import (
 from natgrad_stream.data.zarr_reads import (
     NOT_DATA_ERRORS,
     DamagedObject,
+    MismatchedObject,
     MissingObject,
     read_all,
     read_into,
@@ -317,6 +318,8 @@ def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
         R = chunk_rows or stored.chunk_rows
         if isinstance(exc, MissingObject):
             error = stored.missing_error(stored.row_of(exc.key, a, b), exc.key, R)
+        elif isinstance(exc, MismatchedObject):
+            error = exc.error
         elif isinstance(exc, DamagedObject):
             error = stored.error(stored.row_of(exc.key, a, b), exc.key, exc.problem, R)
         else:
@@ -327,14 +330,17 @@ def _read_zarr_checked(requests, chunk_rows: int | None = None) -> None:
 def _decode_error(stored, a, b, exc) -> DataError:
     """The error for a failed read of rows ``a:b``, at its first chunk that fails alone."""
     for row, coords, key in stored.objects(a, b, coords=True):
+        end = min(b, stored.region(coords)[0].stop)
         try:
-            stored.read_region(coords, row, min(b, stored.region(coords)[0].stop))
+            stored.read_region(coords, row, end)
         except NOT_DATA_ERRORS:
             raise
         except Exception as alone:  # noqa: BLE001 (this chunk's bytes are bad)
-            return DataError(f"could not be decoded from key {key!r} in {stored.where()} "
-                             f"({type(alone).__name__}: {alone})", array=stored.label,
-                             row=row)
+            why = ("its content does not match the checksum stored with it: the bytes are "
+                   "damaged" if "checksum" in str(alone) else
+                   f"{type(alone).__name__}: {alone}")
+            return DataError(f"could not be decoded from key {key!r} (rows {row}:{end}) in "
+                             f"{stored.where()} ({why})", array=stored.label, row=row)
     return DataError(f"rows {a}:{b} could not be read ({type(exc).__name__}: {exc})",
                      array=stored.label, row=a)
 

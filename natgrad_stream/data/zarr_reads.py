@@ -5,8 +5,10 @@ allows it). For training data that is a silent wrong answer, so every array read
 viewed through a :class:`CheckedStore`, a :class:`zarr.storage.WrapperStore` that raises
 :class:`MissingObject` when the store has no object for a chunk key, and
 :class:`DamagedObject` when a blosc frame is shorter than its header says (blosc would
-decode it from whatever memory follows). The checks ride on the reads themselves: no extra
-request per chunk, on any store.
+decode it from whatever memory follows), and :class:`MismatchedObject` when an array with a
+manifest (:mod:`natgrad_stream.data.manifest`) reads an object other than the one written
+at its key. The checks ride on the reads themselves: no extra request per chunk, on any
+store.
 
 The reads are zarr's own synchronous ``Array.get_orthogonal_selection`` into our buffers
 (``out=``, through the public :mod:`zarr.buffer` module); the requests of one read run at
@@ -45,6 +47,14 @@ class DamagedObject(ValueError):
         self.key, self.problem = key, problem
 
 
+class MismatchedObject(ValueError):
+    """The stored object ``key`` is not the one its array's manifest records there."""
+
+    def __init__(self, key: str, error: DataError):
+        super().__init__(str(error))
+        self.key, self.error = key, error
+
+
 def configure_zarr_threads(n: int | None = None) -> int:
     """Give zarr ``n`` codec threads (default one per core, at least 2), unless its
     configuration already names a count; returns the count in force.
@@ -70,30 +80,50 @@ def _checked_store_class():
 
     class CheckedStore(WrapperStore):
         """A store whose chunk reads never come back empty: a missing object raises
-        :class:`MissingObject`, a short blosc frame :class:`DamagedObject`.
+        :class:`MissingObject`, a short blosc frame :class:`DamagedObject`, an object its
+        array's manifest does not record at its key :class:`MismatchedObject`.
 
         Only for arrays built by :func:`checked_view`, which read nothing but chunk keys
         through it (their metadata is already loaded).
         """
 
-        def __init__(self, store, blosc_frames: bool = False):
+        def __init__(self, store, blosc_frames: bool = False, manifest=None):
             super().__init__(store)
             self.blosc_frames = bool(blosc_frames)
+            self.manifest = manifest
 
         def _with_store(self, store):
-            return type(self)(store, self.blosc_frames)
+            return type(self)(store, self.blosc_frames, self.manifest)
 
         async def get(self, key, prototype, byte_range=None):
             _refuse_special_file(self._store, key)
             buf = await self._store.get(key, prototype, byte_range)
             if buf is None:
                 raise MissingObject(key)
-            if self.blosc_frames and byte_range is None:
+            if byte_range is None and (self.blosc_frames or self.manifest is not None):
                 raw = buf.as_numpy_array()
-                problem = blosc_frame_problem(raw[:16].tobytes(), int(raw.size))
-                if problem is not None:
-                    raise DamagedObject(key, problem)
+                if self.blosc_frames:
+                    problem = blosc_frame_problem(raw[:16].tobytes(), int(raw.size))
+                    if problem is not None:
+                        raise DamagedObject(key, problem)
+                if self.manifest is not None:
+                    await self._verify(key, raw, prototype)
             return buf
+
+        async def _verify(self, key, raw, prototype) -> None:
+            """Compare ``raw`` with the manifest; on a mismatch, once more with the manifest
+            in the store now (an append may have rewritten the chunk since it was read).
+            """
+            manifest = self.manifest
+            problem = manifest.problem(key, raw)
+            if problem is None:
+                return
+            meta = await self._store.get(manifest.metadata_key(), prototype)
+            fresh = manifest if meta is None else manifest.fresh(meta.to_bytes())
+            if fresh is None or fresh.problem(key, raw) is None:
+                return  # the manifest was removed, or now records this object
+            where = str(getattr(self._store, "root", self._store))
+            raise MismatchedObject(key, manifest.error(key, problem, where))
 
         async def get_partial_values(self, prototype, key_ranges):
             key_ranges = list(key_ranges)
@@ -125,15 +155,16 @@ def _store_class():
     return _checked_store_class()
 
 
-def checked_view(arr, *, blosc_frames: bool = False):
+def checked_view(arr, *, blosc_frames: bool = False, manifest=None):
     """``arr`` (a :class:`zarr.Array`) read through a :class:`CheckedStore`: the same
-    metadata, path and configuration, with missing and damaged chunks raised.
+    metadata, path and configuration, with missing and damaged chunks raised, and with a
+    :class:`~natgrad_stream.data.manifest.Manifest`, objects other than those it records.
     """
     import zarr
     from zarr.storage import StorePath
 
     path = arr.store_path.path
-    store = _store_class()(arr.store_path.store, blosc_frames)
+    store = _store_class()(arr.store_path.store, blosc_frames, manifest)
     return zarr.Array(zarr.AsyncArray(arr.metadata, StorePath(store, path), arr.config))
 
 
