@@ -43,7 +43,10 @@ def chunk_window(source: ArraySource, chunks: np.ndarray) -> ArraySource:
     R = source.chunk_rows
     spans = [(c * R, min((c + 1) * R, source.n_rows)) for c in chunks]
     parts = [None if a is None else RowSpans(a, spans) for a in (source.X, source.y, source.w)]
-    return ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window")
+    window = ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window")
+    base = source.chunk_index
+    window.chunk_index = np.asarray(chunks) if base is None else base[np.asarray(chunks)]
+    return window
 
 
 def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
@@ -54,8 +57,10 @@ def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
         raise ValueError(f"a prefix of {n_rows} rows of {source.n_rows}")
     parts = [None if a is None else RowSpans(a, [(0, n_rows)])
              for a in (source.X, source.y, source.w)]
-    return ArraySource(*parts, chunk_rows=source.chunk_rows, names=source.names,
-                       name=source.name)
+    prefix = ArraySource(*parts, chunk_rows=source.chunk_rows, names=source.names,
+                         name=source.name)
+    prefix.chunk_index = source.chunk_index
+    return prefix
 
 
 def locate_in_full_data(exc: DataError, chunks: np.ndarray, chunk_rows: int) -> DataError:

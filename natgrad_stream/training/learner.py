@@ -714,7 +714,9 @@ class NaturalGradientLearner:
         for key, snap in (("guard_rollback_point", self._last_good),
                           ("guard_window_start", self._window_start)):
             if snap is not None:  # the divergence guard's points, for an exact resume
-                out[key] = snap.restore().to_dict()
+                # (they share the run's content digests, saved once)
+                out[key] = {k: v for k, v in snap.restore().to_dict().items()
+                            if k != "digests"}
         return out
 
     def load_state_dict(self, state: dict) -> NaturalGradientLearner:
@@ -1097,7 +1099,7 @@ class _Streaming(_Strategy):
                                     prefetch=plan["prefetch"],
                                     chunks_per_read=plan["chunks_per_read"],
                                     read_buffer_bytes=lr.read_buffer_bytes,
-                                    **lr.model.data_checks())
+                                    digests=s.digests, **lr.model.data_checks())
             rolled_back = False
             with stream:
                 for batch in stream:
@@ -1450,6 +1452,7 @@ class _LBFGSRounds(_Strategy):
         else:
             with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
                                 read_buffer_bytes=lr.read_buffer_bytes,
+                                digests=lr.state.digests,
                                 **lr.model.data_checks()) as stream:
                 first = next(iter(stream), None)
                 start = None if first is None else \
@@ -1592,7 +1595,7 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
                             chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
-                            **lr.model.data_checks()) as stream:
+                            digests=lr.state.digests, **lr.model.data_checks()) as stream:
             for batch in stream:
                 if should_stop is not None and should_stop():
                     return None
