@@ -167,3 +167,40 @@ def test_the_digest_map_round_trips_through_a_checkpoint(tmp_path):
     with pytest.raises(DataError, match="chunks of 250 rows"):
         back.bind(250, "X")
     json.dumps(d.to_dict()["chunk_rows"])
+
+
+def _edit_metadata(data, name, change):
+    path = data / name / "zarr.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _big_endian(meta):
+    for codec in meta["codecs"]:
+        if codec["name"] == "bytes":
+            codec["configuration"] = {"endian": "big"}
+
+
+def _transpose(meta):
+    meta["codecs"].insert(0, {"name": "transpose", "configuration": {"order": [1, 0]}})
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("y", _big_endian, "array 'y' has other codecs: bytes(endian=little) > "),
+    ("X", _transpose, "array 'X' has other codecs: bytes(endian=little)"),
+    ("X", lambda m: m.update(data_type="int32"), "other dtype: float32 then, int32 now"),
+])
+def test_resume_names_a_metadata_change_of_the_same_byte_size(tmp_path, capsys, name, change,
+                                                               expected):
+    """Finding 9: valid metadata of the same byte size (another dtype, byte order or codec
+    chain) is refused on resume naming what changed (before: "other metadata").
+    """
+    data = tmp_path / "d.zarr"
+    make_dataset(data, task="linear", rows=2000, features=3, chunk_rows=R, seed=2)
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "linear", "--epochs", 1,
+                "--max-samples", 1000)[0] == 0
+    _edit_metadata(data, name, change)
+    code, _, err = _fit(capsys, data, run, "--resume")
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
