@@ -1,11 +1,19 @@
-"""Measure whether the direct zstd reader still wins over zarr's public read path.
+"""Measure whether the direct zstd reader still wins over zarr's public read path, and what
+the run's content digests cost.
 
 Streams one local zstd store (the layout ``make-data`` writes) through ``BatchStream`` with
-the direct reader on and off, alternating, in one process, and reports rows/s and CPU
-seconds per million rows for each, with their ratios. zarr's codec threads are configured
-as the command line configures them (one per core).
+the direct reader on and off, and the direct reader with content digests
+(:mod:`natgrad_stream.data.digests`, as every fit compares and records them), alternating,
+in one process, and reports rows/s and CPU seconds per million rows for each, with their
+ratios. A read-only pass is the strictest measure of the digests' cost: a training pass
+adds the learning. zarr's codec threads are configured as the command line configures them
+(one per core).
 
     python scripts/bench_readers.py [--rows 1000000] [--features 100] [--repeats 5]
+                                    [--fit-repeats 5]
+
+``--fit-repeats`` also times streaming training passes (``logistic``, default options)
+with and without the digests, alternating (0: skip).
 
 Writes ``scripts/results/readers-latest.json``.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -23,21 +32,52 @@ import numpy as np
 from natgrad_stream.data import configure_zarr_threads, open_zarr
 from natgrad_stream.data import stream as stream_mod
 from natgrad_stream.data.datasets import make_dataset
+from natgrad_stream.data.digests import ChunkDigests
+from natgrad_stream.data.stream import ArraySource
+from natgrad_stream.learner import NaturalGradientLearner
+from natgrad_stream.models import make_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_RECORDED: dict = {}  # path -> the digests of its first pass
 
 
-def one_pass(path, direct: bool) -> tuple[float, float]:
-    """(rows/s, CPU seconds per million rows) of one unshuffled pass."""
+def one_pass(path, direct: bool, digests: bool = False) -> tuple[float, float]:
+    """(rows/s, CPU seconds per million rows) of one unshuffled pass (with ``digests``:
+    comparing each chunk with the digests a first pass recorded).
+    """
     stream_mod._DIRECT_ENABLED = direct
     source = open_zarr(path)
     rows = 0
+    recorded = _RECORDED.get(str(path)) if digests else None
+    if digests and recorded is None:
+        recorded = _RECORDED[str(path)] = ChunkDigests()
+        with source.batches(batch_size=65536, shuffle=False, digests=recorded) as stream:
+            for _ in stream:
+                pass
     t0, c0 = time.perf_counter(), time.process_time()
-    with source.batches(batch_size=65536, shuffle=False) as stream:
+    with source.batches(batch_size=65536, shuffle=False, digests=recorded) as stream:
         for batch in stream:
             rows += batch.X.shape[0]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return rows / wall, cpu / rows * 1e6
+
+
+def fit_pass(path, digests: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of one streaming training pass, with or without the content
+    digests every fit compares and records.
+    """
+    saved = ArraySource._check_chunk
+    if not digests:
+        ArraySource._check_chunk = lambda self, parts, span, d=None: saved(self, parts, span)
+    try:
+        source = open_zarr(path)
+        learner = NaturalGradientLearner(make_model("logistic", source.n_features))
+        logging.getLogger("natgrad_stream").setLevel(logging.ERROR)  # the one-pass note
+        t0, c0 = time.perf_counter(), time.process_time()
+        learner.fit(source, epochs=1)
+        return time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        ArraySource._check_chunk = saved
 
 
 def main(argv=None) -> int:
@@ -45,16 +85,24 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--features", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fit-repeats", type=int, default=5)
     args = ap.parse_args(argv)
     configure_zarr_threads()
     with tempfile.TemporaryDirectory(prefix="natgrad-readers-") as tmp:
         path = Path(tmp) / "data.zarr"
         make_dataset(path, task="logistic", rows=args.rows, features=args.features, seed=0)
         one_pass(path, True), one_pass(path, False)  # warm-up: page cache, JIT
-        runs = {"direct": [], "zarr": []}
+        one_pass(path, True, digests=True)
+        runs = {"direct": [], "zarr": [], "digests": []}
         for _ in range(args.repeats):
-            for name in ("direct", "zarr"):
-                runs[name].append(one_pass(path, name == "direct"))
+            for name in ("direct", "zarr", "digests"):
+                runs[name].append(one_pass(path, name != "zarr", digests=name == "digests"))
+        fits = {"without": [], "with": []}
+        if args.fit_repeats:
+            fit_pass(path, True)  # warm-up: JIT
+        for _ in range(args.fit_repeats):
+            for name in ("without", "with"):
+                fits[name].append(fit_pass(path, name == "with"))
     med = {k: np.median(np.array(v), axis=0) for k, v in runs.items()}
     result = {
         "rows": args.rows, "features": args.features, "repeats": args.repeats,
@@ -63,8 +111,19 @@ def main(argv=None) -> int:
         "zarr_cpu_s_per_mrow": float(med["zarr"][1]),
         "speed_ratio_direct_over_zarr": float(med["direct"][0] / med["zarr"][0]),
         "cpu_ratio_direct_over_zarr": float(med["direct"][1] / med["zarr"][1]),
+        "digests_rows_per_s": float(med["digests"][0]),
+        "digests_cpu_s_per_mrow": float(med["digests"][1]),
+        # the digests' cost per pass: wall time and CPU time, relative to the direct pass
+        "digests_wall_cost": float(med["direct"][0] / med["digests"][0] - 1),
+        "digests_cpu_cost": float(med["digests"][1] / med["direct"][1] - 1),
         "runs": {k: [list(map(float, r)) for r in v] for k, v in runs.items()},
+        "fit_runs": fits,
     }
+    if args.fit_repeats:
+        fit_med = {k: np.median(np.array(v), axis=0) for k, v in fits.items()}
+        result["fit_pass_seconds"] = float(fit_med["without"][0])
+        result["digests_fit_wall_cost"] = float(fit_med["with"][0] / fit_med["without"][0] - 1)
+        result["digests_fit_cpu_cost"] = float(fit_med["with"][1] / fit_med["without"][1] - 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "readers-latest.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"direct zstd: {result['direct_rows_per_s']:,.0f} rows/s, "
@@ -73,6 +132,13 @@ def main(argv=None) -> int:
           f"{result['zarr_cpu_s_per_mrow']:.3f} CPU s per M rows")
     print(f"direct / zarr: speed ×{result['speed_ratio_direct_over_zarr']:.2f}, "
           f"CPU ×{result['cpu_ratio_direct_over_zarr']:.2f}")
+    print(f"content digests (direct reader): {result['digests_rows_per_s']:,.0f} rows/s; "
+          f"cost per read-only pass {100 * result['digests_wall_cost']:+.1f}% wall, "
+          f"{100 * result['digests_cpu_cost']:+.1f}% CPU")
+    if args.fit_repeats:
+        print(f"content digests per training pass ({result['fit_pass_seconds']:.2f} s): "
+              f"{100 * result['digests_fit_wall_cost']:+.1f}% wall, "
+              f"{100 * result['digests_fit_cpu_cost']:+.1f}% CPU")
     return 0
 
 

@@ -22,7 +22,13 @@ import threading
 
 import numpy as np
 
-from natgrad_stream.data._digest_kernels import hash_words
+from natgrad_stream.data._digest_kernels import (
+    first_nonfinite_hashed,
+    hash_finish,
+    hash_start,
+    hash_words,
+)
+from natgrad_stream.data.validation import check_finite
 from natgrad_stream.errors import DataError
 
 #: Columns of the map: the slots of a source's arrays.
@@ -41,15 +47,45 @@ def _salt(dtype: np.dtype) -> np.uint64:
     return _SALTS[key]
 
 
+def _words(block: np.ndarray):
+    """``(bytes, 64-bit words, tail)`` of a C-contiguous array (the words None when its
+    start is not 8-byte aligned).
+    """
+    flat = block.reshape(-1).view(np.uint8)
+    n8 = flat.size - flat.size % 8
+    words = flat[:n8].view(np.uint64) if flat.ctypes.data % 8 == 0 else None
+    return flat, words, flat[n8:]
+
+
 def chunk_digest(block: np.ndarray) -> int:
     """64-bit digest of an array's bytes and dtype (never 0, which means "not recorded")."""
-    flat = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
-    n8 = flat.size - flat.size % 8
-    words = flat[:n8]
-    if words.ctypes.data % 8:  # the kernel reads aligned 64-bit words
-        words = words.copy()
-    h = hash_words(words.view(np.uint64), flat[n8:], flat.size) ^ _salt(block.dtype)
+    flat, words, tail = _words(np.ascontiguousarray(block))
+    if words is None:  # the kernel reads aligned 64-bit words
+        words = flat[:flat.size - tail.size].copy().view(np.uint64)
+    h = hash_words(words, tail, flat.size) ^ _salt(block.dtype)
     return int(h) or 1
+
+
+def check_finite_digest(name: str, block: np.ndarray):
+    """``(check_finite(name, block), chunk_digest(block))`` reading the block from memory
+    once (float32/float64 in native byte order, C-contiguous; else in two passes); the
+    digest is None when the block fails the check.
+    """
+    if block.dtype.kind != "f" or block.dtype.itemsize not in (4, 8) \
+            or not block.dtype.isnative or not block.flags.c_contiguous:
+        bad = check_finite(name, block)
+        return bad, None if bad is not None else chunk_digest(block)
+    flat, words, tail = _words(block)
+    if words is None:
+        bad = check_finite(name, block)
+        return bad, None if bad is not None else chunk_digest(block)
+    lanes = hash_start()
+    values = block.reshape(-1)
+    i, done = first_nonfinite_hashed(values, words, values.dtype.type(0), lanes)
+    if i >= 0:
+        return check_finite(name, block), None
+    h = hash_finish(lanes, words, done, tail, flat.size) ^ _salt(block.dtype)
+    return None, int(h) or 1
 
 
 class ChunkDigests:
@@ -92,7 +128,8 @@ class ChunkDigests:
 
     def check(self, chunk: int, row0: int, blocks) -> None:
         """Compare chunk ``chunk`` (first row ``row0``) with its recorded digests, or record
-        them. ``blocks``: ``(slot, label, array)`` for each array read, its rows of the chunk.
+        them. ``blocks``: ``(slot, label, array[, digest])`` for each array read: its rows
+        of the chunk and, when already computed, their :func:`chunk_digest`.
 
         Raises
         ------
@@ -100,7 +137,8 @@ class ChunkDigests:
             When a block differs from what was recorded (naming array, chunk and rows).
         """
         k = int(blocks[0][2].shape[0])
-        now = [(s, label, b, chunk_digest(b)) for s, label, b in blocks]
+        now = [(s, label, b, h[0] if h and h[0] is not None else chunk_digest(b))
+               for s, label, b, *h in blocks]
         with self._lock:
             old_rows = int(self._rows[chunk]) if chunk < len(self._rows) else 0
         if old_rows > k:
