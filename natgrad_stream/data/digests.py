@@ -22,13 +22,7 @@ import threading
 
 import numpy as np
 
-from natgrad_stream.data._digest_kernels import (
-    first_nonfinite_hashed,
-    hash_finish,
-    hash_start,
-    hash_words,
-)
-from natgrad_stream.data.validation import check_finite
+from natgrad_stream.data._digest_kernels import hash_words
 from natgrad_stream.errors import DataError
 
 #: Columns of the map: the slots of a source's arrays.
@@ -64,28 +58,6 @@ def chunk_digest(block: np.ndarray) -> int:
         words = flat[:flat.size - tail.size].copy().view(np.uint64)
     h = hash_words(words, tail, flat.size) ^ _salt(block.dtype)
     return int(h) or 1
-
-
-def check_finite_digest(name: str, block: np.ndarray):
-    """``(check_finite(name, block), chunk_digest(block))`` reading the block from memory
-    once (float32/float64 in native byte order, C-contiguous; else in two passes); the
-    digest is None when the block fails the check.
-    """
-    if block.dtype.kind != "f" or block.dtype.itemsize not in (4, 8) \
-            or not block.dtype.isnative or not block.flags.c_contiguous:
-        bad = check_finite(name, block)
-        return bad, None if bad is not None else chunk_digest(block)
-    flat, words, tail = _words(block)
-    if words is None:
-        bad = check_finite(name, block)
-        return bad, None if bad is not None else chunk_digest(block)
-    lanes = hash_start()
-    values = block.reshape(-1)
-    i, done = first_nonfinite_hashed(values, words, values.dtype.type(0), lanes)
-    if i >= 0:
-        return check_finite(name, block), None
-    h = hash_finish(lanes, words, done, tail, flat.size) ^ _salt(block.dtype)
-    return None, int(h) or 1
 
 
 class ChunkDigests:
@@ -128,8 +100,7 @@ class ChunkDigests:
 
     def check(self, chunk: int, row0: int, blocks) -> None:
         """Compare chunk ``chunk`` (first row ``row0``) with its recorded digests, or record
-        them. ``blocks``: ``(slot, label, array[, digest])`` for each array read: its rows
-        of the chunk and, when already computed, their :func:`chunk_digest`.
+        them. ``blocks``: ``(slot, label, array)`` for each array read, its rows of the chunk.
 
         Raises
         ------
@@ -137,8 +108,7 @@ class ChunkDigests:
             When a block differs from what was recorded (naming array, chunk and rows).
         """
         k = int(blocks[0][2].shape[0])
-        now = [(s, label, b, h[0] if h and h[0] is not None else chunk_digest(b))
-               for s, label, b, *h in blocks]
+        now = [(s, label, b, chunk_digest(b)) for s, label, b in blocks]
         with self._lock:
             old_rows = int(self._rows[chunk]) if chunk < len(self._rows) else 0
         if old_rows > k:

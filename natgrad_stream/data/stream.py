@@ -48,7 +48,7 @@ from natgrad_stream.data.budget import (
     plan_reads,
     warn_over_budget,
 )
-from natgrad_stream.data.digests import ChunkDigests, check_finite_digest
+from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.data.metadata import (
     StoredChunks,
     check_plan_memory,
@@ -590,35 +590,26 @@ class ArraySource(Source):
         """Convert one chunk of staged parts into their read buffers, then check it; with
         ``digests``, compare every array's rows, in their stored dtype, with the run's
         content digests (or record them): a change is a DataError located in the data.
-        The finiteness scan of float features computes their digest in the same read.
         """
         c, a, o, k = span
         stored = []
         for slot, (_, dst, label, checks, final) in zip(self._slots, parts, strict=True):
-            block, digest = dst[o:o + k], None
+            stored.append((slot, label, dst[o:o + k]))
             if final is not None:
-                np.copyto(final[o:o + k], block, casting="unsafe")
+                np.copyto(final[o:o + k], dst[o:o + k], casting="unsafe")
                 dst = final
-            elif digests is not None and checks and checks[0] is check_finite:
-                bad, digest = check_finite_digest(label, block)
-                self._fail(label, bad, c, a)
-                checks = checks[1:]
             self._check(label, dst[o:o + k], checks, c, a)
-            stored.append((slot, label, block, digest))
         if digests is not None:
             g = c if self.chunk_index is None else int(self.chunk_index[c])
             digests.check(g, g * self.chunk_rows, stored)
 
     def _check(self, label, block, checks, chunk, row0):
         for check in checks:
-            self._fail(label, check(label, block), chunk, row0)
-
-    def _fail(self, label, bad, chunk, row0) -> None:
-        """Raise the DataError of a failed check's ``bad`` (None: passed)."""
-        if bad is not None:
-            offset, message, *col = bad
-            raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
-                            row=row0 + offset, column=col[0] if col else None)
+            bad = check(label, block)
+            if bad is not None:
+                offset, message, *col = bad
+                raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
+                                row=row0 + offset, column=col[0] if col else None)
 
     def _staging_row_bytes(self) -> int:
         """Bytes per row of a read's staging buffers (stored dtypes converted on reading)."""
