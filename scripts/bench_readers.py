@@ -104,6 +104,7 @@ def main(argv=None) -> int:
             for name in ("without", "with"):
                 fits[name].append(fit_pass(path, name == "with"))
     med = {k: np.median(np.array(v), axis=0) for k, v in runs.items()}
+    best = {k: np.array([max(r[0] for r in v), min(r[1] for r in v)]) for k, v in runs.items()}
     result = {
         "rows": args.rows, "features": args.features, "repeats": args.repeats,
         "direct_rows_per_s": float(med["direct"][0]), "zarr_rows_per_s": float(med["zarr"][0]),
@@ -114,16 +115,20 @@ def main(argv=None) -> int:
         "digests_rows_per_s": float(med["digests"][0]),
         "digests_cpu_s_per_mrow": float(med["digests"][1]),
         # the digests' cost per pass: wall time and CPU time, relative to the direct pass
-        "digests_wall_cost": float(med["direct"][0] / med["digests"][0] - 1),
-        "digests_cpu_cost": float(med["digests"][1] / med["direct"][1] - 1),
+        # from the best of the repeats: a busy machine only ever adds time
+        "digests_wall_cost": float(best["direct"][0] / best["digests"][0] - 1),
+        "digests_cpu_cost": float(best["digests"][1] / best["direct"][1] - 1),
         "runs": {k: [list(map(float, r)) for r in v] for k, v in runs.items()},
         "fit_runs": fits,
     }
     if args.fit_repeats:
         fit_med = {k: np.median(np.array(v), axis=0) for k, v in fits.items()}
         result["fit_pass_seconds"] = float(fit_med["without"][0])
-        result["digests_fit_wall_cost"] = float(fit_med["with"][0] / fit_med["without"][0] - 1)
-        result["digests_fit_cpu_cost"] = float(fit_med["with"][1] / fit_med["without"][1] - 1)
+        fit_best = {k: np.min(np.array(v), axis=0) for k, v in fits.items()}
+        result["digests_fit_wall_cost"] = float(fit_best["with"][0] / fit_best["without"][0]
+                                                - 1)
+        result["digests_fit_cpu_cost"] = float(fit_best["with"][1] / fit_best["without"][1]
+                                               - 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "readers-latest.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"direct zstd: {result['direct_rows_per_s']:,.0f} rows/s, "
@@ -133,10 +138,12 @@ def main(argv=None) -> int:
     print(f"direct / zarr: speed ×{result['speed_ratio_direct_over_zarr']:.2f}, "
           f"CPU ×{result['cpu_ratio_direct_over_zarr']:.2f}")
     print(f"content digests (direct reader): {result['digests_rows_per_s']:,.0f} rows/s; "
-          f"cost per read-only pass {100 * result['digests_wall_cost']:+.1f}% wall, "
+          f"cost per read-only pass (best of {args.repeats}) "
+          f"{100 * result['digests_wall_cost']:+.1f}% wall, "
           f"{100 * result['digests_cpu_cost']:+.1f}% CPU")
     if args.fit_repeats:
-        print(f"content digests per training pass ({result['fit_pass_seconds']:.2f} s): "
+        print(f"content digests per training pass ({result['fit_pass_seconds']:.2f} s; best "
+              f"of {args.fit_repeats}): "
               f"{100 * result['digests_fit_wall_cost']:+.1f}% wall, "
               f"{100 * result['digests_fit_cpu_cost']:+.1f}% CPU")
     return 0

@@ -162,8 +162,10 @@ def test_the_digest_map_round_trips_through_a_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "c.npz", {"digests": d.to_dict()})
     back = ChunkDigests.from_dict(load_checkpoint(tmp_path / "c.npz")["digests"])
     assert len(back) == 2 and back.recorded(4) and not back.recorded(5)
+    assert back.unverified(4) and not d.unverified(4)  # loaded: not compared yet
     assert back.to_dict()["digest"].dtype == np.uint64
     back.check(7, 7 * R, [(0, "X", block[:200]), (1, "y", np.zeros(200))])  # grown
+    assert not back.unverified(7) and back.to_dict()["rows"][7] == 200
     with pytest.raises(DataError, match=r"chunk 4: rows 2000:2500 changed"):
         back.check(4, 4 * R, [(0, "X", block), (1, "y", np.ones(R))])
     with pytest.raises(DataError, match="now ends at row 3510"):

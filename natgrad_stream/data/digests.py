@@ -78,6 +78,8 @@ class ChunkDigests:
             raise ValueError(f"digest map: {len(self._digest)} digests for "
                              f"{len(self._rows)} row counts")
         self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
+        # chunks compared or recorded since the map was loaded (not saved)
+        self._seen = np.zeros(len(self._rows), dtype=bool)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -87,6 +89,12 @@ class ChunkDigests:
     def recorded(self, chunk: int) -> bool:
         """Whether chunk ``chunk`` has a digest."""
         return 0 <= chunk < len(self._rows) and bool(self._rows[chunk])
+
+    def unverified(self, chunk: int) -> bool:
+        """Whether chunk ``chunk`` has a digest not compared since the map was loaded (a
+        resumed stream compares those it will not read again).
+        """
+        return self.recorded(chunk) and not self._seen[chunk]
 
     def bind(self, chunk_rows: int, label: str) -> None:
         """Fix the chunk size of the map (on first use); another one is a DataError."""
@@ -129,17 +137,21 @@ class ChunkDigests:
                         "data a run learned from must not change (append rows instead)",
                         array=label, chunk=chunk)
             if old_rows == k and all(self._digest[chunk, s] for s, *_ in now):
+                self._seen[chunk] = True
                 return
         with self._lock:
             if chunk >= len(self._rows):
                 grow = max(chunk + 1, 2 * len(self._rows))
                 self._digest = np.concatenate(
                     [self._digest, np.zeros((grow - len(self._rows), len(SLOTS)), np.uint64)])
+                self._seen = np.concatenate(
+                    [self._seen, np.zeros(grow - len(self._rows), bool)])
                 self._rows = np.concatenate(
                     [self._rows, np.zeros(grow - len(self._rows), np.uint32)])
             for s, _, _, h in now:
                 self._digest[chunk, s] = h
             self._rows[chunk] = k
+            self._seen[chunk] = True
 
     def to_dict(self) -> dict:
         """``{"digest": (n, 3) uint64, "rows": (n,) uint32, "chunk_rows"}``, trimmed to the

@@ -423,7 +423,7 @@ class FollowSource(Source):
                 for c in range(pos // R):
                     if stream.stopping:
                         raise _Stop
-                    if digests.recorded(c):
+                    if digests.unverified(c):
                         self._read(arrs, c * R, (c + 1) * R, x_checks, checks, digests)
             last_new = time.monotonic()
 

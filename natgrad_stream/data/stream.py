@@ -429,7 +429,8 @@ class Source(abc.ABC):
             read is compared with its recorded digest (a change is a DataError before
             its rows are delivered) or recorded. A stream started mid-way through its
             last epoch first compares the chunks that epoch read before the cursor, as it
-            will not read them again. Iterator sources ignore it.
+            will not read them again (those not compared since the map was loaded).
+            Iterator sources ignore it.
         """
 
 
@@ -748,7 +749,7 @@ class ArraySource(Source):
             if digests is not None and start.read_index and start.epoch == int(epochs) - 1:
                 # the epoch's reads before the cursor are not read again: compare them now
                 done = _chunk_order(math.ceil(n / R), seed, start.epoch, shuffle)
-                done = [c for c in done[:start.read_index * k] if digests.recorded(
+                done = [c for c in done[:start.read_index * k] if digests.unverified(
                     c if self.chunk_index is None else int(self.chunk_index[c]))]
                 for i in range(0, len(done), k):
                     free.put(load(done[i:i + k], stream)[0])
