@@ -119,35 +119,28 @@ class ChunkDigests:
         now = [(s, label, b, chunk_digest(b)) for s, label, b in blocks]
         with self._lock:
             old_rows = int(self._rows[chunk]) if chunk < len(self._rows) else 0
+            old = [int(self._digest[chunk, s]) if old_rows else 0 for s, *_ in now]
         if old_rows > k:
             raise DataError(f"rows {row0}:{row0 + old_rows} were read by the run, but the "
                             f"chunk now ends at row {row0 + k}: the data changed",
                             array=blocks[0][1], chunk=chunk)
-        if old_rows:
-            for s, label, b, h in now:
-                with self._lock:
-                    old = int(self._digest[chunk, s])
-                if not old:
-                    continue
-                h_old_rows = h if old_rows == k else chunk_digest(b[:old_rows])
-                if h_old_rows != old:
-                    raise DataError(
-                        f"rows {row0}:{row0 + old_rows} changed after the run read them "
-                        f"(content digest {old:016x} then, {h_old_rows:016x} now): the "
-                        "data a run learned from must not change (append rows instead)",
-                        array=label, chunk=chunk)
-            if old_rows == k and all(self._digest[chunk, s] for s, *_ in now):
-                self._seen[chunk] = True
-                return
+        for (_, label, b, h), then in zip(now, old, strict=True):
+            if not then:
+                continue
+            h = h if old_rows == k else chunk_digest(b[:old_rows])  # a grown last chunk
+            if h != then:
+                raise DataError(
+                    f"rows {row0}:{row0 + old_rows} changed after the run read them "
+                    f"(content digest {then:016x} then, {h:016x} now): the data a run "
+                    "learned from must not change (append rows instead)",
+                    array=label, chunk=chunk)
         with self._lock:
             if chunk >= len(self._rows):
-                grow = max(chunk + 1, 2 * len(self._rows))
+                grow = max(chunk + 1, 2 * len(self._rows)) - len(self._rows)
                 self._digest = np.concatenate(
-                    [self._digest, np.zeros((grow - len(self._rows), len(SLOTS)), np.uint64)])
-                self._seen = np.concatenate(
-                    [self._seen, np.zeros(grow - len(self._rows), bool)])
-                self._rows = np.concatenate(
-                    [self._rows, np.zeros(grow - len(self._rows), np.uint32)])
+                    [self._digest, np.zeros((grow, len(SLOTS)), np.uint64)])
+                self._rows = np.concatenate([self._rows, np.zeros(grow, np.uint32)])
+                self._seen = np.concatenate([self._seen, np.zeros(grow, bool)])
             for s, _, _, h in now:
                 self._digest[chunk, s] = h
             self._rows[chunk] = k
