@@ -210,3 +210,20 @@ def test_resume_names_a_metadata_change_of_the_same_byte_size(tmp_path, capsys, 
     _edit_metadata(data, name, change)
     code, _, err = _fit(capsys, data, run, "--resume")
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_lbfgs_window_rounds_compare_the_chunks_earlier_rounds_learned(data, tmp_path,
+                                                                       capsys):
+    """A resumed window round may never draw again a chunk an earlier round learned: the
+    recorded chunks are compared before the rounds go on.
+    """
+    from natgrad_stream.optim.lbfgs import window_chunks
+
+    run = tmp_path / "run"
+    assert _fit(capsys, data, run, "--model", "logistic", "--optimizer", "lbfgs",
+                "--window", 2, "--lbfgs-rounds", 2)[0] == 0
+    next_window = set(window_chunks(10, 2, 0, 2).tolist())
+    c = int(next(c for c in _recorded(run) if c not in next_window and c > 0))
+    _scale(data, c * R, c * R + 50)
+    code, _, err = _fit(capsys, data, run, "--resume", "--lbfgs-rounds", 3)
+    assert code == 2 and _refused(err, c)

@@ -96,6 +96,11 @@ class ChunkDigests:
         """
         return self.recorded(chunk) and not self._seen[chunk]
 
+    def unverified_chunks(self) -> np.ndarray:
+        """Indices of the chunks :meth:`unverified` holds for."""
+        with self._lock:
+            return np.flatnonzero((self._rows > 0) & ~self._seen)
+
     def bind(self, chunk_rows: int, label: str) -> None:
         """Fix the chunk size of the map (on first use); another one is a DataError."""
         with self._lock:

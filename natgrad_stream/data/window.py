@@ -63,6 +63,22 @@ def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
     return prefix
 
 
+def compare_recorded(source: ArraySource, digests, *, read_buffer_bytes=None) -> None:
+    """Read the chunks of ``source`` whose content digests were recorded but not compared
+    since ``digests`` was loaded, comparing them (a change is a DataError naming it): for a
+    resumed run that may not read them again (L-BFGS windows).
+    """
+    chunks = digests.unverified_chunks()
+    chunks = chunks[chunks < -(-source.n_rows // source.chunk_rows)]
+    if not chunks.size:
+        return
+    with chunk_window(source, chunks).batches(
+            batch_size=source.chunk_rows, epochs=1, shuffle=False, chunks_per_read=1,
+            read_buffer_bytes=read_buffer_bytes, digests=digests) as stream:
+        for _ in stream:
+            pass
+
+
 def locate_in_full_data(exc: DataError, chunks: np.ndarray, chunk_rows: int) -> DataError:
     """A data error found in a window, with its chunk and row in the full data."""
     if exc.chunk is None or not 0 <= exc.chunk < len(chunks):

@@ -63,7 +63,12 @@ from natgrad_stream._constants import (
     UNBOUNDED_PASSES,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
-from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
+from natgrad_stream.data.window import (
+    chunk_window,
+    compare_recorded,
+    locate_in_full_data,
+    row_prefix,
+)
 from natgrad_stream.errors import (
     CheckpointError,
     DataError,
@@ -1312,6 +1317,9 @@ class _LBFGSRounds(_Strategy):
 
     def run(self, source, plan, callbacks, max_samples) -> bool:
         lr = self.learner
+        if lr.window is not None and lr._backend is None:
+            # window rounds may never read again a chunk an earlier round learned
+            compare_recorded(source, lr.state.digests, read_buffer_bytes=lr.read_buffer_bytes)
         while lr.state.rounds < plan["rounds"] and not lr.state.converged \
                 and not _stalled(lr.state):
             if lr._out_of_budget(max_samples) or \
