@@ -5,7 +5,9 @@ change. Before, only the leading rows were fingerprinted: each refusal below was
 resume (exit 0).
 """
 
+import copy
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -173,6 +175,8 @@ def test_the_digest_map_round_trips_through_a_checkpoint(tmp_path):
     with pytest.raises(DataError, match="chunks of 250 rows"):
         back.bind(250, "X")
     json.dumps(d.to_dict()["chunk_rows"])
+    copied = pickle.loads(pickle.dumps(back))  # a fitted estimator pickles its learner
+    assert copied.recorded(7) and copy.deepcopy(copied).recorded(4)
 
 
 def _edit_metadata(data, name, change):

@@ -82,6 +82,13 @@ class ChunkDigests:
         self._seen = np.zeros(len(self._rows), dtype=bool)
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # pickle and deepcopy: everything but the lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         """Chunks recorded."""
         return int(np.count_nonzero(self._rows))
