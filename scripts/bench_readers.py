@@ -1,14 +1,24 @@
-"""Measure whether the direct zstd reader still wins over zarr's public read path, and what
-verifying a self-verifying store costs.
+"""Measure whether the direct zstd reader still wins over zarr's public read path, what
+verifying a self-verifying store costs, and what the run's content digests cost.
 
-Streams one local zstd store (the layout ``make-data`` writes: checksummed frames and a
-manifest, :mod:`natgrad_stream.data.manifest`) through ``BatchStream`` with the direct
-reader on and off, and the same rows stored without checksums or manifest (as ``make-data``
-wrote them before), alternating, in one process, and reports rows/s and CPU seconds per
-million rows for each, with their ratios. zarr's codec threads are configured as the
-command line configures them (one per core).
+Verification: the same rows stored as ``make-data`` writes them (checksummed frames and a
+manifest, :mod:`natgrad_stream.data.manifest`) and without checksums or manifest (as
+``make-data`` wrote them before), alternating, through both readers.
+
+Streams one local zstd store (the layout ``make-data`` writes) through ``BatchStream`` with
+the direct reader on and off, and the direct reader with content digests
+(:mod:`natgrad_stream.data.digests`, as every fit compares and records them), alternating,
+in one process, and reports rows/s and CPU seconds per million rows for each, with their
+ratios. A read-only pass is the strictest measure of the digests' cost: a training pass
+adds the learning. zarr's codec threads are configured as the command line configures them
+(one per core).
 
     python scripts/bench_readers.py [--rows 1000000] [--features 100] [--repeats 5]
+                                    [--fit-repeats 5]
+
+``--fit-repeats`` also times streaming training passes (``logistic``, default options)
+with and without the digests, alternating, and the digests' own CPU time within each pass
+(0: skip); on a busy machine the share measured inside a pass is the steadier figure.
 
 Writes ``scripts/results/readers-latest.json``.
 """
@@ -17,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,18 +38,30 @@ import numpy as np
 from natgrad_stream.data import configure_zarr_threads, open_zarr
 from natgrad_stream.data import stream as stream_mod
 from natgrad_stream.data.datasets import make_dataset
-from natgrad_stream.data.stream import read_rows
+from natgrad_stream.data.digests import ChunkDigests
+from natgrad_stream.data.stream import ArraySource, read_rows
+from natgrad_stream.learner import NaturalGradientLearner
+from natgrad_stream.models import make_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_RECORDED: dict = {}  # path -> the digests of its first pass
 
 
-def one_pass(path, direct: bool) -> tuple[float, float]:
-    """(rows/s, CPU seconds per million rows) of one unshuffled pass."""
+def one_pass(path, direct: bool, digests: bool = False) -> tuple[float, float]:
+    """(rows/s, CPU seconds per million rows) of one unshuffled pass (with ``digests``:
+    comparing each chunk with the digests a first pass recorded).
+    """
     stream_mod._DIRECT_ENABLED = direct
     source = open_zarr(path)
     rows = 0
+    recorded = _RECORDED.get(str(path)) if digests else None
+    if digests and recorded is None:
+        recorded = _RECORDED[str(path)] = ChunkDigests()
+        with source.batches(batch_size=65536, shuffle=False, digests=recorded) as stream:
+            for _ in stream:
+                pass
     t0, c0 = time.perf_counter(), time.process_time()
-    with source.batches(batch_size=65536, shuffle=False) as stream:
+    with source.batches(batch_size=65536, shuffle=False, digests=recorded) as stream:
         for batch in stream:
             rows += batch.X.shape[0]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -63,11 +87,41 @@ def unverified_copy(src, dst) -> None:
             b[r:r + a.chunks[0]] = read_rows(a, r, r + a.chunks[0])
 
 
+def fit_pass(path, digests: bool) -> tuple[float, float, float]:
+    """(wall, CPU, digests' CPU) seconds of one streaming training pass, with or without
+    the content digests every fit compares and records; the last is the thread CPU time
+    spent in them (summed over the decode threads), 0 without.
+    """
+    saved_check, saved_compare = ArraySource._check_chunk, ChunkDigests.check
+    spent, lock = [0.0], threading.Lock()
+
+    def timed(self, chunk, row0, blocks):
+        t = time.thread_time()
+        saved_compare(self, chunk, row0, blocks)
+        with lock:
+            spent[0] += time.thread_time() - t
+
+    ChunkDigests.check = timed
+    if not digests:
+        ArraySource._check_chunk = lambda self, parts, span, d=None: saved_check(self, parts,
+                                                                               span)
+    try:
+        source = open_zarr(path)
+        learner = NaturalGradientLearner(make_model("logistic", source.n_features))
+        logging.getLogger("natgrad_stream").setLevel(logging.ERROR)  # the one-pass note
+        t0, c0 = time.perf_counter(), time.process_time()
+        learner.fit(source, epochs=1)
+        return time.perf_counter() - t0, time.process_time() - c0, spent[0]
+    finally:
+        ArraySource._check_chunk, ChunkDigests.check = saved_check, saved_compare
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--features", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fit-repeats", type=int, default=5)
     args = ap.parse_args(argv)
     configure_zarr_threads()
     with tempfile.TemporaryDirectory(prefix="natgrad-readers-") as tmp:
@@ -76,21 +130,29 @@ def main(argv=None) -> int:
         unverified_copy(path, plain)
         for p in (path, plain):  # warm-up: page cache, JIT
             one_pass(p, True), one_pass(p, False)
-        runs = {"direct": [], "zarr": [], "direct_unverified": [], "zarr_unverified": []}
+        one_pass(path, True, digests=True)
+        runs = {"direct": [], "zarr": [], "digests": [], "direct_unverified": [],
+                "zarr_unverified": []}
         for _ in range(args.repeats):
             for name in runs:
                 runs[name].append(one_pass(plain if name.endswith("_unverified") else path,
-                                           name.startswith("direct")))
+                                           name != "zarr" and name != "zarr_unverified",
+                                           digests=name == "digests"))
+        fits = {"without": [], "with": []}
+        if args.fit_repeats:
+            fit_pass(path, True)  # warm-up: JIT
+        for _ in range(args.fit_repeats):
+            for name in ("without", "with"):
+                fits[name].append(fit_pass(path, name == "with"))
     med = {k: np.median(np.array(v), axis=0) for k, v in runs.items()}
+    best = {k: np.array([max(r[0] for r in v), min(r[1] for r in v)]) for k, v in runs.items()}
     # the cost of verification, per reader (> 1: slower): the ratio of the medians, and of
     # the best runs (the least disturbed by other load on a shared machine)
-    best = {k: np.array([np.max(np.array(v)[:, 0]), np.min(np.array(v)[:, 1])])
-            for k, v in runs.items()}
-    cost = {f"verify_{r}_{m}_ratio{tag}": float(s[f"{r}_unverified"][0] / s[r][0]
+    cost = {f"verify_{r}_{m}_ratio{tag}": float(x[f"{r}_unverified"][0] / x[r][0]
                                                 if m == "time" else
-                                                s[r][1] / s[f"{r}_unverified"][1])
+                                                x[r][1] / x[f"{r}_unverified"][1])
             for r in ("direct", "zarr") for m in ("time", "cpu")
-            for tag, s in (("", med), ("_best", best))}
+            for tag, x in (("", med), ("_best", best))}
     result = {
         "rows": args.rows, "features": args.features, "repeats": args.repeats,
         "direct_rows_per_s": float(med["direct"][0]), "zarr_rows_per_s": float(med["zarr"][0]),
@@ -98,13 +160,31 @@ def main(argv=None) -> int:
         "zarr_cpu_s_per_mrow": float(med["zarr"][1]),
         "speed_ratio_direct_over_zarr": float(med["direct"][0] / med["zarr"][0]),
         "cpu_ratio_direct_over_zarr": float(med["direct"][1] / med["zarr"][1]),
+        "digests_rows_per_s": float(med["digests"][0]),
+        "digests_cpu_s_per_mrow": float(med["digests"][1]),
+        # the digests' cost per pass: wall time and CPU time, relative to the direct pass
+        # from the best of the repeats: a busy machine only ever adds time
+        "digests_wall_cost": float(best["direct"][0] / best["digests"][0] - 1),
+        "digests_cpu_cost": float(best["digests"][1] / best["direct"][1] - 1),
         **{f"{k}_rows_per_s": float(med[k][0]) for k in ("direct_unverified",
                                                            "zarr_unverified")},
         **{f"{k}_cpu_s_per_mrow": float(med[k][1]) for k in ("direct_unverified",
                                                              "zarr_unverified")},
         **cost,
         "runs": {k: [list(map(float, r)) for r in v] for k, v in runs.items()},
+        "fit_runs": fits,
     }
+    if args.fit_repeats:
+        fit_med = {k: np.median(np.array(v), axis=0) for k, v in fits.items()}
+        result["fit_pass_seconds"] = float(fit_med["without"][0])
+        fit_best = {k: np.min(np.array(v), axis=0) for k, v in fits.items()}
+        result["digests_fit_wall_cost"] = float(fit_best["with"][0] / fit_best["without"][0]
+                                                - 1)
+        result["digests_fit_cpu_cost"] = float(fit_best["with"][1] / fit_best["without"][1]
+                                               - 1)
+        # the digests' own CPU time within each pass, over that pass's CPU time
+        result["digests_fit_cpu_share"] = float(np.median([c / p for _, p, c in fits["with"]]))
+        result["digests_fit_cpu_seconds"] = float(np.median([c for _, _, c in fits["with"]]))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "readers-latest.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"direct zstd: {result['direct_rows_per_s']:,.0f} rows/s, "
@@ -119,6 +199,17 @@ def main(argv=None) -> int:
               f"×{cost[f'verify_{r}_time_ratio_best']:.3f}), CPU "
               f"×{cost[f'verify_{r}_cpu_ratio']:.3f} (best runs "
               f"×{cost[f'verify_{r}_cpu_ratio_best']:.3f})")
+    print(f"content digests (direct reader): {result['digests_rows_per_s']:,.0f} rows/s; "
+          f"cost per read-only pass (best of {args.repeats}) "
+          f"{100 * result['digests_wall_cost']:+.1f}% wall, "
+          f"{100 * result['digests_cpu_cost']:+.1f}% CPU")
+    if args.fit_repeats:
+        print(f"content digests per training pass ({result['fit_pass_seconds']:.2f} s; best "
+              f"of {args.fit_repeats}): "
+              f"{100 * result['digests_fit_wall_cost']:+.1f}% wall, "
+              f"{100 * result['digests_fit_cpu_cost']:+.1f}% CPU; in-pass: "
+              f"{result['digests_fit_cpu_seconds']:.3f} CPU s, "
+              f"{100 * result['digests_fit_cpu_share']:.1f}% of the pass's CPU time")
     return 0
 
 

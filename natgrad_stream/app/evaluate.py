@@ -13,7 +13,8 @@ from natgrad_stream.models import Model
 
 
 def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | None = "y",
-             w: str | None = None, batch_size: int = EVAL_BATCH_ROWS, penalty=None) -> dict:
+             w: str | None = None, batch_size: int = EVAL_BATCH_ROWS, penalty=None,
+             digests=None) -> dict:
     """Evaluate ``model`` at ``theta`` over all rows of ``data``.
 
     Parameters
@@ -30,6 +31,9 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
     penalty : L2Penalty, optional
         The fit's L2 penalty: when active, the result adds ``objective``, the mean training
         loss (weighted by ``w``) plus ``λ/2·‖θ_S‖²``, what the fit minimized.
+    digests : ChunkDigests, optional
+        The fitted run's content digests, when ``data`` is its training data: a chunk
+        that changed since the run read it is a DataError naming it.
 
     Returns
     -------
@@ -50,7 +54,7 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
     penalized = penalty is not None and penalty.active
     ws = model.new_workspace("diagonal") if penalized else None
     loss = weight = 0.0
-    with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
+    with source.batches(batch_size=batch_size, epochs=1, shuffle=False, digests=digests,
                         **checks) as stream:
         for batch in stream:
             sums = model.evaluation_sums(batch.X, batch.y, theta) if w is None else \

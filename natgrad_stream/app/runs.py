@@ -35,6 +35,7 @@ import numpy as np
 from natgrad_stream._files import check_zarr_metadata, open_fd
 from natgrad_stream.app.evaluate import evaluate
 from natgrad_stream.data import FollowSource, as_source
+from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.data.identity import compare_identity, data_identity
 from natgrad_stream.errors import OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
@@ -460,12 +461,30 @@ def _recorded_fit_options(state: dict, model) -> dict:
 def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None) -> dict:
     """Evaluate the parameters of ``run_dir`` on ``data`` (weighted by ``w``): the Polyak
     average when the run kept one (``average``), else the last iterate.
+
+    On the run's training data (its store and arrays), every chunk the run read is
+    compared with its recorded content digest: a change is a DataError naming it.
     """
     state = _load_state(run_dir)
     model = model_from_config(state["model"])
     l2 = (state.get("fit_options") or {}).get("l2", 0.0)
+    digests = ChunkDigests.from_dict(state.get("digests")) \
+        if _is_training_data(state.get("run", {}), data, x, y if model.requires_targets
+                             else None, w) else None
     return evaluate(model, reported_theta(state), data, x=x, y=y, w=w,
-                    penalty=L2Penalty.for_model(model, l2) if l2 else None)
+                    penalty=L2Penalty.for_model(model, l2) if l2 else None, digests=digests)
+
+
+def _is_training_data(info: dict, data, x, y, w) -> bool:
+    """Whether ``data`` with arrays ``x``, ``y``, ``w`` is what the run in ``info`` (its
+    ``run.json`` record) was trained on: the same store and the same arrays (``w`` may be
+    left out).
+    """
+    recorded = (info.get("data_identity") or {}).get("path")
+    if recorded is None or not isinstance(data, str | os.PathLike):
+        return False
+    return (str(Path(data).resolve()) == recorded and x == info.get("x")
+            and (y is None or y == info.get("y")) and (w is None or w == info.get("w")))
 
 
 def run_params(run_dir) -> dict:

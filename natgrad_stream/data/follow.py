@@ -33,6 +33,7 @@ import numpy as np
 
 from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.data.budget import plan_reads, warn_over_budget
+from natgrad_stream.data.digests import SLOTS
 from natgrad_stream.data.manifest import (
     begin_rewrite,
     check_manifest_rows,
@@ -352,15 +353,26 @@ class FollowSource(Source):
         return n
 
     # -- reading -----------------------------------------------------------------------------
-    def _read(self, arrs, a, b, x_checks, y_checks) -> dict:
-        """Rows ``a:b`` of every followed array, checked chunk by chunk in row order."""
-        raw = {key: np.empty((b - a,) + tuple(arr.shape[1:]), dtype=self._dtypes[key])
+    def _read(self, arrs, a, b, x_checks, y_checks, digests=None) -> dict:
+        """Rows ``a:b`` of every followed array, checked chunk by chunk in row order.
+
+        With ``digests``, the rows are read from the start of ``a``'s chunk, and each
+        chunk's rows up to ``b`` are compared with the run's digests (or recorded).
+        """
+        R = self.chunk_rows
+        a0 = a - a % R if digests is not None else a
+        raw = {key: np.empty((b - a0,) + tuple(arr.shape[1:]), dtype=self._dtypes[key])
                for key, arr in arrs.items()}
-        _read_rows([(arr, a, b, raw[key], label) for (key, arr), (_, label)
+        _read_rows([(arr, a0, b, raw[key], label) for (key, arr), (_, label)
                     in zip(arrs.items(), self._followed, strict=True)])
+        if digests is not None:
+            for c0 in range(a0, b, R):
+                hi = min(b, c0 + R)
+                digests.check(c0 // R, c0, [(SLOTS.index(key), label, raw[key][c0 - a0:hi - a0])
+                                            for key, label in self._followed])
+            raw = {key: v[a - a0:] for key, v in raw.items()}
         checks = {"X": (check_finite, *x_checks), "y": (check_finite, *y_checks),
                   "w": (check_finite, check_nonnegative)}
-        R = self.chunk_rows
         for c0 in range(a - a % R, b, R):  # X's chunks, in row order
             lo, hi = max(a, c0), min(b, c0 + R)
             for key, label in self._followed:
@@ -388,7 +400,7 @@ class FollowSource(Source):
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
                 chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
-                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES) -> BatchStream:
+                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES, digests=None) -> BatchStream:
         """Open a stream of the rows appended after ``start`` (see the class docstring).
 
         ``epochs`` must be 1; ``shuffle`` turns the shuffle window on or off (arrival order
@@ -396,8 +408,15 @@ class FollowSource(Source):
         ``prefetch``) to fit ``read_buffer_bytes`` (:func:`~natgrad_stream.data.budget.
         plan_reads`). The order of the rows never depends on either: it is arrival order,
         or windows of ``shuffle_window`` rows (rows held for a window come on top).
+
+        ``digests`` (the run's :class:`~natgrad_stream.data.digests.ChunkDigests`): every
+        chunk read is compared with what the run read of it before (or recorded); a
+        resumed stream first compares the recorded chunks before the cursor's, which it
+        does not read again (one read of the rows learned so far).
         """
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        if digests is not None:
+            digests.bind(self.chunk_rows, self.names[0])
         plan = plan_reads(self.read_cost, chunks_per_read, prefetch, read_buffer_bytes)
         if plan.over_budget:
             warn_over_budget(plan, read_buffer_bytes, self.read_cost(1, 1) // 3, self.name)
@@ -425,6 +444,12 @@ class FollowSource(Source):
             if avail < pos:
                 raise DataError(f"cursor is at row {pos} but {self._label} has only {avail} "
                                 "committed rows: is this the store the run followed?")
+            if digests is not None:  # the rows learned before the cursor's chunk
+                for c in range(pos // R):
+                    if stream.stopping:
+                        raise _Stop
+                    if digests.unverified(c):
+                        self._read(arrs, c * R, (c + 1) * R, x_checks, checks, digests)
             last_new = time.monotonic()
 
             def emit(flush: bool, final: bool) -> None:
@@ -494,7 +519,7 @@ class FollowSource(Source):
                     avail, arrs = self.committed_rows()
                 if avail > read_to:
                     end = min(avail, (read_to // R) * R + read_span)
-                    new = self._read(arrs, read_to, end, x_checks, checks)
+                    new = self._read(arrs, read_to, end, x_checks, checks, digests)
                     held = {key: None if v is None else
                             (new[key] if len(v) == 0 else np.concatenate([v, new[key]]))
                             for key, v in held.items()}

@@ -1,7 +1,9 @@
 """What a run was trained on: the store's location and, per array, its shape, chunks,
-dtype, a fingerprint of its metadata (without the shape, which grows when rows are
-appended) and one of its first chunk's values, so a resumed run can tell other data from
-the same data grown.
+dtype, codec chain (byte order included), a fingerprint of its metadata (without the
+shape, which grows when rows are appended) and one of its first chunk's values, so a
+resumed run can tell other data from the same data grown, and name what changed. The
+values of every chunk a run read are compared by their digests
+(:mod:`natgrad_stream.data.digests`).
 """
 
 from __future__ import annotations
@@ -51,10 +53,26 @@ def data_identity(data, names, *, head_rows: dict | None = None) -> dict | None:
         head = read_rows(a, 0, k, label=name)
         arrays[name] = {
             "shape": list(a.shape), "chunks": list(a.chunks), "dtype": str(a.dtype),
+            "codecs": _codecs(meta.get("codecs")),
             "metadata": _digest(json.dumps(meta, sort_keys=True, default=str).encode()),
             "head_rows": k, "first_chunk": _digest(np.ascontiguousarray(head).tobytes()),
         }
     return {"path": str(Path(data).resolve()), "arrays": arrays}
+
+
+def _codecs(codecs) -> str | None:
+    """The codec chain as one line, e.g. ``bytes(endian=little) > zstd(level=1)``."""
+    if not isinstance(codecs, list | tuple):
+        return None
+    out = []
+    for c in codecs:
+        if not isinstance(c, dict):
+            out.append(str(c))
+            continue
+        conf = c.get("configuration") or {}
+        args = ", ".join(f"{k}={v}" for k, v in sorted(conf.items()))
+        out.append(f"{c.get('name')}({args})" if args else str(c.get("name")))
+    return " > ".join(out)
 
 
 def compare_identity(recorded: dict | None, current: dict | None) -> tuple[list, list]:
@@ -73,7 +91,11 @@ def compare_identity(recorded: dict | None, current: dict | None) -> tuple[list,
         if new is None:
             differences.append(f"array {name!r} is missing")
             continue
-        for key in ("dtype", "chunks", "metadata", "first_chunk"):
+        for key in ("dtype", "chunks", "codecs", "metadata", "first_chunk"):
+            if key == "codecs" and (old.get(key) is None or new.get(key) is None):
+                continue  # a record from before codecs were recorded: the metadata's
+            if key == "metadata" and any(old.get(k) != new.get(k) for k in ("dtype", "codecs")):
+                continue  # named already
             if old[key] != new[key]:
                 what = {"first_chunk": "values (first chunk)", "metadata": "metadata"}.get(
                     key, key)

@@ -49,6 +49,7 @@ from natgrad_stream.data.budget import (
     plan_reads,
     warn_over_budget,
 )
+from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.data.metadata import (
     StoredChunks,
     check_plan_memory,
@@ -405,7 +406,8 @@ class Source(abc.ABC):
     def batches(self, *, batch_size: int, epochs: int = 1, seed: int = 0, shuffle: bool = True,
                 start: Cursor | None = None, chunks_per_read: int = 2, prefetch: int = 2,
                 checks: Sequence[Check] = (), x_checks: Sequence[Check] = (),
-                read_buffer_bytes: int | None = DEFAULT_READ_BUFFER_BYTES) -> BatchStream:
+                read_buffer_bytes: int | None = DEFAULT_READ_BUFFER_BYTES,
+                digests: ChunkDigests | None = None) -> BatchStream:
         """Open a stream of batches.
 
         Parameters
@@ -433,6 +435,13 @@ class Source(abc.ABC):
             ``chunks_per_read``, to fit (whole chunks always: one chunk too large is read
             alone, over the budget, with a warning; see :mod:`natgrad_stream.data.budget`).
             None: the plan as requested. Iterator sources hold the items they are given.
+        digests : ChunkDigests, optional
+            The run's content digests (:mod:`natgrad_stream.data.digests`): each chunk
+            read is compared with its recorded digest (a change is a DataError before
+            its rows are delivered) or recorded. A stream started mid-way through its
+            last epoch first compares the chunks that epoch read before the cursor, as it
+            will not read them again (those not compared since the map was loaded).
+            Iterator sources ignore it.
         """
 
 
@@ -536,6 +545,10 @@ class ArraySource(Source):
                         for a, label in self._bases}
         self._stored = {id(a): StoredChunks(a, label) for a, label in self._bases}
         self._warned_budget = False  # a chunk over the read budget is logged once
+        #: Chunk indices in the data this source is a window of (None: its own), for
+        #: content digests (:func:`~natgrad_stream.data.window.chunk_window` sets it).
+        self.chunk_index = None
+        self._slots = [0] + [1] * self.has_targets + [2] * self.has_weights  # digest columns
 
     def _row_bytes(self) -> int:
         """Bytes of one row in a read buffer (features, float64 targets/weights, index)."""
@@ -576,23 +589,31 @@ class ArraySource(Source):
         for out, raw in convert:
             np.copyto(out, raw, casting="unsafe")
 
-    def _load_chunk(self, parts, decoders, span) -> None:
+    def _load_chunk(self, parts, decoders, span, digests=None) -> None:
         """Decode one chunk of every array straight into the read buffer (or its staging
-        buffer, for features stored in another dtype), then check it.
+        buffer, for features stored in another dtype), then check it (and its digests).
         """
         c, a, o, k = span
         for (_, dst, _, _, _), dec in zip(parts, decoders, strict=True):
             dec.read_into(a, a + k, dst[o:o + k])
-        self._check_chunk(parts, span)
+        self._check_chunk(parts, span, digests)
 
-    def _check_chunk(self, parts, span) -> None:
-        """Convert one chunk of staged parts into their read buffers, then check it."""
+    def _check_chunk(self, parts, span, digests: ChunkDigests | None = None) -> None:
+        """Convert one chunk of staged parts into their read buffers, then check it; with
+        ``digests``, compare every array's rows, in their stored dtype, with the run's
+        content digests (or record them): a change is a DataError located in the data.
+        """
         c, a, o, k = span
-        for _, dst, label, checks, final in parts:
+        stored = []
+        for slot, (_, dst, label, checks, final) in zip(self._slots, parts, strict=True):
+            stored.append((slot, label, dst[o:o + k]))
             if final is not None:
                 np.copyto(final[o:o + k], dst[o:o + k], casting="unsafe")
                 dst = final
             self._check(label, dst[o:o + k], checks, c, a)
+        if digests is not None:
+            g = c if self.chunk_index is None else int(self.chunk_index[c])
+            digests.check(g, g * self.chunk_rows, stored)
 
     def _check(self, label, block, checks, chunk, row0):
         for check in checks:
@@ -649,9 +670,11 @@ class ArraySource(Source):
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
                 chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
-                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
+                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES, digests=None):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         start = start or Cursor()
+        if digests is not None:
+            digests.bind(self.chunk_rows, self.names[0])
         plan = self._settle_plan(chunks_per_read, prefetch, batch_size, shuffle,
                                  read_buffer_bytes)
         chunks_per_read, prefetch = plan.chunks_per_read, plan.prefetch
@@ -716,12 +739,12 @@ class ArraySource(Source):
                        for _, a, _, k in spans):
                     # one pooled task per chunk: read, decode in place, check; the first
                     # failure in chunk (= row) order is raised
-                    run_in_order([functools.partial(self._load_chunk, parts, direct, span)
-                                  for span in spans])
+                    run_in_order([functools.partial(self._load_chunk, parts, direct, span,
+                                                    digests) for span in spans])
                 else:
                     self._read_many(requests)
                     for span in spans:  # in row order, so the first bad row is reported
-                        self._check_chunk(parts, span)
+                        self._check_chunk(parts, span, digests)
                 if self.has_targets:
                     np.copyto(buf["y"][:m], raw_y[:m], casting="unsafe")
                 if self.has_weights:
@@ -734,6 +757,13 @@ class ArraySource(Source):
         def produce(stream):
             samples = start.samples
             k = int(chunks_per_read)
+            if digests is not None and start.read_index and start.epoch == int(epochs) - 1:
+                # the epoch's reads before the cursor are not read again: compare them now
+                done = _chunk_order(math.ceil(n / R), seed, start.epoch, shuffle)
+                done = [c for c in done[:start.read_index * k] if digests.unverified(
+                    c if self.chunk_index is None else int(self.chunk_index[c]))]
+                for i in range(0, len(done), k):
+                    free.put(load(done[i:i + k], stream)[0])
             for epoch in range(start.epoch, int(epochs)):
                 order = _chunk_order(math.ceil(n / R), seed, epoch, shuffle)  # = epoch_plan
                 n_reads = math.ceil(len(order) / k)
@@ -827,7 +857,7 @@ class IteratorSource(Source):
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
                 chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
-                read_buffer_bytes=None):
+                read_buffer_bytes=None, digests=None):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
         if int(epochs) != 1 and (start is None or start.epoch == 0):
             raise ValueError("an iterator source can be streamed for one epoch only")

@@ -43,7 +43,10 @@ def chunk_window(source: ArraySource, chunks: np.ndarray) -> ArraySource:
     R = source.chunk_rows
     spans = [(c * R, min((c + 1) * R, source.n_rows)) for c in chunks]
     parts = [None if a is None else RowSpans(a, spans) for a in (source.X, source.y, source.w)]
-    return ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window")
+    window = ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window")
+    base = source.chunk_index
+    window.chunk_index = np.asarray(chunks) if base is None else base[np.asarray(chunks)]
+    return window
 
 
 def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
@@ -54,8 +57,26 @@ def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
         raise ValueError(f"a prefix of {n_rows} rows of {source.n_rows}")
     parts = [None if a is None else RowSpans(a, [(0, n_rows)])
              for a in (source.X, source.y, source.w)]
-    return ArraySource(*parts, chunk_rows=source.chunk_rows, names=source.names,
-                       name=source.name)
+    prefix = ArraySource(*parts, chunk_rows=source.chunk_rows, names=source.names,
+                         name=source.name)
+    prefix.chunk_index = source.chunk_index
+    return prefix
+
+
+def compare_recorded(source: ArraySource, digests, *, read_buffer_bytes=None) -> None:
+    """Read the chunks of ``source`` whose content digests were recorded but not compared
+    since ``digests`` was loaded, comparing them (a change is a DataError naming it): for a
+    resumed run that may not read them again (L-BFGS windows).
+    """
+    chunks = digests.unverified_chunks()
+    chunks = chunks[chunks < -(-source.n_rows // source.chunk_rows)]
+    if not chunks.size:
+        return
+    with chunk_window(source, chunks).batches(
+            batch_size=source.chunk_rows, epochs=1, shuffle=False, chunks_per_read=1,
+            read_buffer_bytes=read_buffer_bytes, digests=digests) as stream:
+        for _ in stream:
+            pass
 
 
 def locate_in_full_data(exc: DataError, chunks: np.ndarray, chunk_rows: int) -> DataError:

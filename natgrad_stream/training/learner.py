@@ -65,7 +65,12 @@ from natgrad_stream._constants import (
     UNIDENTIFIED_NAMED,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
-from natgrad_stream.data.window import chunk_window, locate_in_full_data, row_prefix
+from natgrad_stream.data.window import (
+    chunk_window,
+    compare_recorded,
+    locate_in_full_data,
+    row_prefix,
+)
 from natgrad_stream.errors import (
     CheckpointError,
     DataError,
@@ -785,7 +790,9 @@ class NaturalGradientLearner:
         for key, snap in (("guard_rollback_point", self._last_good),
                           ("guard_window_start", self._window_start)):
             if snap is not None:  # the divergence guard's points, for an exact resume
-                out[key] = snap.restore().to_dict()
+                # (they share the run's content digests, saved once)
+                out[key] = {k: v for k, v in snap.restore().to_dict().items()
+                            if k != "digests"}
         return out
 
     def load_state_dict(self, state: dict) -> NaturalGradientLearner:
@@ -1168,7 +1175,7 @@ class _Streaming(_Strategy):
                                     prefetch=plan["prefetch"],
                                     chunks_per_read=plan["chunks_per_read"],
                                     read_buffer_bytes=lr.read_buffer_bytes,
-                                    **lr.model.data_checks())
+                                    digests=s.digests, **lr.model.data_checks())
             rolled_back = False
             with stream:
                 for batch in stream:
@@ -1394,6 +1401,9 @@ class _LBFGSRounds(_Strategy):
 
     def run(self, source, plan, callbacks, max_samples) -> bool:
         lr = self.learner
+        if lr.window is not None and lr._backend is None:
+            # window rounds may never read again a chunk an earlier round learned
+            compare_recorded(source, lr.state.digests, read_buffer_bytes=lr.read_buffer_bytes)
         while lr.state.rounds < plan["rounds"] and not lr.state.converged \
                 and not _stalled(lr.state):
             if lr._out_of_budget(max_samples) or \
@@ -1534,6 +1544,7 @@ class _LBFGSRounds(_Strategy):
         else:
             with source.batches(batch_size=lr.batch_size, epochs=1, shuffle=False,
                                 read_buffer_bytes=lr.read_buffer_bytes,
+                                digests=lr.state.digests,
                                 **lr.model.data_checks()) as stream:
                 first = next(iter(stream), None)
                 start = None if first is None else \
@@ -1676,7 +1687,7 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
                             chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
-                            **lr.model.data_checks()) as stream:
+                            digests=lr.state.digests, **lr.model.data_checks()) as stream:
             for batch in stream:
                 if should_stop is not None and should_stop():
                     return None

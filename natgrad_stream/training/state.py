@@ -17,6 +17,7 @@ import numpy as np
 
 from natgrad_stream._constants import RNG_LEARNER
 from natgrad_stream.data import Cursor
+from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.schedule import ScheduleState
 from natgrad_stream.geometry.whitening import Whitener
@@ -61,6 +62,8 @@ _CODECS = {
     "rng": (lambda r: r.bit_generator.state, _load_rng,
             (lambda r: r.bit_generator.state, _revive_rng)),
     "cursor": (lambda c: c.to_dict(), Cursor.from_dict, None),
+    # facts about the data, not learning progress: a rejected step keeps them
+    "digests": (lambda d: d.to_dict(), ChunkDigests.from_dict, None),
 }
 
 
@@ -139,6 +142,8 @@ class LearnerState:
     lane_count: int | None = _f(("distributed", "lane_count"), "int", default=None)
     #: The first batch may still pick a data-informed start (only before the first step).
     data_init: bool = _f(("counters", "data_init"), "bool", default=False)
+    #: Content digest of every chunk the run has read (:mod:`natgrad_stream.data.digests`).
+    digests: ChunkDigests = _f(("digests",), "digests", default_factory=ChunkDigests)
 
     @property
     def fitted_theta(self) -> np.ndarray:
