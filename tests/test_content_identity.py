@@ -17,6 +17,7 @@ from natgrad_stream.checkpoint import load_checkpoint, save_checkpoint
 from natgrad_stream.data import append_rows
 from natgrad_stream.data.datasets import make_dataset
 from natgrad_stream.data.digests import ChunkDigests, chunk_digest
+from natgrad_stream.data.manifest import write_manifest
 from natgrad_stream.errors import DataError
 
 from .test_cli import _digest, run_cli
@@ -36,8 +37,13 @@ def _fit(capsys, data, run, *args):
 
 
 def _scale(data, a, b, name="X"):
+    """Change rows ``a:b`` and record the store's manifest again, as a writer changing
+    them on purpose would: the store then verifies, and only the run's digests remember
+    what it learned from.
+    """
     g = zarr.open_group(str(data), mode="r+")
     g[name][a:b] = g[name][a:b] * 2
+    write_manifest(data)
 
 
 def _append(data, tmp_path, a, b):
@@ -77,6 +83,7 @@ def test_resume_refuses_rows_changed_beyond_the_first_chunk(data, tmp_path, caps
     _scale(data, c * R + 10, c * R + 110)  # ×2 then back: the same bytes again
     g = zarr.open_group(str(data), mode="r+")
     g["X"][c * R + 10:c * R + 110] = g["X"][c * R + 10:c * R + 110] / 4
+    write_manifest(data)
     code, s, _ = _fit(capsys, data, run, "--resume")
     assert code == 0 and s["samples"] == 4800
 
@@ -90,6 +97,7 @@ def test_a_multi_pass_run_compares_every_chunk_it_reads_again(data, tmp_path, ca
     assert len(_recorded(run)) == 10
     g = zarr.open_group(str(data), mode="r+")
     g["y"][4700] = 1 - g["y"][4700]
+    write_manifest(data)  # (the store's own check would refuse it first)
     code, _, err = _fit(capsys, data, run, "--resume", "--epochs", 3)
     assert code == 2 and _refused(err, 9, "y")
 
