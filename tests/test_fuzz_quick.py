@@ -26,6 +26,7 @@ KNOWN = {
     "signals.lbfgs_mid_fit@params": 6,  # L-BFGS resumed after a signal mid-round differs
     "signals.lbfgs_double@params": 6,
     "signals.lbfgs_random@params": 6,
+    "values.weights_all_zero@evaluate": 8,  # evaluate --w of zero total weight: traceback
     "flags.absurd": 7,  # --keep-checkpoints 99999999999999999999 hangs
     "chunks.fifo": 7,  # a FIFO chunk or config file blocks the open
     "flags.config_fifo": 7,
