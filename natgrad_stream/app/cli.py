@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -379,12 +380,27 @@ def _log_to_stderr(prefix: str) -> None:
     for h in list(log.handlers):
         if getattr(h, "_natgrad_cli", False):
             log.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler._natgrad_cli = True
     handler.setFormatter(_PrefixFormatter(prefix))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives, not the stream of the
+    command that installed it (the handler outlives a command run in-process, e.g. by
+    tests that capture and then close stderr).
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it: the property decides
+        pass
 
 
 def _os_error(exc: OSError) -> str:
