@@ -89,3 +89,30 @@ def test_lbfgs_names_data_of_zero_weight():
     lr = NaturalGradientLearner(LogisticRegression(D), optimizer="lbfgs", lbfgs_rounds=1)
     with pytest.raises(DataError, match="array 'w': every sample weight of the data is zero"):
         lr.fit((X, y, w))
+
+
+def test_evaluate_with_zero_weights_everywhere_names_the_array(tmp_path, capsys):
+    """(fuzz: ``evaluate RUN DATA --w W`` with W all zeros raised ZeroDivisionError)."""
+    X, y, w = _data(slice(0, 0))
+    store = _store(tmp_path / "d.zarr", X, y, w)
+    write_group(tmp_path / "e.zarr", X=X, y=y, w0=np.zeros(N))
+    write_missing_chunks(tmp_path / "e.zarr")
+    run = tmp_path / "run"
+    assert main(["fit", str(store), "--model", "logistic", "--out", str(run), "--epochs",
+                 "1", "--progress", "never"]) == 0
+    capsys.readouterr()
+    code = main(["evaluate", str(run), str(tmp_path / "e.zarr"), "--w", "w0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "array 'w0': every sample weight is zero" in err and len(err.splitlines()) == 1
+
+
+def test_fit_names_the_weights_array_it_was_given(tmp_path, capsys):
+    """(fuzz: ``fit --w w0`` named the weights 'w' in its error)."""
+    X, y, _ = _data(slice(0, 0))
+    write_group(tmp_path / "d.zarr", X=X, y=y, w0=np.zeros(N))
+    write_missing_chunks(tmp_path / "d.zarr")
+    code = main(["fit", str(tmp_path / "d.zarr"), "--model", "logistic", "--w", "w0",
+                 "--out", str(tmp_path / "run"), "--epochs", "1", "--progress", "never"])
+    err = capsys.readouterr().err
+    assert code == 2 and "array 'w0'" in err and "array 'w'" not in err, err

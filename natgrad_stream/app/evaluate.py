@@ -67,6 +67,9 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
                 loss, weight = loss + ls, weight + wt
     if not totals:
         raise DataError("no rows to evaluate", array=x)
+    if w is not None and not totals.get("weight", 1.0) > 0:
+        raise DataError("every sample weight is zero: no weighted mean to evaluate (evaluate "
+                        "without --w, or with other weights)", array=w)
     out = model.evaluation_metrics(totals)
     if penalized:
         out["objective"] = loss / weight + penalty.value(theta)

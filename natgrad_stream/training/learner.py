@@ -230,6 +230,7 @@ class NaturalGradientLearner:
         self._source_rows = None
         self.result: FitResult | None = None
         self._last_good = None  # the divergence guard's rollback point
+        self._weights_label = "w"
         self._window_start = None  # the state at the start of the guard's window
         self._round_start = None  # an L-BFGS round under way: the state it started from
         self.reset()
@@ -697,6 +698,8 @@ class NaturalGradientLearner:
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
         self._source_rows = getattr(source, "n_rows", None)  # for _running_metric
+        # the weights array's name, for errors
+        self._weights_label = (getattr(source, "names", None) or (None,) * 3)[2] or w or "w"
         self.strategy.settle(plan, source)
         self._backend = None if client is None else self._dask_backend(client, data, source,
                                                                        x, y, w)
@@ -1189,7 +1192,7 @@ class _Streaming(_Strategy):
                         break
                     s.epoch_rows = source.n_rows
                     if batch.cursor.epoch != epoch:
-                        self._close_epoch(s)
+                        self._close_epoch(s, self.learner._weights_label)
                         epoch = batch.cursor.epoch
                     s.cursor = batch.cursor
                     lr._report(callbacks, info)
@@ -1200,7 +1203,7 @@ class _Streaming(_Strategy):
                 continue
             if lr._stop_requested:  # a stop while a followed source waited for rows
                 return True
-            _refuse_weightless(lr.state)
+            _refuse_weightless(lr.state, lr._weights_label)
             lr._check_divergence(final=True)
             return False
 
@@ -1246,7 +1249,7 @@ class _Streaming(_Strategy):
                 return True
             stats, lanes = got
             if stats is None:  # every lane is exhausted: the epoch is over
-                self._close_epoch(s)
+                self._close_epoch(s, self.learner._weights_label)
                 s.cursor = Cursor(epoch + 1, 0, 0, s.samples)
                 s.lanes = None
                 if epoch + 1 >= epochs:
@@ -1275,8 +1278,8 @@ class _Streaming(_Strategy):
                 return True
 
     @staticmethod
-    def _close_epoch(s: LearnerState) -> None:
-        _refuse_weightless(s)
+    def _close_epoch(s: LearnerState, weights: str = "w") -> None:
+        _refuse_weightless(s, weights)
         if s.epoch_loss_weight:
             s.last_epoch_loss = s.epoch_loss_sum / s.epoch_loss_weight
         s.epoch_loss_sum = s.epoch_loss_weight = 0.0
@@ -1348,14 +1351,15 @@ class _Streaming(_Strategy):
                          skipped_zero_weight_batches=s.skipped_zero_weight)
 
 
-def _refuse_weightless(s: LearnerState) -> None:
-    """Refuse data whose sample weights, over a whole pass, sum to zero: every batch was
-    skipped (:meth:`NaturalGradientLearner._skip_zero_weight`) and nothing was learned.
+def _refuse_weightless(s: LearnerState, weights: str = "w") -> None:
+    """Refuse data whose sample weights (the array named ``weights``), over a whole pass,
+    sum to zero: every batch was skipped
+    (:meth:`NaturalGradientLearner._skip_zero_weight`) and nothing was learned.
     """
     if s.steps == 0 and s.skipped_zero_weight:
         raise DataError(f"every sample weight of the pass is zero ({s.skipped_zero_weight} "
                         "batches, no step): data of zero total weight cannot be fitted",
-                        array="w")
+                        array=weights)
 
 
 class _LBFGSRounds(_Strategy):
