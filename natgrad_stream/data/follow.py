@@ -49,6 +49,7 @@ from natgrad_stream.data.stream import (
     _read_zarr_checked,
     _Stop,
     _validate_stream_args,
+    zarr_member,
 )
 from natgrad_stream.data.validation import (
     check_finite,
@@ -87,20 +88,19 @@ def _open_group(store, path, label, mode):
 
     try:
         return zarr.open_group(store, path=path, mode=mode, use_consolidated=False)
-    except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (e.g. a group zarr.json that is a JSON list)
         raise DataError(f"{label} is not a readable Zarr group: {exc}") from exc
 
 
 def _get(group, name, label):
     import zarr
 
-    try:
-        # by key: listing the group would also meet a writer's temporary files
-        arr = group[name]
-        if isinstance(arr, zarr.Array):
-            return arr
-    except KeyError:
-        pass
+    # by key: listing the group would also meet a writer's temporary files
+    arr = zarr_member(group, name)
+    if isinstance(arr, zarr.Array):
+        return arr
     present = sorted(group.array_keys())
     raise DataError(f"not found in {label}; it holds arrays {present}", array=name)
 

@@ -938,9 +938,27 @@ def _open_group(data):
     except ImportError as exc:
         raise DataError(f"{label} needs a package that is not installed to be read "
                         f"({exc})") from exc
-    except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (e.g. a group zarr.json that is a JSON list)
         raise DataError(f"{label} is not a readable Zarr group: {exc}") from exc
     return group, label
+
+
+def zarr_member(group, name: str):
+    """``group[name]``, None when absent; a member whose metadata zarr cannot read is a
+    :class:`DataError` naming it (zarr refuses bad metadata in many ways: unknown codecs,
+    wrong types, extra fields, text that is not UTF-8, ...).
+    """
+    try:
+        return group[name]
+    except MemoryError:
+        raise
+    except KeyError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"has metadata zarr cannot read ({type(exc).__name__}: {exc})",
+                        array=name) from exc
 
 
 def _array_paths(group) -> list[str]:
@@ -980,15 +998,7 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
     group, label = _open_group(path_or_group)
 
     def get(name):
-        try:
-            arr = group[name]
-        except MemoryError:
-            raise
-        except KeyError:
-            arr = None
-        except Exception as exc:  # noqa: BLE001 (zarr refuses bad metadata in many ways)
-            raise DataError(f"has metadata zarr cannot read ({type(exc).__name__}: {exc})",
-                            array=name) from exc
+        arr = zarr_member(group, name)
         if arr is None or not is_zarr_array(arr):
             raise DataError(f"not found in {label}; it holds arrays {_array_paths(group)}",
                             array=name)
