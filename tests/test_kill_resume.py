@@ -82,3 +82,58 @@ def test_a_checkpoint_written_inside_an_lbfgs_round_resumes_exactly(tmp_path):
     assert whole.result.converged and resumed.result.converged
     assert resumed.theta.tobytes() == whole.theta.tobytes()
     assert resumed.samples == whole.samples
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "handover"])
+def test_a_stop_requested_inside_an_lbfgs_round_resumes_exactly(optimizer, tmp_path):
+    """SIGINT asks the learner to stop before its next L-BFGS evaluation: the round is cut
+    short. The checkpoint written then holds the round's start (the state a kill would
+    resume from), so the resumed run equals the uninterrupted one bit for bit; what the
+    cut round found is still what the run reports until a resume goes past it.
+    """
+    from natgrad_stream.app.runs import reported_theta
+    from natgrad_stream.data.datasets import make_dataset
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+    from natgrad_stream.training.events import Callback
+    from natgrad_stream.training.learner import make_learner
+
+    path = tmp_path / "d.zarr"
+    make_dataset(path, task="logistic", rows=8000, features=5, chunk_rows=1024, seed=3)
+    kw = ({"optimizer": "lbfgs", "lbfgs_rounds": 3, "lbfgs_iters": 6} if optimizer == "lbfgs"
+          else {"refine": "lbfgs"})
+    extent = {} if optimizer == "lbfgs" else {"epochs": 12}
+
+    def learner():
+        return make_learner(make_model("logistic", 5), **kw)
+
+    whole = learner().fit(str(path), **extent)
+
+    class StopMidRound(Callback):  # what the CLI's SIGINT handler does, at a known moment
+        evaluations = 0
+        rounds = []
+
+        def on_batch_end(self, lr, info, cursor):
+            if info.full_pass:
+                self.evaluations += 1
+                if self.evaluations == 4:
+                    lr.request_stop()
+
+        def on_round(self, lr, record):
+            self.rounds.append(record)
+
+    stop = StopMidRound()
+    stopped = learner().fit(str(path), callbacks=[stop], **extent)
+    assert stopped.result.interrupted
+    last = stop.rounds[-1]
+    assert not last["complete"]  # the stop fell inside a round
+    saved = stopped.state_dict()
+    # the parameters reported are the best point the cut round evaluated
+    assert reported_theta(saved).tobytes() == stopped.theta.tobytes()
+    assert stopped.result.train_loss == last["loss"]
+    resumed = NaturalGradientLearner.from_state_dict(saved).fit(str(path), **extent)
+    assert resumed.theta.tobytes() == whole.theta.tobytes()
+    assert resumed.samples == whole.samples
+    # a stopped learner continued in memory does the same as a resume
+    again = stopped.fit(str(path), **extent)
+    assert again.theta.tobytes() == whole.theta.tobytes()

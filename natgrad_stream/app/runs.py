@@ -477,7 +477,8 @@ def run_params(run_dir) -> dict:
 def reported_theta(state: dict) -> np.ndarray:
     """The parameters a run reports: ``theta_sum / weight`` for a run with
     ``average=True`` (once it has taken a step), else the fitted ``theta`` (the point
-    measured last while a Fisher-scoring step from it awaits its check).
+    measured last while a Fisher-scoring step from it awaits its check; the best point of
+    an L-BFGS round a stop cut short).
     """
     average = (state.get("fit_options") or {}).get("average")
     if average is None:  # checkpoints from before the options table
@@ -488,6 +489,9 @@ def reported_theta(state: dict) -> np.ndarray:
     refine = state.get("refine") or {}
     if refine.get("direction") is not None and refine.get("theta") is not None:
         return np.asarray(refine["theta"], dtype=np.float64)  # never an unmeasured step
+    stopped = state.get("stopped_round") or {}
+    if stopped.get("theta") is not None:  # an L-BFGS round cut by a stop: its best point
+        return np.asarray(stopped["theta"], dtype=np.float64)
     return np.asarray(state["theta"], dtype=np.float64)
 
 
