@@ -93,12 +93,13 @@ def make_data(root: Path) -> dict[str, Path]:
     return out
 
 
-def reference(name: str, data: Path, root: Path) -> tuple[np.ndarray, float]:
-    """θ of an uninterrupted run and its wall time (of a second run: the first may compile
-    kernels into Numba's cache, which makes it much longer than the trials' runs).
+def reference(name: str, data: Path, root: Path, *,
+              warm: bool = False) -> tuple[np.ndarray, float]:
+    """θ of an uninterrupted run and its wall time (with ``warm``, of a second run: the
+    first may compile kernels into Numba's cache, much longer than the trials' runs).
     """
     run = root / f"ref-{name}"
-    for _ in range(2):
+    for _ in range(2 if warm else 1):
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()
         subprocess.run(_cli("fit", data, "--out", run, *CONFIGS[name], *_extent(name)),
@@ -201,7 +202,7 @@ def _run(args, rng, report) -> int:
         data = make_data(root)
         for name in args.configs.split(","):
             task = "softmax" if name.startswith("softmax") else "logistic"
-            ref, seconds = reference(name, data[task], root)
+            ref, seconds = reference(name, data[task], root, warm=True)
             same = kills = 0
             for _ in range(args.trials):
                 theta, k = trial(name, data[task], root, seconds, rng)

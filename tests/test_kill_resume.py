@@ -26,6 +26,26 @@ def test_killed_and_resumed_runs_equal_the_uninterrupted_one(name, kill_resume, 
     assert theta.tobytes() == ref.tobytes()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lbfgs", "handover"])
+def test_runs_stopped_by_sigint_and_resumed_equal_the_uninterrupted_one(name, kill_resume,
+                                                                       root, monkeypatch):
+    """SIGINT right after a checkpoint: the fit stops gracefully (exit 130) inside the next
+    L-BFGS round (or streaming pass), writes a checkpoint, and ``fit --resume`` ends
+    bit-identical to the uninterrupted run.
+    """
+    import signal
+
+    monkeypatch.setitem(kill_resume.SIGNAL, "number", signal.SIGINT)
+    monkeypatch.setattr(kill_resume, "BAD_EXITS", {})
+    data = kill_resume.make_data(root)["logistic"]
+    ref, seconds = kill_resume.reference(name, data, root)
+    theta, kills = kill_resume.trial(name, data, root, seconds, np.random.default_rng(9),
+                                     at_checkpoints=2)
+    assert kills == 2 and not kill_resume.BAD_EXITS
+    assert theta.tobytes() == ref.tobytes()
+
+
 def test_a_run_whose_read_budget_binds_resumes_exactly(kill_resume, root):
     """``--read-buffer-bytes 500K`` reads one 2,048-row chunk at a time instead of 2 (the
     order changes, deterministically); kills mid-epoch still resume bit for bit.
