@@ -941,7 +941,7 @@ class _Streaming(_Strategy):
                 return True
             s.cursor = Cursor(1 + s.evaluations, 0, 0, s.samples)
             s.epoch_rows = source.n_rows
-            if not complete:  # stopped by a signal, max_samples or the cap
+            if not complete:  # stopped by max_samples or the cap
                 return lr._out_of_budget(max_samples)
         return False
 
