@@ -12,7 +12,8 @@ probability 1/2, up to three kills), and compares the final ``theta`` with the r
 run's. A kill before the first checkpoint leaves no run to resume: the trial then starts
 over with ``--overwrite``, as a user would. SIGINT and SIGTERM stop a fit gracefully: it
 writes a checkpoint and exits 130 (or 0 when it finished first). Prints one JSON report
-(per optimizer: trials, kills, identical).
+(per optimizer: trials, kills, graceful stops (exit 130), identical, and the stops that
+exited otherwise, e.g. a SIGINT during start-up).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ EXIT_SIGNAL = 130
 #: Graceful stops that exited otherwise than 130 (or 0: finished first), with stderr's
 #: last line, by configuration.
 BAD_EXITS: dict[str, list] = {}
+#: Graceful stops (exit 130) by configuration.
+STOPS: dict[str, int] = {}
 
 
 def _cli(*args) -> list[str]:
@@ -114,6 +117,7 @@ def _interrupt(proc, name: str) -> None:
     """
     proc.send_signal(SIGNAL["number"])
     _, err = proc.communicate()
+    STOPS[name] = STOPS.get(name, 0) + (proc.returncode == EXIT_SIGNAL)
     if SIGNAL["number"] != signal.SIGKILL and proc.returncode not in (0, EXIT_SIGNAL):
         last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
         BAD_EXITS.setdefault(name, []).append([proc.returncode, last])
@@ -184,6 +188,9 @@ def main(argv=None) -> int:
                    help="the signal that interrupts the fits (default KILL)")
     args = p.parse_args(argv)
     SIGNAL["number"] = getattr(signal, f"SIG{args.signal}")
+    # the fits must not inherit an ignored SIGINT (as under nohup or '&' in a script):
+    # a handler here is reset to the default in each child
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(args.seed)
     report = {}
     with contextlib.ExitStack() as stack:
@@ -209,7 +216,8 @@ def _run(args, rng, report) -> int:
                 kills += k
                 same += int(theta.tobytes() == ref.tobytes())
             report[name] = {"signal": args.signal, "trials": args.trials, "kills": kills,
-                            "identical": same, "bad_exits": BAD_EXITS.get(name, []),
+                            "graceful_stops": STOPS.get(name, 0), "identical": same,
+                            "bad_exits": BAD_EXITS.get(name, []),
                             "reference_seconds": round(seconds, 2)}
             print(name, report[name], file=sys.stderr, flush=True)
     print(json.dumps(report))
