@@ -55,9 +55,9 @@ DASK = {"address": None}
 SIGNAL = {"number": signal.SIGKILL}
 #: Exit status of a fit stopped gracefully by SIGINT or SIGTERM.
 EXIT_SIGNAL = 130
-#: Graceful stops that exited otherwise than 130 (or 0: finished first), with stderr's
-#: last line, by configuration.
-BAD_EXITS: dict[str, list] = {}
+#: Graceful stops that exited otherwise than 130 (or 0: finished first), counted by exit
+#: status and the start of stderr's last line, by configuration.
+BAD_EXITS: dict[str, dict] = {}
 #: Graceful stops (exit 130) by configuration.
 STOPS: dict[str, int] = {}
 
@@ -120,7 +120,9 @@ def _interrupt(proc, name: str) -> None:
     STOPS[name] = STOPS.get(name, 0) + (proc.returncode == EXIT_SIGNAL)
     if SIGNAL["number"] != signal.SIGKILL and proc.returncode not in (0, EXIT_SIGNAL):
         last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
-        BAD_EXITS.setdefault(name, []).append([proc.returncode, last])
+        key = f"{proc.returncode}: {last[:60]}"
+        counts = BAD_EXITS.setdefault(name, {})
+        counts[key] = counts.get(key, 0) + 1
 
 
 def _kill_at_next_checkpoint(proc, checkpoint: Path, name: str) -> bool:
@@ -217,7 +219,7 @@ def _run(args, rng, report) -> int:
                 same += int(theta.tobytes() == ref.tobytes())
             report[name] = {"signal": args.signal, "trials": args.trials, "kills": kills,
                             "graceful_stops": STOPS.get(name, 0), "identical": same,
-                            "bad_exits": BAD_EXITS.get(name, []),
+                            "bad_exits": BAD_EXITS.get(name, {}),
                             "reference_seconds": round(seconds, 2)}
             print(name, report[name], file=sys.stderr, flush=True)
     print(json.dumps(report))
