@@ -219,3 +219,18 @@ def test_a_new_run_records_its_identity_before_its_first_checkpoint(data, tmp_pa
     record = json.loads((tmp_path / "r" / "run.json").read_text())
     saved = read_checkpoint(tmp_path / "r" / "checkpoint.npz").state["run"][RUN_ID]
     assert record[RUN_ID] == saved != seen[RUN_ID]
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "run.json"])
+def test_a_fifo_in_the_run_directory_is_refused_without_hanging(name, run_a, data, capsys):
+    """Opening a FIFO with no writer (to read) or no reader (to append) would block."""
+    (run_a / name).unlink()
+    os.mkfifo(run_a / name)
+    code, out, err = _use(capsys, "resume", run_a, data)
+    if name == "metrics.jsonl":
+        assert code == 2 and out is None
+        assert "metrics.jsonl: the run's log is a FIFO" in _one_line(err)
+    else:  # the record is read to check the run's identity: one warning, then replaced
+        assert code == 0, err
+        assert "cannot read" in _one_line(err) and "is a FIFO" in err
+        assert json.loads((run_a / name).read_text())[RUN_ID]

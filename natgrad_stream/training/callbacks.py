@@ -5,17 +5,19 @@ They serve every strategy of the learner (streaming steps and L-BFGS rounds).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 
 from natgrad_stream._constants import DEFAULT_LOG_EVERY
 from natgrad_stream.errors import DistributedError
-from natgrad_stream.training.checkpoint import write_checkpoint
+from natgrad_stream.training.checkpoint import file_kind, write_checkpoint
 from natgrad_stream.training.events import Callback
 
 
@@ -258,9 +260,19 @@ class MetricsLogger(Callback):
     def _write(self, record: dict) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # never through a symbolic link: O_NOFOLLOW fails on one (ELOOP)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                         0o644)
+            # never through a symbolic link: O_NOFOLLOW fails on one (ELOOP); never a
+            # special file: refused, and the open is non-blocking (a FIFO cannot hang it)
+            kind = None if self.path.is_symlink() else file_kind(self.path)
+            if kind not in (None, "missing"):
+                raise OSError(errno.EINVAL, f"the run's log is {kind}, not a regular file",
+                              str(self.path))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file (the run's log)",
+                              str(self.path))
+            os.set_blocking(fd, True)
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
         try:
             self._fh.write(json.dumps(json_clean(record), default=_json_default) + "\n")
