@@ -1,15 +1,19 @@
-"""kill -9 at random moments, then ``fit --resume`` until done: the final parameters must
-equal, bit for bit, those of an uninterrupted run.
+"""kill -9 (or SIGINT, SIGTERM) at random moments, then ``fit --resume`` until done: the
+final parameters must equal, bit for bit, those of an uninterrupted run.
 
     python scripts/kill_resume.py                 # 20 trials per configuration
     python scripts/kill_resume.py --trials 3      # a quick look
     python scripts/kill_resume.py --configs sgd-dask,lbfgs-dask   # Dask drivers only
+    python scripts/kill_resume.py --signal INT    # graceful stops (exit 130) instead
 
 Each trial starts ``natgrad-stream fit`` with frequent checkpoints, kills it with SIGKILL
-after a random delay, resumes (killing again with probability 1/2, up to three kills),
-and compares the final ``theta`` with the reference run's. A kill before the first
-checkpoint leaves no run to resume: the trial then starts over with ``--overwrite``, as a
-user would. Prints one JSON report (per optimizer: trials, kills, identical).
+(``--signal``: the signal sent) after a random delay, resumes (killing again with
+probability 1/2, up to three kills), and compares the final ``theta`` with the reference
+run's. A kill before the first checkpoint leaves no run to resume: the trial then starts
+over with ``--overwrite``, as a user would. SIGINT and SIGTERM stop a fit gracefully: it
+writes a checkpoint and exits 130 (or 0 when it finished first). Prints one JSON report
+(per optimizer: trials, kills, graceful stops (exit 130), identical, and the stops that
+exited otherwise, e.g. a SIGINT during start-up).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +51,15 @@ CONFIGS = {
 }
 #: The scheduler of the ``-dask`` configurations (set by :func:`main`).
 DASK = {"address": None}
+#: The signal that interrupts a trial's fits (set by :func:`main`; SIGKILL by default).
+SIGNAL = {"number": signal.SIGKILL}
+#: Exit status of a fit stopped gracefully by SIGINT or SIGTERM.
+EXIT_SIGNAL = 130
+#: Graceful stops that exited otherwise than 130 (or 0: finished first), counted by exit
+#: status and the start of stderr's last line, by configuration.
+BAD_EXITS: dict[str, dict] = {}
+#: Graceful stops (exit 130) by configuration.
+STOPS: dict[str, int] = {}
 
 
 def _cli(*args) -> list[str]:
@@ -82,18 +96,37 @@ def make_data(root: Path) -> dict[str, Path]:
     return out
 
 
-def reference(name: str, data: Path, root: Path) -> tuple[np.ndarray, float]:
-    """θ of an uninterrupted run and its wall time."""
+def reference(name: str, data: Path, root: Path, *,
+              warm: bool = False) -> tuple[np.ndarray, float]:
+    """θ of an uninterrupted run and its wall time (with ``warm``, of a second run: the
+    first may compile kernels into Numba's cache, much longer than the trials' runs).
+    """
     run = root / f"ref-{name}"
-    shutil.rmtree(run, ignore_errors=True)
-    t0 = time.perf_counter()
-    subprocess.run(_cli("fit", data, "--out", run, *CONFIGS[name], *_extent(name)),
-                   check=True, capture_output=True)
+    for _ in range(2 if warm else 1):
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.perf_counter()
+        subprocess.run(_cli("fit", data, "--out", run, *CONFIGS[name], *_extent(name)),
+                       check=True, capture_output=True)
     return _theta(run), time.perf_counter() - t0
 
 
-def _kill_at_next_checkpoint(proc, checkpoint: Path) -> bool:
-    """SIGKILL ``proc`` right after it writes a new checkpoint; False if it ended first."""
+def _interrupt(proc, name: str) -> None:
+    """Send the trials' signal to ``proc`` and wait for it to end; a graceful stop (SIGINT,
+    SIGTERM) should exit 130, or 0 when the fit finished before it saw the signal (other
+    exits are recorded in :data:`BAD_EXITS`; the trial goes on as after a kill).
+    """
+    proc.send_signal(SIGNAL["number"])
+    _, err = proc.communicate()
+    STOPS[name] = STOPS.get(name, 0) + (proc.returncode == EXIT_SIGNAL)
+    if SIGNAL["number"] != signal.SIGKILL and proc.returncode not in (0, EXIT_SIGNAL):
+        last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+        key = f"{proc.returncode}: {last[:60]}"
+        counts = BAD_EXITS.setdefault(name, {})
+        counts[key] = counts.get(key, 0) + 1
+
+
+def _kill_at_next_checkpoint(proc, checkpoint: Path, name: str) -> bool:
+    """Interrupt ``proc`` right after it writes a new checkpoint; False if it ended first."""
     def stamp():
         try:
             return checkpoint.stat().st_mtime_ns
@@ -102,8 +135,7 @@ def _kill_at_next_checkpoint(proc, checkpoint: Path) -> bool:
     start = stamp()
     while proc.poll() is None:
         if stamp() != start:
-            proc.kill()
-            proc.wait()
+            _interrupt(proc, name)
             return True
         time.sleep(0.002)
     return False
@@ -125,10 +157,9 @@ def trial(name: str, data: Path, root: Path, seconds: float, rng: np.random.Gene
         proc = subprocess.Popen(_cli("fit", data, "--out", run, *args, *_extent(name)),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if at_checkpoints:
-            if kills < at_checkpoints and _kill_at_next_checkpoint(proc,
-                                                                   run / "checkpoint.npz"):
+            if kills < at_checkpoints and _kill_at_next_checkpoint(
+                    proc, run / "checkpoint.npz", name):
                 kills += 1
-                proc.stderr.close()
                 resume = (run / "checkpoint.npz").is_file()
                 continue
             delay = None
@@ -140,10 +171,8 @@ def trial(name: str, data: Path, root: Path, seconds: float, rng: np.random.Gene
             try:
                 proc.wait(timeout=delay * seconds)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                _interrupt(proc, name)
                 kills += 1
-                proc.stderr.close()
                 resume = (run / "checkpoint.npz").is_file()
                 continue
         _, err = proc.communicate()
@@ -157,7 +186,13 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--signal", choices=("KILL", "INT", "TERM"), default="KILL",
+                   help="the signal that interrupts the fits (default KILL)")
     args = p.parse_args(argv)
+    SIGNAL["number"] = getattr(signal, f"SIG{args.signal}")
+    # the fits must not inherit an ignored SIGINT (as under nohup or '&' in a script):
+    # a handler here is reset to the default in each child
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(args.seed)
     report = {}
     with contextlib.ExitStack() as stack:
@@ -176,13 +211,15 @@ def _run(args, rng, report) -> int:
         data = make_data(root)
         for name in args.configs.split(","):
             task = "softmax" if name.startswith("softmax") else "logistic"
-            ref, seconds = reference(name, data[task], root)
+            ref, seconds = reference(name, data[task], root, warm=True)
             same = kills = 0
             for _ in range(args.trials):
                 theta, k = trial(name, data[task], root, seconds, rng)
                 kills += k
                 same += int(theta.tobytes() == ref.tobytes())
-            report[name] = {"trials": args.trials, "kills": kills, "identical": same,
+            report[name] = {"signal": args.signal, "trials": args.trials, "kills": kills,
+                            "graceful_stops": STOPS.get(name, 0), "identical": same,
+                            "bad_exits": BAD_EXITS.get(name, {}),
                             "reference_seconds": round(seconds, 2)}
             print(name, report[name], file=sys.stderr, flush=True)
     print(json.dumps(report))

@@ -241,10 +241,14 @@ def test_stop_request_keeps_the_best_point_and_the_run_resumes(badly_scaled, opt
 
     opt = NaturalLBFGS(make_model("logistic", 8), batch_size=BATCH)
     opt.fit(badly_scaled, callbacks=[StopAfter()])
-    assert opt.result.interrupted and opt.evaluations == 3 and opt.rounds_done == 0
-    assert not opt.last_round["complete"]
-    assert opt.train_loss < np.log(2)  # the best point so far, better than θ = 0
-    opt.fit(badly_scaled)  # a new round, re-whitened at that point
+    assert opt.result.interrupted and opt.rounds_done == 0
+    # the state is the round's start (a resume redoes the round, as after a kill) ...
+    assert opt.evaluations == 0 and opt.last_round is None
+    assert not np.any(opt.state.theta[:-1])  # the data's start: an intercept alone
+    # ... and the best point so far, better than that start, is what the learner reports
+    assert opt.train_loss < np.log(2) and opt.result.train_loss == opt.train_loss
+    assert np.any(opt.theta[:-1])
+    opt.fit(badly_scaled)  # the round again, then on
     assert opt.converged and (opt.train_loss - optimum[1]) / optimum[1] <= REL
 
 

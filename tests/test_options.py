@@ -39,8 +39,8 @@ def test_cli_flags_defaults_and_choices_equal_the_table():
         if opt.default not in (None, False):
             assert f"default {opt.default}" in action.help, opt.name
     # what is left: the command's own flags and the --rewhiten-every shorthand
-    assert sorted(actions) == ["--config", "--out", "--overwrite", "--resume", "--rewhiten-every",
-                              "-h"]
+    assert sorted(actions) == ["--allow-legacy-checkpoint", "--config", "--out", "--overwrite",
+                              "--resume", "--rewhiten-every", "-h"]
     assert actions["--rewhiten-every"].dest == "rewhiten"
 
 

@@ -93,7 +93,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_or_is_refused(data,
     stale.write_bytes(b"left by a killed writer")
     code, summary, err = _fit(capsys, data, run, "--resume", "--epochs", 2)
     assert code == 0, err
-    assert "warning" in err and "resuming from the previous checkpoint checkpoint.1.npz" in err
+    assert "warning" in err and "using the older checkpoint" in err and "checkpoint.1.npz (" in err
     assert summary["samples"] == 10_000  # epoch 2 again, from the end of epoch 1
     assert not stale.exists()
     # the same as continuing from epoch 1 without the damage

@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "refused, except --epochs, --lbfgs-rounds, --max-samples, "
                         "--checkpoint-every, --log-every and --progress)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
+    _allow_legacy_argument(p)
     opts.add_arguments(p)
 
     p = command("evaluate", "evaluate a fitted run on a dataset: n and the model's measures "
@@ -183,10 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w", default=None, metavar="NAME",
                    help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
                         "Poisson exposure); default unweighted")
+    _allow_legacy_argument(p)
 
     p = command("params", "print a fitted run's parameters as JSON (the Polyak average when "
                           "the run kept one)")
     p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
+    _allow_legacy_argument(p)
 
     p = command("plot", "draw a run's training log (loss, rows/s, metric refreshes) into "
                         "an image; needs matplotlib")
@@ -243,6 +246,12 @@ class _GracefulStop:
         return False
 
 
+def _allow_legacy_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-legacy-checkpoint", action="store_true",
+                   help="use a legacy checkpoint (written by an earlier natgrad_stream: not "
+                        "bound to its run, checksums optional), which is otherwise refused")
+
+
 def _chunk_bytes(args, rows: int) -> int:
     """Bytes of features in a chunk of ``rows`` rows of the make-data arguments ``args``."""
     import numpy as np
@@ -290,7 +299,8 @@ def _cmd_fit(args) -> int:
         given = {"progress": opts.BY_NAME["progress"].default, **from_file,
                  **opts.given_options(args)}
         summary = fit_run(data, out, resume=args.resume, overwrite=args.overwrite,
-                          stop_handler=stop.attach, config=args.config, **given)
+                          stop_handler=stop.attach, config=args.config,
+                          allow_legacy=args.allow_legacy_checkpoint, **given)
     _print_json(summary)
     return EXIT_SIGNAL if stop.signalled else EXIT_OK
 
@@ -323,14 +333,15 @@ def _read_config(path) -> dict:
 def _cmd_evaluate(args) -> int:
     from natgrad_stream.app.runs import evaluate_run
 
-    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y, w=args.w))
+    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y, w=args.w,
+                             allow_legacy=args.allow_legacy_checkpoint))
     return EXIT_OK
 
 
 def _cmd_params(args) -> int:
     from natgrad_stream.app.runs import run_params
 
-    _print_json(run_params(args.run))
+    _print_json(run_params(args.run, allow_legacy=args.allow_legacy_checkpoint))
     return EXIT_OK
 
 

@@ -6,16 +6,19 @@ Layout of ``RUN/``:
     The learner's full state (:mod:`natgrad_stream.training.checkpoint`), written atomically
     with a checksum of every array at the end of ``fit``, every ``checkpoint_every`` samples
     or ``checkpoint_seconds`` seconds, and on a graceful stop; the ``keep_checkpoints − 1``
-    before it as ``checkpoint.1.npz``, … (``--resume`` falls back to them).
+    before it as ``checkpoint.1.npz``, … (``--resume``, ``params`` and ``evaluate`` fall
+    back to them, saying so). Each records the run's identity (``run/run_id``) and the
+    digest of the checkpoint it continues from; a checkpoint of another run is refused.
 ``.lock``
     Held (``flock``) by the one process fitting in the directory, with its PID.
 ``metrics.jsonl``
     Append-only training log (:class:`~natgrad_stream.training.callbacks.MetricsLogger`).
 ``run.json``
-    Human-readable record: data, array names, model, the learner's options (``options``,
-    the optimizer's own under ``optimizer``), the effective value of every fit option
-    (``fit_options``, by the names of :data:`natgrad_stream.training.options.OPTIONS`) and
-    the last summary.
+    Human-readable record: the run's identity (``run_id``, random, made when the run
+    starts; written then, the rest at the end), data, array names, model, the learner's
+    options (``options``, the optimizer's own under ``optimizer``), the effective value of
+    every fit option (``fit_options``, by the names of
+    :data:`natgrad_stream.training.options.OPTIONS`) and the last summary.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import warnings
@@ -37,7 +41,7 @@ from natgrad_stream.app.evaluate import evaluate
 from natgrad_stream.data import FollowSource, as_source
 from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.data.identity import compare_identity, data_identity
-from natgrad_stream.errors import OptionError, RunDirectoryError
+from natgrad_stream.errors import CheckpointError, OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.training import options as opts
@@ -49,7 +53,11 @@ from natgrad_stream.training.callbacks import (
     Validation,
 )
 from natgrad_stream.training.checkpoint import (
-    load_latest_checkpoint,
+    Checkpoint,
+    LegacyCheckpointError,
+    checkpoint_candidates,
+    open_regular,
+    read_latest_checkpoint,
     remove_rotated,
     remove_stale_temporaries,
 )
@@ -59,6 +67,10 @@ CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
 LOCK = ".lock"
+#: The key of the run's identity in ``run.json`` and in a checkpoint's ``run`` record.
+RUN_ID = "run_id"
+#: The command-line flag that lets a legacy checkpoint (no run identity) be used.
+ALLOW_LEGACY_FLAG = "--allow-legacy-checkpoint"
 #: Model options as they appear in a model's ``config()``, and the model each one is for.
 _MODEL_CONFIG_KEYS = {"model": "name", "classes": "n_classes", "hidden": "hidden",
                       "sharpness": "sharpness", "density": "density"}
@@ -112,12 +124,14 @@ def run_lock(run_dir: Path):
         os.close(fd)
 
 
-def load_learner(run_dir, **overrides) -> tuple[NaturalGradientLearner, dict]:
+def load_learner(run_dir, *, allow_legacy: bool = False,
+                 **overrides) -> tuple[NaturalGradientLearner, dict]:
     """Rebuild the learner saved in ``run_dir``; returns ``(learner, run_info)``.
 
-    ``overrides`` replace recorded learner options (resumable ones, e.g. ``lbfgs_rounds``).
+    ``overrides`` replace recorded learner options (resumable ones, e.g. ``lbfgs_rounds``);
+    ``allow_legacy`` lets a legacy checkpoint (no run identity) be used.
     """
-    state = _load_state(run_dir)
+    state = _load_state(run_dir, allow_legacy=allow_legacy)
     return NaturalGradientLearner.from_state_dict(state, **overrides), state.get("run", {})
 
 
@@ -170,7 +184,7 @@ def _ignored(name: str, model) -> bool:
 def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
             stop_handler=None, learner_options: dict | None = None,
             model_options: dict | None = None, config: str | None = None,
-            **options) -> dict:
+            allow_legacy: bool = False, **options) -> dict:
     """Fit (or resume) a run in ``run_dir``; returns the summary dict.
 
     Parameters
@@ -189,6 +203,9 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
         Called with the learner before fitting (the CLI's signal handler attaches).
     config : str, optional
         The config file the options came from (recorded in ``run.json``).
+    allow_legacy : bool
+        Let ``resume`` continue from a legacy checkpoint (one written before checkpoints
+        recorded their run); the run is then given an identity.
     **options
         Fit options by the names of :data:`natgrad_stream.training.options.OPTIONS`
         (``model``, ``x``, ``epochs``, ``optimizer``, ``lr``, ...); unset ones take the
@@ -224,8 +241,14 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
     created = not run_dir.exists()
     try:
         with run_lock(run_dir):
-            return _fit_locked(data, run_dir, given, resume, overwrite, stop_handler,
-                               config)
+            try:
+                return _fit_locked(data, run_dir, given, resume, overwrite, stop_handler,
+                                   config, allow_legacy)
+            except BaseException:
+                if not resume and not checkpoint_files(run_dir):  # a new run that saved
+                    with contextlib.suppress(OSError, ValueError):  # nothing: no identity
+                        _forget_unsaved_run(run_dir)
+                raise
     except BaseException:
         if created:  # a new run that failed leaves no directory behind (if it wrote nothing)
             with contextlib.suppress(OSError):
@@ -235,12 +258,24 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
 
 
 def checkpoint_files(run_dir) -> list[str]:
-    """Names of the checkpoints in ``run_dir`` (``checkpoint.npz`` first); empty when
-    nothing learned was saved there.
+    """Names of the checkpoints in ``run_dir`` (``checkpoint.npz`` first; whatever file
+    holds such a name, even a damaged or special one); empty when nothing learned was
+    saved there.
     """
-    run_dir = Path(run_dir)
-    rotated = sorted(run_dir.glob("checkpoint.[0-9]*.npz"))
-    return [p.name for p in (run_dir / CHECKPOINT, *rotated) if p.is_file()]
+    return [p.name for p in checkpoint_candidates(Path(run_dir) / CHECKPOINT)
+            if os.path.lexists(p)]
+
+
+def _forget_unsaved_run(run_dir: Path) -> None:
+    """Remove the ``run.json`` a new run wrote at its start when it saved no checkpoint
+    (its log stays: it says why the fit failed).
+    """
+    path = run_dir / RUN_JSON
+    if path.is_file() and not path.is_symlink():
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+        if isinstance(record, dict) and record.get("summary", 0) is None:
+            path.unlink()
 
 
 def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
@@ -257,10 +292,11 @@ def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
 
 
 def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
-                stop_handler, config: str | None = None) -> dict:
+                stop_handler, config: str | None = None, allow_legacy: bool = False) -> dict:
     ckpt, log_path = run_dir / CHECKPOINT, run_dir / METRICS
+    predecessor = None
     if resume:
-        learner, info, fit_options = _resume(run_dir, data, given)
+        learner, info, fit_options, predecessor = _resume(run_dir, data, given, allow_legacy)
     else:
         learner, info, fit_options = _new_run(run_dir, data, given, overwrite)
     run = {k: fit_options[k] for k in opts.RUN_OPTIONS if k in fit_options}
@@ -292,7 +328,8 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
                                  seconds=None if replacing else run["checkpoint_seconds"],
                                  per_round=not replacing,
                                  keep=1 if replacing else run["keep_checkpoints"],
-                                 extra=info, on_cluster_loss=not replacing),
+                                 extra=info, on_cluster_loss=not replacing,
+                                 predecessor=predecessor),
                  MetricsLogger(new_log, every=run["log_every"])]
     val = _validation(data, fit_options, run, learner, callbacks[1])
     if val is not None:  # after the checkpoint, before the log's end record
@@ -306,6 +343,8 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
                                            eager=progress == "always"))
     if stop_handler is not None:
         stop_handler(learner)
+    if not replacing:  # the run's identity, on disk before its first checkpoint
+        _record_identity(run_dir, info, learner, resume)
     if run.get("dask") is not None or run.get("dask_workers") is not None:
         if fit_options.get("follow"):
             raise OptionError("--follow reads rows as they arrive, in one process: it does "
@@ -392,15 +431,19 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
         raise OptionError("--shuffle-window applies only with --follow")
     fit_options = {**data_opts, **_model_options(model, given), **learner.effective_options,
                    **run}
-    info = {"data": str(data), "x": data_opts["x"], "y": data_opts["y"], "w": data_opts["w"],
+    info = {RUN_ID: new_run_id(), "data": str(data), "x": data_opts["x"], "y": data_opts["y"],
+            "w": data_opts["w"],
             "given_options": {k: v for k, v in given.items()
                               if opts.BY_NAME[k].group in (opts.DATA, opts.MODEL)}}
     return learner, info, fit_options
 
 
-def _resume(run_dir: Path, data, given: dict):
-    state, _ = load_latest_checkpoint(run_dir / CHECKPOINT, set_damaged_aside=True)
+def _resume(run_dir: Path, data, given: dict, allow_legacy: bool = False):
+    found = _load_checkpoint(run_dir, allow_legacy=allow_legacy, set_damaged_aside=True)
+    state = found.state
     info = dict(state.get("run", {}))
+    if info.get(RUN_ID) is None:  # a legacy checkpoint, allowed: the run gets an identity
+        info[RUN_ID] = _recorded_run_id(run_dir, warn=False) or new_run_id()
     info.pop("fit_options", None)
     recorded_data = info.pop("data_identity", None)
     model = model_from_config(state["model"])
@@ -445,7 +488,7 @@ def _resume(run_dir: Path, data, given: dict):
         else:
             run[name] = recorded.get(name, default)
     fit_options = {**recorded, **learner.effective_options, **run}
-    return learner, info, fit_options
+    return learner, info, fit_options, found.digest
 
 
 def _recorded_fit_options(state: dict, model) -> dict:
@@ -460,14 +503,16 @@ def _recorded_fit_options(state: dict, model) -> dict:
     return {**data, **_model_options(model, {}), **learner.effective_options, **run}
 
 
-def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None) -> dict:
+def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None,
+                 allow_legacy: bool = False) -> dict:
     """Evaluate the parameters of ``run_dir`` on ``data`` (weighted by ``w``): the Polyak
-    average when the run kept one (``average``), else the last iterate.
+    average when the run kept one (``average``), else the last iterate. ``allow_legacy``
+    lets a legacy checkpoint (no run identity) be used.
 
     On the run's training data (its store and arrays), every chunk the run read is
     compared with its recorded content digest: a change is a DataError naming it.
     """
-    state = _load_state(run_dir)
+    state = _load_state(run_dir, allow_legacy=allow_legacy)
     model = model_from_config(state["model"])
     l2 = (state.get("fit_options") or {}).get("l2", 0.0)
     digests = ChunkDigests.from_dict(state.get("digests")) \
@@ -489,18 +534,20 @@ def _is_training_data(info: dict, data, x, y, w) -> bool:
             and (y is None or y == info.get("y")) and (w is None or w == info.get("w")))
 
 
-def run_params(run_dir) -> dict:
+def run_params(run_dir, *, allow_legacy: bool = False) -> dict:
     """The learned parameters of ``run_dir`` as named, JSON-ready values (the Polyak
-    average when the run kept one).
+    average when the run kept one). ``allow_legacy`` lets a legacy checkpoint (no run
+    identity) be used.
     """
-    state = _load_state(run_dir)
+    state = _load_state(run_dir, allow_legacy=allow_legacy)
     return model_from_config(state["model"]).params_to_dict(reported_theta(state))
 
 
 def reported_theta(state: dict) -> np.ndarray:
     """The parameters a run reports: ``theta_sum / weight`` for a run with
     ``average=True`` (once it has taken a step), else the fitted ``theta`` (the point
-    measured last while a Fisher-scoring step from it awaits its check).
+    measured last while a Fisher-scoring step from it awaits its check; the best point of
+    an L-BFGS round a stop cut short).
     """
     average = (state.get("fit_options") or {}).get("average")
     if average is None:  # checkpoints from before the options table
@@ -511,15 +558,90 @@ def reported_theta(state: dict) -> np.ndarray:
     refine = state.get("refine") or {}
     if refine.get("direction") is not None and refine.get("theta") is not None:
         return np.asarray(refine["theta"], dtype=np.float64)  # never an unmeasured step
+    stopped = state.get("stopped_round") or {}
+    if stopped.get("theta") is not None:  # an L-BFGS round cut by a stop: its best point
+        return np.asarray(stopped["theta"], dtype=np.float64)
     return np.asarray(state["theta"], dtype=np.float64)
 
 
-def _load_state(run_dir) -> dict:
-    """The newest good checkpoint of ``run_dir`` (an older one, with a warning, when the
-    newest is damaged).
+def _load_state(run_dir, *, allow_legacy: bool = False) -> dict:
+    """The state of :func:`_load_checkpoint`."""
+    return _load_checkpoint(run_dir, allow_legacy=allow_legacy).state
+
+
+def _load_checkpoint(run_dir, *, allow_legacy: bool = False,
+                     set_damaged_aside: bool = False) -> Checkpoint:
+    """The newest good checkpoint of ``run_dir``, bound to the run.
+
+    An older one is used when the newer are missing, damaged or not regular files, with
+    one warning naming it and why. Refused (:class:`CheckpointError`): a checkpoint of
+    another run (its run id is not the one ``run.json`` records) and, unless
+    ``allow_legacy``, one that records no run identity (written by an earlier
+    natgrad_stream).
     """
-    path = Path(run_dir) / CHECKPOINT
+    run_dir = Path(run_dir)
     if not checkpoint_files(run_dir):
         raise RunDirectoryError(f"{run_dir} holds no checkpoint ({CHECKPOINT}); "
                                 "is it the output directory of 'natgrad-stream fit'?")
-    return load_latest_checkpoint(path)[0]
+    expected = _recorded_run_id(run_dir)
+
+    def bound_to_the_run(found: Checkpoint) -> None:
+        got = (found.state.get("run") or {}).get(RUN_ID)
+        if got is None and not allow_legacy:
+            raise LegacyCheckpointError(
+                f"checkpoint {found.path} records no run identity (written by an earlier "
+                f"natgrad_stream, or not by 'fit'); to use it anyway pass {ALLOW_LEGACY_FLAG} "
+                "(Python: allow_legacy=True)")
+        if got is not None and expected is not None and got != expected:
+            raise CheckpointError(
+                f"checkpoint {found.path} belongs to another run (run id {got}; "
+                f"{run_dir / RUN_JSON} records {expected}): it was copied or moved here; "
+                "put this run's checkpoint back, or remove it")
+
+    return read_latest_checkpoint(run_dir / CHECKPOINT, set_damaged_aside=set_damaged_aside,
+                                  allow_legacy=allow_legacy, check=bound_to_the_run)
+
+
+def new_run_id() -> str:
+    """A new run's identity: 128 random bits, in hexadecimal."""
+    return secrets.token_hex(16)
+
+
+def _read_run_json(run_dir: Path, *, warn: bool = True) -> dict | None:
+    """``run.json`` of ``run_dir`` (None when there is none); None, with one warning
+    (``warn``), when it cannot be read (a special file is not opened).
+    """
+    path = run_dir / RUN_JSON
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open_regular(path, what="run record") as fh:
+            record = json.loads(fh.read().decode("utf-8"))
+    except (CheckpointError, OSError, ValueError) as exc:
+        if warn:
+            warnings.warn(f"cannot read {path} ({exc}): the run's identity is not "
+                          "checked against it", RuntimeWarning, stacklevel=3)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _recorded_run_id(run_dir: Path, *, warn: bool = True) -> str | None:
+    """The run id ``run.json`` records (None: no record, or one from before run ids)."""
+    value = (_read_run_json(run_dir, warn=warn) or {}).get(RUN_ID)
+    return value if isinstance(value, str) else None
+
+
+def _record_identity(run_dir: Path, info: dict, learner, resume: bool) -> None:
+    """Write the run's identity to ``run.json`` before its first checkpoint: a new run's
+    record (its summary null until it ends), or a resumed run's record given the identity
+    it lacked (a run continued from a legacy checkpoint).
+    """
+    record = _read_run_json(run_dir, warn=False) if resume else None
+    if record is not None:
+        if record.get(RUN_ID) == info[RUN_ID]:
+            return
+        record = {**record, RUN_ID: info[RUN_ID]}
+    else:
+        record = {**info, "model": learner.model.config(), "options": learner.options(),
+                  "summary": None}
+    _write_json_atomic(run_dir / RUN_JSON, record)

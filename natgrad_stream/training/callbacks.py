@@ -16,7 +16,7 @@ from pathlib import Path
 from natgrad_stream._constants import DEFAULT_LOG_EVERY
 from natgrad_stream._files import open_fd
 from natgrad_stream.errors import DistributedError
-from natgrad_stream.training.checkpoint import save_checkpoint
+from natgrad_stream.training.checkpoint import write_checkpoint
 from natgrad_stream.training.events import Callback
 
 
@@ -342,11 +342,15 @@ class CheckpointEvery(Callback):
     (:class:`~natgrad_stream.errors.DistributedError`): the state is then the last
     completed step, pass or round, and is saved so that the run resumes from it (unless
     ``on_cluster_loss`` is False: a run replacing another saves nothing before it ends).
+
+    Each checkpoint records its predecessor: the digest of the one written before it, or
+    at first ``predecessor`` (the digest of the checkpoint a resumed run was loaded from;
+    None for a new run).
     """
 
     def __init__(self, path, *, every: int | None = None, seconds: float | None = None,
                  per_round: bool = True, keep: int = 1, extra: dict | None = None,
-                 on_cluster_loss: bool = True):
+                 on_cluster_loss: bool = True, predecessor: str | None = None):
         self.path = Path(path)
         self.every = None if every is None else int(every)
         self.seconds = None if seconds is None else float(seconds)
@@ -354,6 +358,7 @@ class CheckpointEvery(Callback):
         self.keep = int(keep)
         self.extra = dict(extra or {})
         self.on_cluster_loss = bool(on_cluster_loss)
+        self.predecessor = predecessor
 
     def on_fit_start(self, learner, total_rows):
         self.last = learner.samples
@@ -361,7 +366,9 @@ class CheckpointEvery(Callback):
 
     def save(self, learner) -> None:
         """Write the checkpoint now."""
-        save_checkpoint(self.path, {**learner.state_dict(), "run": self.extra}, keep=self.keep)
+        self.predecessor = write_checkpoint(self.path, {**learner.state_dict(),
+                                                        "run": self.extra},
+                                            keep=self.keep, predecessor=self.predecessor)
         self.last = learner.samples
         self.last_time = time.monotonic()
 

@@ -190,6 +190,17 @@ class NaturalGradientLearner:
     def theta(self, value) -> None:
         self.state.theta = value
 
+    @property
+    def train_loss(self) -> float:
+        """The loss measured at :attr:`theta` by the last L-BFGS evaluation set or
+        Fisher-scoring pass (:attr:`LearnerState.fitted_loss`).
+        """
+        return self.state.fitted_loss
+
+    @train_loss.setter
+    def train_loss(self, value) -> None:
+        self.state.train_loss = value
+
     phi = _StateField("phi")
     whitener = _StateField("whitener")
     fisher = _StateField("fisher")
@@ -203,7 +214,6 @@ class NaturalGradientLearner:
     rounds_done = _StateField("rounds")
     evaluations = _StateField("evaluations")
     converged = _StateField("converged")
-    train_loss = _StateField("train_loss")
     grad = _StateField("grad")
     last_round = _StateField("last_round")
     theta_sum = _StateField("theta_sum")
@@ -287,8 +297,9 @@ class NaturalGradientLearner:
 
     def request_stop(self) -> None:
         """Ask :meth:`fit` to stop at the next safe point (safe from a signal handler):
-        after the current batch, or before the next L-BFGS evaluation (θ becomes the best
-        point so far; the interrupted round is not counted).
+        after the current batch, or before the next L-BFGS evaluation (the interrupted
+        round is not counted: the state goes back to its start, the exact restart point,
+        and the best point it evaluated is what :attr:`theta` reports meanwhile).
         """
         self._stop_requested = True
 
@@ -1006,9 +1017,12 @@ class _Streaming(_Strategy):
             if lr._out_of_budget(max_samples):
                 return True
             complete = rounds._round(source, callbacks, budget)
+            s = lr.state  # a round cut by a stop request put its start back
+            if not complete and lr._stop_requested:
+                return True
             s.cursor = Cursor(1 + s.evaluations, 0, 0, s.samples)
             s.epoch_rows = source.n_rows
-            if not complete:  # stopped by a signal, max_samples or the cap
+            if not complete:  # stopped by max_samples or the cap
                 return lr._out_of_budget(max_samples)
         return False
 
@@ -1331,10 +1345,10 @@ class _Streaming(_Strategy):
         refine = self.learner.refine
         measured = not s.epoch_loss_weight and (
             (refine == "scoring" and not math.isnan(s.decrement))
-            or (refine == "lbfgs" and s.evaluations > 0))
+            or (refine == "lbfgs" and (s.evaluations > 0 or s.stopped_theta is not None)))
         if measured:  # the loss of the fitted θ, which a scoring pass measured
             train, running = (s.refine_loss if s.refine_dir is not None else
-                              s.train_loss), None
+                              s.fitted_loss), None
         else:  # streaming passes only: the mean of the batch losses, at moving θ
             train = None
             running = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
@@ -1430,15 +1444,16 @@ class _LBFGSRounds(_Strategy):
 
     def result(self, source, *, seconds, interrupted, rows) -> LBFGSResult:
         s = self.learner.state
-        gphi = s.whitener.grad_phi(s.grad) if s.whitener is not None else s.grad
-        train, objective = _split_objective(self.learner, s.train_loss)
+        grad = s.fitted_grad
+        gphi = s.whitener.grad_phi(grad) if s.whitener is not None else grad
+        train, objective = _split_objective(self.learner, s.fitted_loss)
         return LBFGSResult(
             samples=s.samples, steps=s.steps, rewhitens=s.rewhitens, seconds=seconds,
             rows_per_s=rows / seconds if seconds else 0.0, train_loss=train,
             objective=objective,
             epochs=round(s.samples / source.n_rows, 4), interrupted=interrupted,
             rounds=s.rounds, evaluations=s.evaluations, converged=s.converged,
-            grad_norm=float(np.linalg.norm(s.grad)),
+            grad_norm=float(np.linalg.norm(grad)),
             natural_grad_norm=float(np.linalg.norm(gphi)))
 
     # -- one round ----------------------------------------------------------------------
@@ -1507,7 +1522,8 @@ class _LBFGSRounds(_Strategy):
                                                                   last_rows[0]),
                           on_iteration=count_iteration)
         s.theta, s.train_loss, s.grad = res.theta, res.J, res.grad
-        lr._round_start = None  # the round is over: its end is the state to save
+        start, lr._round_start = lr._round_start, None  # the round is over: its end is the
+        # state to save (or its start, for a round a stop request cut short: below)
         s.phi = W.phi(s.theta)
         gphi = W.grad_phi(res.grad)
         rel = (J0 - res.J) / max(abs(J0), abs(res.J), 1.0)
@@ -1531,12 +1547,29 @@ class _LBFGSRounds(_Strategy):
             "rewhiten": {k_: v for k_, v in event.items() if k_ not in ("event", "round")},
             "seconds": time.perf_counter() - t0,
         }
-        s.last_round = record
+        if not res.complete and lr._stop_requested:
+            self._keep_round_start(start, res)
+        else:
+            s.last_round = record
+            s.stopped_theta = s.stopped_grad = None
+            s.stopped_loss = math.nan
         for cb in callbacks:
             hook = getattr(cb, "on_round", None)  # callbacks need not subclass Callback
             if hook is not None:
                 hook(lr, record)
         return res.complete
+
+    def _keep_round_start(self, start, res) -> None:
+        """A round a stop request (SIGINT, SIGTERM) cut short: the state goes back to the
+        round's start, which a resume (or the next fit) continues from exactly as after a
+        kill, since L-BFGS's memory and line search exist only inside a round; the best
+        point the cut round evaluated (or a better one an earlier cut of this round found)
+        is kept as what the run reports (:attr:`LearnerState.fitted_theta`).
+        """
+        lr = self.learner
+        s = lr.state = start.restore()
+        if s.stopped_theta is None or res.J < s.stopped_loss:
+            s.stopped_theta, s.stopped_loss, s.stopped_grad = res.theta, res.J, res.grad
 
     def _start_from_data(self, source: ArraySource) -> None:
         """Apply the model's data-informed start (:meth:`Model.initial_params`) from the

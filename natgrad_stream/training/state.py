@@ -119,6 +119,13 @@ class LearnerState:
     #: of the parameters the last step moved most (else None).
     refine_growth: int = _f(("refine", "growth"), "int", default=0)
     unbounded: list | None = _f(("refine", "unbounded"), "json", default=None)
+    #: An L-BFGS round cut short by a stop request (SIGINT, SIGTERM): the state is the
+    #: round's start (the exact restart point, as after a kill) and these are the best
+    #: point the cut round evaluated, its loss and ∇θJ, which the run reports until a
+    #: round completes (None when no round was cut).
+    stopped_theta: np.ndarray | None = _f(("stopped_round", "theta"), "array", default=None)
+    stopped_loss: float = _f(("stopped_round", "loss"), "nan_float", default=math.nan)
+    stopped_grad: np.ndarray | None = _f(("stopped_round", "grad"), "array", default=None)
     theta_sum: np.ndarray | None = _f(("average", "theta_sum"), "array", default=None)
     average_weight: float = _f(("average", "weight"), "float", default=0.0)
     epoch_loss_sum: float = _f(("epoch_loss", "sum"), "float", default=0.0)
@@ -149,11 +156,25 @@ class LearnerState:
     def fitted_theta(self) -> np.ndarray:
         """The parameters a fit returns: the last point whose whole-data loss was measured
         while a Fisher-scoring step from it awaits its check (``theta`` is then that
-        unverified step, kept so that a resumed run continues exactly), else ``theta``.
+        unverified step, kept so that a resumed run continues exactly), the best point of
+        an L-BFGS round cut short by a stop (``theta`` is then the round's start), else
+        ``theta``.
         """
         if self.refine_dir is not None and self.refine_theta is not None:
             return self.refine_theta
+        if self.stopped_theta is not None:
+            return self.stopped_theta
         return self.theta
+
+    @property
+    def fitted_loss(self) -> float:
+        """The loss measured at :attr:`fitted_theta` by the last L-BFGS evaluation set."""
+        return self.train_loss if self.stopped_theta is None else self.stopped_loss
+
+    @property
+    def fitted_grad(self) -> np.ndarray | None:
+        """``∇θJ`` at :attr:`fitted_theta` on the last L-BFGS evaluation set."""
+        return self.grad if self.stopped_theta is None else self.stopped_grad
 
     @classmethod
     def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
