@@ -125,7 +125,7 @@ def _interrupt(proc, name: str) -> None:
         counts[key] = counts.get(key, 0) + 1
 
 
-def _kill_at_next_checkpoint(proc, checkpoint: Path, name: str) -> bool:
+def _kill_at_next_checkpoint(proc, checkpoint: Path, name: str = "") -> bool:
     """Interrupt ``proc`` right after it writes a new checkpoint; False if it ended first."""
     def stamp():
         try:

@@ -229,7 +229,7 @@ def test_a_fifo_in_the_run_directory_is_refused_without_hanging(name, run_a, dat
     code, out, err = _use(capsys, "resume", run_a, data)
     if name == "metrics.jsonl":
         assert code == 2 and out is None
-        assert "metrics.jsonl: the run's log is a FIFO" in _one_line(err)
+        assert "metrics.jsonl: is a FIFO, not a regular file" in _one_line(err)
     else:  # the record is read to check the run's identity: one warning, then replaced
         assert code == 0, err
         assert "cannot read" in _one_line(err) and "is a FIFO" in err
