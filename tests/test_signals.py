@@ -37,8 +37,16 @@ elif where == "after-summary":  # the summary is on stdout, the command not yet 
     import natgrad_stream.app.cli as cli
     print_json = cli._print_json
     cli._print_json = lambda obj: (print_json(obj), send())
-elif where == "shutdown":  # the command has returned: interpreter exit
-    atexit.register(send)
+elif where == "shutdown":  # the command has returned: the interpreter's exit
+    import threading
+    threading._register_atexit(send)  # (as the thread pools do: before atexit's callbacks)
+elif where == "finalization":  # after the atexit callbacks, before the handlers' reset
+    atexit.register(send)  # (registered before the command's: the last one to run)
+elif where == "teardown":  # the modules' teardown, after the handlers' reset
+    class Late:
+        def __del__(self):
+            send()
+    sys.modules["natgrad_late_hook"] = Late()
 runpy.run_module("natgrad_stream", run_name="__main__")
 """
 
@@ -81,6 +89,20 @@ def test_signal_after_the_summary_is_one_line_and_130(small_zarr, tmp_path, wher
     summary = json.loads(out.strip().splitlines()[-1])  # written, and the run with it
     assert summary["samples"] == 5000 and not summary["interrupted"]
     assert (run / "checkpoint.npz").is_file() and (run / "run.json").is_file()
+
+
+@pytest.mark.parametrize("where", ["finalization", "teardown"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_interpreters_exit_does_not_kill_the_process(small_zarr, tmp_path,
+                                                                         signame, where):
+    """(fuzz: a second SIGTERM into a stopping fit killed it, status −15: the interpreter's
+    finalization had reset the handlers) Once the command is done and its threads joined,
+    the signals are blocked: the status is the command's, the output complete.
+    """
+    code, out, err = _run(where, signame, "fit", small_zarr, "--model", "logistic",
+                          "--out", tmp_path / "run", "--epochs", 1, "--progress", "never")
+    assert code == 0, err
+    assert "Traceback" not in err and json.loads(out.strip().splitlines()[-1])["samples"]
 
 
 def test_entry_points_run_the_signal_safe_wrapper():

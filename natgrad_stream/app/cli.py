@@ -9,6 +9,7 @@ usage, 130 stopped by a signal (after writing a resumable checkpoint).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -508,6 +509,7 @@ def run() -> None:
     has returned (everything written and flushed), a signal exits at once with 130.
     """
     _set_stop_signals(_interrupt)
+    atexit.register(_ignore_stop_signals)  # first registered: the last callback to run
     try:
         code = main()
         sys.stdout.flush()
@@ -518,6 +520,21 @@ def run() -> None:
     _set_stop_signals(_exit_now)
     _bounded_shutdown(code)
     sys.exit(code)
+
+
+def _ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM for the rest of the process (registered with atexit).
+
+    The interpreter's exit joins the command's threads (a signal then still exits 130,
+    :func:`_exit_now`), runs the atexit callbacks, and then resets every Python handler
+    to the default action, after which a signal would kill the process (status −15 or −2)
+    during the modules' teardown although its result was written. An ignored signal is
+    left ignored by that reset (a mask would not do: it is per thread, and the kernel
+    delivers a process's signal to any thread not blocking it): a signal arriving in that
+    last stretch is dropped, and the status is the command's.
+    """
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 #: Longest the interpreter may take to shut down after the command (joining threads).
