@@ -1,11 +1,5 @@
 """``python -m natgrad_stream``: the ``natgrad-stream`` command."""
 
-import sys
+from natgrad_stream._entry import main
 
-try:
-    from natgrad_stream.app.cli import run
-except KeyboardInterrupt:  # a signal while the command line loads: one line, no traceback
-    print("natgrad-stream: interrupted", file=sys.stderr)
-    sys.exit(130)
-
-run()
+main()

@@ -433,8 +433,10 @@ def _rundir_case(rng, ctx) -> tuple:
         "newest_deleted": "warn", "newest_truncated": "warn", "newest_bitflip": "warn",
         "newest_directory": "warn", "newest_dev_zero": "warn", "newest_empty": "warn",
         "all_deleted": "detect", "foreign_checkpoint": "detect", "foreign_symlink": "detect",
-        "foreign_older": "detect", "checksums_deleted": "detect",
-        "checksums_deleted_theta_shifted": "detect", "stale_temporary": "same",
+        # a checkpoint without its checksum index is damaged, like a bit flip: the previous
+        # one is used, with a warning naming it (README, "Checkpoints")
+        "foreign_older": "detect", "checksums_deleted": "warn",
+        "checksums_deleted_theta_shifted": "warn", "stale_temporary": "same",
         "lock_garbage": "same", "lock_directory": "either", "lock_held": "same",
         "readonly_run": "same", "metrics_damaged": "same", "stray_file": "same",
         "run_is_file": "detect"}[kind]

@@ -29,7 +29,18 @@ def send(*args, **kwargs):
     os.kill(os.getpid(), sig)
     time.sleep(0.2)  # the handler runs here
 
-if where == "start-up":  # before the fit's own handler: imports, zarr's thread pool
+if where == "loading":  # the command line's modules loading (before the fit's handler)
+    import importlib.abc
+
+    class Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "natgrad_stream.app.cli":
+                sys.meta_path.remove(self)
+                send()
+            return None
+
+    sys.meta_path.insert(0, Hook())
+elif where == "start-up":  # before the fit's own handler: imports, zarr's thread pool
     import natgrad_stream.data.zarr_reads as zr
     configure = zr.configure_zarr_threads
     zr.configure_zarr_threads = lambda: (send(), configure())
@@ -66,6 +77,19 @@ def test_signal_during_start_up_is_one_line_and_130(small_zarr, tmp_path, signam
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert err.startswith("natgrad-stream fit: interrupted")
     assert out == ""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signal_while_the_command_line_loads_is_one_line_and_130(small_zarr, tmp_path,
+                                                                 signame):
+    """The entry point handles the signals from its first line.
+
+    (fuzz: SIGTERM half a second after start, while numpy, numba and zarr loaded, killed
+    the process with status −15: no handler was installed yet.)
+    """
+    code, out, err = _run("loading", signame, "fit", small_zarr, "--model", "logistic",
+                          "--out", tmp_path / "run", "--epochs", 1)
+    assert code == 130 and err.strip() == "natgrad-stream: interrupted" and out == "", err
 
 
 @pytest.mark.parametrize("command", ["evaluate", "params"])
@@ -107,5 +131,5 @@ def test_a_signal_during_the_interpreters_exit_does_not_kill_the_process(small_z
 
 def test_entry_points_run_the_signal_safe_wrapper():
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'natgrad-stream = "natgrad_stream.app.cli:run"' in text
+    assert 'natgrad-stream = "natgrad_stream._entry:main"' in text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() restores handlers

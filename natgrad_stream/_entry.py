@@ -1,0 +1,29 @@
+"""The ``natgrad-stream`` command's entry point (the console script and ``python -m
+natgrad_stream``): SIGINT and SIGTERM are handled from its first line, before the command
+line's modules load (numpy, numba, zarr: about half a second on a busy machine, during which
+SIGTERM used to kill the process with status −15).
+
+Only the interpreter's own start-up, before this module runs, is left to the default
+actions.
+"""
+
+import signal
+import sys
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Install the stop handlers, load the command line, run it (exit status: its)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _interrupted)
+    try:
+        from natgrad_stream.app.cli import run
+    except KeyboardInterrupt:  # a signal while the command line loads: one line, 130
+        for s in (signal.SIGINT, signal.SIGTERM):  # (not reset to default by the exit)
+            signal.signal(s, signal.SIG_IGN)
+        print("natgrad-stream: interrupted", file=sys.stderr)
+        sys.exit(130)
+    run()
