@@ -15,6 +15,18 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
+def forget_keyboard_interrupt() -> None:
+    """Clear CPython's record of a KeyboardInterrupt that left a string ``exec``.
+
+    CPython sets its "unhandled KeyboardInterrupt" flag when code run from a string
+    (``exec("...")``, as Numba, dataclasses and others generate code) ends in a
+    KeyboardInterrupt, even one caught afterwards; under ``python -m`` the interpreter then
+    kills itself with SIGINT at exit (status −2) whatever the exit status asked for. Every
+    string evaluation starts by clearing the flag: one that ends normally leaves it clear.
+    """
+    exec("None", {})
+
+
 def main() -> None:
     """Install the stop handlers, load the command line, run it (exit status: its)."""
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -25,5 +37,6 @@ def main() -> None:
         for s in (signal.SIGINT, signal.SIGTERM):  # (not reset to default by the exit)
             signal.signal(s, signal.SIG_IGN)
         print("natgrad-stream: interrupted", file=sys.stderr)
+        forget_keyboard_interrupt()
         sys.exit(130)
     run()

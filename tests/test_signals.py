@@ -92,6 +92,42 @@ def test_signal_while_the_command_line_loads_is_one_line_and_130(small_zarr, tmp
     assert code == 130 and err.strip() == "natgrad-stream: interrupted" and out == "", err
 
 
+#: ``sitecustomize`` for ``python -m natgrad_stream``: while the command line's modules are
+#: found, a SIGINT arrives inside code run from a string (as Numba and dataclasses run the
+#: code they generate).
+IN_STRING_EXEC = """
+import importlib.abc, sys
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "natgrad_stream.app.cli":
+            sys.meta_path.remove(self)
+            exec("import os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(1)")
+        return None
+
+sys.meta_path.insert(0, Hook())
+"""
+
+
+def test_a_signal_caught_inside_a_string_exec_still_exits_130(small_zarr, tmp_path):
+    """A KeyboardInterrupt caught after it left a string ``exec`` does not turn into −2.
+
+    (fuzz: SIGINT half a second into ``python -m natgrad_stream fit`` printed its one line,
+    then the process died with status −2: CPython records a KeyboardInterrupt that leaves a
+    string ``exec`` as unhandled, even when caught, and under ``-m`` kills itself with
+    SIGINT at exit.)
+    """
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(IN_STRING_EXEC)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "natgrad_stream", "fit", str(small_zarr),
+                           "--model", "logistic", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "natgrad-stream: interrupted"
+
+
 @pytest.mark.parametrize("command", ["evaluate", "params"])
 def test_signal_during_start_up_of_other_commands(small_zarr, tmp_path, command):
     args = ("params", tmp_path / "none") if command == "params" else \

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from natgrad_stream import __version__
 from natgrad_stream._constants import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS
+from natgrad_stream._entry import forget_keyboard_interrupt
 from natgrad_stream.errors import (
     CheckpointError,
     DataError,
@@ -519,6 +520,7 @@ def run() -> None:
         code = EXIT_SIGNAL
     _set_stop_signals(_exit_now)
     _bounded_shutdown(code)
+    forget_keyboard_interrupt()  # (a caught one: else `python -m` would exit −2)
     sys.exit(code)
 
 
