@@ -154,13 +154,15 @@ def _metadata_case(rng, ctx) -> tuple:
     meta = f"store.zarr/{arr}/zarr.json"
     names = (arr, "zarr.json")
     other = {"X": "float32", "y": "uint8"}[arr]
-    same_size = {"X": ["int32", "uint32"], "y": ["int8"]}[arr]
+    # y's labels are uint8 0/1: bool has the same size, and reads the same labels
+    same_size = {"X": ["int32", "uint32"], "y": ["int8", "bool"]}[arr]
     kinds = {
         "dtype_same_size": lambda: (
             f"{arr} data_type {other} -> {(t := rng.choice(same_size))}",
             lambda d: d.__setitem__("data_type", t), "undetectable", "detect"),
         "dtype_other_size": lambda: (
-            f"{arr} data_type -> {(t := rng.choice(OTHER_DTYPES))}",
+            f"{arr} data_type -> "
+            f"{(t := rng.choice([d for d in OTHER_DTYPES if d not in (other, *same_size)]))}",
             lambda d: d.__setitem__("data_type", t), "detect", "detect"),
         "shape_in_padding": lambda: ("X and y grown to 2,950 rows (inside the last chunk)",
                                      None, "undetectable", "detect"),
