@@ -10,8 +10,11 @@ actions.
 import signal
 import sys
 
+_SIGNALLED = []
+
 
 def _interrupted(signum, frame):
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -34,9 +37,19 @@ def main() -> None:
     try:
         from natgrad_stream.app.cli import run
     except KeyboardInterrupt:  # a signal while the command line loads: one line, 130
-        for s in (signal.SIGINT, signal.SIGTERM):  # (not reset to default by the exit)
-            signal.signal(s, signal.SIG_IGN)
-        print("natgrad-stream: interrupted", file=sys.stderr)
-        forget_keyboard_interrupt()
-        sys.exit(130)
+        _stop()
+    except ImportError:
+        # a library whose import the signal interrupted may report an ImportError instead
+        # (numpy: "PyCapsule_Import could not import module ..."): the signal is the cause
+        if _SIGNALLED:
+            _stop()
+        raise
     run()
+
+
+def _stop() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):  # (not reset to default by the exit)
+        signal.signal(s, signal.SIG_IGN)
+    print("natgrad-stream: interrupted", file=sys.stderr)
+    forget_keyboard_interrupt()
+    sys.exit(130)

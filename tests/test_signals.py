@@ -29,7 +29,21 @@ def send(*args, **kwargs):
     os.kill(os.getpid(), sig)
     time.sleep(0.2)  # the handler runs here
 
-if where == "loading":  # the command line's modules loading (before the fit's handler)
+if where == "import-error":  # a library turns the interrupt into an ImportError (numpy)
+    import importlib.abc
+
+    class Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "natgrad_stream.app.cli":
+                sys.meta_path.remove(self)
+                try:
+                    send()
+                except KeyboardInterrupt as exc:
+                    raise ImportError("PyCapsule_Import could not import module") from exc
+            return None
+
+    sys.meta_path.insert(0, Hook())
+elif where == "loading":  # the command line's modules loading (before the fit's handler)
     import importlib.abc
 
     class Hook(importlib.abc.MetaPathFinder):
@@ -87,9 +101,10 @@ def test_signal_while_the_command_line_loads_is_one_line_and_130(small_zarr, tmp
     (fuzz: SIGTERM half a second after start, while numpy, numba and zarr loaded, killed
     the process with status −15: no handler was installed yet.)
     """
-    code, out, err = _run("loading", signame, "fit", small_zarr, "--model", "logistic",
-                          "--out", tmp_path / "run", "--epochs", 1)
-    assert code == 130 and err.strip() == "natgrad-stream: interrupted" and out == "", err
+    for where in ("loading", "import-error"):  # (fuzz: numpy's ImportError, exit 1)
+        code, out, err = _run(where, signame, "fit", small_zarr, "--model", "logistic",
+                              "--out", tmp_path / "run", "--epochs", 1)
+        assert code == 130 and err.strip() == "natgrad-stream: interrupted" and out == "", err
 
 
 #: ``sitecustomize`` for ``python -m natgrad_stream``: while the command line's modules are

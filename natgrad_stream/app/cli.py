@@ -422,8 +422,13 @@ def _os_error(exc: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
+#: Signals :func:`_interrupt` turned into KeyboardInterrupt (their numbers).
+_INTERRUPTS: list = []
+
+
 def _interrupt(signum, frame):
     """SIGINT and SIGTERM outside a fit's graceful window: stop the command at once."""
+    _INTERRUPTS.append(signum)
     raise KeyboardInterrupt
 
 
@@ -452,11 +457,15 @@ def main(argv=None) -> int:
     """
     old = _set_stop_signals(_interrupt)
     prefix, _RESULT["written"] = "natgrad-stream", False
+    signalled = len(_INTERRUPTS)
     try:
         args = build_parser().parse_args(argv)
         prefix = f"natgrad-stream {args.command}"
         return _run_command(args, prefix)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as exc:
+        # (a library whose import a signal interrupted may raise ImportError instead)
+        if isinstance(exc, ImportError) and len(_INTERRUPTS) == signalled:
+            raise
         if _RESULT["written"]:
             note = " after the result was written"
         elif prefix.endswith(" fit"):
