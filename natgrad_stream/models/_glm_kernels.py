@@ -82,6 +82,21 @@ def glm_row(family, z, y):  # pragma: no cover - compiled
 
 
 @jit
+def _row_loss_grad(X, y, theta, family, metric, i, wi, grad):  # pragma: no cover - compiled
+    """Row ``i`` of weight ``wi``: adds ``wi ∇loss`` into ``grad``; returns ``(wi·loss, c)``
+    with ``c`` the row's metric weight (model or empirical) times ``wi``.
+    """
+    d = X.shape[1]
+    z = linear_predictor(X, theta, i)
+    loss, dz, c_model, c_emp = glm_row(family, z, y[i])
+    g = wi * dz
+    for j in range(d):
+        grad[j] += g * X[i, j]
+    grad[d] += g
+    return wi * loss, wi * (c_model if metric == METRIC_MODEL else c_emp)
+
+
+@jit
 def glm_accumulate_range(X, y, w, theta, family, metric, structure, start, stop,  # pragma: no cover
                          grad, fisher, fdiag, ST):
     """Accumulate loss, gradient and metric sums over rows ``start:stop``.
@@ -119,15 +134,9 @@ def glm_accumulate_range(X, y, w, theta, family, metric, structure, start, stop,
         b1 = min(b0 + BLOCK_ROWS, stop)
         for i in range(b0, b1):
             wi = w[i] if weighted else 1.0
-            z = linear_predictor(X, theta, i)
-            loss, dz, c_model, c_emp = glm_row(family, z, y[i])
-            loss_sum += wi * loss
+            loss, c = _row_loss_grad(X, y, theta, family, metric, i, wi, grad)
+            loss_sum += loss
             weight_sum += wi
-            g = wi * dz
-            for j in range(d):
-                grad[j] += g * X[i, j]
-            grad[d] += g
-            c = wi * (c_model if metric == METRIC_MODEL else c_emp)
             if full:
                 s = np.sqrt(c)
                 r = i - b0
@@ -178,15 +187,10 @@ def glm_accumulate_wide(X, y, w, theta, family, metric, grad, fisher, ST):  # pr
         b1 = min(b0 + BLOCK_ROWS, n)
         for i in range(b0, b1):
             wi = w[i] if weighted else 1.0
-            z = linear_predictor(X, theta, i)
-            loss, dz, c_model, c_emp = glm_row(family, z, y[i])
-            loss_sum += wi * loss
+            loss, c = _row_loss_grad(X, y, theta, family, metric, i, wi, grad)
+            loss_sum += loss
             weight_sum += wi
-            g = wi * dz
-            for j in range(d):
-                grad[j] += g * X[i, j]
-            grad[d] += g
-            s = np.sqrt(wi * (c_model if metric == METRIC_MODEL else c_emp))
+            s = np.sqrt(c)
             r = i - b0
             for j in range(d):
                 ST[j, r] = s * X[i, j]
