@@ -23,6 +23,9 @@ NULL_EIGENVALUE_FRACTION = 1e-11
 #: a barrier per 64 rows, which costs time on a busy machine at smaller P (at P = 1,201
 #: with 9 processes on 2 cores: 2.5× the row split's time; at 3,001 the same time).
 WIDE_METRIC_PARAMS = 2048
+#: ``--structure auto``: the full metric up to this many parameters, the diagonal beyond
+#: (:func:`natgrad_stream.training.options.auto_structure`).
+AUTO_FULL_MAX_PARAMS = 2048
 #: At most this many parameters are named as moved by unidentified directions.
 UNIDENTIFIED_NAMED = 10
 #: Negative diagonal entries down to this fraction of the parameter's own diagonal before an

@@ -52,11 +52,13 @@ def test_a_fit_with_no_options_takes_the_table_defaults(tmp_path):
     for name in opts.LEARNER_OPTIONS:
         opt = opts.BY_NAME[name]
         if name in eff and opt.default is not None and name not in ("rewhiten",
-                                                                     "fisher_every"):
+                                                                     "fisher_every",
+                                                                     "structure"):
             assert eff[name] == opt.default, name
     assert eff["metric"] == model.default_metric and eff["lr"] == 1.0
     assert eff["rewhiten"] == opts.rewhiten("rewhiten", "auto")
     assert eff["fisher_every"] == max(1, round(model.n_params / 16))
+    assert eff["structure"] == "full"  # auto: full for a small model
     lbfgs = NaturalGradientLearner(model, optimizer="lbfgs").effective_options
     assert lbfgs["batch_size"] == opts.BY_NAME["batch_size"].lbfgs_default
     assert "lr" not in lbfgs and "epochs" not in lbfgs  # no effective value where n/a
@@ -378,3 +380,17 @@ def test_runs_recorded_under_the_old_names_load_and_resume(small_zarr, tmp_path,
                            *(["--lbfgs-rounds", 2] if optimizer == "lbfgs"
                              else ["--epochs", 2]))
     assert code == 0, err
+
+
+def test_structure_auto_is_full_up_to_the_threshold_then_diagonal_with_lbfgs_passes():
+    from natgrad_stream._constants import AUTO_FULL_MAX_PARAMS
+
+    small = NaturalGradientLearner(make_model("logistic", AUTO_FULL_MAX_PARAMS - 1))
+    assert small.structure == "full" and small.effective_options["refine"] == "scoring"
+    wide = NaturalGradientLearner(make_model("logistic", AUTO_FULL_MAX_PARAMS))
+    assert wide.structure == "diagonal" and wide.effective_options["refine"] == "lbfgs"
+    forced = NaturalGradientLearner(make_model("logistic", AUTO_FULL_MAX_PARAMS),
+                                    structure="full")
+    assert forced.structure == "full"
+    changes, refused = opts.check_resume({"structure": "full"}, {"structure": "auto"})
+    assert changes == {} and refused == []

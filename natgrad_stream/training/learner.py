@@ -65,6 +65,7 @@ from natgrad_stream._constants import (
     UNIDENTIFIED_NAMED,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
+from natgrad_stream.data.sparse import as_sparse_rows, is_sparse
 from natgrad_stream.data.window import (
     chunk_window,
     compare_recorded,
@@ -318,6 +319,8 @@ class NaturalGradientLearner:
             the learner's state is unchanged.
         """
         self.strategy.require_steps()
+        if is_sparse(X):  # SciPy CSR/CSC/COO: canonical CSR rows once, for every use below
+            X = as_sparse_rows(X)
         n = X.shape[0]
         if n == 0:
             raise ValueError("empty batch")
