@@ -133,11 +133,13 @@ def glm_sparse_accumulate_parallel(data, indices, indptr, y, w, cw, theta, famil
                                    xrow_t):  # pragma: no cover - compiled
     """Parallel pass: rows split over threads, per-thread buffers, serial merge.
 
-    ``grad_t``, ``fdiag_t`` (T, P) (``fdiag_t`` (T, 1) unless diagonal) and ``xrow_t``
-    (T, P) must be zeros and are left zero (:func:`merge_touched` clears what it merges:
-    O(nnz) per batch, not O(T·P)); ``fisher_t`` (T, P, P) (full; else (T, 1, 1)) is
-    cleared here. ``T`` fixes the split and so the summation order. Other arguments and
-    the result as in :func:`glm_sparse_accumulate`.
+    Thread 0 adds into ``grad`` and ``fdiag`` (zeroed by the caller); thread ``t > 0``
+    into ``grad_t[t]``, ``fdiag_t[t]``. ``grad_t``, ``fdiag_t`` (T, P) (``fdiag_t``
+    (T, 1) unless diagonal) and ``xrow_t`` (T, P) must be zeros and are left zero
+    (:func:`merge_touched` clears what it merges: O(nnz) per batch, not O(T·P));
+    ``fisher_t`` (T, P, P) (full; else (T, 1, 1)) is cleared here. ``T`` fixes the split
+    and so the summation order. Other arguments and the result as in
+    :func:`glm_sparse_accumulate`.
     """
     T = grad_t.shape[0]
     P = theta.shape[0]
@@ -149,19 +151,24 @@ def glm_sparse_accumulate_parallel(data, indices, indptr, y, w, cw, theta, famil
     for t in prange(T):
         if full:
             fisher_t[t] = 0.0
+        # thread 0 adds into the outputs themselves: one buffer fewer to merge
+        g = grad if t == 0 else grad_t[t]
+        fd = fdiag if t == 0 else fdiag_t[t]
         loss_t[t], wsum_t[t] = glm_sparse_range(
             data, indices, indptr, y, w, cw, theta, family, metric, structure, ranges[t, 0],
-            ranges[t, 1], grad_t[t], fisher_t[t], fdiag_t[t], xrow_t[t])
+            ranges[t, 1], g, fisher_t[t], fd, xrow_t[t])
     loss = 0.0
     wsum = 0.0
     for t in range(T):
         loss += loss_t[t]
         wsum += wsum_t[t]
+        if full:
+            fisher += fisher_t[t]
+        if t == 0:
+            continue
         merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], P, grad_t[t], grad)
         if diag:
             merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], P, fdiag_t[t], fdiag)
-        elif full:
-            fisher += fisher_t[t]
     if full:
         symmetrize_from_upper(fisher)
     return loss, wsum

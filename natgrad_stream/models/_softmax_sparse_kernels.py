@@ -136,6 +136,7 @@ def softmax_sparse_accumulate_parallel(data, indices, indptr, y, w, theta, metri
                                        xrow_t):  # pragma: no cover - compiled
     """Parallel pass: rows split over threads, per-thread buffers, serial merge.
 
+    Thread 0 adds into ``grad`` and ``gdiag``; thread ``t > 0`` into its buffers:
     ``grad_t``, ``gdiag_t`` (T, P) (``gdiag_t`` (T, 1) unless diagonal) and ``xrow_t``
     (T, D) must be zeros and are left zero (merged and cleared by touched entries:
     O(nnz·(K − 1)) per batch, not O(T·P)); ``S_t`` (T, Q, D, D) is cleared here. Other
@@ -148,27 +149,30 @@ def softmax_sparse_accumulate_parallel(data, indices, indptr, y, w, theta, metri
     pairs = metric != METRIC_NONE and not diag
     loss_t = np.zeros(T)
     wsum_t = np.zeros(T)
+    grad[:] = 0.0
+    gdiag[:] = 0.0
     for t in prange(T):
         if pairs:
             S_t[t] = 0.0
+        # thread 0 adds into the outputs themselves: one buffer fewer to merge
+        g = grad if t == 0 else grad_t[t]
+        gd = gdiag if t == 0 else gdiag_t[t]
         loss_t[t], wsum_t[t] = softmax_sparse_range(
             data, indices, indptr, y, w, theta, metric, structure, U, pa, pb, ranges[t, 0],
-            ranges[t, 1], grad_t[t], S_t[t], gdiag_t[t], xrow_t[t])
-    grad[:] = 0.0
-    gdiag[:] = 0.0
+            ranges[t, 1], g, S_t[t], gd, xrow_t[t])
     S[:] = 0.0
     loss = 0.0
     wsum = 0.0
     for t in range(T):
         loss += loss_t[t]
         wsum += wsum_t[t]
+        if pairs:
+            S += S_t[t]
+        if t == 0:
+            continue
         merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], D, grad_t[t], grad)
-        if metric != METRIC_NONE:
-            if diag:
-                merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], D, gdiag_t[t],
-                              gdiag)
-            else:
-                S += S_t[t]
+        if diag and metric != METRIC_NONE:
+            merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], D, gdiag_t[t], gdiag)
     if pairs:
         G[:] = 0.0
         expand_pairs(S, pa, pb, G)

@@ -4,8 +4,9 @@ A CSR batch is three flat arrays (``data``, ``indices`` int32, ``indptr`` int64;
 is ``data[indptr[i]:indptr[i+1]]``, see :class:`~natgrad_stream.data.sparse.SparseRows`).
 Column indices may repeat within a row; the repeats add. Linear terms (``x·θ``, ``g x``)
 need nothing special; squares and outer products of a row with repeats need the row's
-summed values: :func:`add_row_squares` gathers them in a scratch vector ``xrow`` that is
-all zeros before and after every call (so it is never cleared per batch), and
+summed values: :func:`add_row_squares` gathers them, for a row whose columns do not
+increase, in a scratch vector ``xrow`` that is all zeros before and after every call (so
+it is never cleared per batch), and
 :func:`add_row_outer_upper` sums over every pair of entries, which is ``x xᵀ`` by
 bilinearity.
 
@@ -46,8 +47,20 @@ def first_decrease(indptr):  # pragma: no cover - compiled
 @jit
 def add_row_squares(data, indices, a, b, c, offset, out, xrow):  # pragma: no cover
     """Add ``c·x_j²`` into ``out[offset + j]`` for the columns ``j`` of the row
-    ``data[a:b]`` (repeated columns summed first, in ``xrow``, which comes back zero).
+    ``data[a:b]``. A row whose columns increase (canonical CSR, as SciPy and AnnData
+    write it) has no repeats and is read once; another has its repeated columns summed
+    first, in ``xrow``, which comes back zero.
     """
+    increasing = True
+    for k in range(a + 1, b):
+        if indices[k] <= indices[k - 1]:
+            increasing = False
+            break
+    if increasing:
+        for k in range(a, b):
+            v = data[k]
+            out[offset + indices[k]] += c * v * v
+        return
     for k in range(a, b):
         xrow[indices[k]] += data[k]
     for k in range(a, b):
