@@ -188,6 +188,32 @@ def test_scipy_formats_and_a_reused_workspace(family):
             close(ws.fisher, ref.fisher)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_batches_of_views_add_up_to_the_whole(family, parallel):
+    """Streaming views (one of them empty) through one workspace sums to the whole batch."""
+    rng = np.random.default_rng(6)
+    rows = random_rows(N_ROWS, D_FEATURES, np.float32, seed=6)
+    y = targets(family, N_ROWS, rng)
+    w = rng.random(N_ROWS)
+    model, theta = model_and_theta(family, rng)
+    ws = model.new_workspace("diagonal", n_threads=2)
+    whole = model.accumulate(rows, y, w, theta, metric="empirical", structure="diagonal",
+                             ws=ws, parallel=parallel)
+    grad, fisher = ws.grad.copy(), ws.fisher.copy()
+    total = np.zeros(2)
+    g, f = np.zeros_like(grad), np.zeros_like(fisher)
+    for a, b in ((0, 40), (40, 40), (40, 101), (101, N_ROWS)):
+        total += model.accumulate(rows.rows_slice(a, b), y[a:b], w[a:b], theta,
+                                  metric="empirical", structure="diagonal", ws=ws,
+                                  parallel=parallel)
+        g += ws.grad
+        f += ws.fisher
+    close(total, whole)
+    close(g, grad)
+    close(f, fisher)
+
+
 def test_float32_rows_without_repeats_equal_the_dense_float32_kernel():
     rng = np.random.default_rng(2)
     A = sp.random(200, D_FEATURES, density=0.3, random_state=2, format="csr", dtype=np.float32)
