@@ -30,6 +30,10 @@ METRICS = ("model", "empirical", "monte-carlo", "loss-gradient", "energy", "gaus
 STRUCTURES = ("full", "diagonal", "block")
 #: Batches with at least this many rows use the parallel kernel variant.
 PARALLEL_MIN_ROWS = 4096
+#: A CSR batch takes the parallel kernel (when :meth:`Model.use_parallel` allows it) from
+#: this many non-zeros per thread on: below, starting threads and merging their buffers
+#: (O(non-zeros), see ``_sparse_kernels``) costs more than the rows' work saves.
+SPARSE_PARALLEL_MIN_NNZ_PER_THREAD = 1 << 16
 
 
 @dataclass
@@ -159,11 +163,6 @@ def sparse_scratch(ws: Workspace, P: int, row_length: int) -> dict:
         }
     return sp
 
-
-#: A CSR batch takes the parallel kernel (when :meth:`Model.use_parallel` allows it) from
-#: this many non-zeros per thread on: below, starting threads and merging their buffers
-#: (O(non-zeros), see ``_sparse_kernels``) costs more than the rows' work saves.
-SPARSE_PARALLEL_MIN_NNZ_PER_THREAD = 1 << 16
 
 
 def use_sparse_parallel(model: Model, X: SparseRows, structure: str, metric: str | None,
@@ -458,8 +457,8 @@ class Model(abc.ABC):
         densified (:meth:`dense_batch`).
         """
         if is_sparse(X):
-            rows = check_sparse_rows(X, self.n_features)
-            return rows if self.sparse_kernels else self.dense_batch(rows)
+            return check_sparse_rows(X, self.n_features) if self.sparse_kernels else \
+                self.dense_batch(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
         if X.dtype not in (np.float32, np.float64):
