@@ -127,7 +127,8 @@ def check_sparse_rows(X, n_features: int) -> SparseRows:
     if rows.shape[1] != n_features:
         raise ValueError(f"X must have shape (n, {n_features}), got {rows.shape} (sparse)")
     if (rows.data.dtype not in (np.float32, np.float64) or rows.indices.dtype != np.int32
-            or rows.indptr.dtype != np.int64 or not rows.indptr.flags.c_contiguous):
+            or rows.indptr.dtype != np.int64
+            or not all(a.flags.c_contiguous for a in (rows.data, rows.indices, rows.indptr))):
         rows = SparseRows.from_arrays(rows.data, rows.indices, rows.indptr, rows.shape[1])
     ptr = rows.indptr
     if ptr.ndim != 1 or ptr.shape[0] < 1:
