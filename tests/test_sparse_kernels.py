@@ -337,6 +337,16 @@ def test_bad_sparse_batches_are_named():
         model.loss(short, y, np.zeros(6))
 
 
+def test_strided_and_wide_integer_arrays_are_made_canonical():
+    model = make_model("logistic", 4)
+    data = np.arange(1.0, 13.0)[::2]  # strided float64
+    indices, indptr = np.array([0, 1, 3, 3, 0, 2]), np.array([0, 3, 6])  # int64
+    X = np.zeros((2, 4))
+    np.add.at(X, (np.repeat([0, 1], 3), indices), data)
+    theta, y = np.linspace(-0.5, 0.5, 5), np.array([0.0, 1.0])
+    close(model.loss(SparseRows(data, indices, indptr, 4), y, theta), model.loss(X, y, theta))
+
+
 # -- models without CSR kernels ---------------------------------------------------------------
 @pytest.mark.parametrize("name", ["gaussian", "gaussian-mean", "ising", "ica", "mlp"])
 def test_models_without_sparse_kernels_densify_small_batches(name):
