@@ -171,3 +171,7 @@ UNBOUNDED_DECREMENT = 0.05
 #: earlier releases (4 buffers of 2 chunks of 65,536 rows) unchanged up to about 250
 #: float32 features, and its read order up to about 330.
 DEFAULT_READ_BUFFER_BYTES = 512 << 20
+
+#: A model without CSR kernels densifies a sparse batch up to this many bytes (its dense
+#: rows); a larger batch is refused with the figures (use a GLM or a smaller batch).
+SPARSE_DENSIFY_MAX_BYTES = 256 << 20

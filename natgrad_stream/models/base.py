@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from natgrad_stream._constants import WIDE_METRIC_PARAMS
+from natgrad_stream._constants import SPARSE_DENSIFY_MAX_BYTES, WIDE_METRIC_PARAMS
 from natgrad_stream._jit import num_threads
+from natgrad_stream.data.sparse import SparseRows, as_sparse_rows, is_sparse
 
 #: Metric kinds a learner may request. ``model``: the Fisher information over the model
 #: (eq. 30/41) in closed form; ``monte-carlo``: the same by sampling targets from the model;
@@ -29,6 +30,10 @@ METRICS = ("model", "empirical", "monte-carlo", "loss-gradient", "energy", "gaus
 STRUCTURES = ("full", "diagonal", "block")
 #: Batches with at least this many rows use the parallel kernel variant.
 PARALLEL_MIN_ROWS = 4096
+#: A CSR batch takes the parallel kernel (when :meth:`Model.use_parallel` allows it) from
+#: this many non-zeros per thread on: below, starting threads and merging their buffers
+#: (O(non-zeros), see ``_sparse_kernels``) costs more than the rows' work saves.
+SPARSE_PARALLEL_MIN_NNZ_PER_THREAD = 1 << 16
 
 
 @dataclass
@@ -111,6 +116,72 @@ def restrict_to_structure(G: np.ndarray, structure: str, bounds: np.ndarray) -> 
     return out
 
 
+def check_sparse_rows(X, n_features: int) -> SparseRows:
+    """``X`` (a :class:`SparseRows` or SciPy sparse matrix) as canonical CSR rows of
+    ``n_features`` columns, checked so that no kernel reads or writes out of bounds: the
+    shape, ``indptr`` non-decreasing within the arrays, every column index in range.
+    """
+    from natgrad_stream.models._sparse_kernels import first_bad_index, first_decrease
+
+    rows = as_sparse_rows(X)
+    if rows.shape[1] != n_features:
+        raise ValueError(f"X must have shape (n, {n_features}), got {rows.shape} (sparse)")
+    if (rows.data.dtype not in (np.float32, np.float64) or rows.indices.dtype != np.int32
+            or rows.indptr.dtype != np.int64
+            or not all(a.flags.c_contiguous for a in (rows.data, rows.indices, rows.indptr))):
+        rows = SparseRows.from_arrays(rows.data, rows.indices, rows.indptr, rows.shape[1])
+    ptr = rows.indptr
+    if ptr.ndim != 1 or ptr.shape[0] < 1:
+        raise ValueError(f"sparse X: indptr must have shape (n + 1,), got {ptr.shape}")
+    bad = int(first_decrease(ptr))
+    if bad >= 0:
+        raise ValueError(f"sparse X: indptr decreases at row {bad} ({ptr[bad]} > {ptr[bad + 1]})")
+    a, b = int(ptr[0]), int(ptr[-1])
+    if a < 0 or b > min(rows.data.shape[0], rows.indices.shape[0]):
+        raise ValueError(f"sparse X: indptr spans entries {a}:{b}, outside the "
+                         f"{rows.data.shape[0]} values and {rows.indices.shape[0]} indices")
+    k = int(first_bad_index(rows.indices, a, b, n_features))
+    if k >= 0:
+        row = int(np.searchsorted(ptr, k, side="right")) - 1
+        raise ValueError(f"sparse X: row {row} has column index {int(rows.indices[k])}, "
+                         f"outside 0 … {n_features - 1}")
+    return rows
+
+
+def sparse_scratch(ws: Workspace, P: int, row_length: int) -> dict:
+    """Per-thread buffers of a CSR kernel (allocated at first use, in ``ws.scratch``):
+    ``grad_t`` (T, P), ``fdiag_t`` (T, P) for a diagonal workspace (else (T, 1)) and
+    ``xrow_t`` (T, ``row_length``). The kernels leave them all zeros after every batch
+    (they clear only what they touched), so nothing here is cleared per batch.
+    """
+    sp = ws.scratch.get("sparse")
+    if sp is None:
+        T = len(ws.scratch["grad_t"]) if "grad_t" in ws.scratch else num_threads()
+        sp = ws.scratch["sparse"] = {
+            "grad_t": np.zeros((T, P)),
+            "fdiag_t": np.zeros((T, P) if ws.fisher.ndim == 1 else (T, 1)),
+            "xrow_t": np.zeros((T, row_length)),
+        }
+    return sp
+
+
+
+def use_sparse_parallel(model: Model, X: SparseRows, structure: str, metric: str | None,
+                        parallel: bool | None, sp: dict) -> bool:
+    """Pick a CSR kernel's variant. A full or block metric of a wide model (P at least
+    ``WIDE_METRIC_PARAMS``) is always serial (no per-thread P × P copies); otherwise
+    ``parallel`` if given, else parallel when :meth:`Model.use_parallel` says so for the
+    rows *and* the batch holds ``SPARSE_PARALLEL_MIN_NNZ_PER_THREAD`` non-zeros per thread.
+    """
+    if metric is not None and structure != "diagonal" and model.n_params >= WIDE_METRIC_PARAMS:
+        return False
+    if parallel is not None:
+        return bool(parallel)
+    T = len(sp["grad_t"])
+    return model.use_parallel(X.shape[0], None) and \
+        X.nnz >= SPARSE_PARALLEL_MIN_NNZ_PER_THREAD * T
+
+
 def as_float64_vector(a, name: str, n: int | None = None) -> np.ndarray:
     """Return ``a`` as a contiguous float64 vector, checking its length."""
     v = np.ascontiguousarray(a, dtype=np.float64)
@@ -144,6 +215,9 @@ class Model(abc.ABC):
     #: Metric kinds this model computes in closed form from θ alone (no sampling noise over
     #: rows): the learner does not shrink their running estimate toward the diagonal.
     exact_metrics: tuple[str, ...] = ()
+    #: Whether :meth:`accumulate` and the other batch methods run CSR kernels on sparse
+    #: ``X``; a model without them gets sparse batches densified (:meth:`check_X`).
+    sparse_kernels: bool = False
     #: Pass cap of a fit left without ``epochs`` (None:
     #: :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS`), for families whose later passes
     #: need more of them.
@@ -376,13 +450,39 @@ class Model(abc.ABC):
                              f"(metric shape {ws.fisher.shape}, expected {need}); use "
                              f"new_workspace({structure!r})")
 
-    def check_X(self, X: np.ndarray) -> np.ndarray:
-        """Validate a feature batch: shape (n, n_features), float32/float64, C-contiguous."""
+    def check_X(self, X):
+        """Validate a feature batch: shape (n, n_features), float32/float64, C-contiguous.
+
+        Sparse ``X`` (:class:`~natgrad_stream.data.sparse.SparseRows` or SciPy) comes back
+        as checked canonical CSR rows for a model with :attr:`sparse_kernels`, else
+        densified (:meth:`dense_batch`).
+        """
+        if is_sparse(X):
+            return check_sparse_rows(X, self.n_features) if self.sparse_kernels else \
+                self.dense_batch(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
         if X.dtype not in (np.float32, np.float64):
             raise TypeError(f"X must be float32 or float64, got {X.dtype}")
         return X if X.flags.c_contiguous else np.ascontiguousarray(X)
+
+    def dense_batch(self, X):
+        """``X`` as dense rows: sparse rows densified when the dense batch takes at most
+        ``SPARSE_DENSIFY_MAX_BYTES`` (else ``ValueError`` with the figures); dense ``X``
+        is returned as it is (for models without CSR kernels).
+        """
+        if not is_sparse(X):
+            return X
+        rows = check_sparse_rows(X, self.n_features)
+        n, d = rows.shape
+        nbytes = n * d * rows.dtype.itemsize
+        if nbytes > SPARSE_DENSIFY_MAX_BYTES:
+            raise ValueError(
+                f"model {self.name!r} has no sparse kernels; a batch of {n:,} rows × {d:,} "
+                f"features would take {nbytes / 2**30:.2f} GiB dense (at most "
+                f"{SPARSE_DENSIFY_MAX_BYTES >> 20} MiB); use a GLM (logistic, linear, "
+                "poisson, softmax) or a smaller batch_size")
+        return rows.toarray()
 
     def target_check(self):
         """A data check ``(name, block) -> (offset, message) | None`` for targets, or None."""

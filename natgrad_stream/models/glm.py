@@ -8,10 +8,19 @@ from __future__ import annotations
 import numpy as np
 
 from natgrad_stream._constants import WIDE_METRIC_PARAMS
+from natgrad_stream.data.sparse import SparseRows
 from natgrad_stream.models import _glm_kernels as K
+from natgrad_stream.models import _glm_sparse_kernels as SK
 from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
-from natgrad_stream.models.base import Model, Workspace, as_float64_vector
+from natgrad_stream.models.base import (
+    Model,
+    Workspace,
+    as_float64_vector,
+    check_monte_carlo,
+    sparse_scratch,
+    use_sparse_parallel,
+)
 
 #: Metric kinds computed inside the fused kernel; ``loss-gradient`` is ``empirical`` here
 #: (the loss is −log q) and ``gauss-newton`` is the model Fisher of the Gaussian family.
@@ -31,6 +40,7 @@ def _weights(w, n):
 class _GLM(Model):
     family: int = -1
     scoring_converges = True  # canonical links: the model Fisher is the Hessian
+    sparse_kernels = True
 
     @property
     def n_params(self) -> int:
@@ -68,6 +78,9 @@ class _GLM(Model):
                    rng=None, mc_samples=1):
         self.check_request(metric, structure, ws)
         X = self.check_X(X)
+        if isinstance(X, SparseRows):
+            return self._accumulate_sparse(X, y, w, theta, metric, structure, ws, parallel,
+                                           rng, mc_samples)
         n = X.shape[0]
         y = as_float64_vector(y, "y", n)
         w = _weights(w, n)
@@ -100,8 +113,51 @@ class _GLM(Model):
                 ws.fisher[b:, a:b] = 0.0
         return out
 
+    def _accumulate_sparse(self, X: SparseRows, y, w, theta, metric, structure, ws, parallel,
+                           rng, mc_samples):
+        """:meth:`accumulate` on CSR rows (``_glm_sparse_kernels``); the Monte Carlo metric
+        as per-row weights ``(1/k) Σ_j (μ_i − y_ij)²`` (the same draws as the dense path).
+        """
+        n = X.shape[0]
+        y = as_float64_vector(y, "y", n)
+        w = _weights(w, n)
+        theta = as_float64_vector(theta, "theta", self.n_params)
+        ws.grad[:] = 0.0
+        ws.fisher[...] = 0.0
+        m, s = _METRIC_CODES[metric], _STRUCTURE_CODES[structure]
+        cw = _EMPTY
+        if metric == "monte-carlo":
+            k = check_monte_carlo(rng, mc_samples)
+            mu = self.predict_mean(X, theta)
+            cw = np.mean((mu - self._sample(mu, rng, (k, n))) ** 2, axis=0)
+            m = SK.METRIC_GIVEN
+        sc = ws.scratch
+        sp = sparse_scratch(ws, self.n_params, self.n_params)
+        full, diag = (sc["dummy_full"], ws.fisher) if structure == "diagonal" else \
+            (ws.fisher, sc["dummy_diag"])
+        if use_sparse_parallel(self, X, structure, metric, parallel, sp):
+            out = SK.glm_sparse_accumulate_parallel(
+                X.data, X.indices, X.indptr, y, w, cw, theta, self.family, m, s, ws.grad,
+                full, diag, sp["grad_t"], sc["fisher_t"], sp["fdiag_t"], sp["xrow_t"])
+        else:
+            out = SK.glm_sparse_accumulate(X.data, X.indices, X.indptr, y, w, cw, theta,
+                                           self.family, m, s, ws.grad, full, diag,
+                                           sp["xrow_t"][0])
+        if structure == "block" and metric is not None:
+            d = self.n_features
+            ws.fisher[:d, d] = 0.0
+            ws.fisher[d, :d] = 0.0
+        return out
+
     def scores(self, X, y, theta):
         X = self.check_X(X)
+        if isinstance(X, SparseRows):
+            out = np.zeros((X.shape[0], self.n_params))
+            SK.glm_sparse_scores(X.data, X.indices, X.indptr,
+                                 as_float64_vector(y, "y", X.shape[0]),
+                                 as_float64_vector(theta, "theta", self.n_params), self.family,
+                                 out)
+            return out
         out = np.empty((X.shape[0], self.n_params))
         K.glm_scores(X, as_float64_vector(y, "y", X.shape[0]),
                      as_float64_vector(theta, "theta", self.n_params), self.family, out)
@@ -135,6 +191,11 @@ class _GLM(Model):
         """``E[y | x]`` for each row, shape (n,)."""
         X = self.check_X(X)
         out = np.empty(X.shape[0])
+        if isinstance(X, SparseRows):
+            SK.glm_sparse_mean(X.data, X.indices, X.indptr,
+                               as_float64_vector(theta, "theta", self.n_params), self.family,
+                               out)
+            return out
         K.glm_mean(X, as_float64_vector(theta, "theta", self.n_params), self.family, out)
         return out
 
@@ -143,6 +204,11 @@ class _GLM(Model):
 
     def model_fisher(self, X, theta, w=None):
         X = self.check_X(X)
+        if isinstance(X, SparseRows):
+            c = self._metric_weights(X, theta)
+            if w is not None:
+                c = c * np.asarray(w, dtype=np.float64)
+            return _sparse_weighted_gram(X, c) / (c.shape[0] if w is None else np.sum(w))
         Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
         c = self._metric_weights(X, theta)
         if w is not None:
@@ -152,6 +218,8 @@ class _GLM(Model):
 
     def metric_matvec(self, X, y, w, theta, U, *, metric):
         X = self.check_X(X)
+        if isinstance(X, SparseRows):
+            return self._sparse_matvec(X, y, w, theta, U, metric)
         Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
         if metric in ("model", "gauss-newton"):
             c = self._metric_weights(X, theta)
@@ -165,6 +233,25 @@ class _GLM(Model):
         wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
         return Xt.T @ ((c * wt)[:, None] * (Xt @ U)) / wt.sum()
 
+    def _sparse_matvec(self, X: SparseRows, y, w, theta, U, metric):
+        """:meth:`metric_matvec` on CSR rows: ``Σ_i w_i c_i x̃_i (x̃_iᵀ U) / Σ w``, O(nnz·k),
+        with the row weights ``c_i`` of the dense path (the Monte Carlo scores at the same
+        draws are ``(y_i − μ_i) x̃_i``).
+        """
+        n = X.shape[0]
+        if metric in ("model", "gauss-newton"):
+            c = self._metric_weights(X, theta)
+        else:
+            target = self.sample_targets(X, theta, np.random.default_rng(0), 1)[0] \
+                if metric == "monte-carlo" else as_float64_vector(y, "y", n)
+            r = self.predict_mean(X, theta) - target
+            c = r * r
+        wt = np.ones(n) if w is None else as_float64_vector(w, "w", n)
+        U = np.ascontiguousarray(U, dtype=np.float64)
+        out = np.zeros_like(U)
+        SK.sparse_gram_matvec(X.data, X.indices, X.indptr, c * wt, U, out)
+        return out / wt.sum()
+
     supports_weighted_evaluation = True
 
     def evaluation_sums(self, X, y, theta, w=None):
@@ -172,10 +259,26 @@ class _GLM(Model):
         (``n`` stays the row count; ``weight`` is the weights' sum).
         """
         X = self.check_X(X)
-        loss, second, wsum = K.glm_evaluate(
-            X, as_float64_vector(y, "y", X.shape[0]), _weights(w, X.shape[0]),
-            as_float64_vector(theta, "theta", self.n_params), self.family)
+        args = (as_float64_vector(y, "y", X.shape[0]), _weights(w, X.shape[0]),
+                as_float64_vector(theta, "theta", self.n_params), self.family)
+        if isinstance(X, SparseRows):
+            loss, second, wsum = SK.glm_sparse_evaluate(X.data, X.indices, X.indptr, *args)
+        else:
+            loss, second, wsum = K.glm_evaluate(X, *args)
         return {"n": float(X.shape[0]), "weight": wsum, "loss": loss, "second": second}
+
+
+def _sparse_weighted_gram(X: SparseRows, c: np.ndarray) -> np.ndarray:
+    """``X̃ᵀ diag(c) X̃`` (``X̃ = [X, 1]``) of CSR rows by SciPy, dense (P, P)."""
+    import scipy.sparse as sp
+
+    A = X.to_scipy().astype(np.float64)
+    d = X.shape[1]
+    out = np.empty((d + 1, d + 1))
+    out[:d, :d] = (A.T @ sp.diags(c) @ A).toarray()
+    out[:d, d] = out[d, :d] = A.T @ c
+    out[d, d] = c.sum()
+    return out
 
 
 class LogisticRegression(_GLM):

@@ -197,7 +197,7 @@ class MLPRegressor(FactorModel):
         whatever the units, so no unit starts saturated on raw features (a constant
         feature keeps ``σ = 1``).
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = np.asarray(self.dense_batch(X), dtype=np.float64)
         wt = np.ones(X.shape[0]) if w is None else np.asarray(w, dtype=np.float64)
         if not wt.sum() > 0:
             return None

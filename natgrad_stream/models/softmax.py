@@ -16,14 +16,18 @@ import numbers
 import numpy as np
 
 from natgrad_stream._jit import num_threads
+from natgrad_stream.data.sparse import SparseRows
 from natgrad_stream.errors import DataError
 from natgrad_stream.models import _softmax_kernels as K
+from natgrad_stream.models import _softmax_sparse_kernels as SK
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
 from natgrad_stream.models.base import (
     Model,
     Workspace,
     as_float64_vector,
     check_monte_carlo,
+    sparse_scratch,
+    use_sparse_parallel,
 )
 
 _METRIC_CODES = {None: K.METRIC_NONE, "model": K.METRIC_MODEL, "empirical": K.METRIC_EMPIRICAL,
@@ -93,6 +97,7 @@ class SoftmaxRegression(Model):
 
     name = "softmax"
     metrics = ("model", "empirical", "loss-gradient", "monte-carlo")
+    sparse_kernels = True
 
     def __init__(self, n_features: int, *, n_classes: int):
         super().__init__(n_features)
@@ -226,7 +231,16 @@ class SoftmaxRegression(Model):
             G, gdiag = sc["dummy_full"], ws.fisher
         else:
             G, gdiag = ws.fisher, sc["dummy_diag"]
-        if self.use_parallel(n, parallel):
+        if isinstance(X, SparseRows):
+            sp = sparse_scratch(ws, self.n_params, self.n_features + 1)
+            csr = (X.data, X.indices, X.indptr, y, w, theta, m, s, U, sc["pa"], sc["pb"],
+                   ws.grad, G, gdiag, sc["S"])
+            if use_sparse_parallel(self, X, structure, metric, parallel, sp):
+                out = SK.softmax_sparse_accumulate_parallel(*csr, sp["grad_t"], sc["S_t"],
+                                                            sp["fdiag_t"], sp["xrow_t"])
+            else:
+                out = SK.softmax_sparse_accumulate(*csr, sp["xrow_t"][0])
+        elif self.use_parallel(n, parallel):
             out = K.softmax_accumulate_parallel(
                 X, y, w, theta, m, s, U, sc["pa"], sc["pb"], ws.grad, G, gdiag, sc["S"],
                 sc["grad_t"], sc["S_t"], sc["gdiag_t"], sc["XT_t"], sc["YT_t"], sc["WT_t"])
@@ -241,11 +255,21 @@ class SoftmaxRegression(Model):
         """Class probabilities, shape (n, K)."""
         X = self.check_X(X)
         out = np.empty((X.shape[0], self.n_classes))
-        K.softmax_proba(X, as_float64_vector(theta, "theta", self.n_params), out)
+        theta = as_float64_vector(theta, "theta", self.n_params)
+        if isinstance(X, SparseRows):
+            SK.softmax_sparse_proba(X.data, X.indices, X.indptr, theta, out)
+        else:
+            K.softmax_proba(X, theta, out)
         return out
 
     def scores(self, X, y, theta):
         X = self.check_X(X)
+        if isinstance(X, SparseRows):
+            out = np.zeros((X.shape[0], self.n_params))
+            SK.softmax_sparse_scores(X.data, X.indices, X.indptr, self.check_y(y, X.shape[0]),
+                                     as_float64_vector(theta, "theta", self.n_params),
+                                     self.n_classes, out)
+            return out
         out = np.empty((X.shape[0], self.n_params))
         K.softmax_scores(X, self.check_y(y, X.shape[0]),
                          as_float64_vector(theta, "theta", self.n_params), out)
@@ -276,9 +300,13 @@ class SoftmaxRegression(Model):
         theta = as_float64_vector(theta, "theta", self.n_params)
         U = np.asarray(U, dtype=np.float64)
         m, D = self.n_classes - 1, self.n_features + 1
-        Xt = np.hstack([X.astype(np.float64), np.ones((n, 1))])
         V = U.reshape(m, D, -1)
-        XV = np.einsum("nj,ajk->nak", Xt, V)  # (n, m, k): x̃_i·u_a
+        if isinstance(X, SparseRows):
+            A = X.to_scipy().astype(np.float64)
+            XV = np.stack([A @ V[a, :-1] + V[a, -1] for a in range(m)], axis=1)
+        else:
+            Xt = np.hstack([X.astype(np.float64), np.ones((n, 1))])
+            XV = np.einsum("nj,ajk->nak", Xt, V)  # (n, m, k): x̃_i·u_a
         pp = self.predict_proba(X, theta)[:, 1:]
         if metric == "model":
             Y = pp[:, :, None] * XV - pp[:, :, None] * np.einsum("na,nak->nk", pp, XV)[:, None]
@@ -294,15 +322,23 @@ class SoftmaxRegression(Model):
         else:
             raise ValueError(f"model 'softmax' does not support metric {metric!r}")
         wt = np.ones(n) if w is None else as_float64_vector(w, "w", n)
-        out = np.einsum("nj,nak->ajk", Xt * wt[:, None], Y) / wt.sum()
+        if isinstance(X, SparseRows):
+            Z = wt[:, None, None] * Y
+            out = np.stack([np.vstack([A.T @ Z[:, a], Z[:, a].sum(axis=0)])
+                            for a in range(m)]) / wt.sum()
+        else:
+            out = np.einsum("nj,nak->ajk", Xt * wt[:, None], Y) / wt.sum()
         return out.reshape(self.n_params, -1)
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluation_sums(self, X, y, theta):
         X = self.check_X(X)
-        loss, correct = K.softmax_evaluate(X, self.check_y(y, X.shape[0]),
-                                           as_float64_vector(theta, "theta", self.n_params),
-                                           self.n_classes)
+        args = (self.check_y(y, X.shape[0]), as_float64_vector(theta, "theta", self.n_params),
+                self.n_classes)
+        if isinstance(X, SparseRows):
+            loss, correct = SK.softmax_sparse_evaluate(X.data, X.indices, X.indptr, *args)
+        else:
+            loss, correct = K.softmax_evaluate(X, *args)
         return {"n": float(X.shape[0]), "loss": loss, "correct": correct}
 
     def evaluation_metrics(self, sums):

@@ -1,0 +1,234 @@
+"""Fused Numba kernels for softmax regression on CSR batches: cost linear in non-zeros.
+
+The sums are those of :mod:`natgrad_stream.models._softmax_kernels` on the dense rows (same
+layout, class weights ``A_i`` from its :func:`~natgrad_stream.models._softmax_kernels.class_weight`,
+pair blocks ``S_ab`` expanded by its ``expand_pairs``), read from ``data``, ``indices``,
+``indptr`` (see :mod:`natgrad_stream.models._sparse_kernels`); ``D = d + 1`` and
+``K = P // D + 1``. Per row: (K − 1)·(non-zeros) for the logits, gradient and diagonal
+metric; Q·(non-zeros)² for the Q class-pair blocks of the full or block metric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from natgrad_stream._jit import jit
+from natgrad_stream.models._gram_kernels import thread_ranges
+from natgrad_stream.models._softmax_kernels import (
+    METRIC_NONE,
+    STRUCTURE_DIAGONAL,
+    class_weight,
+    expand_pairs,
+)
+from natgrad_stream.models._sparse_kernels import (
+    add_row_outer_upper,
+    add_row_squares,
+    merge_touched,
+)
+
+
+@jit
+def sparse_row_probabilities(data, indices, indptr, theta, i, z, p):  # pragma: no cover
+    """Logits ``z`` (K,) and probabilities ``p`` (K,) of CSR row ``i``; returns
+    logsumexp(z).
+    """
+    K = z.shape[0]
+    D = theta.shape[0] // (K - 1)
+    z[0] = 0.0
+    for c in range(1, K):
+        z[c] = theta[(c - 1) * D + D - 1]
+    for k in range(indptr[i], indptr[i + 1]):
+        v = data[k]
+        j = indices[k]
+        for c in range(1, K):
+            z[c] += v * theta[(c - 1) * D + j]
+    m = z[0]
+    for c in range(1, K):
+        if z[c] > m:
+            m = z[c]
+    tot = 0.0
+    for c in range(K):
+        e = np.exp(z[c] - m)
+        p[c] = e
+        tot += e
+    for c in range(K):
+        p[c] /= tot
+    return m + np.log(tot)
+
+
+@jit
+def softmax_sparse_range(data, indices, indptr, y, w, theta, metric, structure, U, pa, pb,
+                         start, stop, grad, S, gdiag, xrow):  # pragma: no cover - compiled
+    """Add loss, gradient and metric sums of rows ``start:stop`` (batch-relative).
+
+    Arguments as in :func:`~natgrad_stream.models._softmax_kernels.softmax_accumulate_range`
+    with the CSR arrays for ``X``; ``xrow`` (D,) zeros (left zero) is the diagonal
+    metric's scratch and fixes ``D``. Returns ``(loss_sum, weight_sum)``.
+    """
+    D = xrow.shape[0]
+    d = D - 1
+    K = theta.shape[0] // D + 1
+    m = K - 1
+    Q = pa.shape[0]
+    weighted = w.shape[0] > 0
+    has_metric = metric != METRIC_NONE
+    diag = has_metric and structure == STRUCTURE_DIAGONAL
+    z = np.empty(K)
+    p = np.empty(K)
+    r = np.empty(max(m, 1))
+    A = np.empty((m, m))
+    loss_sum = 0.0
+    weight_sum = 0.0
+    for i in range(start, stop):
+        wi = w[i] if weighted else 1.0
+        a = indptr[i]
+        b = indptr[i + 1]
+        lse = sparse_row_probabilities(data, indices, indptr, theta, i, z, p)
+        label = int(y[i])
+        loss_sum += wi * (lse - z[label])
+        weight_sum += wi
+        for c in range(1, K):
+            g = p[c]
+            if c == label:
+                g -= 1.0
+            g *= wi
+            o = (c - 1) * D
+            for k in range(a, b):
+                grad[o + indices[k]] += g * data[k]
+            grad[o + d] += g
+        if not has_metric:
+            continue
+        class_weight(metric, p, label, U, i, A, r)
+        if diag:
+            for c in range(m):
+                cw = wi * A[c, c]
+                o = c * D
+                add_row_squares(data, indices, a, b, cw, o, gdiag, xrow)
+                gdiag[o + d] += cw
+        else:
+            for q in range(Q):
+                add_row_outer_upper(data, indices, a, b, wi * A[pa[q], pb[q]], S[q])
+    return loss_sum, weight_sum
+
+
+@jit
+def softmax_sparse_accumulate(data, indices, indptr, y, w, theta, metric, structure, U, pa,
+                              pb, grad, G, gdiag, S, xrow):  # pragma: no cover - compiled
+    """Serial pass over all rows. Overwrites ``grad`` (P,), ``G`` (P, P; full/block, zero
+    off the blocks) or ``gdiag`` (P,; diagonal) and ``S`` (Q, D, D) with the batch sums;
+    ``xrow`` (D,) zeros. Returns ``(loss_sum, weight_sum)``.
+    """
+    grad[:] = 0.0
+    gdiag[:] = 0.0
+    S[:] = 0.0
+    loss, wsum = softmax_sparse_range(data, indices, indptr, y, w, theta, metric, structure,
+                                      U, pa, pb, 0, indptr.shape[0] - 1, grad, S, gdiag, xrow)
+    if metric != METRIC_NONE and structure != STRUCTURE_DIAGONAL:
+        G[:] = 0.0
+        expand_pairs(S, pa, pb, G)
+    return loss, wsum
+
+
+@jit(parallel=True)
+def softmax_sparse_accumulate_parallel(data, indices, indptr, y, w, theta, metric, structure,
+                                       U, pa, pb, grad, G, gdiag, S, grad_t, S_t, gdiag_t,
+                                       xrow_t):  # pragma: no cover - compiled
+    """Parallel pass: rows split over threads, per-thread buffers, serial merge.
+
+    Thread 0 adds into ``grad`` and ``gdiag``; thread ``t > 0`` into its buffers:
+    ``grad_t``, ``gdiag_t`` (T, P) (``gdiag_t`` (T, 1) unless diagonal) and ``xrow_t``
+    (T, D) must be zeros and are left zero (merged and cleared by touched entries:
+    O(nnz·(K − 1)) per batch, not O(T·P)); ``S_t`` (T, Q, D, D) is cleared here. Other
+    arguments and the result as in :func:`softmax_sparse_accumulate`.
+    """
+    T = grad_t.shape[0]
+    D = xrow_t.shape[1]
+    ranges = thread_ranges(indptr.shape[0] - 1, T)
+    diag = structure == STRUCTURE_DIAGONAL
+    pairs = metric != METRIC_NONE and not diag
+    loss_t = np.zeros(T)
+    wsum_t = np.zeros(T)
+    grad[:] = 0.0
+    gdiag[:] = 0.0
+    for t in prange(T):
+        if pairs:
+            S_t[t] = 0.0
+        # thread 0 adds into the outputs themselves: one buffer fewer to merge
+        g = grad if t == 0 else grad_t[t]
+        gd = gdiag if t == 0 else gdiag_t[t]
+        loss_t[t], wsum_t[t] = softmax_sparse_range(
+            data, indices, indptr, y, w, theta, metric, structure, U, pa, pb, ranges[t, 0],
+            ranges[t, 1], g, S_t[t], gd, xrow_t[t])
+    S[:] = 0.0
+    loss = 0.0
+    wsum = 0.0
+    for t in range(T):
+        loss += loss_t[t]
+        wsum += wsum_t[t]
+        if pairs:
+            S += S_t[t]
+        if t == 0:
+            continue
+        merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], D, grad_t[t], grad)
+        if diag and metric != METRIC_NONE:
+            merge_touched(indices, indptr, ranges[t, 0], ranges[t, 1], D, gdiag_t[t], gdiag)
+    if pairs:
+        G[:] = 0.0
+        expand_pairs(S, pa, pb, G)
+    return loss, wsum
+
+
+@jit
+def softmax_sparse_proba(data, indices, indptr, theta, out):  # pragma: no cover - compiled
+    """Class probabilities into ``out`` (n, K)."""
+    K = out.shape[1]
+    z = np.empty(K)
+    p = np.empty(K)
+    for i in range(out.shape[0]):
+        sparse_row_probabilities(data, indices, indptr, theta, i, z, p)
+        for c in range(K):
+            out[i, c] = p[c]
+
+
+@jit
+def softmax_sparse_scores(data, indices, indptr, y, theta, n_classes, out):  # pragma: no cover
+    """Per-row scores ``(e′_{y_i} − p′) ⊗ x̃_i`` added into ``out`` (n, P), which must be
+    zeros.
+    """
+    D = out.shape[1] // (n_classes - 1)
+    z = np.empty(n_classes)
+    p = np.empty(n_classes)
+    for i in range(out.shape[0]):
+        sparse_row_probabilities(data, indices, indptr, theta, i, z, p)
+        label = int(y[i])
+        for c in range(1, n_classes):
+            g = -p[c]
+            if c == label:
+                g += 1.0
+            o = (c - 1) * D
+            for k in range(indptr[i], indptr[i + 1]):
+                out[i, o + indices[k]] += g * data[k]
+            out[i, o + D - 1] = g
+
+
+@jit
+def softmax_sparse_evaluate(data, indices, indptr, y, theta, n_classes):  # pragma: no cover
+    """``(log_loss_sum, correct)`` as
+    :func:`~natgrad_stream.models._softmax_kernels.softmax_evaluate` defines them.
+    """
+    z = np.empty(n_classes)
+    p = np.empty(n_classes)
+    loss = 0.0
+    correct = 0.0
+    for i in range(y.shape[0]):
+        lse = sparse_row_probabilities(data, indices, indptr, theta, i, z, p)
+        label = int(y[i])
+        loss += lse - z[label]
+        best = 0
+        for c in range(1, n_classes):
+            if z[c] > z[best]:
+                best = c
+        if best == label:
+            correct += 1.0
+    return loss, correct
