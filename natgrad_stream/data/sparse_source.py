@@ -1,0 +1,601 @@
+"""Sparse rows streamed like dense ones: :class:`SparseSource` over SciPy matrices and CSR
+groups on Zarr (the AnnData ``csr_matrix`` layout).
+
+Store layout (what :func:`open_csr_group` reads and the project's writers write): a group
+with attributes ``encoding-type: "csr_matrix"``, ``encoding-version: "0.1.0"`` and
+``shape: [n, d]``, holding the 1-D arrays ``data`` (values), ``indices`` (column of each
+value) and ``indptr`` (``n + 1`` entry offsets: row ``i`` is entries
+``indptr[i]:indptr[i+1]``), chunked along their own length. The rows are cut into *logical
+chunks* of ``chunk_rows`` rows (recorded by the writers under the group attribute
+``natgrad_stream.chunk_rows``); a logical chunk reads ``indptr[a:b+1]``, then
+``data[p:q]`` and ``indices[p:q]`` through the checked Zarr read path, so a chunk missing
+from the store is a :class:`~natgrad_stream.errors.DataError`, never fill values.
+
+Plans, row order and cursors are those of :class:`~natgrad_stream.data.stream.ArraySource`
+(chunk order by :func:`~natgrad_stream.data.stream.epoch_plan`, reads of
+``chunks_per_read`` chunks, :func:`~natgrad_stream.data.stream.read_permutation` within a
+read), so the same seed gives the same rows in the same batches as dense data of the same
+chunking, and a cursor resumes exactly. Read buffers are sized by rows and by entries: the
+source learns each logical chunk's entry count from ``indptr`` when it is opened (8 bytes
+a row, read once), and a plan within ``read_buffer_bytes`` holds the ``chunks_per_read``
+largest chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import queue
+
+import numpy as np
+
+from natgrad_stream._constants import DEFAULT_CHUNK_BYTES, DEFAULT_READ_BUFFER_BYTES
+from natgrad_stream.data._sparse_kernels import row_digests
+from natgrad_stream.data.budget import default_chunk_rows, plan_reads, warn_over_budget
+from natgrad_stream.data.digests import ChunkDigests, _salt
+from natgrad_stream.data.metadata import (
+    StoredChunks,
+    attribute_int,
+    check_plan_memory,
+    check_zarr_layout,
+    is_zarr_array,
+)
+from natgrad_stream.data.sparse import MAX_SPARSE_FEATURES, SparseRows
+from natgrad_stream.data.stream import (
+    _POLL_SECONDS,
+    Batch,
+    BatchStream,
+    Cursor,
+    Source,
+    _chunk_order,
+    _read_zarr_checked,
+    _Stop,
+    _validate_stream_args,
+    read_permutation,
+    zarr_member,
+)
+from natgrad_stream.data.validation import (
+    check_finite,
+    check_nonnegative,
+    check_target_dtype,
+    compute_dtype,
+)
+from natgrad_stream.errors import DataError
+
+#: Group attributes of the CSR layout.
+CSR_ENCODING = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
+#: Entries of ``indptr`` read at once when a source learns its chunks' entry counts.
+_SCAN_ENTRIES = 1 << 20
+
+
+def is_csr_group(member) -> bool:
+    """Whether a Zarr member is a group whose attributes declare a sparse matrix."""
+    if member is None or is_zarr_array(member) or not hasattr(member, "attrs"):
+        return False
+    return str(member.attrs.get("encoding-type", "")).endswith("_matrix")
+
+
+class CSRArrays:
+    """The three arrays of a CSR matrix, in memory (NumPy) or on Zarr.
+
+    Attributes
+    ----------
+    data, indices, indptr : array
+    shape : tuple (n, d)
+    labels : tuple of str
+        ``("X/data", "X/indices", "X/indptr")`` for messages.
+    chunk_rows : int or None
+        Rows per logical chunk recorded by the writer.
+    """
+
+    def __init__(self, data, indices, indptr, shape, name: str = "X",
+                 chunk_rows: int | None = None):
+        self.data, self.indices, self.indptr = data, indices, indptr
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.name = name
+        self.labels = (f"{name}/data", f"{name}/indices", f"{name}/indptr")
+        self.chunk_rows = chunk_rows
+        for arr, label in zip(self.arrays, self.labels, strict=True):
+            if len(getattr(arr, "shape", ())) != 1:
+                raise DataError(f"must be 1-D, got shape {getattr(arr, 'shape', None)}",
+                                array=label)
+            if is_zarr_array(arr):
+                check_zarr_layout(arr, label)
+        n, d = self.shape
+        if int(indptr.shape[0]) != n + 1:
+            raise DataError(f"has {indptr.shape[0]} entries; the matrix's shape {list(self.shape)}"
+                            f" needs {n + 1} (rows + 1)", array=self.labels[2])
+        if int(indices.shape[0]) != int(data.shape[0]):
+            raise DataError(f"has {indices.shape[0]} entries but {self.labels[0]!r} has "
+                            f"{data.shape[0]}", array=self.labels[1])
+        for arr, label in ((indices, self.labels[1]), (indptr, self.labels[2])):
+            if np.dtype(arr.dtype).kind not in "iu":
+                raise DataError(f"has dtype {arr.dtype}; expected integers", array=label)
+        if compute_dtype(data.dtype) is None:
+            raise TypeError(f"array {self.labels[0]!r} has dtype {data.dtype}; expected a "
+                            "real numeric dtype (bool, integer or float)")
+        if d > MAX_SPARSE_FEATURES:
+            raise DataError(f"has {d:,} features, more than the {MAX_SPARSE_FEATURES:,} a "
+                            "CSR batch addresses", array=name)
+        self.stored = tuple(StoredChunks(a, label) if is_zarr_array(a) else None
+                            for a, label in zip(self.arrays, self.labels, strict=True))
+
+    @property
+    def arrays(self):
+        return self.data, self.indices, self.indptr
+
+    @property
+    def n_entries(self) -> int:
+        return int(self.data.shape[0])
+
+    @classmethod
+    def from_scipy(cls, matrix, name: str = "X") -> CSRArrays:
+        """Canonical CSR arrays of any SciPy sparse matrix or array (converted once)."""
+        rows = SparseRows.from_scipy(matrix)
+        return cls(rows.data, rows.indices, rows.indptr, rows.shape, name)
+
+    def read(self, requests) -> None:
+        """Fill ``out`` with ``arrays[j][a:b]`` for each ``(j, a, b, out)``: NumPy by copy,
+        Zarr through the checked read path, all at once (a missing or damaged chunk is a
+        DataError located in that array's own chunks).
+        """
+        zarr_reqs = []
+        for j, a, b, out in requests:
+            stored = self.stored[j]
+            if stored is None:
+                np.copyto(out, self.arrays[j][a:b], casting="unsafe")
+            else:
+                zarr_reqs.append((stored, a, b, out, 0))
+        if zarr_reqs:
+            _read_zarr_checked(zarr_reqs)
+
+
+def open_csr_group(group, name: str) -> CSRArrays:
+    """The CSR matrix stored as the group ``group`` (see the module docstring).
+
+    Raises
+    ------
+    DataError
+        When the attributes are not those of a CSR matrix (a CSC matrix is named as such:
+        rows cannot be streamed from it), an array is missing, or shapes disagree.
+    """
+    attrs = group.attrs.asdict()
+    kind = attrs.get("encoding-type")
+    if kind == "csc_matrix":
+        raise DataError("is a CSC (column-compressed) sparse matrix; rows are streamed from "
+                        "CSR only: convert it (e.g. anndata's X.tocsr() before writing, or "
+                        "scipy's .tocsr())", array=name)
+    if kind != CSR_ENCODING["encoding-type"]:
+        raise DataError(f"is a group with encoding-type {kind!r}, not a CSR matrix "
+                        "('csr_matrix' with arrays data, indices, indptr)", array=name)
+    shape = attrs.get("shape")
+    if (not isinstance(shape, list | tuple) or len(shape) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                       for s in shape)):
+        raise DataError(f"has attribute shape {shape!r}; expected [rows, features], two "
+                        "non-negative integers", array=name)
+    arrays = []
+    for part in ("data", "indices", "indptr"):
+        arr = zarr_member(group, part)
+        if arr is None or not is_zarr_array(arr):
+            raise DataError(f"is missing from the CSR group {name!r} (it needs data, "
+                            "indices and indptr)", array=f"{name}/{part}")
+        arrays.append(arr)
+    meta = attrs.get("natgrad_stream")
+    chunk_rows = attribute_int(meta, "chunk_rows", f"group attribute 'natgrad_stream' of "
+                               f"{name!r}", minimum=1) if isinstance(meta, dict) else None
+    return CSRArrays(*arrays, shape, name, chunk_rows)
+
+
+def _relocate(exc: DataError, spans, R: int, entries: bool) -> DataError:
+    """``exc`` (at a row of ``indptr``, or, with ``entries``, an entry of ``data`` or
+    ``indices``) at the logical chunk and matrix row holding it, ``spans`` being
+    ``(c, a, seg)`` of the read's chunks (``seg`` their ``indptr`` segments).
+    """
+    if exc.row is None:
+        return exc
+    if not entries:
+        return exc.located(chunk=exc.row // R)
+    for c, a, seg in spans:
+        if seg is not None and seg[0] <= exc.row < seg[-1]:
+            row = a + int(np.searchsorted(seg, exc.row, side="right")) - 1
+            return DataError(f"{exc.detail} (entry {exc.row})", array=exc.array, chunk=c,
+                             row=row)
+    return exc
+
+
+class SparseSource(Source):
+    """Rows of a CSR matrix (in memory or a Zarr group) with optional targets and weights.
+
+    Batches carry ``X`` as :class:`~natgrad_stream.data.sparse.SparseRows` (canonical
+    dtypes); everything else (plans, order, cursors, prefetch, budgets, checks, digests)
+    is as for :class:`~natgrad_stream.data.stream.ArraySource`.
+
+    Parameters
+    ----------
+    X : scipy.sparse matrix or array (any format), SparseRows, or CSRArrays
+        SciPy input is converted to CSR once; a :class:`CSRArrays` (e.g. from
+        :func:`open_csr_group`) is read chunk by chunk.
+    y, w : array_like, shape (n,), optional
+        Targets and sample weights (NumPy or Zarr; delivered as float64).
+    chunk_rows : int, optional
+        Rows per logical chunk. Default: the writer's recorded value, else 65,536 where
+        that many rows hold at most ``DEFAULT_CHUNK_BYTES`` of entries on average (values
+        in the compute dtype, int32 indices), else the most rows within it in a multiple
+        of 1,024 (:func:`~natgrad_stream.data.budget.default_chunk_rows`).
+    names : tuple of str
+        Names of X, y, w in messages (X's arrays are ``X/data``, ``X/indices``,
+        ``X/indptr``).
+    name : str
+        Source name in messages.
+    class_names : sequence of str, optional
+        Names of the classes ``y`` codes (e.g. an AnnData categorical's categories).
+    y_checks : sequence of Check
+        Checks of ``y`` this source's data need (e.g. no missing category).
+
+    Attributes
+    ----------
+    chunk_entries : ndarray, shape (n_chunks,)
+        Entries (non-zeros) of each logical chunk, from ``indptr`` when opened.
+    """
+
+    def __init__(self, X, y=None, w=None, *, chunk_rows: int | None = None,
+                 names=("X", "y", "w"), name: str = "sparse", class_names=None,
+                 y_checks=()):
+        self.name = name
+        self.names = tuple(names)
+        nx, ny, nw = self.names
+        if isinstance(X, SparseRows):
+            X = X.compact()
+            X = CSRArrays(X.data, X.indices, X.indptr, X.shape, nx)
+        elif not isinstance(X, CSRArrays):
+            X = CSRArrays.from_scipy(X, nx)
+        self.csr = X
+        n, d = X.shape
+        if n == 0:
+            raise DataError("is empty (0 rows)", array=nx)
+        if d == 0:
+            raise DataError("has no feature columns", array=nx)
+        self.x_dtype = compute_dtype(X.data.dtype)
+        self._data_stored = np.dtype(X.data.dtype)
+        self._idx_stored = np.dtype(X.indices.dtype)
+        for arr, label in ((y, ny), (w, nw)):
+            if arr is None:
+                continue
+            if len(getattr(arr, "shape", ())) != 1:
+                raise DataError(f"must be 1-D, got shape {getattr(arr, 'shape', None)}",
+                                array=label)
+            check_target_dtype(label, arr.dtype)
+            if int(arr.shape[0]) != n:
+                raise DataError(f"has {arr.shape[0]} rows but {nx!r} has {n}", array=label)
+            if is_zarr_array(arr):
+                check_zarr_layout(arr, label)
+        self.y, self.w = y, w
+        self._yw_stored = {label: StoredChunks(a, label) for a, label in ((y, ny), (w, nw))
+                           if a is not None and is_zarr_array(a)}
+        self.n_rows, self.n_features = n, d
+        self.has_targets, self.has_weights = y is not None, w is not None
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self._y_checks = tuple(y_checks)
+        self.chunk_rows = self._default_chunk_rows(chunk_rows)
+        self.chunk_entries = self._scan_entries()
+        self._by_size = np.cumsum(np.sort(self.chunk_entries)[::-1])
+        self._warned_budget = False
+        self._slots = [0] + [1] * self.has_targets + [2] * self.has_weights
+
+    # -- chunks ----------------------------------------------------------------------------
+    def _default_chunk_rows(self, chunk_rows) -> int:
+        if chunk_rows is not None:
+            if int(chunk_rows) < 1:
+                raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+            return int(chunk_rows)
+        if self.csr.chunk_rows is not None:
+            return int(self.csr.chunk_rows)
+        last = np.empty(1, dtype=self.csr.indptr.dtype)
+        self.csr.read([(2, self.n_rows, self.n_rows + 1, last)])
+        per_row = max(0, int(last[0])) / self.n_rows * (self.x_dtype.itemsize + 4)
+        return default_chunk_rows(max(1, math.ceil(per_row)), DEFAULT_CHUNK_BYTES)
+
+    def _scan_entries(self) -> np.ndarray:
+        """Entries of each logical chunk: ``indptr`` at the chunk boundaries (read once,
+        a block at a time; negative counts of a damaged ``indptr`` count as 0 here and are
+        refused when the chunk is read).
+        """
+        n, R = self.n_rows, self.chunk_rows
+        n_chunks = math.ceil(n / R)
+        check_plan_memory(self.names[0], n_chunks=2 * n_chunks)
+        at = np.minimum(np.arange(n_chunks + 1, dtype=np.int64) * R, n)
+        bounds = np.empty(n_chunks + 1, dtype=np.int64)
+        if self.csr.stored[2] is None:
+            bounds[:] = self.csr.indptr[at]
+        else:
+            step = max(_SCAN_ENTRIES // R * R, R)
+            for s in range(0, n + 1, step):
+                e = min(s + step, n + 1)
+                block = np.empty(e - s, dtype=self.csr.indptr.dtype)
+                try:
+                    self.csr.read([(2, s, e, block)])
+                except DataError as exc:
+                    raise _relocate(exc, (), R, False) from exc
+                sel = (at >= s) & (at < e)
+                bounds[sel] = block[at[sel] - s]
+        self._bounds = bounds
+        return np.clip(np.diff(bounds), 0, self.csr.n_entries)
+
+    # -- budget ----------------------------------------------------------------------------
+    def _row_bytes(self) -> int:
+        """Bytes per row in a read buffer besides entries (indptr, row index, y, w)."""
+        return 16 + 8 * self.has_targets + 8 * self.has_weights
+
+    def _entry_bytes(self) -> int:
+        """Bytes per entry in a read buffer and its staging."""
+        staged = ((self._data_stored.itemsize if self._data_stored != self.x_dtype else 0)
+                  + (self._idx_stored.itemsize if self._idx_stored != np.int32 else 0))
+        return self.x_dtype.itemsize + 4, staged
+
+    def read_entries(self, chunks_per_read: int) -> int:
+        """Entries a read of ``chunks_per_read`` chunks holds at most (its largest chunks)."""
+        k = min(int(chunks_per_read), len(self._by_size))
+        return int(self._by_size[k - 1]) if k else 0
+
+    def plan_bytes(self, chunks_per_read: int, prefetch: int, batch_size: int,
+                   shuffle: bool) -> int:
+        """Bytes of a stream's buffers: ``prefetch + 2`` read buffers of
+        ``min(chunk_rows × chunks_per_read, n_rows)`` rows and :meth:`read_entries`
+        entries, one read's staging, and a shuffled batch's gathered rows (at the read's
+        mean entries per row).
+        """
+        read_rows = min(self.chunk_rows * int(chunks_per_read), self.n_rows)
+        entries = self.read_entries(chunks_per_read)
+        per_entry, staged = self._entry_bytes()
+        batch_rows = min(int(batch_size), read_rows) if shuffle else 0
+        batch = batch_rows * (8 + math.ceil(entries / max(read_rows, 1)) * per_entry)
+        staging = (entries * staged + read_rows * 8 * (self.has_targets + self.has_weights))
+        return ((int(prefetch) + 2) * (read_rows * self._row_bytes() + entries * per_entry)
+                + staging + batch)
+
+    def read_plan(self, *, chunks_per_read=2, prefetch=2, batch_size=1024, shuffle=True,
+                  read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
+        """The plan a stream with these arguments reads by (see :class:`ArraySource`)."""
+        return plan_reads(lambda k, p: self.plan_bytes(k, p, batch_size, shuffle),
+                          chunks_per_read, prefetch, read_buffer_bytes)
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_indptr(self, c: int, a: int, seg: np.ndarray) -> None:
+        label = self.csr.labels[2]
+        if seg[0] < 0:
+            raise DataError(f"row starts at entry {int(seg[0])}, which is negative",
+                            array=label, chunk=c, row=a)
+        down = np.flatnonzero(seg[1:] < seg[:-1])
+        if down.size:
+            i = int(down[0])
+            raise DataError(f"decreases from {int(seg[i])} to {int(seg[i + 1])} (row "
+                            f"{a + i} would end before it starts)", array=label, chunk=c,
+                            row=a + i)
+        if seg[-1] > self.csr.n_entries:
+            i = int(np.flatnonzero(seg[1:] > self.csr.n_entries)[0])
+            raise DataError(f"row ends at entry {int(seg[i + 1])}, past the "
+                            f"{self.csr.n_entries} entries of {self.csr.labels[0]!r}",
+                            array=label, chunk=c, row=a + i)
+        if seg[0] != self._bounds[c] or seg[-1] != self._bounds[c + 1]:
+            raise DataError(f"rows {a}:{a + len(seg) - 1} now span entries "
+                            f"{int(seg[0])}:{int(seg[-1])}, but entries "
+                            f"{int(self._bounds[c])}:{int(self._bounds[c + 1])} when the "
+                            "source was opened: the data changed", array=label, chunk=c,
+                            row=a)
+
+    def _check_entries(self, c: int, a: int, seg, values, columns) -> None:
+        """Column indices in ``[0, d)``, then finite values, first bad entry in order."""
+        d = self.n_features
+        bad = np.flatnonzero((columns < 0) | (columns >= d)) if columns.size else ()
+        if len(bad):
+            e = int(bad[0])
+            row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
+            raise DataError(f"column index {int(columns[e])} at entry {int(seg[0]) + e} is "
+                            f"outside [0, {d}) (source {self.name})",
+                            array=self.csr.labels[1], chunk=c, row=row)
+        found = check_finite(self.csr.labels[0], values)
+        if found is not None:
+            e, message = found[0], found[1]
+            row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
+            raise DataError(f"{message} (source {self.name})", array=self.csr.labels[0],
+                            chunk=c, row=row, column=int(columns[e]))
+
+    def _check(self, label, block, checks, chunk, row0) -> None:
+        for check in checks:
+            bad = check(label, block)
+            if bad is not None:
+                offset, message, *_ = bad
+                raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
+                                row=row0 + offset)
+
+    def _row_digests(self, seg, values, columns) -> np.ndarray:
+        out = np.empty(len(seg) - 1, dtype=np.uint64)
+        salt = np.uint64(int(_salt(values.dtype)) ^ (int(_salt(columns.dtype)) >> 1))
+        row_digests(values.view(f"u{values.dtype.itemsize}"),
+                    columns.view(f"u{columns.dtype.itemsize}"), seg, salt, out)
+        return out
+
+    # -- the stream ------------------------------------------------------------------------
+    def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
+                chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
+                read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES, digests: ChunkDigests | None = None):
+        _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        start = start or Cursor()
+        nx, ny, nw = self.names
+        if digests is not None:
+            digests.bind(self.chunk_rows, nx)
+        plan = self.read_plan(chunks_per_read=chunks_per_read, prefetch=prefetch,
+                              batch_size=batch_size, shuffle=shuffle,
+                              read_buffer_bytes=read_buffer_bytes)
+        if plan.over_budget and not self._warned_budget:
+            self._warned_budget = True
+            warn_over_budget(plan, read_buffer_bytes, plan.nbytes // 3, self.name)
+        k_read, prefetch = plan.chunks_per_read, plan.prefetch
+        R, n, d = self.chunk_rows, self.n_rows, self.n_features
+        read_rows = min(R * k_read, n)
+        cap = self.read_entries(k_read)
+        check_plan_memory(nx, n_chunks=math.ceil(n / R), buffer_bytes=plan.nbytes,
+                          what=f"{prefetch + 2} read buffers of {read_rows:,} rows")
+        y_checks = (check_finite, *self._y_checks, *checks)
+        w_checks = (check_finite, check_nonnegative)
+        stage_data = self._data_stored != self.x_dtype
+        stage_idx = self._idx_stored != np.int32
+        raw = {"data": np.empty(cap, self._data_stored) if stage_data else None,
+               "indices": np.empty(cap, self._idx_stored) if stage_idx else None,
+               "y": np.empty(read_rows, self.y.dtype) if self.has_targets else None,
+               "w": np.empty(read_rows, self.w.dtype) if self.has_weights else None}
+
+        def buffers():
+            return {"data": np.empty(cap, self.x_dtype), "indices": np.empty(cap, np.int32),
+                    "indptr": np.empty(read_rows + 1, np.int64),
+                    "y": np.empty(read_rows) if self.has_targets else None,
+                    "w": np.empty(read_rows) if self.has_weights else None,
+                    "rows": np.empty(read_rows, np.int64)}
+
+        free: queue.Queue = queue.Queue()
+        for _ in range(int(prefetch) + 2):
+            free.put(buffers())
+
+        def acquire(stream):
+            while True:
+                try:
+                    return free.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if stream.stopping:
+                        raise _Stop from None
+
+        def load(plan_chunks, stream):
+            buf = acquire(stream)
+            try:
+                return buf, self._load(plan_chunks, buf, raw, x_checks, y_checks, w_checks,
+                                       digests)
+            except BaseException:
+                free.put(buf)
+                raise
+
+        def produce(stream):
+            samples = start.samples
+            n_chunks = math.ceil(n / R)
+            if digests is not None and start.read_index and start.epoch == int(epochs) - 1:
+                done = _chunk_order(n_chunks, seed, start.epoch, shuffle)
+                done = [c for c in done[:start.read_index * k_read] if digests.unverified(c)]
+                for i in range(0, len(done), k_read):
+                    free.put(load(done[i:i + k_read], stream)[0])
+            for epoch in range(start.epoch, int(epochs)):
+                order = _chunk_order(n_chunks, seed, epoch, shuffle)
+                n_reads = math.ceil(len(order) / k_read)
+                first = start.read_index if epoch == start.epoch else 0
+                for read_index in range(first, n_reads):
+                    buf, m = load(order[read_index * k_read:(read_index + 1) * k_read], stream)
+                    perm = read_permutation(m, seed, epoch, read_index) if shuffle else None
+                    row0 = start.row if (epoch == start.epoch and read_index == first) else 0
+                    stream.put(("read", functools.partial(
+                        read_batches, buf, m, perm, row0, epoch, read_index,
+                        read_index == n_reads - 1, samples)))
+                    samples += m - row0
+
+        def read_batches(buf, m, perm, row0, epoch, read_index, last_read, samples):
+            rows = SparseRows(buf["data"], buf["indices"], buf["indptr"][:m + 1], d)
+            s = samples
+            try:
+                for a in range(row0, m, int(batch_size)):
+                    b = min(a + int(batch_size), m)
+                    s += b - a
+                    if b < m:
+                        cur = Cursor(epoch, read_index, b, s)
+                    elif last_read:
+                        cur = Cursor(epoch + 1, 0, 0, s)
+                    else:
+                        cur = Cursor(epoch, read_index + 1, 0, s)
+                    if perm is None:
+                        idx = slice(a, b)
+                        X = rows.rows_slice(a, b)
+                    else:
+                        idx = perm[a:b]
+                        X = rows.take(idx)
+                    yield Batch(X, None if buf["y"] is None else buf["y"][idx],
+                                None if buf["w"] is None else buf["w"][idx],
+                                buf["rows"][idx], cur)
+            finally:
+                free.put(buf)
+
+        return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
+
+    def _load(self, plan_chunks, buf, raw, x_checks, y_checks, w_checks, digests) -> int:
+        """Read, check and digest one read's chunks (in plan order) into ``buf``; returns
+        its rows.
+        """
+        R, n, csr = self.chunk_rows, self.n_rows, self.csr
+        nx, ny, nw = self.names
+        chunks = [(int(c), int(c) * R, min((int(c) + 1) * R, n)) for c in plan_chunks]
+        segs = [np.empty(b - a + 1, dtype=csr.indptr.dtype) for _, a, b in chunks]
+        try:
+            csr.read([(2, a, b + 1, seg) for (_, a, b), seg in zip(chunks, segs, strict=True)])
+        except DataError as exc:
+            raise _relocate(exc, (), R, False) from exc
+        spans, m, e = [], 0, 0
+        for (c, a, b), seg in zip(chunks, segs, strict=True):
+            self._check_indptr(c, a, seg)
+            spans.append((c, a, b, m, e, seg))
+            m += b - a
+            e += int(seg[-1] - seg[0])
+        values = raw["data"] if raw["data"] is not None else buf["data"]
+        columns = raw["indices"] if raw["indices"] is not None else buf["indices"]
+        entry_reqs, row_reqs = [], []
+        for _, a, b, m0, e0, seg in spans:
+            p, q = int(seg[0]), int(seg[-1])
+            entry_reqs += [(0, p, q, values[e0:e0 + q - p]), (1, p, q, columns[e0:e0 + q - p])]
+            for arr, key in ((self.y, "y"), (self.w, "w")):
+                if arr is not None:
+                    row_reqs.append((arr, key, a, b, raw[key][m0:m0 + b - a]))
+        try:
+            csr.read(entry_reqs)
+        except DataError as exc:
+            raise _relocate(exc, [(c, a, seg) for c, a, _, _, _, seg in spans], R,
+                            True) from exc
+        self._read_rows(row_reqs)
+        for c, a, b, m0, e0, seg in spans:
+            k, q = b - a, e0 + int(seg[-1] - seg[0])
+            self._check_entries(c, a, seg, values[e0:q], columns[e0:q])
+            for check in x_checks:  # a model's checks of feature values (the stored ones)
+                bad = check(nx, values[e0:q])
+                if bad is not None:
+                    row = a + int(np.searchsorted(seg - seg[0], bad[0], side="right")) - 1
+                    raise DataError(f"{bad[1]} (source {self.name})", array=csr.labels[0],
+                                    chunk=c, row=row, column=int(columns[e0 + bad[0]]))
+            blocks = [(0, nx, None)]
+            if self.has_targets:
+                self._check(ny, raw["y"][m0:m0 + k], y_checks, c, a)
+                blocks.append((1, ny, raw["y"][m0:m0 + k]))
+            if self.has_weights:
+                self._check(nw, raw["w"][m0:m0 + k], w_checks, c, a)
+                blocks.append((2, nw, raw["w"][m0:m0 + k]))
+            if digests is not None:
+                blocks[0] = (0, nx, self._row_digests(seg, values[e0:q], columns[e0:q]))
+                digests.check(c, a, blocks)
+            buf["indptr"][m0:m0 + k + 1] = seg - seg[0] + e0
+            buf["rows"][m0:m0 + k] = np.arange(a, b)
+        if raw["data"] is not None:
+            np.copyto(buf["data"][:e], raw["data"][:e], casting="unsafe")
+        if raw["indices"] is not None:
+            np.copyto(buf["indices"][:e], raw["indices"][:e], casting="unsafe")
+        for key in ("y", "w"):
+            if raw[key] is not None:
+                np.copyto(buf[key][:m], raw[key][:m], casting="unsafe")
+        return m
+
+    def _read_rows(self, requests) -> None:
+        """Targets and weights: ``(arr, key, a, b, out)``, Zarr ones through the checked
+        path (all at once), located in this source's chunks.
+        """
+        zarr_reqs = []
+        for arr, key, a, b, out in requests:
+            label = self.names[1] if key == "y" else self.names[2]
+            stored = self._yw_stored.get(label)
+            if stored is None:
+                np.copyto(out, np.asarray(arr[a:b]), casting="unsafe")
+            else:
+                zarr_reqs.append((stored, a, b, out, 0))
+        if zarr_reqs:
+            _read_zarr_checked(zarr_reqs, self.chunk_rows)
