@@ -61,6 +61,37 @@ def create_csr_group(parent, name: str, *, rows: int, features: int, entries: in
     return group
 
 
+def write_csr_matrix(parent, name: str, matrix, *, chunk_rows: int | None = None,
+                     entry_chunk: int | None = None):
+    """Store a SciPy sparse matrix (any format; CSR is stored) as the CSR group ``name`` of
+    the Zarr group ``parent`` (opened for writing), chunk by chunk; returns the group.
+
+    ``chunk_rows`` (default :func:`sparse_chunk_rows` at the matrix's mean non-zeros a row)
+    is recorded as its logical chunk size; ``entry_chunk`` (default ``chunk_rows`` × the
+    mean non-zeros a row, at least 1) is the chunk length of ``data`` and ``indices``.
+    """
+    from natgrad_stream.data.sparse import SparseRows
+
+    rows = SparseRows.from_scipy(matrix)
+    stored = matrix.tocsr() if matrix.format != "csr" else matrix
+    n, d = rows.shape
+    per_row = rows.nnz / max(n, 1)
+    R = int(chunk_rows or sparse_chunk_rows(per_row, str(stored.dtype)))
+    E = int(entry_chunk or max(1, math.ceil(min(R, n) * per_row)))
+    group = create_csr_group(parent, name, rows=n, features=d, entries=rows.nnz,
+                             chunk_rows=min(R, max(n, 1)), entry_chunk=E,
+                             dtype=str(stored.dtype))
+    for part, values in (("data", stored.data), ("indices", rows.indices),
+                         ("indptr", rows.indptr)):
+        arr = group[part]
+        view, seen = recording_view(arr)
+        step = int(arr.chunks[0])
+        for a in range(0, len(values), step):
+            view[a:a + step] = values[a:a + step]
+        record_manifest(arr, seen, rows=len(values), replace=True)
+    return group
+
+
 def make_sparse_dataset(path, *, task: str, rows: int, features: int, density: float,
                         chunk_rows: int | None = None, test_rows: int = 0, seed: int = 0,
                         dtype: str = "float32", overwrite: bool = False):
