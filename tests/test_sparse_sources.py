@@ -347,3 +347,91 @@ def test_make_data_density_refuses_other_tasks_and_bad_fractions(tmp_path):
                   *args)
         assert run.returncode == 2 and text in run.stderr
         assert len(run.stderr.strip().splitlines()) <= 2
+
+
+# -- appends and follow mode ----------------------------------------------------------------------
+def empty_sparse_store(path, d=30):
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    write_csr_matrix(g, "X", sp.csr_matrix((0, d), dtype=np.float32), chunk_rows=50,
+                     entry_chunk=64)
+    g.create_array("y", shape=(0,), chunks=(50,), dtype="uint8",
+                   config={"write_empty_chunks": True})
+    return path
+
+
+def new_rows(i, n=37, d=30):
+    M = sp.random(n, d, density=0.2, format="csr", random_state=i, dtype=np.float32)
+    return M, (np.arange(n) % 2).astype(np.uint8)
+
+
+def test_append_sparse_rows_then_follow_and_read_them(tmp_path):
+    from natgrad_stream.data import FollowSource, append_rows
+
+    path = empty_sparse_store(tmp_path / "f.zarr")
+    parts = [new_rows(i) for i in range(4)]
+    for i, (M, y) in enumerate(parts):
+        fmt = ("csr", "coo", "csc", "dense")[i]
+        rows = M.toarray() if fmt == "dense" else M.asformat(fmt)
+        assert append_rows(path, X=rows, y=y) == 37 * (i + 1)
+    full = sp.vstack([M for M, _ in parts]).tocsr()
+    g = zarr.open_group(str(path), mode="r")
+    assert g["X"].attrs["shape"] == [148, 30]
+    assert g.attrs["natgrad_stream"]["committed_rows"] == 148
+    digests = ChunkDigests()
+    follow = FollowSource(path, idle_timeout=0.2, poll_seconds=0.05)
+    got = collect(follow.batches(batch_size=16, digests=digests))
+    assert np.array_equal(np.concatenate([r for r, *_ in got]), np.arange(148))
+    y = np.concatenate([y for _, y in parts])
+    for r, Xb, yb, _ in got:
+        assert np.array_equal(Xb, full[r].toarray()) and np.array_equal(yb, y[r])
+    # the stored group reads as the same rows, and its content digests agree
+    stored = collect(open_zarr(path).batches(batch_size=16, seed=3, digests=digests))
+    for r, Xb, *_ in stored:
+        assert np.array_equal(Xb, full[r].toarray())
+
+
+def test_follow_learns_sparse_rows_as_they_are_appended(tmp_path):
+    import threading
+    import time
+
+    from natgrad_stream.data import FollowSource, append_rows
+
+    path = empty_sparse_store(tmp_path / "f.zarr")
+    parts = [new_rows(i, n=23) for i in range(5)]
+
+    def writer():
+        for M, y in parts:
+            append_rows(path, X=M, y=y)
+            time.sleep(0.05)
+
+    follow = FollowSource(path, idle_timeout=1.0, poll_seconds=0.02, shuffle_window=20)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        got = collect(follow.batches(batch_size=8, seed=2))
+    finally:
+        thread.join()
+    full = sp.vstack([M for M, _ in parts]).tocsr()
+    rows = np.concatenate([r for r, *_ in got])
+    assert np.array_equal(np.sort(rows), np.arange(115))
+    for r, Xb, *_ in got:
+        assert np.array_equal(Xb, full[r].toarray())
+
+
+def test_bad_sparse_appends_are_refused_before_anything_is_written(tmp_path):
+    from natgrad_stream.data import append_rows
+
+    path = empty_sparse_store(tmp_path / "f.zarr")
+    M, y = new_rows(0)
+    append_rows(path, X=M, y=y)
+    with pytest.raises(DataError, match="31 features"):
+        append_rows(path, X=sp.random(3, 31, density=0.5, format="csr"), y=y[:3])
+    bad = sp.csr_matrix((np.ones(2, np.float32), np.array([1, 30]), np.array([0, 1, 2])),
+                        shape=(2, 30))
+    bad.indices[1] = 30  # scipy would not build it: an index past the features
+    with pytest.raises(DataError, match="outside \\[0, 30\\)") as info:
+        append_rows(path, X=bad, y=y[:2])
+    assert info.value.array == "X/indices"
+    g = zarr.open_group(str(path), mode="r")
+    assert g["X"].attrs["shape"] == [37, 30]
+    assert g.attrs["natgrad_stream"]["committed_rows"] == 37

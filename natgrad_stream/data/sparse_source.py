@@ -86,10 +86,14 @@ class CSRArrays:
         ``("X/data", "X/indices", "X/indptr")`` for messages.
     chunk_rows : int or None
         Rows per logical chunk recorded by the writer.
+    growing : bool
+        Arrays another process is appending to (follow mode): ``indptr`` may hold more
+        than ``n + 1`` entries and ``data``/``indices`` differ in length while an append
+        is under way; only rows below ``n`` and entries below the shorter are read.
     """
 
     def __init__(self, data, indices, indptr, shape, name: str = "X",
-                 chunk_rows: int | None = None):
+                 chunk_rows: int | None = None, growing: bool = False):
         self.data, self.indices, self.indptr = data, indices, indptr
         self.shape = (int(shape[0]), int(shape[1]))
         self.name = name
@@ -102,10 +106,10 @@ class CSRArrays:
             if is_zarr_array(arr):
                 check_zarr_layout(arr, label)
         n, d = self.shape
-        if int(indptr.shape[0]) != n + 1:
+        if int(indptr.shape[0]) != n + 1 and not (growing and indptr.shape[0] > n):
             raise DataError(f"has {indptr.shape[0]} entries; the matrix's shape {list(self.shape)}"
                             f" needs {n + 1} (rows + 1)", array=self.labels[2])
-        if int(indices.shape[0]) != int(data.shape[0]):
+        if int(indices.shape[0]) != int(data.shape[0]) and not growing:
             raise DataError(f"has {indices.shape[0]} entries but {self.labels[0]!r} has "
                             f"{data.shape[0]}", array=self.labels[1])
         for arr, label in ((indices, self.labels[1]), (indptr, self.labels[2])):
@@ -126,7 +130,7 @@ class CSRArrays:
 
     @property
     def n_entries(self) -> int:
-        return int(self.data.shape[0])
+        return min(int(self.data.shape[0]), int(self.indices.shape[0]))
 
     @classmethod
     def from_scipy(cls, matrix, name: str = "X") -> CSRArrays:
@@ -150,7 +154,7 @@ class CSRArrays:
             _read_zarr_checked(zarr_reqs)
 
 
-def open_csr_group(group, name: str) -> CSRArrays:
+def open_csr_group(group, name: str, *, growing: bool = False) -> CSRArrays:
     """The CSR matrix stored as the group ``group`` (see the module docstring).
 
     Raises
@@ -184,7 +188,60 @@ def open_csr_group(group, name: str) -> CSRArrays:
     meta = attrs.get("natgrad_stream")
     chunk_rows = attribute_int(meta, "chunk_rows", f"group attribute 'natgrad_stream' of "
                                f"{name!r}", minimum=1) if isinstance(meta, dict) else None
-    return CSRArrays(*arrays, shape, name, chunk_rows)
+    return CSRArrays(*arrays, shape, name, chunk_rows, growing)
+
+
+def check_indptr(csr: CSRArrays, c: int, a: int, seg: np.ndarray) -> None:
+    """Refuse an ``indptr`` segment (rows from ``a``, logical chunk ``c``) that is
+    negative, decreasing, or past the entries of ``data``.
+    """
+    label = csr.labels[2]
+    if seg[0] < 0:
+        raise DataError(f"row starts at entry {int(seg[0])}, which is negative",
+                        array=label, chunk=c, row=a)
+    down = np.flatnonzero(seg[1:] < seg[:-1])
+    if down.size:
+        i = int(down[0])
+        raise DataError(f"decreases from {int(seg[i])} to {int(seg[i + 1])} (row "
+                        f"{a + i} would end before it starts)", array=label, chunk=c,
+                        row=a + i)
+    if seg[-1] > csr.n_entries:
+        i = int(np.flatnonzero(seg[1:] > csr.n_entries)[0])
+        raise DataError(f"row ends at entry {int(seg[i + 1])}, past the "
+                        f"{csr.n_entries} entries of {csr.labels[0]!r}",
+                        array=label, chunk=c, row=a + i)
+
+
+def check_entries(csr: CSRArrays, c: int, a: int, seg, values, columns, source: str) -> None:
+    """Column indices in ``[0, d)``, then finite values; the first bad entry (in order) of
+    rows from ``a`` (``indptr`` segment ``seg``) is a DataError at its row.
+    """
+    d = csr.shape[1]
+    bad = np.flatnonzero((columns < 0) | (columns >= d)) if columns.size else ()
+    if len(bad):
+        e = int(bad[0])
+        row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
+        raise DataError(f"column index {int(columns[e])} at entry {int(seg[0]) + e} is "
+                        f"outside [0, {d}) (source {source})",
+                        array=csr.labels[1], chunk=c, row=row)
+    found = check_finite(csr.labels[0], values)
+    if found is not None:
+        e, message = found[0], found[1]
+        row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
+        raise DataError(f"{message} (source {source})", array=csr.labels[0],
+                        chunk=c, row=row, column=int(columns[e]))
+
+
+def rows_digest_block(seg, values, columns) -> np.ndarray:
+    """The block a run's content digests hold for sparse rows: one 64-bit digest per row
+    (:func:`~natgrad_stream.data._sparse_kernels.row_digests`) of its values, columns and
+    length, in their stored dtypes.
+    """
+    out = np.empty(len(seg) - 1, dtype=np.uint64)
+    salt = np.uint64(int(_salt(values.dtype)) ^ (int(_salt(columns.dtype)) >> 1))
+    row_digests(values.view(f"u{values.dtype.itemsize}"),
+                columns.view(f"u{columns.dtype.itemsize}"), seg, salt, out)
+    return out
 
 
 def _relocate(exc: DataError, spans, R: int, entries: bool) -> DataError:
@@ -362,44 +419,16 @@ class SparseSource(Source):
 
     # -- checks ----------------------------------------------------------------------------
     def _check_indptr(self, c: int, a: int, seg: np.ndarray) -> None:
-        label = self.csr.labels[2]
-        if seg[0] < 0:
-            raise DataError(f"row starts at entry {int(seg[0])}, which is negative",
-                            array=label, chunk=c, row=a)
-        down = np.flatnonzero(seg[1:] < seg[:-1])
-        if down.size:
-            i = int(down[0])
-            raise DataError(f"decreases from {int(seg[i])} to {int(seg[i + 1])} (row "
-                            f"{a + i} would end before it starts)", array=label, chunk=c,
-                            row=a + i)
-        if seg[-1] > self.csr.n_entries:
-            i = int(np.flatnonzero(seg[1:] > self.csr.n_entries)[0])
-            raise DataError(f"row ends at entry {int(seg[i + 1])}, past the "
-                            f"{self.csr.n_entries} entries of {self.csr.labels[0]!r}",
-                            array=label, chunk=c, row=a + i)
+        check_indptr(self.csr, c, a, seg)
         if seg[0] != self._bounds[c] or seg[-1] != self._bounds[c + 1]:
             raise DataError(f"rows {a}:{a + len(seg) - 1} now span entries "
                             f"{int(seg[0])}:{int(seg[-1])}, but entries "
                             f"{int(self._bounds[c])}:{int(self._bounds[c + 1])} when the "
-                            "source was opened: the data changed", array=label, chunk=c,
-                            row=a)
+                            "source was opened: the data changed", array=self.csr.labels[2],
+                            chunk=c, row=a)
 
     def _check_entries(self, c: int, a: int, seg, values, columns) -> None:
-        """Column indices in ``[0, d)``, then finite values, first bad entry in order."""
-        d = self.n_features
-        bad = np.flatnonzero((columns < 0) | (columns >= d)) if columns.size else ()
-        if len(bad):
-            e = int(bad[0])
-            row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
-            raise DataError(f"column index {int(columns[e])} at entry {int(seg[0]) + e} is "
-                            f"outside [0, {d}) (source {self.name})",
-                            array=self.csr.labels[1], chunk=c, row=row)
-        found = check_finite(self.csr.labels[0], values)
-        if found is not None:
-            e, message = found[0], found[1]
-            row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
-            raise DataError(f"{message} (source {self.name})", array=self.csr.labels[0],
-                            chunk=c, row=row, column=int(columns[e]))
+        check_entries(self.csr, c, a, seg, values, columns, self.name)
 
     def _check(self, label, block, checks, chunk, row0) -> None:
         for check in checks:
@@ -408,13 +437,6 @@ class SparseSource(Source):
                 offset, message, *_ = bad
                 raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
                                 row=row0 + offset)
-
-    def _row_digests(self, seg, values, columns) -> np.ndarray:
-        out = np.empty(len(seg) - 1, dtype=np.uint64)
-        salt = np.uint64(int(_salt(values.dtype)) ^ (int(_salt(columns.dtype)) >> 1))
-        row_digests(values.view(f"u{values.dtype.itemsize}"),
-                    columns.view(f"u{columns.dtype.itemsize}"), seg, salt, out)
-        return out
 
     # -- the stream ------------------------------------------------------------------------
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
@@ -572,7 +594,7 @@ class SparseSource(Source):
                 self._check(nw, raw["w"][m0:m0 + k], w_checks, c, a)
                 blocks.append((2, nw, raw["w"][m0:m0 + k]))
             if digests is not None:
-                blocks[0] = (0, nx, self._row_digests(seg, values[e0:q], columns[e0:q]))
+                blocks[0] = (0, nx, rows_digest_block(seg, values[e0:q], columns[e0:q]))
                 digests.check(c, a, blocks)
             buf["indptr"][m0:m0 + k + 1] = seg - seg[0] + e0
             buf["rows"][m0:m0 + k] = np.arange(a, b)

@@ -68,7 +68,9 @@ def write_csr_matrix(parent, name: str, matrix, *, chunk_rows: int | None = None
 
     ``chunk_rows`` (default :func:`sparse_chunk_rows` at the matrix's mean non-zeros a row)
     is recorded as its logical chunk size; ``entry_chunk`` (default ``chunk_rows`` × the
-    mean non-zeros a row, at least 1) is the chunk length of ``data`` and ``indices``.
+    mean non-zeros a row, at least 1) is the chunk length of ``data`` and ``indices``. An
+    empty matrix (0 rows) makes a group to append rows to
+    (:func:`~natgrad_stream.data.follow.append_rows`).
     """
     from natgrad_stream.data.sparse import SparseRows
 
@@ -76,15 +78,14 @@ def write_csr_matrix(parent, name: str, matrix, *, chunk_rows: int | None = None
     stored = matrix.tocsr() if matrix.format != "csr" else matrix
     n, d = rows.shape
     per_row = rows.nnz / max(n, 1)
-    R = int(chunk_rows or sparse_chunk_rows(per_row, str(stored.dtype)))
-    E = int(entry_chunk or max(1, math.ceil(min(R, n) * per_row)))
+    R = int(chunk_rows or sparse_chunk_rows(max(per_row, 1), str(stored.dtype)))
+    E = int(entry_chunk or max(1, math.ceil(R * max(per_row, 1))))
     group = create_csr_group(parent, name, rows=n, features=d, entries=rows.nnz,
-                             chunk_rows=min(R, max(n, 1)), entry_chunk=E,
-                             dtype=str(stored.dtype))
+                             chunk_rows=R, entry_chunk=E, dtype=str(stored.dtype))
     for part, values in (("data", stored.data), ("indices", rows.indices),
                          ("indptr", rows.indptr)):
         arr = group[part]
-        view, seen = recording_view(arr)
+        view, seen = recording_view(arr.with_config(_CONFIG))
         step = int(arr.chunks[0])
         for a in range(0, len(values), step):
             view[a:a + step] = values[a:a + step]
@@ -135,7 +136,7 @@ def make_sparse_dataset(path, *, task: str, rows: int, features: int, density: f
             r = min(int(chunk_rows), n)
             group = create_csr_group(root, xname, rows=n, features=features, entries=n * k,
                                      chunk_rows=r, entry_chunk=r * k, dtype=dtype)
-            views = {part: recording_view(group[part]) for part in _PARTS}
+            views = {part: recording_view(group[part].with_config(_CONFIG)) for part in _PARTS}
             Y = root.create_array(yname, shape=(n,), chunks=(r,), dtype=G.Y_DTYPES[task],
                                   compressors=codec, config=_CONFIG)
             Y_view, Y_seen = recording_view(Y)
