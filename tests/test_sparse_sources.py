@@ -435,3 +435,27 @@ def test_bad_sparse_appends_are_refused_before_anything_is_written(tmp_path):
     g = zarr.open_group(str(path), mode="r")
     assert g["X"].attrs["shape"] == [37, 30]
     assert g.attrs["natgrad_stream"]["committed_rows"] == 37
+
+
+def test_run_identity_names_the_csr_arrays_and_their_appends(tmp_path):
+    from natgrad_stream.data import append_rows
+    from natgrad_stream.data.identity import compare_identity, data_identity
+
+    path = store_csr(tmp_path / "d.zarr", matrix(), targets())
+    before = data_identity(path, ("X", "y", None))
+    assert set(before["arrays"]) == {"X/data", "X/indices", "X/indptr", "y"}
+    M, _ = new_rows(1, n=10, d=D)
+    append_rows(path, X=M, y=np.zeros(10))
+    after = data_identity(path, ("X", "y", None),
+                          head_rows={k: v["head_rows"] for k, v in before["arrays"].items()})
+    differences, notes = compare_identity(before, after)
+    assert not differences and any("X/indptr" in n and "appended" in n for n in notes)
+    g = zarr.open_group(str(path), mode="r+")
+    g["X/data"][:3] = -1.0
+    with pytest.raises(DataError, match="is not the chunk written there"):  # its manifest
+        data_identity(path, ("X", "y", None))
+    from natgrad_stream.data.manifest import write_manifest
+
+    write_manifest(path / "X", ["data"])  # the change recorded on purpose: other values
+    changed = data_identity(path, ("X", "y", None))
+    assert any("X/data" in d for d in compare_identity(before, changed)[0])
