@@ -29,3 +29,22 @@ def row_digests(values, columns, indptr, salt, out):  # pragma: no cover - compi
             v = np.uint64(values[e]) ^ (np.uint64(columns[e]) * _K)
             h += _mix_word(v ^ (np.uint64(e) * _M2))
         out[i] = _mix(h) ^ salt
+
+
+@jit
+def gather_csr_rows(data, indices, indptr, rows, out_data, out_indices, out_indptr):
+    # pragma: no cover - compiled
+    """Rows ``rows`` of a CSR matrix, packed from entry 0 into the preallocated
+    ``out_data``, ``out_indices`` (at least their entries) and ``out_indptr`` (``len(rows)
+    + 1``); returns the entries written.
+    """
+    e = 0
+    out_indptr[0] = 0
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(indptr[r], indptr[r + 1]):
+            out_data[e] = data[j]
+            out_indices[e] = indices[j]
+            e += 1
+        out_indptr[i + 1] = e
+    return e

@@ -30,7 +30,7 @@ import queue
 import numpy as np
 
 from natgrad_stream._constants import DEFAULT_CHUNK_BYTES, DEFAULT_READ_BUFFER_BYTES
-from natgrad_stream.data._sparse_kernels import row_digests
+from natgrad_stream.data._sparse_kernels import gather_csr_rows, row_digests
 from natgrad_stream.data.budget import default_chunk_rows, plan_reads, warn_over_budget
 from natgrad_stream.data.digests import ChunkDigests, _salt
 from natgrad_stream.data.metadata import (
@@ -478,6 +478,21 @@ class SparseSource(Source):
         free: queue.Queue = queue.Queue()
         for _ in range(int(prefetch) + 2):
             free.put(buffers())
+        # a shuffled batch's rows are gathered into one reused buffer, grown as needed
+        gathered = {"data": np.empty(0, self.x_dtype), "indices": np.empty(0, np.int32),
+                    "indptr": np.empty(min(int(batch_size), read_rows) + 1, np.int64)}
+
+        def gather(rows: SparseRows, idx) -> SparseRows:
+            starts = rows.indptr[idx]
+            need = int((rows.indptr[idx + 1] - starts).sum())
+            if need > gathered["data"].shape[0]:
+                grow = max(need, 2 * gathered["data"].shape[0])
+                gathered["data"] = np.empty(grow, self.x_dtype)
+                gathered["indices"] = np.empty(grow, np.int32)
+            ip = gathered["indptr"][:len(idx) + 1]
+            gather_csr_rows(rows.data, rows.indices, rows.indptr, idx, gathered["data"],
+                            gathered["indices"], ip)
+            return SparseRows(gathered["data"], gathered["indices"], ip, d)
 
         def acquire(stream):
             while True:
@@ -535,7 +550,7 @@ class SparseSource(Source):
                         X = rows.rows_slice(a, b)
                     else:
                         idx = perm[a:b]
-                        X = rows.take(idx)
+                        X = gather(rows, idx)
                     yield Batch(X, None if buf["y"] is None else buf["y"][idx],
                                 None if buf["w"] is None else buf["w"][idx],
                                 buf["rows"][idx], cur)
