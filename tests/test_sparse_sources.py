@@ -459,3 +459,42 @@ def test_run_identity_names_the_csr_arrays_and_their_appends(tmp_path):
     write_manifest(path / "X", ["data"])  # the change recorded on purpose: other values
     changed = data_identity(path, ("X", "y", None))
     assert any("X/data" in d for d in compare_identity(before, changed)[0])
+
+
+# -- windows of chunks and row prefixes (L-BFGS windows, epochs planned before appends) --------
+def test_chunk_windows_and_prefixes_read_as_those_of_dense_data():
+    from natgrad_stream.data.window import chunk_window, row_prefix
+
+    M, y = matrix(), targets()
+    sparse, dense = SparseSource(M, y, chunk_rows=128), ArraySource(M.toarray(), y,
+                                                                    chunk_rows=128)
+    kw = dict(batch_size=50, epochs=2, chunks_per_read=2, seed=7)
+    for make in (lambda s: chunk_window(s, np.array([1, 4, 5, 7])),
+                 lambda s: chunk_window(chunk_window(s, np.array([0, 2, 3, 6, 7])),
+                                        np.array([1, 4])),
+                 lambda s: row_prefix(s, 700)):
+        a, b = make(sparse), make(dense)
+        assert a.n_rows == b.n_rows
+        assert list(a.chunk_index if a.chunk_index is not None else []) == \
+            list(b.chunk_index if b.chunk_index is not None else [])
+        got, want = collect(a.batches(**kw)), collect(b.batches(**kw))
+        for (r1, X1, y1, c1), (r2, X2, y2, c2) in zip(got, want, strict=True):
+            assert np.array_equal(r1, r2) and np.array_equal(X1, X2)
+            assert np.array_equal(y1, y2) and c1 == c2
+
+
+def test_window_errors_and_digests_are_those_of_the_data_chunks():
+    from natgrad_stream.data.window import chunk_window, locate_in_full_data
+
+    arrays, row = bad_arrays("nan")  # row 301: chunk 3 of 100-row chunks
+    source = SparseSource(arrays, targets(), chunk_rows=100)
+    chunks = np.array([1, 3, 8])
+    with pytest.raises(DataError) as info:
+        collect(chunk_window(source, chunks).batches(batch_size=64, shuffle=False))
+    assert (info.value.chunk, info.value.row) == (1, 100 + row - 300)  # in the window
+    full = locate_in_full_data(info.value, chunks, 100)
+    assert (full.array, full.chunk, full.row) == ("X/data", 3, row)
+    digests = ChunkDigests()
+    collect(chunk_window(SparseSource(matrix(), targets(), chunk_rows=100),
+                         chunks).batches(batch_size=64, digests=digests))
+    assert [c for c in range(10) if digests.recorded(c)] == [1, 3, 8]

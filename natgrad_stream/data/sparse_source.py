@@ -23,6 +23,7 @@ largest chunks.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import queue
@@ -338,6 +339,10 @@ class SparseSource(Source):
         self.chunk_entries = self._scan_entries()
         self._by_size = np.cumsum(np.sort(self.chunk_entries)[::-1])
         self._warned_budget = False
+        #: Chunk indices in the data this source is a window of (None: its own), as
+        #: :class:`ArraySource`'s; rows of the data it reads (a prefix reads fewer).
+        self.chunk_index = None
+        self._data_rows = n
         self._slots = [0] + [1] * self.has_targets + [2] * self.has_weights
 
     # -- chunks ----------------------------------------------------------------------------
@@ -378,6 +383,44 @@ class SparseSource(Source):
                 bounds[sel] = block[at[sel] - s]
         self._bounds = bounds
         return np.clip(np.diff(bounds), 0, self.csr.n_entries)
+
+    # -- windows -------------------------------------------------------------------------
+    def _sized(self, entries: np.ndarray) -> None:
+        self.chunk_entries = entries
+        self._by_size = np.cumsum(np.sort(entries)[::-1])
+        self._warned_budget = False
+
+    def chunk_window(self, chunks) -> SparseSource:
+        """The chunks ``chunks`` (sorted) of this source as one source (the sparse
+        counterpart of :func:`~natgrad_stream.data.window.chunk_window`): rows numbered
+        within the window, digests and ``chunk_index`` by the data's chunks.
+        """
+        chunks = np.asarray(chunks, dtype=np.int64)
+        R = self.chunk_rows
+        window = copy.copy(self)
+        window.chunk_index = chunks if self.chunk_index is None else self.chunk_index[chunks]
+        window.name = f"{self.name} window"
+        window.n_rows = int(sum(min((int(g) + 1) * R, self._data_rows) - int(g) * R
+                                for g in window.chunk_index))
+        window._sized(self.chunk_entries[chunks])
+        return window
+
+    def row_prefix(self, n_rows: int) -> SparseSource:
+        """The first ``n_rows`` rows as one source with the same chunks (the sparse
+        counterpart of :func:`~natgrad_stream.data.window.row_prefix`).
+        """
+        if not 0 < n_rows <= self.n_rows:
+            raise ValueError(f"a prefix of {n_rows} rows of {self.n_rows}")
+        if self.chunk_index is not None:
+            raise ValueError("a prefix of a window of chunks is not supported")
+        n_chunks = math.ceil(n_rows / self.chunk_rows)
+        prefix = copy.copy(self)
+        prefix.n_rows = prefix._data_rows = int(n_rows)
+        end = np.empty(1, dtype=self.csr.indptr.dtype)
+        self.csr.read([(2, n_rows, n_rows + 1, end)])
+        prefix._bounds = np.append(self._bounds[:n_chunks], int(end[0]))
+        prefix._sized(np.clip(np.diff(prefix._bounds), 0, self.csr.n_entries))
+        return prefix
 
     # -- budget ----------------------------------------------------------------------------
     def _row_bytes(self) -> int:
@@ -516,7 +559,8 @@ class SparseSource(Source):
             n_chunks = math.ceil(n / R)
             if digests is not None and start.read_index and start.epoch == int(epochs) - 1:
                 done = _chunk_order(n_chunks, seed, start.epoch, shuffle)
-                done = [c for c in done[:start.read_index * k_read] if digests.unverified(c)]
+                done = [c for c in done[:start.read_index * k_read] if digests.unverified(
+                    c if self.chunk_index is None else int(self.chunk_index[c]))]
                 for i in range(0, len(done), k_read):
                     free.put(load(done[i:i + k_read], stream)[0])
             for epoch in range(start.epoch, int(epochs)):
@@ -561,18 +605,40 @@ class SparseSource(Source):
 
     def _load(self, plan_chunks, buf, raw, x_checks, y_checks, w_checks, digests) -> int:
         """Read, check and digest one read's chunks (in plan order) into ``buf``; returns
-        its rows.
+        its rows. Errors of a window are located in the window, as an
+        :class:`ArraySource` window's (:func:`~natgrad_stream.data.window.
+        locate_in_full_data` places them in the full data).
         """
-        R, n, csr = self.chunk_rows, self.n_rows, self.csr
-        nx, ny, nw = self.names
-        chunks = [(int(c), int(c) * R, min((int(c) + 1) * R, n)) for c in plan_chunks]
-        segs = [np.empty(b - a + 1, dtype=csr.indptr.dtype) for _, a, b in chunks]
         try:
-            csr.read([(2, a, b + 1, seg) for (_, a, b), seg in zip(chunks, segs, strict=True)])
+            return self._load_rows(plan_chunks, buf, raw, x_checks, y_checks, w_checks,
+                                   digests)
+        except DataError as exc:
+            if self.chunk_index is None or exc.chunk is None:
+                raise
+            R = self.chunk_rows
+            local = np.flatnonzero(self.chunk_index == exc.chunk)
+            if not local.size:
+                raise
+            c = int(local[0])
+            row = None if exc.row is None else c * R + exc.row - exc.chunk * R
+            raise exc.located(chunk=c, row=row) from exc
+
+    def _load_rows(self, plan_chunks, buf, raw, x_checks, y_checks, w_checks,
+                   digests) -> int:
+        R, csr = self.chunk_rows, self.csr
+        nx, ny, nw = self.names
+        chunks = []  # (chunk and rows in the data, first row in this source)
+        for c in plan_chunks:
+            g = int(c) if self.chunk_index is None else int(self.chunk_index[int(c)])
+            chunks.append((g, g * R, min((g + 1) * R, self._data_rows), int(c) * R))
+        segs = [np.empty(b - a + 1, dtype=csr.indptr.dtype) for _, a, b, _ in chunks]
+        try:
+            csr.read([(2, a, b + 1, seg) for (_, a, b, _), seg in zip(chunks, segs,
+                                                                     strict=True)])
         except DataError as exc:
             raise _relocate(exc, (), R, False) from exc
         spans, m, e = [], 0, 0
-        for (c, a, b), seg in zip(chunks, segs, strict=True):
+        for (c, a, b, _), seg in zip(chunks, segs, strict=True):
             self._check_indptr(c, a, seg)
             spans.append((c, a, b, m, e, seg))
             m += b - a
@@ -592,7 +658,7 @@ class SparseSource(Source):
             raise _relocate(exc, [(c, a, seg) for c, a, _, _, _, seg in spans], R,
                             True) from exc
         self._read_rows(row_reqs)
-        for c, a, b, m0, e0, seg in spans:
+        for (c, a, b, m0, e0, seg), (*_, a_here) in zip(spans, chunks, strict=True):
             k, q = b - a, e0 + int(seg[-1] - seg[0])
             self._check_entries(c, a, seg, values[e0:q], columns[e0:q])
             for check in x_checks:  # a model's checks of feature values (the stored ones)
@@ -612,7 +678,7 @@ class SparseSource(Source):
                 blocks[0] = (0, nx, rows_digest_block(seg, values[e0:q], columns[e0:q]))
                 digests.check(c, a, blocks)
             buf["indptr"][m0:m0 + k + 1] = seg - seg[0] + e0
-            buf["rows"][m0:m0 + k] = np.arange(a, b)
+            buf["rows"][m0:m0 + k] = np.arange(a_here, a_here + k)
         if raw["data"] is not None:
             np.copyto(buf["data"][:e], raw["data"][:e], casting="unsafe")
         if raw["indices"] is not None:
