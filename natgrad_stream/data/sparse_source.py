@@ -218,7 +218,11 @@ def check_entries(csr: CSRArrays, c: int, a: int, seg, values, columns, source: 
     rows from ``a`` (``indptr`` segment ``seg``) is a DataError at its row.
     """
     d = csr.shape[1]
-    bad = np.flatnonzero((columns < 0) | (columns >= d)) if columns.size else ()
+    if columns.dtype.kind == "u" or 2 ** (8 * columns.dtype.itemsize - 1) > d:
+        # one comparison: a negative index viewed unsigned is at least 2^(bits-1) > d
+        bad = np.flatnonzero(columns.view(f"u{columns.dtype.itemsize}") >= d)
+    else:
+        bad = np.flatnonzero((columns < 0) | (columns >= d))
     if len(bad):
         e = int(bad[0])
         row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
