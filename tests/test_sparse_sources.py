@@ -145,15 +145,16 @@ def test_zarr_csr_group_reads_as_the_matrix(tmp_path):
         assert np.array_equal(y1, y2) and c1 == c2
 
 
-def test_missing_entry_chunk_is_one_error_naming_array_chunk_and_row(tmp_path):
+@pytest.mark.parametrize("part", ["data", "indices"])
+def test_missing_entry_chunk_is_one_error_naming_array_chunk_and_row(tmp_path, part):
     M = matrix()
     store_csr(tmp_path / "d.zarr", M, targets())
-    (tmp_path / "d.zarr" / "X" / "indices" / "c" / "3").unlink()
+    (tmp_path / "d.zarr" / "X" / part / "c" / "3").unlink()
     source = open_zarr(tmp_path / "d.zarr")
     with pytest.raises(DataError) as info:
         collect(source.batches(batch_size=64, shuffle=False))
     err = info.value
-    assert err.array == "X/indices" and "missing from the store" in str(err)
+    assert err.array == f"X/{part}" and "missing from the store" in str(err)
     entry = 3 * 97  # the first entry of the missing chunk
     row = int(np.searchsorted(M.indptr, entry, side="right")) - 1
     assert (err.row, err.chunk) == (row, row // 128)
@@ -198,6 +199,19 @@ def test_bad_values_are_one_error_naming_array_chunk_and_row(kind, array, text):
         collect(source.batches(batch_size=64, shuffle=False))
     err = info.value
     assert (err.array, err.chunk, err.row) == (array, 3, row) and text in str(err)
+
+
+def test_an_iterable_of_sparse_batches_is_checked_and_delivered_as_sparse_rows():
+    M, y = matrix(), targets()
+    items = [(M[:300], y[:300]), (M[300:].tocoo(), y[300:])]
+    source = as_source(iter(items))
+    got = collect(source.batches(batch_size=128))
+    assert np.array_equal(np.vstack([X for _, X, _, _ in got]), M.toarray())
+    assert np.array_equal(np.concatenate([yb for *_, yb, _ in got]), y)
+    bad = M.copy()
+    bad.data[bad.indptr[250]] = np.inf
+    with pytest.raises(DataError, match="batch 0 row 250 column .*non-finite"):
+        collect(as_source(iter([(bad, y)])).batches(batch_size=128))
 
 
 def test_shape_mismatches_are_refused(tmp_path):

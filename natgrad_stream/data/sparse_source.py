@@ -237,6 +237,27 @@ def check_entries(csr: CSRArrays, c: int, a: int, seg, values, columns, source: 
                         chunk=c, row=row, column=int(columns[e]))
 
 
+def check_sparse_rows(label: str, rows: SparseRows, checks=()):
+    """A :data:`~natgrad_stream.data.validation.Check` of sparse rows: column indices in
+    ``[0, d)``, finite values, then ``checks`` on the values; ``(row, message[, column])``
+    of the first bad entry, or None.
+    """
+    rows = rows.compact()
+    d = rows.shape[1]
+    bad = np.flatnonzero(rows.indices.view(np.uint32) >= d)  # negatives are >= 2^31 > d
+    if bad.size:
+        e = int(bad[0])
+        return (int(np.searchsorted(rows.indptr, e, side="right")) - 1,
+                f"column index {int(rows.indices[e])} outside [0, {d})")
+    for check in (check_finite, *checks):
+        found = check(label, rows.data)
+        if found is not None:
+            e = int(found[0])
+            return (int(np.searchsorted(rows.indptr, e, side="right")) - 1, found[1],
+                    int(rows.indices[e]))
+    return None
+
+
 def rows_digest_block(seg, values, columns) -> np.ndarray:
     """The block a run's content digests hold for sparse rows: one 64-bit digest per row
     (:func:`~natgrad_stream.data._sparse_kernels.row_digests`) of its values, columns and

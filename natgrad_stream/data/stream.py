@@ -56,6 +56,7 @@ from natgrad_stream.data.metadata import (
     check_zarr_layout,
     is_zarr_array,
 )
+from natgrad_stream.data.sparse import SparseRows, as_sparse_rows, is_sparse
 from natgrad_stream.data.validation import (
     Check,
     check_finite,
@@ -817,6 +818,10 @@ class ArraySource(Source):
 class IteratorSource(Source):
     """Batches pushed by any iterable: items ``X``, ``(X,)``, ``(X, y)`` or ``(X, y, w)``.
 
+    ``X`` may be sparse (any SciPy format, or :class:`~natgrad_stream.data.sparse.
+    SparseRows`): batches then carry :class:`SparseRows` (column indices and values
+    checked).
+
     Items are validated (dtype, shape, finiteness) and split into pieces of at most
     ``batch_size`` rows. An iterator cannot rewind: a stream runs one epoch, without
     shuffling, and ``start`` only continues the sample count.
@@ -846,7 +851,7 @@ class IteratorSource(Source):
         if not 1 <= len(parts) <= 3:
             raise DataError(f"batch {index} has {len(parts)} parts; expected X, (X, y) or "
                             "(X, y, w)", array=self.name)
-        X = np.asarray(parts[0])
+        X = as_sparse_rows(parts[0]) if is_sparse(parts[0]) else np.asarray(parts[0])
         y = np.asarray(parts[1]) if len(parts) > 1 and parts[1] is not None else None
         w = np.asarray(parts[2]) if len(parts) > 2 and parts[2] is not None else None
         if X.ndim != 2:
@@ -879,10 +884,16 @@ class IteratorSource(Source):
                 if X.shape[1] != self.n_features:
                     raise DataError(f"batch {index} has {X.shape[1]} features, expected "
                                     f"{self.n_features}", array=self.name)
-                # integer, bool and float16 features: converted to their compute dtype
-                X = np.ascontiguousarray(
-                    X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
-                for label, arr, cks in (("X", X, (check_finite, *x_checks)),
+                sparse_x = isinstance(X, SparseRows)  # canonical already; checked entries
+                if sparse_x:
+                    from natgrad_stream.data.sparse_source import check_sparse_rows
+
+                    x_cks = (functools.partial(check_sparse_rows, checks=x_checks),)
+                else:  # integer, bool and float16 features: converted to their compute dtype
+                    X = np.ascontiguousarray(
+                        X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
+                    x_cks = (check_finite, *x_checks)
+                for label, arr, cks in (("X", X, x_cks),
                                         ("y", y, (check_finite, *checks)),
                                         ("w", w, (check_finite, check_nonnegative))):
                     if arr is None:
@@ -900,7 +911,8 @@ class IteratorSource(Source):
                     samples += b - a
                     cur = Cursor(0, index + (b == X.shape[0]), 0 if b == X.shape[0] else b,
                                  samples)
-                    batch = Batch(X[a:b], None if yf is None else yf[a:b],
+                    batch = Batch(X.rows_slice(a, b) if sparse_x else X[a:b],
+                                  None if yf is None else yf[a:b],
                                   None if wf is None else wf[a:b],
                                   np.full(b - a, -1, dtype=np.int64), cur)
                     stream.put(("read", (lambda bt=batch: iter((bt,)))))
