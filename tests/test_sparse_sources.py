@@ -512,3 +512,23 @@ def test_window_errors_and_digests_are_those_of_the_data_chunks():
     collect(chunk_window(SparseSource(matrix(), targets(), chunk_rows=100),
                          chunks).batches(batch_size=64, digests=digests))
     assert [c for c in range(10) if digests.recorded(c)] == [1, 3, 8]
+
+
+def test_aligned_chunks_are_decoded_directly_and_missing_ones_named(tmp_path):
+    from natgrad_stream.data.sparse_writer import make_sparse_dataset
+
+    path = tmp_path / "s.zarr"
+    make_sparse_dataset(path, task="linear", rows=2000, features=500, density=0.02,
+                        chunk_rows=512, seed=1)
+    source = open_zarr(path)
+    assert all(d is not None and d.covers(512 * 10, 1024 * 10) for d in source.csr.direct[:2])
+    zarr_rows = zarr.open_group(str(path), mode="r")
+    data, indptr = zarr_rows["X/data"][...], zarr_rows["X/indptr"][...]
+    for r, Xb, *_ in collect(source.batches(batch_size=300, seed=4)):
+        for i, row in enumerate(r):
+            values = data[indptr[row]:indptr[row + 1]]
+            assert np.array_equal(np.sort(Xb[i][Xb[i] != 0]), np.sort(values))
+    (path / "X" / "data" / "c" / "2").unlink()
+    with pytest.raises(DataError, match="missing from the store") as info:
+        collect(open_zarr(path).batches(batch_size=300, shuffle=False))
+    assert (info.value.array, info.value.chunk, info.value.row) == ("X/data", 2, 1024)

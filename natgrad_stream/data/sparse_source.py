@@ -32,6 +32,7 @@ import numpy as np
 
 from natgrad_stream._constants import DEFAULT_CHUNK_BYTES, DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.data._sparse_kernels import gather_csr_rows, row_digests
+from natgrad_stream.data._zstd_direct import DirectChunks, read_direct
 from natgrad_stream.data.budget import default_chunk_rows, plan_reads, warn_over_budget
 from natgrad_stream.data.digests import ChunkDigests, _salt
 from natgrad_stream.data.metadata import (
@@ -43,6 +44,7 @@ from natgrad_stream.data.metadata import (
 )
 from natgrad_stream.data.sparse import MAX_SPARSE_FEATURES, SparseRows
 from natgrad_stream.data.stream import (
+    _DIRECT_ENABLED,
     _POLL_SECONDS,
     Batch,
     BatchStream,
@@ -124,6 +126,12 @@ class CSRArrays:
                             "CSR batch addresses", array=name)
         self.stored = tuple(StoredChunks(a, label) if is_zarr_array(a) else None
                             for a, label in zip(self.arrays, self.labels, strict=True))
+        # whole-chunk zstd decoders (local stores of the simple layout; else None): a
+        # logical chunk whose entries are exactly one stored chunk (make-data's layout)
+        # is decoded straight into the read buffer
+        self.direct = tuple(DirectChunks.for_array(a, label)
+                            if is_zarr_array(a) and _DIRECT_ENABLED else None
+                            for a, label in zip(self.arrays, self.labels, strict=True))
 
     @property
     def arrays(self):
@@ -144,13 +152,17 @@ class CSRArrays:
         Zarr through the checked read path, all at once (a missing or damaged chunk is a
         DataError located in that array's own chunks).
         """
-        zarr_reqs = []
+        zarr_reqs, direct = [], []
         for j, a, b, out in requests:
-            stored = self.stored[j]
+            stored, dec = self.stored[j], self.direct[j]
             if stored is None:
                 np.copyto(out, self.arrays[j][a:b], casting="unsafe")
+            elif dec is not None and b > a and dec.covers(a, b) and out.dtype == dec.dtype:
+                direct.append((dec, a, b, out))
             else:
                 zarr_reqs.append((stored, a, b, out, 0))
+        if direct:  # errors located in each array's own chunks, as zarr's
+            read_direct(direct)
         if zarr_reqs:
             _read_zarr_checked(zarr_reqs)
 
