@@ -44,10 +44,10 @@ from natgrad_stream.data.metadata import StoredChunks
 from natgrad_stream.data.sparse import SparseRows
 from natgrad_stream.data.sparse_source import (
     CSRArrays,
-    _relocate,
     check_entries,
     check_indptr,
     is_csr_group,
+    locate_read_error,
     open_csr_group,
     rows_digest_block,
 )
@@ -527,7 +527,7 @@ class FollowSource(Source):
         try:
             csr.read([(0, p, q, values), (1, p, q, columns)])
         except DataError as exc:
-            raise _relocate(exc, spans, R, True) from exc
+            raise locate_read_error(exc, spans, R, True) from exc
         for c, c0, s in spans:
             lo, hi = int(s[0]) - p, int(s[-1]) - p
             check_entries(csr, c, c0, s, values[lo:hi], columns[lo:hi], self.name)

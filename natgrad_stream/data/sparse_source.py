@@ -282,7 +282,7 @@ def rows_digest_block(seg, values, columns) -> np.ndarray:
     return out
 
 
-def _relocate(exc: DataError, spans, R: int, entries: bool) -> DataError:
+def locate_read_error(exc: DataError, spans, R: int, entries: bool) -> DataError:
     """``exc`` (at a row of ``indptr``, or, with ``entries``, an entry of ``data`` or
     ``indices``) at the logical chunk and matrix row holding it, ``spans`` being
     ``(c, a, seg)`` of the read's chunks (``seg`` their ``indptr`` segments).
@@ -415,7 +415,7 @@ class SparseSource(Source):
                 try:
                     self.csr.read([(2, s, e, block)])
                 except DataError as exc:
-                    raise _relocate(exc, (), R, False) from exc
+                    raise locate_read_error(exc, (), R, False) from exc
                 sel = (at >= s) & (at < e)
                 bounds[sel] = block[at[sel] - s]
         self._bounds = bounds
@@ -673,7 +673,7 @@ class SparseSource(Source):
             csr.read([(2, a, b + 1, seg) for (_, a, b, _), seg in zip(chunks, segs,
                                                                      strict=True)])
         except DataError as exc:
-            raise _relocate(exc, (), R, False) from exc
+            raise locate_read_error(exc, (), R, False) from exc
         spans, m, e = [], 0, 0
         for (c, a, b, _), seg in zip(chunks, segs, strict=True):
             self._check_indptr(c, a, seg)
@@ -692,7 +692,7 @@ class SparseSource(Source):
         try:
             csr.read(entry_reqs)
         except DataError as exc:
-            raise _relocate(exc, [(c, a, seg) for c, a, _, _, _, seg in spans], R,
+            raise locate_read_error(exc, [(c, a, seg) for c, a, _, _, _, seg in spans], R,
                             True) from exc
         self._read_rows(row_reqs)
         for (c, a, b, m0, e0, seg), (*_, a_here) in zip(spans, chunks, strict=True):
