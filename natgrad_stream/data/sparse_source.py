@@ -380,7 +380,6 @@ class SparseSource(Source):
         #: :class:`ArraySource`'s; rows of the data it reads (a prefix reads fewer).
         self.chunk_index = None
         self._data_rows = n
-        self._slots = [0] + [1] * self.has_targets + [2] * self.has_weights
 
     # -- chunks ----------------------------------------------------------------------------
     def _default_chunk_rows(self, chunk_rows) -> int:
