@@ -532,3 +532,21 @@ def test_aligned_chunks_are_decoded_directly_and_missing_ones_named(tmp_path):
     with pytest.raises(DataError, match="missing from the store") as info:
         collect(open_zarr(path).batches(batch_size=300, shuffle=False))
     assert (info.value.array, info.value.chunk, info.value.row) == ("X/data", 2, 1024)
+
+
+def test_targets_and_weights_are_checked_as_for_dense_data(caplog):
+    M, y = matrix(), targets()
+    w = np.ones(N)
+    w[640] = -1.0
+    with pytest.raises(DataError, match="negative sample weight") as info:
+        collect(SparseSource(M, y, w, chunk_rows=100).batches(batch_size=64, shuffle=False))
+    assert (info.value.array, info.value.chunk, info.value.row) == ("w", 6, 640)
+    y2 = y.copy()
+    y2[12] = np.nan
+    with pytest.raises(DataError, match="non-finite") as info:
+        collect(SparseSource(M, y2, chunk_rows=100).batches(batch_size=64, shuffle=False))
+    assert (info.value.array, info.value.row) == ("y", 12)
+    with caplog.at_level("WARNING", logger="natgrad_stream"):
+        rows = collect(SparseSource(M, y, chunk_rows=500).batches(
+            batch_size=64, read_buffer_bytes=1000))
+    assert sum(len(r) for r, *_ in rows) == N and "too large for read_buffer_bytes" in caplog.text
