@@ -13,8 +13,9 @@ import scipy.sparse as sp
 import zarr
 
 from natgrad_stream.data import ArraySource, as_source, open_zarr
+from natgrad_stream.data.csr_store import CSRArrays
 from natgrad_stream.data.digests import ChunkDigests
-from natgrad_stream.data.sparse_source import CSRArrays, SparseSource
+from natgrad_stream.data.sparse_source import SparseSource
 from natgrad_stream.data.sparse_writer import write_csr_matrix
 from natgrad_stream.errors import DataError
 

@@ -33,6 +33,15 @@ import numpy as np
 
 from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.data.budget import plan_reads, warn_over_budget
+from natgrad_stream.data.csr_store import (
+    CSRArrays,
+    check_entries,
+    check_indptr,
+    is_csr_group,
+    locate_read_error,
+    open_csr_group,
+    rows_digest_block,
+)
 from natgrad_stream.data.digests import SLOTS
 from natgrad_stream.data.manifest import (
     begin_rewrite,
@@ -42,15 +51,6 @@ from natgrad_stream.data.manifest import (
 )
 from natgrad_stream.data.metadata import StoredChunks
 from natgrad_stream.data.sparse import SparseRows
-from natgrad_stream.data.sparse_source import (
-    CSRArrays,
-    check_entries,
-    check_indptr,
-    is_csr_group,
-    locate_read_error,
-    open_csr_group,
-    rows_digest_block,
-)
 from natgrad_stream.data.sparse_writer import append_csr, check_csr_append
 from natgrad_stream.data.stream import (
     Batch,
@@ -149,7 +149,7 @@ def append_rows(store, **arrays) -> int:
     The rows are appended after the committed count (or, before the first call, after the
     arrays' common length). Single writer: nothing prevents two processes appending at once.
 
-    A name that is a CSR group (:mod:`natgrad_stream.data.sparse_source`) takes sparse rows
+    A name that is a CSR group (:mod:`natgrad_stream.data.csr_store`) takes sparse rows
     (any SciPy format, or dense rows, stored as CSR): their values and column indices are
     written after entry ``indptr[committed]`` of ``data`` and ``indices``, then ``indptr``
     is extended and the group's ``shape`` updated, each array's manifest kept, all before

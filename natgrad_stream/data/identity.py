@@ -39,7 +39,7 @@ def data_identity(data, names, *, head_rows: dict | None = None) -> dict | None:
         group = zarr.open_group(str(data), mode="r")
     except Exception:  # noqa: BLE001 - not a group: the source reports the real error
         return None
-    from natgrad_stream.data.sparse_source import is_csr_group
+    from natgrad_stream.data.csr_store import is_csr_group
 
     arrays = {}
     expanded = []

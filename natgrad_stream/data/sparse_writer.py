@@ -1,7 +1,7 @@
 """Writing sparse rows: CSR groups in the AnnData layout, synthetic sparse datasets, and
 appends to CSR groups.
 
-The layout is that of :mod:`natgrad_stream.data.sparse_source` (``encoding-type:
+The layout is that of :mod:`natgrad_stream.data.csr_store` (``encoding-type:
 csr_matrix``, ``shape``, arrays ``data``, ``indices``, ``indptr``), written like the dense
 arrays: checksummed zstd, every chunk stored, a manifest per array
 (:mod:`natgrad_stream.data.manifest`), and the logical chunk size recorded as the group
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream.data.budget import default_chunk_rows
+from natgrad_stream.data.csr_store import CSR_ENCODING
 from natgrad_stream.data.manifest import (
     begin_rewrite,
     check_manifest_rows,
@@ -26,7 +27,6 @@ from natgrad_stream.data.manifest import (
     record_manifest,
     recording_view,
 )
-from natgrad_stream.data.sparse_source import CSR_ENCODING
 from natgrad_stream.errors import DataError
 
 #: Every chunk is stored (a missing chunk is always an error for the readers).

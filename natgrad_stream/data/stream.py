@@ -886,7 +886,7 @@ class IteratorSource(Source):
                                     f"{self.n_features}", array=self.name)
                 sparse_x = isinstance(X, SparseRows)  # canonical already; checked entries
                 if sparse_x:
-                    from natgrad_stream.data.sparse_source import check_sparse_rows
+                    from natgrad_stream.data.csr_store import check_sparse_rows
 
                     x_cks = (functools.partial(check_sparse_rows, checks=x_checks),)
                 else:  # integer, bool and float16 features: converted to their compute dtype
@@ -1019,7 +1019,8 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
         numbers.
     """
     from natgrad_stream.data.anndata_store import categorical_target, is_categorical
-    from natgrad_stream.data.sparse_source import SparseSource, is_csr_group, open_csr_group
+    from natgrad_stream.data.csr_store import is_csr_group, open_csr_group
+    from natgrad_stream.data.sparse_source import SparseSource
 
     group, label = _open_group(path_or_group)
 
