@@ -26,7 +26,11 @@ import queue
 
 import numpy as np
 
-from natgrad_stream._constants import DEFAULT_CHUNK_BYTES, DEFAULT_READ_BUFFER_BYTES
+from natgrad_stream._constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_READ_BUFFER_BYTES,
+)
 from natgrad_stream.data._sparse_kernels import gather_csr_rows
 from natgrad_stream.data.budget import default_chunk_rows, plan_reads, warn_over_budget
 from natgrad_stream.data.csr_store import (
@@ -259,8 +263,8 @@ class SparseSource(Source):
         return ((int(prefetch) + 2) * (read_rows * self._row_bytes() + entries * per_entry)
                 + staging + batch)
 
-    def read_plan(self, *, chunks_per_read=2, prefetch=2, batch_size=1024, shuffle=True,
-                  read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
+    def read_plan(self, *, chunks_per_read=2, prefetch=2, batch_size=DEFAULT_BATCH_SIZE,
+                  shuffle=True, read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES):
         """The plan a stream with these arguments reads by (see :class:`ArraySource`)."""
         return plan_reads(lambda k, p: self.plan_bytes(k, p, batch_size, shuffle),
                           chunks_per_read, prefetch, read_buffer_bytes)
