@@ -5,6 +5,7 @@ runs whatever checks it is handed.
 """
 
 from natgrad_stream.data.follow import FollowSource, append_rows
+from natgrad_stream.data.sparse_source import SparseSource
 from natgrad_stream.data.stream import (
     ArraySource,
     Batch,
@@ -22,6 +23,6 @@ from natgrad_stream.data.zarr_reads import configure_zarr_threads
 
 __all__ = [
     "ArraySource", "Batch", "BatchStream", "Check", "Cursor", "FollowSource", "IteratorSource",
-    "Source", "append_rows", "as_source", "check_finite", "check_nonnegative",
+    "Source", "SparseSource", "append_rows", "as_source", "check_finite", "check_nonnegative",
     "configure_zarr_threads", "epoch_plan", "open_zarr", "read_permutation",
 ]

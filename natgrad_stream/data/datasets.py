@@ -158,7 +158,7 @@ def dataset_chunk_rows(features: int, dtype: str = "float32") -> int:
 
 def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int | None = None,
                  test_rows: int = 0, seed: int = 0, dtype: str = "float32",
-                 overwrite: bool = False):
+                 overwrite: bool = False, density: float | None = None):
     """Write a synthetic dataset as a Zarr v3 group and return the opened group.
 
     Parameters
@@ -188,6 +188,10 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
         Feature dtype.
     overwrite : bool
         Replace an existing ``path``.
+    density : float in (0, 1], optional
+        Write sparse data instead: ``X`` as a CSR group (the AnnData layout) with
+        ``round(density × features)`` non-zeros a row, for the tasks logistic, linear,
+        poisson and softmax (:func:`~natgrad_stream.data.sparse_writer.make_sparse_dataset`).
 
     Notes
     -----
@@ -197,6 +201,13 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
     """
     import zarr
 
+    if density is not None:
+        from natgrad_stream.data.sparse_writer import make_sparse_dataset
+
+        return make_sparse_dataset(path, task=task, rows=rows, features=features,
+                                   density=density, chunk_rows=chunk_rows,
+                                   test_rows=test_rows, seed=seed, dtype=dtype,
+                                   overwrite=overwrite)
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if dtype not in ("float32", "float64"):

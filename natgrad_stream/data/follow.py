@@ -33,6 +33,15 @@ import numpy as np
 
 from natgrad_stream._constants import DEFAULT_READ_BUFFER_BYTES
 from natgrad_stream.data.budget import plan_reads, warn_over_budget
+from natgrad_stream.data.csr_store import (
+    CSRArrays,
+    check_entries,
+    check_indptr,
+    is_csr_group,
+    locate_read_error,
+    open_csr_group,
+    rows_digest_block,
+)
 from natgrad_stream.data.digests import SLOTS
 from natgrad_stream.data.manifest import (
     begin_rewrite,
@@ -41,6 +50,8 @@ from natgrad_stream.data.manifest import (
     recording_view,
 )
 from natgrad_stream.data.metadata import StoredChunks
+from natgrad_stream.data.sparse import SparseRows
+from natgrad_stream.data.sparse_writer import append_csr, check_csr_append
 from natgrad_stream.data.stream import (
     Batch,
     BatchStream,
@@ -56,6 +67,7 @@ from natgrad_stream.data.validation import (
     check_nonnegative,
     check_target_dtype,
     check_x_dtype,
+    compute_dtype,
 )
 from natgrad_stream.errors import DataError
 
@@ -137,12 +149,19 @@ def append_rows(store, **arrays) -> int:
     The rows are appended after the committed count (or, before the first call, after the
     arrays' common length). Single writer: nothing prevents two processes appending at once.
 
+    A name that is a CSR group (:mod:`natgrad_stream.data.csr_store`) takes sparse rows
+    (any SciPy format, or dense rows, stored as CSR): their values and column indices are
+    written after entry ``indptr[committed]`` of ``data`` and ``indices``, then ``indptr``
+    is extended and the group's ``shape`` updated, each array's manifest kept, all before
+    the commit (:func:`~natgrad_stream.data.sparse_writer.append_csr`).
+
     Parameters
     ----------
     store : path, zarr.Group or zarr store
-    **arrays : array_like
+    **arrays : array_like or scipy.sparse matrix
         New rows per array name, all with the same number of rows, the array's trailing
-        shape, and a dtype castable (same kind) to the array's.
+        shape (a CSR group's feature count), and a dtype castable (same kind) to the
+        array's.
 
     Raises
     ------
@@ -157,13 +176,20 @@ def append_rows(store, **arrays) -> int:
         raise ValueError("append_rows needs at least one array, e.g. X=...")
     store, path, label = _locate(store)
     group = _open_group(store, path, label, "r+")
-    values = {name: np.asarray(v) for name, v in arrays.items()}
-    targets = {name: _get(group, name, label) for name in values}
+    sparse = {name: open_csr_group(m, name) for name in arrays
+              if is_csr_group(m := zarr_member(group, name))}
+    values = {name: _csr_rows(v) if name in sparse else np.asarray(v)
+              for name, v in arrays.items()}
+    targets = {name: _get(group, name, label) for name in values if name not in sparse}
     counts = {name: (v.shape[0] if v.ndim else -1) for name, v in values.items()}
     if len(set(counts.values())) != 1:
         raise DataError(f"new rows differ in number between arrays: {counts}")
     k = next(iter(counts.values()))
+    for name in sparse:
+        check_csr_append(zarr_member(group, name), name, values[name])
     for name, v in values.items():
+        if name in sparse:
+            continue
         arr = targets[name]
         if v.ndim != arr.ndim or tuple(v.shape[1:]) != tuple(arr.shape[1:]):
             raise DataError(f"new rows have shape {v.shape}; the array has shape {arr.shape}",
@@ -172,6 +198,7 @@ def append_rows(store, **arrays) -> int:
             raise TypeError(f"cannot append {v.dtype} values to array {name!r} of dtype "
                             f"{arr.dtype}")
     lengths = {name: int(a.shape[0]) for name, a in targets.items()}
+    lengths.update({name: csr.shape[0] for name, csr in sparse.items()})
     old = _committed_attr(group)
     first = old is None
     if first:
@@ -208,9 +235,27 @@ def append_rows(store, **arrays) -> int:
                             f"be decoded to append after them ({exc})", array=name,
                             chunk=old // R, row=old // R * R) from exc
         record_manifest(arr, seen, rows=new)
+    for name in sparse:
+        append_csr(zarr_member(group, name), name, values[name], old)
     # 5. commit, only once every row is stored
     _commit(group, new)
     return new
+
+
+def _csr_rows(v):
+    """New rows for a CSR group as a SciPy CSR matrix (sparse input of any format, or
+    dense rows).
+    """
+    import scipy.sparse as sp
+
+    if isinstance(v, SparseRows):
+        return v.to_scipy()
+    if sp.issparse(v):
+        return v.tocsr()
+    v = np.asarray(v)
+    if v.ndim != 2:
+        raise DataError(f"new rows for a sparse matrix must be 2-D, got shape {v.shape}")
+    return sp.csr_matrix(v)
 
 
 def _commit(group, rows: int) -> None:
@@ -219,6 +264,35 @@ def _commit(group, rows: int) -> None:
     meta = dict(meta) if isinstance(meta, dict) else {}
     meta[COMMITTED_KEY] = int(rows)
     group.attrs["natgrad_stream"] = meta
+
+
+# -- held rows: dense arrays or SparseRows ---------------------------------------------------------
+def _empty_rows(sparse: bool, d: int, dtype):
+    if sparse:
+        return SparseRows(np.empty(0, dtype), np.empty(0, np.int32), np.zeros(1, np.int64), d)
+    return np.empty((0, d), dtype)
+
+
+def _take(X, idx):
+    return X.take(idx) if isinstance(X, SparseRows) else np.take(X, idx, axis=0)
+
+
+def _head(X, k: int):
+    return X.rows_slice(0, k) if isinstance(X, SparseRows) else X[:k]
+
+
+def _tail(X, k: int):
+    return X.rows_slice(k, len(X)) if isinstance(X, SparseRows) else X[k:]
+
+
+def _cat(A, B):
+    """Rows of ``A`` then ``B``."""
+    if not isinstance(A, SparseRows):
+        return np.concatenate([A, B])
+    A, B = A.compact(), B.compact()
+    return SparseRows(np.concatenate([A.data, B.data]),
+                      np.concatenate([A.indices, B.indices]),
+                      np.concatenate([A.indptr, B.indptr[1:] + A.indptr[-1]]), A.shape[1])
 
 
 # -- the reader --------------------------------------------------------------------------------
@@ -283,11 +357,16 @@ class FollowSource(Source):
         self._verified: dict[str, int] = {}  # leading stored chunks seen, per array
 
         group = _open_group(self._store, self._path, self._label, "r")
-        arrs = {key: _get(group, n, self._label) for key, n in self._followed}
+        arrs = self._arrays(group)
         X = arrs["X"]
-        if X.ndim != 2:
+        #: X is a CSR group (batches carry SparseRows).
+        self.sparse = isinstance(X, CSRArrays)
+        if self.sparse:
+            self.x_dtype = compute_dtype(X.data.dtype)
+        elif X.ndim != 2:
             raise DataError(f"must be 2-D (rows × features), got shape {X.shape}", array=x)
-        self.x_dtype = check_x_dtype(x, X.dtype)
+        else:
+            self.x_dtype = check_x_dtype(x, X.dtype)
         self.n_features = int(X.shape[1])
         if self.n_features == 0:
             raise DataError("has no feature columns", array=x)
@@ -297,10 +376,33 @@ class FollowSource(Source):
                 if arrs[key].ndim != 1:
                     raise DataError(f"must be 1-D, got shape {arrs[key].shape}", array=label)
                 check_target_dtype(label, arrs[key].dtype)
-        self._dtypes = {key: np.dtype(a.dtype) for key, a in arrs.items()}
+        self._dtypes = {key: np.dtype(a.dtype) for key, a in arrs.items()
+                        if key != "X" or not self.sparse}
         self.has_targets, self.has_weights = "y" in arrs, "w" in arrs
         self.n_rows = None  # growing
-        self.chunk_rows = int(X.chunks[0])
+        # a CSR group: its recorded logical chunk, else its indptr's chunks
+        self.chunk_rows = (int(X.chunk_rows or X.indptr.chunks[0]) if self.sparse
+                           else int(X.chunks[0]))
+        #: Mean entries a row of a CSR group when opened (at least 1), for read budgets.
+        self._row_entries = self._mean_entries(X) if self.sparse else 0
+
+    @staticmethod
+    def _mean_entries(csr: CSRArrays) -> int:
+        n = csr.shape[0]
+        if n == 0:
+            return 1
+        last = np.empty(1, dtype=csr.indptr.dtype)
+        csr.read([(2, n, n + 1, last)])
+        return max(1, -(-int(last[0]) // n))
+
+    def _arrays(self, group) -> dict:
+        """The followed arrays of ``group`` (X a :class:`CSRArrays` for a CSR group)."""
+        out = {}
+        for key, n in self._followed:
+            member = zarr_member(group, n) if key == "X" else None
+            out[key] = (open_csr_group(member, n, growing=True) if is_csr_group(member)
+                        else _get(group, n, self._label))
+        return out
 
     # -- control --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -319,7 +421,7 @@ class FollowSource(Source):
     def committed_rows(self) -> tuple[int, dict]:
         """``(rows readable now, freshly opened arrays)``; re-reads the group's metadata."""
         group = _open_group(self._store, self._path, self._label, "r")
-        arrs = {key: _get(group, n, self._label) for key, n in self._followed}
+        arrs = self._arrays(group)
         lengths = {dict(self._followed)[k]: int(a.shape[0]) for k, a in arrs.items()}
         committed = _committed_attr(group)
         if committed is not None:
@@ -329,6 +431,8 @@ class FollowSource(Source):
                                 f"arrays {short} are shorter")
         n = min(lengths.values()) if committed is None else committed
         for key, arr in arrs.items():
+            if isinstance(arr, CSRArrays):  # its reads are checked: a missing chunk raises
+                continue
             label = dict(self._followed)[key]
             stored = self._stored_prefix(label, arr, n)
             if stored < n and committed is not None:
@@ -361,21 +465,35 @@ class FollowSource(Source):
         """
         R = self.chunk_rows
         a0 = a - a % R if digests is not None else a
-        raw = {key: np.empty((b - a0,) + tuple(arr.shape[1:]), dtype=self._dtypes[key])
-               for key, arr in arrs.items()}
-        _read_rows([(arr, a0, b, raw[key], label) for (key, arr), (_, label)
-                    in zip(arrs.items(), self._followed, strict=True)])
+        dense = [(key, label) for key, label in self._followed
+                 if key != "X" or not self.sparse]
+        raw = {key: np.empty((b - a0,) + tuple(arrs[key].shape[1:]), dtype=self._dtypes[key])
+               for key, _ in dense}
+        _read_rows([(arrs[key], a0, b, raw[key], label) for key, label in dense])
+        if self.sparse:
+            seg, values, columns = self._read_sparse(arrs["X"], a0, b, x_checks)
+            raw["X"] = np.empty(b - a0, dtype=np.uint64)  # per-row digests, for the map
+            if digests is not None:
+                for c0 in range(a0, b, R):
+                    s = seg[c0 - a0:min(b, c0 + R) - a0 + 1]
+                    lo, hi = int(s[0] - seg[0]), int(s[-1] - seg[0])
+                    raw["X"][c0 - a0:c0 - a0 + len(s) - 1] = rows_digest_block(
+                        s, values[lo:hi], columns[lo:hi])
         if digests is not None:
             for c0 in range(a0, b, R):
                 hi = min(b, c0 + R)
                 digests.check(c0 // R, c0, [(SLOTS.index(key), label, raw[key][c0 - a0:hi - a0])
                                             for key, label in self._followed])
             raw = {key: v[a - a0:] for key, v in raw.items()}
+        if self.sparse:
+            lo, hi = int(seg[a - a0] - seg[0]), int(seg[-1] - seg[0])
+            raw["X"] = SparseRows.from_arrays(values[lo:hi], columns[lo:hi],
+                                              seg[a - a0:] - seg[a - a0], self.n_features)
         checks = {"X": (check_finite, *x_checks), "y": (check_finite, *y_checks),
                   "w": (check_finite, check_nonnegative)}
         for c0 in range(a - a % R, b, R):  # X's chunks, in row order
             lo, hi = max(a, c0), min(b, c0 + R)
-            for key, label in self._followed:
+            for key, label in dense:
                 block = raw[key][lo - a:hi - a]
                 for check in checks[key]:
                     bad = check(label, block)
@@ -389,13 +507,46 @@ class FollowSource(Source):
                 "y": raw["y"].astype(np.float64) if "y" in raw else None,
                 "w": raw["w"].astype(np.float64) if "w" in raw else None}
 
+    def _read_sparse(self, csr: CSRArrays, a: int, b: int, x_checks):
+        """``(indptr[a:b+1], values, columns)`` of rows ``a:b`` of a CSR group, checked
+        (indptr, column indices, finite values, ``x_checks`` on the values) chunk by chunk
+        in row order; values and columns in their stored dtypes.
+        """
+        R = self.chunk_rows
+        seg = np.empty(b - a + 1, dtype=csr.indptr.dtype)
+        try:
+            csr.read([(2, a, b + 1, seg)])
+        except DataError as exc:
+            raise exc.located(chunk=exc.row // R) if exc.row is not None else exc from exc
+        spans = [(c0 // R, c0, seg[c0 - a:min(b, c0 + R) - a + 1]) for c0 in range(a, b, R)]
+        for c, c0, s in spans:
+            check_indptr(csr, c, c0, s)
+        p, q = int(seg[0]), int(seg[-1])
+        values = np.empty(q - p, dtype=csr.data.dtype)
+        columns = np.empty(q - p, dtype=csr.indices.dtype)
+        try:
+            csr.read([(0, p, q, values), (1, p, q, columns)])
+        except DataError as exc:
+            raise locate_read_error(exc, spans, R, True) from exc
+        for c, c0, s in spans:
+            lo, hi = int(s[0]) - p, int(s[-1]) - p
+            check_entries(csr, c, c0, s, values[lo:hi], columns[lo:hi], self.name)
+            for check in x_checks:
+                bad = check(csr.labels[0], values[lo:hi])
+                if bad is not None:
+                    row = c0 + int(np.searchsorted(s - s[0], bad[0], side="right")) - 1
+                    raise DataError(f"{bad[1]} (source {self.name})", array=csr.labels[0],
+                                    chunk=c, row=row)
+        return seg, values, columns
+
     def read_cost(self, chunks_per_read: int, prefetch: int) -> int:
         """Bytes of the rows a stream holds at once, about ``(prefetch + 2)`` reads of
         ``chunk_rows × chunks_per_read`` rows (features in the compute dtype, float64
         targets/weights, int64 row indices), as for :meth:`ArraySource.plan_bytes`.
         """
-        row = (self.n_features * self.x_dtype.itemsize + 8 + 8 * self.has_targets
-               + 8 * self.has_weights)
+        features = (self._row_entries * (self.x_dtype.itemsize + 4) + 8 if self.sparse
+                    else self.n_features * self.x_dtype.itemsize)
+        row = features + 8 + 8 * self.has_targets + 8 * self.has_weights
         return (int(prefetch) + 2) * self.chunk_rows * int(chunks_per_read) * row
 
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
@@ -437,7 +588,7 @@ class FollowSource(Source):
             pos, k, samples = start.row, start.read_index, start.samples
             window = W if k else steady  # a resumed window is finished as it began
             read_to = pos  # rows pos:read_to are read, not yet delivered
-            held: dict = {"X": np.empty((0, self.n_features), self.x_dtype),
+            held: dict = {"X": _empty_rows(self.sparse, self.n_features, self.x_dtype),
                           "y": np.empty(0) if self.has_targets else None,
                           "w": np.empty(0) if self.has_weights else None}
             avail, arrs = self.committed_rows()
@@ -471,7 +622,7 @@ class FollowSource(Source):
                             cur = (Cursor(0, b, pos, samples) if b < window
                                    else Cursor(0, 0, pos + window, samples))
                             out.append(Batch(
-                                np.take(held["X"], idx, axis=0),
+                                _take(held["X"], idx),
                                 None if held["y"] is None else held["y"][idx],
                                 None if held["w"] is None else held["w"][idx],
                                 pos + idx.astype(np.int64), cur))
@@ -492,12 +643,13 @@ class FollowSource(Source):
                         take = min(edge, B)
                         samples += take
                         out.append(Batch(
-                            held["X"][:take],
+                            _head(held["X"], take),
                             None if held["y"] is None else held["y"][:take],
                             None if held["w"] is None else held["w"][:take],
                             np.arange(pos, pos + take, dtype=np.int64),
                             Cursor(0, 0, pos + take, samples)))
-                    held = {key: None if v is None else v[take:] for key, v in held.items()}
+                    held = {key: None if v is None else _tail(v, take)
+                            for key, v in held.items()}
                     pos += take
                 if out:
                     stream.put(("read", lambda batches=out: iter(batches)))
@@ -521,7 +673,7 @@ class FollowSource(Source):
                     end = min(avail, (read_to // R) * R + read_span)
                     new = self._read(arrs, read_to, end, x_checks, checks, digests)
                     held = {key: None if v is None else
-                            (new[key] if len(v) == 0 else np.concatenate([v, new[key]]))
+                            (new[key] if len(v) == 0 else _cat(v, new[key]))
                             for key, v in held.items()}
                     read_to = end
                     last_new = time.monotonic()

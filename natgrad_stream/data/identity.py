@@ -39,11 +39,19 @@ def data_identity(data, names, *, head_rows: dict | None = None) -> dict | None:
         group = zarr.open_group(str(data), mode="r")
     except Exception:  # noqa: BLE001 - not a group: the source reports the real error
         return None
+    from natgrad_stream.data.csr_store import is_csr_group
+
     arrays = {}
+    expanded = []
     for name in names:
         if name is None:
             continue
-        a = zarr_member(group, name)  # (bad metadata: a DataError naming the array)
+        member = zarr_member(group, name)  # (bad metadata: a DataError naming the array)
+        # a CSR group (sparse X) is identified by its three arrays
+        expanded += ([f"{name}/{part}" for part in ("data", "indices", "indptr")]
+                     if is_csr_group(member) else [name])
+    for name in expanded:
+        a = zarr_member(group, name)
         if a is None or not hasattr(a, "chunks"):
             continue
         meta = a.metadata.to_dict()

@@ -56,6 +56,7 @@ from natgrad_stream.data.metadata import (
     check_zarr_layout,
     is_zarr_array,
 )
+from natgrad_stream.data.sparse import SparseRows, as_sparse_rows, is_sparse
 from natgrad_stream.data.validation import (
     Check,
     check_finite,
@@ -499,11 +500,18 @@ class ArraySource(Source):
         Array names used in error messages.
     name : str
         Source name used in error messages.
+    class_names : sequence of str, optional
+        Names of the classes ``y`` codes (e.g. an AnnData categorical's categories).
+    y_checks : sequence of Check
+        Checks of ``y`` these data need (e.g. no missing category), before the model's.
     """
 
     def __init__(self, X, y=None, w=None, *, chunk_rows: int | None = None,
-                 names=("X", "y", "w"), name: str = "arrays"):
+                 names=("X", "y", "w"), name: str = "arrays", class_names=None,
+                 y_checks=()):
         self.name = name
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self._y_checks = tuple(y_checks)
         self.names = tuple(names)
         nx, ny, nw = self.names
         if len(getattr(X, "shape", ())) != 2:
@@ -682,7 +690,7 @@ class ArraySource(Source):
         read_rows = min(R * chunks_per_read, n)  # a read never holds more than the data
         nx, ny, nw = self.names
         x_all = (check_finite, *x_checks)
-        y_checks = (check_finite, *checks)
+        y_checks = (check_finite, *self._y_checks, *checks)
         w_checks = (check_finite, check_nonnegative)
 
         convert_x = self._x_stored != self.x_dtype
@@ -810,6 +818,10 @@ class ArraySource(Source):
 class IteratorSource(Source):
     """Batches pushed by any iterable: items ``X``, ``(X,)``, ``(X, y)`` or ``(X, y, w)``.
 
+    ``X`` may be sparse (any SciPy format, or :class:`~natgrad_stream.data.sparse.
+    SparseRows`): batches then carry :class:`SparseRows` (column indices and values
+    checked).
+
     Items are validated (dtype, shape, finiteness) and split into pieces of at most
     ``batch_size`` rows. An iterator cannot rewind: a stream runs one epoch, without
     shuffling, and ``start`` only continues the sample count.
@@ -839,7 +851,7 @@ class IteratorSource(Source):
         if not 1 <= len(parts) <= 3:
             raise DataError(f"batch {index} has {len(parts)} parts; expected X, (X, y) or "
                             "(X, y, w)", array=self.name)
-        X = np.asarray(parts[0])
+        X = as_sparse_rows(parts[0]) if is_sparse(parts[0]) else np.asarray(parts[0])
         y = np.asarray(parts[1]) if len(parts) > 1 and parts[1] is not None else None
         w = np.asarray(parts[2]) if len(parts) > 2 and parts[2] is not None else None
         if X.ndim != 2:
@@ -872,10 +884,16 @@ class IteratorSource(Source):
                 if X.shape[1] != self.n_features:
                     raise DataError(f"batch {index} has {X.shape[1]} features, expected "
                                     f"{self.n_features}", array=self.name)
-                # integer, bool and float16 features: converted to their compute dtype
-                X = np.ascontiguousarray(
-                    X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
-                for label, arr, cks in (("X", X, (check_finite, *x_checks)),
+                sparse_x = isinstance(X, SparseRows)  # canonical already; checked entries
+                if sparse_x:
+                    from natgrad_stream.data.csr_store import check_sparse_rows
+
+                    x_cks = (functools.partial(check_sparse_rows, checks=x_checks),)
+                else:  # integer, bool and float16 features: converted to their compute dtype
+                    X = np.ascontiguousarray(
+                        X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
+                    x_cks = (check_finite, *x_checks)
+                for label, arr, cks in (("X", X, x_cks),
                                         ("y", y, (check_finite, *checks)),
                                         ("w", w, (check_finite, check_nonnegative))):
                     if arr is None:
@@ -893,7 +911,8 @@ class IteratorSource(Source):
                     samples += b - a
                     cur = Cursor(0, index + (b == X.shape[0]), 0 if b == X.shape[0] else b,
                                  samples)
-                    batch = Batch(X[a:b], None if yf is None else yf[a:b],
+                    batch = Batch(X.rows_slice(a, b) if sparse_x else X[a:b],
+                                  None if yf is None else yf[a:b],
                                   None if wf is None else wf[a:b],
                                   np.full(b - a, -1, dtype=np.int64), cur)
                     stream.put(("read", (lambda bt=batch: iter((bt,)))))
@@ -971,8 +990,10 @@ def _array_paths(group) -> list[str]:
 
 
 def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
-              w: str | None = None) -> ArraySource:
-    """Open arrays of a Zarr group (read-only) as a chunk-aligned :class:`ArraySource`.
+              w: str | None = None) -> Source:
+    """Open arrays of a Zarr group (read-only) as a chunk-aligned :class:`ArraySource`, or a
+    :class:`~natgrad_stream.data.sparse_source.SparseSource` when ``x`` is a sparse matrix
+    group (the AnnData ``csr_matrix`` layout).
 
     Parameters
     ----------
@@ -982,8 +1003,10 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
         installed), a group, or a store object (``MemoryStore``, ``ZipStore``,
         ``FsspecStore``, …; opened read-only).
     x, y, w : str
-        Array paths in the group; nested paths such as ``"train/X"`` name arrays of
-        subgroups.
+        Member paths in the group; nested paths such as ``"train/X"`` name arrays of
+        subgroups. ``x`` may name a CSR group (``X``, ``layers/counts`` of an AnnData
+        store) and ``y`` an AnnData categorical column (``obs/cell_type``: its codes are
+        the targets, its categories the source's ``class_names``).
 
     Raises
     ------
@@ -995,6 +1018,10 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
         :func:`~natgrad_stream.data.validation.check_x_dtype`) or ``y``/``w`` are not real
         numbers.
     """
+    from natgrad_stream.data.anndata_store import categorical_target, is_categorical
+    from natgrad_stream.data.csr_store import is_csr_group, open_csr_group
+    from natgrad_stream.data.sparse_source import SparseSource
+
     group, label = _open_group(path_or_group)
 
     def get(name):
@@ -1005,17 +1032,28 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
         check_zarr_layout(arr, name)
         return arr
 
-    X = get(x)
-    Y = get(y) if y is not None else None
+    def target(name):
+        member = zarr_member(group, name)
+        if is_categorical(member):
+            return categorical_target(member, name)
+        return get(name), None, ()
+
+    x_member = zarr_member(group, x)
+    sparse = is_csr_group(x_member)
+    X = open_csr_group(x_member, x) if sparse else get(x)
+    Y, class_names, y_checks = target(y) if y is not None else (None, None, ())
     W = get(w) if w is not None else None
-    return ArraySource(X, Y, W, names=(x, y or "y", w or "w"),
-                       name=os.path.basename(label.rstrip("/")) or label)
+    kind = SparseSource if sparse else ArraySource
+    return kind(X, Y, W, names=(x, y or "y", w or "w"),
+                name=os.path.basename(label.rstrip("/")) or label, class_names=class_names,
+                y_checks=y_checks)
 
 
 #: What :func:`as_source` accepts, for its TypeError.
 ACCEPTED_KINDS = (
     "a Source; a path or URL of a Zarr group (a directory, a .zip archive, an fsspec URL); "
-    "a zarr Group or store; an array (NumPy, Zarr, dask) or a tuple (X, y[, w]) of arrays, "
+    "a zarr Group or store; an array (NumPy, Zarr, dask, SciPy sparse) or a tuple (X, y[, w]) "
+    "of arrays, "
     "pandas DataFrame/Series or xarray DataArrays; a pandas DataFrame; an xarray Dataset "
     "(variables named by x=, y=, w=) or DataArray; or an iterable of batches X, (X, y) or "
     "(X, y, w)")
@@ -1077,7 +1115,10 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
     """Turn what a user passes into a :class:`Source`.
 
     ``Source`` → itself; path, URL, ``zarr.Group`` or zarr store → :func:`open_zarr`; xarray
-    ``Dataset`` → its variables ``x``, ``y``, ``w``; tuple ``(X, y[, w])`` or a 2-D array
+    ``Dataset`` → its variables ``x``, ``y``, ``w``; a SciPy sparse matrix or array (any
+    format), alone or first in a tuple ``(X, y[, w])`` →
+    :class:`~natgrad_stream.data.sparse_source.SparseSource` (converted to CSR once);
+    tuple ``(X, y[, w])`` or a 2-D array
     (NumPy, Zarr, dask, pandas ``DataFrame``, xarray ``DataArray``) → :class:`ArraySource`,
     read chunk by chunk (dask and lazily loaded xarray data are never materialized whole);
     any other iterable → :class:`IteratorSource`.
@@ -1101,6 +1142,18 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
         pass
     if _module_type(data, "xarray", "Dataset"):
         return _dataset_source(data, x, y, w)
+    from natgrad_stream.data.sparse import is_sparse
+
+    if isinstance(data, tuple) and 1 <= len(data) <= 3 and is_sparse(data[0]):
+        from natgrad_stream.data.sparse_source import SparseSource
+
+        parts = [_plain_array(p) for p in data[1:]] + [None] * (3 - len(data))
+        return SparseSource(data[0], parts[0] if y is not None else None, parts[1],
+                            names=(x, y or "y", w or "w"))
+    if is_sparse(data):
+        from natgrad_stream.data.sparse_source import SparseSource
+
+        return SparseSource(data, names=(x, y or "y", w or "w"))
     if isinstance(data, tuple) and 1 <= len(data) <= 3:
         parts = [_plain_array(p) for p in data]
         if hasattr(parts[0], "shape"):

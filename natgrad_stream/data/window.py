@@ -40,10 +40,13 @@ def chunk_window(source: ArraySource, chunks: np.ndarray) -> ArraySource:
     """The chunks ``chunks`` (sorted, so a short last chunk stays last and chunk
     boundaries stay aligned) of ``source`` as one source.
     """
+    if hasattr(source, "chunk_window"):  # a SparseSource
+        return source.chunk_window(chunks)
     R = source.chunk_rows
     spans = [(c * R, min((c + 1) * R, source.n_rows)) for c in chunks]
     parts = [None if a is None else RowSpans(a, spans) for a in (source.X, source.y, source.w)]
-    window = ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window")
+    window = ArraySource(*parts, chunk_rows=R, names=source.names, name=f"{source.name} window",
+                         class_names=source.class_names, y_checks=source._y_checks)
     base = source.chunk_index
     window.chunk_index = np.asarray(chunks) if base is None else base[np.asarray(chunks)]
     return window
@@ -53,12 +56,15 @@ def row_prefix(source: ArraySource, n_rows: int) -> ArraySource:
     """The first ``n_rows`` rows of ``source`` as one source, with the same chunks (e.g.
     to finish an epoch planned before rows were appended).
     """
+    if hasattr(source, "row_prefix"):  # a SparseSource
+        return source.row_prefix(n_rows)
     if not 0 < n_rows <= source.n_rows:
         raise ValueError(f"a prefix of {n_rows} rows of {source.n_rows}")
     parts = [None if a is None else RowSpans(a, [(0, n_rows)])
              for a in (source.X, source.y, source.w)]
     prefix = ArraySource(*parts, chunk_rows=source.chunk_rows, names=source.names,
-                         name=source.name)
+                         name=source.name, class_names=source.class_names,
+                         y_checks=source._y_checks)
     prefix.chunk_index = source.chunk_index
     return prefix
 
