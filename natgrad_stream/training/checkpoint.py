@@ -58,13 +58,20 @@ class LegacyCheckpointError(CheckpointError):
     """A legacy checkpoint (format 1) read without ``allow_legacy``."""
 
 
+def _holds_arrays(value) -> bool:
+    """Whether ``value`` is an ndarray or a dict with one somewhere inside."""
+    if isinstance(value, np.ndarray):
+        return True
+    return isinstance(value, dict) and any(_holds_arrays(v) for v in value.values())
+
+
 def flatten(tree: dict, prefix: str = "") -> tuple[dict, dict]:
     """Split a nested dict into ``(arrays, meta)``: ndarrays by slash keys, the rest as JSON."""
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {}
     for key, value in tree.items():
-        if "/" in key:
-            raise ValueError(f"state keys may not contain '/': {key!r}")
+        if "/" in key and _holds_arrays(value):  # JSON-only entries may (array paths)
+            raise ValueError(f"state keys of arrays may not contain '/': {key!r}")
         if isinstance(value, np.ndarray):
             arrays[prefix + key] = value
         elif isinstance(value, dict):

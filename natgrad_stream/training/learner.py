@@ -66,6 +66,7 @@ from natgrad_stream._constants import (
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.data.sparse import as_sparse_rows, is_sparse
+from natgrad_stream.data.sparse_source import SparseSource
 from natgrad_stream.data.window import (
     chunk_window,
     compare_recorded,
@@ -114,6 +115,13 @@ UNIDENTIFIED = "unidentified"
 class _DropUnconvergedNote(logging.Filter):
     def filter(self, record) -> bool:
         return getattr(record, "natgrad_event", None) not in (UNCONVERGED, UNIDENTIFIED)
+
+
+def _rereadable(source) -> bool:
+    """Whether ``source`` can be streamed again (passes after the first, L-BFGS): arrays
+    and stores, dense or sparse; not a one-shot iterator.
+    """
+    return isinstance(source, ArraySource | SparseSource)
 
 
 @contextlib.contextmanager
@@ -757,6 +765,9 @@ class NaturalGradientLearner:
 
         from natgrad_stream.distributed import DaskBackend, DataSpec
 
+        if isinstance(source, SparseSource):
+            raise TypeError("a Dask fit reads dense Zarr arrays; sparse data (a CSR group) "
+                            "is fitted in one process (no client)")
         if not isinstance(data, str | os.PathLike) or not isinstance(source, ArraySource):
             raise TypeError("a Dask fit reads a Zarr store that every worker opens: pass "
                             f"its path or URL, not {type(data).__name__}")
@@ -966,7 +977,7 @@ class _Streaming(_Strategy):
         """
         if plan["epochs"] is None:
             lr = self.learner
-            again = isinstance(source, ArraySource) and source.n_rows is not None
+            again = _rereadable(source) and source.n_rows is not None
             converges = lr.refine == "lbfgs" or (lr.model.scoring_converges and
                                                  lr.refine == "scoring")
             cap = lr.model.auto_max_epochs or AUTO_MAX_EPOCHS
@@ -996,7 +1007,7 @@ class _Streaming(_Strategy):
                 return True
         lr = self.learner
         if lr.refine == "stream" or plan["epochs"] <= 1 or n_rows is None \
-                or not isinstance(source, ArraySource):
+                or not _rereadable(source):
             return self._stream(source, plan, callbacks, max_samples, epochs=plan["epochs"])
         if self._stream(source, plan, callbacks, max_samples, epochs=1):
             return True
@@ -1306,7 +1317,7 @@ class _Streaming(_Strategy):
         the rule held, or for sources that cannot be streamed again).
         """
         s, lr = self.learner.state, self.learner
-        if s.converged or not isinstance(source, ArraySource) or source.n_rows is None:
+        if s.converged or not _rereadable(source) or source.n_rows is None:
             return None
         more = max(2, 2 * plan["epochs"])
         how = (f"continue with --resume --epochs {more} (Python: fit(..., epochs={more}) on "
@@ -1397,7 +1408,7 @@ class _LBFGSRounds(_Strategy):
         return {"rounds": total}
 
     def check_source(self, source) -> None:
-        if not isinstance(source, ArraySource):
+        if not _rereadable(source):
             raise TypeError("L-BFGS streams its data many times: pass arrays, a Zarr group or "
                             f"path, or an ArraySource, not a one-shot {type(source).__name__}")
 
