@@ -65,7 +65,7 @@ from natgrad_stream._constants import (
     UNIDENTIFIED_NAMED,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
-from natgrad_stream.data.sparse import as_sparse_rows, is_sparse
+from natgrad_stream.data.sparse import SparseRows, as_sparse_rows, is_sparse
 from natgrad_stream.data.sparse_source import SparseSource
 from natgrad_stream.data.window import (
     chunk_window,
@@ -83,7 +83,7 @@ from natgrad_stream.errors import (
 )
 from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.schedule import RefreshSchedule
-from natgrad_stream.geometry.shrinkage import shrink
+from natgrad_stream.geometry.shrinkage import add_evidence_prior, shrink
 from natgrad_stream.geometry.whitening import Whitener, whiten
 from natgrad_stream.models import Model, model_from_config
 from natgrad_stream.models.base import check_metric_structure
@@ -247,6 +247,8 @@ class NaturalGradientLearner:
         self._workspace = model.new_workspace(self.structure)
         #: Rows of the data being fitted (None: unknown, e.g. ``step`` alone or a stream).
         self._source_rows = None
+        self._row_density = 1.0  # non-zeros per row / features of the last batch
+        self._prior_coords = None  # the coordinates of the diagonal's evidence prior
         self.result: FitResult | None = None
         self._last_good = None  # the divergence guard's rollback point
         self._weights_label = "w"
@@ -332,6 +334,8 @@ class NaturalGradientLearner:
         n = X.shape[0]
         if n == 0:
             raise ValueError("empty batch")
+        # the share of features a row holds, for the diagonal's evidence prior
+        self._row_density = X.nnz / (n * X.shape[1]) if isinstance(X, SparseRows) else 1.0
         if self.model.requires_targets and y is None:
             raise ValueError(f"model {self.model.name!r} needs targets y")
         s = self.state
@@ -578,10 +582,15 @@ class NaturalGradientLearner:
         exact = self.metric in self.model.exact_metrics or (
             self._source_rows is not None and s.fisher.samples >= self._source_rows)
         rows = None if exact else s.fisher.rows
-        return shrink(s.fisher.estimate(), rows,  # (a new array: shrunk in place)
-                      centers=self.model.center_indices,
-                      blocks=self.model.param_bounds() if self.structure == "block" else None,
-                      overwrite=True)
+        G, rho = shrink(s.fisher.estimate(), rows,  # (a new array: shrunk in place)
+                        centers=self.model.center_indices,
+                        blocks=self.model.param_bounds() if self.structure == "block" else None,
+                        overwrite=True)
+        if G.ndim == 1 and rows is not None:  # a diagonal: bounded where evidence is thin
+            if self._prior_coords is None:  # (a tuple of P ints: built once)
+                self._prior_coords = np.asarray(self.model.penalized_indices, dtype=np.int64)
+            add_evidence_prior(G, rows, self._row_density, self._prior_coords)
+        return G, rho
 
     def _curvature_cap(self, power_iteration, event: dict) -> float:
         """Step factor ``min(1, 1/ρ)`` for a diagonal whitener.
