@@ -146,6 +146,34 @@ class ChunkDigests:
                     f"(content digest {then:016x} then, {h:016x} now): the data a run "
                     "learned from must not change (append rows instead)",
                     array=label, chunk=chunk)
+        self._record(chunk, k, [(s, h) for s, _, _, h in now])
+
+    def check_known(self, chunk: int, row0: int, rows: int, digests) -> bool:
+        """:meth:`check` from digests computed when the chunk was read (``(slot, label,
+        digest)`` of its ``rows`` rows), for a source that kept the chunk in memory.
+        Returns False, comparing nothing, when the map recorded another row count for it
+        (the caller then reads the chunk again).
+
+        Raises
+        ------
+        DataError
+            When a digest differs from the recorded one.
+        """
+        with self._lock:
+            old_rows = int(self._rows[chunk]) if chunk < len(self._rows) else 0
+            old = [int(self._digest[chunk, s]) if old_rows else 0 for s, _, _ in digests]
+        if old_rows not in (0, rows):
+            return False
+        for (_, label, h), then in zip(digests, old, strict=True):
+            if then and h != then:
+                raise DataError(
+                    f"rows {row0}:{row0 + rows} changed after the run read them (content "
+                    f"digest {then:016x} then, {h:016x} now): the data a run learned from "
+                    "must not change (append rows instead)", array=label, chunk=chunk)
+        self._record(chunk, rows, [(s, h) for s, _, h in digests])
+        return True
+
+    def _record(self, chunk: int, rows: int, digests) -> None:
         with self._lock:
             if chunk >= len(self._rows):
                 grow = max(chunk + 1, 2 * len(self._rows)) - len(self._rows)
@@ -153,9 +181,9 @@ class ChunkDigests:
                     [self._digest, np.zeros((grow, len(SLOTS)), np.uint64)])
                 self._rows = np.concatenate([self._rows, np.zeros(grow, np.uint32)])
                 self._seen = np.concatenate([self._seen, np.zeros(grow, bool)])
-            for s, _, _, h in now:
+            for s, h in digests:
                 self._digest[chunk, s] = h
-            self._rows[chunk] = k
+            self._rows[chunk] = rows
             self._seen[chunk] = True
 
     def to_dict(self) -> dict:

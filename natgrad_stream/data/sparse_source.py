@@ -40,7 +40,7 @@ from natgrad_stream.data.csr_store import (
     locate_read_error,
     rows_digest_block,
 )
-from natgrad_stream.data.digests import ChunkDigests
+from natgrad_stream.data.digests import ChunkDigests, chunk_digest
 from natgrad_stream.data.metadata import (
     StoredChunks,
     check_plan_memory,
@@ -153,6 +153,11 @@ class SparseSource(Source):
         #: :class:`ArraySource`'s; rows of the data it reads (a prefix reads fewer).
         self.chunk_index = None
         self._data_rows = n
+        #: Checked chunks kept in memory when the whole data fit the read budget
+        #: (:meth:`_keep_resident`): chunk of the data -> its buffer contents.
+        self._resident: dict | None = None
+        self._resident_digests: dict = {}  # chunk -> (row0, rows, [(slot, label, digest)])
+        self._resident_key = None
 
     # -- chunks ----------------------------------------------------------------------------
     def _default_chunk_rows(self, chunk_rows) -> int:
@@ -290,6 +295,28 @@ class SparseSource(Source):
                 raise DataError(f"{message} (source {self.name})", array=label, chunk=chunk,
                                 row=row0 + offset)
 
+    # -- data kept in memory ---------------------------------------------------------------
+    def resident_bytes(self) -> int:
+        """Bytes of every row of this source as a read buffer holds them."""
+        per_entry, _ = self._entry_bytes()
+        return int(self.chunk_entries.sum()) * per_entry + self.n_rows * self._row_bytes()
+
+    def _keep_resident(self, plan_bytes: int, read_buffer_bytes, key) -> bool:
+        """Whether this stream keeps the chunks it reads in memory for later streams:
+        when all of them, with the stream's own buffers, fit ``read_buffer_bytes``. A
+        pass over data that small is then one read, and the later passes (Fisher scoring,
+        L-BFGS evaluations) are compute-bound instead of decode-bound. Each chunk is
+        checked (and its digests compared) as it is first read; a kept chunk is not read
+        again by this source (a fresh source, e.g. on ``--resume``, reads and compares
+        every chunk again). ``key`` names the checks the chunks passed: other checks
+        start over.
+        """
+        if read_buffer_bytes is None or self.resident_bytes() + plan_bytes > read_buffer_bytes:
+            return False
+        if self._resident is None or self._resident_key != key:
+            self._resident, self._resident_key, self._resident_digests = {}, key, {}
+        return True
+
     # -- the stream ------------------------------------------------------------------------
     def batches(self, *, batch_size, epochs=1, seed=0, shuffle=True, start=None,
                 chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
@@ -313,6 +340,8 @@ class SparseSource(Source):
                           what=f"{prefetch + 2} read buffers of {read_rows:,} rows")
         y_checks = (check_finite, *self._y_checks, *checks)
         w_checks = (check_finite, check_nonnegative)
+        key = tuple(getattr(c, "__qualname__", repr(c)) for c in (*x_checks, *y_checks))
+        resident = self._keep_resident(plan.nbytes, read_buffer_bytes, key)
         stage_data = self._data_stored != self.x_dtype
         stage_idx = self._idx_stored != np.int32
         raw = {"data": np.empty(cap, self._data_stored) if stage_data else None,
@@ -357,8 +386,14 @@ class SparseSource(Source):
         def load(plan_chunks, stream):
             buf = acquire(stream)
             try:
-                return buf, self._load(plan_chunks, buf, raw, x_checks, y_checks, w_checks,
-                                       digests)
+                if resident:
+                    m = self._load_resident(plan_chunks, buf, digests)
+                    if m is not None:
+                        return buf, m
+                m = self._load(plan_chunks, buf, raw, x_checks, y_checks, w_checks, digests)
+                if resident:
+                    self._store_resident(plan_chunks, buf)
+                return buf, m
             except BaseException:
                 free.put(buf)
                 raise
@@ -411,6 +446,52 @@ class SparseSource(Source):
                 free.put(buf)
 
         return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
+
+    def _chunk_spans(self, plan_chunks):
+        """``(chunk of the data, rows in it, first row in this source)`` of each chunk."""
+        R = self.chunk_rows
+        for c in plan_chunks:
+            g = int(c) if self.chunk_index is None else int(self.chunk_index[int(c)])
+            yield g, min((g + 1) * R, self._data_rows) - g * R, int(c) * R
+
+    def _store_resident(self, plan_chunks, buf) -> None:
+        """Keep copies of a read's checked chunks (see :meth:`_keep_resident`)."""
+        m = e = 0
+        for g, k, _ in self._chunk_spans(plan_chunks):
+            q = int(buf["indptr"][m + k])
+            self._resident[g] = (
+                buf["data"][e:q].copy(), buf["indices"][e:q].copy(),
+                buf["indptr"][m:m + k + 1] - e,
+                None if buf["y"] is None else buf["y"][m:m + k].copy(),
+                None if buf["w"] is None else buf["w"][m:m + k].copy())
+            m, e = m + k, q
+
+    def _load_resident(self, plan_chunks, buf, digests) -> int | None:
+        """Fill ``buf`` from kept chunks, their digests compared with (or recorded in)
+        ``digests`` as if read; None unless every chunk of the read is kept (and matches
+        the row counts ``digests`` recorded).
+        """
+        spans = list(self._chunk_spans(plan_chunks))
+        if not all(g in self._resident and g in self._resident_digests for g, _, _ in spans):
+            return None
+        if digests is not None:
+            for g, _, _ in spans:
+                if not digests.check_known(g, *self._resident_digests[g]):
+                    return None
+        m = e = 0
+        for g, k, first in spans:
+            data, indices, indptr, y, w = self._resident[g]
+            q = e + data.shape[0]
+            buf["data"][e:q] = data
+            buf["indices"][e:q] = indices
+            buf["indptr"][m:m + k + 1] = indptr + e
+            if y is not None:
+                buf["y"][m:m + k] = y
+            if w is not None:
+                buf["w"][m:m + k] = w
+            buf["rows"][m:m + k] = np.arange(first, first + k)
+            m, e = m + k, q
+        return m
 
     def _load(self, plan_chunks, buf, raw, x_checks, y_checks, w_checks, digests) -> int:
         """Read, check and digest one read's chunks (in plan order) into ``buf``; returns
@@ -483,9 +564,13 @@ class SparseSource(Source):
             if self.has_weights:
                 self._check(nw, raw["w"][m0:m0 + k], w_checks, c, a)
                 blocks.append((2, nw, raw["w"][m0:m0 + k]))
-            if digests is not None:
+            if digests is not None or self._resident is not None:
                 blocks[0] = (0, nx, rows_digest_block(seg, values[e0:q], columns[e0:q]))
-                digests.check(c, a, blocks)
+                if self._resident is not None:  # kept with the chunk (_store_resident)
+                    self._resident_digests[c] = (a, k, [(slot, label, chunk_digest(b))
+                                                        for slot, label, b in blocks])
+                if digests is not None:
+                    digests.check(c, a, blocks)
             buf["indptr"][m0:m0 + k + 1] = seg - seg[0] + e0
             buf["rows"][m0:m0 + k] = np.arange(a_here, a_here + k)
         if raw["data"] is not None:

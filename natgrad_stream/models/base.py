@@ -32,8 +32,11 @@ STRUCTURES = ("full", "diagonal", "block")
 PARALLEL_MIN_ROWS = 4096
 #: A CSR batch takes the parallel kernel (when :meth:`Model.use_parallel` allows it) from
 #: this many non-zeros per thread on: below, starting threads and merging their buffers
-#: (O(non-zeros), see ``_sparse_kernels``) costs more than the rows' work saves.
-SPARSE_PARALLEL_MIN_NNZ_PER_THREAD = 1 << 16
+#: (O(non-zeros), see ``_sparse_kernels``) costs more than the rows' work saves. On a
+#: busy 2-core machine a parallel region waits for a core: a 65,536-row flights batch
+#: (393k non-zeros) took 25 ms in parallel and 5 ms serially (load 4), so the serial
+#: kernel (about 80M non-zeros/s) keeps every batch below a million per thread.
+SPARSE_PARALLEL_MIN_NNZ_PER_THREAD = 1 << 20
 
 
 @dataclass

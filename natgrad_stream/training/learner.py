@@ -1614,9 +1614,12 @@ class _LBFGSRounds(_Strategy):
     def _pass(self, source: ArraySource, theta: np.ndarray, *, chunks=None, metric=None,
               rng_key=None, callbacks=()):
         """One streaming pass: ``(J, ∇θJ, metric or None, rows)``, averaged by weight."""
-        return full_pass(self.learner, source, theta, metric=metric, rng_key=rng_key,
-                         batch_rows=self.learner.batch_size, chunks=chunks,
-                         progress=pass_progress(self.learner, callbacks))
+        lr = self.learner
+        # --optimizer lbfgs reads batch_size rows at a time (its own option); the hand-over
+        # after a streaming pass reads whole-pass batches, as Fisher scoring does
+        rows = lr.batch_size if lr.optimizer is None else max(lr.batch_size, REFINE_BATCH_ROWS)
+        return full_pass(lr, source, theta, metric=metric, rng_key=rng_key,
+                         batch_rows=rows, chunks=chunks, progress=pass_progress(lr, callbacks))
 
     def _report(self, callbacks, J, g, rows) -> None:
         if not callbacks:
