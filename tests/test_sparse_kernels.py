@@ -311,10 +311,11 @@ def test_variant_rule_by_rows_non_zeros_and_width(monkeypatch):
     pick = base.use_sparse_parallel
     assert not pick(model, rows(1024, 50), "diagonal", "model", None, sp_)  # few rows
     assert not pick(model, rows(8192, 1), "diagonal", "model", None, sp_)  # little work
-    assert pick(model, rows(8192, 50), "diagonal", "model", None, sp_)
-    assert pick(model, rows(8192, 50), "diagonal", None, None, sp_)
-    assert not pick(model, rows(8192, 50), "full", "model", None, sp_)  # wide full: serial
-    assert not pick(model, rows(8192, 50), "diagonal", "model", False, sp_)
+    assert not pick(model, rows(8192, 50), "diagonal", "model", None, sp_)  # < 1M a thread
+    assert pick(model, rows(65536, 50), "diagonal", "model", None, sp_)
+    assert pick(model, rows(65536, 50), "diagonal", None, None, sp_)
+    assert not pick(model, rows(65536, 50), "full", "model", None, sp_)  # wide full: serial
+    assert not pick(model, rows(65536, 50), "diagonal", "model", False, sp_)
     assert pick(model, rows(16, 50), "diagonal", "model", True, sp_)
 
 
