@@ -74,6 +74,9 @@ DEFAULT_MAX_ITER = 50
 DEFAULT_C = 1.0
 DEFAULT_ALPHA = 1.0
 _FLOATS = (np.float64, np.float32)
+#: Sparse formats accepted as they are (others are converted to the first, CSR); the
+#: learner reads them through CSR kernels without densifying.
+_SPARSE = ("csr", "csc", "coo")
 
 
 def _is_path(X) -> bool:
@@ -247,8 +250,10 @@ class _NaturalGradientBase(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), or a Zarr path or group
-            Features; a path (or group) is streamed from disk chunk by chunk.
+        X : array-like or sparse matrix of shape (n_samples, n_features), or a Zarr path
+            or group
+            Features; SciPy sparse input (CSR, CSC, COO) is read by the sparse kernels
+            without densifying; a path (or group) is streamed from disk chunk by chunk.
         y : array-like of shape (n_samples,), or with a path the targets array's name
             (default ``"y"``).
         sample_weight : array-like of shape (n_samples,), optional
@@ -260,7 +265,7 @@ class _NaturalGradientBase(BaseEstimator):
         """
         if _is_path(X):
             return self._fit_path(X, "y" if y is None else y, sample_weight)
-        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C",
+        X, y = validate_data(self, X, y, accept_sparse=_SPARSE, dtype=_FLOATS, order="C",
                              **self._y_check())
         y = self._encode_y(y)
         w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
@@ -294,8 +299,8 @@ class _NaturalGradientBase(BaseEstimator):
         self
         """
         first = not hasattr(self, "learner_")
-        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", reset=first,
-                             **self._y_check())
+        X, y = validate_data(self, X, y, accept_sparse=_SPARSE, dtype=_FLOATS, order="C",
+                             reset=first, **self._y_check())
         return self._partial_step(X, y, sample_weight, first, classes=None)
 
     def _partial_step(self, X, y, sample_weight, first, classes):
@@ -316,7 +321,7 @@ class _NaturalGradientBase(BaseEstimator):
 
     def _linear(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=_FLOATS, reset=False)
+        X = validate_data(self, X, accept_sparse=_SPARSE, dtype=_FLOATS, reset=False)
         return X @ self.coef_.T + self.intercept_
 
     def _expected_failed_checks(self) -> dict:
@@ -329,7 +334,7 @@ class _NaturalGradientBase(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         tags.target_tags.multi_output = False
         tags.target_tags.single_output = True
         return tags
@@ -546,7 +551,8 @@ tol, max_iter
         first = not hasattr(self, "learner_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
-        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", reset=first)
+        X, y = validate_data(self, X, y, accept_sparse=_SPARSE, dtype=_FLOATS, order="C",
+                             reset=first)
         return self._partial_step(X, y, sample_weight, first, classes=classes)
 
     def decision_function(self, X):

@@ -388,7 +388,9 @@ def test_structure_auto_is_full_up_to_the_threshold_then_diagonal_with_lbfgs_pas
     small = NaturalGradientLearner(make_model("logistic", AUTO_FULL_MAX_PARAMS - 1))
     assert small.structure == "full" and small.effective_options["refine"] == "scoring"
     wide = NaturalGradientLearner(make_model("logistic", AUTO_FULL_MAX_PARAMS))
-    assert wide.structure == "diagonal" and wide.effective_options["refine"] == "lbfgs"
+    assert wide.structure == "diagonal" and wide.effective_options["refine"] == "newton-cg"
+    ising = NaturalGradientLearner(make_model("ising", 80))  # P > 2,048, no Hessian metric
+    assert ising.structure == "diagonal" and ising.effective_options["refine"] == "lbfgs"
     forced = NaturalGradientLearner(make_model("logistic", AUTO_FULL_MAX_PARAMS),
                                     structure="full")
     assert forced.structure == "full"

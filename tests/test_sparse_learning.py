@@ -67,3 +67,33 @@ def test_default_fit_reaches_the_penalized_optimum_on_sparse_rows():
                    options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20_000})
     assert f(lr.theta)[0] <= ref.fun * (1 + 1e-6)
     assert lr.result.converged
+
+
+def test_newton_cg_interrupted_mid_direction_resumes_exactly(monkeypatch):
+    """A stop requested during the conjugate-gradient passes leaves the state as at the
+    pass's start; the resumed fit equals the uninterrupted one.
+    """
+    import natgrad_stream.training.learner as L
+
+    X, y = _sparse_logistic(n=6_000, d=2_500, k=8, seed=3)
+
+    def fresh():
+        return NaturalGradientLearner(make_model("logistic", X.shape[1]), l2=1e-3)
+
+    whole = fresh().fit((X, y), epochs=4)
+    calls = {"n": 0}
+    real = L.metric_vector_pass
+
+    def stopping(lr, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            lr.request_stop()
+        return real(lr, *a, **k)
+
+    monkeypatch.setattr(L, "metric_vector_pass", stopping)
+    part = fresh().fit((X, y), epochs=4)
+    assert part.result.interrupted
+    monkeypatch.setattr(L, "metric_vector_pass", real)
+    part.fit((X, y), epochs=4)
+    np.testing.assert_array_equal(part.theta, whole.theta)
+    assert part.state.samples == whole.state.samples

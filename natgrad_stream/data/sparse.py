@@ -39,15 +39,19 @@ class SparseRows:
     dtype : numpy.dtype (of ``data``)
     """
 
-    __slots__ = ("data", "indices", "indptr", "shape")
+    __slots__ = ("checked", "data", "indices", "indptr", "shape")
     ndim = 2
 
     def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                 n_features: int):
+                 n_features: int, *, checked: bool = False):
         self.data = data
         self.indices = indices
         self.indptr = indptr
         self.shape = (int(indptr.shape[0]) - 1, int(n_features))
+        #: Whether a reader already checked these rows (canonical dtypes, ``indptr``
+        #: non-decreasing within the arrays, column indices in range): kernels' entry
+        #: checks (:func:`~natgrad_stream.models.base.check_sparse_rows`) then skip them.
+        self.checked = checked
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -99,7 +103,8 @@ class SparseRows:
 
     def rows_slice(self, a: int, b: int) -> SparseRows:
         """Rows ``a:b`` as a view (no copy)."""
-        return SparseRows(self.data, self.indices, self.indptr[a:b + 1], self.shape[1])
+        return SparseRows(self.data, self.indices, self.indptr[a:b + 1], self.shape[1],
+                          checked=self.checked)
 
     def take(self, rows: np.ndarray) -> SparseRows:
         """Rows ``rows`` (int array) gathered into new compact arrays."""

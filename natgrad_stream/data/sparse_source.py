@@ -303,7 +303,8 @@ class SparseSource(Source):
 
     def _keep_resident(self, plan_bytes: int, read_buffer_bytes, key) -> bool:
         """Whether this stream keeps the chunks it reads in memory for later streams:
-        when all of them, with the stream's own buffers, fit ``read_buffer_bytes``. A
+        when all of them twice (the chunks, and :meth:`resident_rows`' one copy of the
+        whole), with the stream's own buffers, fit ``read_buffer_bytes``. A
         pass over data that small is then one read, and the later passes (Fisher scoring,
         L-BFGS evaluations) are compute-bound instead of decode-bound. Each chunk is
         checked (and its digests compared) as it is first read; a kept chunk is not read
@@ -311,7 +312,8 @@ class SparseSource(Source):
         every chunk again). ``key`` names the checks the chunks passed: other checks
         start over.
         """
-        if read_buffer_bytes is None or self.resident_bytes() + plan_bytes > read_buffer_bytes:
+        if read_buffer_bytes is None or \
+                2 * self.resident_bytes() + plan_bytes > read_buffer_bytes:
             return False
         if self._resident is None or self._resident_key != key:
             self._resident, self._resident_key, self._resident_digests = {}, key, {}
@@ -373,7 +375,7 @@ class SparseSource(Source):
             ip = gathered["indptr"][:len(idx) + 1]
             gather_csr_rows(rows.data, rows.indices, rows.indptr, idx, gathered["data"],
                             gathered["indices"], ip)
-            return SparseRows(gathered["data"], gathered["indices"], ip, d)
+            return SparseRows(gathered["data"], gathered["indices"], ip, d, checked=True)
 
         def acquire(stream):
             while True:
@@ -421,7 +423,8 @@ class SparseSource(Source):
                     samples += m - row0
 
         def read_batches(buf, m, perm, row0, epoch, read_index, last_read, samples):
-            rows = SparseRows(buf["data"], buf["indices"], buf["indptr"][:m + 1], d)
+            rows = SparseRows(buf["data"], buf["indices"], buf["indptr"][:m + 1], d,
+                              checked=True)  # checked as read (_load_rows)
             s = samples
             try:
                 for a in range(row0, m, int(batch_size)):
@@ -453,6 +456,35 @@ class SparseSource(Source):
         for c in plan_chunks:
             g = int(c) if self.chunk_index is None else int(self.chunk_index[int(c)])
             yield g, min((g + 1) * R, self._data_rows) - g * R, int(c) * R
+
+    def resident_rows(self):
+        """Every row of this source in order, ``(X, y, w)`` with ``X`` one
+        :class:`SparseRows` (``y``, ``w`` float64 or None), when a stream has kept every
+        chunk in memory (:meth:`_keep_resident`), else None: for a pass at compute speed
+        (e.g. the metric-vector products of Newton–CG) without a stream. Built once; the
+        chunks were checked (and their digests compared) as they were read.
+        """
+        if self._resident is None or self.chunk_index is not None:
+            return None
+        n_chunks = math.ceil(self.n_rows / self.chunk_rows)
+        cached = self.__dict__.get("_resident_whole")
+        if cached is not None and cached[0] is self._resident:
+            return cached[1]
+        if len(self._resident) < n_chunks or any(g not in self._resident
+                                                 for g in range(n_chunks)):
+            return None
+        parts = [self._resident[g] for g in range(n_chunks)]
+        sizes = np.array([p[0].shape[0] for p in parts], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        indptr = np.concatenate([parts[0][2][:1]] + [p[2][1:] + o for p, o in
+                                                      zip(parts, offsets[:-1], strict=True)])
+        X = SparseRows(np.concatenate([p[0] for p in parts]),
+                       np.concatenate([p[1] for p in parts]), indptr, self.n_features,
+                       checked=True)
+        y = None if parts[0][3] is None else np.concatenate([p[3] for p in parts])
+        w = None if parts[0][4] is None else np.concatenate([p[4] for p in parts])
+        self._resident_whole = (self._resident, (X, y, w))
+        return X, y, w
 
     def _store_resident(self, plan_chunks, buf) -> None:
         """Keep copies of a read's checked chunks (see :meth:`_keep_resident`)."""

@@ -253,3 +253,37 @@ def sparse_gram_matvec(data, indices, indptr, c, U, out):  # pragma: no cover - 
                 out[j, q] += x * v[q]
         for q in range(k):
             out[P - 1, q] += v[q]
+
+
+@jit
+def glm_sparse_hess_vec(data, indices, indptr, w, theta, family, v, out):  # pragma: no cover
+    """``out += Σ_i w_i c_i x̃_i (x̃_iᵀ v)`` with the model metric's row weight ``c_i`` at
+    ``θ`` (:func:`~natgrad_stream.models._glm_kernels.glm_row`): the model Fisher (for
+    canonical links the Hessian) times one vector, fused into one read of each row's
+    non-zeros for ``z_i`` and ``x̃_iᵀ v`` and one to scatter. Returns ``Σ w_i``.
+
+    Shapes: ``v``, ``out`` (P,), ``w`` (n,) or (0,) for unit weights.
+    """
+    P = v.shape[0]
+    d = P - 1
+    n = indptr.shape[0] - 1
+    weighted = w.shape[0] > 0
+    wsum = 0.0
+    for i in range(n):
+        a = indptr[i]
+        b = indptr[i + 1]
+        z = theta[d]
+        t = v[d]
+        for e in range(a, b):
+            x = data[e]
+            j = indices[e]
+            z += x * theta[j]
+            t += x * v[j]
+        _, _, c, _ = glm_row(family, z, 0.0)
+        wi = w[i] if weighted else 1.0
+        wsum += wi
+        s = wi * c * t
+        for e in range(a, b):
+            out[indices[e]] += s * data[e]
+        out[d] += s
+    return wsum

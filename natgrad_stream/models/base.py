@@ -129,6 +129,8 @@ def check_sparse_rows(X, n_features: int) -> SparseRows:
     rows = as_sparse_rows(X)
     if rows.shape[1] != n_features:
         raise ValueError(f"X must have shape (n, {n_features}), got {rows.shape} (sparse)")
+    if rows.checked:  # a reader's batch, checked as it was read
+        return rows
     if (rows.data.dtype not in (np.float32, np.float64) or rows.indices.dtype != np.int32
             or rows.indptr.dtype != np.int64
             or not all(a.flags.c_contiguous for a in (rows.data, rows.indices, rows.indptr))):

@@ -239,6 +239,13 @@ class _GLM(Model):
         draws are ``(y_i − μ_i) x̃_i``).
         """
         n = X.shape[0]
+        if metric in ("model", "gauss-newton") and U.shape[1] == 1:  # one fused read
+            out = np.zeros(self.n_params)
+            wsum = SK.glm_sparse_hess_vec(X.data, X.indices, X.indptr, _weights(w, n),
+                                          as_float64_vector(theta, "theta", self.n_params),
+                                          self.family,
+                                          np.ascontiguousarray(U[:, 0], dtype=np.float64), out)
+            return (out / wsum)[:, None]
         if metric in ("model", "gauss-newton"):
             c = self._metric_weights(X, theta)
         else:

@@ -54,6 +54,7 @@ from natgrad_stream._constants import (
     DIVERGENCE_STEP_CUT,
     DIVERGENCE_WINDOW_BATCHES,
     METRIC_WARMUP_ROWS_PER_PARAM,
+    NEWTON_CG_TOL,
     REFINE_ARMIJO,
     REFINE_BATCH_ROWS,
     REFINE_MAX_HALVINGS,
@@ -89,6 +90,7 @@ from natgrad_stream.models import Model, model_from_config
 from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
+from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
 from natgrad_stream.optim.rules import make_optimizer
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
@@ -115,6 +117,14 @@ UNIDENTIFIED = "unidentified"
 class _DropUnconvergedNote(logging.Filter):
     def filter(self, record) -> bool:
         return getattr(record, "natgrad_event", None) not in (UNCONVERGED, UNIDENTIFIED)
+
+
+def _refine_tol(lr) -> float:
+    """The decrement tolerance of the passes after the first, relative to |J|: ``tol``,
+    else round-off (scoring) or :data:`NEWTON_CG_TOL` (newton-cg).
+    """
+    default = NEWTON_CG_TOL if lr.refine == "newton-cg" else REFINE_ROUNDOFF
+    return max(lr.tol if lr.tol is not None else default, REFINE_ROUNDOFF)
 
 
 def _rereadable(source) -> bool:
@@ -987,8 +997,8 @@ class _Streaming(_Strategy):
         if plan["epochs"] is None:
             lr = self.learner
             again = _rereadable(source) and source.n_rows is not None
-            converges = lr.refine == "lbfgs" or (lr.model.scoring_converges and
-                                                 lr.refine == "scoring")
+            converges = lr.refine in ("lbfgs", "newton-cg") or (
+                lr.model.scoring_converges and lr.refine == "scoring")
             cap = lr.model.auto_max_epochs or AUTO_MAX_EPOCHS
             plan["epochs"] = cap if again and converges else 1
         self.epochs = plan["epochs"]  # for status()
@@ -1061,13 +1071,14 @@ class _Streaming(_Strategy):
         """
         lr = self.learner
         s = lr.state
-        tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
+        tol = _refine_tol(lr)
         if s.converged and not s.decrement <= tol * abs(s.train_loss):
             s.converged = False  # resumed with a stricter tolerance: go on
         while s.cursor.epoch < plan["epochs"] and not s.converged and s.unbounded is None:
             if lr._out_of_budget(max_samples):
                 return True
             k = s.cursor.epoch
+            counted = (s.samples, s.evaluations)  # restored when a pass is interrupted
             res = full_pass(lr, source, s.theta, metric=lr.metric,
                             rng_key=(lr.seed, k, RNG_LEARNER),
                             batch_rows=max(lr.batch_size, REFINE_BATCH_ROWS),
@@ -1082,8 +1093,16 @@ class _Streaming(_Strategy):
             event = {"event": "pass", "pass": k + 1, "samples": s.samples, "loss": J}
             refresh = None
             slack = REFINE_ROUNDOFF * abs(s.refine_loss)
-            if s.refine_dir is not None and not (
-                    J <= s.refine_loss + REFINE_ARMIJO * s.refine_t * s.refine_slope + slack):
+            rejected = s.refine_dir is not None and not (
+                J <= s.refine_loss + REFINE_ARMIJO * s.refine_t * s.refine_slope + slack)
+            newton = None
+            if not rejected and lr.refine == "newton-cg":
+                newton = self._newton_cg(source, g, G, J)
+                if newton is None:  # interrupted: the state is as at the pass's start
+                    s.samples, s.evaluations = counted
+                    return True
+                event.update(cg_products=newton[1], cg_curvature_ok=newton[2])
+            if rejected:
                 # the step did not decrease J enough: shorten it where the quadratic through
                 # J(0), J'(0) and J(t) is least, within REFINE_SHRINK of its length
                 t, slope, rise = s.refine_t, s.refine_slope, J - s.refine_loss
@@ -1103,9 +1122,12 @@ class _Streaming(_Strategy):
             else:
                 refresh = lr.refresh(reason="pass", metric=G, **{"pass": k + 1})
                 gphi = s.whitener.grad_phi(g)
-                s.decrement = 0.5 * float(gphi @ gphi)
+                # the Newton decrement ½ gᵀH⁻¹g: by the metric's factor (scoring), or by
+                # the solved direction (newton-cg: H d = −g)
+                s.decrement = 0.5 * float(gphi @ gphi) if newton is None else \
+                    max(0.0, -0.5 * float(g @ newton[0]))
                 s.grad = g
-                tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
+                tol = _refine_tol(lr)
                 # a parameter with no metric but a gradient (predictions saturated on its
                 # rows) is one no Newton step can move: the decrement does not see it
                 stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
@@ -1123,10 +1145,11 @@ class _Streaming(_Strategy):
                                   "a nonzero gradient (predictions saturated on their "
                                   "rows); reset to their starting values", RuntimeWarning,
                                   stacklevel=2)
-                elif not s.converged and self._unbounded(J, -s.whitener.theta(gphi), event):
+                elif not s.converged and self._unbounded(
+                        J, -s.whitener.theta(gphi) if newton is None else newton[0], event):
                     pass  # the fit stops here, at the point measured (no further step)
                 elif not s.converged:
-                    d = -s.whitener.theta(gphi)
+                    d = -s.whitener.theta(gphi) if newton is None else newton[0]
                     s.refine_theta, s.refine_dir, s.refine_t = s.theta.copy(), d, 1.0
                     s.refine_loss, s.refine_slope = J, float(g @ d)
                     s.theta = s.theta + d
@@ -1144,6 +1167,36 @@ class _Streaming(_Strategy):
             if event.get("stalled"):
                 break
         return False
+
+    def _newton_cg(self, source, g: np.ndarray, G: np.ndarray, J: float):
+        """The Newton direction at θ for ``refine="newton-cg"``
+        (:func:`~natgrad_stream.optim.newton_cg.newton_direction`): conjugate gradients on
+        ``H v`` passes over the data (the metric, penalty included), preconditioned by
+        the measured diagonal ``G``. Returns ``(d, products, curvature_ok)``, or None when
+        a pass was interrupted.
+        """
+        lr = self.learner
+        precond = np.diag(G).copy() if G.ndim == 2 else G.copy()
+        positive = precond > 0
+        precond[~positive] = precond[positive].mean() if positive.any() else 1.0
+        theta = lr.state.theta
+
+        def hess_vec(v):
+            return metric_vector_pass(lr, source, theta, v,
+                                      should_stop=lambda: lr._stop_requested)
+
+        k = lr.model.intercept_index
+        products = 0
+        if k is not None and G.ndim == 1:  # the intercept's column: one more pass
+            e = np.zeros_like(g)
+            e[k] = 1.0
+            column = hess_vec(e)
+            if column is None:
+                return None
+            products = 1
+            precond = arrow_preconditioner(precond, column, k)
+        out = newton_direction(g, precond, hess_vec, scale=J)
+        return None if out is None else (out[0], out[1] + products, out[2])
 
     def _unbounded(self, J: float, d: np.ndarray, event: dict) -> bool:
         """Whether the coefficients grow without bound: :data:`UNBOUNDED_PASSES` accepted
@@ -1345,7 +1398,7 @@ class _Streaming(_Strategy):
                     f"{lr.lbfgs_tol:g}), max natural gradient "
                     f"{r.get('max_natural_grad', math.nan):.3g} (lbfgs_gtol "
                     f"{lr.lbfgs_gtol:g}); {how}")
-        if lr.refine != "scoring":
+        if lr.refine not in ("scoring", "newton-cg"):
             return (f"stopped by the pass cap (epochs={plan['epochs']}): streaming passes "
                     f"(refine='stream') check no stopping rule; {how}")
         if s.unbounded is not None:
@@ -1354,8 +1407,9 @@ class _Streaming(_Strategy):
             return (f"stopped by the pass cap (epochs={plan['epochs']}) before any "
                     "convergence check (the Newton decrement is measured by the passes "
                     f"after the first); {how}")
-        tol = max(lr.tol or 0.0, REFINE_ROUNDOFF)
-        why = "the Fisher-scoring step stalled" if s.refine_dir is None and \
+        tol = _refine_tol(lr)
+        why = f"the {'Newton' if lr.refine == 'newton-cg' else 'Fisher-scoring'} step " \
+            "stalled" if s.refine_dir is None and \
             s.cursor.epoch < plan["epochs"] else f"stopped by the pass cap " \
             f"(epochs={plan['epochs']})"
         loss = s.refine_loss if s.refine_dir is not None else s.train_loss
@@ -1367,7 +1421,7 @@ class _Streaming(_Strategy):
         s = self.learner.state
         refine = self.learner.refine
         measured = not s.epoch_loss_weight and (
-            (refine == "scoring" and not math.isnan(s.decrement))
+            (refine in ("scoring", "newton-cg") and not math.isnan(s.decrement))
             or (refine == "lbfgs" and (s.evaluations > 0 or s.stopped_theta is not None)))
         if measured:  # the loss of the fitted θ, which a scoring pass measured
             train, running = (s.refine_loss if s.refine_dir is not None else
@@ -1776,6 +1830,42 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         raise DataError(_weightless_evaluation(chunks), array=source.names[2])
     G = None if fisher is None else fisher.estimate()
     return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
+
+
+def metric_vector_pass(lr: NaturalGradientLearner, source, theta: np.ndarray,
+                       v: np.ndarray, *, should_stop=None) -> np.ndarray | None:
+    """``G v`` (shape (P,)) of the whole data's metric at ``theta``, penalty included,
+    streamed in whole-pass batches (the model's ``metric_matvec``, O(non-zeros) a batch
+    for CSR rows); None when ``should_stop()`` turned True mid-pass. Counts the rows.
+    """
+    whole = getattr(source, "resident_rows", lambda: None)()
+    if whole is not None:  # every row in memory, checked when read: one kernel call
+        if should_stop is not None and should_stop():
+            return None
+        X, y, w = whole
+        lr.state.samples += X.shape[0]
+        Gv = lr.model.metric_matvec(X, y, w, theta, v[:, None], metric=lr.metric)
+        return lr.penalty.add_matvec(Gv, v[:, None])[:, 0]
+    out = np.zeros(lr.model.n_params)
+    wsum = 0.0
+    rows = 0
+    with source.batches(batch_size=max(lr.batch_size, REFINE_BATCH_ROWS), epochs=1,
+                        shuffle=False, read_buffer_bytes=lr.read_buffer_bytes,
+                        digests=lr.state.digests, **lr.model.data_checks()) as stream:
+        for batch in stream:
+            if should_stop is not None and should_stop():
+                return None
+            n = batch.X.shape[0]
+            wt = float(n if batch.w is None else np.sum(batch.w))
+            if wt > 0:
+                out += wt * lr.model.metric_matvec(batch.X, batch.y, batch.w, theta,
+                                                   v[:, None], metric=lr.metric)[:, 0]
+            wsum += wt
+            rows += n
+    lr.state.samples += rows
+    if not wsum > 0:
+        raise DataError(_weightless_evaluation(None), array=source.names[2])
+    return lr.penalty.add_matvec((out / wsum)[:, None], v[:, None])[:, 0]
 
 
 def _weightless_evaluation(chunks) -> str:

@@ -65,7 +65,7 @@ OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
 STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
 WHITENING_CHOICES = ("eigh", "ridge", "robust")
 PROGRESS_CHOICES = ("auto", "always", "never")
-REFINE_CHOICES = ("scoring", "stream", "lbfgs")
+REFINE_CHOICES = ("scoring", "stream", "lbfgs", "newton-cg")
 
 #: Strategies of the training loop: per-batch steps of a streaming optimizer, or rounds of
 #: L-BFGS evaluations.
@@ -431,8 +431,10 @@ OPTIONS: tuple[Option, ...] = (
        "natural-gradient Newton step, i.e. Fisher scoring / IRLS, on the whole data, with "
        "backtracking; for models whose metric is the Hessian, the GLMs), lbfgs (rounds of "
        "L-BFGS in the natural space, re-whitened every round, with the --lbfgs-* defaults; "
-       "the models' own default otherwise, and with --structure diagonal) or stream (more "
-       "streaming steps)", applies=_ST,
+       "the models' own default otherwise), newton-cg (each pass a Newton step whose "
+       "direction conjugate gradients solve on metric-vector passes, preconditioned by "
+       "the diagonal; the default of --structure diagonal where the metric is the "
+       "Hessian, the GLMs; lbfgs for the others) or stream (more streaming steps)", applies=_ST,
        recommendable=True, choices=REFINE_CHOICES),
     _o("tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
        "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
@@ -679,13 +681,16 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
         raise OptionError(_misplaced_message(misplaced, optimizer))
     if out.get("structure") == "auto":
         out["structure"] = auto_structure(model)
+    if "metric" in out and out["metric"] is None:
+        out["metric"] = model.default_metric
     if out.get("structure") == "diagonal" and "refine" in out and "refine" not in given \
             and "refine" not in recommended:
         # a diagonal metric is no Hessian: Fisher scoring with it converges slowly (200k ×
-        # 100 logistic, 50 passes: scoring 8.1% above the optimum, the L-BFGS hand-over 1.0%)
-        out["refine"] = "lbfgs"
-    if "metric" in out and out["metric"] is None:
-        out["metric"] = model.default_metric
+        # 100 logistic, 50 passes: scoring 8.1% above the optimum, the L-BFGS hand-over
+        # 1.0%). Where the model's metric is the Hessian (GLMs), Newton directions solved
+        # by conjugate gradients on metric-vector passes; L-BFGS otherwise.
+        hessian = model.scoring_converges and out.get("metric") in ("model", "gauss-newton")
+        out["refine"] = "newton-cg" if hessian else "lbfgs"
     if strategy == STREAM and "optimizer" in out:
         cls = OPTIMIZERS[optimizer]
         if out.get("lr") is None:
