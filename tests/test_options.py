@@ -53,12 +53,14 @@ def test_a_fit_with_no_options_takes_the_table_defaults(tmp_path):
         opt = opts.BY_NAME[name]
         if name in eff and opt.default is not None and name not in ("rewhiten",
                                                                      "fisher_every",
-                                                                     "structure"):
+                                                                     "structure",
+                                                                     "refine"):
             assert eff[name] == opt.default, name
     assert eff["metric"] == model.default_metric and eff["lr"] == 1.0
     assert eff["rewhiten"] == opts.rewhiten("rewhiten", "auto")
     assert eff["fisher_every"] == max(1, round(model.n_params / 16))
     assert eff["structure"] == "full"  # auto: full for a small model
+    assert eff["refine"] == "scoring"  # auto: scoring with the full metric
     lbfgs = NaturalGradientLearner(model, optimizer="lbfgs").effective_options
     assert lbfgs["batch_size"] == opts.BY_NAME["batch_size"].lbfgs_default
     assert "lr" not in lbfgs and "epochs" not in lbfgs  # no effective value where n/a

@@ -65,7 +65,7 @@ OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
 STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
 WHITENING_CHOICES = ("eigh", "ridge", "robust")
 PROGRESS_CHOICES = ("auto", "always", "never")
-REFINE_CHOICES = ("scoring", "stream", "lbfgs", "newton-cg")
+REFINE_CHOICES = ("auto", "scoring", "stream", "lbfgs", "newton-cg")
 
 #: Strategies of the training loop: per-batch steps of a streaming optimizer, or rounds of
 #: L-BFGS evaluations.
@@ -427,7 +427,9 @@ OPTIONS: tuple[Option, ...] = (
        metavar="N", maximum=MAX_COUNT),
     _o("average", flag, False, "keep a Polyak average of θ (params and evaluate report it)",
        applies=_ST),
-    _o("refine", _choice, "scoring", "passes after the first: scoring (each pass one "
+    _o("refine", _choice, "auto", "passes after the first; auto: the model's own, else "
+       "scoring, and with --structure diagonal newton-cg where the metric is the Hessian "
+       "(the GLMs), lbfgs otherwise; scoring (each pass one "
        "natural-gradient Newton step, i.e. Fisher scoring / IRLS, on the whole data, with "
        "backtracking; for models whose metric is the Hessian, the GLMs), lbfgs (rounds of "
        "L-BFGS in the natural space, re-whitened every round, with the --lbfgs-* defaults; "
@@ -683,8 +685,11 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
         out["structure"] = auto_structure(model)
     if "metric" in out and out["metric"] is None:
         out["metric"] = model.default_metric
-    if out.get("structure") == "diagonal" and "refine" in out and "refine" not in given \
-            and "refine" not in recommended:
+    if out.get("refine") == "auto":  # the model's own, else by the structure (below)
+        own = recommended.get("refine")
+        out["refine"] = own if own is not None else \
+            ("scoring" if out.get("structure") != "diagonal" else None)
+    if "refine" in out and out["refine"] is None:
         # a diagonal metric is no Hessian: Fisher scoring with it converges slowly (200k ×
         # 100 logistic, 50 passes: scoring 8.1% above the optimum, the L-BFGS hand-over
         # 1.0%). Where the model's metric is the Hessian (GLMs), Newton directions solved
@@ -739,7 +744,7 @@ def check_resume(recorded: dict, given: dict, also: dict | None = None
         old = recorded.get(name, opt.default)
         if _same(value, old) or (name in also and _same(value, also[name])):
             continue
-        if name == "structure" and value == "auto":  # auto keeps the structure recorded
+        if name in ("structure", "refine") and value == "auto":  # auto keeps the recorded
             continue
         if opt.resumable:
             changes[name] = value
