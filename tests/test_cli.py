@@ -208,7 +208,7 @@ def test_cli_choices_mirror_the_registries():
     assert set(cli.MODEL_CHOICES) == set(MODEL_NAMES)
     assert set(cli.TASK_CHOICES) == set(TASKS)
     assert cli.METRIC_CHOICES == METRICS
-    assert cli.STRUCTURE_CHOICES == STRUCTURES
+    assert cli.STRUCTURE_CHOICES == ("auto", *STRUCTURES)  # auto resolves to one of them
 
 
 def test_every_registered_model_and_task_loads():

@@ -91,7 +91,7 @@ from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
-from natgrad_stream.optim.rules import make_optimizer
+from natgrad_stream.optim.rules import make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
 from natgrad_stream.training.state import LearnerState
@@ -548,7 +548,7 @@ class NaturalGradientLearner:
         if refresh is not None and refresh.get("ok") and self.structure == "diagonal" \
                 and power_iteration is not None:
             s.step_cap = self._curvature_cap(power_iteration, refresh)
-        gphi = s.whitener.grad_phi(grad) * s.step_cap
+        gphi = s.whitener.grad_phi(grad) * self._cap_factor(n)
         phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
                                                  samples=s.samples)
         if s.step_scale != 1.0:  # cut after a divergence rollback
@@ -565,6 +565,26 @@ class NaturalGradientLearner:
                 "damping.") from exc
         s.phi, s.theta = phi, theta
         return refresh, gphi
+
+    def _cap_factor(self, rows: int) -> float:
+        """The factor of this step's natural gradient from the curvature cap
+        (:meth:`_curvature_cap`). With plain SGD on the harmonic schedule the step is
+        ``η = lr·b/t`` and what must stay below ``1/ρ`` is the step ``η·factor`` itself:
+        ``factor = min(1, cap/η)``, a constant step ``1/ρ`` until the harmonic one is
+        smaller. (On sparse rows a batch's ρ counts each row's rare features, about
+        ``Σ_j 1/(b·freq_j)``, so ``η·ρ ≈ Σ_j 1/n_j`` over a row's features seen ``n_j`` times
+        so far: the cap binds while they are new, not for the whole pass; a fixed ``1/ρ``
+        factor on 10⁵ features × 50 non-zeros kept the steps about 1/100 of the harmonic
+        ones, one pass ending 27% above the optimum's held-out loss instead of 2.7%.)
+        Other optimizers and schedules take ``cap`` as it is.
+        """
+        s = self.state
+        cap = s.step_cap
+        opt = self.optimizer
+        if cap >= 1.0 or type(opt).__name__ != "SGD" or opt.schedule != "harmonic":
+            return cap
+        eta = step_size(opt.lr, opt.schedule, rows, s.samples)
+        return min(1.0, cap / eta) if eta > 0 else cap
 
     def _maybe_refresh(self) -> dict | None:
         s = self.state
