@@ -385,3 +385,38 @@ def test_a_batch_too_large_to_densify_is_refused_with_its_figures():
                                          r"dense .*use a GLM .* or a smaller batch_size"):
         model.accumulate(big, np.zeros(n), None, model.init_params(), metric=None,
                          structure="diagonal", ws=model.new_workspace("diagonal", n_threads=1))
+
+
+@pytest.mark.parametrize("metric", [None, "model", "empirical"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_feature_major_kernels_equal_the_dense_path(monkeypatch, metric, weighted):
+    """Wide softmax models take the feature-major CSR kernels (θ transposed per batch);
+    their sums, probabilities and Hessian-vector products equal the dense kernels'.
+    """
+    import natgrad_stream.models.softmax as softmax_module
+
+    monkeypatch.setattr(softmax_module, "SOFTMAX_FEATURE_MAJOR_PARAMS", 0)
+    rng = np.random.default_rng(7)
+    M = sp.random(300, 40, density=0.1, random_state=8, format="csr", dtype=np.float32)
+    X = SparseRows.from_scipy(M)
+    dense = M.toarray()
+    y = rng.integers(0, 5, 300).astype(float)
+    w = rng.random(300) if weighted else None
+    model = make_model("softmax", 40, n_classes=5)
+    theta = rng.normal(0, 0.4, model.n_params)
+    sums = []
+    for batch in (X, dense):
+        ws = model.new_workspace("diagonal")
+        out = model.accumulate(batch, y, w, theta, metric=metric, structure="diagonal", ws=ws,
+                               parallel=False if batch is dense else None)
+        sums.append((np.array(out), ws.grad.copy(), ws.fisher.copy()))
+    (o1, g1, f1), (o2, g2, f2) = sums
+    np.testing.assert_allclose(o1, o2, rtol=1e-12)
+    np.testing.assert_allclose(g1, g2, rtol=1e-12, atol=1e-12 * np.abs(g2).max())
+    np.testing.assert_allclose(f1, f2, rtol=1e-12, atol=1e-12 * np.abs(f2).max())
+    np.testing.assert_allclose(model.predict_proba(X, theta), model.predict_proba(dense, theta),
+                               rtol=1e-12, atol=1e-15)
+    u = rng.standard_normal((model.n_params, 1))
+    np.testing.assert_allclose(model.metric_matvec(X, y, w, theta, u, metric="model"),
+                               model.model_fisher(dense, theta, w) @ u, rtol=1e-10,
+                               atol=1e-12)

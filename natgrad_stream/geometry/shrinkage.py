@@ -169,18 +169,19 @@ PRIOR_PSEUDO_ROWS = 1.0
 
 def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
                        pseudo_rows: float = PRIOR_PSEUDO_ROWS) -> float:
-    """Add to a running diagonal estimate, in place, what ``pseudo_rows`` average rows
-    contribute to one coordinate: ``ν = pseudo_rows · mean(g_S) / (rows · density)`` on the
-    coordinates ``S`` (``coords``; the intercepts, seen by every row, are left alone).
+    """Add to a running diagonal estimate of sparse rows, in place, what ``pseudo_rows``
+    typical rows contribute to one coordinate: ``ν = pseudo_rows · median(g_S) / (rows ·
+    density)`` on the coordinates ``S`` (``coords``; the intercepts, seen by every row,
+    are left alone). The median, unlike the mean, ignores a few columns of another
+    scale, so rescaling one feature leaves the others' prior as it was.
 
     A diagonal entry is estimated only from the rows where its feature is non-zero. On
     sparse data (one-hot columns, hashed text) most features are absent from the first
     batches: their entry is 0 or one row's ``c x²/rows``, and a natural step divides by
     it, a Newton step on one observation (unbounded: one row separates its own feature).
     The prior bounds it by an average row's worth; a feature seen ``n_j`` times is moved
-    by ``pseudo_rows/n_j`` of its curvature, so a well-sampled one keeps its own. On dense
-    data (``density`` 1) ``ν`` is the mean entry over ``rows``: below 1e-3 of it after
-    1,024 rows.
+    by ``pseudo_rows/n_j`` of its curvature, so a well-sampled one keeps its own. Dense
+    rows (``density`` 1) inform every coordinate: nothing is added.
 
     Parameters
     ----------
@@ -199,9 +200,9 @@ def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
         ``ν`` (0 when nothing applies).
     """
     coords = np.asarray(coords, dtype=np.int64)
-    if coords.size == 0 or not rows > 0 or not density > 0:
-        return 0.0
-    nu = pseudo_rows * float(np.mean(g[coords])) / (float(rows) * min(float(density), 1.0))
+    if coords.size == 0 or not rows > 0 or not 0 < density < 1:
+        return 0.0  # dense rows inform every coordinate: no prior
+    nu = pseudo_rows * float(np.median(g[coords])) / (float(rows) * float(density))
     if not (np.isfinite(nu) and nu > 0):
         return 0.0
     g[coords] += nu
