@@ -47,10 +47,11 @@ def test_first_pass_on_rare_features_is_stable(monkeypatch):
 
 
 def test_evidence_prior_is_one_average_row_per_coordinate():
-    g = np.array([0.0, 2e-4, 4e-4, 1e20, 0.5])  # the last is the intercept, left alone
-    nu = shrinkage.add_evidence_prior(g, rows=100.0, density=0.01, coords=np.arange(4))
-    assert nu == pytest.approx(3e-4 / (100 * 0.01))  # the median: a huge column is ignored
-    np.testing.assert_allclose(g, [nu, 2e-4 + nu, 4e-4 + nu, 1e20, 0.5])
+    g = np.array([0.0, 0.0, 2e-4, 4e-4, 1e20, 0.5])  # the last is the intercept, left alone
+    nu = shrinkage.add_evidence_prior(g, rows=100.0, density=0.01, coords=np.arange(5))
+    # the median over the features seen: unseen ones and a huge column do not move it
+    assert nu == pytest.approx(4e-4 / (100 * 0.01))
+    np.testing.assert_allclose(g, [nu, nu, 2e-4 + nu, 4e-4 + nu, 1e20, 0.5])
     dense = np.array([1.0, 3.0])
     assert shrinkage.add_evidence_prior(dense, rows=1000.0, density=1.0,
                                         coords=np.arange(2)) == 0.0

@@ -170,8 +170,8 @@ PRIOR_PSEUDO_ROWS = 1.0
 def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
                        pseudo_rows: float = PRIOR_PSEUDO_ROWS) -> float:
     """Add to a running diagonal estimate of sparse rows, in place, what ``pseudo_rows``
-    typical rows contribute to one coordinate: ``ν = pseudo_rows · median(g_S) / (rows ·
-    density)`` on the coordinates ``S`` (``coords``; the intercepts, seen by every row,
+    typical rows contribute to one coordinate: ``ν = pseudo_rows · median(g_S > 0) / (rows
+    · density)`` (the median over the features seen) on the coordinates ``S`` (``coords``; the intercepts, seen by every row,
     are left alone). The median, unlike the mean, ignores a few columns of another
     scale, so rescaling one feature leaves the others' prior as it was.
 
@@ -202,7 +202,11 @@ def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
     coords = np.asarray(coords, dtype=np.int64)
     if coords.size == 0 or not rows > 0 or not 0 < density < 1:
         return 0.0  # dense rows inform every coordinate: no prior
-    nu = pseudo_rows * float(np.median(g[coords])) / (float(rows) * float(density))
+    seen = g[coords]
+    seen = seen[seen > 0]  # (in the first batches most features were never seen)
+    if not seen.size:
+        return 0.0
+    nu = pseudo_rows * float(np.median(seen)) / (float(rows) * float(density))
     if not (np.isfinite(nu) and nu > 0):
         return 0.0
     g[coords] += nu
