@@ -38,7 +38,7 @@ def test_first_pass_on_rare_features_is_stable(monkeypatch):
     prior their first natural steps divide by a metric of zero or one row (the step of
     3 exploded to non-finite parameters on 10⁵ features).
     """
-    X, y = _sparse_logistic()
+    X, y = _sparse_logistic(n=20_000, d=100_000, k=20)  # a first batch sees 18% of them
     lr = NaturalGradientLearner(make_model("logistic", X.shape[1]), structure="diagonal")
     lr.fit((X, y), epochs=1)
     J = _objective(X, y, 0.0)
