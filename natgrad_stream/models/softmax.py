@@ -144,11 +144,15 @@ class SoftmaxRegression(Model):
 
     @classmethod
     def options_from_data(cls, group, source, options):
-        """``n_classes``: ``options["classes"]`` if given, else the dataset's recorded true
+        """``n_classes``: ``options["classes"]`` if given, else the categories of a
+        categorical target (an AnnData ``obs`` column), else the dataset's recorded true
         number of classes, else 1 + the largest label found by scanning the targets.
         """
         if options.get("classes") is not None:
             return {"n_classes": int(options["classes"])}
+        names = getattr(source, "class_names", None)
+        if names is not None and len(names) >= 2:  # a categorical target: its categories
+            return {"n_classes": len(names)}
         if group is not None:
             from natgrad_stream.data.metadata import attribute_int, group_attribute
 
