@@ -99,3 +99,28 @@ def test_newton_cg_interrupted_mid_direction_resumes_exactly(monkeypatch):
     part.fit((X, y), epochs=4)
     np.testing.assert_array_equal(part.theta, whole.theta)
     assert part.state.samples == whole.state.samples
+
+
+def test_sparse_store_fit_resumed_from_a_checkpoint_equals_uninterrupted(tmp_path, capsys):
+    """A sparse store's run stopped mid-pass (--max-samples), resumed from its checkpoint
+    by the command line, ends where the uninterrupted run does (within one machine).
+    """
+    import json
+
+    from natgrad_stream.app.cli import main
+
+    store = tmp_path / "sp.zarr"
+    assert main(["make-data", str(store), "--task", "logistic", "--rows", "6000",
+                 "--features", "3000", "--density", "0.003", "--chunk-rows", "1000",
+                 "--overwrite"]) == 0
+    common = ["--model", "logistic", "--l2", "1e-3", "--epochs", "3", "--progress", "never"]
+    assert main(["fit", str(store), "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["fit", str(store), "--out", str(tmp_path / "b"), *common,
+                 "--max-samples", "2500"]) == 0
+    assert main(["fit", str(store), "--out", str(tmp_path / "b"), "--resume", *common]) == 0
+    capsys.readouterr()
+    params = []
+    for run in ("a", "b"):
+        assert main(["params", str(tmp_path / run)]) == 0
+        params.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert params[0] == params[1]
