@@ -56,3 +56,14 @@ def test_hash_columns_selects_columns_and_checks_input():
     bad = df.assign(distance=[1.0, np.nan, 0.0, 1.0, 2.0])
     with pytest.raises(DataError, match="'distance'.*row 1.*non-finite"):
         hash_columns(bad, 8)
+
+
+def test_a_table_with_string_columns_is_refused_with_the_way_to_encode_it():
+    from natgrad_stream.data import as_source
+
+    df = _table()
+    with pytest.raises(TypeError, match=r"\['carrier', 'month'\] are not numeric.*hash_columns"):
+        as_source((df, np.zeros(5)))
+    hashed = hash_columns(df, 12)
+    source = as_source((hashed, np.zeros(5)))
+    assert source.n_features == 4096 and type(source).__name__ == "SparseSource"
