@@ -1142,8 +1142,16 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
         pass
     if _module_type(data, "xarray", "Dataset"):
         return _dataset_source(data, x, y, w)
+    from natgrad_stream.data.hashing import is_hashable_table
     from natgrad_stream.data.sparse import is_sparse
 
+    first = data[0] if isinstance(data, tuple) and data else data
+    if is_hashable_table(first):
+        bad = [str(c) for c in first.columns if first[c].dtype.kind not in "biuf"]
+        raise TypeError(f"the DataFrame's columns {bad[:5]} are not numeric: encode them "
+                        "first, e.g. natgrad_stream.data.hashing.hash_columns(df, bits) "
+                        "(sparse hashed columns) or scikit-learn's OneHotEncoder (sparse "
+                        "one-hot columns); both stream as sparse rows")
     if isinstance(data, tuple) and 1 <= len(data) <= 3 and is_sparse(data[0]):
         from natgrad_stream.data.sparse_source import SparseSource
 

@@ -170,9 +170,9 @@ PRIOR_PSEUDO_ROWS = 1.0
 def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
                        pseudo_rows: float = PRIOR_PSEUDO_ROWS) -> float:
     """Add to a running diagonal estimate of sparse rows, in place, what ``pseudo_rows``
-    typical rows contribute to one coordinate: ``ν = pseudo_rows · median(g_S > 0) / (rows
-    · density)`` (the median over the features seen) on the coordinates ``S`` (``coords``; the intercepts, seen by every row,
-    are left alone). The median, unlike the mean, ignores a few columns of another
+    typical rows contribute to one coordinate: ``ν = pseudo_rows · median(g_S > 0) /
+    (rows · density)`` (the median over the features seen) on the coordinates ``S``
+    (``coords``; the intercepts, seen by every row, are left alone). The median, unlike the mean, ignores a few columns of another
     scale, so rescaling one feature leaves the others' prior as it was.
 
     A diagonal entry is estimated only from the rows where its feature is non-zero. On
