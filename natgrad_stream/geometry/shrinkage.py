@@ -172,8 +172,9 @@ def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
     """Add to a running diagonal estimate of sparse rows, in place, what ``pseudo_rows``
     typical rows contribute to one coordinate: ``ν = pseudo_rows · median(g_S > 0) /
     (rows · density)`` (the median over the features seen) on the coordinates ``S``
-    (``coords``; the intercepts, seen by every row, are left alone). The median, unlike the mean, ignores a few columns of another
-    scale, so rescaling one feature leaves the others' prior as it was.
+    (``coords``; the intercepts, seen by every row, are left alone). The median, unlike
+    the mean, ignores a few columns of another scale, so rescaling one feature leaves the
+    others' prior as it was.
 
     A diagonal entry is estimated only from the rows where its feature is non-zero. On
     sparse data (one-hot columns, hashed text) most features are absent from the first
