@@ -7,9 +7,9 @@ that *is* the Hessian (the model Fisher of a GLM with its canonical link), the N
 direction ``d`` solves ``H d = −∇J`` without forming ``H``: conjugate gradients need only
 products ``H v``, each one pass over the data (``Σ_i c_i x̃_i (x̃_iᵀ v)``, O(non-zeros)),
 preconditioned by the diagonal the pass measured. The solve is truncated once the
-residual is small relative to the gradient (an inexact Newton method, Dembo, Eisenstat
-& Steihaug 1982; the forcing term ``η = min(0.5, √(‖∇J‖_M⁻¹ / |J|))`` gives superlinear
-convergence), as LIBLINEAR's trust-region Newton does (Lin, Weng & Keerthi 2008).
+residual is a fixed fraction of the gradient's (an inexact Newton method, Dembo,
+Eisenstat & Steihaug 1982, with the forcing term :data:`CG_FORCING`), as LIBLINEAR's
+trust-region Newton does (Lin, Weng & Keerthi 2008).
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ import numpy as np
 
 #: Conjugate-gradient iterations per direction at most (each one pass over the data).
 CG_MAX_ITERATIONS = 100
-#: The forcing term's ceiling: a direction solves ``H d = −g`` to at least this relative
-#: residual (in the preconditioner's norm).
-CG_FORCING_MAX = 0.5
+#: The forcing term: a direction solves ``H d = −g`` to this relative residual (in the
+#: preconditioner's norm). A constant term makes the Newton steps converge linearly at
+#: about this rate; on the flights one-hot set (λ = 1e-5) 0.1 reached the stopping rule
+#: in 7 steps and 227 products, the superlinear ``min(0.5, √(‖g‖/|J|))`` in 8 and 450
+#: (its last directions near round-off took 100 products each), 0.3 in 10 and 236,
+#: 0.05 in 7 and 291.
+CG_FORCING = 0.1
 
 
 def newton_direction(grad: np.ndarray, precond: np.ndarray,
@@ -39,7 +43,7 @@ def newton_direction(grad: np.ndarray, precond: np.ndarray,
     hess_vec : callable
         ``v -> H v`` (shape (P,)); None when the product was interrupted.
     scale : float
-        ``|J|``, for the forcing term.
+        ``|J|`` (kept for callers; the forcing term is :data:`CG_FORCING`).
     max_iter : int
 
     Returns
@@ -55,8 +59,7 @@ def newton_direction(grad: np.ndarray, precond: np.ndarray,
     rz = float(grad @ z)  # ‖g‖²_M⁻¹
     if not rz > 0:
         return np.zeros_like(grad), 0, True
-    eta = min(CG_FORCING_MAX, np.sqrt(np.sqrt(rz) / max(abs(scale), 1e-300)))
-    target = eta * eta * rz
+    target = CG_FORCING * CG_FORCING * rz
     d = np.zeros_like(grad)
     r = -grad.copy()  # residual of H d = −g at d = 0
     z = -z
