@@ -4,6 +4,7 @@ appends and follow mode.
 """
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -535,7 +536,7 @@ def test_aligned_chunks_are_decoded_directly_and_missing_ones_named(tmp_path):
     assert (info.value.array, info.value.chunk, info.value.row) == ("X/data", 2, 1024)
 
 
-def test_targets_and_weights_are_checked_as_for_dense_data(caplog):
+def test_targets_and_weights_are_checked_as_for_dense_data():
     M, y = matrix(), targets()
     w = np.ones(N)
     w[640] = -1.0
@@ -547,7 +548,22 @@ def test_targets_and_weights_are_checked_as_for_dense_data(caplog):
     with pytest.raises(DataError, match="non-finite") as info:
         collect(SparseSource(M, y2, chunk_rows=100).batches(batch_size=64, shuffle=False))
     assert (info.value.array, info.value.row) == ("y", 12)
-    with caplog.at_level("WARNING", logger="natgrad_stream"):
+    # a handler on the package's logger itself: the CLI tests may stop its propagation
+    seen, logger = _Records(), logging.getLogger("natgrad_stream")
+    logger.addHandler(seen)
+    try:
         rows = collect(SparseSource(M, y, chunk_rows=500).batches(
             batch_size=64, read_buffer_bytes=1000))
-    assert sum(len(r) for r, *_ in rows) == N and "too large for read_buffer_bytes" in caplog.text
+    finally:
+        logger.removeHandler(seen)
+    assert sum(len(r) for r, *_ in rows) == N
+    assert any("too large for read_buffer_bytes" in m for m in seen.messages)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
