@@ -124,3 +124,34 @@ def test_sparse_store_fit_resumed_from_a_checkpoint_equals_uninterrupted(tmp_pat
         assert main(["params", str(tmp_path / run)]) == 0
         params.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     assert params[0] == params[1]
+
+
+def test_anndata_store_softmax_reports_its_categories(tmp_path, capsys):
+    """`fit cells.zarr --x X --y obs/cell_type`: one class per category (also one no row
+    holds), and `params` names them in class order.
+    """
+    import json
+
+    import zarr
+
+    from natgrad_stream.app.cli import main
+    from natgrad_stream.data.sparse_writer import write_csr_matrix
+
+    rng = np.random.default_rng(5)
+    X = sp.random(1500, 60, density=0.1, format="csr", random_state=6, dtype=np.float32)
+    codes = rng.integers(0, 3, 1500).astype(np.int8)
+    store = zarr.open_group(tmp_path / "cells.zarr", mode="w", zarr_format=3)
+    write_csr_matrix(store, "X", X)
+    cat = store.create_group("obs").create_group(
+        "cell_type", attributes={"encoding-type": "categorical", "encoding-version": "0.2.0"})
+    cat.create_array("codes", shape=codes.shape, dtype="int8")[...] = codes
+    cat.create_array("categories", shape=(4,), dtype=str)[...] = np.array(
+        ["B cell", "T cell", "NK", "unseen"], dtype=object)
+    assert main(["fit", str(tmp_path / "cells.zarr"), "--model", "softmax", "--x", "X",
+                 "--y", "obs/cell_type", "--l2", "1e-2", "--epochs", "3", "--out",
+                 str(tmp_path / "run"), "--progress", "never"]) == 0
+    capsys.readouterr()
+    assert main(["params", str(tmp_path / "run")]) == 0
+    params = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert params["classes"] == ["B cell", "T cell", "NK", "unseen"]
+    assert len(params["coef"]) == 4

@@ -323,6 +323,9 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     info = {**info, "fit_options": fit_options,
             "data_identity": data_identity(data, (x, y if learner.model.requires_targets
                                                   else None, w))}
+    names = getattr(source, "class_names", None)
+    if names is not None and learner.model.name == "softmax":  # a categorical target's
+        info["class_names"] = list(names)
     # the checkpoint first: the log's end record follows a successful final write
     callbacks = [CheckpointEvery(ckpt, every=None if replacing else run.get("checkpoint_every"),
                                  seconds=None if replacing else run["checkpoint_seconds"],
@@ -536,11 +539,16 @@ def _is_training_data(info: dict, data, x, y, w) -> bool:
 
 def run_params(run_dir, *, allow_legacy: bool = False) -> dict:
     """The learned parameters of ``run_dir`` as named, JSON-ready values (the Polyak
-    average when the run kept one). ``allow_legacy`` lets a legacy checkpoint (no run
-    identity) be used.
+    average when the run kept one), with ``classes`` (the category of each class) for a
+    softmax fitted on a categorical target. ``allow_legacy`` lets a legacy checkpoint (no
+    run identity) be used.
     """
     state = _load_state(run_dir, allow_legacy=allow_legacy)
-    return model_from_config(state["model"]).params_to_dict(reported_theta(state))
+    out = model_from_config(state["model"]).params_to_dict(reported_theta(state))
+    names = (state.get("run") or {}).get("class_names")
+    if names is not None:  # the categories of a categorical target, in class order
+        out["classes"] = list(names)
+    return out
 
 
 def reported_theta(state: dict) -> np.ndarray:
