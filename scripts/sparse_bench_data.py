@@ -262,6 +262,7 @@ def flights(path, *, test_fraction: float = 0.1, seed: int = 1) -> dict:
         var.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0",
                           "_index": "_index", "column-order": []})
         spec.update(n=n - n_test, n_test=n_test, flights=n, d=d,
+                    nnz_total=int((C[order[:n - n_test]] >= 0).sum()),
                     nnz_per_row=float(np.mean((C >= 0).sum(axis=1))),
                     levels={c: int(len(np.unique(C[:, i][C[:, i] >= 0])))
                             for i, c in enumerate(FLIGHT_COLUMNS)},
