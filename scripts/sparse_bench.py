@@ -445,7 +445,8 @@ def _f(v, fmt: str) -> str:
 
 def markdown(results: list[dict], meta: dict) -> str:
     L = [f"### Sparse data ({meta['date']}, {meta['machine']}, bench commit "
-         f"{meta['commit']}, natgrad_stream {meta['natgrad_commit']})", ""]
+         f"{meta['commit']}, natgrad_stream {meta['natgrad_commit']}; load average at the "
+         f"start {', '.join(f'{v:.1f}' for v in meta.get('load_average_at_start', ()))})", ""]
     for ds in results:
         info, raw = ds["data"], ds.get("raw_read")
         L.append(f"#### {ds['dataset']}: {info.get('n', 0):,} rows × {info.get('d', 0):,} "
@@ -549,6 +550,7 @@ def main(argv=None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "commit": _commit(REPO),
             "natgrad_commit": _commit(Path(args.natgrad)),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "load_average_at_start": os.getloadavg(),
             "command": "python scripts/sparse_bench.py " + shlex.join(
                 sys.argv[1:] if argv is None else argv)}
     old = []
