@@ -18,16 +18,16 @@ types, log1p-normalized). Penalty: every tool minimizes, or is mapped onto, mean
   ``--model softmax --y obs/cell_type``), one pass (``--epochs 1``) and the default fit;
 * LIBLINEAR ``-s 0 -c 1/(λn) -B 1 -R`` (primal trust-region Newton, bias column not
   penalized), at its default ``-e 0.01`` and at ``-e 1e-8`` (a reference);
-* scikit-learn ``LogisticRegression(C=1/(λn), tol=1e-8)`` (lbfgs) and ``SGDClassifier(loss="log_loss",
-  alpha=λ)`` (one epoch, and its defaults) on the data in memory (cells: on the first
-  ``--cells-subsample`` rows);
+* scikit-learn ``LogisticRegression(C=1/(λn), tol=1e-8)`` (lbfgs) and
+  ``SGDClassifier(loss="log_loss", alpha=λ)`` (one epoch, and its defaults) on the data in
+  memory (cells: on the first ``--cells-subsample`` rows);
 * Vowpal Wabbit ``--loss_function logistic --l2 λ`` from its cache file (one pass, and
   ``--vw-passes``), at its default update (adaptive, normalized, invariant) and with
   ``--normalized`` alone (with ``--l2`` its default update diverged on the flights and
   synthetic sets; so did ``--adaptive`` with ``--l2``), and at its defaults without ``--l2``
-  (λ = 0: its speed and loss unpenalized, not at our penalty): VW adds λ·w to each example's gradient, so it descends the mean loss
-  + λ/2‖w‖² (its constant too, which the others leave unpenalized); the text and cache are
-  written first and timed apart;
+  (λ = 0: its speed and loss unpenalized, not at our penalty). VW adds λ·w to each
+  example's gradient, so it descends the mean loss + λ/2‖w‖² (its constant too, which the
+  others leave unpenalized); the text and cache are written first and timed apart;
 * SciPy L-BFGS-B on the exact objective in float64 to ``gtol`` 1e-10 (data sets up to
   ``--scipy-max-rows`` rows; a reference).
 
