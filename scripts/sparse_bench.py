@@ -119,12 +119,13 @@ sys.stdout.write('\n@@' + json.dumps({'rss_mb': r, 'rc': rc, 'seconds': time.per
 """
 
 
-def measured(cmd: list[str], *, timeout: float, env: dict | None = None) -> dict:
+def measured(cmd: list[str], *, timeout: float, env: dict | None = None,
+             cwd: Path | None = None) -> dict:
     """Run ``cmd`` as the only child of a fresh interpreter: its stdout, stderr tail, wall
     seconds, peak RSS (MB) and exit code (``"timeout"`` when killed after ``timeout`` s).
     """
     proc = subprocess.run([sys.executable, "-c", WRAPPER, str(timeout), *cmd],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, cwd=cwd)
     body, _, tail = proc.stdout.rpartition("\n@@")
     info = json.loads(tail) if tail.startswith("{") else {"rc": proc.returncode,
                                                           "rss_mb": math.nan,
@@ -302,7 +303,9 @@ def ours(store: Path, spec: dict, work: Path, *, natgrad: Path, timeout: float, 
     cmd = [*ng, "fit", str(store), "--model", spec["model"], "--x", "X", "--y", y,
            "--l2", repr(spec["l2"]), "--out", str(run), "--overwrite", "--progress", "never",
            *extra]
-    m = measured(cmd, timeout=timeout, env=env)
+    # run from the work directory: ``python -m`` puts the working directory first on
+    # sys.path, ahead of PYTHONPATH (from this checkout it would import this one's package)
+    m = measured(cmd, timeout=timeout, env=env, cwd=work)
     s = last_json(m["stdout"])
     row = {"run": label, "tool": "natgrad_stream", "flags": " ".join(extra) or "(defaults)",
            "seconds": m["seconds"], "rss_mb": m["rss_mb"], "exit": m["exit"],
@@ -310,7 +313,8 @@ def ours(store: Path, spec: dict, work: Path, *, natgrad: Path, timeout: float, 
            "converged": s.get("converged"), "reported_objective": s.get("objective")}
     if m["exit"] != 0:
         return row
-    p = subprocess.run([*ng, "params", str(run)], capture_output=True, text=True, env=env)
+    p = subprocess.run([*ng, "params", str(run)], capture_output=True, text=True, env=env,
+                       cwd=work)
     params = last_json(p.stdout)
     if "coef" in params:
         row["coef"] = np.asarray(params["coef"], dtype=np.float64)
@@ -319,7 +323,8 @@ def ours(store: Path, spec: dict, work: Path, *, natgrad: Path, timeout: float, 
         row["error"] = f"params: exit {p.returncode}: {p.stderr.strip()[-300:]}"
     if spec["model"] == "softmax":
         ev = subprocess.run([*ng, "evaluate", str(run), str(store), "--x", "X_test", "--y",
-                             "obs_test/cell_type"], capture_output=True, text=True, env=env)
+                             "obs_test/cell_type"], capture_output=True, text=True, env=env,
+                            cwd=work)
         row["evaluate_test"] = last_json(ev.stdout) or ev.stderr.strip()[-300:]
     return row
 
@@ -618,6 +623,7 @@ def main(argv=None) -> int:
                             else "scripts/results/sparse-bench-latest"))
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(args.data).mkdir(parents=True, exist_ok=True)
+    args.data, args.natgrad = str(Path(args.data).resolve()), str(Path(args.natgrad).resolve())
     table = datasets(args.quick)
     names = args.datasets.split(",")
     bad = [x for x in names if x not in table] + [
