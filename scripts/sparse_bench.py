@@ -398,6 +398,8 @@ def bench(name: str, spec: dict, args, work: Path) -> dict:
                                       timeout=T, label="natgrad_stream default", extra=[]))]
         if "ours one pass" in spec.get("only", ()) or args.ours == "one-pass":
             todo = todo[:1]  # the one pass alone
+        elif args.ours == "default":
+            todo = todo[1:]
     softmax = spec["model"] == "softmax"
     sub = {"rows": args.cells_subsample} if softmax else {}
     if "liblinear" in kinds and not softmax:
@@ -602,8 +604,8 @@ def main(argv=None) -> int:
     ap.add_argument("--natgrad", default=str(REPO), help="natgrad_stream checkout for our rows")
     ap.add_argument("--merge", action="store_true", help="keep other rows of --out's JSON")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
-    ap.add_argument("--ours", choices=("both", "one-pass"), default="both",
-                    help="our rows: one pass and the default fit, or the one pass alone")
+    ap.add_argument("--ours", choices=("both", "one-pass", "default"), default="both",
+                    help="our rows: one pass and the default fit, or one of them")
     ap.add_argument("--vw-passes", type=int, default=10)
     ap.add_argument("--scipy-max-rows", type=int, default=500_000)
     ap.add_argument("--cells-subsample", type=int, default=None,
