@@ -310,7 +310,8 @@ def ours(store: Path, spec: dict, work: Path, *, natgrad: Path, timeout: float, 
     row = {"run": label, "tool": "natgrad_stream", "flags": " ".join(extra) or "(defaults)",
            "seconds": m["seconds"], "rss_mb": m["rss_mb"], "exit": m["exit"],
            "error": m["error"], "passes": s.get("epochs"), "fit_seconds": s.get("seconds"),
-           "converged": s.get("converged"), "reported_objective": s.get("objective")}
+           "converged": s.get("converged"), "reported_objective": s.get("objective"),
+           "natgrad_commit": _commit(natgrad)}
     if m["exit"] != 0:
         return row
     p = subprocess.run([*ng, "params", str(run)], capture_output=True, text=True, env=env,
