@@ -45,6 +45,18 @@ class L2Penalty:
     lam: float
     indices: np.ndarray
 
+    def __post_init__(self):
+        # the penalized set as a slice when contiguous (a GLM's coefficients), else a 0/1
+        # mask: O(P) vector arithmetic instead of gathers of |S| indices every step
+        idx = np.asarray(self.indices, dtype=np.int64)
+        contiguous = idx.size > 0 and bool(np.all(np.diff(idx) == 1))
+        object.__setattr__(self, "_slice", slice(int(idx[0]), int(idx[-1]) + 1)
+                           if contiguous else None)
+
+    def _selected(self, v: np.ndarray) -> np.ndarray:
+        """``v`` restricted to ``S`` (a view when ``S`` is contiguous), shape (|S|, ...)."""
+        return v[self._slice] if self._slice is not None else v[self.indices]
+
     @classmethod
     def for_model(cls, model, lam: float) -> L2Penalty:
         """The penalty ``lam`` on ``model``'s :attr:`~Model.penalized_indices`.
@@ -70,14 +82,17 @@ class L2Penalty:
         """``λ/2·‖θ_S‖²`` for ``theta`` of shape (P,)."""
         if not self.active:
             return 0.0
-        t = theta[self.indices]
+        t = self._selected(theta)
         return 0.5 * self.lam * float(t @ t)
 
     def gradient(self, theta: np.ndarray) -> np.ndarray:
         """``λ θ_S`` scattered into a (P,) vector (zeros off ``S``)."""
         g = np.zeros_like(theta, dtype=np.float64)
         if self.active:
-            g[self.indices] = self.lam * theta[self.indices]
+            if self._slice is not None:
+                np.multiply(theta[self._slice], self.lam, out=g[self._slice])
+            else:
+                g[self.indices] = self.lam * theta[self.indices]
         return g
 
     def add_metric(self, G: np.ndarray | None, weight: float = 1.0) -> np.ndarray | None:
@@ -89,7 +104,7 @@ class L2Penalty:
             return G
         out = np.array(G, dtype=np.float64, copy=True)
         if out.ndim == 1:
-            out[self.indices] += weight * self.lam
+            out[self._slice if self._slice is not None else self.indices] += weight * self.lam
         else:
             out[self.indices, self.indices] += weight * self.lam
         return out
@@ -99,7 +114,10 @@ class L2Penalty:
         if not self.active:
             return GU
         out = np.array(GU, dtype=np.float64, copy=True)
-        out[self.indices] += self.lam * U[self.indices]
+        if self._slice is not None:
+            out[self._slice] += self.lam * U[self._slice]
+        else:
+            out[self.indices] += self.lam * U[self.indices]
         return out
 
     def penalize(self, J: float, g: np.ndarray, G: np.ndarray | None, theta: np.ndarray):
