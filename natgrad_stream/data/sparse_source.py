@@ -58,6 +58,7 @@ from natgrad_stream.data.stream import (
     _read_zarr_checked,
     _Stop,
     _validate_stream_args,
+    batch_cursor,
     read_permutation,
 )
 from natgrad_stream.data.validation import (
@@ -430,12 +431,7 @@ class SparseSource(Source):
                 for a in range(row0, m, int(batch_size)):
                     b = min(a + int(batch_size), m)
                     s += b - a
-                    if b < m:
-                        cur = Cursor(epoch, read_index, b, s)
-                    elif last_read:
-                        cur = Cursor(epoch + 1, 0, 0, s)
-                    else:
-                        cur = Cursor(epoch, read_index + 1, 0, s)
+                    cur = batch_cursor(epoch, read_index, b, m, last_read, s)
                     if perm is None:
                         idx = slice(a, b)
                         X = rows.rows_slice(a, b)

@@ -141,6 +141,18 @@ class Batch:
     cursor: Cursor
 
 
+def batch_cursor(epoch: int, read_index: int, stop: int, rows: int, last_read: bool,
+                 samples: int) -> Cursor:
+    """The cursor after a batch ending at row ``stop`` of a read of ``rows`` rows: the
+    next batch of the read, else the next read, else the next epoch.
+    """
+    if stop < rows:
+        return Cursor(epoch, read_index, stop, samples)
+    if last_read:
+        return Cursor(epoch + 1, 0, 0, samples)
+    return Cursor(epoch, read_index + 1, 0, samples)
+
+
 # -- plans -----------------------------------------------------------------------------------
 def epoch_plan(n_rows: int, chunk_rows: int, chunks_per_read: int, seed: int, epoch: int,
                shuffle: bool) -> list[np.ndarray]:
@@ -792,12 +804,7 @@ class ArraySource(Source):
                     for a in range(row0, m, int(batch_size)):
                         b = min(a + int(batch_size), m)
                         s += b - a
-                        if b < m:
-                            cur = Cursor(epoch, read_index, b, s)
-                        elif last_read:
-                            cur = Cursor(epoch + 1, 0, 0, s)
-                        else:
-                            cur = Cursor(epoch, read_index + 1, 0, s)
+                        cur = batch_cursor(epoch, read_index, b, m, last_read, s)
                         if perm is None:
                             idx = slice(a, b)
                             X = buf["X"][a:b]

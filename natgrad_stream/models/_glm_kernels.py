@@ -287,14 +287,21 @@ def glm_evaluate(X, y, w, theta, family):  # pragma: no cover - compiled
         loss, _, _, _ = glm_row(family, z, y[i])
         loss_sum += wi * loss
         weight_sum += wi
-        if family == FAMILY_LOGISTIC:
-            second += wi if (z > 0.0) == (y[i] > 0.5) else 0.0
-        elif family == FAMILY_POISSON:
-            mu = np.exp(z)
-            dev = mu - y[i]
-            if y[i] > 0.0:
-                dev += y[i] * np.log(y[i] / mu)
-            second += 2.0 * wi * dev
-        else:
-            second += wi * (y[i] - z) * (y[i] - z)
+        second += wi * evaluation_second(family, z, y[i])
     return loss_sum, second, weight_sum
+
+
+@jit
+def evaluation_second(family, z, y):  # pragma: no cover - compiled
+    """A row's second evaluation measure (:func:`glm_evaluate`): 1 for a correct 0/1
+    prediction (logistic), the squared error (linear) or the unit deviance (Poisson).
+    """
+    if family == FAMILY_LOGISTIC:
+        return 1.0 if (z > 0.0) == (y > 0.5) else 0.0
+    if family == FAMILY_POISSON:
+        mu = np.exp(z)
+        dev = mu - y
+        if y > 0.0:
+            dev += y * np.log(y / mu)
+        return 2.0 * dev
+    return (y - z) * (y - z)

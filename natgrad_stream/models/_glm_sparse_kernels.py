@@ -28,6 +28,7 @@ from natgrad_stream.models._glm_kernels import (
     METRIC_NONE,
     STRUCTURE_DIAGONAL,
     STRUCTURE_FULL,
+    evaluation_second,
     glm_row,
 )
 from natgrad_stream.models._gram_kernels import symmetrize_from_upper, thread_ranges
@@ -214,16 +215,7 @@ def glm_sparse_evaluate(data, indices, indptr, y, w, theta, family):  # pragma: 
         loss, _, _, _ = glm_row(family, z, y[i])
         loss_sum += wi * loss
         weight_sum += wi
-        if family == FAMILY_LOGISTIC:
-            second += wi if (z > 0.0) == (y[i] > 0.5) else 0.0
-        elif family == FAMILY_POISSON:
-            mu = np.exp(z)
-            dev = mu - y[i]
-            if y[i] > 0.0:
-                dev += y[i] * np.log(y[i] / mu)
-            second += 2.0 * wi * dev
-        else:
-            second += wi * (y[i] - z) * (y[i] - z)
+        second += wi * evaluation_second(family, z, y[i])
     return loss_sum, second, weight_sum
 
 

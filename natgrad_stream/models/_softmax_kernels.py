@@ -66,18 +66,11 @@ def class_pairs(n_classes: int, structure: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @jit
-def row_probabilities(X, theta, i, z, p):  # pragma: no cover - compiled
-    """Logits ``z`` (K,) and probabilities ``p`` (K,) of row ``i``; returns logsumexp(z)."""
-    d = X.shape[1]
-    D = d + 1
+def softmax_of_logits(z, p):  # pragma: no cover - compiled
+    """Probabilities ``p`` (K,) of logits ``z`` (K,), shifted by their maximum; returns
+    logsumexp(z).
+    """
     K = z.shape[0]
-    z[0] = 0.0
-    for c in range(1, K):
-        o = (c - 1) * D
-        s = theta[o + d]
-        for j in range(d):
-            s += X[i, j] * theta[o + j]
-        z[c] = s
     m = z[0]
     for c in range(1, K):
         if z[c] > m:
@@ -90,6 +83,22 @@ def row_probabilities(X, theta, i, z, p):  # pragma: no cover - compiled
     for c in range(K):
         p[c] /= tot
     return m + np.log(tot)
+
+
+@jit
+def row_probabilities(X, theta, i, z, p):  # pragma: no cover - compiled
+    """Logits ``z`` (K,) and probabilities ``p`` (K,) of row ``i``; returns logsumexp(z)."""
+    d = X.shape[1]
+    D = d + 1
+    K = z.shape[0]
+    z[0] = 0.0
+    for c in range(1, K):
+        o = (c - 1) * D
+        s = theta[o + d]
+        for j in range(d):
+            s += X[i, j] * theta[o + j]
+        z[c] = s
+    return softmax_of_logits(z, p)
 
 
 @jit

@@ -20,6 +20,7 @@ from natgrad_stream.models._softmax_kernels import (
     STRUCTURE_DIAGONAL,
     class_weight,
     expand_pairs,
+    softmax_of_logits,
 )
 from natgrad_stream.models._sparse_kernels import (
     add_row_outer_upper,
@@ -43,18 +44,7 @@ def sparse_row_probabilities(data, indices, indptr, theta, i, z, p):  # pragma: 
         j = indices[k]
         for c in range(1, K):
             z[c] += v * theta[(c - 1) * D + j]
-    m = z[0]
-    for c in range(1, K):
-        if z[c] > m:
-            m = z[c]
-    tot = 0.0
-    for c in range(K):
-        e = np.exp(z[c] - m)
-        p[c] = e
-        tot += e
-    for c in range(K):
-        p[c] /= tot
-    return m + np.log(tot)
+    return softmax_of_logits(z, p)
 
 
 @jit
@@ -267,26 +257,9 @@ def softmax_sparse_accumulate_fm(data, indices, indptr, y, w, thetaT, metric, U,
         wi = w[i] if weighted else 1.0
         a = indptr[i]
         b = indptr[i + 1]
-        z[0] = 0.0
-        for c in range(m):
-            z[c + 1] = thetaT[d, c]
-        for k in range(a, b):
-            v = data[k]
-            j = indices[k]
-            for c in range(m):
-                z[c + 1] += v * thetaT[j, c]
-        top = z[0]
-        for c in range(1, K):
-            if z[c] > top:
-                top = z[c]
-        tot = 0.0
-        for c in range(K):
-            p[c] = np.exp(z[c] - top)
-            tot += p[c]
-        for c in range(K):
-            p[c] /= tot
+        lse = _fm_probabilities(data, indices, a, b, thetaT, z, p)
         label = int(y[i])
-        loss_sum += wi * (top + np.log(tot) - z[label])
+        loss_sum += wi * (lse - z[label])
         weight_sum += wi
         for c in range(m):
             g[c] = wi * (p[c + 1] - (1.0 if c + 1 == label else 0.0))
@@ -328,17 +301,7 @@ def _fm_probabilities(data, indices, a, b, thetaT, z, p):  # pragma: no cover - 
         j = indices[k]
         for c in range(m):
             z[c + 1] += v * thetaT[j, c]
-    top = z[0]
-    for c in range(1, m + 1):
-        if z[c] > top:
-            top = z[c]
-    tot = 0.0
-    for c in range(m + 1):
-        p[c] = np.exp(z[c] - top)
-        tot += p[c]
-    for c in range(m + 1):
-        p[c] /= tot
-    return top + np.log(tot)
+    return softmax_of_logits(z, p)
 
 
 @jit

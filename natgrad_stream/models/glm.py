@@ -78,15 +78,15 @@ class _GLM(Model):
                    rng=None, mc_samples=1):
         self.check_request(metric, structure, ws)
         X = self.check_X(X)
-        if isinstance(X, SparseRows):
-            return self._accumulate_sparse(X, y, w, theta, metric, structure, ws, parallel,
-                                           rng, mc_samples)
         n = X.shape[0]
         y = as_float64_vector(y, "y", n)
         w = _weights(w, n)
         theta = as_float64_vector(theta, "theta", self.n_params)
         ws.grad[:] = 0.0
         ws.fisher[...] = 0.0
+        if isinstance(X, SparseRows):
+            return self._accumulate_sparse(X, y, w, theta, metric, structure, ws, parallel,
+                                           rng, mc_samples)
         m, s = _METRIC_CODES[metric], _STRUCTURE_CODES[structure]
         sc = ws.scratch
         full, diag = (sc["dummy_full"], ws.fisher) if structure == "diagonal" else \
@@ -115,15 +115,11 @@ class _GLM(Model):
 
     def _accumulate_sparse(self, X: SparseRows, y, w, theta, metric, structure, ws, parallel,
                            rng, mc_samples):
-        """:meth:`accumulate` on CSR rows (``_glm_sparse_kernels``); the Monte Carlo metric
-        as per-row weights ``(1/k) Σ_j (μ_i − y_ij)²`` (the same draws as the dense path).
+        """:meth:`accumulate` on CSR rows (``_glm_sparse_kernels``; ``y``, ``w``, ``theta``
+        checked and ``ws`` cleared by the caller); the Monte Carlo metric as per-row
+        weights ``(1/k) Σ_j (μ_i − y_ij)²`` (the same draws as the dense path).
         """
         n = X.shape[0]
-        y = as_float64_vector(y, "y", n)
-        w = _weights(w, n)
-        theta = as_float64_vector(theta, "theta", self.n_params)
-        ws.grad[:] = 0.0
-        ws.fisher[...] = 0.0
         m, s = _METRIC_CODES[metric], _STRUCTURE_CODES[structure]
         cw = _EMPTY
         if metric == "monte-carlo":

@@ -91,7 +91,7 @@ from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
-from natgrad_stream.optim.rules import make_optimizer, step_size
+from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
 from natgrad_stream.training.state import LearnerState
@@ -581,7 +581,7 @@ class NaturalGradientLearner:
         s = self.state
         cap = s.step_cap
         opt = self.optimizer
-        if cap >= 1.0 or type(opt).__name__ != "SGD" or opt.schedule != "harmonic":
+        if cap >= 1.0 or type(opt) is not SGD or opt.schedule != "harmonic":
             return cap
         eta = step_size(opt.lr, opt.schedule, rows, s.samples)
         return min(1.0, cap / eta) if eta > 0 else cap
