@@ -3,7 +3,8 @@
 The expected values in ``tests/data/regression_thetas.json`` were recorded from the code
 *before* the learner was restructured (one options table, one loop), so the test proves
 that restructuring changed no result; the two ``mlp`` cases were re-recorded (on an AMD
-EPYC, Zen 4) when the network gained its data-informed start, a deliberate change.
+EPYC, Zen 4) when the network gained its data-informed start, and ``mlp-lbfgs`` again when
+its L-BFGS rounds took the ``kfac`` metric (issue 17): deliberate changes.
 Re-record (``python -m tests._regression_cases``) only for a deliberate change of
 numerics, and say so in the commit.
 

@@ -23,9 +23,10 @@ from natgrad_stream.data.sparse import SparseRows, as_sparse_rows, is_sparse
 #: (eq. 39; equal to ``empirical`` when the loss is −log q); ``energy``: ⟨∂E ∂Eᵀ⟩ for
 #: unnormalized models (eq. 33); ``gauss-newton``: the Fisher of an L2 loss read as a
 #: conditional Gaussian, ⟨JᵀJ⟩ (eq. 40–41); ``amari``: the WᵀW metric of a square matrix
-#: parameter (eq. 43). Each model lists the kinds it supports in :attr:`Model.metrics`.
+#: parameter (eq. 43); ``kfac``: a Kronecker-factored Gauss–Newton metric (the mlp's L-BFGS
+#: rounds). Each model lists the kinds it supports in :attr:`Model.metrics`.
 METRICS = ("model", "empirical", "monte-carlo", "loss-gradient", "energy", "gauss-newton",
-           "amari")
+           "amari", "kfac")
 #: Metric structures: full, diagonal (eq. 34), block-diagonal over parameter groups.
 STRUCTURES = ("full", "diagonal", "block")
 #: Batches with at least this many rows use the parallel kernel variant.
@@ -227,6 +228,19 @@ class Model(abc.ABC):
     #: :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS`), for families whose later passes
     #: need more of them.
     auto_max_epochs: int | None = None
+    #: Metric of the L-BFGS rounds (the hand-over and ``optimizer="lbfgs"``) where the user
+    #: sets no ``metric`` (None: the learner's metric).
+    round_metric: str | None = None
+    #: L-BFGS options of the hand-over (``refine="lbfgs"``) for this family, in place of the
+    #: options' defaults (e.g. ``{"lbfgs_iters": 500}``).
+    handover_defaults: dict = {}
+
+    def auto_pass_cap(self, n_rows: int) -> int | None:
+        """Pass cap of a fit left without ``epochs`` over ``n_rows`` rows (None: the
+        learner's :data:`~natgrad_stream._constants.AUTO_MAX_EPOCHS`); default
+        :attr:`auto_max_epochs` whatever the row count.
+        """
+        return self.auto_max_epochs
 
     def __init__(self, n_features: int):
         if int(n_features) < 1:

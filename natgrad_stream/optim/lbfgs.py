@@ -88,35 +88,38 @@ def lbfgs_round(evaluate: Callable, whitener, theta0: np.ndarray, J0: float, g0:
     finite values the line search can interpolate, so it backs off.
     """
     W = whitener
-    phi0 = W.phi(theta0)
-    best = {"J": J0, "g": g0, "theta": theta0, "phi": phi0}
+    # L-BFGS runs on the displacement δ = φ − φ₀ (θ = θ₀ + W⁻¹δ), not on φ itself: a
+    # parameter the data no longer move (a saturated unit's bias at 1e37) makes |φ₀| huge,
+    # and W⁻¹φ then carries its round-off (1e37 · 1e-17) into every other coordinate
+    delta0 = np.zeros_like(theta0)
+    best = {"J": J0, "g": g0, "theta": theta0, "phi": delta0}
     nonfinite = 0
 
-    def fun(phi):
+    def fun(delta):
         nonlocal nonfinite
-        if np.array_equal(phi, phi0):  # L-BFGS starts with φ₀: reuse the fused pass
+        if not delta.any():  # L-BFGS starts at δ = 0: reuse the fused pass
             return J0, W.grad_phi(g0)
         if should_stop():
             raise Interrupted
-        theta = W.theta(phi)
+        theta = theta0 + W.theta(delta)
         if in_domain(theta):
             J, g = evaluate(theta)
         else:
-            J, g = math.nan, np.full_like(phi, np.nan)
+            J, g = math.nan, np.full_like(delta, np.nan)
         if not (math.isfinite(J) and np.all(np.isfinite(g))):
             nonfinite += 1
             rise = NONFINITE_RISE * max(1.0, abs(best["J"]))
-            d = phi - best["phi"]
+            d = delta - best["phi"]
             return best["J"] + rise, 2.0 * rise * d / max(float(d @ d), 1e-300)
         if J < best["J"]:
-            best.update(J=J, g=g, theta=theta, phi=phi.copy())
+            best.update(J=J, g=g, theta=theta, phi=delta.copy())
         on_evaluation(J, g)
         return J, W.grad_phi(g)
 
     complete, message = True, "interrupted"
     try:
         res = scipy.optimize.minimize(
-            fun, phi0, jac=True, method="L-BFGS-B", callback=lambda *_: on_iteration(),
+            fun, delta0, jac=True, method="L-BFGS-B", callback=lambda *_: on_iteration(),
             options={"maxiter": iters, "maxcor": memory, "ftol": tol, "gtol": gtol})
         message = str(res.message)
     except Interrupted:

@@ -53,6 +53,7 @@ from natgrad_stream._constants import (
     DIVERGENCE_MAX_ROLLBACKS,
     DIVERGENCE_STEP_CUT,
     DIVERGENCE_WINDOW_BATCHES,
+    LBFGS_TOL,
     METRIC_WARMUP_ROWS_PER_PARAM,
     NEWTON_CG_TOL,
     REFINE_ARMIJO,
@@ -248,8 +249,13 @@ class NaturalGradientLearner:
             if name not in ("optimizer", "rewhiten"):
                 setattr(self, name, value)
         for name in _HANDOVER_OPTIONS:  # refine="lbfgs" runs L-BFGS with the defaults
-            if not hasattr(self, name):
-                setattr(self, name, opts.BY_NAME[name].default)
+            if not hasattr(self, name):  # (the model's own, where it sets them)
+                setattr(self, name, model.handover_defaults.get(
+                    name, opts.BY_NAME[name].default))
+        #: The metric the L-BFGS rounds whiten by: the model's own for them
+        #: (:attr:`~natgrad_stream.models.Model.round_metric`) unless ``metric`` is given.
+        self.round_metric = self.metric if options.get("metric") is not None \
+            else (model.round_metric or self.metric)
         self.penalty = L2Penalty.for_model(model, self.l2)
         self.strategy = _STRATEGIES[opts.strategy_of(eff["optimizer"])](self)
         self.optimizer = self.strategy.make_optimizer(eff)
@@ -1019,7 +1025,7 @@ class _Streaming(_Strategy):
             again = _rereadable(source) and source.n_rows is not None
             converges = lr.refine in ("lbfgs", "newton-cg") or (
                 lr.model.scoring_converges and lr.refine == "scoring")
-            cap = lr.model.auto_max_epochs or AUTO_MAX_EPOCHS
+            cap = lr.model.auto_pass_cap(source.n_rows or 1) or AUTO_MAX_EPOCHS
             plan["epochs"] = cap if again and converges else 1
         self.epochs = plan["epochs"]  # for status()
 
@@ -1584,7 +1590,7 @@ class _LBFGSRounds(_Strategy):
                   evals0, steps0) -> bool:
         lr = self.learner
         s = lr.state
-        J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=lr.metric,
+        J0, g0, G, rows = self._pass(src, theta0, chunks=chunks, metric=lr.round_metric,
                                      rng_key=rng_key, callbacks=callbacks)
         if not (math.isfinite(J0) and np.all(np.isfinite(g0))):
             raise NumericalError(f"non-finite loss ({J0}) or gradient at the start of round "
@@ -1611,8 +1617,12 @@ class _LBFGSRounds(_Strategy):
         def count_iteration():
             s.steps += 1
 
+        # lbfgs_tol is the rule between rounds (_round_verdict); inside a round L-BFGS-B's
+        # per-iteration test stays at the default (a looser one, e.g. the mlp's 1e-5 a
+        # round, stopped rounds after a few iterations at a plateau of the line search)
         res = lbfgs_round(evaluate, W, theta0, J0, g0, iters=lr.lbfgs_iters,
-                          memory=lr.lbfgs_memory, tol=lr.lbfgs_tol, gtol=lr.lbfgs_gtol,
+                          memory=lr.lbfgs_memory, tol=min(lr.lbfgs_tol, LBFGS_TOL),
+                          gtol=lr.lbfgs_gtol,
                           in_domain=in_domain,
                           should_stop=lambda: lr._out_of_budget(max_samples),
                           on_evaluation=lambda J, g: self._report(callbacks, J, g,

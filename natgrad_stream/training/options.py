@@ -58,7 +58,7 @@ from natgrad_stream.errors import OptionError
 MODEL_CHOICES = ("logistic", "linear", "poisson", "softmax", "gaussian", "gaussian-mean",
                  "ising", "ica", "mlp")
 METRIC_CHOICES = ("model", "empirical", "monte-carlo", "loss-gradient", "energy",
-                  "gauss-newton", "amari")
+                  "gauss-newton", "amari", "kfac")
 STRUCTURE_CHOICES = ("auto", "full", "diagonal", "block")
 STREAMING_OPTIMIZERS = ("sgd", "momentum", "adam")
 OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
