@@ -1,6 +1,7 @@
 """The ``natgrad-stream`` command line.
 
-Subcommands: ``make-data``, ``fit``, ``evaluate``, ``params``, ``plot``, ``demo``.
+Subcommands: ``make-data``, ``fit``, ``convert``, ``evaluate``, ``params``, ``plot``,
+``demo``.
 Machine-readable results go to stdout as one JSON object on the last line; progress and
 messages go to stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or
 usage, 130 stopped by a signal (after writing a resumable checkpoint).
@@ -188,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_legacy_argument(p)
     opts.add_arguments(p)
 
+    p = command("convert", "copy a table (Parquet file or directory, CSV, .npy) into a "
+                           "checksummed Zarr store that fits as the table does")
+    p.add_argument("data", metavar="SRC", help="Parquet file or directory, CSV or .npy file "
+                                               "(or a Zarr group)")
+    p.add_argument("out", metavar="OUT.zarr", help="Zarr group to write (arrays X, y, w)")
+    p.add_argument("--x", default="X", metavar="COLUMNS",
+                   help="feature columns: names or globs, comma-separated, e.g. 'f*' "
+                        "(default: every column but --y and --w)")
+    p.add_argument("--y", default="y", metavar="NAME",
+                   help="target column ('none': no targets)")
+    p.add_argument("--w", default=None, metavar="NAME", help="sample-weight column")
+    p.add_argument("--chunk-rows", type=_CHUNK_ROWS, default=None, metavar="R",
+                   help="rows per chunk (default: the source's row groups or blocks, so the "
+                        "copy fits as the source does)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
     p = command("evaluate", "evaluate a fitted run on a dataset: n and the model's measures "
                             "as JSON")
     p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
@@ -348,6 +365,15 @@ def _read_config(path) -> dict:
     return {k: (str(v) if k in ("data", "out") else v) for k, v in config.items()}
 
 
+def _cmd_convert(args) -> int:
+    from natgrad_stream.data.convert import convert_to_zarr
+
+    y = None if args.y is not None and args.y.lower() == "none" else args.y
+    _print_json(convert_to_zarr(args.data, args.out, x=args.x, y=y, w=args.w,
+                                chunk_rows=args.chunk_rows, overwrite=args.overwrite))
+    return EXIT_OK
+
+
 def _cmd_evaluate(args) -> int:
     from natgrad_stream.app.runs import evaluate_run
 
@@ -377,7 +403,8 @@ def _cmd_demo(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evaluate,
+COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "convert": _cmd_convert,
+            "evaluate": _cmd_evaluate,
             "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo}
 
 
@@ -497,7 +524,7 @@ def main(argv=None) -> int:
 
 def _run_command(args, prefix: str) -> int:
     _log_to_stderr(prefix)
-    if args.command in ("fit", "evaluate", "demo", "params", "make-data"):
+    if args.command in ("fit", "evaluate", "demo", "params", "make-data", "convert"):
         from natgrad_stream.data.zarr_reads import configure_zarr_threads
 
         configure_zarr_threads()  # the command owns its process (the library never does)

@@ -1137,6 +1137,10 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
     """
     if isinstance(data, Source):
         return data
+    from natgrad_stream.data import tables
+
+    if tables.is_table_path(data) or tables.is_table_object(data):
+        return tables.open_table(data, x=x, y=y, w=w)
     if isinstance(data, str | os.PathLike):
         return open_zarr(data, x=x, y=y, w=w)
     try:
