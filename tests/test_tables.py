@@ -267,3 +267,105 @@ def test_fit_run_records_the_tables_files(tmp_path):
     files = record["data_identity"]["files"]
     assert sorted(files) == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
     assert files["part-1.parquet"]["size"] == os.path.getsize(d / "part-1.parquet")
+
+
+# -- CSV, .npy, Arrow streams, callables ------------------------------------------------------
+def test_csv_fits_and_converts_as_the_table(tmp_path, capsys):
+    import pyarrow.csv as pacsv
+
+    t = logistic_table()
+    t = t.set_column(2, "f1", t["f1"].cast(pa.float64()))  # float32 text reads as float64
+    pacsv.write_csv(t, tmp_path / "t.csv")
+    src = as_source(tmp_path / "t.csv", x="f*", y="target")
+    assert (src.n_rows, src.n_features) == (N, D)
+    with src.batches(batch_size=N, shuffle=False) as stream:
+        b = next(stream)
+    # CSV text holds float64 values exactly (shortest round-trip repr)
+    assert np.array_equal(b.X, features(t))
+    assert run_cli(capsys, "convert", tmp_path / "t.csv", tmp_path / "c.zarr", "--x",
+                   "f*", "--y", "target")[0] == 0
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert np.array_equal(g["X"][...], b.X)
+    code, s, err = run_cli(capsys, "fit", tmp_path / "t.csv", "--x", "f*", "--y", "target",
+                           "--model", "logistic", "--out", tmp_path / "r")
+    assert code == 0 and s["converged"], err
+    np.testing.assert_allclose(fitted(t).theta, np.array(
+        [*run_cli(capsys, "params", tmp_path / "r")[1]["coef"],
+         run_cli(capsys, "params", tmp_path / "r")[1]["intercept"]]), rtol=1e-9, atol=1e-10)
+
+
+def test_npy_features_with_targets_from_a_file_or_a_column(tmp_path, capsys):
+    t = logistic_table()
+    X = features(t)
+    y = t["target"].to_numpy()
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "Xy.npy", np.column_stack([X[:, :2], y, X[:, 2:]]))
+    a = as_source(tmp_path / "X.npy", y=str(tmp_path / "y.npy"))
+    b = as_source(tmp_path / "Xy.npy", y="2")
+    for src in (a, b):
+        assert (src.n_rows, src.n_features) == (N, D)
+        with src.batches(batch_size=500, seed=1, epochs=1) as stream:
+            for batch in stream:
+                assert np.array_equal(batch.X, X[batch.rows])
+                assert np.array_equal(batch.y, y[batch.rows])
+    ref = NaturalGradientLearner(make_model("logistic", D), seed=3).fit((X, y), epochs=2)
+    got = NaturalGradientLearner(make_model("logistic", D), seed=3).fit(
+        str(tmp_path / "Xy.npy"), y="2", epochs=2)
+    assert np.array_equal(got.theta, ref.theta)  # same chunks as in memory: same fit
+    code, made, err = run_cli(capsys, "convert", tmp_path / "X.npy", tmp_path / "c.zarr",
+                              "--y", tmp_path / "y.npy")
+    assert code == 0, err
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert np.array_equal(g["X"][...], X) and np.array_equal(g["y"][...], y)
+    assert g["y"].dtype == y.dtype
+    code, s, err = run_cli(capsys, "fit", tmp_path / "Xy.npy", "--y", "2", "--model",
+                           "logistic", "--out", tmp_path / "r", "--epochs", 2)
+    assert code == 0, err
+    _one_line_error(*run_cli(capsys, "fit", tmp_path / "X.npy", "--model", "logistic",
+                             "--out", tmp_path / "r2")[::2],
+                    "a .npy source takes --y as a second .npy file or a column index")
+    _one_line_error(*run_cli(capsys, "fit", tmp_path / "X.npy", "--y", 7, "--model",
+                             "logistic", "--out", tmp_path / "r3")[::2], "has 4 columns")
+
+
+def test_record_batch_readers_stream_once_and_callables_every_epoch(tmp_path):
+    t = logistic_table()
+    reader = pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=700))
+    one = fitted(reader, epochs=1)
+    again = fitted(lambda: pa.RecordBatchReader.from_batches(
+        t.schema, t.to_batches(max_chunksize=700)), epochs=1)
+    assert np.array_equal(one.theta, again.theta)
+    with pytest.raises(ValueError, match="one epoch only.*callable"):
+        fitted(pa.RecordBatchReader.from_batches(t.schema, t.to_batches()), epochs=2)
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=700))
+
+    lr = fitted(batches, epochs=3)
+    assert lr.result.samples == 3 * N and len(calls) == 4  # features first, then 3 epochs
+    # resumed mid-epoch (within a record batch), the same as uninterrupted
+    part = fitted(batches, epochs=3, max_samples=N + 1_000)
+    assert part.result.interrupted and part.state.cursor.epoch == 1
+    state = part.state_dict()
+    resumed = NaturalGradientLearner.from_state_dict(state).fit(
+        batches, epochs=3, x="f*", y="target")
+    assert np.array_equal(resumed.theta, lr.theta)
+
+
+def test_a_callable_of_numpy_batches_is_multi_epoch():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((900, 3))
+    y = (X[:, 0] > 0).astype(float)
+
+    def batches():
+        for a in range(0, 900, 300):
+            yield X[a:a + 300], y[a:a + 300]
+
+    src = as_source(batches)
+    with src.batches(batch_size=200, epochs=2) as stream:
+        got = [(b.cursor, b.X.copy()) for b in stream]
+    assert [c.epoch for c, _ in got] == [0] * 6 + [1] * 6
+    assert np.array_equal(np.concatenate([x for _, x in got]), np.concatenate([X, X]))

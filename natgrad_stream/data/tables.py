@@ -239,25 +239,77 @@ class TableColumns:
             if self._cache is not None and self._cache[0] == i:
                 return self._cache[1]
         table = self._pieces.read(i, self.columns)
-        row0 = int(self._pieces.starts[i])
-        block = np.empty((table.num_rows,) + self.shape[1:], dtype=self.dtype)
-        for j, name in enumerate(self.columns):
-            col = table.column(name)
-            if col.null_count:
-                import pyarrow.compute as pc
-
-                first = int(pc.index(pc.is_null(col), True).as_py())
-                raise DataError(f"missing value (null) in column {name!r} "
-                                f"({self._pieces.pieces[i].where})", array=name,
-                                row=row0 + first)
-            values = col.to_numpy()
-            if block.ndim == 1:
-                block[:] = values
-            else:
-                block[:, j] = values
+        block = columns_to_numpy(table, self.columns, self.dtype, one_d=self.ndim == 1,
+                                 row0=int(self._pieces.starts[i]),
+                                 where=self._pieces.pieces[i].where)
         with self._lock:
             self._cache = (i, block)
         return block
+
+
+def columns_to_numpy(table, columns, dtype, *, one_d=False, row0=0, where=""):
+    """``columns`` of an Arrow table or record batch as a NumPy array of ``dtype``, shape
+    ``(rows,)`` (``one_d``) or ``(rows, len(columns))``; a null is a DataError at its row
+    (``row0`` + its index).
+    """
+    block = np.empty((table.num_rows,) if one_d else (table.num_rows, len(columns)),
+                     dtype=dtype)
+    for j, name in enumerate(columns):
+        col = table.column(name)
+        if col.null_count:
+            import pyarrow.compute as pc
+
+            first = int(pc.index(pc.is_null(col), True).as_py())
+            raise DataError(f"missing value (null) in column {name!r}"
+                            + (f" ({where})" if where else ""), array=name, row=row0 + first)
+        values = col.to_numpy()
+        if one_d:
+            block[:] = values
+        else:
+            block[:, j] = values
+    return block
+
+
+def arrow_items(data, x: str | None = "X", y: str | None = "y", w: str | None = None,
+                label: str = "Arrow stream"):
+    """``(X, y, w)`` NumPy items of a ``pyarrow.RecordBatchReader`` (or any iterable of
+    record batches or tables), one per record batch, columns chosen as for a table.
+    """
+    cols = dtype = roles = None
+    row0 = 0
+    for k, batch in enumerate(data):
+        if cols is None:
+            names = list(batch.schema.names)
+            for name in (y, w):
+                if name is not None and name not in names:
+                    raise DataError(f"no such column in the {label}; it has columns "
+                                    f"{_listing(names)}", array=name)
+            cols = select_columns(names, x, exclude=(y, w))
+            dtype = np.result_type(*[_numpy_dtype(batch.schema.field(c), label)
+                                     for c in cols])
+            roles = [None if name is None else
+                     (name, _numpy_dtype(batch.schema.field(name), label)) for name in (y, w)]
+        where = f"{label} batch {k}"
+        X = columns_to_numpy(batch, cols, dtype, row0=row0, where=where)
+        yw = [None if r is None else
+              columns_to_numpy(batch, [r[0]], r[1], one_d=True, row0=row0, where=where)
+              for r in roles]
+        row0 += batch.num_rows
+        yield (X, *yw)
+
+
+def reiterable_items(factory, x: str | None = "X", y: str | None = "y",
+                     w: str | None = None):
+    """One epoch of a re-iterable source: ``factory()``, read as :func:`arrow_items` when
+    it returns Arrow record batches (a ``RecordBatchReader`` or a ``Table``), else as it
+    is (items ``X``, ``(X, y)`` or ``(X, y, w)``).
+    """
+    items = factory()
+    if _is_type(items, "pyarrow", "RecordBatchReader"):
+        return arrow_items(items, x, y, w)
+    if _is_type(items, "pyarrow", "Table"):
+        return arrow_items(items.to_batches(), x, y, w, label="Arrow table")
+    return items
 
 
 # -- openers -----------------------------------------------------------------------------
@@ -458,6 +510,11 @@ def _is_type(data, module: str, name: str) -> bool:
 
     mod = sys.modules.get(module)
     return mod is not None and isinstance(data, getattr(mod, name))
+
+
+def is_record_batch_reader(data) -> bool:
+    """Whether ``data`` is a ``pyarrow.RecordBatchReader`` (a one-pass stream)."""
+    return _is_type(data, "pyarrow", "RecordBatchReader")
 
 
 def is_table_object(data) -> bool:
