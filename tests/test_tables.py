@@ -369,3 +369,85 @@ def test_a_callable_of_numpy_batches_is_multi_epoch():
         got = [(b.cursor, b.X.copy()) for b in stream]
     assert [c.epoch for c, _ in got] == [0] * 6 + [1] * 6
     assert np.array_equal(np.concatenate([x for _, x in got]), np.concatenate([X, X]))
+
+
+# -- categorical columns, HuggingFace datasets ------------------------------------------------
+def categorical_table(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    city = rng.choice(["paris", "lyon", "nice", "lille"], n).astype(object)
+    city[rng.random(n) < 0.05] = None
+    plan = pa.array(rng.choice(["a", "b", "c"], n)).dictionary_encode()
+    f0 = rng.standard_normal(n)
+    effect = {"paris": 1.0, "lyon": -0.5, "nice": 0.2, "lille": 0.0, None: 0.0}
+    z = 0.7 * f0 + np.array([effect[c] for c in city]) + (plan.to_numpy(
+        zero_copy_only=False) == "b") * 0.8 - 0.3
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int8)
+    return pa.table({"f0": f0, "city": pa.array(city, pa.string()), "plan": plan,
+                     "target": y})
+
+
+def test_categorical_columns_one_hot_and_hashed(tmp_path, capsys):
+    import pandas as pd
+
+    from natgrad_stream.data.hashing import hash_columns
+    from natgrad_stream.data.sparse_source import SparseSource
+
+    t = categorical_table()
+    pq.write_table(t, tmp_path / "c.parquet", row_group_size=700)
+    src = as_source(tmp_path / "c.parquet", x="f0,city,plan;onehot", y="target")
+    assert isinstance(src, SparseSource) and src.n_features == 1 + 4 + 3
+    assert src.feature_names == ["f0", "city=lille", "city=lyon", "city=nice", "city=paris",
+                                 "plan=a", "plan=b", "plan=c"]
+    df = t.select(["f0", "city", "plan"]).to_pandas()
+    onehot = np.column_stack([df["f0"]] + [
+        (df[c] == v).to_numpy(float) for c, v in
+        (n.split("=") for n in src.feature_names[1:])])
+    hashed = hash_columns(df, 10).toarray()
+    hsrc = as_source(tmp_path / "c.parquet", x="f0,city,plan;hash=10", y="target")
+    assert hsrc.n_features == 1024
+    for s, expected in ((src, onehot), (hsrc, hashed)):
+        with s.batches(batch_size=500, seed=2, epochs=1) as stream:
+            for b in stream:
+                assert np.array_equal(b.X.toarray(), expected[b.rows])
+    # fitted as the one-hot matrix in memory (the same chunks: the same fit)
+    import scipy.sparse as sp
+
+    ref = NaturalGradientLearner(make_model("logistic", 8), seed=3, l2=1e-3).fit(
+        SparseSource(sp.csr_matrix(onehot), t["target"].to_numpy(), chunk_rows=700), epochs=3)
+    got = NaturalGradientLearner(make_model("logistic", 8), seed=3, l2=1e-3).fit(
+        str(tmp_path / "c.parquet"), x="f0,city,plan;onehot", y="target", epochs=3)
+    np.testing.assert_allclose(got.theta, ref.theta, rtol=1e-10, atol=1e-12)
+    # the command line: --one-hot / --hash-bits, convert to a CSR group
+    code, s, err = run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city,plan",
+                           "--one-hot", "--y", "target", "--model", "logistic", "--l2", 1e-3,
+                           "--out", tmp_path / "r", "--epochs", 3, "--seed", 3)
+    assert code == 0, err
+    params = run_cli(capsys, "params", tmp_path / "r")[1]
+    np.testing.assert_allclose(params["coef"], ref.theta[:-1], rtol=1e-10, atol=1e-12)
+    code, made, err = run_cli(capsys, "convert", tmp_path / "c.parquet", tmp_path / "h.zarr",
+                              "--x", "f0,city,plan", "--hash-bits", 10, "--y", "target")
+    assert code == 0 and made["sparse"] and made["features"] == 1024, err
+    back = as_source(str(tmp_path / "h.zarr"))
+    with back.batches(batch_size=N, shuffle=False) as stream:
+        assert np.array_equal(next(stream).X.toarray(), hashed[:1400])
+    # a string column without an encoding, an unknown encoding: one line, exit 2
+    _one_line_error(*run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city", "--y",
+                             "target", "--model", "logistic", "--out", tmp_path / "r2")[::2],
+                    "'city'", "type string", "--one-hot")
+    _one_line_error(*run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city;ordinal",
+                             "--y", "target", "--model", "logistic",
+                             "--out", tmp_path / "r3")[::2], "unknown encoding 'ordinal'")
+    del pd
+
+
+def test_huggingface_datasets_fit_as_their_arrow_table():
+    datasets = pytest.importorskip("datasets")
+    t = logistic_table()
+    ds = datasets.Dataset(t)
+    assert np.array_equal(fitted(ds, epochs=2).theta, fitted(t, epochs=2).theta)
+    # an indices mapping (shuffle, select, filter) is read through it
+    sub = ds.select(range(0, N, 2))
+    src = as_source(sub, x="f*", y="target")
+    with src.batches(batch_size=N, shuffle=False) as stream:
+        b = next(stream)
+    assert np.array_equal(b.X, features(t)[::2]) and src.n_rows == N // 2

@@ -77,6 +77,7 @@ _TEST_ROWS = _bounded_int(0, 10**12)
 _FEATURES = _bounded_int(1, 1_000_000)
 _CHUNK_ROWS = _bounded_int(1, opts.MAX_ROWS_IN_MEMORY)
 _SEED = _bounded_int(0, opts.MAX_SEED)
+_HASH_BITS = _bounded_int(1, 31)
 
 
 def _DENSITY(text: str) -> float:  # noqa: N802 (an argparse type, named as the others)
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--checkpoint-every, --log-every and --progress)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
     _allow_legacy_argument(p)
+    _encoding_arguments(p)
     opts.add_arguments(p)
 
     p = command("convert", "copy a table (Parquet file or directory, CSV, .npy) into a "
@@ -204,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per chunk (default: the source's row groups or blocks, so the "
                         "copy fits as the source does)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _encoding_arguments(p)
 
     p = command("evaluate", "evaluate a fitted run on a dataset: n and the model's measures "
                             "as JSON")
@@ -216,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
                         "Poisson exposure); default unweighted")
     _allow_legacy_argument(p)
+    _encoding_arguments(p)
 
     p = command("params", "print a fitted run's parameters as JSON (the Polyak average when "
                           "the run kept one)")
@@ -283,6 +287,26 @@ def _allow_legacy_argument(p: argparse.ArgumentParser) -> None:
                         "bound to its run, checksums optional), which is otherwise refused")
 
 
+def _encoding_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--one-hot", action="store_true",
+                       help="tables: one-hot the string and dictionary columns of --x "
+                            "(sparse rows; the same as ending --x in ';onehot')")
+    group.add_argument("--hash-bits", type=_HASH_BITS, default=None, metavar="B",
+                       help="tables: hash the columns of --x into 2**B sparse features "
+                            "(categories as 'column=value'; the same as ending --x in "
+                            "';hash=B')")
+
+
+def _encoded_x(x, args):
+    """``x`` with the encoding of ``--one-hot`` / ``--hash-bits`` appended (else itself)."""
+    if getattr(args, "one_hot", False):
+        return f"{'X' if x is None else x};onehot"
+    if getattr(args, "hash_bits", None) is not None:
+        return f"{'X' if x is None else x};hash={args.hash_bits}"
+    return x
+
+
 def _chunk_bytes(args, rows: int) -> int:
     """Bytes of features in a chunk of ``rows`` rows of the make-data arguments ``args``."""
     import numpy as np
@@ -333,6 +357,8 @@ def _cmd_fit(args) -> int:
     with _GracefulStop() as stop:
         given = {"progress": opts.BY_NAME["progress"].default, **from_file,
                  **opts.given_options(args)}
+        if args.one_hot or args.hash_bits is not None:
+            given["x"] = _encoded_x(given.get("x"), args)
         summary = fit_run(data, out, resume=args.resume, overwrite=args.overwrite,
                           stop_handler=stop.attach, config=args.config,
                           allow_legacy=args.allow_legacy_checkpoint, **given)
@@ -369,7 +395,7 @@ def _cmd_convert(args) -> int:
     from natgrad_stream.data.convert import convert_to_zarr
 
     y = None if args.y is not None and args.y.lower() == "none" else args.y
-    _print_json(convert_to_zarr(args.data, args.out, x=args.x, y=y, w=args.w,
+    _print_json(convert_to_zarr(args.data, args.out, x=_encoded_x(args.x, args), y=y, w=args.w,
                                 chunk_rows=args.chunk_rows, overwrite=args.overwrite))
     return EXIT_OK
 
@@ -377,7 +403,7 @@ def _cmd_convert(args) -> int:
 def _cmd_evaluate(args) -> int:
     from natgrad_stream.app.runs import evaluate_run
 
-    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y, w=args.w,
+    _print_json(evaluate_run(args.run, args.data, x=_encoded_x(args.x, args), y=args.y, w=args.w,
                              allow_legacy=args.allow_legacy_checkpoint))
     return EXIT_OK
 

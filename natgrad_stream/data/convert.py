@@ -2,7 +2,9 @@
 store that fits as the source does.
 
 The copy holds the arrays ``X`` (the selected feature columns, in their common stored
-dtype), ``y`` and ``w`` (each in its own dtype), written chunk by chunk as ``make-data``
+dtype; one-hot or hashed columns as a CSR group, the layout of
+:mod:`natgrad_stream.data.sparse_writer`, built in memory), ``y`` and ``w`` (each in its
+own dtype), written chunk by chunk as ``make-data``
 writes (checksummed zstd, every chunk stored, a manifest per array) under a temporary name
 renamed into place. Its chunks are the source's chunks (a Parquet file's row groups when
 they share one size), so a fit of the copy follows the same plans, reads the same rows in
@@ -49,11 +51,13 @@ def convert_to_zarr(data, out, *, x: str | None = "X", y: str | None = "y",
     """
     import zarr
 
+    from natgrad_stream.data.sparse_source import SparseSource
     from natgrad_stream.data.stream import ArraySource, as_source, read_rows
 
     source = as_source(data, x=x, y=y, w=w)
-    if not isinstance(source, ArraySource):
-        raise TypeError(f"convert copies dense rows that can be read by position (tables, "
+    sparse = isinstance(source, SparseSource)
+    if not isinstance(source, ArraySource | SparseSource):
+        raise TypeError(f"convert copies rows that can be read by position (tables, "
                         f"arrays, Zarr arrays), not a {type(source).__name__}")
     path = Path(out)
     if path.exists() and not overwrite:
@@ -70,7 +74,12 @@ def convert_to_zarr(data, out, *, x: str | None = "X", y: str | None = "y",
     codec, config = checksummed_zstd(), {"write_empty_chunks": True}
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name, arr in (("X", source.X), ("y", source.y), ("w", source.w)):
+        if sparse:
+            from natgrad_stream.data.sparse_writer import write_csr_matrix
+
+            write_csr_matrix(group, "X", _csr_of(source), chunk_rows=R)
+        for name, arr in (("X", None if sparse else source.X), ("y", source.y),
+                          ("w", source.w)):
             if arr is None:
                 continue
             shape = tuple(int(s) for s in arr.shape)
@@ -95,4 +104,17 @@ def convert_to_zarr(data, out, *, x: str | None = "X", y: str | None = "y",
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"path": str(path), **{k: v for k, v in record.items() if k != "converted_from"},
-            "dtype": str(source.X.dtype)}
+            "dtype": str(source.x_dtype if sparse else source.X.dtype), "sparse": sparse}
+
+
+def _csr_of(source):
+    """The rows of a sparse source, in order, as one SciPy CSR matrix (in memory)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    parts = []
+    with source.batches(batch_size=source.chunk_rows, shuffle=False, epochs=1) as stream:
+        parts = [batch.X.compact().to_scipy().copy() for batch in stream]
+    out = sp.vstack(parts, format="csr")
+    out.indices = out.indices.astype(np.int32)
+    return out

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream.data.budget import default_chunk_rows
+from natgrad_stream.data.table_encoding import encoded_csr, split_encoding
 from natgrad_stream.errors import DataError
 
 #: File suffixes read as tables (a directory holding ``.parquet`` files is one too).
@@ -180,9 +181,9 @@ def _numpy_dtype(field, label: str) -> np.dtype:
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
         return np.dtype(t.to_pandas_dtype())
     raise DataError(f"column {field.name!r} of {label} has type {t}: features, targets and "
-                    "weights must be numeric (bool, integer or float); encode categorical "
-                    "columns first (e.g. natgrad_stream.data.hashing.hash_columns) or select "
-                    "numeric columns with --x", array=field.name)
+                    "weights must be numeric (bool, integer or float); one-hot or hash "
+                    "categorical columns (--one-hot, --hash-bits B; in Python x='...;onehot' "
+                    "or x='...;hash=B') or leave them out of --x", array=field.name)
 
 
 class TableColumns:
@@ -414,10 +415,10 @@ def _hf_table(ds):
     when it holds an indices mapping (after ``select``, ``shuffle``, ``filter``), slices
     through the mapping.
     """
-    arrow = ds.with_format("arrow")
     if getattr(ds, "_indices", None) is None:
         return ds.data.table, None
-    return ds.data.table.schema, (lambda a, b: arrow[a:b])
+    arrow = ds.with_format("arrow")
+    return ds.data.table, (lambda a, b: arrow[a:b])
 
 
 def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None = None,
@@ -467,6 +468,7 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
         pieces = parquet_pieces(data, label)
     schema = pieces.schema if pieces is not None else table.schema
     names = list(schema.names)
+    x, mode, bits = split_encoding(x)
     for role, name in (("y", y), ("w", w)):
         if name is not None and name not in names:
             raise DataError(f"no such column in {label}; it has columns {_listing(names)} "
@@ -474,7 +476,8 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
                             f"with --{role})", array=name)
     x_cols = select_columns(names, x, exclude=(y, w))
     if pieces is None:
-        R = chunk_rows or _in_memory_chunk_rows(schema, x_cols, label)
+        R = chunk_rows or (_in_memory_chunk_rows(schema, x_cols, label) if mode is None
+                           else default_chunk_rows(12 * len(x_cols)))
         if slicer is not None:
             n = len(data)
             pieces = _sliced_pieces(schema, n, label, R, slicer)
@@ -483,13 +486,22 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
         if isinstance(data, str | os.PathLike):
             pieces.files = files
             pieces._stat = {f: _stat(f) for f in files}
-    X = TableColumns(pieces, x_cols)
     Y = TableColumns(pieces, [y], one_d=True) if y is not None else None
     W = TableColumns(pieces, [w], one_d=True) if w is not None else None
     name = os.path.basename(label.rstrip("/")) or label
-    source = ArraySource(X, Y, W, chunk_rows=chunk_rows or pieces.chunk_rows,
-                         names=(x if x is not None else "X", y or "y", w or "w"), name=name)
-    source.feature_names = list(x_cols)
+    names = (x if x is not None else "X", y or "y", w or "w")
+    if mode is not None:  # categorical columns one-hot or hashed: sparse rows
+        from natgrad_stream.data.sparse_source import SparseSource
+
+        csr, enc = encoded_csr(pieces, x_cols, mode, bits, names[0])
+        source = SparseSource(csr, Y, W, chunk_rows=chunk_rows or pieces.chunk_rows,
+                              names=names, name=name)
+        source.feature_names = enc.feature_names
+    else:
+        source = ArraySource(TableColumns(pieces, x_cols), Y, W,
+                             chunk_rows=chunk_rows or pieces.chunk_rows, names=names,
+                             name=name)
+        source.feature_names = list(x_cols)
     source.table_files = list(pieces.files)
     return source
 
