@@ -451,3 +451,18 @@ def test_huggingface_datasets_fit_as_their_arrow_table():
     with src.batches(batch_size=N, shuffle=False) as stream:
         b = next(stream)
     assert np.array_equal(b.X, features(t)[::2]) and src.n_rows == N // 2
+
+
+def test_scikit_learn_estimators_take_tables(tmp_path):
+    pytest.importorskip("sklearn")
+    from natgrad_stream.sklearn import NaturalGradientClassifier
+
+    t = logistic_table().drop_columns(["id", "weight"])
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=1000)
+    X, y = features(t), t["target"].to_numpy()
+    ref = NaturalGradientClassifier(C=10.0, tol=1e-14).fit(X, y)
+    for data in (str(tmp_path / "t.parquet"), t):
+        clf = NaturalGradientClassifier(C=10.0, tol=1e-14).fit(data, "target")
+        assert list(clf.classes_) == [0, 1] and clf.n_features_in_ == D
+        np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
+        assert clf.score(X, y) == ref.score(X, y)
