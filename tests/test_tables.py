@@ -424,6 +424,14 @@ def test_categorical_columns_one_hot_and_hashed(tmp_path, capsys):
     assert code == 0, err
     params = run_cli(capsys, "params", tmp_path / "r")[1]
     np.testing.assert_allclose(params["coef"], ref.theta[:-1], rtol=1e-10, atol=1e-12)
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert record["x"] == "f0,city,plan;onehot" and record["fit_options"]["one_hot"]
+    code, s, err = run_cli(capsys, "fit", tmp_path / "c.parquet", "--out", tmp_path / "r",
+                           "--resume", "--epochs", 4)  # the encoding is the run's
+    assert code == 0 and s["samples"] == 4 * N, err
+    _one_line_error(*run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city",
+                             "--one-hot", "--hash-bits", 8, "--y", "target", "--model",
+                             "logistic", "--out", tmp_path / "r4")[::2], "exclude each other")
     code, made, err = run_cli(capsys, "convert", tmp_path / "c.parquet", tmp_path / "h.zarr",
                               "--x", "f0,city,plan", "--hash-bits", 10, "--y", "target")
     assert code == 0 and made["sparse"] and made["features"] == 1024, err

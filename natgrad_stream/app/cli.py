@@ -188,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "--checkpoint-every, --log-every and --progress)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN")
     _allow_legacy_argument(p)
-    _encoding_arguments(p)
     opts.add_arguments(p)
 
     p = command("convert", "copy a table (Parquet file or directory, CSV, .npy) into a "
@@ -300,11 +299,9 @@ def _encoding_arguments(p: argparse.ArgumentParser) -> None:
 
 def _encoded_x(x, args):
     """``x`` with the encoding of ``--one-hot`` / ``--hash-bits`` appended (else itself)."""
-    if getattr(args, "one_hot", False):
-        return f"{'X' if x is None else x};onehot"
-    if getattr(args, "hash_bits", None) is not None:
-        return f"{'X' if x is None else x};hash={args.hash_bits}"
-    return x
+    from natgrad_stream.data.table_encoding import encoded_x
+
+    return encoded_x(x, one_hot=args.one_hot, hash_bits=args.hash_bits)
 
 
 def _chunk_bytes(args, rows: int) -> int:
@@ -357,8 +354,6 @@ def _cmd_fit(args) -> int:
     with _GracefulStop() as stop:
         given = {"progress": opts.BY_NAME["progress"].default, **from_file,
                  **opts.given_options(args)}
-        if args.one_hot or args.hash_bits is not None:
-            given["x"] = _encoded_x(given.get("x"), args)
         summary = fit_run(data, out, resume=args.resume, overwrite=args.overwrite,
                           stop_handler=stop.attach, config=args.config,
                           allow_legacy=args.allow_legacy_checkpoint, **given)

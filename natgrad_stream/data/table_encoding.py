@@ -51,6 +51,22 @@ def split_encoding(x: str | None) -> tuple[str | None, str | None, int | None]:
                     "';hash=B'", array=str(x))
 
 
+def encoded_x(x: str | None, *, one_hot: bool = False, hash_bits: int | None = None):
+    """The feature spec ``x`` with the encoding of ``one_hot`` or ``hash_bits`` appended
+    (``fit --one-hot``, ``--hash-bits B``); ``x`` itself without them.
+    """
+    if not one_hot and hash_bits is None:
+        return x
+    x = "X" if x is None else str(x)
+    if one_hot and hash_bits is not None:
+        raise ValueError("--one-hot and --hash-bits exclude each other: one-hot the "
+                         "categories, or hash every column")
+    if ";" in x:
+        raise ValueError(f"--x {x!r} names its encoding already; leave out --one-hot and "
+                         "--hash-bits")
+    return f"{x};onehot" if one_hot else f"{x};hash={int(hash_bits)}"
+
+
 def is_categorical(field) -> bool:
     """Whether an Arrow field is a categorical column (string or dictionary)."""
     import pyarrow as pa

@@ -807,6 +807,9 @@ class NaturalGradientLearner:
         if isinstance(source, SparseSource):
             raise TypeError("a Dask fit reads dense Zarr arrays; sparse data (a CSR group) "
                             "is fitted in one process (no client)")
+        if getattr(source, "table_files", None) is not None:
+            raise TypeError("a Dask fit reads a Zarr store that every worker opens, not a "
+                            "table: copy it first ('natgrad-stream convert SRC OUT.zarr')")
         if not isinstance(data, str | os.PathLike) or not isinstance(source, ArraySource):
             raise TypeError("a Dask fit reads a Zarr store that every worker opens: pass "
                             f"its path or URL, not {type(data).__name__}")
