@@ -195,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="SRC", help="Parquet file or directory, CSV or .npy file "
                                                "(or a Zarr group)")
     p.add_argument("out", metavar="OUT.zarr", help="Zarr group to write (arrays X, y, w)")
-    p.add_argument("--x", default="X", metavar="COLUMNS",
+    p.add_argument("--x", default=None, metavar="COLUMNS",
                    help="feature columns: names or globs, comma-separated, e.g. 'f*' "
-                        "(default: every column but --y and --w)")
+                        "(default every column but --y and --w; a Zarr group's X)")
     p.add_argument("--y", default="y", metavar="NAME",
                    help="target column ('none': no targets)")
     p.add_argument("--w", default=None, metavar="NAME", help="sample-weight column")

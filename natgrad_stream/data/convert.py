@@ -54,7 +54,7 @@ def convert_to_zarr(data, out, *, x: str | None = "X", y: str | None = "y",
     from natgrad_stream.data.sparse_source import SparseSource
     from natgrad_stream.data.stream import ArraySource, as_source, read_rows
 
-    source = as_source(data, x=x, y=y, w=w)
+    source = as_source(data, x="X" if x is None else x, y=y, w=w)
     sparse = isinstance(source, SparseSource)
     if not isinstance(source, ArraySource | SparseSource):
         raise TypeError(f"convert copies rows that can be read by position (tables, "
