@@ -221,10 +221,14 @@ class TableColumns:
         return out if dtype is None else out.astype(dtype)
 
     def read(self, a: int, b: int) -> np.ndarray:
-        """Rows ``a:b`` as a new array of :attr:`dtype`."""
-        out = np.empty((b - a,) + self.shape[1:], dtype=self.dtype)
+        """Rows ``a:b`` as an array of :attr:`dtype` (a piece read whole is the decoded
+        piece itself: callers copy, never write).
+        """
         starts = self._pieces.starts
         i = int(np.searchsorted(starts, a, side="right")) - 1
+        if a == starts[i] and b == starts[i + 1]:
+            return self._block(i)
+        out = np.empty((b - a,) + self.shape[1:], dtype=self.dtype)
         pos, row = 0, a
         while row < b:
             s0, s1 = int(starts[i]), int(starts[i + 1])
@@ -253,7 +257,8 @@ def columns_to_numpy(table, columns, dtype, *, one_d=False, row0=0, where=""):
     ``(rows,)`` (``one_d``) or ``(rows, len(columns))``; a null is a DataError at its row
     (``row0`` + its index).
     """
-    block = np.empty((table.num_rows,) if one_d else (table.num_rows, len(columns)),
+    # filled column by column in Fortran order (contiguous writes), returned C-ordered
+    block = np.empty((table.num_rows,) if one_d else (len(columns), table.num_rows),
                      dtype=dtype)
     for j, name in enumerate(columns):
         col = table.column(name)
@@ -267,8 +272,8 @@ def columns_to_numpy(table, columns, dtype, *, one_d=False, row0=0, where=""):
         if one_d:
             block[:] = values
         else:
-            block[:, j] = values
-    return block
+            block[j] = values
+    return block if one_d else np.ascontiguousarray(block.T)
 
 
 def arrow_items(data, x: str | None = "X", y: str | None = "y", w: str | None = None,
