@@ -190,6 +190,12 @@ def test_resume_mid_epoch_on_parquet_equals_uninterrupted(tmp_path, capsys):
     assert code == 0 and s2["samples"] == 2 * N
     assert run_cli(capsys, "params", tmp_path / "part")[1] == \
         run_cli(capsys, "params", tmp_path / "whole")[1]
+    # evaluate on the training table (its content digests compared) equals the Zarr copy's
+    convert_to_zarr(d, tmp_path / "c.zarr", x="f*", y="target")
+    code, on_table, err = run_cli(capsys, "evaluate", tmp_path / "part", d, "--x", "f*",
+                                  "--y", "target")
+    assert code == 0 and on_table["n"] == N, err
+    assert run_cli(capsys, "evaluate", tmp_path / "part", tmp_path / "c.zarr")[1] == on_table
 
 
 # -- bad inputs: one line, exit 2 ---------------------------------------------------------------

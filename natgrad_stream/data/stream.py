@@ -1164,14 +1164,19 @@ def _dataset_source(ds, x, y, w) -> ArraySource:
 def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) -> Source:
     """Turn what a user passes into a :class:`Source`.
 
-    ``Source`` → itself; path, URL, ``zarr.Group`` or zarr store → :func:`open_zarr`; xarray
+    ``Source`` → itself; a table (a Parquet file or directory, a CSV or ``.npy`` file, a
+    pyarrow ``Table`` or ``Dataset``, a HuggingFace ``Dataset``) →
+    :func:`~natgrad_stream.data.tables.open_table` (``x`` names its columns); path, URL,
+    ``zarr.Group`` or zarr store → :func:`open_zarr`; xarray
     ``Dataset`` → its variables ``x``, ``y``, ``w``; a SciPy sparse matrix or array (any
     format), alone or first in a tuple ``(X, y[, w])`` →
     :class:`~natgrad_stream.data.sparse_source.SparseSource` (converted to CSR once);
     tuple ``(X, y[, w])`` or a 2-D array
     (NumPy, Zarr, dask, pandas ``DataFrame``, xarray ``DataArray``) → :class:`ArraySource`,
     read chunk by chunk (dask and lazily loaded xarray data are never materialized whole);
-    any other iterable → :class:`IteratorSource`.
+    a ``pyarrow.RecordBatchReader`` or any other iterable → :class:`IteratorSource` (one
+    epoch); a callable returning one → a re-iterable :class:`IteratorSource` (an epoch a
+    call).
 
     Raises
     ------

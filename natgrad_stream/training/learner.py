@@ -727,7 +727,11 @@ class NaturalGradientLearner:
 
         Parameters
         ----------
-        data : path, zarr.Group, (X, y[, w]) arrays, Source or iterable of batches
+        data : path, zarr.Group, (X, y[, w]) arrays, table, Source or iterable of batches
+            A table: a Parquet, CSV or ``.npy`` path, a pyarrow ``Table``, ``Dataset`` or
+            ``RecordBatchReader``, a HuggingFace ``Dataset`` (``x`` names its feature
+            columns: :mod:`natgrad_stream.data.tables`). A callable returning an iterable
+            of batches is called once per epoch (multi-epoch; an iterable runs one).
             L-BFGS streams its data many times: arrays, a Zarr group or path, or an
             ``ArraySource`` (whose ``chunk_rows`` set the window's chunks).
         epochs : int, optional
