@@ -480,3 +480,14 @@ def test_scikit_learn_estimators_take_tables(tmp_path):
         assert list(clf.classes_) == [0, 1] and clf.n_features_in_ == D
         np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
         assert clf.score(X, y) == ref.score(X, y)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.parquet")
+    os.mkfifo(tmp_path / "pipe.npy")
+    d = parquet_dir(tmp_path / "d", logistic_table())
+    os.mkfifo(d / "part-9.parquet")
+    for data in (tmp_path / "pipe.parquet", tmp_path / "pipe.npy", d):
+        code, _, err = run_cli(capsys, "fit", data, "--model", "logistic", "--y", "target",
+                               "--out", tmp_path / f"r-{data.name}")
+        _one_line_error(code, err, "FIFO")

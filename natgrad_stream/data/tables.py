@@ -450,6 +450,8 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
     """
     from natgrad_stream.data.stream import ArraySource
 
+    if isinstance(data, str | os.PathLike):
+        _check_regular_files(data)  # a FIFO or device would hang the reader
     if isinstance(data, str | os.PathLike) and Path(data).suffix.lower() in NPY_SUFFIXES:
         return open_npy(data, x=x, y=y, w=w, chunk_rows=chunk_rows)
     pieces, slicer, table = None, None, None
@@ -509,6 +511,21 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
         source.feature_names = list(x_cols)
     source.table_files = list(pieces.files)
     return source
+
+
+def _check_regular_files(path) -> None:
+    """Refuse a FIFO, device or socket given as, or inside, a table path (before pyarrow
+    or NumPy open it, which would block).
+    """
+    from natgrad_stream._files import check_regular
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for top, _, files in os.walk(path):
+            for name in files:
+                check_regular(os.path.join(top, name))
+    else:
+        check_regular(path)
 
 
 def _sliced_pieces(schema, n: int, label: str, R: int, slicer) -> TablePieces:
@@ -583,6 +600,9 @@ class NpyColumns:
 
 
 def _load_npy(path: str) -> np.ndarray:
+    from natgrad_stream._files import check_regular
+
+    check_regular(path)
     if not os.path.isfile(path):
         raise DataError(f"no such file: {path}")
     try:
