@@ -139,9 +139,10 @@ class TablePieces:
         """Refuse a file whose size or modification time changed since it was opened."""
         then, now = self._stat[file], _stat(file)
         if then != now:
-            raise DataError(f"{file} changed while it was read (size {then[0]:,} bytes then, "
-                            f"{now[0]:,} now; modified {now[1] != then[1] and 'since' or 'not'}"
-                            "): a table must not change under a run", array=self.label)
+            what = f"{then[0]:,} bytes then, {now[0]:,} now" if then[0] != now[0] else \
+                "same size, modified since"
+            raise DataError(f"{file} changed while it was read ({what}): a table must not "
+                            "change under a run", array=self.label)
 
     def read(self, i: int, columns: list[str]):
         """Piece ``i``'s ``columns`` as a pyarrow Table (errors name the piece)."""
