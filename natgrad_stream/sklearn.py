@@ -80,8 +80,13 @@ _SPARSE = ("csr", "csc", "coo")
 
 
 def _is_path(X) -> bool:
-    """True for data ``fit`` reads through the learner: a path or an opened Zarr group."""
-    if isinstance(X, (str, os.PathLike)):
+    """True for data ``fit`` reads through the learner: a path (a Zarr group, a Parquet
+    file or directory, a CSV or ``.npy`` file), an opened Zarr group, or a table object
+    (a pyarrow ``Table`` or ``Dataset``, a HuggingFace ``Dataset``).
+    """
+    from natgrad_stream.data.tables import is_table_object
+
+    if isinstance(X, (str, os.PathLike)) or is_table_object(X):
         return True
     return type(X).__module__.startswith("zarr")
 
@@ -250,12 +255,14 @@ class _NaturalGradientBase(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like or sparse matrix of shape (n_samples, n_features), or a Zarr path
-            or group
+        X : array-like or sparse matrix of shape (n_samples, n_features), a Zarr path
+            or group, or a table (a Parquet, CSV or ``.npy`` path, a pyarrow ``Table``
+            or ``Dataset``, a HuggingFace ``Dataset``)
             Features; SciPy sparse input (CSR, CSC, COO) is read by the sparse kernels
-            without densifying; a path (or group) is streamed from disk chunk by chunk.
-        y : array-like of shape (n_samples,), or with a path the targets array's name
-            (default ``"y"``).
+            without densifying; a path (or group) is streamed from disk chunk by chunk;
+            a table's features are every column but the targets' and weights'.
+        y : array-like of shape (n_samples,), or with a path or table the targets array's
+            or column's name (default ``"y"``).
         sample_weight : array-like of shape (n_samples,), optional
             With a path: the weights array's name, or None.
 

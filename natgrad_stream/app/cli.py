@@ -1,6 +1,7 @@
 """The ``natgrad-stream`` command line.
 
-Subcommands: ``make-data``, ``fit``, ``evaluate``, ``params``, ``plot``, ``demo``.
+Subcommands: ``make-data``, ``fit``, ``convert``, ``evaluate``, ``params``, ``plot``,
+``demo``.
 Machine-readable results go to stdout as one JSON object on the last line; progress and
 messages go to stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or
 usage, 130 stopped by a signal (after writing a resumable checkpoint).
@@ -76,6 +77,7 @@ _TEST_ROWS = _bounded_int(0, 10**12)
 _FEATURES = _bounded_int(1, 1_000_000)
 _CHUNK_ROWS = _bounded_int(1, opts.MAX_ROWS_IN_MEMORY)
 _SEED = _bounded_int(0, opts.MAX_SEED)
+_HASH_BITS = _bounded_int(1, 31)
 
 
 def _DENSITY(text: str) -> float:  # noqa: N802 (an argparse type, named as the others)
@@ -188,6 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_legacy_argument(p)
     opts.add_arguments(p)
 
+    p = command("convert", "copy a table (Parquet file or directory, CSV, .npy) into a "
+                           "checksummed Zarr store that fits as the table does")
+    p.add_argument("data", metavar="SRC", help="Parquet file or directory, CSV or .npy file "
+                                               "(or a Zarr group)")
+    p.add_argument("out", metavar="OUT.zarr", help="Zarr group to write (arrays X, y, w)")
+    p.add_argument("--x", default=None, metavar="COLUMNS",
+                   help="feature columns: names or globs, comma-separated, e.g. 'f*' "
+                        "(default every column but --y and --w; a Zarr group's X)")
+    p.add_argument("--y", default="y", metavar="NAME",
+                   help="target column ('none': no targets)")
+    p.add_argument("--w", default=None, metavar="NAME", help="sample-weight column")
+    p.add_argument("--chunk-rows", type=_CHUNK_ROWS, default=None, metavar="R",
+                   help="rows per chunk (default: the source's row groups or blocks, so the "
+                        "copy fits as the source does)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _encoding_arguments(p)
+
     p = command("evaluate", "evaluate a fitted run on a dataset: n and the model's measures "
                             "as JSON")
     p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
@@ -199,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
                         "Poisson exposure); default unweighted")
     _allow_legacy_argument(p)
+    _encoding_arguments(p)
 
     p = command("params", "print a fitted run's parameters as JSON (the Polyak average when "
                           "the run kept one)")
@@ -264,6 +284,24 @@ def _allow_legacy_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-legacy-checkpoint", action="store_true",
                    help="use a legacy checkpoint (written by an earlier natgrad_stream: not "
                         "bound to its run, checksums optional), which is otherwise refused")
+
+
+def _encoding_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--one-hot", action="store_true",
+                       help="tables: one-hot the string and dictionary columns of --x "
+                            "(sparse rows; the same as ending --x in ';onehot')")
+    group.add_argument("--hash-bits", type=_HASH_BITS, default=None, metavar="B",
+                       help="tables: hash the columns of --x into 2**B sparse features "
+                            "(categories as 'column=value'; the same as ending --x in "
+                            "';hash=B')")
+
+
+def _encoded_x(x, args):
+    """``x`` with the encoding of ``--one-hot`` / ``--hash-bits`` appended (else itself)."""
+    from natgrad_stream.data.table_encoding import encoded_x
+
+    return encoded_x(x, one_hot=args.one_hot, hash_bits=args.hash_bits)
 
 
 def _chunk_bytes(args, rows: int) -> int:
@@ -348,10 +386,19 @@ def _read_config(path) -> dict:
     return {k: (str(v) if k in ("data", "out") else v) for k, v in config.items()}
 
 
+def _cmd_convert(args) -> int:
+    from natgrad_stream.data.convert import convert_to_zarr
+
+    y = None if args.y is not None and args.y.lower() == "none" else args.y
+    _print_json(convert_to_zarr(args.data, args.out, x=_encoded_x(args.x, args), y=y, w=args.w,
+                                chunk_rows=args.chunk_rows, overwrite=args.overwrite))
+    return EXIT_OK
+
+
 def _cmd_evaluate(args) -> int:
     from natgrad_stream.app.runs import evaluate_run
 
-    _print_json(evaluate_run(args.run, args.data, x=args.x, y=args.y, w=args.w,
+    _print_json(evaluate_run(args.run, args.data, x=_encoded_x(args.x, args), y=args.y, w=args.w,
                              allow_legacy=args.allow_legacy_checkpoint))
     return EXIT_OK
 
@@ -377,7 +424,8 @@ def _cmd_demo(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "evaluate": _cmd_evaluate,
+COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "convert": _cmd_convert,
+            "evaluate": _cmd_evaluate,
             "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo}
 
 
@@ -497,7 +545,7 @@ def main(argv=None) -> int:
 
 def _run_command(args, prefix: str) -> int:
     _log_to_stderr(prefix)
-    if args.command in ("fit", "evaluate", "demo", "params", "make-data"):
+    if args.command in ("fit", "evaluate", "demo", "params", "make-data", "convert"):
         from natgrad_stream.data.zarr_reads import configure_zarr_threads
 
         configure_zarr_threads()  # the command owns its process (the library never does)

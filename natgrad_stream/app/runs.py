@@ -41,6 +41,7 @@ from natgrad_stream.app.evaluate import evaluate
 from natgrad_stream.data import FollowSource, as_source
 from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.data.identity import compare_identity, data_identity
+from natgrad_stream.data.tables import is_table_path
 from natgrad_stream.errors import CheckpointError, OptionError, RunDirectoryError
 from natgrad_stream.models import MODELS, make_model, model_from_config
 from natgrad_stream.models.penalty import L2Penalty
@@ -301,6 +302,7 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
         learner, info, fit_options = _new_run(run_dir, data, given, overwrite)
     run = {k: fit_options[k] for k in opts.RUN_OPTIONS if k in fit_options}
     x, y, w = (fit_options[k] for k in ("x", "y", "w"))
+    x = _table_x(fit_options)
     y = y if learner.model.requires_targets else None
     if fit_options.get("follow"):
         source = FollowSource(data, x=x, y=y, w=w, poll_seconds=run["poll_seconds"],
@@ -384,9 +386,9 @@ def _validation(data, fit_options: dict, run: dict, learner, log) -> Validation 
     if val is None and vx is None and vy is None:
         return None
     source = val if val is not None else data
-    x = vx if vx is not None else fit_options["x"]
+    x = vx if vx is not None else _table_x(fit_options)
     y = vy if vy is not None else fit_options["y"]
-    if val is None and x == fit_options["x"]:
+    if val is None and x == _table_x(fit_options):
         raise OptionError("--val-x alone names held-out arrays in the training store; give "
                           "it (and --val-y), or --val DATA")
     requires_y = learner.model.requires_targets
@@ -417,8 +419,11 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
     requires_y = MODELS[name].requires_targets
     if not requires_y:
         data_opts["y"] = None
+    if data_opts["follow"] and is_table_path(data):
+        raise OptionError(f"--follow reads rows appended to a Zarr store, not a table "
+                          f"({data}): copy it first ('natgrad-stream convert SRC OUT.zarr')")
     opener = FollowSource if data_opts["follow"] else as_source  # follow: committed rows
-    source = opener(data, x=data_opts["x"], y=data_opts["y"], w=data_opts["w"])
+    source = opener(data, x=_table_x(data_opts), y=data_opts["y"], w=data_opts["w"])
     model_given = {k: v for k, v in groups[opts.MODEL].items() if k != "model"}
     model_given = {k: model_given.get(k) for k in opts.MODEL_OPTIONS if k != "model"}
     model = make_model(name, source.n_features,
@@ -434,11 +439,22 @@ def _new_run(run_dir: Path, data, given: dict, overwrite: bool):
         raise OptionError("--shuffle-window applies only with --follow")
     fit_options = {**data_opts, **_model_options(model, given), **learner.effective_options,
                    **run}
-    info = {RUN_ID: new_run_id(), "data": str(data), "x": data_opts["x"], "y": data_opts["y"],
+    info = {RUN_ID: new_run_id(), "data": str(data), "x": _table_x(data_opts),
+            "y": data_opts["y"],
             "w": data_opts["w"],
             "given_options": {k: v for k, v in given.items()
                               if opts.BY_NAME[k].group in (opts.DATA, opts.MODEL)}}
     return learner, info, fit_options
+
+
+def _table_x(options: dict):
+    """The feature spec of a run's data options: ``x`` with the encoding of ``one_hot`` or
+    ``hash_bits`` (tables) appended.
+    """
+    from natgrad_stream.data.table_encoding import encoded_x
+
+    return encoded_x(options["x"], one_hot=bool(options.get("one_hot")),
+                     hash_bits=options.get("hash_bits"))
 
 
 def _resume(run_dir: Path, data, given: dict, allow_legacy: bool = False):

@@ -31,6 +31,10 @@ def data_identity(data, names, *, head_rows: dict | None = None) -> dict | None:
     """
     if not isinstance(data, str | os.PathLike):
         return None
+    from natgrad_stream.data.tables import is_table_path, table_identity
+
+    if is_table_path(data):  # Parquet, CSV, .npy: the files' sizes and metadata
+        return table_identity(data) if os.path.exists(data) else None
     import zarr
 
     from natgrad_stream.data.stream import read_rows, zarr_member
@@ -96,6 +100,12 @@ def compare_identity(recorded: dict | None, current: dict | None) -> tuple[list,
     differences, notes = [], []
     if recorded["path"] != current["path"]:
         notes.append(f"the data moved from {recorded['path']} to {current['path']}")
+    if "files" in recorded or "files" in current:  # a table: its files
+        from natgrad_stream.data.tables import compare_files
+
+        more, also = compare_files(recorded.get("files", {}), current.get("files", {}))
+        differences += more
+        notes += also
     for name, old in recorded["arrays"].items():
         new = current["arrays"].get(name)
         if new is None:

@@ -832,11 +832,21 @@ class IteratorSource(Source):
     Items are validated (dtype, shape, finiteness) and split into pieces of at most
     ``batch_size`` rows. An iterator cannot rewind: a stream runs one epoch, without
     shuffling, and ``start`` only continues the sample count.
+
+    A callable that returns a new iterable of items each time (a generator function, a
+    function opening a reader) is *re-iterable*: it is called once to learn the features,
+    then once per epoch, so a stream runs any number of epochs, each in the order the
+    callable yields its items (shuffle them there, e.g. keyed by the epoch's count of
+    calls); ``start`` resumes mid-epoch by skipping the items and rows before it, exactly
+    when the callable yields the same items again.
     """
 
     def __init__(self, iterable: Iterable, *, n_features: int | None = None,
                  name: str = "iterator"):
-        self._it = iter(iterable)
+        #: The callable behind a re-iterable source (None: a one-shot iterable).
+        self.factory = iterable if callable(iterable) and not isinstance(
+            iterable, Iterable) else None
+        self._it = iter(iterable() if self.factory is not None else iterable)
         self.name = name
         self._first = None
         self.n_rows = None
@@ -878,53 +888,85 @@ class IteratorSource(Source):
                 chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
                 read_buffer_bytes=None, digests=None):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        if self.factory is not None:
+            return self._epochs(batch_size, int(epochs), start or Cursor(), prefetch, checks,
+                                x_checks)
         if int(epochs) != 1 and (start is None or start.epoch == 0):
-            raise ValueError("an iterator source can be streamed for one epoch only")
+            raise ValueError("an iterator source can be streamed for one epoch only (a "
+                             "callable returning a new iterator each time is re-iterable)")
         start = start or Cursor()
         items = self._it if self._first is None else itertools.chain([self._first], self._it)
         self._first = None
 
         def produce(stream):
-            samples = start.samples
-            for index, item in enumerate(items, start=start.read_index):
-                X, y, w = self._unpack(item, index)
-                if X.shape[1] != self.n_features:
-                    raise DataError(f"batch {index} has {X.shape[1]} features, expected "
-                                    f"{self.n_features}", array=self.name)
-                sparse_x = isinstance(X, SparseRows)  # canonical already; checked entries
-                if sparse_x:
-                    from natgrad_stream.data.csr_store import check_sparse_rows
-
-                    x_cks = (functools.partial(check_sparse_rows, checks=x_checks),)
-                else:  # integer, bool and float16 features: converted to their compute dtype
-                    X = np.ascontiguousarray(
-                        X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
-                    x_cks = (check_finite, *x_checks)
-                for label, arr, cks in (("X", X, x_cks),
-                                        ("y", y, (check_finite, *checks)),
-                                        ("w", w, (check_finite, check_nonnegative))):
-                    if arr is None:
-                        continue
-                    for check in cks:
-                        bad = check(label, arr)
-                        if bad is not None:
-                            where = f" column {bad[2]}" if len(bad) > 2 else ""
-                            raise DataError(f"batch {index} row {bad[0]}{where}: {bad[1]}",
-                                            array=f"{self.name}.{label}")
-                yf = None if y is None else y.astype(np.float64)
-                wf = None if w is None else w.astype(np.float64)
-                for a in range(0, X.shape[0], int(batch_size)):
-                    b = min(a + int(batch_size), X.shape[0])
-                    samples += b - a
-                    cur = Cursor(0, index + (b == X.shape[0]), 0 if b == X.shape[0] else b,
-                                 samples)
-                    batch = Batch(X.rows_slice(a, b) if sparse_x else X[a:b],
-                                  None if yf is None else yf[a:b],
-                                  None if wf is None else wf[a:b],
-                                  np.full(b - a, -1, dtype=np.int64), cur)
-                    stream.put(("read", (lambda bt=batch: iter((bt,)))))
+            self._deliver(stream, enumerate(items, start=start.read_index), start.samples,
+                          batch_size, checks, x_checks, epoch=0)
 
         return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
+
+    def _epochs(self, batch_size, epochs, start, prefetch, checks, x_checks) -> BatchStream:
+        """Epochs ``start.epoch … epochs − 1`` of a re-iterable source: the callable is
+        called for each; the items and rows before ``start`` are skipped.
+        """
+        self._it = self._first = None
+
+        def produce(stream):
+            samples = start.samples
+            for epoch in range(start.epoch, epochs):
+                items = enumerate(iter(self.factory()))
+                skip_rows = 0
+                if epoch == start.epoch:
+                    items = itertools.islice(items, start.read_index, None)
+                    skip_rows = start.row
+                samples = self._deliver(stream, items, samples, batch_size, checks,
+                                        x_checks, epoch=epoch, skip_rows=skip_rows)
+
+        return BatchStream(produce, depth=int(prefetch), start=start, name=self.name)
+
+    def _deliver(self, stream, items, samples, batch_size, checks, x_checks, *, epoch,
+                 skip_rows=0) -> int:
+        """Check and hand over the ``(index, item)`` pairs of one epoch as batches (the
+        first item's first ``skip_rows`` rows skipped); returns the samples delivered.
+        """
+        for index, item in items:
+            X, y, w = self._unpack(item, index)
+            if X.shape[1] != self.n_features:
+                raise DataError(f"batch {index} has {X.shape[1]} features, expected "
+                                f"{self.n_features}", array=self.name)
+            sparse_x = isinstance(X, SparseRows)  # canonical already; checked entries
+            if sparse_x:
+                from natgrad_stream.data.csr_store import check_sparse_rows
+
+                x_cks = (functools.partial(check_sparse_rows, checks=x_checks),)
+            else:  # integer, bool and float16 features: converted to their compute dtype
+                X = np.ascontiguousarray(
+                    X, dtype=check_x_dtype(f"{self.name} batch {index} X", X.dtype))
+                x_cks = (check_finite, *x_checks)
+            for label, arr, cks in (("X", X, x_cks),
+                                    ("y", y, (check_finite, *checks)),
+                                    ("w", w, (check_finite, check_nonnegative))):
+                if arr is None:
+                    continue
+                for check in cks:
+                    bad = check(label, arr)
+                    if bad is not None:
+                        where = f" column {bad[2]}" if len(bad) > 2 else ""
+                        raise DataError(f"batch {index} row {bad[0]}{where}: {bad[1]}",
+                                        array=f"{self.name}.{label}")
+            yf = None if y is None else y.astype(np.float64)
+            wf = None if w is None else w.astype(np.float64)
+            first, skip_rows = skip_rows, 0
+            for a in range(first, X.shape[0], int(batch_size)):
+                b = min(a + int(batch_size), X.shape[0])
+                samples += b - a
+                cur = Cursor(epoch, index + (b == X.shape[0]),
+                             0 if b == X.shape[0] else b, samples)
+                batch = Batch(X.rows_slice(a, b) if sparse_x else X[a:b],
+                              None if yf is None else yf[a:b],
+                              None if wf is None else wf[a:b],
+                              np.full(b - a, -1, dtype=np.int64), cur)
+                stream.put(("read", (lambda bt=batch: iter((bt,)))))
+        return samples
 
 
 # -- constructors --------------------------------------------------------------------------------
@@ -1062,8 +1104,9 @@ ACCEPTED_KINDS = (
     "a zarr Group or store; an array (NumPy, Zarr, dask, SciPy sparse) or a tuple (X, y[, w]) "
     "of arrays, "
     "pandas DataFrame/Series or xarray DataArrays; a pandas DataFrame; an xarray Dataset "
-    "(variables named by x=, y=, w=) or DataArray; or an iterable of batches X, (X, y) or "
-    "(X, y, w)")
+    "(variables named by x=, y=, w=) or DataArray; a Parquet file or directory, a CSV or .npy "
+    "file, a pyarrow Table, Dataset or RecordBatchReader, a HuggingFace Dataset; an iterable "
+    "of batches X, (X, y) or (X, y, w), or a callable returning one (re-iterable)")
 
 
 def _module_type(data, module: str, *names: str) -> bool:
@@ -1121,14 +1164,19 @@ def _dataset_source(ds, x, y, w) -> ArraySource:
 def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) -> Source:
     """Turn what a user passes into a :class:`Source`.
 
-    ``Source`` → itself; path, URL, ``zarr.Group`` or zarr store → :func:`open_zarr`; xarray
+    ``Source`` → itself; a table (a Parquet file or directory, a CSV or ``.npy`` file, a
+    pyarrow ``Table`` or ``Dataset``, a HuggingFace ``Dataset``) →
+    :func:`~natgrad_stream.data.tables.open_table` (``x`` names its columns); path, URL,
+    ``zarr.Group`` or zarr store → :func:`open_zarr`; xarray
     ``Dataset`` → its variables ``x``, ``y``, ``w``; a SciPy sparse matrix or array (any
     format), alone or first in a tuple ``(X, y[, w])`` →
     :class:`~natgrad_stream.data.sparse_source.SparseSource` (converted to CSR once);
     tuple ``(X, y[, w])`` or a 2-D array
     (NumPy, Zarr, dask, pandas ``DataFrame``, xarray ``DataArray``) → :class:`ArraySource`,
     read chunk by chunk (dask and lazily loaded xarray data are never materialized whole);
-    any other iterable → :class:`IteratorSource`.
+    a ``pyarrow.RecordBatchReader`` or any other iterable → :class:`IteratorSource` (one
+    epoch); a callable returning one → a re-iterable :class:`IteratorSource` (an epoch a
+    call).
 
     Raises
     ------
@@ -1137,6 +1185,10 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
     """
     if isinstance(data, Source):
         return data
+    from natgrad_stream.data import tables
+
+    if tables.is_table_path(data) or tables.is_table_object(data):
+        return tables.open_table(data, x=x, y=y, w=w)
     if isinstance(data, str | os.PathLike):
         return open_zarr(data, x=x, y=y, w=w)
     try:
@@ -1182,6 +1234,11 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
                            names=(x, y or "y", w or "w"))
     from collections.abc import Mapping
 
+    if tables.is_record_batch_reader(data):  # one pass, as any iterator
+        return IteratorSource(tables.arrow_items(data, x, y, w), name="record batches")
+    if callable(data) and not isinstance(data, Iterable):  # re-iterable: one call an epoch
+        return IteratorSource(functools.partial(tables.reiterable_items, data, x, y, w),
+                              name=getattr(data, "__name__", "callable"))
     if isinstance(data, Iterable) and not isinstance(data, Mapping | bytes | set | frozenset):
         return IteratorSource(data)
     raise TypeError(f"cannot stream data of type {type(data).__module__}."

@@ -733,7 +733,11 @@ class NaturalGradientLearner:
 
         Parameters
         ----------
-        data : path, zarr.Group, (X, y[, w]) arrays, Source or iterable of batches
+        data : path, zarr.Group, (X, y[, w]) arrays, table, Source or iterable of batches
+            A table: a Parquet, CSV or ``.npy`` path, a pyarrow ``Table``, ``Dataset`` or
+            ``RecordBatchReader``, a HuggingFace ``Dataset`` (``x`` names its feature
+            columns: :mod:`natgrad_stream.data.tables`). A callable returning an iterable
+            of batches is called once per epoch (multi-epoch; an iterable runs one).
             L-BFGS streams its data many times: arrays, a Zarr group or path, or an
             ``ArraySource`` (whose ``chunk_rows`` set the window's chunks).
         epochs : int, optional
@@ -813,6 +817,9 @@ class NaturalGradientLearner:
         if isinstance(source, SparseSource):
             raise TypeError("a Dask fit reads dense Zarr arrays; sparse data (a CSR group) "
                             "is fitted in one process (no client)")
+        if getattr(source, "table_files", None) is not None:
+            raise TypeError("a Dask fit reads a Zarr store that every worker opens, not a "
+                            "table: copy it first ('natgrad-stream convert SRC OUT.zarr')")
         if not isinstance(data, str | os.PathLike) or not isinstance(source, ArraySource):
             raise TypeError("a Dask fit reads a Zarr store that every worker opens: pass "
                             f"its path or URL, not {type(data).__name__}")

@@ -351,10 +351,18 @@ MAX_WAIT_SECONDS = 86_400.0
 #: Every option of ``fit``, in ``--help`` order.
 OPTIONS: tuple[Option, ...] = (
     # -- data ------------------------------------------------------------------------------
-    _o("x", text, "X", "features array", group=DATA, metavar="NAME"),
-    _o("y", text, "y", "targets array", group=DATA, metavar="NAME"),
-    _o("w", text, None, "optional sample-weight array", group=DATA, nullable=True,
+    _o("x", text, "X", "features array; for a table, columns: names or globs, "
+       "comma-separated, e.g. 'f*' (default every column but y and w)", group=DATA,
        metavar="NAME"),
+    _o("y", text, "y", "targets array (table: column; .npy: a second .npy file or a column "
+       "index)", group=DATA, metavar="NAME"),
+    _o("w", text, None, "optional sample-weight array (or column)", group=DATA, nullable=True,
+       metavar="NAME"),
+    _o("one_hot", flag, False, "tables: one-hot the string and dictionary columns of --x "
+       "(sparse rows; the same as ending --x in ';onehot')", group=DATA),
+    _o("hash_bits", positive_int, None, "tables: hash the columns of --x into 2**B sparse "
+       "features (categories as 'column=value'; the same as ending --x in ';hash=B')",
+       group=DATA, nullable=True, metavar="B", maximum=31),
     _o("follow", flag, False, "learn rows as another process appends them (committed with "
        "natgrad_stream.data.append_rows), each once, in arrival order; stops on SIGINT/"
        "SIGTERM (resumable) or after --idle-timeout", group=DATA, applies=_ST),
