@@ -52,7 +52,10 @@ name for the cap on passes, is ``epochs``; ``C`` and ``alpha`` set ``l2`` as abo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 import warnings
 
 import numpy as np
@@ -65,6 +68,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from natgrad_stream.errors import NumericalError
 from natgrad_stream.training import options as opts
+from natgrad_stream.training.callbacks import FIT_END, FIT_START, fit_logger
 
 __all__ = ["NaturalGradientClassifier", "NaturalGradientPoissonRegressor",
            "NaturalGradientRegressor", "ESTIMATOR_OPTIONS"]
@@ -86,6 +90,25 @@ _FLOATS = (np.float64, np.float32)
 #: Sparse formats accepted as they are (others are converted to the first, CSR); the
 #: learner reads them through CSR kernels without densifying.
 _SPARSE = ("csr", "csc", "coo")
+
+
+class _DropFitEnds(logging.Filter):
+    def filter(self, record) -> bool:
+        return getattr(record, "natgrad_event", None) not in (FIT_START, FIT_END)
+
+
+@contextlib.contextmanager
+def _fit_lines_dropped():
+    """Within the block, the learner's start and end lines are not logged: an estimator
+    runs the learner one pass at a time and logs its own start and end, with the passes'
+    lines between them.
+    """
+    drop = _DropFitEnds()
+    fit_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        fit_logger.removeFilter(drop)
 
 
 def _is_path(X) -> bool:
@@ -194,7 +217,8 @@ class _NaturalGradientBase(BaseEstimator):
         """
         from natgrad_stream.training.learner import pass_cap_notes_dropped
 
-        with warnings.catch_warnings(record=True) as caught, pass_cap_notes_dropped():
+        with warnings.catch_warnings(record=True) as caught, pass_cap_notes_dropped(), \
+                _fit_lines_dropped():
             warnings.simplefilter("always", RuntimeWarning)
             try:
                 action()
@@ -214,6 +238,7 @@ class _NaturalGradientBase(BaseEstimator):
             max_iter = opts.BY_NAME["epochs"].check_value("max_iter", self.max_iter)
         except TypeError as exc:
             raise ValueError(str(exc)) from None
+        t0 = time.perf_counter()
         model = self._make_model(n_features)
         learner = self._new_learner(model, weight_sum)
         skipped = self._warm_start_from(learner)  # passes a warm start does not make
@@ -226,10 +251,17 @@ class _NaturalGradientBase(BaseEstimator):
                 if k > 1 and self._converged(learner):
                     return
 
+        fit_logger.info("%s: fitting %d features%s, at most %d passes (tol %g)",
+                        type(self).__name__, n_features,
+                        " from the previous fit (warm start)" if skipped else "", max_iter,
+                        self.tol)
         notes = self._run(passes)
         self._finish(learner, model)
         self.n_iter_ = int(learner.result.epochs) - skipped
         self.converged_ = self._converged(learner)
+        fit_logger.info("%s: %s in %d passes, %s samples read, %.2f s", type(self).__name__,
+                        "converged" if self.converged_ else "not converged", self.n_iter_,
+                        f"{learner.state.samples:,}", time.perf_counter() - t0)
         note = learner.unidentified_note()
         if note is not None:  # the learner's own line is dropped with the per-pass ones
             warnings.warn(f"{type(self).__name__}: {note}", UserWarning, stacklevel=3)

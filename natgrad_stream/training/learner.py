@@ -93,6 +93,7 @@ from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
 from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
+from natgrad_stream.training.callbacks import FitLog
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
 from natgrad_stream.training.state import LearnerState
 
@@ -740,6 +741,9 @@ class NaturalGradientLearner:
         rounds : int, optional
             L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
+            Besides these, progress goes to the ``natgrad_stream.fit`` logger
+            (:class:`~natgrad_stream.training.callbacks.FitLog`: passes at INFO, steps at
+            DEBUG; silent unless logging is configured).
         max_samples : int, optional
             Stop (resumably) once this many samples have been seen in total.
         shuffle, prefetch, chunks_per_read
@@ -755,6 +759,7 @@ class NaturalGradientLearner:
         """
         if max_samples is not None:
             max_samples = opts.BY_NAME["max_samples"].parse(max_samples)
+        callbacks = (*callbacks, FitLog())  # progress through logging (silent by default)
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
