@@ -323,8 +323,10 @@ class MetricsLogger(Callback):
 
     Records: ``{"event": "progress", "step", "samples", "epoch", "loss", "grad_norm",
     "natural_grad_norm", "rows_per_s", "elapsed"}`` every ``every`` samples (loss and rate
-    averaged over the interval); ``{"event": "rewhiten", ...}`` with the trigger, the drift
-    and the whitener's diagnostics; ``{"event": "round", ...}`` after each L-BFGS round;
+    averaged over the interval), and, from a fit's start until then, after its first batch
+    and at doubling intervals (so that a log starts where the data start);
+    ``{"event": "rewhiten", ...}`` with the trigger, the drift and the whitener's
+    diagnostics; ``{"event": "round", ...}`` after each L-BFGS round;
     ``{"event": "end", ...}`` with the summary and ``{"event": "error", ...}`` if the run
     stops on an exception.
 
@@ -361,7 +363,8 @@ class MetricsLogger(Callback):
 
     def on_fit_start(self, learner, total_rows):
         self.t0 = self.t_last = time.perf_counter()
-        self.samples_last = learner.samples
+        self.samples_last = self.samples_start = learner.samples
+        self.gap = 1  # the first batch is recorded, then doubling gaps up to ``every``
         self.loss_sum = 0.0
         self.rows = 0
         self._write({"event": "start", "samples": learner.samples, "step": learner.steps,
@@ -372,8 +375,9 @@ class MetricsLogger(Callback):
         if not info.skipped:
             self.loss_sum += info.loss * info.rows
             self.rows += info.rows
-        if learner.samples - self.samples_last >= self.every:
+        if learner.samples - self.samples_last >= min(self.gap, self.every):
             self._progress(learner, info)
+            self.gap = learner.samples - self.samples_start
 
     def _progress(self, learner, info):
         now = time.perf_counter()
