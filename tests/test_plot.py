@@ -3,6 +3,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from natgrad_stream.app.cli import main
@@ -173,10 +174,39 @@ def test_plot_starts_where_the_data_start_and_draws_training_and_validation(vali
     assert list(lines["validation loss"].get_ydata()) == [r["loss"] for r in val]
     lo, hi = ax.get_ylim()
     assert all(lo <= r["loss"] <= hi for r in val)  # inside the panel
-    (acc_ax,) = twins
-    (acc,) = acc_ax.get_lines()
+    (score_ax,) = twins
+    acc, auc = score_ax.get_lines()
     assert acc.get_label() == "validation accuracy"
     assert list(acc.get_ydata()) == [r["accuracy"] for r in val]
+    assert auc.get_label() == "validation AUC"
+    assert list(auc.get_ydata()) == [r["auc"] for r in val]
+    assert score_ax.get_ylabel() == "validation accuracy / validation AUC"
+
+
+def test_validation_auc_is_roc_auc_score(validated_run):
+    """The validation records' AUC is scikit-learn's ``roc_auc_score`` of the held-out
+    probabilities at the logged θ (the last record: the fitted θ).
+    """
+    import zarr
+    from sklearn.metrics import roc_auc_score
+
+    from natgrad_stream.app.evaluate import binary_auc
+    from natgrad_stream.app.plot import read_metrics
+    from natgrad_stream.app.runs import run_params
+    from natgrad_stream.models import make_model
+
+    records = read_metrics(validated_run)
+    last = [r for r in records if r.get("event") == "validation"][-1]
+    params = run_params(validated_run)
+    theta = np.r_[params["coef"], params["intercept"]]
+    model = make_model("logistic", 3)
+    data = validated_run.parent / "d.zarr"
+    g = zarr.open_group(str(data), mode="r")
+    X, y = g["X_test"][:], g["y_test"][:]
+    z = X.astype(float) @ theta[:-1] + theta[-1]
+    assert last["auc"] == pytest.approx(roc_auc_score(y, z), abs=1e-12)
+    assert binary_auc(model, theta, (X, y)) == pytest.approx(roc_auc_score(y, z), abs=1e-12)
+    assert binary_auc(model, theta, (X, np.zeros_like(y))) is None
 
 
 def test_plot_of_a_regression_has_no_accuracy_axis(tmp_path):
