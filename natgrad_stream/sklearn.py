@@ -41,8 +41,10 @@ start), running the converging passes from there. The penalized objective has on
 minimum, so the result is the cold fit's to the stopping rule; what changes is the cost:
 a refit after a small change of ``C``/``alpha`` or of the data takes fewer passes, and one
 at the optimum takes one (the pass that checks the rule). ``n_iter_`` counts this fit's
-passes. The classifier's ``class_weight`` (a dict or ``"balanced"``) multiplies
-``sample_weight`` as in ``LogisticRegression``, so ``S`` (and λ) include it.
+passes. (With ``refine="stream"`` the passes are streaming steps whose harmonic sizes
+start again at 1, so a warm start gains little.) The classifier's ``class_weight`` (a
+dict or ``"balanced"``) multiplies ``sample_weight`` as in ``LogisticRegression``, so
+``S`` (and λ) include it.
 
 The estimator parameters are the learner options of
 :data:`natgrad_stream.training.options.OPTIONS` that make sense for an estimator, with the
