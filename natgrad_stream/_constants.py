@@ -144,6 +144,18 @@ DIVERGENCE_WINDOW_BATCHES = 8
 DIVERGENCE_FACTOR = 10.0
 DIVERGENCE_STEP_CUT = 0.1
 DIVERGENCE_MAX_ROLLBACKS = 3
+#: Drift alarm (``forget``): a guard window whose mean loss exceeds the running level (the
+#: earlier windows' mean, forgotten with the data's half-life) by more than
+#: DRIFT_ALARM_SIGMAS standard deviations of the windows' means and by more than
+#: DRIFT_ALARM_MIN_RISE × |level| logs one warning, once the level holds
+#: DRIFT_ALARM_MIN_WINDOWS windows; it clears when a window is back under the threshold.
+DRIFT_ALARM_SIGMAS = 4.0
+DRIFT_ALARM_MIN_RISE = 0.05
+DRIFT_ALARM_MIN_WINDOWS = 4
+#: The divergence guard under forgetting: windows above its threshold (a drift raises the
+#: loss at once) roll back only when they last longer than this many half-lives of
+#: forgetting, after which an adapting model weighs the rows before the drift 1/8.
+DRIFT_SETTLE_HALF_LIVES = 3.0
 
 #: Passes after the first (``refine="scoring"``): rows per evaluation batch, the Armijo
 #: constant of the backtracking on the pass loss, and the halvings before giving up.

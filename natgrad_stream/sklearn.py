@@ -35,6 +35,17 @@ memory: ``fit("data.zarr")`` reads the arrays ``"X"`` and ``"y"``;
 ``fit(path, "labels", "weights")`` names other arrays.
 ``partial_fit`` takes one natural-gradient step per call (push-style streaming).
 
+``warm_start=True`` (all three): ``fit`` starts from the previous fit's θ (``coef_``,
+``intercept_``) and skips the streaming first pass (whose steps would wander off a good
+start), running the converging passes from there. The penalized objective has one
+minimum, so the result is the cold fit's to the stopping rule; what changes is the cost:
+a refit after a small change of ``C``/``alpha`` or of the data takes fewer passes, and one
+at the optimum takes one (the pass that checks the rule). ``n_iter_`` counts this fit's
+passes. (With ``refine="stream"`` the passes are streaming steps whose harmonic sizes
+start again at 1, so a warm start gains little.) The classifier's ``class_weight`` (a
+dict or ``"balanced"``) multiplies ``sample_weight`` as in ``LogisticRegression``, so
+``S`` (and λ) include it.
+
 The estimator parameters are the learner options of
 :data:`natgrad_stream.training.options.OPTIONS` that make sense for an estimator, with the
 table's defaults, under the same names (``tol`` is ``--tol``; ``max_iter``, scikit-learn's
@@ -43,7 +54,10 @@ name for the cap on passes, is ``epochs``; ``C`` and ``alpha`` set ``l2`` as abo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 import warnings
 
 import numpy as np
@@ -56,6 +70,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from natgrad_stream.errors import NumericalError
 from natgrad_stream.training import options as opts
+from natgrad_stream.training.callbacks import FIT_END, FIT_START, fit_logger
 
 __all__ = ["NaturalGradientClassifier", "NaturalGradientPoissonRegressor",
            "NaturalGradientRegressor", "ESTIMATOR_OPTIONS"]
@@ -77,6 +92,25 @@ _FLOATS = (np.float64, np.float32)
 #: Sparse formats accepted as they are (others are converted to the first, CSR); the
 #: learner reads them through CSR kernels without densifying.
 _SPARSE = ("csr", "csc", "coo")
+
+
+class _DropFitEnds(logging.Filter):
+    def filter(self, record) -> bool:
+        return getattr(record, "natgrad_event", None) not in (FIT_START, FIT_END)
+
+
+@contextlib.contextmanager
+def _fit_lines_dropped():
+    """Within the block, the learner's start and end lines are not logged: an estimator
+    runs the learner one pass at a time and logs its own start and end, with the passes'
+    lines between them.
+    """
+    drop = _DropFitEnds()
+    fit_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        fit_logger.removeFilter(drop)
 
 
 def _is_path(X) -> bool:
@@ -122,7 +156,8 @@ class _NaturalGradientBase(BaseEstimator):
     def __init__(self, *, optimizer=_D["optimizer"], metric=_D["metric"],
                  structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
                  floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
-                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER):
+                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER,
+                 warm_start=False):
         self.optimizer = optimizer
         self.metric = metric
         self.structure = structure
@@ -134,6 +169,7 @@ class _NaturalGradientBase(BaseEstimator):
         self.refine = refine
         self.tol = tol
         self.max_iter = max_iter
+        self.warm_start = warm_start
 
     # -- subclass hooks -------------------------------------------------------------------
     _model_name = "linear"
@@ -188,7 +224,8 @@ class _NaturalGradientBase(BaseEstimator):
         """
         from natgrad_stream.training.learner import pass_cap_notes_dropped
 
-        with warnings.catch_warnings(record=True) as caught, pass_cap_notes_dropped():
+        with warnings.catch_warnings(record=True) as caught, pass_cap_notes_dropped(), \
+                _fit_lines_dropped():
             warnings.simplefilter("always", RuntimeWarning)
             try:
                 action()
@@ -208,20 +245,30 @@ class _NaturalGradientBase(BaseEstimator):
             max_iter = opts.BY_NAME["epochs"].check_value("max_iter", self.max_iter)
         except TypeError as exc:
             raise ValueError(str(exc)) from None
+        t0 = time.perf_counter()
         model = self._make_model(n_features)
         learner = self._new_learner(model, weight_sum)
+        skipped = self._warm_start_from(learner)  # passes a warm start does not make
+
         def passes():
             # one pass per call (a learner continues up to ``epochs``, exactly as in one
             # call), so the estimator's own stopping rule is checked after every pass
-            for k in range(1, max_iter + 1):
+            for k in range(1 + skipped, max_iter + 1 + skipped):
                 learner.fit(data, epochs=k, x=x, y=y, w=w)
                 if k > 1 and self._converged(learner):
                     return
 
+        fit_logger.info("%s: fitting %d features%s, at most %d passes (tol %g)",
+                        type(self).__name__, n_features,
+                        " from the previous fit (warm start)" if skipped else "", max_iter,
+                        self.tol)
         notes = self._run(passes)
         self._finish(learner, model)
-        self.n_iter_ = int(learner.result.epochs)
+        self.n_iter_ = int(learner.result.epochs) - skipped
         self.converged_ = self._converged(learner)
+        fit_logger.info("%s: %s in %d passes, %s samples read, %.2f s", type(self).__name__,
+                        "converged" if self.converged_ else "not converged", self.n_iter_,
+                        f"{learner.state.samples:,}", time.perf_counter() - t0)
         note = learner.unidentified_note()
         if note is not None:  # the learner's own line is dropped with the per-pass ones
             warnings.warn(f"{type(self).__name__}: {note}", UserWarning, stacklevel=3)
@@ -231,6 +278,24 @@ class _NaturalGradientBase(BaseEstimator):
                           f"passes (tol={self.tol}){detail}; increase max_iter, or the data "
                           "may be separable or degenerate", ConvergenceWarning, stacklevel=3)
         return self
+
+    def _warm_start_from(self, learner) -> int:
+        """With ``warm_start`` and a previous fit, start ``learner`` at its θ and skip the
+        streaming first pass, whose steps would wander off a good start (the later passes
+        converge from it); returns the passes skipped (1, else 0).
+        """
+        previous = getattr(self, "learner_", None)
+        if not self.warm_start or previous is None:
+            return 0
+        if previous.model.config() != learner.model.config():
+            raise ValueError(f"{type(self).__name__}(warm_start=True): the previous fit's "
+                             f"model {previous.model.config()} does not match this data's "
+                             f"{learner.model.config()} (other features or classes); "
+                             "fit with warm_start=False")
+        from natgrad_stream.data import Cursor
+        learner.reset(np.array(previous.theta, dtype=np.float64))
+        learner.state.cursor = Cursor(epoch=1)
+        return 1
 
     def _converged(self, learner) -> bool:
         """The learner's rule, or an absolute one: the learner's is relative to ``|J|``,
@@ -274,13 +339,20 @@ class _NaturalGradientBase(BaseEstimator):
             return self._fit_path(X, "y" if y is None else y, sample_weight)
         X, y = validate_data(self, X, y, accept_sparse=_SPARSE, dtype=_FLOATS, order="C",
                              **self._y_check())
-        y = self._encode_y(y)
+        labels, y = y, self._encode_y(y)
         w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        w = self._weighted(labels, y, w, partial=False)
         weight_sum = float(X.shape[0] if w is None else np.sum(w))
         return self._fit_learner((X, y) if w is None else (X, y, w), X.shape[1], weight_sum)
 
     def _y_check(self) -> dict:
         return {"y_numeric": True}
+
+    def _weighted(self, labels, y, w, *, partial: bool):
+        """The sample weights of a fit (shape (n_samples,) or None) with any weights of the
+        estimator's own folded in (classifier: ``class_weight``).
+        """
+        return w
 
     def _fit_path(self, data, y_name, w_name):
         from natgrad_stream.data import as_source
@@ -311,8 +383,9 @@ class _NaturalGradientBase(BaseEstimator):
         return self._partial_step(X, y, sample_weight, first, classes=None)
 
     def _partial_step(self, X, y, sample_weight, first, classes):
-        y = self._encode_y(y, classes=classes, partial=True)
+        labels, y = y, self._encode_y(y, classes=classes, partial=True)
         w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        w = self._weighted(labels, y, w, partial=True)
         if first:
             model = self._make_model(X.shape[1])
             learner = self._new_learner(model)
@@ -353,12 +426,13 @@ class _AlphaRegressor(RegressorMixin, _NaturalGradientBase):
     def __init__(self, *, alpha=DEFAULT_ALPHA, optimizer=_D["optimizer"], metric=_D["metric"],
                  structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
                  floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
-                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER):
+                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER,
+                 warm_start=False):
         self.alpha = alpha
         super().__init__(optimizer=optimizer, metric=metric, structure=structure,
                          whitening=whitening, damping=damping, floor=floor,
                          batch_size=batch_size, seed=seed, refine=refine, tol=tol,
-                         max_iter=max_iter)
+                         max_iter=max_iter, warm_start=warm_start)
 
 
 class NaturalGradientRegressor(_AlphaRegressor):
@@ -381,6 +455,10 @@ class NaturalGradientRegressor(_AlphaRegressor):
         Stop once the Newton decrement of a whole pass is at most ``tol·|J|``.
     max_iter : int
         Passes over the data at most (the first streams, the others are Fisher scoring).
+    warm_start : bool, default False
+        Start ``fit`` from the previous fit's coefficients, skipping the streaming first
+        pass (the same optimum, fewer passes when the start is near it; see the module
+        docstring); the data must have the previous fit's features (and classes).
 
     Attributes
     ----------
@@ -463,8 +541,14 @@ class NaturalGradientClassifier(ClassifierMixin, _NaturalGradientBase):
         ``LogisticRegression(C=C)`` for two classes; ``C=np.inf`` is the unpenalized fit.
         Softmax (K > 2) penalizes the K−1 rows of the reference-class parameterization.
     optimizer, metric, structure, whitening, damping, floor, batch_size, seed, refine, \
-tol, max_iter
+tol, max_iter, warm_start
         As in :class:`NaturalGradientRegressor`.
+    class_weight : dict, "balanced" or None, default None
+        ``LogisticRegression``'s: each row's sample weight is multiplied by its class's
+        weight, a dict ``{label: weight}`` or ``"balanced"``,
+        ``n_samples / (n_classes · bincount(y))`` (the counts weighted by
+        ``sample_weight`` when given). In-memory data only (with a Zarr path, store the
+        weights as an array); ``partial_fit`` takes a dict only, as ``SGDClassifier``.
 
     Attributes
     ----------
@@ -479,12 +563,14 @@ tol, max_iter
     def __init__(self, *, C=DEFAULT_C, optimizer=_D["optimizer"], metric=_D["metric"],
                  structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
                  floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
-                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER):
+                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER,
+                 warm_start=False, class_weight=None):
         self.C = C
+        self.class_weight = class_weight
         super().__init__(optimizer=optimizer, metric=metric, structure=structure,
                          whitening=whitening, damping=damping, floor=floor,
                          batch_size=batch_size, seed=seed, refine=refine, tol=tol,
-                         max_iter=max_iter)
+                         max_iter=max_iter, warm_start=warm_start)
 
     def _l2(self, weight_sum):
         C = _penalty_parameter("C", self.C, positive=True)
@@ -523,12 +609,37 @@ tol, max_iter
             raise ValueError(f"y contains labels not in classes: {np.unique(y[unknown])}")
         return code.astype(np.float64)
 
+    def _weighted(self, labels, y, w, *, partial: bool):
+        """``class_weight`` as scikit-learn applies it: the weight of each row's class
+        (``"balanced"``: ``n_samples / (n_classes · bincount(y))``, the counts weighted by
+        ``sample_weight`` when given) multiplies ``sample_weight``.
+        """
+        cw = self.class_weight
+        if cw is None:
+            return w
+        if not (isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
+            raise ValueError(f"class_weight must be a dict, 'balanced' or None, got {cw!r}")
+        if partial and isinstance(cw, str):
+            raise ValueError("class_weight='balanced' needs every label at once: it is not "
+                             "supported by partial_fit (compute the weights with "
+                             "sklearn.utils.class_weight.compute_class_weight on all "
+                             "labels and pass them as a dict)")
+        from sklearn.utils.class_weight import compute_class_weight
+        weights = compute_class_weight(cw, classes=self.classes_, y=np.asarray(labels),
+                                       sample_weight=w if isinstance(cw, str) else None)
+        per_row = np.asarray(weights, dtype=np.float64)[y.astype(np.intp)]
+        return per_row if w is None else w * per_row
+
     def _separated(self, loss: float) -> bool:
         # −log-likelihoods of labels are >= 0; at most tol: the classes are separated, the
         # optimum is at infinity and the predictions cannot improve
         return bool(loss <= self.tol)
 
     def _prepare_path(self, source) -> None:
+        if self.class_weight is not None:
+            raise ValueError("class_weight applies to in-memory data; with a Zarr path, "
+                             "store the weighted sample weights as an array and name it "
+                             "with sample_weight")
         n, step = int(source.n_rows), max(int(source.chunk_rows), 1)
         found = set()
         for a in range(0, n, step):

@@ -45,7 +45,12 @@ def test_defaults_come_from_the_options_table(cls):
     assert params["max_iter"].default == DEFAULT_MAX_ITER
     penalty = "C" if cls is NaturalGradientClassifier else "alpha"  # scikit-learn's names
     assert params[penalty].default == (DEFAULT_C if penalty == "C" else DEFAULT_ALPHA) == 1.0
-    assert set(params) - {"self"} == {*ESTIMATOR_OPTIONS, "tol", "max_iter", penalty}
+    assert params["warm_start"].default is False
+    own = {"class_weight"} if cls is NaturalGradientClassifier else set()
+    if own:
+        assert params["class_weight"].default is None
+    assert set(params) - {"self"} == {*ESTIMATOR_OPTIONS, "tol", "max_iter", penalty,
+                                      "warm_start", *own}
 
 
 @pytest.mark.parametrize("C", [np.inf, DEFAULT_C])
@@ -202,3 +207,100 @@ def test_bad_parameters_raise_value_error():
         NaturalGradientRegressor(max_iter=0).fit(X, y)
     with pytest.raises(ValueError):
         NaturalGradientRegressor(optimizer="lbfgs").fit(X, y)
+
+
+def _standardized_cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(X[:, :10]), y
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 3.0, 1: 0.5}])
+@pytest.mark.parametrize("C", [1.0, 0.1])
+def test_class_weight_reaches_sklearn_optimum(C, class_weight):
+    """``class_weight`` means what it means to ``LogisticRegression``: the same optimum.
+
+    Standardized features and tol=1e-14: at the default tol=1e-10 the fit stops where the
+    objective is within 1e-10·|J| of its minimum, the coefficients within about 1e-5.
+    """
+    X, y = _standardized_cancer()
+    est = NaturalGradientClassifier(C=C, class_weight=class_weight, tol=1e-14).fit(X, y)
+    ref = LogisticRegression(C=C, class_weight=class_weight, solver="newton-cholesky",
+                             tol=1e-14, max_iter=1000).fit(X, y)
+    assert est.converged_
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(est.intercept_, ref.intercept_, rtol=0, atol=1e-6)
+    plain = NaturalGradientClassifier(C=C, tol=1e-14).fit(X, y)
+    assert np.abs(plain.coef_ - est.coef_).max() > 1e-2  # the weights did change the fit
+
+
+@pytest.mark.parametrize("with_sample_weight", [False, True])
+def test_balanced_class_weight_equals_the_matching_sample_weights(with_sample_weight):
+    """The issue's criterion, on three unequal classes: "balanced" is the sample weights
+    ``n_samples / (n_classes · bincount(y))`` (weighted counts with sample_weight, which
+    they multiply), to 1e-9.
+    """
+    X, y = load_iris(return_X_y=True)
+    keep = np.r_[0:50, 50:80, 100:115]  # 50, 30 and 15 rows
+    X, y = X[keep], y[keep]
+    sw = np.random.default_rng(0).uniform(0.5, 2.0, len(y)) if with_sample_weight else None
+    balanced = NaturalGradientClassifier(class_weight="balanced").fit(X, y, sample_weight=sw)
+    base = np.ones(len(y)) if sw is None else sw
+    counts = np.bincount(y, weights=base)
+    matching = base * (base.sum() / (3 * counts))[y]
+    weighted = NaturalGradientClassifier().fit(X, y, sample_weight=matching)
+    np.testing.assert_allclose(balanced.coef_, weighted.coef_, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(balanced.intercept_, weighted.intercept_, rtol=0, atol=1e-9)
+
+
+def test_class_weight_dict_in_partial_fit_and_refusals(tmp_path):
+    X, y = _standardized_cancer()
+    labels = np.where(y == 1, "b", "m")
+    cw = {"b": 0.5, "m": 3.0}
+    by_dict = NaturalGradientClassifier(class_weight=cw).partial_fit(X, labels,
+                                                                    classes=["b", "m"])
+    by_weights = NaturalGradientClassifier().partial_fit(
+        X, labels, classes=["b", "m"], sample_weight=np.where(labels == "b", 0.5, 3.0))
+    np.testing.assert_array_equal(by_dict.coef_, by_weights.coef_)
+    with pytest.raises(ValueError, match="not supported by partial_fit"):
+        NaturalGradientClassifier(class_weight="balanced").partial_fit(X, y, classes=[0, 1])
+    with pytest.raises(ValueError, match="class_weight must be"):
+        NaturalGradientClassifier(class_weight="equal").fit(X, y)
+    import zarr
+    group = zarr.open_group(tmp_path / "d.zarr", mode="w")
+    group["X"], group["y"] = X, y.astype(np.int8)
+    with pytest.raises(ValueError, match="with a Zarr path"):
+        NaturalGradientClassifier(class_weight="balanced").fit(str(tmp_path / "d.zarr"))
+
+
+def test_warm_start_starts_from_the_previous_coefficients():
+    """A warm start skips the streaming first pass and runs the converging passes from the
+    previous ``coef_``: the same optimum as a cold fit, in fewer passes; a refit at the
+    optimum takes one (the pass that checks the rule). Without it, fit starts afresh.
+    """
+    X, y = _standardized_cancer()
+    warm = NaturalGradientClassifier(C=1.0, warm_start=True, tol=1e-14).fit(X, y)
+    first = warm.n_iter_
+    warm.set_params(C=2.0).fit(X, y)
+    cold = NaturalGradientClassifier(C=2.0, tol=1e-14).fit(X, y)
+    assert warm.converged_ and cold.converged_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=0, atol=1e-8)
+    assert warm.n_iter_ < cold.n_iter_ and warm.n_iter_ < first
+    warm.fit(X, y)
+    assert warm.n_iter_ == 1 and warm.converged_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=0, atol=1e-8)
+    again = NaturalGradientClassifier(C=2.0, tol=1e-14).fit(X, y)
+    again.fit(X, y)  # warm_start=False: the second fit is the first over again
+    assert again.n_iter_ == cold.n_iter_
+    np.testing.assert_array_equal(again.coef_, cold.coef_)
+
+
+@pytest.mark.parametrize("cls", [NaturalGradientRegressor, NaturalGradientPoissonRegressor])
+def test_warm_start_regressors(cls):
+    X, rate, _ = _poisson_data()
+    warm = cls(warm_start=True).fit(X, rate)
+    warm.set_params(alpha=0.5).fit(X, rate)
+    cold = cls(alpha=0.5).fit(X, rate)
+    assert warm.converged_ and warm.n_iter_ <= cold.n_iter_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="warm_start"):
+        warm.fit(X[:, :3], rate)

@@ -463,6 +463,8 @@ def _log_to_stderr(prefix: str) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    # the commands report progress by their own callbacks (bar, lines every S seconds)
+    logging.getLogger("natgrad_stream.fit").setLevel(logging.WARNING)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

@@ -74,3 +74,32 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
     if penalized:
         out["objective"] = loss / weight + penalty.value(theta)
     return out
+
+
+def binary_auc(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str = "y",
+               batch_size: int = EVAL_BATCH_ROWS) -> float | None:
+    """The area under the ROC curve of a binary classifier's probabilities over all rows of
+    ``data`` (labels 0/1), or None when one class is absent.
+
+    Exact, as scikit-learn's ``roc_auc_score``: the Mann–Whitney statistic of the
+    probabilities' ranks, ties counted half. The probabilities are kept to rank them: 8
+    bytes per row (the held-out sets of ``--val``).
+    """
+    from scipy.stats import rankdata
+
+    source = as_source(data, x=x, y=y)
+    probs, labels = [], []
+    with source.batches(batch_size=batch_size, epochs=1, shuffle=False,
+                        **model.data_checks()) as stream:
+        for batch in stream:
+            probs.append(model.predict_mean(batch.X, theta))
+            labels.append(np.asarray(batch.y) > 0.5)
+    if not probs:
+        raise DataError("no rows to evaluate", array=x)
+    positive = np.concatenate(labels)
+    n1 = int(positive.sum())
+    n0 = positive.size - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    ranks = rankdata(np.concatenate(probs))
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))

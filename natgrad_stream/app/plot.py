@@ -32,6 +32,9 @@ DEFAULT_NAME = "plot.png"
 #: A samples (or rows/s, or positive loss) range wider than this factor is drawn on a log axis.
 LOG_X_RANGE = 100.0
 LOG_Y_RANGE = 100.0
+#: Validation measures drawn on the loss panel's second axis when the records hold them
+#: (classifiers' ``evaluate`` measures), with their legend labels.
+VALIDATION_SCORES = (("accuracy", "validation accuracy"), ("auc", "validation AUC"))
 INSTALL_HINT = 'pip install "natgrad-stream[plot]"'
 _REASON_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown",
                   "tab:pink", "tab:olive", "tab:cyan")
@@ -174,7 +177,8 @@ def _title(run_dir: Path, records) -> str:
 
 
 def plot_run(run_dir, out=None) -> Path:
-    """Draw the training log of ``run_dir`` into ``out`` (default ``run_dir/plot.png``).
+    """Draw the training log of ``run_dir`` (:func:`draw_run`) into ``out`` (default
+    ``run_dir/plot.png``).
 
     The format follows ``out``'s suffix (PNG when it has none); the file is written
     atomically (a temporary file renamed over it).
@@ -194,22 +198,62 @@ def plot_run(run_dir, out=None) -> Path:
         ``out`` has a suffix matplotlib cannot write.
     """
     run_dir = Path(run_dir)
+    fig = draw_run(run_dir)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    out = Path(out) if out is not None else run_dir / DEFAULT_NAME
+    fmt = out.suffix[1:].lower() or "png"
+    canvas = FigureCanvasAgg(fig)
+    supported = canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(f"{out}: cannot write .{fmt} files (one of "
+                         f"{', '.join('.' + k for k in sorted(supported))})")
+    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=f".{fmt}.tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=110)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _x_limits(xs, log_x: bool):
+    """The samples axis's limits: the span of the drawn series ``xs`` (where the data
+    start and end) with a 2% margin, in log space on a log axis.
+    """
+    xs = [x for x in xs if math.isfinite(x) and not (log_x and x <= 0)]
+    lo, hi = min(xs), max(xs)
+    if log_x:
+        a, b = math.log(lo), math.log(hi)
+        pad = 0.02 * (b - a) if b > a else 0.1
+        return math.exp(a - pad), math.exp(b + pad)
+    pad = 0.02 * (hi - lo) if hi > lo else max(abs(lo) * 0.05, 1.0)
+    return lo - pad, hi + pad
+
+
+def draw_run(run_dir):
+    """The figure of ``run_dir``'s training log (a matplotlib ``Figure``, not drawn on any
+    canvas): what :func:`plot_run` writes.
+
+    Raises
+    ------
+    RunDirectoryError
+        No ``metrics.jsonl``, or no progress records in it.
+    PlotUnavailableError
+        Matplotlib is not installed.
+    """
+    run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     progress = [r for r in records if r.get("event") == "progress"]
     px, ploss = _series(progress, "loss")
     if not px:
         raise RunDirectoryError(f"{run_dir / METRICS}: no progress records to plot (a run "
                                 "shorter than --log-every, or one that has just started)")
-    Figure, FigureCanvasAgg, Line2D = _matplotlib()
-
-    out = Path(out) if out is not None else run_dir / DEFAULT_NAME
-    fmt = out.suffix[1:].lower() or "png"
+    Figure, _, Line2D = _matplotlib()
     fig = Figure(figsize=(10, 9), layout="constrained")
-    canvas = FigureCanvasAgg(fig)
-    supported = canvas.get_supported_filetypes()
-    if fmt not in supported:
-        raise ValueError(f"{out}: cannot write .{fmt} files (one of "
-                         f"{', '.join('.' + k for k in sorted(supported))})")
     ax_loss, ax_rate, ax_cond = fig.subplots(
         3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.6, 2]})
 
@@ -220,10 +264,12 @@ def plot_run(run_dir, out=None) -> Path:
     rollbacks = [r for r in records if r.get("event") == "rollback"]
     resumes = [r for r in records if r.get("event") == "start"][1:]
 
-    every_x = [x for x in px if math.isfinite(x)]
-    for group in (passes, rounds, validation, refreshes, rollbacks, resumes):
-        every_x += [v for v in (_num(r.get("samples")) for r in group) if v is not None]
-    log_x = _wide(every_x, LOG_X_RANGE, skip_nonpositive=True)
+    # the axis spans the drawn series (losses, rows/s): refreshes and event lines outside
+    # it (the first re-whitenings come before the first progress record) are not drawn
+    data_x = [x for x in px if math.isfinite(x)]
+    for group in (passes, rounds, validation):
+        data_x += [v for v in (_num(r.get("samples")) for r in group) if v is not None]
+    log_x = _wide(data_x, LOG_X_RANGE, skip_nonpositive=True)
 
     def keep(xs, ys):  # drop samples = 0 on a log axis
         if not log_x:
@@ -231,13 +277,15 @@ def plot_run(run_dir, out=None) -> Path:
         pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if not x <= 0]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    # (1) loss
+    # (1) loss: training (batches while streaming, the whole data in later passes),
+    # validation, and the validation accuracy of classifiers on a second axis
     ax_loss.plot(*keep(px, ploss), "-", color="tab:blue", lw=1.4, marker="." if
-                 len(px) <= 60 else None, label="training loss (progress, interval mean)")
+                 len(px) <= 60 else None,
+                 label="training loss (interval mean of batch losses)")
     all_loss = list(ploss)
     for group, key, style, color, label in (
-            (passes, "loss", "o", "tab:green", "full-pass loss"),
-            (rounds, "loss", "s", "tab:purple", "L-BFGS round loss"),
+            (passes, "loss", "o-", "tab:green", "training loss (whole-data pass)"),
+            (rounds, "loss", "s-", "tab:purple", "training loss (L-BFGS round)"),
             (validation, "loss", "D-", "tab:orange", "validation loss")):
         xs, ys = keep(*_series(group, key))
         if xs:
@@ -246,6 +294,15 @@ def plot_run(run_dir, out=None) -> Path:
     if _wide(all_loss, LOG_Y_RANGE):
         ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss")
+    scores = [(key, label) for key, label in VALIDATION_SCORES
+              if any(_num(r.get(key)) is not None for r in validation)]
+    ax_score = ax_loss.twinx() if scores else None
+    for (key, label), style in zip(scores, ("^--", "v:"), strict=False):
+        ax_score.plot(*keep(*_series(validation, key)), style, color="tab:red", ms=5,
+                      lw=1.0, label=label)
+    if ax_score is not None:
+        ax_score.set_ylabel(" / ".join(label for _, label in scores), color="tab:red")
+        ax_score.tick_params(axis="y", colors="tab:red")
 
     # (2) rows per second
     rx, rate = keep(*_series(progress, "rows_per_s"))
@@ -315,6 +372,9 @@ def plot_run(run_dir, out=None) -> Path:
         ax.grid(True, which="major", alpha=0.3)
     # legend entries for the event lines (proxy artists, drawn nowhere)
     handles, labels = ax_loss.get_legend_handles_labels()
+    if ax_score is not None:
+        more = ax_score.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     if refreshes:
         handles.append(Line2D([], [], color="0.75", lw=0.7))
         labels.append("metric refresh")
@@ -324,20 +384,14 @@ def plot_run(run_dir, out=None) -> Path:
     if resumes:
         handles.append(Line2D([], [], color="black", ls="--", lw=1.2))
         labels.append("resumed")
-    ax_loss.legend(handles, labels, loc="upper right", fontsize=8)
+    # (above the twin axis, which would otherwise draw over it; placed where it hides
+    # the fewest points)
+    legend = (ax_score or ax_loss).legend(handles, labels, loc="best", fontsize=8)
+    legend.set_zorder(10)
 
     if log_x:
         ax_cond.set_xscale("log")
+    ax_cond.set_xlim(*_x_limits(data_x, log_x))  # shared by the three panels
     ax_cond.set_xlabel("samples (rows seen)" + (", log scale" if log_x else ""))
     fig.suptitle(_title(run_dir, records), fontsize=11)
-
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=f".{fmt}.tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return fig

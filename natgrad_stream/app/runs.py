@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_stream._files import check_zarr_metadata, open_fd
-from natgrad_stream.app.evaluate import evaluate
+from natgrad_stream.app.evaluate import binary_auc, evaluate
 from natgrad_stream.data import FollowSource, as_source
 from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.data.identity import compare_identity, data_identity
@@ -397,8 +397,13 @@ def _validation(data, fit_options: dict, run: dict, learner, log) -> Validation 
         raise OptionError(f"held-out array {x!r} has {held_out.n_features} features; the "
                           f"model has {learner.model.n_features}")
 
+    auc = learner.model.name == "logistic"  # a binary classifier: its ROC AUC too
+
     def measure(lr):
-        return evaluate(lr.model, lr.theta, source, x=x, y=y if requires_y else None)
+        out = evaluate(lr.model, lr.theta, source, x=x, y=y if requires_y else None)
+        if auc:
+            out["auc"] = binary_auc(lr.model, lr.theta, source, x=x, y=y)
+        return out
 
     every = run.get("val_every") or run["log_every"]
     return Validation(measure, every=every, log=log)

@@ -39,7 +39,8 @@ class RunningFisher:
            [0., 2.]])
     """
 
-    def __init__(self, n_params: int, *, structure: str = "full", half_life="auto"):
+    def __init__(self, n_params: int, *, structure: str = "full", half_life="auto",
+                 limit: float | None = None):
         if structure not in ("full", "diagonal", "block"):
             raise ValueError(f"structure must be 'full', 'diagonal' or 'block', got {structure!r}")
         if half_life not in (None, "auto") and not float(half_life) > 0:
@@ -47,6 +48,8 @@ class RunningFisher:
         self.n_params = int(n_params)
         self.structure = structure
         self.half_life = half_life
+        #: The half-life at most this many samples (forgetting a drifting stream), or None.
+        self.limit = None if limit is None else float(limit)
         # a block-diagonal metric is stored as a (P, P) array whose off-block entries stay 0
         shape = (self.n_params,) if structure == "diagonal" else (self.n_params, self.n_params)
         self.sum = np.zeros(shape)
@@ -56,12 +59,14 @@ class RunningFisher:
         self.rows = 0.0
 
     def current_half_life(self) -> float:
-        """Half-life in samples in force now (``inf`` for plain sums)."""
+        """Half-life in samples in force now (``inf`` for plain sums), at most ``limit``."""
         if self.half_life is None:
-            return math.inf
-        if self.half_life == "auto":
-            return max(HALF_LIFE_MIN_PER_PARAM * self.n_params, HALF_LIFE_FRACTION * self.samples)
-        return float(self.half_life)
+            hl = math.inf
+        elif self.half_life == "auto":
+            hl = max(HALF_LIFE_MIN_PER_PARAM * self.n_params, HALF_LIFE_FRACTION * self.samples)
+        else:
+            hl = float(self.half_life)
+        return hl if self.limit is None else min(hl, self.limit)
 
     def add(self, batch_sum: np.ndarray, *, weight: float, rows: int) -> None:
         """Fold in one batch: decay by ``0.5 ** (rows / half_life)``, then add.
@@ -91,7 +96,8 @@ class RunningFisher:
         """Add another estimate's sums (statistics of the same period, e.g. other workers)."""
         if other.sum.shape != self.sum.shape:
             raise ValueError("cannot merge metrics of different shapes")
-        out = RunningFisher(self.n_params, structure=self.structure, half_life=self.half_life)
+        out = RunningFisher(self.n_params, structure=self.structure, half_life=self.half_life,
+                            limit=self.limit)
         out.sum = self.sum + other.sum
         out.weight = self.weight + other.weight
         out.samples = self.samples + other.samples
@@ -115,13 +121,13 @@ class RunningFisher:
         hl = self.half_life
         return {"sum": self.sum.copy(), "weight": self.weight, "samples": self.samples,
                 "rows": self.rows, "structure": self.structure, "half_life": hl,
-                "n_params": self.n_params}
+                "n_params": self.n_params, "limit": self.limit}
 
     @classmethod
     def from_state(cls, state: dict) -> RunningFisher:
         """Rebuild from :meth:`state_dict`."""
         out = cls(int(state["n_params"]), structure=state["structure"],
-                  half_life=state["half_life"])
+                  half_life=state["half_life"], limit=state.get("limit"))
         out.sum = np.array(state["sum"], dtype=np.float64)
         out.weight = float(state["weight"])
         out.samples = int(state["samples"])

@@ -161,6 +161,88 @@ class ProgressLines(ProgressBar):
                         "interrupted (resumable)" if r["interrupted"] else "complete")
 
 
+#: The logger of :class:`FitLog`, a child of ``natgrad_stream``: the command line, which
+#: reports progress through its own callbacks, sets it to WARNING.
+fit_logger = logging.getLogger("natgrad_stream.fit")
+#: ``record.natgrad_event`` of :class:`FitLog`'s records, by kind.
+FIT_START, FIT_PASS, FIT_END, FIT_BATCH = "fit_start", "fit_pass", "fit_end", "fit_batch"
+
+
+class FitLog(Callback):
+    """Progress of every :meth:`~natgrad_stream.learner.NaturalGradientLearner.fit` through
+    the ``natgrad_stream.fit`` logger (the learner adds it itself): a start line, one line
+    per pass (a streaming pass, a Fisher-scoring or Newton pass, an L-BFGS round) and an
+    end line at INFO; each step, each whole-data evaluation and each re-whitening at DEBUG.
+    Silent unless the application configures logging (the package's logger has a
+    ``NullHandler``), e.g. ``logging.basicConfig(level=logging.INFO)``.
+    """
+
+    def _log(self, level, event, msg, *args) -> None:
+        fit_logger.log(level, msg, *args, extra={"natgrad_event": event})
+
+    def on_fit_start(self, learner, total_rows):
+        self.t0 = time.perf_counter()
+        self.start_samples = learner.samples
+        self.epoch = learner.cursor.epoch
+        self.debug = fit_logger.isEnabledFor(logging.DEBUG)
+        if fit_logger.isEnabledFor(logging.INFO):
+            planned = f", {total_rows:,} rows planned" if total_rows else ""
+            self._log(logging.INFO, FIT_START, "fit started: model %s (%d parameters), "
+                      "optimizer %s, from sample %s%s", learner.model.name,
+                      learner.model.n_params, learner.effective_options["optimizer"],
+                      f"{learner.samples:,}", planned)
+
+    def on_batch_end(self, learner, info, cursor):
+        if self.debug:
+            self._log(logging.DEBUG, FIT_BATCH, "%s %d: %s rows, sample %s, loss %.8g, "
+                      "|grad| %.3g, |natural grad| %.3g",
+                      "evaluation" if info.full_pass else "step", info.steps,
+                      f"{info.rows:,}", f"{info.samples:,}", info.loss, info.grad_norm,
+                      info.natural_grad_norm)
+        passes = [e for e in info.events if e.get("event") == "pass"]
+        for e in passes:  # a Fisher-scoring / Newton pass
+            self._log(logging.INFO, FIT_PASS, "pass %d (%s): %s %.10g, decrement %s, %s%s",
+                      e["pass"], learner.refine,
+                      "objective" if learner.penalty.active else "loss", e["loss"],
+                      "-" if e.get("decrement") is None else f"{e['decrement']:.3g}",
+                      "accepted" if e.get("accepted") else "rejected, step cut",
+                      ", converged" if e.get("converged") else "")
+        if cursor.epoch > self.epoch and not info.full_pass:  # a streaming pass ended
+            s = learner.state
+            loss = s.epoch_loss_sum / s.epoch_loss_weight if s.epoch_loss_weight else \
+                s.last_epoch_loss
+            self._log(logging.INFO, FIT_PASS, "pass %d (streaming): %s samples, %d steps, "
+                      "%d re-whitenings, mean batch loss %.8g, %.0f rows/s", cursor.epoch,
+                      f"{s.samples:,}", s.steps, s.rewhitens, loss, self._rate(learner))
+        self.epoch = cursor.epoch
+
+    def on_round(self, learner, record):
+        self._log(logging.INFO, FIT_PASS, "L-BFGS round %d: loss %.10g, relative "
+                  "improvement %.3g, %d evaluations%s", record["round"], record["loss"],
+                  record.get("relative_improvement", math.nan),
+                  record.get("evaluations", 0),
+                  ", converged" if record.get("converged") else "")
+
+    def on_refresh(self, learner, event):
+        if self.debug:
+            self._log(logging.DEBUG, FIT_BATCH, "re-whitening at sample %s (%s): %s",
+                      f"{event.get('samples', 0):,}", event.get("reason"),
+                      "ok" if event.get("ok") else f"failed ({event.get('error')})")
+
+    def _rate(self, learner) -> float:
+        return (learner.samples - self.start_samples) / max(time.perf_counter() - self.t0,
+                                                            1e-9)
+
+    def on_fit_end(self, learner, result):
+        r = result.to_dict()
+        which = "train" if "train_loss" in r else "running"
+        self._log(logging.INFO, FIT_END, "fit done: %s samples, %d passes, %s loss %.10g, "
+                  "%s, %.2f s%s", f"{r['samples']:,}", r["epochs"], which,
+                  r[f"{which}_loss"] if r[f"{which}_loss"] is not None else math.nan,
+                  "converged" if r["converged"] else "not converged", r["seconds"],
+                  ", interrupted (resumable)" if r["interrupted"] else "")
+
+
 class TqdmProgress(Callback):
     """A tqdm bar on a terminal: rows with rate, loss and ETA (advancing inside a
     whole-data pass too).
@@ -241,8 +323,10 @@ class MetricsLogger(Callback):
 
     Records: ``{"event": "progress", "step", "samples", "epoch", "loss", "grad_norm",
     "natural_grad_norm", "rows_per_s", "elapsed"}`` every ``every`` samples (loss and rate
-    averaged over the interval); ``{"event": "rewhiten", ...}`` with the trigger, the drift
-    and the whitener's diagnostics; ``{"event": "round", ...}`` after each L-BFGS round;
+    averaged over the interval), and, from a fit's start until then, after its first batch
+    and at doubling intervals (so that a log starts where the data start);
+    ``{"event": "rewhiten", ...}`` with the trigger, the drift and the whitener's
+    diagnostics; ``{"event": "round", ...}`` after each L-BFGS round;
     ``{"event": "end", ...}`` with the summary and ``{"event": "error", ...}`` if the run
     stops on an exception.
 
@@ -279,7 +363,8 @@ class MetricsLogger(Callback):
 
     def on_fit_start(self, learner, total_rows):
         self.t0 = self.t_last = time.perf_counter()
-        self.samples_last = learner.samples
+        self.samples_last = self.samples_start = learner.samples
+        self.gap = 1  # the first batch is recorded, then doubling gaps up to ``every``
         self.loss_sum = 0.0
         self.rows = 0
         self._write({"event": "start", "samples": learner.samples, "step": learner.steps,
@@ -290,8 +375,9 @@ class MetricsLogger(Callback):
         if not info.skipped:
             self.loss_sum += info.loss * info.rows
             self.rows += info.rows
-        if learner.samples - self.samples_last >= self.every:
+        if learner.samples - self.samples_last >= min(self.gap, self.every):
             self._progress(learner, info)
+            self.gap = learner.samples - self.samples_start
 
     def _progress(self, learner, info):
         now = time.perf_counter()

@@ -53,6 +53,10 @@ from natgrad_stream._constants import (
     DIVERGENCE_MAX_ROLLBACKS,
     DIVERGENCE_STEP_CUT,
     DIVERGENCE_WINDOW_BATCHES,
+    DRIFT_ALARM_MIN_RISE,
+    DRIFT_ALARM_MIN_WINDOWS,
+    DRIFT_ALARM_SIGMAS,
+    DRIFT_SETTLE_HALF_LIVES,
     LBFGS_TOL,
     METRIC_WARMUP_ROWS_PER_PARAM,
     NEWTON_CG_TOL,
@@ -94,6 +98,7 @@ from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
 from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
+from natgrad_stream.training.callbacks import FitLog
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
 from natgrad_stream.training.state import LearnerState
 
@@ -278,7 +283,7 @@ class NaturalGradientLearner:
         P = self.model.n_params
         self.state = LearnerState.fresh(
             self.model.start_params(theta0), structure=self.structure,
-            half_life=getattr(self, "half_life", None),
+            half_life=getattr(self, "half_life", None), forget=getattr(self, "forget", None),
             optimizer_state=self.optimizer.init(P) if self.optimizer is not None else {},
             seed=self.seed, data_init=theta0 is None)
         self._stop_requested = False
@@ -429,17 +434,36 @@ class NaturalGradientLearner:
         for name, value in (extra_state or {}).items():
             setattr(s, name, value)
         s.steps += 1
+        keep = self._kept(n)  # forgetting: what is left of the earlier rows' weight
         if self.average:
-            s.theta_sum = s.theta_sum + n * s.theta
-            s.average_weight += n
-        s.epoch_loss_sum += data_loss_sum  # running_loss: the data loss, as train_loss
-        s.epoch_loss_weight += wsum
-        events = self._guard_divergence(loss_sum, wsum, before)
+            s.theta_sum = keep * s.theta_sum + n * s.theta
+            s.average_weight = keep * s.average_weight + n
+        # running_loss: the data loss, as train_loss
+        s.epoch_loss_sum = keep * s.epoch_loss_sum + data_loss_sum
+        s.epoch_loss_weight = keep * s.epoch_loss_weight + wsum
+        events = self._guard_divergence(loss_sum, wsum, before, rows=n)
         return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
                         natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
                         samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
+
+    def _kept(self, rows: int) -> float:
+        """The factor of the earlier rows' weight after ``rows`` more under forgetting
+        (``½^(rows/forget)``; 1 without it).
+        """
+        forget = getattr(self, "forget", None)
+        return 1.0 if forget is None else 0.5 ** (rows / forget)
+
+    def _clock(self) -> float:
+        """The step schedules' clock: the rows seen, or under forgetting the forgotten
+        row count (which tends to ``b / (1 − 2^(−b/forget)) ≈ forget/ln 2 + b/2`` for
+        batches of ``b`` rows, so the harmonic step ``b/t`` tends to a constant, about
+        ``b·ln 2 / forget``: each step weighs the new rows as an exponentially weighted
+        average would).
+        """
+        s = self.state
+        return s.samples if getattr(self, "forget", None) is None else s.forget_rows
 
     def _skip_zero_weight(self, rows: int, extra_state=None) -> StepInfo:
         """Skip a batch whose sample weights sum to zero (it carries no information, and its
@@ -469,14 +493,19 @@ class NaturalGradientLearner:
         return (loss_sum + wsum * pen.value(theta), grad_sum + wsum * pen.gradient(theta),
                 pen.add_metric(metric_sum, weight=wsum))
 
-    def _guard_divergence(self, loss_sum: float, wsum: float, before) -> tuple:
+    def _guard_divergence(self, loss_sum: float, wsum: float, before, *,
+                          rows: int = 0) -> tuple:
         """Watch for divergence: every ``DIVERGENCE_WINDOW_BATCHES`` steps, a window whose
         mean loss rose more than ``divergence_factor × |loss at the start|`` above the
         start rolls the state back to the end of the last good window (or the start of
         this fit) and cuts the step by ``DIVERGENCE_STEP_CUT``; returns the rollback
-        records for the log.
+        records for the log. Under forgetting, windows above that threshold must outlast
+        ``DRIFT_SETTLE_HALF_LIVES × forget`` rows (see :meth:`_check_divergence`).
         """
         s = self.state
+        keep = self._kept(rows)  # the drift alarm's level forgets as the data do
+        s.level_sum, s.level_sq, s.level_rows = (keep * s.level_sum, keep * s.level_sq,
+                                                 keep * s.level_rows)
         if math.isnan(s.loss_start):
             s.loss_start = loss_sum / wsum  # the loss at the run's starting parameters
         if s.window_batches == 0:  # the point this window's first loss was measured at
@@ -502,20 +531,37 @@ class NaturalGradientLearner:
         if not s.window_batches or not s.window_weight > 0:
             return ()
         mean, start = s.window_loss_sum / s.window_weight, s.loss_start
-        samples, batches = s.samples, s.window_batches
+        samples, batches, weight = s.samples, s.window_batches, s.window_weight
         s.window_loss_sum = s.window_weight = 0.0
         s.window_batches = 0
         factor = self.divergence_factor
-        if factor is None or not mean - start > factor * abs(start):
+        forgetting = getattr(self, "forget", None) is not None
+        alarm = self._drift_alarm(mean, weight, batches) if forgetting else ()
+        above = factor is not None and mean - start > factor * abs(start)
+        diverging, against = above, ""
+        if forgetting:
+            # a drifting stream raises the loss at once, and then the steps bring it down
+            # as the old rows are forgotten: windows above the threshold are a divergence
+            # only when they outlast DRIFT_SETTLE_HALF_LIVES half-lives of forgetting
+            if not above:
+                s.excursion_from = None
+            elif s.excursion_from is None:
+                s.excursion_from = samples
+            lasted = 0 if s.excursion_from is None else samples - s.excursion_from
+            diverging = above and lasted > DRIFT_SETTLE_HALF_LIVES * self.forget
+            against = (f" for {lasted:,} rows, longer than {DRIFT_SETTLE_HALF_LIVES:g} "
+                       f"half-lives of forgetting (--forget {self.forget:g})")
+        if not diverging:
             # the next rollback point: where this good window started (its loss was
-            # measured there; the state after its last step was not)
-            if self._window_start is not None:
+            # measured there; the state after its last step was not); a window of a
+            # tolerated excursion is not one
+            if self._window_start is not None and not above:
                 self._last_good = self._window_start
-            return ()
+            return alarm
         good, self._last_good = self._last_good, None
         what = (f"diverging: the mean loss of the last {batches} batches (to sample "
                 f"{samples}) is {mean:.4g}, against {start:.4g} at the start (more than "
-                f"{factor:g}× above it)")
+                f"{factor:g}× above it){against}")
         if good is None or final or s.rollbacks >= DIVERGENCE_MAX_ROLLBACKS:
             moving = [] if good is None else _moving_most(s.theta - good.restore().theta)
             if good is not None:
@@ -528,6 +574,8 @@ class NaturalGradientLearner:
                 "(or --divergence-factor)"
                 + ("" if self.penalty.active else "; on collinear features (a full one-hot "
                    "encoding with the intercept) or separable data, an L2 penalty (--l2)")
+                + ("" if forgetting else "; on a stream whose data drift, forgetting "
+                   "(--forget HALF_LIFE)")
                 + ".")
         restored = good.restore()
         restored.rollbacks = s.rollbacks + 1
@@ -537,9 +585,45 @@ class NaturalGradientLearner:
         warnings.warn(f"{what}; rolled back to sample {restored.samples}, steps now "
                       f"×{restored.step_scale:g} (rollback {restored.rollbacks} of at most "
                       f"{DIVERGENCE_MAX_ROLLBACKS})", RuntimeWarning, stacklevel=4)
-        return ({"event": "rollback", "detected_at": samples, "samples": restored.samples,
-                 "window_loss": mean, "loss_start": start, "step_scale": restored.step_scale,
-                 "rollbacks": restored.rollbacks},)
+        return (*alarm, {"event": "rollback", "detected_at": samples,
+                         "samples": restored.samples, "window_loss": mean,
+                         "loss_start": start, "step_scale": restored.step_scale,
+                         "rollbacks": restored.rollbacks})
+
+    def _drift_alarm(self, mean: float, weight: float, batches: int) -> tuple:
+        """The drift alarm under forgetting: compare a closed guard window's mean loss
+        with the running level of the windows before it (their mean and the standard
+        deviation of their means, weighted by rows and forgotten with ``forget``), then
+        fold the window in. A window above ``level + max(DRIFT_ALARM_SIGMAS·sd,
+        DRIFT_ALARM_MIN_RISE·|level|)`` once the level holds DRIFT_ALARM_MIN_WINDOWS
+        windows logs one warning and returns its record; no other line until a window is
+        back under the threshold.
+        """
+        s = self.state
+        out = ()
+        if s.level_windows >= DRIFT_ALARM_MIN_WINDOWS and s.level_rows > 0:
+            level = s.level_sum / s.level_rows
+            sd = math.sqrt(max(s.level_sq / s.level_rows - level * level, 0.0))
+            threshold = level + max(DRIFT_ALARM_SIGMAS * sd, DRIFT_ALARM_MIN_RISE * abs(level))
+            if mean > threshold and not s.drift_alarm:
+                s.drift_alarm = True
+                record = {"event": "drift", "samples": s.samples, "window_loss": mean,
+                          "level": level, "level_sd": sd, "threshold": threshold,
+                          "forget": self.forget}
+                log.warning("drift: the mean loss of the last %d batches (to sample %s) is "
+                            "%.4g, above its running level %.4g (sd %.2g of the windows' "
+                            "means, half-life %s rows; alarm above %.4g); forgetting "
+                            "follows the new data", batches, f"{s.samples:,}", mean, level,
+                            sd, f"{self.forget:g}", threshold,
+                            extra={"natgrad_event": "drift"})
+                out = (record,)
+            elif mean <= threshold:
+                s.drift_alarm = False
+        s.level_sum += weight * mean
+        s.level_sq += weight * mean * mean
+        s.level_rows += weight
+        s.level_windows += 1
+        return out
 
     def _advance(self, grad, wsum, n, metric_sum, power_iteration):
         """Fold the batch into the metric, maybe re-whiten, and take the optimizer step
@@ -550,13 +634,14 @@ class NaturalGradientLearner:
             s.fisher.add(metric_sum, weight=wsum, rows=n)
             self._workspace.release_metric()  # (folded in: its pages are not needed now)
         s.samples += n
+        s.forget_rows = self._kept(n) * s.forget_rows + n
         refresh = self._maybe_refresh()
         if refresh is not None and refresh.get("ok") and self.structure == "diagonal" \
                 and power_iteration is not None:
             s.step_cap = self._curvature_cap(power_iteration, refresh)
         gphi = s.whitener.grad_phi(grad) * self._cap_factor(n)
         phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
-                                                 samples=s.samples)
+                                                 samples=self._clock())
         if s.step_scale != 1.0:  # cut after a divergence rollback
             phi = s.phi + s.step_scale * (phi - s.phi)
         theta = s.whitener.theta(phi)
@@ -589,7 +674,7 @@ class NaturalGradientLearner:
         opt = self.optimizer
         if cap >= 1.0 or type(opt) is not SGD or opt.schedule != "harmonic":
             return cap
-        eta = step_size(opt.lr, opt.schedule, rows, s.samples)
+        eta = step_size(opt.lr, opt.schedule, rows, self._clock())
         return min(1.0, cap / eta) if eta > 0 else cap
 
     def _maybe_refresh(self) -> dict | None:
@@ -750,6 +835,9 @@ class NaturalGradientLearner:
         rounds : int, optional
             L-BFGS: total rounds of the run (default: the ``lbfgs_rounds`` option).
         callbacks : sequence of Callback
+            Besides these, progress goes to the ``natgrad_stream.fit`` logger
+            (:class:`~natgrad_stream.training.callbacks.FitLog`: passes at INFO, steps at
+            DEBUG; silent unless logging is configured).
         max_samples : int, optional
             Stop (resumably) once this many samples have been seen in total.
         shuffle, prefetch, chunks_per_read
@@ -765,6 +853,7 @@ class NaturalGradientLearner:
         """
         if max_samples is not None:
             max_samples = opts.BY_NAME["max_samples"].parse(max_samples)
+        callbacks = (*callbacks, FitLog())  # progress through logging (silent by default)
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
@@ -1033,7 +1122,13 @@ class _Streaming(_Strategy):
             converges = lr.refine in ("lbfgs", "newton-cg") or (
                 lr.model.scoring_converges and lr.refine == "scoring")
             cap = lr.model.auto_pass_cap(source.n_rows or 1) or AUTO_MAX_EPOCHS
-            plan["epochs"] = cap if again and converges else 1
+            plan["epochs"] = cap if again and converges and lr.forget is None else 1
+        lr = self.learner
+        if lr.forget is not None and plan["epochs"] > 1 and lr.refine != "stream":
+            raise OptionError(f"forget applies to streaming steps (--follow, one pass, or "
+                              f"--refine stream); the passes after the first ({lr.refine}) "
+                              "fit the whole data with equal weights: give --epochs 1 or "
+                              "--refine stream")
         self.epochs = plan["epochs"]  # for status()
 
     def total_rows(self, source, plan) -> int | None:

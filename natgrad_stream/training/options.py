@@ -430,6 +430,12 @@ OPTIONS: tuple[Option, ...] = (
        recommendable=True, maximum={"every": MAX_SAMPLES, "factor": 1e6, "drift": 1e6}),
     _o("half_life", half_life, "auto", "running-metric half-life in samples, 'auto' or "
        "'none'", applies=_ST, nullable=True, maximum=1e18),
+    _o("forget", positive_float, None, "exponential forgetting for drifting streams "
+       "(--follow, one pass, --refine stream): each row's weight halves every HALF_LIFE "
+       "rows after it, in the steps (the step schedule's clock is the forgotten row "
+       "count), the running metric (its half-life at most this), the running loss and the "
+       "Polyak average; adds a drift alarm to the log and keeps drift from tripping the "
+       "divergence guard", applies=_ST, nullable=True, metavar="HALF_LIFE", maximum=1e18),
     _o("fisher_every", fisher_every, "auto", f"accumulate the metric on one batch in N "
        f"(auto: round(P/{FISHER_EVERY_PARAMS}))", applies=_ST, recommendable=True,
        metavar="N", maximum=MAX_COUNT),

@@ -136,6 +136,20 @@ class LearnerState:
     window_loss_sum: float = _f(("guard", "loss_sum"), "float", default=0.0)
     window_weight: float = _f(("guard", "weight"), "float", default=0.0)
     window_batches: int = _f(("guard", "batches"), "int", default=0)
+    #: Forgetting (``forget``): the rows behind the step schedules' clock, each decayed
+    #: by half every ``forget`` rows since it was seen (the samples without forgetting).
+    forget_rows: float = _f(("forget", "rows"), "float", default=0.0)
+    #: The guard under forgetting: the samples where the windows above its threshold
+    #: began (an excursion a drift may cause), None while they are below it.
+    excursion_from: int | None = _f(("forget", "excursion_from"), "int", default=None)
+    #: The drift alarm's running level: the guard windows' mean losses, weighted by their
+    #: rows and forgotten as the data are (sums of rows·m and rows·m², the rows), the
+    #: windows folded in, and whether an alarm is raised (one line until it clears).
+    level_sum: float = _f(("forget", "level_sum"), "float", default=0.0)
+    level_sq: float = _f(("forget", "level_sq"), "float", default=0.0)
+    level_rows: float = _f(("forget", "level_rows"), "float", default=0.0)
+    level_windows: int = _f(("forget", "level_windows"), "int", default=0)
+    drift_alarm: bool = _f(("forget", "alarm"), "bool", default=False)
     #: Step factor after divergence rollbacks, and how many there were.
     step_scale: float = _f(("guard", "step_scale"), "float", default=1.0)
     rollbacks: int = _f(("guard", "rollbacks"), "int", default=0)
@@ -178,11 +192,14 @@ class LearnerState:
 
     @classmethod
     def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
-              seed: int, data_init: bool) -> LearnerState:
-        """The state of a new run starting at ``theta``."""
+              seed: int, data_init: bool, forget: float | None = None) -> LearnerState:
+        """The state of a new run starting at ``theta`` (``forget``: the running metric's
+        half-life at most this).
+        """
         P = theta.shape[0]
         return cls(theta=theta, phi=theta.copy(), whitener=None,
-                   fisher=RunningFisher(P, structure=structure, half_life=half_life),
+                   fisher=RunningFisher(P, structure=structure, half_life=half_life,
+                                        limit=forget),
                    optimizer=optimizer_state, schedule=ScheduleState(),
                    rng=np.random.default_rng([seed, RNG_LEARNER]), cursor=Cursor(),
                    grad=np.full(P, np.nan), theta_sum=np.zeros(P), data_init=data_init)
