@@ -16,6 +16,22 @@ from natgrad_stream.models import make_model
 from natgrad_stream.sklearn import NaturalGradientClassifier
 
 
+@pytest.fixture(autouse=True)
+def _package_logging_as_imported():
+    """The package's loggers as a fresh import leaves them: a command line run in this
+    process (an earlier test) has set ``natgrad_stream`` not to propagate and
+    ``natgrad_stream.fit`` to WARNING.
+    """
+    pkg, fit = logging.getLogger("natgrad_stream"), logging.getLogger("natgrad_stream.fit")
+    saved = pkg.propagate, pkg.level, fit.level
+    pkg.propagate, fit.level = True, logging.NOTSET
+    pkg.setLevel(logging.NOTSET)
+    yield
+    pkg.propagate = saved[0]
+    pkg.setLevel(saved[1])
+    fit.setLevel(saved[2])
+
+
 def _data(n=3000, d=4, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
@@ -72,8 +88,8 @@ def test_estimator_logs_its_start_passes_and_end(caplog):
 
 @pytest.mark.parametrize("configure", [False, True])
 def test_silent_by_default_visible_with_basic_config(configure):
-    """The package's logger has a NullHandler: nothing on stderr unless the application
-    configures logging, and the pass lines with ``logging.basicConfig(level=INFO)``.
+    """Progress is silent unless the application configures logging (a converged fit
+    prints nothing), and the pass lines show with ``logging.basicConfig(level=INFO)``.
     """
     code = ("import logging, numpy as np\n"
             + ("logging.basicConfig(level=logging.INFO)\n" if configure else "")
@@ -90,5 +106,21 @@ def test_silent_by_default_visible_with_basic_config(configure):
         assert any(ln.startswith("INFO:natgrad_stream.fit:pass 2 (scoring)") for ln in lines)
     else:
         assert proc.stderr == ""
-    assert any(isinstance(h, logging.NullHandler)
-               for h in logging.getLogger("natgrad_stream").handlers)
+
+
+def test_an_unconverged_fit_says_so_without_any_logging_configuration():
+    """No NullHandler: with nothing configured, Python's last-resort handler prints the
+    learner's warnings (WARNING and above), so a Python fit stopped by its cap before its
+    rule held says so in one line on stderr, and nothing of its progress.
+    """
+    code = ("import numpy as np\n"
+            "from natgrad_stream.learner import NaturalGradientLearner\n"
+            "from natgrad_stream.models import make_model\n"
+            "rng = np.random.default_rng(0); X = rng.standard_normal((3000, 3))\n"
+            "y = (rng.random(3000) < 1 / (1 + np.exp(-X @ [1.0, -2.0, 0.5]))) * 1.0\n"
+            "NaturalGradientLearner(make_model('logistic', 3)).fit((X, y), epochs=2)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("not converged: stopped by the pass cap")

@@ -173,8 +173,9 @@ class FitLog(Callback):
     the ``natgrad_stream.fit`` logger (the learner adds it itself): a start line, one line
     per pass (a streaming pass, a Fisher-scoring or Newton pass, an L-BFGS round) and an
     end line at INFO; each step, each whole-data evaluation and each re-whitening at DEBUG.
-    Silent unless the application configures logging (the package's logger has a
-    ``NullHandler``), e.g. ``logging.basicConfig(level=logging.INFO)``.
+    Silent unless the application configures logging (INFO is below the level of Python's
+    last-resort handler, which prints only the warnings), e.g.
+    ``logging.basicConfig(level=logging.INFO)``.
     """
 
     def _log(self, level, event, msg, *args) -> None:
