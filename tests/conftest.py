@@ -51,3 +51,22 @@ def write_group(path, **arrays):
         chunks = (min(100, max(a.shape[0], 1)),) + a.shape[1:]
         g.create_array(name, shape=a.shape, chunks=chunks, dtype=a.dtype)[...] = a
     return path
+
+
+@pytest.fixture
+def package_logging_as_imported():
+    """The package's loggers as a fresh import leaves them, for tests that capture its
+    records with ``caplog``: a command line run in this process (an earlier test) has set
+    ``natgrad_stream`` not to propagate and ``natgrad_stream.fit`` to WARNING.
+    """
+    import logging
+
+    pkg, fit = logging.getLogger("natgrad_stream"), logging.getLogger("natgrad_stream.fit")
+    saved = pkg.propagate, pkg.level, fit.level
+    pkg.propagate = True
+    pkg.setLevel(logging.NOTSET)
+    fit.setLevel(logging.NOTSET)
+    yield
+    pkg.propagate = saved[0]
+    pkg.setLevel(saved[1])
+    fit.setLevel(saved[2])

@@ -17,19 +17,8 @@ from natgrad_stream.sklearn import NaturalGradientClassifier
 
 
 @pytest.fixture(autouse=True)
-def _package_logging_as_imported():
-    """The package's loggers as a fresh import leaves them: a command line run in this
-    process (an earlier test) has set ``natgrad_stream`` not to propagate and
-    ``natgrad_stream.fit`` to WARNING.
-    """
-    pkg, fit = logging.getLogger("natgrad_stream"), logging.getLogger("natgrad_stream.fit")
-    saved = pkg.propagate, pkg.level, fit.level
-    pkg.propagate, fit.level = True, logging.NOTSET
-    pkg.setLevel(logging.NOTSET)
-    yield
-    pkg.propagate = saved[0]
-    pkg.setLevel(saved[1])
-    fit.setLevel(saved[2])
+def _logging_as_imported(package_logging_as_imported):
+    """Every test here sees the package's loggers as a fresh import leaves them."""
 
 
 def _data(n=3000, d=4, seed=0):

@@ -64,7 +64,8 @@ def _follow(path, **options):
     return learner
 
 
-def test_forgetting_tracks_the_second_half_optimum(logistic_shift, caplog):
+def test_forgetting_tracks_the_second_half_optimum(logistic_shift, caplog,
+                                                  package_logging_as_imported):
     """The issue's criterion: with --forget the follow run ends within 1% of the second
     half's optimum (measured: 0.02%); without it, biased toward the first half (23%).
 
