@@ -1,0 +1,41 @@
+"""Linear predictors of the GLMs and softmax for predictions: ``z = X̃ θ_c`` per block.
+
+``theta`` holds ``m`` blocks of ``D = d + 1`` parameters ``[coef_c (d), intercept_c]``
+(a GLM: ``m = 1``; softmax: the ``K − 1`` non-reference classes); ``out`` is ``(n, m)``
+float64: each row is the float64 sum of :func:`~natgrad_stream.models._glm_kernels.
+linear_predictor`, term for term, so predictions agree with the training and evaluation
+kernels to round-off.
+"""
+
+from __future__ import annotations
+
+from natgrad_stream._jit import jit
+
+
+@jit
+def dense_linear_predictors(X, theta, out):  # pragma: no cover - compiled
+    """``out[i, c] = X[i]·θ_c[:d] + θ_c[d]`` for dense rows ``X`` (n, d)."""
+    n, d = X.shape
+    D = d + 1
+    for i in range(n):
+        for c in range(out.shape[1]):
+            o = c * D
+            z = theta[o + d]
+            for j in range(d):
+                z += X[i, j] * theta[o + j]
+            out[i, c] = z
+
+
+@jit
+def sparse_linear_predictors(data, indices, indptr, theta, out):  # pragma: no cover
+    """:func:`dense_linear_predictors` for CSR rows (``d = len(theta) / m − 1``)."""
+    m = out.shape[1]
+    D = theta.shape[0] // m
+    d = D - 1
+    for i in range(out.shape[0]):
+        for c in range(m):
+            o = c * D
+            z = theta[o + d]
+            for k in range(indptr[i], indptr[i + 1]):
+                z += data[k] * theta[o + indices[k]]
+            out[i, c] = z
