@@ -128,21 +128,62 @@ class TableWriter:
         self.written = 0
 
     def _flat(self, block: dict) -> dict:
-        """``{column name: 1-D array}`` of a block, codes mapped to labels."""
+        """``{column name: 1-D array}`` of a block; a field of codes with labels other
+        than the codes themselves as :class:`Coded` (codes and their labels).
+        """
         out = {}
         for field, k in self.fields.items():
             a = block[field]
-            if field in self.labels:
-                a = np.asarray(self.labels[field])[a]
             if k == 1:
-                out[self.names[field][0]] = a
-            else:
-                for j, name in enumerate(self.names[field]):
-                    out[name] = a[:, j]
+                labels = self.labels.get(field)
+                plain = labels is None or list(labels) == list(range(len(labels)))
+                out[self.names[field][0]] = a if plain else Coded(a, labels)
+            else:  # contiguous columns (strided ones cost pyarrow 2.5× more)
+                for name, column in zip(self.names[field], np.ascontiguousarray(a.T),
+                                        strict=True):
+                    out[name] = column
         return out
 
     def abort(self) -> None:
         """Release what the writer holds (its output is removed by the caller)."""
+
+
+class Coded:
+    """A column of integer codes standing for ``labels[code]``."""
+
+    def __init__(self, codes: np.ndarray, labels):
+        self.codes, self.labels = codes, [str(v) for v in labels]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def values(self) -> np.ndarray:
+        """The labels, row by row."""
+        return np.asarray(self.labels, dtype=object)[self.codes]
+
+
+def _arrow_column(pa, column):
+    """``column`` as an Arrow array without a copy (numbers) or as a dictionary of labels
+    (:class:`Coded`), built from buffers: ``pyarrow.array`` would import pandas (a second
+    on the first block).
+    """
+    if isinstance(column, Coded):
+        encoded = [v.encode("utf-8") for v in column.labels]
+        offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int32)
+        labels = pa.Array.from_buffers(pa.string(), len(encoded),
+                                       [None, pa.py_buffer(offsets),
+                                        pa.py_buffer(b"".join(encoded))])
+        codes = np.ascontiguousarray(column.codes, dtype=np.int32)
+        index = pa.Array.from_buffers(pa.int32(), len(codes), [None, pa.py_buffer(codes)])
+        return pa.DictionaryArray.from_arrays(index, labels)
+    column = np.ascontiguousarray(column)
+    kind = pa.from_numpy_dtype(column.dtype)
+    return pa.Array.from_buffers(kind, len(column), [None, pa.py_buffer(column)])
+
+
+def _arrow_table(pa, flat: dict):
+    return pa.Table.from_arrays([_arrow_column(pa, c) for c in flat.values()],
+                                names=list(flat))
 
 
 class ZarrTableWriter(TableWriter):
@@ -164,7 +205,8 @@ class ZarrTableWriter(TableWriter):
             dims = ("row",) if k == 1 else ("row", f"{field}_column")
             arr = self.group.create_array(
                 field, shape=shape, chunks=(min(self.chunk_rows, max(self.rows, 1)),) +
-                shape[1:], dtype=np.int64 if field == "class" else np.float64,
+                shape[1:], dtype=_code_dtype(len(self.labels[field])) if field in self.labels
+                else np.int64 if field == "class" else np.float64,
                 compressors=checksummed_zstd(), config={"write_empty_chunks": True},
                 dimension_names=dims)
             self.arrays[field] = (arr, *recording_view(arr))
@@ -202,10 +244,15 @@ class ParquetTableWriter(TableWriter):
         self._pq = pq
 
     def write(self, block: dict) -> None:
-        table = self._pa.table(self._flat(block))
+        table = _arrow_table(self._pa, self._flat(block))
         if self._writer is None:
             schema = table.schema.with_metadata(self._meta)
-            self._writer = self._pq.ParquetWriter(str(self.path), schema)
+            # no dictionary for float columns: trying one costs 4× the write of random
+            # floats and saves nothing; the labels of a class column do compress so
+            self._writer = self._pq.ParquetWriter(
+                str(self.path), schema,
+                use_dictionary=[n for n, t in zip(schema.names, schema.types, strict=True)
+                                if not self._pa.types.is_floating(t)])
         self._writer.write_table(table)
         self.written += table.num_rows
 
@@ -227,44 +274,62 @@ class CSVTableWriter(TableWriter):
     def __init__(self, *args):
         super().__init__(*args)
         try:
-            import pyarrow  # noqa: F401
+            import pyarrow
             import pyarrow.csv
         except ImportError:
             self._pa = None
+            self._fh = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         else:
-            self._pa = pyarrow
-        self._fh = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._header = True
+            self._pa, self._fh = pyarrow, None
+        self._writer = None
 
     def write(self, block: dict) -> None:
         flat = self._flat(block)
         if self._pa is not None:
             import pyarrow.csv as pcsv
 
-            opts = pcsv.WriteOptions(include_header=self._header, quoting_style="needed")
-            sink = self._pa.BufferOutputStream()
-            pcsv.write_csv(self._pa.table(flat), sink, opts)
-            self._fh.write(sink.getvalue().to_pybytes().decode("utf-8"))
+            table = _arrow_table(self._pa, flat)
+            if self._writer is None:
+                self._writer = pcsv.CSVWriter(
+                    str(self.path), table.schema,
+                    write_options=pcsv.WriteOptions(quoting_style="needed"))
+            self._writer.write_table(table)
         else:
             w = csv.writer(self._fh, lineterminator="\n")
-            if self._header:
+            if not self.written:
                 w.writerow(list(flat))
-            cols = [a.tolist() for a in flat.values()]
+            cols = [(c.values() if isinstance(c, Coded) else c).tolist()
+                    for c in flat.values()]
             w.writerows(zip(*cols, strict=True))
-        self._header = False
         self.written += len(next(iter(flat.values())))
 
     def finish(self) -> None:
-        if self._header:  # no rows: the header alone
+        if self._writer is not None:
+            self._writer.close()
+            return
+        if self._fh is None:  # no rows: the header alone
+            self._fh = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        if not self.written:
             csv.writer(self._fh, lineterminator="\n").writerow(
                 table_columns(self.fields, self.names))
         self._fh.close()
 
     def abort(self) -> None:
-        self._fh.close()
+        for handle in (self._writer, self._fh):
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
 
 
 WRITERS = {"zarr": ZarrTableWriter, "parquet": ParquetTableWriter, "csv": CSVTableWriter}
+
+
+def _code_dtype(n_labels: int):
+    """The smallest signed integer dtype holding the codes ``0 … n_labels − 1``."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if n_labels <= np.iinfo(dtype).max + 1:
+            return dtype
+    return np.int64
 
 
 def _pyarrow(what: str):
