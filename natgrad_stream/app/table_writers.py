@@ -35,6 +35,10 @@ import numpy as np
 from natgrad_stream.errors import OptionError
 
 FORMATS = {".zarr": "zarr", ".parquet": "parquet", ".csv": "csv"}
+#: zstd level of Zarr outputs: predictions are float64s whose mantissas do not compress
+#: (level 1 kept 94% of the bytes of probabilities, level −1 100%) at half the CPU
+#: (36 → 19 ns a row of (n, 2) probabilities); the frames keep their checksums.
+OUTPUT_ZSTD_LEVEL = -1
 
 
 def output_format(path) -> str:
@@ -207,7 +211,8 @@ class ZarrTableWriter(TableWriter):
                 field, shape=shape, chunks=(min(self.chunk_rows, max(self.rows, 1)),) +
                 shape[1:], dtype=_code_dtype(len(self.labels[field])) if field in self.labels
                 else np.int64 if field == "class" else np.float64,
-                compressors=checksummed_zstd(), config={"write_empty_chunks": True},
+                compressors=checksummed_zstd(OUTPUT_ZSTD_LEVEL),
+                config={"write_empty_chunks": True},
                 dimension_names=dims)
             self.arrays[field] = (arr, *recording_view(arr))
 

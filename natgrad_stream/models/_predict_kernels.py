@@ -9,7 +9,10 @@ kernels to round-off.
 
 from __future__ import annotations
 
+import numpy as np
+
 from natgrad_stream._jit import jit
+from natgrad_stream.models._softmax_kernels import softmax_of_logits
 
 
 @jit
@@ -39,3 +42,25 @@ def sparse_linear_predictors(data, indices, indptr, theta, out):  # pragma: no c
             for k in range(indptr[i], indptr[i + 1]):
                 z += data[k] * theta[o + indices[k]]
             out[i, c] = z
+
+
+@jit
+def logistic_probabilities(z, out):  # pragma: no cover - compiled
+    """``out[i] = [1 − p_i, p_i]``, ``p = sigmoid(z)``, both from one ``exp(−|z|)`` (each
+    accurate, the smaller one too), and the class ``z > 0``; ``out`` (n, 2).
+    """
+    for i in range(z.shape[0]):
+        e = np.exp(-abs(z[i]))
+        big = 1.0 / (1.0 + e)
+        small = e * big
+        if z[i] >= 0.0:
+            out[i, 0], out[i, 1] = small, big
+        else:
+            out[i, 0], out[i, 1] = big, small
+
+
+@jit
+def softmax_probabilities(Z, out):  # pragma: no cover - compiled
+    """Rows of ``out`` (n, K): the softmax of the logits ``Z`` (n, K)."""
+    for i in range(Z.shape[0]):
+        softmax_of_logits(Z[i], out[i])

@@ -88,10 +88,11 @@ def predict_columns(model, X, theta, kinds) -> dict[str, np.ndarray]:
             out[kind] = (z > 0).astype(np.int64) if z.ndim == 1 else \
                 np.argmax(z, axis=1).astype(np.int64)
         elif kind == "proba" and model.name == "logistic":
-            out[kind] = np.column_stack([expit(-z), expit(z)])
+            out[kind] = np.empty((z.shape[0], 2))
+            K.logistic_probabilities(z, out[kind])
         elif kind == "proba":
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            out[kind] = e / e.sum(axis=1, keepdims=True)
+            out[kind] = np.empty_like(z)
+            K.softmax_probabilities(z, out[kind])
         elif model.name == "logistic":
             out[kind] = expit(z)
         elif model.name == "poisson":
