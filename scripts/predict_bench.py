@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 
 from natgrad_stream.app.predict import predict_run
-from natgrad_stream.data import configure_zarr_threads
+from natgrad_stream.data import as_source, configure_zarr_threads
 
 HERE = Path(__file__).resolve().parent
 FORMATS = (".zarr", ".parquet", ".csv")
@@ -74,6 +74,19 @@ def raw_read(path: Path) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
+def reader_only(path: Path) -> tuple[float, float]:
+    """Rows/s of predict's reads alone: natgrad_stream's reader over X in row order, with
+    its checks (finiteness, manifests, checksums), nothing computed or written.
+    """
+    source = as_source(str(path), y=None)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with source.batches(batch_size=source.n_rows, shuffle=False) as stream:
+        for _ in stream:
+            pass
+    n = source.n_rows
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
 def predict_rate(run: Path, data: Path, out: Path) -> tuple[float, float]:
     """Rows/s of one ``predict`` (probabilities and classes) to ``out``, end to end: per
     second of wall time and of CPU time.
@@ -100,8 +113,8 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     data, run = prepare(root, args.rows, args.features)
     formats = [f for f in args.formats.split(",") if f]
-    rates: dict[str, list[float]] = {"raw": [], **{f: [] for f in formats}}
-    cpu: dict[str, list[float]] = {"raw": [], **{f: [] for f in formats}}
+    rates: dict[str, list[float]] = {"raw": [], "reader": [], **{f: [] for f in formats}}
+    cpu: dict[str, list[float]] = {"raw": [], "reader": [], **{f: [] for f in formats}}
     predict_run(run, data, root / "warm.parquet")  # compile and import once
     (root / "warm.parquet").unlink()
     for k in range(args.repeats):
@@ -110,8 +123,13 @@ def main(argv=None) -> int:
                                          (fmt, predict_rate(run, data, root / f"pred{fmt}"))):
                 rates[key].append(wall)
                 cpu[key].append(per_cpu)
-            print(f"repeat {k + 1}: raw {rates['raw'][-1]:,.0f}  predict{fmt} "
-                  f"{rates[fmt][-1]:,.0f} rows/s", file=sys.stderr)
+        for key, (wall, per_cpu) in (("raw", raw_read(data)), ("reader", reader_only(data))):
+            rates[key].append(wall)
+            cpu[key].append(per_cpu)
+        print(f"repeat {k + 1}: raw {rates['raw'][-1]:,.0f}, reader "
+              f"{rates['reader'][-1]:,.0f}, " + ", ".join(
+                  f"predict{f} {rates[f][-1]:,.0f}" for f in formats) + " rows/s",
+              file=sys.stderr)
     raw, raw_cpu = float(np.median(rates["raw"])), float(np.median(cpu["raw"]))
     report = {"date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -120,6 +138,10 @@ def main(argv=None) -> int:
               "rows": args.rows, "features": args.features, "repeats": args.repeats,
               "raw_read_rows_per_s": raw, "raw_read_all": rates["raw"],
               "raw_read_rows_per_cpu_s": raw_cpu,
+              "reader": {"rows_per_s": float(np.median(rates["reader"])),
+                         "ratio": float(np.median(rates["reader"])) / raw,
+                         "rows_per_cpu_s": float(np.median(cpu["reader"])),
+                         "cpu_ratio": float(np.median(cpu["reader"])) / raw_cpu},
               "predict": {f: {"rows_per_s": float(np.median(rates[f])), "all": rates[f],
                               "ratio": float(np.median(rates[f])) / raw,
                               "rows_per_cpu_s": float(np.median(cpu[f])),
@@ -136,6 +158,10 @@ def main(argv=None) -> int:
              "| what | rows/s | × raw read | rows/CPU-s | × raw read (CPU) |",
              "|---|---|---|---|---|",
              f"| raw read (zarr, X, sequential) | {raw:,.0f} | 1.00 | {raw_cpu:,.0f} | 1.00 |"]
+    r = report["reader"]
+    lines.append(f"| natgrad_stream reader only (X in row order, checks) | "
+                 f"{r['rows_per_s']:,.0f} | {r['ratio']:.2f} | {r['rows_per_cpu_s']:,.0f} | "
+                 f"{r['cpu_ratio']:.2f} |")
     for fmt, r in report["predict"].items():
         lines.append(f"| predict → {fmt} (proba, class) | {r['rows_per_s']:,.0f} | "
                      f"{r['ratio']:.2f} | {r['rows_per_cpu_s']:,.0f} | {r['cpu_ratio']:.2f} |")

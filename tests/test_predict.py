@@ -251,10 +251,10 @@ def test_output_over_the_data_or_the_run_is_refused(tmp_path, capsys, small_zarr
     data = tmp_path / "d.zarr"
     shutil.copytree(small_zarr, data)
     before = sorted(p.name for p in data.iterdir())
-    code, _, err = run_cli(capsys, "predict", logistic_run, data, "--out", data,
-                           "--overwrite")
-    assert code == 2 and "which the prediction reads" in err
-    assert sorted(p.name for p in data.iterdir()) == before
+    for extra in ((), ("--overwrite",)):
+        code, _, err = run_cli(capsys, "predict", logistic_run, data, "--out", data, *extra)
+        assert code == 2 and "which the prediction reads" in err
+        assert sorted(p.name for p in data.iterdir()) == before
     code, _, err = run_cli(capsys, "predict", logistic_run, data, "--out",
                            logistic_run / "p.csv")
     assert code == 2 and "which the prediction reads" in err

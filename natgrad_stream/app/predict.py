@@ -98,8 +98,8 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
     """
     fmt = output_format(out)
     kinds = check_kinds(model, what)
-    refuse_existing(out, overwrite)
     _refuse_protected(Path(out), protect)
+    refuse_existing(out, overwrite)
     source = as_source(data, x=x, y=None)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "
