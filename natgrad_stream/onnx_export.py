@@ -180,11 +180,11 @@ def write_onnx(fitted, path, *, dtype: str = "float64", overwrite: bool = False)
     """
     from pathlib import Path
 
-    from natgrad_stream.app.table_writers import atomic_file
+    from natgrad_stream.app.table_writers import atomic_output
 
     path = Path(path)
-    proto = to_onnx(fitted, dtype=dtype)
-    with atomic_file(path, overwrite=overwrite) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:  # refuses an existing path first
+        proto = to_onnx(fitted, dtype=dtype)
         tmp.write_bytes(proto.SerializeToString())
     return {"path": str(path), "dtype": dtype,
             "inputs": [i.name for i in proto.graph.input],

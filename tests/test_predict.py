@@ -299,3 +299,21 @@ def test_csv_without_pyarrow(tmp_path, small_zarr, logistic_run, monkeypatch):
     np.testing.assert_array_equal(got["proba_1"].astype(np.float64), want["proba"][:, 1])
     with pytest.raises(ValueError, match="needs pyarrow"):
         predict_run(logistic_run, small_zarr, tmp_path / "p.parquet", x="X_test")
+
+
+def test_streamed_read_by_read(tmp_path, small_zarr, logistic_run, monkeypatch):
+    """Bounded memory: each write holds one read of whole chunks (2 × 512 rows), never the
+    data's 5,000 rows.
+    """
+    from natgrad_stream.app import table_writers
+
+    sizes = []
+    original = table_writers.ZarrTableWriter.write
+
+    def recording(self, block):
+        sizes.append(len(block["class"]))
+        return original(self, block)
+
+    monkeypatch.setattr(table_writers.ZarrTableWriter, "write", recording)
+    predict_run(logistic_run, small_zarr, tmp_path / "p.zarr")
+    assert sum(sizes) == 5000 and max(sizes) <= 1024 and len(sizes) == 5

@@ -95,8 +95,6 @@ def atomic_output(path, *, overwrite: bool = False):
         raise
 
 
-atomic_file = atomic_output
-
 
 def table_columns(fields: dict, names: dict) -> list[str]:
     """The flat column names: ``names[field]`` (a list for 2-D fields) in field order."""
