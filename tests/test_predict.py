@@ -213,6 +213,8 @@ def test_a_failure_midway_leaves_the_old_output_and_no_partial_file(tmp_path, sm
 
 @pytest.mark.parametrize("args, message", [
     (("--out", "p.txt"), "unknown output format '.txt'"),
+    (("--out", "nodir/p.zarr"), "directory nodir does not exist"),
+    (("--out", "nodir/p.csv"), "directory nodir does not exist"),
     (("--out", "p.csv", "--what", "mean,foo"), "--what takes"),
     (("--out", "p.csv", "--what", "link,proba,mean,class,oops"), "--what takes"),
 ])

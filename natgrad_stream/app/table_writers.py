@@ -73,6 +73,8 @@ def atomic_output(path, *, overwrite: bool = False):
     """
     path = Path(path)
     refuse_existing(path, overwrite)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     _remove(tmp)
     try:
