@@ -96,11 +96,12 @@ def test_zarr_output_is_checksummed_and_verified_on_reading(tmp_path, small_zarr
         assert sum(b.X.shape[0] for b in stream) == 1000
 
 
-@pytest.mark.parametrize("task", ["logistic", "softmax"])
-def test_probabilities_equal_evaluate(tmp_path, task):
+@pytest.mark.parametrize("task, density", [("logistic", None), ("softmax", None),
+                                           ("logistic", 0.1), ("softmax", 0.1)])
+def test_probabilities_equal_evaluate(tmp_path, task, density):
     data = tmp_path / "d.zarr"
-    make_dataset(data, task=task, rows=3000, features=4, chunk_rows=700, test_rows=2000,
-                 seed=2)
+    make_dataset(data, task=task, rows=3000, features=4 if density is None else 50,
+                 chunk_rows=700, test_rows=2000, seed=2, density=density)
     run = tmp_path / "run"
     fit_run(data, run, model=task, epochs=2)
     predict_run(run, data, tmp_path / "p.zarr", x="X_test")
