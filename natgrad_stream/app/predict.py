@@ -124,13 +124,13 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
         try:
             with source.batches(batch_size=max(int(rows or EVAL_BATCH_ROWS), 1), epochs=1,
                                 shuffle=False, digests=digests,
-                                **model.data_checks()) as stream:
+                                **model.data_checks()) as stream, _Writes(writer) as writes:
                 for batch in stream:
                     if batch.rows.size and batch.rows[0] >= 0 and \
-                            int(batch.rows[0]) != writer.written:  # pragma: no cover
+                            int(batch.rows[0]) != writes.rows:  # pragma: no cover
                         raise RuntimeError(f"rows out of order: {int(batch.rows[0])} after "
-                                           f"{writer.written}")
-                    writer.write(predict_columns(model, batch.X, theta, kinds))
+                                           f"{writes.rows}")
+                    writes.put(predict_columns(model, batch.X, theta, kinds))
             if writer.written == 0:
                 raise DataError("no rows to predict", array=x)
             writer.finish()
@@ -141,6 +141,54 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
     return {"path": str(out), "format": fmt, "rows": int(writer.written),
             "columns": record["columns"], "seconds": round(seconds, 4),
             "rows_per_s": round(writer.written / seconds, 1) if seconds > 0 else None}
+
+
+#: Whether blocks are written by a thread of their own, the next read's predictions being
+#: computed meanwhile (at most one block waits).
+BACKGROUND_WRITES = True
+
+
+class _Writes:
+    """``writer.write`` of each block :meth:`put`, on a thread of its own (at most one
+    block waiting); its errors are raised by the next :meth:`put` or on leaving, which
+    waits for the last write (also after an error: a temporary output is never removed
+    while it is written).
+    """
+
+    def __init__(self, writer):
+        self.writer, self.rows, self._pending, self._pool = writer, 0, None, None
+
+    def __enter__(self):
+        if BACKGROUND_WRITES:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="natgrad-predict-write")
+        return self
+
+    def put(self, block: dict) -> None:
+        self.rows += len(next(iter(block.values())))
+        if self._pool is None:
+            self.writer.write(block)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self.writer.write, block)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __exit__(self, kind, exc, tb):
+        if self._pool is None:
+            return False
+        try:
+            if kind is None:
+                self._wait()
+            elif self._pending is not None:
+                self._pending.exception()  # wait; the error being raised comes first
+        finally:
+            self._pool.shutdown(wait=True)
+        return False
 
 
 def _refuse_protected(out: Path, protect) -> None:
