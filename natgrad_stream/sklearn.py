@@ -404,6 +404,37 @@ class _NaturalGradientBase(BaseEstimator):
         X = validate_data(self, X, accept_sparse=_SPARSE, dtype=_FLOATS, reset=False)
         return X @ self.coef_.T + self.intercept_
 
+    def to_sklearn(self):
+        """The fitted scikit-learn estimator that predicts as this one (equal to round-off):
+        ``LogisticRegression`` (``C``) for the classifier, ``Ridge`` (``alpha``; with
+        ``alpha=0`` ``LinearRegression``) and ``PoissonRegressor`` (``alpha``) for the
+        regressors (:func:`natgrad_stream.sklearn_equivalent.to_sklearn`).
+        """
+        from natgrad_stream.sklearn_equivalent import to_sklearn
+
+        check_is_fitted(self)
+        return to_sklearn(self.learner_.model, self.learner_.theta,
+                          classes=getattr(self, "classes_", None),
+                          hyperparameters=self._sklearn_hyperparameters(),
+                          feature_names=getattr(self, "feature_names_in_", None))
+
+    def _sklearn_hyperparameters(self) -> dict:
+        return {}
+
+    # skl2onnx calls these when it meets the estimator (``skl2onnx.to_onnx(estimator, X)``):
+    # the graph is that of the equivalent scikit-learn estimator (natgrad_stream.onnx_export)
+    def onnx_shape_calculator(self):
+        """skl2onnx's shape calculator for this estimator (that of :meth:`to_sklearn`'s)."""
+        from natgrad_stream.onnx_export import delegate
+
+        return delegate(self, "shape_calculator")
+
+    def onnx_converter(self):
+        """skl2onnx's converter for this estimator (that of :meth:`to_sklearn`'s)."""
+        from natgrad_stream.onnx_export import delegate
+
+        return delegate(self, "converter")
+
     def _expected_failed_checks(self) -> dict:
         """Estimator checks expected to fail, with the reason (sklearn >= 1.6 dropped the
         ``_xfail_checks`` tag; pass this to ``parametrize_with_checks(...,
@@ -483,6 +514,10 @@ class NaturalGradientRegressor(_AlphaRegressor):
         """Predicted targets, shape (n_samples,)."""
         return self._linear(X)
 
+    def _sklearn_hyperparameters(self) -> dict:
+        alpha = _penalty_parameter("alpha", self.alpha, positive=False)
+        return {"estimator": "Ridge", "alpha": alpha} if alpha > 0 else {}
+
 
 class NaturalGradientPoissonRegressor(_AlphaRegressor):
     """Poisson regression with a log link (``E[y|x] = exp(x·coef + intercept)``), penalized
@@ -515,6 +550,9 @@ class NaturalGradientPoissonRegressor(_AlphaRegressor):
     def predict(self, X):
         """Predicted means (rates), shape (n_samples,)."""
         return np.exp(self._linear(X))
+
+    def _sklearn_hyperparameters(self) -> dict:
+        return {"alpha": _penalty_parameter("alpha", self.alpha, positive=False)}
 
     def score(self, X, y, sample_weight=None):
         """D²: the fraction of Poisson deviance explained."""
@@ -578,6 +616,9 @@ tol, max_iter, warm_start
 
     def _y_check(self) -> dict:
         return {}
+
+    def _sklearn_hyperparameters(self) -> dict:
+        return {"C": _penalty_parameter("C", self.C, positive=True)}
 
     def _make_model(self, n_features: int):
         from natgrad_stream.models import make_model

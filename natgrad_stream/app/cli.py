@@ -1,7 +1,7 @@
 """The ``natgrad-stream`` command line.
 
-Subcommands: ``make-data``, ``fit``, ``convert``, ``evaluate``, ``params``, ``plot``,
-``demo``.
+Subcommands: ``make-data``, ``fit``, ``convert``, ``evaluate``, ``predict``, ``export``,
+``params``, ``plot``, ``demo``.
 Machine-readable results go to stdout as one JSON object on the last line; progress and
 messages go to stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or
 usage, 130 stopped by a signal (after writing a resumable checkpoint).
@@ -220,6 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_legacy_argument(p)
     _encoding_arguments(p)
 
+    p = command("predict", "write a fitted run's predictions for every row of a dataset "
+                           "to a .zarr, .parquet or .csv file, streamed chunk by chunk")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
+    p.add_argument("data", metavar="DATA", help="Zarr group, path or URL (dense or sparse X)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output: FILE.zarr (checksummed arrays), FILE.parquet (needs pyarrow) "
+                        "or FILE.csv (required)")
+    p.add_argument("--what", default=None, metavar="KINDS",
+                   help="comma-separated: proba (proba_<class> columns), class, mean, link "
+                        "(log-odds, logits or log-mean); default proba,class for classifiers, "
+                        "mean for regressors")
+    p.add_argument("--x", default="X", metavar="NAME", help="features array")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    _allow_legacy_argument(p)
+
+    p = command("export", "export a fitted run as an ONNX graph (through its scikit-learn "
+                          "equivalent and skl2onnx)")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
+    p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="ONNX file to write "
+                   "(required)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="the graph's input and arithmetic type (float64: equal to round-off)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+
     p = command("params", "print a fitted run's parameters as JSON (the Polyak average when "
                           "the run kept one)")
     p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
@@ -403,6 +427,22 @@ def _cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _cmd_predict(args) -> int:
+    from natgrad_stream.app.predict import parse_kinds, predict_run
+
+    _print_json(predict_run(args.run, args.data, args.out, what=parse_kinds(args.what),
+                            x=args.x, overwrite=args.overwrite,
+                            allow_legacy=args.allow_legacy_checkpoint))
+    return EXIT_OK
+
+
+def _cmd_export(args) -> int:
+    from natgrad_stream.onnx_export import write_onnx
+
+    _print_json(write_onnx(args.run, args.onnx, dtype=args.dtype, overwrite=args.overwrite))
+    return EXIT_OK
+
+
 def _cmd_params(args) -> int:
     from natgrad_stream.app.runs import run_params
 
@@ -425,7 +465,7 @@ def _cmd_demo(args) -> int:
 
 
 COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "convert": _cmd_convert,
-            "evaluate": _cmd_evaluate,
+            "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
             "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo}
 
 
@@ -547,7 +587,8 @@ def main(argv=None) -> int:
 
 def _run_command(args, prefix: str) -> int:
     _log_to_stderr(prefix)
-    if args.command in ("fit", "evaluate", "demo", "params", "make-data", "convert"):
+    if args.command in ("fit", "evaluate", "predict", "demo", "params", "make-data",
+                        "convert"):
         from natgrad_stream.data.zarr_reads import configure_zarr_threads
 
         configure_zarr_threads()  # the command owns its process (the library never does)

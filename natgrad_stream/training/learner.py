@@ -310,6 +310,15 @@ class NaturalGradientLearner:
         s = self.state
         return s.theta_sum / s.average_weight if s.average_weight else s.theta.copy()
 
+    def to_sklearn(self):
+        """The fitted scikit-learn estimator that predicts as this learner's model at its
+        reported parameters (the Polyak average when it keeps one), equal to round-off
+        (:func:`natgrad_stream.sklearn_equivalent.to_sklearn`).
+        """
+        from natgrad_stream.sklearn_equivalent import learner_theta, to_sklearn
+
+        return to_sklearn(self.model, learner_theta(self))
+
     def options(self) -> dict:
         """JSON-ready options as recorded in ``run.json`` and the log: the effective
         options, with the optimizer's own under ``"optimizer"`` (``name`` first).
