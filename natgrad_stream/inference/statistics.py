@@ -130,7 +130,7 @@ class Summary:
 
     @property
     def n_params(self) -> int:
-        """p."""
+        """The number of parameters p."""
         return int(self.coef.shape[0])
 
     @property
