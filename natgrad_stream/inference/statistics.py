@@ -23,6 +23,7 @@ Conventions are statsmodels' (0.15), so that its users read the same numbers:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -91,6 +92,17 @@ def _equilibrated_inverse(A: np.ndarray, names: list[str]) -> np.ndarray:
     return inv / np.outer(d, d)
 
 
+def _check_options(alpha, cov: str, *, penalized: bool) -> tuple[float, str]:
+    """``(alpha, cov_type)`` checked: alpha in (0, 1), cov "model" or "robust"."""
+    alpha = float(alpha)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if cov not in ("model", "robust"):
+        raise ValueError(f"cov must be 'model' or 'robust', got {cov!r}")
+    return alpha, ("HC0" if cov == "robust" else "nonrobust") + \
+        ("-penalized" if penalized else "")
+
+
 def _tests(coef, se, alpha, df):
     """``(z, p, low, high)``: normal (``df`` None) or Student's t with ``df`` degrees."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -146,12 +158,12 @@ class Summary:
     @property
     def bse(self) -> np.ndarray:
         """Model-based standard errors, shape (p,)."""
-        return np.sqrt(np.diag(self.cov))
+        return np.sqrt(np.maximum(np.diag(self.cov), 0.0))  # (round-off below 0)
 
     @property
     def bse_robust(self) -> np.ndarray:
         """HC0 (sandwich) standard errors, shape (p,)."""
-        return np.sqrt(np.diag(self.cov_robust))
+        return np.sqrt(np.maximum(np.diag(self.cov_robust), 0.0))
 
     def columns(self, robust: bool) -> dict:
         """``se, z, p, ci_low, ci_high`` arrays of the model-based or robust covariance."""
@@ -164,6 +176,11 @@ class Summary:
     def primary_robust(self) -> bool:
         """Whether the main columns are the robust ones (``cov_type`` HC0)."""
         return self.cov_type.startswith("HC0")
+
+    def with_options(self, *, alpha: float = 0.05, cov: str = "model") -> Summary:
+        """The same summary at level 1 − ``alpha`` with the ``cov`` main columns (no pass)."""
+        alpha, cov_type = _check_options(alpha, cov, penalized=self.l2 > 0)
+        return dataclasses.replace(self, alpha=alpha, cov_type=cov_type)
 
     def conf_int(self, robust: bool | None = None) -> np.ndarray:
         """Confidence intervals at level 1 − alpha, shape (p, 2) (as statsmodels')."""
@@ -218,16 +235,12 @@ def summarize(model, theta: np.ndarray, sums, *, alpha: float = 0.05, cov: str =
         Coefficient names (default :func:`coefficient_names`).
     """
     check_inference_model(model)
-    alpha = float(alpha)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if cov not in ("model", "robust"):
-        raise ValueError(f"cov must be 'model' or 'robust', got {cov!r}")
+    penalized = float(l2 or 0.0) > 0.0
+    alpha, cov_type = _check_options(alpha, cov, penalized=penalized)
     theta = np.asarray(theta, dtype=np.float64)
     names = coefficient_names(model) if names is None else list(names)
     P = model.n_params
     n = float(sums.weight)
-    penalized = float(l2 or 0.0) > 0.0
     A = sums.fisher.copy()
     grad = sums.grad.copy()
     if penalized:
@@ -263,8 +276,6 @@ def summarize(model, theta: np.ndarray, sums, *, alpha: float = 0.05, cov: str =
     cov_model = 0.5 * (cov_model + cov_model.T)
     cov_robust = 0.5 * (cov_robust + cov_robust.T)
     decrement = 0.5 * float(grad @ A_inv @ grad)
-    cov_type = ("HC0" if cov == "robust" else "nonrobust") + ("-penalized" if penalized
-                                                               else "")
     if penalized:
         notes.append(f"penalized fit (l2={l2:g}): sandwich covariances of the shrunk "
                      "estimator; AIC and BIC count every parameter")
