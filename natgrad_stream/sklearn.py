@@ -368,12 +368,12 @@ class _NaturalGradientBase(BaseEstimator):
             learner = self._new_learner(model)
             self.n_iter_ = 0
             self.converged_ = False
-        for attr in ("summary_", "bse_", "bse_robust_", "pvalues_", "param_names_"):
-            if hasattr(self, attr):  # a fit's summary no longer describes the steps
-                delattr(self, attr)
         else:
             learner = self.learner_
             model = learner.model
+        for attr in ("summary_", "bse_", "bse_robust_", "pvalues_", "param_names_"):
+            if hasattr(self, attr):  # a fit's summary no longer describes the steps
+                delattr(self, attr)
         self._run(lambda: learner.step(X, y, w))
         self._finish(learner, model)
         self.n_iter_ += 1

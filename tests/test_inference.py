@@ -317,3 +317,26 @@ def test_estimators_expose_the_summary_after_fit():
     one = NaturalGradientRegressor().fit(X[:3], y[:3])  # n <= p: no residual variance
     with pytest.raises(ValueError, match="more observations than parameters"):
         one.summary()
+
+
+# -- Dask -----------------------------------------------------------------------------------
+@pytest.mark.slow  # a local cluster of two processes (~30 s on the shared 2-core machine)
+def test_dask_summary_equals_the_single_process_one(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from natgrad_stream.data.datasets import make_dataset
+
+    store = tmp_path / "d.zarr"
+    make_dataset(store, task="poisson", rows=12_000, features=3, chunk_rows=1000, seed=4)
+    run = tmp_path / "run"
+    assert main(["fit", str(store), "--model", "poisson", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(run), "--format", "json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main(["summary", str(run), "--format", "json", "--dask-workers", "2"]) == 0
+    out = capsys.readouterr()
+    dask = json.loads(out.out.strip().splitlines()[-1])
+    for key in ("log_likelihood", "deviance", "aic", "bic", "n_obs"):
+        np.testing.assert_allclose(dask[key], local[key], rtol=1e-12)
+    for a, b in zip(dask["coefficients"], local["coefficients"], strict=True):
+        np.testing.assert_allclose([a["se"], a["se_robust"]], [b["se"], b["se_robust"]],
+                                   rtol=1e-8)  # sums in another order

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="covariance of the table's columns (and of JSON's se, z, p, "
                         "ci_low, ci_high): model-based, or robust (HC0 sandwich); JSON "
                         "always adds the robust ones as *_robust")
+    p.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="compute the pass on the Dask cluster of this scheduler (every "
+                        "worker opens DATA, a path or URL)")
+    p.add_argument("--dask-workers", type=_bounded_int(1, 1024), default=None, metavar="N",
+                   help="compute the pass on a local Dask cluster of N processes")
     _allow_legacy_argument(p)
 
     p = command("plot", "draw a run's training log (loss, rows/s, metric refreshes) into "
@@ -399,7 +404,8 @@ def _cmd_summary(args) -> int:
     from natgrad_stream.app.summary import summary_run
 
     result = summary_run(args.run, args.data, x=args.x, y=args.y, w=args.w,
-                         alpha=args.alpha, cov=args.cov,
+                         alpha=args.alpha, cov=args.cov, dask=args.dask,
+                         dask_workers=args.dask_workers,
                          allow_legacy=args.allow_legacy_checkpoint)
     if args.format == "json":
         _print_json(result.to_dict())

@@ -32,13 +32,15 @@ def recorded_data(run_dir, info: dict) -> str:
 
 def summary_run(run_dir, data=None, *, x: str | None = None, y: str | None = None,
                 w: str | None = None, alpha: float = 0.05, cov: str = "model",
-                allow_legacy: bool = False, progress=None) -> Summary:
+                allow_legacy: bool = False, progress=None, dask: str | None = None,
+                dask_workers: int | None = None) -> Summary:
     """The inference :class:`~natgrad_stream.inference.Summary` of the run in ``run_dir``
     on ``data`` (default: the run's training data).
 
     ``x``, ``y``, ``w`` default to the arrays the run was fitted on (its weights too). A
     run that did not converge is summarized with one RuntimeWarning (its θ is not the
-    optimum the standard errors assume).
+    optimum the standard errors assume). ``dask`` (a scheduler's address) or
+    ``dask_workers`` (a local cluster of that many processes) compute the pass on Dask.
     """
     state = _load_state(run_dir, allow_legacy=allow_legacy)
     model = model_from_config(state["model"])
@@ -58,6 +60,19 @@ def summary_run(run_dir, data=None, *, x: str | None = None, y: str | None = Non
         warnings.warn(f"the run in {run_dir} did not converge: its θ is not the optimum the "
                       "standard errors and tests assume (resume the fit, or read them as "
                       "approximate)", RuntimeWarning, stacklevel=2)
-    return summary(model, reported_theta(state), data, x=x, y=y, w=w, alpha=alpha, cov=cov,
-                   l2=l2, converged=converged, class_names=info.get("class_names"),
-                   digests=digests, progress=progress)
+    args = {"x": x, "y": y, "w": w, "alpha": alpha, "cov": cov, "l2": l2,
+            "converged": converged, "class_names": info.get("class_names")}
+    if dask is None and dask_workers is None:
+        return summary(model, reported_theta(state), data, digests=digests,
+                       progress=progress, **args)
+    import logging
+
+    from natgrad_stream.distributed import dask_client
+    from natgrad_stream.distributed.cluster import require_distributed
+
+    require_distributed()
+    for name in list(logging.root.manager.loggerDict):  # one line if the cluster fails
+        if name.split(".")[0] in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    with dask_client(dask, dask_workers) as client:
+        return summary(model, reported_theta(state), data, client=client, **args)

@@ -33,7 +33,7 @@ from natgrad_stream.inference.statistics import (
     coefficient_names,
     summarize,
 )
-from natgrad_stream.inference.sums import InferenceSums, stream_sums
+from natgrad_stream.inference.sums import InferenceSums, dask_sums, stream_sums
 
 __all__ = ["INFERENCE_MODELS", "InferenceSums", "Summary", "coefficient_names", "summarize",
            "summary"]
@@ -42,7 +42,8 @@ __all__ = ["INFERENCE_MODELS", "InferenceSums", "Summary", "coefficient_names", 
 def summary(model, theta, data, *, x: str = "X", y: str | None = "y", w: str | None = None,
             alpha: float = 0.05, cov: str = "model", l2: float = 0.0,
             converged: bool | None = None, feature_names=None, class_names=None,
-            batch_size: int = EVAL_BATCH_ROWS, digests=None, progress=None) -> Summary:
+            batch_size: int = EVAL_BATCH_ROWS, digests=None, progress=None,
+            client=None) -> Summary:
     """The inference :class:`Summary` of ``model`` at ``theta`` over every row of ``data``.
 
     Parameters
@@ -69,6 +70,9 @@ def summary(model, theta, data, *, x: str = "X", y: str | None = "y", w: str | N
         ``0 … K−1``).
     digests : ChunkDigests, optional
         A run's content digests when ``data`` is its training data.
+    client : distributed.Client, optional
+        Compute the pass on this Dask cluster: ``data`` is then a Zarr store's path or
+        URL, which every worker opens (blocks of chunks, sums merged in a fixed tree).
 
     Returns
     -------
@@ -79,6 +83,10 @@ def summary(model, theta, data, *, x: str = "X", y: str | None = "y", w: str | N
     theta = np.asarray(theta, dtype=np.float64)
     if theta.shape != (model.n_params,):
         raise ValueError(f"theta must have shape ({model.n_params},), got {theta.shape}")
+    if client is not None:
+        sums = dask_sums(client, model, theta, data, x=x, y=y, w=w)
+        return summarize(model, theta, sums, alpha=alpha, cov=cov, l2=l2,
+                         converged=converged, names=names)
     source = as_source(data, x=x, y=y, w=w)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "

@@ -68,13 +68,21 @@ class InferenceSums:
                              self.log_factorial + other.log_factorial,
                              self.ylogy + other.ylogy)
 
-    def add_batch(self, model, X, y, w, theta, ws_fisher, ws_meat) -> None:
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (what moves between Dask processes)."""
+        return 8 * 5 + self.grad.nbytes + self.fisher.nbytes + self.meat.nbytes
+
+    def add_batch(self, model, X, y, w, theta, ws_fisher, ws_meat, *,
+                  parallel: bool | None = None) -> None:
         """Add one batch's sums in place (two fused kernel calls on the batch in memory:
-        the model metric, then the empirical one; the data are read once).
+        the model metric, then the empirical one; the data are read once). ``parallel``
+        forces the kernels' variant (None: by batch size).
         """
         loss, weight = model.accumulate(X, y, w, theta, metric="model", structure="full",
-                                        ws=ws_fisher)
-        model.accumulate(X, y, w, theta, metric="empirical", structure="full", ws=ws_meat)
+                                        ws=ws_fisher, parallel=parallel)
+        model.accumulate(X, y, w, theta, metric="empirical", structure="full", ws=ws_meat,
+                         parallel=parallel)
         self.rows += int(X.shape[0])
         self.weight += float(weight)
         self.loss += float(loss)
@@ -122,4 +130,62 @@ def stream_sums(model, theta: np.ndarray, source, *, batch_size: int = EVAL_BATC
     if not sums.weight > 0:
         raise DataError("every sample weight is zero: nothing to summarize",
                         array=source.names[2])
+    return sums
+
+
+def block_sums(spec, model, chunks, theta) -> InferenceSums:
+    """A Dask task: the sums over ``chunks`` (consecutive positions of the pass, in order)
+    of the store ``spec`` on a worker, one leaf per chunk by the serial kernels, added by
+    :func:`~natgrad_stream.distributed.stats.tree_sum` (the result does not depend on
+    placement; see :meth:`~natgrad_stream.distributed.DaskBackend.reduce`).
+    """
+    from natgrad_stream.data.window import chunk_window, locate_in_full_data
+    from natgrad_stream.distributed.stats import tree_sum
+    from natgrad_stream.distributed.worker import open_source
+
+    source = open_source(spec)
+    chunks = np.asarray(chunks, dtype=np.int64)
+    order = np.argsort(chunks, kind="stable")
+    leaves: list = [None] * len(chunks)
+    ws = model.new_workspace("full", n_threads=1), model.new_workspace("full", n_threads=1)
+    try:
+        with chunk_window(source, chunks[order]).batches(
+                batch_size=source.chunk_rows, epochs=1, shuffle=False, chunks_per_read=1,
+                prefetch=1, **model.data_checks()) as stream:
+            for i, batch in enumerate(stream):
+                leaf = InferenceSums.zeros(model.n_params)
+                leaf.add_batch(model, batch.X, batch.y, batch.w, theta, *ws, parallel=False)
+                leaves[order[i]] = leaf
+    except DataError as exc:
+        raise locate_in_full_data(exc, chunks[order], source.chunk_rows) from exc
+    return tree_sum(leaves)
+
+
+def dask_sums(client, model, theta: np.ndarray, path, *, x: str, y: str,
+              w: str | None) -> InferenceSums:
+    """:class:`InferenceSums` of the Zarr store at ``path`` computed on the Dask cluster of
+    ``client``: each worker reads its blocks of chunks, the sums merge in the fixed tree.
+    """
+    import os
+
+    from natgrad_stream.data import open_zarr
+    from natgrad_stream.distributed import DaskBackend, DataSpec
+
+    check_inference_size(model)
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError("a Dask summary reads a Zarr store that every worker opens: pass "
+                        f"its path or URL, not {type(path).__name__}")
+    path = os.fspath(path)
+    if "://" not in path:
+        path = os.path.abspath(path)
+    source = open_zarr(path, x=x, y=y, w=w)
+    if source.n_features != model.n_features:
+        raise DataError(f"has {source.n_features} features but the model was fitted on "
+                        f"{model.n_features}", array=x)
+    spec = DataSpec(path, x=x, y=y, w=w, chunk_rows=source.chunk_rows, n_rows=source.n_rows)
+    if source.n_rows == 0:
+        raise DataError("no rows: nothing to summarize", array=x)
+    sums = DaskBackend(client, spec, model).reduce(block_sums, theta)
+    if not sums.weight > 0:
+        raise DataError("every sample weight is zero: nothing to summarize", array=w)
     return sums
