@@ -54,7 +54,7 @@ def text_table(s) -> str:
              *_pairs(left, right), "=" * width, head, "-" * width]
     for j, name in enumerate(s.names):
         lines.append(f"{name:<{name_w}}{_fmt(s.coef[j]):>10} {_fmt(c['se'][j]):>10} "
-                     f"{_fmt(c['z'][j], 3):>10} {_fmt(c['p'][j], 3):>10} "
+                     f"{_fmt(c['z'][j], 3):>10} {c['p'][j]:>10.3f} "
                      f"{_fmt(c['ci_low'][j], 3):>10} {_fmt(c['ci_high'][j], 3):>10}")
     lines.append("=" * width)
     lines.extend(f"Note: {n}" for n in s.notes)
