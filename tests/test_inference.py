@@ -340,3 +340,28 @@ def test_dask_summary_equals_the_single_process_one(tmp_path, capsys):
     for a, b in zip(dask["coefficients"], local["coefficients"], strict=True):
         np.testing.assert_allclose([a["se"], a["se_robust"]], [b["se"], b["se_robust"]],
                                    rtol=1e-8)  # sums in another order
+
+
+def test_a_run_fitted_on_arrays_needs_data(tmp_path, capsys):
+    from natgrad_stream.app.runs import fit_run
+
+    X, y = _load("spector")
+    fit_run((X, y), tmp_path / "run", model="logistic")
+    assert main(["summary", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("records no data path (it was fitted on in-memory data): "
+                                "give DATA"), err
+    store = write_group(tmp_path / "s.zarr", X=X, y=y)
+    assert main(["summary", str(tmp_path / "run"), str(store), "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(got["log_likelihood"], _statsmodels("logistic", X, y).llf,
+                               rtol=RTOL)
+
+
+def test_learner_summary_warns_when_not_converged():
+    X, y = _load("spector")
+    learner = NaturalGradientLearner(make_model("logistic", 3))
+    learner.fit((X, y), epochs=1)  # (the pass cap's note is a log record)
+    with pytest.warns(RuntimeWarning, match="the fit did not converge"):
+        s = learner.summary((X, y))
+    assert s.converged is False and s.decrement > 0
