@@ -78,6 +78,7 @@ _FLOATS = (np.float64, np.float32)
 #: (``summary_``, ``bse_``, ...) at the end of ``fit``: one more pass over the data, and
 #: two P × P covariances kept in the estimator (16 MB at this bound).
 SUMMARY_MAX_PARAMS = 1000
+_SUMMARY_ATTRIBUTES = ("summary_", "bse_", "bse_robust_", "pvalues_", "param_names_")
 #: Sparse formats accepted as they are (others are converted to the first, CSR); the
 #: learner reads them through CSR kernels without densifying.
 _SPARSE = ("csr", "csc", "coo")
@@ -240,9 +241,7 @@ class _NaturalGradientBase(BaseEstimator):
         and :meth:`summary` says why.
         """
         from natgrad_stream.inference import summary
-        for attr in ("summary_", "bse_", "bse_robust_", "pvalues_", "param_names_"):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        self._forget_summary()
         model = learner.model
         if model.n_params > SUMMARY_MAX_PARAMS:
             self._summary_error = (f"{model.n_params:,} parameters: the summary is computed "
@@ -264,6 +263,11 @@ class _NaturalGradientBase(BaseEstimator):
         self.bse_robust_ = result.bse_robust
         self.pvalues_ = result.columns(False)["p"]
         self.param_names_ = np.asarray(result.names, dtype=object)
+
+    def _forget_summary(self) -> None:
+        for attr in _SUMMARY_ATTRIBUTES:
+            if hasattr(self, attr):
+                delattr(self, attr)
 
     def summary(self, *, alpha: float = 0.05, cov: str = "model"):
         """The inference summary of the fit (``print`` it for statsmodels' table; its
@@ -371,9 +375,7 @@ class _NaturalGradientBase(BaseEstimator):
         else:
             learner = self.learner_
             model = learner.model
-        for attr in ("summary_", "bse_", "bse_robust_", "pvalues_", "param_names_"):
-            if hasattr(self, attr):  # a fit's summary no longer describes the steps
-                delattr(self, attr)
+        self._forget_summary()  # a fit's summary no longer describes the steps
         self._run(lambda: learner.step(X, y, w))
         self._finish(learner, model)
         self.n_iter_ += 1

@@ -365,3 +365,11 @@ def test_learner_summary_warns_when_not_converged():
     with pytest.warns(RuntimeWarning, match="the fit did not converge"):
         s = learner.summary((X, y))
     assert s.converged is False and s.decrement > 0
+
+
+def test_other_data_than_the_fitted_ones_get_a_note():
+    X, y = _load("spector")
+    learner = NaturalGradientLearner(make_model("logistic", 3)).fit((X, y))
+    assert learner.summary((X, y)).notes == []
+    other = learner.summary((X[::-1], y))  # rows paired with other labels
+    assert other.notes and other.notes[0].startswith("θ is not the optimum of these data")

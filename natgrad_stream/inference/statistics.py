@@ -38,6 +38,9 @@ INFERENCE_MODELS = ("logistic", "linear", "poisson", "softmax")
 #: information below which it is reported singular (a coefficient the data do not
 #: identify: a constant or collinear column).
 SINGULAR_RCOND = 1e-13
+#: A Newton decrement ½gᵀA⁻¹g of the data at θ above this fraction of |llf| (at least 1)
+#: adds a note that θ is not their optimum (e.g. other data than the fitted ones).
+OFF_OPTIMUM_DECREMENT = 1e-6
 
 
 def check_inference_model(model) -> None:
@@ -276,6 +279,9 @@ def summarize(model, theta: np.ndarray, sums, *, alpha: float = 0.05, cov: str =
     cov_model = 0.5 * (cov_model + cov_model.T)
     cov_robust = 0.5 * (cov_robust + cov_robust.T)
     decrement = 0.5 * float(grad @ A_inv @ grad)
+    if decrement > OFF_OPTIMUM_DECREMENT * max(1.0, abs(llf)):
+        notes.append(f"θ is not the optimum of these data (Newton decrement {decrement:.3g}):"
+                     " the standard errors and tests assume it is")
     if penalized:
         notes.append(f"penalized fit (l2={l2:g}): sandwich covariances of the shrunk "
                      "estimator; AIC and BIC count every parameter")
