@@ -15,6 +15,7 @@ import pytest
 from natgrad_stream.cli import main
 from natgrad_stream.errors import DataError
 from natgrad_stream.inference import InferenceSums, coefficient_names, summarize, summary
+from natgrad_stream.inference.sums import PassWorkspace
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
 from tests.conftest import write_group
@@ -114,7 +115,9 @@ def _score_reference(model, X, y, w, theta):
 
 @pytest.mark.parametrize("kind", ["logistic", "linear", "poisson", "softmax"])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_sums_equal_a_numpy_reference_and_merge_by_batches(kind, sparse):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_sums_equal_a_numpy_reference_and_merge_by_batches(kind, sparse, parallel):
+    """Dense GLM batches take the fused kernel (serial or parallel), others the model's."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
@@ -131,11 +134,11 @@ def test_sums_equal_a_numpy_reference_and_merge_by_batches(kind, sparse):
     F, M = _score_reference(model, X, y, w, theta)
     whole = InferenceSums.zeros(model.n_params)
     parts = [InferenceSums.zeros(model.n_params) for _ in range(3)]
-    ws = model.new_workspace("full"), model.new_workspace("full")
+    ws = PassWorkspace(model, parallel=parallel, n_threads=2)
     data = sp.csr_matrix(X) if sparse else X
-    whole.add_batch(model, data, y, w, theta, *ws)
+    whole.add_batch(ws, data, y, w, theta)
     for part, rows in zip(parts, np.array_split(np.arange(n), 3), strict=True):
-        part.add_batch(model, data[rows], y[rows], w[rows], theta, *ws)
+        part.add_batch(ws, data[rows], y[rows], w[rows], theta)
     merged = parts[0] + parts[1] + parts[2]
     for s in (whole, merged):
         np.testing.assert_allclose(s.fisher, F, rtol=1e-10, atol=1e-9)
@@ -165,8 +168,7 @@ def test_penalized_covariance_is_the_sandwich_of_the_penalized_hessian():
 
 def _sums(model, X, y, theta):
     out = InferenceSums.zeros(model.n_params)
-    out.add_batch(model, X, y, None, theta, model.new_workspace("full"),
-                  model.new_workspace("full"))
+    out.add_batch(PassWorkspace(model), X, y, None, theta)
     return out
 
 

@@ -15,12 +15,26 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln, xlogy
 
-from natgrad_stream._constants import EVAL_BATCH_ROWS
+from natgrad_stream._constants import EVAL_BATCH_ROWS, WIDE_METRIC_PARAMS
+from natgrad_stream._jit import num_threads
+from natgrad_stream.data.sparse import is_sparse
 from natgrad_stream.errors import DataError
+from natgrad_stream.models._gram_kernels import BLOCK_ROWS
+from natgrad_stream.models.base import as_float64_vector
 
-#: Bytes the pass may take for its P × P sums and kernel workspaces (two accumulators,
-#: two batch buffers): a model with more parameters is refused with the figure.
+_EMPTY = np.empty(0)
+
+#: Bytes the pass may take for its P × P sums and batch buffers (two of each; the
+#: parallel kernels' per-thread copies come on top, for models below WIDE_METRIC_PARAMS
+#: only): a model with more parameters is refused with the figure.
 INFERENCE_MAX_METRIC_BYTES = 4 << 30
+#: Below this many parameters the pass runs the serial kernels: their two P × P Gram
+#: updates are too small to gain from threads (unloaded, 21 against 19 ns a row at
+#: d = 10), and the parallel variant competes with the reader's decompression threads for
+#: the cores: on the shared 2-core machine (load 5) a 4M × 10 summary ran at 0.4M rows/s
+#: with it and 3 to 6.7M rows/s without. From about a hundred parameters the Gram dominates
+#: and threads halve it (417 against 217 ns a row at d = 100).
+INFERENCE_PARALLEL_MIN_PARAMS = 32
 
 
 @dataclass
@@ -73,27 +87,113 @@ class InferenceSums:
         """Bytes of the arrays (what moves between Dask processes)."""
         return 8 * 5 + self.grad.nbytes + self.fisher.nbytes + self.meat.nbytes
 
-    def add_batch(self, model, X, y, w, theta, ws_fisher, ws_meat, *,
-                  parallel: bool | None = None) -> None:
-        """Add one batch's sums in place (two fused kernel calls on the batch in memory:
-        the model metric, then the empirical one; the data are read once). ``parallel``
-        forces the kernels' variant (None: by batch size).
+    def add_batch(self, ws: PassWorkspace, X, y, w, theta) -> None:
+        """Add one batch's sums in place, by the workspace's kernels: for dense rows of a
+        GLM one fused sweep (:mod:`~natgrad_stream.inference._glm_kernels`), else the
+        model's kernel twice on the batch in memory (the model metric, then the empirical
+        one); the data are read once either way.
         """
-        loss, weight = model.accumulate(X, y, w, theta, metric="model", structure="full",
-                                        ws=ws_fisher, parallel=parallel)
-        model.accumulate(X, y, w, theta, metric="empirical", structure="full", ws=ws_meat,
-                         parallel=parallel)
+        model = ws.model
+        out = ws.glm_batch(X, y, w, theta)
+        if out is None:
+            loss, weight = model.accumulate(X, y, w, theta, metric="model",
+                                            structure="full", ws=ws.fisher_ws,
+                                            parallel=ws.parallel)
+            model.accumulate(X, y, w, theta, metric="empirical", structure="full",
+                             ws=ws.meat_ws, parallel=ws.parallel)
+            grad, fisher, meat = ws.fisher_ws.grad, ws.fisher_ws.fisher, ws.meat_ws.fisher
+        else:
+            loss, weight, grad, fisher, meat = out
         self.rows += int(X.shape[0])
         self.weight += float(weight)
         self.loss += float(loss)
-        self.grad += ws_fisher.grad
-        self.fisher += ws_fisher.fisher
-        self.meat += ws_meat.fisher
+        self.grad += grad
+        self.fisher += fisher
+        self.meat += meat
         if model.name == "poisson":
             yv = np.asarray(y, dtype=np.float64)
             wv = 1.0 if w is None else np.asarray(w, dtype=np.float64)
             self.log_factorial += float(np.sum(wv * gammaln(yv + 1.0)))
             self.ylogy += float(np.sum(wv * (xlogy(yv, yv) - yv)))
+
+
+class PassWorkspace:
+    """The buffers of the inference pass for ``model``, allocated at first use: the fused
+    GLM kernel's (dense GLM batches) or two of the model's full-metric workspaces (sparse
+    batches, softmax).
+
+    ``parallel``: False for the serial kernels, None to let the batch size decide (the
+    default: serial below :data:`INFERENCE_PARALLEL_MIN_PARAMS` parameters and for wide
+    models, whose per-thread P × P copies would dominate memory).
+    """
+
+    def __init__(self, model, *, parallel: bool | None = None, n_threads: int | None = None):
+        self.model = model
+        P = model.n_params
+        if parallel is None and (P < INFERENCE_PARALLEL_MIN_PARAMS or P >= WIDE_METRIC_PARAMS):
+            parallel = False
+        self.parallel = parallel
+        self.n_threads = num_threads() if n_threads is None else int(n_threads)
+        self._glm = None
+        self._ws = None
+
+    @property
+    def fisher_ws(self):
+        """The model's workspace for the model metric."""
+        return self._model_workspaces()[0]
+
+    @property
+    def meat_ws(self):
+        """The model's workspace for the empirical metric."""
+        return self._model_workspaces()[1]
+
+    def _model_workspaces(self):
+        if self._ws is None:
+            self._ws = tuple(self.model.new_workspace("full", n_threads=self.n_threads)
+                             for _ in range(2))
+        return self._ws
+
+    def glm_batch(self, X, y, w, theta):
+        """``(loss, weight, grad, fisher, meat)`` of a dense batch of a GLM by the fused
+        kernel (views of this workspace's buffers), or None for other batches and models.
+        """
+        model = self.model
+        if getattr(model, "family", None) is None or model.family < 0 or is_sparse(X):
+            return None
+        from natgrad_stream.inference import _glm_kernels as K
+
+        X = model.check_X(X)
+        n, P = X.shape[0], model.n_params
+        y = as_float64_vector(y, "y", n)
+        w = _EMPTY if w is None else as_float64_vector(w, "w", n)
+        theta = as_float64_vector(theta, "theta", P)
+        par = model.use_parallel(n, self.parallel)
+        b = self._glm_buffers(par)
+        b["grad"][:] = 0.0
+        b["fisher"][...] = 0.0
+        b["meat"][...] = 0.0
+        if par:
+            loss, weight = K.glm_inference_parallel(
+                X, y, w, theta, model.family, b["grad"], b["fisher"], b["meat"], b["grad_t"],
+                b["fisher_t"], b["meat_t"], b["SA_t"], b["SB_t"])
+        else:
+            loss, weight = K.glm_inference(X, y, w, theta, model.family, b["grad"],
+                                           b["fisher"], b["meat"], b["SA_t"][0],
+                                           b["SB_t"][0])
+        return loss, weight, b["grad"], b["fisher"], b["meat"]
+
+    def _glm_buffers(self, parallel: bool) -> dict:
+        P = self.model.n_params
+        T = self.n_threads if parallel else 1
+        b = self._glm
+        if b is None or b["grad_t"].shape[0] < T:
+            b = self._glm = {
+                "grad": np.zeros(P), "fisher": np.zeros((P, P)), "meat": np.zeros((P, P)),
+                "grad_t": np.zeros((T, P)), "fisher_t": np.zeros((T, P, P) if T > 1
+                                                                 else (1, 1, 1)),
+                "meat_t": np.zeros((T, P, P) if T > 1 else (1, 1, 1)),
+                "SA_t": np.zeros((T, P, BLOCK_ROWS)), "SB_t": np.zeros((T, P, BLOCK_ROWS))}
+        return b
 
 
 def check_inference_size(model) -> None:
@@ -118,11 +218,11 @@ def stream_sums(model, theta: np.ndarray, source, *, batch_size: int = EVAL_BATC
     check_inference_size(model)
     theta = np.ascontiguousarray(theta, dtype=np.float64)
     sums = InferenceSums.zeros(model.n_params)
-    ws_fisher, ws_meat = model.new_workspace("full"), model.new_workspace("full")
+    ws = PassWorkspace(model)
     with source.batches(batch_size=batch_size, epochs=1, shuffle=False, digests=digests,
                         **model.data_checks()) as stream:
         for batch in stream:
-            sums.add_batch(model, batch.X, batch.y, batch.w, theta, ws_fisher, ws_meat)
+            sums.add_batch(ws, batch.X, batch.y, batch.w, theta)
             if progress is not None:
                 progress(sums.rows)
     if sums.rows == 0:
@@ -147,14 +247,14 @@ def block_sums(spec, model, chunks, theta) -> InferenceSums:
     chunks = np.asarray(chunks, dtype=np.int64)
     order = np.argsort(chunks, kind="stable")
     leaves: list = [None] * len(chunks)
-    ws = model.new_workspace("full", n_threads=1), model.new_workspace("full", n_threads=1)
+    ws = PassWorkspace(model, parallel=False, n_threads=1)
     try:
         with chunk_window(source, chunks[order]).batches(
                 batch_size=source.chunk_rows, epochs=1, shuffle=False, chunks_per_read=1,
                 prefetch=1, **model.data_checks()) as stream:
             for i, batch in enumerate(stream):
                 leaf = InferenceSums.zeros(model.n_params)
-                leaf.add_batch(model, batch.X, batch.y, batch.w, theta, *ws, parallel=False)
+                leaf.add_batch(ws, batch.X, batch.y, batch.w, theta)
                 leaves[order[i]] = leaf
     except DataError as exc:
         raise locate_in_full_data(exc, chunks[order], source.chunk_rows) from exc
