@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -112,7 +113,9 @@ def bench(root: Path, rows: int, features: int, repeats: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"### summary benchmark ({report['date']}, {report['machine']})", "",
+    load = " to ".join(f"{v:.1f}" for v in report["load_average"])
+    lines = [f"### summary benchmark ({report['date']}, {report['machine']}, load average "
+             f"{load})", "",
              "One `summary` pass (model Fisher and HC0 meat of every row) against the raw "
              "zarr read of the same store, alternating in one process (medians). Logistic, "
              "float32, zstd, 65,536-row chunks.", "",
@@ -137,12 +140,14 @@ def main(argv=None) -> int:
     configure_zarr_threads()
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
+    load = [os.getloadavg()[0]]
     for d in args.features:
         results.append(bench(args.root, args.rows, d, args.repeats))
         print(json.dumps(results[-1]), file=sys.stderr)
+    load.append(os.getloadavg()[0])
     report = {"date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))}"
-                         " cores", "results": results}
+              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+              "load_average": load, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
