@@ -375,3 +375,25 @@ def test_other_data_than_the_fitted_ones_get_a_note():
     assert learner.summary((X, y)).notes == []
     other = learner.summary((X[::-1], y))  # rows paired with other labels
     assert other.notes and other.notes[0].startswith("θ is not the optimum of these data")
+
+
+@pytest.mark.parametrize("kind", ["logistic", "linear", "poisson"])
+def test_weights_are_frequency_weights(kind):
+    """A row of weight k counts as k copies of it: every figure equals the repeated data's."""
+    rng = np.random.default_rng(5)
+    n, d = 300, 2
+    X = rng.standard_normal((n, d))
+    z = X @ [0.7, -0.4]
+    y = {"logistic": (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float),
+         "linear": z + rng.standard_normal(n),
+         "poisson": rng.poisson(np.exp(z)).astype(float)}[kind]
+    k = rng.integers(1, 4, n)
+    model = make_model(kind, d)
+    theta = NaturalGradientLearner(model).fit((X, y, k.astype(float))).theta
+    weighted = summary(model, theta, (X, y, k.astype(float)))
+    repeated = summary(model, theta, (np.repeat(X, k, axis=0), np.repeat(y, k)))
+    for a, b in ((weighted.bse, repeated.bse), (weighted.bse_robust, repeated.bse_robust),
+                 (weighted.log_likelihood, repeated.log_likelihood),
+                 (weighted.deviance, repeated.deviance), (weighted.bic, repeated.bic)):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    assert weighted.n_obs == repeated.n_obs == k.sum() and weighted.rows == n
