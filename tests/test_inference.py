@@ -283,9 +283,9 @@ def test_cli_model_without_likelihood_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["summary", str(run)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("natgrad-stream summary: error: summary: model 'ica' has no "
-                           "likelihood for standard errors and tests; summary supports "
-                           "logistic, linear, poisson, softmax")
+    assert err.strip() == ("natgrad-stream summary: error: model 'ica' has no likelihood "
+                           "for standard errors and tests; summary supports logistic, "
+                           "linear, poisson, softmax")
 
 
 def test_cli_copied_store_is_read_without_digests(spector_run, capsys, tmp_path):

@@ -46,7 +46,7 @@ OFF_OPTIMUM_DECREMENT = 1e-6
 def check_inference_model(model) -> None:
     """Raise ``ValueError`` (one line) for a model ``summary`` has no likelihood for."""
     if model.name not in INFERENCE_MODELS:
-        raise ValueError(f"summary: model {model.name!r} has no likelihood for standard "
+        raise ValueError(f"model {model.name!r} has no likelihood for standard "
                          f"errors and tests; summary supports {', '.join(INFERENCE_MODELS)}")
 
 
