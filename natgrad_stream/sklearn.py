@@ -89,6 +89,11 @@ DEFAULT_MAX_ITER = 50
 DEFAULT_C = 1.0
 DEFAULT_ALPHA = 1.0
 _FLOATS = (np.float64, np.float32)
+#: Fitted estimators with at most this many parameters get their inference summary
+#: (``summary_``, ``bse_``, ...) at the end of ``fit``: one more pass over the data, and
+#: two P × P covariances kept in the estimator (16 MB at this bound).
+SUMMARY_MAX_PARAMS = 1000
+_SUMMARY_ATTRIBUTES = ("summary_", "bse_", "bse_robust_", "pvalues_", "param_names_")
 #: Sparse formats accepted as they are (others are converted to the first, CSR); the
 #: learner reads them through CSR kernels without densifying.
 _SPARSE = ("csr", "csc", "coo")
@@ -266,6 +271,7 @@ class _NaturalGradientBase(BaseEstimator):
         self._finish(learner, model)
         self.n_iter_ = int(learner.result.epochs) - skipped
         self.converged_ = self._converged(learner)
+        self._infer(learner, data, x=x, y=y, w=w)
         fit_logger.info("%s: %s in %d passes, %s samples read, %.2f s", type(self).__name__,
                         "converged" if self.converged_ else "not converged", self.n_iter_,
                         f"{learner.state.samples:,}", time.perf_counter() - t0)
@@ -296,6 +302,61 @@ class _NaturalGradientBase(BaseEstimator):
         learner.reset(np.array(previous.theta, dtype=np.float64))
         learner.state.cursor = Cursor(epoch=1)
         return 1
+
+    def _infer(self, learner, data, *, x, y, w) -> None:
+        """Set ``summary_``, ``bse_``, ``bse_robust_``, ``pvalues_`` and
+        ``param_names_`` from one more pass over ``data`` at the fitted θ
+        (:mod:`natgrad_stream.inference`); when the model has more than
+        :data:`SUMMARY_MAX_PARAMS` parameters or the information is singular, none is set
+        and :meth:`summary` says why.
+        """
+        from natgrad_stream.inference import summary
+        self._forget_summary()
+        model = learner.model
+        if model.n_params > SUMMARY_MAX_PARAMS:
+            self._summary_error = (f"{model.n_params:,} parameters: the summary is computed "
+                                   f"at fit for at most {SUMMARY_MAX_PARAMS:,} (natgrad_stream"
+                                   ".inference.summary computes it for more)")
+            return
+        names = getattr(self, "feature_names_in_", None)
+        classes = getattr(self, "classes_", None) if model.name == "softmax" else None
+        try:
+            result = summary(model, learner.theta, data, x=x, y=y, w=w, l2=learner.penalty.lam,
+                             converged=bool(self.converged_), feature_names=names,
+                             class_names=classes)
+        except (ValueError, ArithmeticError) as exc:
+            self._summary_error = str(exc)
+            return
+        self._summary_error = None
+        self.summary_ = result
+        self.bse_ = result.bse
+        self.bse_robust_ = result.bse_robust
+        self.pvalues_ = result.columns(False)["p"]
+        self.param_names_ = np.asarray(result.names, dtype=object)
+
+    def _forget_summary(self) -> None:
+        for attr in _SUMMARY_ATTRIBUTES:
+            if hasattr(self, attr):
+                delattr(self, attr)
+
+    def summary(self, *, alpha: float = 0.05, cov: str = "model"):
+        """The inference summary of the fit (``print`` it for statsmodels' table; its
+        ``to_dict()`` is ``natgrad-stream summary --format json``), at level 1 − ``alpha``
+        with the ``cov`` covariance ("model" or "robust", HC0). With the estimator's
+        default penalty (``C``, ``alpha``) the covariances are the penalized estimator's
+        sandwich (see :mod:`natgrad_stream.inference.statistics`).
+
+        Raises
+        ------
+        ValueError
+            When ``fit`` could not compute it (the reason), or after ``partial_fit``.
+        """
+        check_is_fitted(self)
+        if not hasattr(self, "summary_"):
+            why = getattr(self, "_summary_error", None) or \
+                "partial_fit does not compute it (fit does)"
+            raise ValueError(f"{type(self).__name__}: no inference summary: {why}")
+        return self.summary_.with_options(alpha=alpha, cov=cov)
 
     def _converged(self, learner) -> bool:
         """The learner's rule, or an absolute one: the learner's is relative to ``|J|``,
@@ -394,6 +455,7 @@ class _NaturalGradientBase(BaseEstimator):
         else:
             learner = self.learner_
             model = learner.model
+        self._forget_summary()  # a fit's summary no longer describes the steps
         self._run(lambda: learner.step(X, y, w))
         self._finish(learner, model)
         self.n_iter_ += 1
@@ -502,6 +564,14 @@ class NaturalGradientRegressor(_AlphaRegressor):
     feature_names_in_ : ndarray of shape (n_features_in_,)
         When ``X`` had string column names.
     learner_ : NaturalGradientLearner
+    summary_ : Summary
+        Statistical inference at the fitted parameters (``fit`` only; at most
+        ``SUMMARY_MAX_PARAMS`` parameters): see :meth:`summary`.
+    bse_, bse_robust_, pvalues_ : ndarray of shape (n_params,)
+        Model-based and robust (HC0) standard errors and the model-based p-values, in the
+        order of ``param_names_`` (coefficients, then the intercept; the classifier's
+        softmax: one such block per non-reference class).
+    param_names_ : ndarray of str, shape (n_params,)
     """
 
     _model_name = "linear"
@@ -596,6 +666,9 @@ tol, max_iter, warm_start
     intercept_ : ndarray of shape (1,) or (n_classes,)
     n_iter_, converged_, n_features_in_, feature_names_in_, learner_
         As in :class:`NaturalGradientRegressor`.
+    summary_, bse_, bse_robust_, pvalues_, param_names_
+        As in :class:`NaturalGradientRegressor` (softmax: coefficient names such as
+        ``x3[class b]``, for each class but the reference ``classes_[0]``).
     """
 
     def __init__(self, *, C=DEFAULT_C, optimizer=_D["optimizer"], metric=_D["metric"],

@@ -262,7 +262,7 @@ def test_every_option_of_every_subcommand_has_a_help_text_and_its_default():
 
     parser, commands = _subcommands()
     assert set(commands) == {"make-data", "fit", "convert", "evaluate", "predict", "export",
-                             "params", "plot", "demo"}
+                             "params", "summary", "plot", "demo"}
     for name, p in [("", parser), *commands.items()]:
         text = " ".join(p.format_help().split())
         for action in p._actions:

@@ -1,7 +1,7 @@
 """The ``natgrad-stream`` command line.
 
 Subcommands: ``make-data``, ``fit``, ``convert``, ``evaluate``, ``predict``, ``export``,
-``params``, ``plot``, ``demo``.
+``params``, ``summary``, ``plot``, ``demo``.
 Machine-readable results go to stdout as one JSON object on the last line; progress and
 messages go to stderr. Exit status: 0 success, 1 failure in learning, 2 bad input or
 usage, 130 stopped by a signal (after writing a resumable checkpoint).
@@ -85,6 +85,14 @@ def _DENSITY(text: str) -> float:  # noqa: N802 (an argparse type, named as the 
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _ALPHA(text: str) -> float:  # noqa: N802 (an argparse type, named as the others)
+    """An argparse type: a significance level in (0, 1)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 
@@ -247,6 +255,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("params", "print a fitted run's parameters as JSON (the Polyak average when "
                           "the run kept one)")
     p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
+    _allow_legacy_argument(p)
+
+    p = command("summary", "statistical inference on a fitted run (GLMs, softmax): "
+                           "coefficients, standard errors, tests, confidence intervals, "
+                           "log-likelihood, deviance, AIC/BIC, in one pass over the data")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="Zarr group, path or URL (default: the run's training data)")
+    p.add_argument("--x", default=None, metavar="NAME",
+                   help="features array (default: the run's)")
+    p.add_argument("--y", default=None, metavar="NAME",
+                   help="targets array (default: the run's)")
+    p.add_argument("--w", default=None, metavar="NAME",
+                   help="frequency-weight array (default: the run's on its training data, "
+                        "else none)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="a statsmodels-like table, or one JSON object")
+    p.add_argument("--alpha", type=_ALPHA, default=0.05, metavar="A",
+                   help="confidence intervals at level 1 - A")
+    p.add_argument("--cov", choices=("model", "robust"), default="model",
+                   help="covariance of the table's columns (and of JSON's se, z, p, "
+                        "ci_low, ci_high): model-based, or robust (HC0 sandwich); JSON "
+                        "always adds the robust ones as *_robust")
+    p.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="compute the pass on the Dask cluster of this scheduler (every "
+                        "worker opens DATA, a path or URL)")
+    p.add_argument("--dask-workers", type=_bounded_int(1, 1024), default=None, metavar="N",
+                   help="compute the pass on a local Dask cluster of N processes")
     _allow_legacy_argument(p)
 
     p = command("plot", "draw a run's training log (loss, rows/s, metric refreshes) into "
@@ -450,6 +486,22 @@ def _cmd_params(args) -> int:
     return EXIT_OK
 
 
+def _cmd_summary(args) -> int:
+    from natgrad_stream.app.summary import summary_run
+
+    result = summary_run(args.run, args.data, x=args.x, y=args.y, w=args.w,
+                         alpha=args.alpha, cov=args.cov, dask=args.dask,
+                         dask_workers=args.dask_workers,
+                         allow_legacy=args.allow_legacy_checkpoint)
+    if args.format == "json":
+        _print_json(result.to_dict())
+    else:
+        sys.stdout.write(str(result) + "\n")
+        sys.stdout.flush()
+        _RESULT["written"] = True
+    return EXIT_OK
+
+
 def _cmd_plot(args) -> int:
     from natgrad_stream.app.plot import plot_run
 
@@ -466,7 +518,8 @@ def _cmd_demo(args) -> int:
 
 COMMANDS = {"make-data": _cmd_make_data, "fit": _cmd_fit, "convert": _cmd_convert,
             "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
-            "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo}
+            "params": _cmd_params, "plot": _cmd_plot, "demo": _cmd_demo,
+            "summary": _cmd_summary}
 
 
 class _PrefixFormatter:
@@ -588,7 +641,7 @@ def main(argv=None) -> int:
 def _run_command(args, prefix: str) -> int:
     _log_to_stderr(prefix)
     if args.command in ("fit", "evaluate", "predict", "demo", "params", "make-data",
-                        "convert"):
+                        "convert", "summary"):
         from natgrad_stream.data.zarr_reads import configure_zarr_threads
 
         configure_zarr_threads()  # the command owns its process (the library never does)

@@ -223,11 +223,19 @@ class DaskBackend:
     def pass_stats(self, theta: np.ndarray, *, metric, structure, mc_samples=1, chunks=None,
                    rng_key=None, should_stop=None) -> Stats | None:
         """The sums over ``chunks`` (default all, in order) at ``theta``, or None if stopped."""
+        return self.reduce(block_stats, theta, chunks=chunks, should_stop=should_stop,
+                           metric=metric, structure=structure, mc_samples=mc_samples,
+                           rng_key=rng_key)
+
+    def reduce(self, task, theta: np.ndarray, *, chunks=None, should_stop=None, **kwargs):
+        """``task(spec, model, block, theta, **kwargs)`` on each block of
+        :data:`BLOCK_CHUNKS` of ``chunks`` (default all, in order), its results (sums with
+        ``+`` and ``nbytes``) added pairwise in the fixed tree; None if stopped.
+        """
         ids = np.arange(self.n_chunks) if chunks is None else np.asarray(chunks, np.int64)
         theta = np.ascontiguousarray(theta, dtype=np.float64)
-        level = [self._submit(block_stats, self.spec, self.model, ids[i:i + BLOCK_CHUNKS],
-                              theta, metric=metric, structure=structure,
-                              mc_samples=mc_samples, rng_key=rng_key)
+        level = [self._submit(task, self.spec, self.model, ids[i:i + BLOCK_CHUNKS], theta,
+                              **kwargs)
                  for i in range(0, len(ids), BLOCK_CHUNKS)]
         self.bytes_out += len(level) * (theta.nbytes + 8 * BLOCK_CHUNKS)
         n_results = len(level)

@@ -772,6 +772,26 @@ class NaturalGradientLearner:
                 "many that give it; an L2 penalty (--l2; the estimators' C or alpha) picks "
                 "the smallest")
 
+    def summary(self, data, *, x: str = "X", y: str | None = "y", w: str | None = None,
+                alpha: float = 0.05, cov: str = "model", feature_names=None,
+                class_names=None):
+        """Statistical inference at :attr:`theta` over ``data`` (the fitted data, for the
+        tests to mean anything), in one streamed pass: a
+        :class:`~natgrad_stream.inference.Summary` (``print`` it for the table;
+        ``to_dict()``, ``bse``, ``bse_robust``, ``conf_int()``). The fit's L2 penalty and
+        whether it converged are taken into account (see :mod:`natgrad_stream.inference`);
+        a fit that did not converge is summarized with one RuntimeWarning.
+        """
+        from natgrad_stream.inference import summary
+
+        if not self.state.converged:
+            warnings.warn("the fit did not converge: θ is not the optimum the standard "
+                          "errors and tests assume (fit further, or read them as "
+                          "approximate)", RuntimeWarning, stacklevel=2)
+        return summary(self.model, self.theta, data, x=x, y=y, w=w, alpha=alpha, cov=cov,
+                       l2=self.penalty.lam, converged=bool(self.state.converged),
+                       feature_names=feature_names, class_names=class_names)
+
     # -- re-whitening (shared) ----------------------------------------------------------
     def refresh(self, *, reason: str = "manual", drift: float | None = None,
                 metric: np.ndarray | None = None, **fields) -> dict:
