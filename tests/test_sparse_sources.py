@@ -131,6 +131,25 @@ def test_read_buffers_are_sized_by_entries_within_the_budget():
     assert np.array_equal(np.sort(rows), np.arange(M.shape[0]))
 
 
+def test_a_shuffled_stream_counts_the_read_it_permutes_in_its_plan():
+    """The reader thread stages a shuffled read in one more read buffer and permutes it
+    into the pooled one (the batches are then views): the plan counts that buffer, and
+    the batches are the read's rows in the documented permuted order.
+    """
+    M, y = matrix(), targets()
+    source = SparseSource(M, y, chunk_rows=100)
+    one_read = source.plan_bytes(2, 2, 64, False) - source.plan_bytes(2, 1, 64, False)
+    assert source.plan_bytes(2, 1, 64, True) - source.plan_bytes(2, 1, 64, False) == one_read
+    assert source.plan_bytes(2, 1, 64, True) == source.plan_bytes(2, 1, 4096, True)
+    with source.batches(batch_size=64, chunks_per_read=2, prefetch=1, seed=3) as s:
+        got = [(b.X.toarray(), b.y.copy(), b.rows.copy()) for b in s]  # buffers reused
+    rows = np.concatenate([r for *_, r in got])
+    assert np.array_equal(np.sort(rows), np.arange(N))
+    dense = M.toarray()
+    for X, yb, r in got:
+        assert np.array_equal(X, dense[r]) and np.array_equal(yb, y[r])
+
+
 # -- Zarr CSR groups ------------------------------------------------------------------------
 def test_zarr_csr_group_reads_as_the_matrix(tmp_path):
     M, y = matrix(), targets()
