@@ -633,8 +633,9 @@ class NaturalGradientLearner:
                         blocks=self.model.param_bounds() if self.structure == "block" else None,
                         overwrite=True)
         if G.ndim == 1 and rows is not None:  # a diagonal: bounded where evidence is thin
-            if self._prior_coords is None:  # (a tuple of P ints: built once)
-                self._prior_coords = np.asarray(self.model.penalized_indices, dtype=np.int64)
+            if self._prior_coords is None:  # (built once: a slice when contiguous)
+                self._prior_coords = _as_slice(np.asarray(self.model.penalized_indices,
+                                                          dtype=np.int64))
             add_evidence_prior(G, rows, self._row_density, self._prior_coords)
         return G, rho
 
@@ -1738,6 +1739,13 @@ def _split_objective(lr: NaturalGradientLearner, objective) -> tuple:
 def _stalled(s: LearnerState) -> bool:
     """Whether the last L-BFGS round stalled (:func:`_round_verdict`)."""
     return bool((s.last_round or {}).get("stalled"))
+
+
+def _as_slice(idx: np.ndarray):
+    """``idx`` (sorted ints) as a slice when they are contiguous, else as they are."""
+    if idx.size and int(idx[-1]) - int(idx[0]) == idx.size - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def _moving_most(d: np.ndarray, most: int = 10) -> list[int]:
