@@ -35,6 +35,9 @@ def main() -> None:
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _interrupted)
     try:
+        from natgrad_stream._malloc import keep_freed_buffers
+
+        keep_freed_buffers()
         from natgrad_stream.app.cli import run
     except KeyboardInterrupt:  # a signal while the command line loads: one line, 130
         _stop()

@@ -58,6 +58,15 @@ def test_evidence_prior_is_one_average_row_per_coordinate():
     np.testing.assert_array_equal(dense, [1.0, 3.0])
 
 
+def test_evidence_prior_on_a_slice_of_coordinates_equals_the_index_array():
+    rng = np.random.default_rng(0)
+    g = rng.random(20_001) * (rng.random(20_001) < 0.3)
+    by_index, by_slice = g.copy(), g.copy()
+    nu = shrinkage.add_evidence_prior(by_index, 50.0, 1e-3, np.arange(3, 20_000))
+    assert shrinkage.add_evidence_prior(by_slice, 50.0, 1e-3, slice(3, 20_000)) == nu > 0
+    np.testing.assert_array_equal(by_slice, by_index)
+
+
 def test_default_fit_reaches_the_penalized_optimum_on_sparse_rows():
     X, y = _sparse_logistic(n=8_000, d=3_000, k=10, seed=1)
     l2 = 1e-3

@@ -131,6 +131,43 @@ def test_read_buffers_are_sized_by_entries_within_the_budget():
     assert np.array_equal(np.sort(rows), np.arange(M.shape[0]))
 
 
+def test_a_shuffled_stream_counts_the_read_it_permutes_in_its_plan():
+    """A shuffled read is staged in one of two more read buffers and permuted into the
+    pooled one beside the learner (the batches are then views): the plan counts them, and
+    the batches are the read's rows in the documented permuted order.
+    """
+    M, y = matrix(), targets()
+    source = SparseSource(M, y, chunk_rows=100)
+    one_read = source.plan_bytes(2, 2, 64, False) - source.plan_bytes(2, 1, 64, False)
+    assert source.plan_bytes(2, 1, 64, True) - source.plan_bytes(2, 1, 64, False) \
+        == 2 * one_read
+    assert source.plan_bytes(2, 1, 64, True) == source.plan_bytes(2, 1, 4096, True)
+    with source.batches(batch_size=64, chunks_per_read=2, prefetch=1, seed=3) as s:
+        got = [(b.X.toarray(), b.y.copy(), b.rows.copy()) for b in s]  # buffers reused
+    rows = np.concatenate([r for *_, r in got])
+    assert np.array_equal(np.sort(rows), np.arange(N))
+    dense = M.toarray()
+    for X, yb, r in got:
+        assert np.array_equal(X, dense[r]) and np.array_equal(yb, y[r])
+
+
+def test_a_shuffled_stream_left_early_ends_its_reading_and_permuting_threads():
+    import threading
+    import time
+
+    source = SparseSource(matrix(), targets(), chunk_rows=100)
+    with source.batches(batch_size=10, chunks_per_read=1, prefetch=1, epochs=3) as s:
+        first = next(iter(s))
+        assert first.X.shape[0] == 10
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            t.name.startswith(("natgrad-permute", "natgrad-reader"))
+            for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith(("natgrad-permute", "natgrad-reader"))]
+
+
 # -- Zarr CSR groups ------------------------------------------------------------------------
 def test_zarr_csr_group_reads_as_the_matrix(tmp_path):
     M, y = matrix(), targets()

@@ -194,20 +194,26 @@ def add_evidence_prior(g: np.ndarray, rows: float, density: float, coords,
         Rows behind the estimate (> 0).
     density : float
         Fraction of the features a row holds (non-zeros / features; 1 for dense rows).
-    coords : ndarray of int
-        The coordinates the prior applies to.
+    coords : ndarray of int, or slice
+        The coordinates the prior applies to (a slice when they are contiguous: a GLM's
+        coefficients; the drift checks add the prior every few batches, and a slice adds
+        it in place of a gather and scatter of P indices).
 
     Returns
     -------
     float
         ``ν`` (0 when nothing applies).
     """
-    coords = np.asarray(coords, dtype=np.int64)
-    if coords.size == 0 or not rows > 0 or not 0 < density < 1:
+    if not isinstance(coords, slice):
+        coords = np.asarray(coords, dtype=np.int64)
+    size = len(range(*coords.indices(g.shape[0]))) if isinstance(coords, slice) \
+        else coords.size
+    if size == 0 or not rows > 0 or not 0 < density < 1:
         return 0.0  # dense rows inform every coordinate: no prior
     # the median of a fixed stride of at least 4,096 coordinates (O(4,096), not O(P): the
     # drift checks recompute it every few batches)
-    seen = g[coords[::max(1, coords.size // _PRIOR_SAMPLE)]]
+    stride = max(1, size // _PRIOR_SAMPLE)
+    seen = g[coords][::stride] if isinstance(coords, slice) else g[coords[::stride]]
     seen = seen[seen > 0]  # (in the first batches most features were never seen)
     if not seen.size:
         return 0.0

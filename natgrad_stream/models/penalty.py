@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from natgrad_stream.errors import OptionError
+from natgrad_stream.optim._step_kernels import penalized_mean_gradient
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,23 @@ class L2Penalty:
             else:
                 g[self.indices] = self.lam * theta[self.indices]
         return g
+
+    def mean_gradient(self, grad_sum: np.ndarray, wsum: float, theta: np.ndarray):
+        """A batch's penalized mean gradient ``(Σw∇ℓ + Σw·λθ_S) / Σw`` (a new (P,) array)
+        with what a step checks and reports: ``(gradient, all finite, ‖gradient‖,
+        λ/2·‖θ_S‖²)``. One pass over P when ``S`` is contiguous (or λ = 0).
+        """
+        grad_sum = np.ascontiguousarray(grad_sum, dtype=np.float64)
+        if self.active and self._slice is None:
+            grad = (grad_sum + wsum * self.gradient(theta)) / wsum
+            return (grad, bool(np.all(np.isfinite(grad))), float(np.linalg.norm(grad)),
+                    self.value(theta))
+        a, b = (self._slice.start, self._slice.stop) if self.active else (0, 0)
+        grad = np.empty_like(grad_sum)
+        finite, gsq, tsq = penalized_mean_gradient(
+            grad_sum, float(wsum), np.ascontiguousarray(theta, dtype=np.float64), self.lam,
+            a, b, grad)
+        return grad, bool(finite), float(np.sqrt(gsq)), 0.5 * self.lam * float(tsq)
 
     def add_metric(self, G: np.ndarray | None, weight: float = 1.0) -> np.ndarray | None:
         """``G + weight·λ I_S`` as a new array: ``G`` of shape (P,) (diagonal) or (P, P)

@@ -28,6 +28,8 @@ import math
 
 import numpy as np
 
+from natgrad_stream.optim._step_kernels import diagonal_sgd_step
+
 STEP_SCHEDULES = ("harmonic", "sqrt", "constant")
 
 
@@ -90,6 +92,19 @@ class SGD(Optimizer):
     def update(self, phi, grad, state, *, rows, samples):
         eta = step_size(self.lr, self.schedule, rows, samples)
         return phi - eta * grad, {**state, "steps": state["steps"] + 1}
+
+    def update_diagonal(self, phi, grad_theta, inverse, factor, state, *, rows, samples):
+        """:meth:`update` on ``∇φJ = factor·W⁻¹∇θJ`` for a diagonal whitener (``inverse``:
+        the diagonal of ``W⁻¹``), fused with ``θ' = W⁻¹φ'`` in one pass over P (no
+        temporaries: the step of a wide model). Returns ``(φ', θ', new state, ‖W⁻¹∇θJ‖,
+        whether θ' is finite)``; ``state`` is unchanged.
+        """
+        eta = step_size(self.lr, self.schedule, rows, samples)
+        phi_new, theta_new = np.empty_like(phi), np.empty_like(phi)
+        finite, sq = diagonal_sgd_step(phi, grad_theta, inverse, eta * factor, phi_new,
+                                       theta_new)
+        return (phi_new, theta_new, {**state, "steps": state["steps"] + 1},
+                math.sqrt(sq), bool(finite))
 
 
 class Momentum(SGD):

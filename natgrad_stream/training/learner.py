@@ -423,10 +423,9 @@ class NaturalGradientLearner:
         if not wsum > 0:
             raise DataError(f"batch has total sample weight {wsum}", array="w")
         data_loss_sum = loss_sum
-        loss_sum, grad_sum, metric_sum = self._penalize_sums(loss_sum, wsum, grad_sum,
-                                                             metric_sum)
-        grad = grad_sum / wsum
-        if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad))):
+        loss_sum, grad, finite, grad_norm, metric_sum = self._penalize_sums(
+            loss_sum, wsum, grad_sum, metric_sum)
+        if not (math.isfinite(loss_sum) and finite):
             raise NumericalError(
                 f"non-finite loss ({loss_sum}) or gradient at step {s.steps}, "
                 f"samples {s.samples}; |θ|max = {np.abs(s.theta).max():.3g}. "
@@ -434,7 +433,7 @@ class NaturalGradientLearner:
         n = int(rows)
         before = s.snapshot()
         try:
-            refresh, gphi = self._advance(grad, wsum, n, metric_sum, power_iteration)
+            refresh, gphi_norm = self._advance(grad, wsum, n, metric_sum, power_iteration)
         except BaseException:
             # a rejected step changes nothing (nor one whose curvature probe failed with
             # the cluster: the state saved then is the one before the step)
@@ -451,8 +450,8 @@ class NaturalGradientLearner:
         s.epoch_loss_sum = keep * s.epoch_loss_sum + data_loss_sum
         s.epoch_loss_weight = keep * s.epoch_loss_weight + wsum
         events = self._guard_divergence(loss_sum, wsum, before, rows=n)
-        return StepInfo(loss=loss_sum / wsum, grad_norm=float(np.linalg.norm(grad)),
-                        natural_grad_norm=float(np.linalg.norm(gphi)), rows=n,
+        return StepInfo(loss=loss_sum / wsum, grad_norm=grad_norm,
+                        natural_grad_norm=gphi_norm, rows=n,
                         samples=s.samples, steps=s.steps, refresh=refresh, events=events)
 
     partial_fit = step
@@ -491,16 +490,17 @@ class NaturalGradientLearner:
 
     def _penalize_sums(self, loss_sum: float, wsum: float, grad_sum: np.ndarray,
                        metric_sum: np.ndarray | None):
-        """A batch's sums with the L2 penalty at θ added with the batch's weight ``wsum``:
-        ``(Σwℓ + Σw·λ/2‖θ_S‖², Σw∇ℓ + Σw·λθ_S, ΣG + Σw·λI_S)`` (shapes as given:
-        (P,), and (P,), (P, P) or None), so that their means are the penalized ones.
+        """A batch's sums with the L2 penalty at θ added with the batch's weight ``wsum``,
+        the gradient as a mean: ``(Σwℓ + Σw·λ/2‖θ_S‖², ∇J, ∇J finite, ‖∇J‖,
+        ΣG + Σw·λI_S)`` with ``∇J = (Σw∇ℓ + Σw·λθ_S) / Σw`` (shapes (P,), and (P,),
+        (P, P) or None for the metric), one pass over P for the gradient
+        (:meth:`~natgrad_stream.models.penalty.L2Penalty.mean_gradient`).
         """
         pen = self.penalty
-        if not pen.active:
-            return loss_sum, grad_sum, metric_sum
-        theta = self.state.theta
-        return (loss_sum + wsum * pen.value(theta), grad_sum + wsum * pen.gradient(theta),
-                pen.add_metric(metric_sum, weight=wsum))
+        grad, finite, norm, value = pen.mean_gradient(grad_sum, wsum, self.state.theta)
+        if pen.active:
+            loss_sum = loss_sum + wsum * value
+        return loss_sum, grad, finite, norm, pen.add_metric(metric_sum, weight=wsum)
 
     def _guard_divergence(self, loss_sum: float, wsum: float, before, *,
                           rows: int = 0) -> tuple:
@@ -648,13 +648,23 @@ class NaturalGradientLearner:
         if refresh is not None and refresh.get("ok") and self.structure == "diagonal" \
                 and power_iteration is not None:
             s.step_cap = self._curvature_cap(power_iteration, refresh)
-        gphi = s.whitener.grad_phi(grad) * self._cap_factor(n)
-        phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
-                                                 samples=self._clock())
-        if s.step_scale != 1.0:  # cut after a divergence rollback
-            phi = s.phi + s.step_scale * (phi - s.phi)
-        theta = s.whitener.theta(phi)
-        if not np.all(np.isfinite(theta)):
+        cap = self._cap_factor(n)
+        if self._fused_step():
+            # (a cut after a divergence rollback scales the step: φ + c·(φ' − φ) = φ − cη∇φ)
+            phi, theta, s.optimizer, gphi_norm, finite = self.optimizer.update_diagonal(
+                s.phi, grad, s.whitener.inverse, cap * s.step_scale, s.optimizer, rows=n,
+                samples=self._clock())
+            gphi_norm *= abs(cap)
+        else:
+            gphi = s.whitener.grad_phi(grad) * cap
+            gphi_norm = float(np.linalg.norm(gphi))
+            phi, s.optimizer = self.optimizer.update(s.phi, gphi, s.optimizer, rows=n,
+                                                     samples=self._clock())
+            if s.step_scale != 1.0:  # cut after a divergence rollback
+                phi = s.phi + s.step_scale * (phi - s.phi)
+            theta = s.whitener.theta(phi)
+            finite = bool(np.all(np.isfinite(theta)))
+        if not finite:
             raise NumericalError(f"step {s.steps} produced non-finite parameters")
         try:
             self.model.check_params(theta)
@@ -664,7 +674,13 @@ class NaturalGradientLearner:
                 "The learner's state before the step is kept; try a smaller lr or stronger "
                 "damping.") from exc
         s.phi, s.theta = phi, theta
-        return refresh, gphi
+        return refresh, gphi_norm
+
+    def _fused_step(self) -> bool:
+        """Whether this step is plain SGD through a diagonal whitener: then the optimizer's
+        update and the way back to θ are one pass over P (:meth:`SGD.update_diagonal`).
+        """
+        return self.state.whitener.diagonal and type(self.optimizer) is SGD
 
     def _cap_factor(self, rows: int) -> float:
         """The factor of this step's natural gradient from the curvature cap
@@ -717,8 +733,9 @@ class NaturalGradientLearner:
                         blocks=self.model.param_bounds() if self.structure == "block" else None,
                         overwrite=True)
         if G.ndim == 1 and rows is not None:  # a diagonal: bounded where evidence is thin
-            if self._prior_coords is None:  # (a tuple of P ints: built once)
-                self._prior_coords = np.asarray(self.model.penalized_indices, dtype=np.int64)
+            if self._prior_coords is None:  # (built once: a slice when contiguous)
+                self._prior_coords = _as_slice(np.asarray(self.model.penalized_indices,
+                                                          dtype=np.int64))
             add_evidence_prior(G, rows, self._row_density, self._prior_coords)
         return G, rho
 
@@ -1863,6 +1880,13 @@ def _split_objective(lr: NaturalGradientLearner, objective) -> tuple:
 def _stalled(s: LearnerState) -> bool:
     """Whether the last L-BFGS round stalled (:func:`_round_verdict`)."""
     return bool((s.last_round or {}).get("stalled"))
+
+
+def _as_slice(idx: np.ndarray):
+    """``idx`` (sorted ints) as a slice when they are contiguous, else as they are."""
+    if idx.size and int(idx[-1]) - int(idx[0]) == idx.size - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def _moving_most(d: np.ndarray, most: int = 10) -> list[int]:
