@@ -478,6 +478,7 @@ def test_scikit_learn_estimators_take_tables(tmp_path):
     for data in (str(tmp_path / "t.parquet"), t):
         clf = NaturalGradientClassifier(C=10.0, tol=1e-14).fit(data, "target")
         assert list(clf.classes_) == [0, 1] and clf.n_features_in_ == D
+        assert list(clf.param_names_) == ["f0", "f1", "f2", "f3", "intercept"]
         np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
         assert clf.score(X, y) == ref.score(X, y)
 
@@ -491,3 +492,66 @@ def test_special_files_are_refused_without_blocking(tmp_path, capsys):
         code, _, err = run_cli(capsys, "fit", data, "--model", "logistic", "--y", "target",
                                "--out", tmp_path / f"r-{data.name}")
         _one_line_error(code, err, "FIFO")
+
+
+# -- a run fitted on a table, used on tables ------------------------------------------------------
+def test_a_table_runs_columns_name_its_summary_and_are_checked(tmp_path, capsys):
+    t = logistic_table().drop_columns(["id", "weight"])
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=1000)
+    run = tmp_path / "r"
+    code, _, err = run_cli(capsys, "fit", tmp_path / "t.parquet", "--x", "f*", "--y", "target",
+                           "--model", "logistic", "--out", run)
+    assert code == 0, err
+    code, s, err = run_cli(capsys, "summary", run, "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in s["coefficients"]] == ["f0", "f1", "f2", "f3", "intercept"]
+    # predict on the table needs no --x: the run's columns (not the target as a feature)
+    code, p, err = run_cli(capsys, "predict", run, tmp_path / "t.parquet",
+                           "--out", tmp_path / "p.csv")
+    assert code == 0 and p["rows"] == N, err
+    # the same columns in another order: a glob would select them silently swapped
+    pq.write_table(t.select(["f1", "f0", "f2", "f3", "target"]), tmp_path / "swap.parquet")
+    for args in (("evaluate", run, tmp_path / "swap.parquet", "--x", "f*", "--y", "target"),
+                 ("predict", run, tmp_path / "swap.parquet", "--out", tmp_path / "q.csv"),
+                 ("summary", run, tmp_path / "swap.parquet")):
+        _one_line_error(*run_cli(capsys, *args)[::2], "'f1'", "'f0'", "fitted on")
+    assert not (tmp_path / "q.csv").exists()
+
+
+def test_a_one_hot_runs_levels_name_its_summary_and_are_checked(tmp_path, capsys):
+    t = categorical_table()
+    pq.write_table(t, tmp_path / "c.parquet", row_group_size=700)
+    run = tmp_path / "r"
+    code, _, err = run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city",
+                           "--one-hot", "--y", "target", "--model", "logistic", "--l2", 1e-3,
+                           "--out", run)
+    assert code == 0, err
+    code, s, err = run_cli(capsys, "summary", run, "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in s["coefficients"]] == [
+        "f0", "city=lille", "city=lyon", "city=nice", "city=paris", "intercept"]
+    code, p, err = run_cli(capsys, "predict", run, tmp_path / "c.parquet",
+                           "--out", tmp_path / "p.csv")
+    assert code == 0 and p["rows"] == N, err
+    code, p, err = run_cli(capsys, "predict", run, tmp_path / "c.parquet", "--x", "f0,city",
+                           "--one-hot", "--out", tmp_path / "p2.csv")  # as evaluate takes it
+    assert code == 0 and p["rows"] == N, err
+    # other data with as many levels but another one: its columns would mean other cities
+    city = t["city"].to_numpy(zero_copy_only=False)
+    other = t.set_column(1, "city", pa.array(np.where(city == "nice", "rome", city),
+                                             pa.string()))
+    pq.write_table(other, tmp_path / "o.parquet", row_group_size=700)
+    for args in (("evaluate", run, tmp_path / "o.parquet", "--x", "f0,city", "--one-hot",
+                  "--y", "target"),
+                 ("predict", run, tmp_path / "o.parquet", "--out", tmp_path / "q.csv"),
+                 ("summary", run, tmp_path / "o.parquet")):
+        _one_line_error(*run_cli(capsys, *args)[::2], "'city=rome'", "'city=nice'")
+
+
+def test_a_string_target_column_is_refused_as_a_target(tmp_path, capsys):
+    t = logistic_table().append_column("label", pa.array(["yes", "no", "no"] * (N // 3)))
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=1000)
+    code, _, err = run_cli(capsys, "fit", tmp_path / "t.parquet", "--x", "f*", "--y", "label",
+                           "--model", "logistic", "--out", tmp_path / "r")
+    _one_line_error(code, err, "'label'", "type string", "target")
+    assert "--one-hot" not in err and "--x" not in err, err
