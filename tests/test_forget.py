@@ -175,6 +175,23 @@ def test_forget_refuses_whole_data_passes():
         NaturalGradientLearner(make_model("logistic", 2), optimizer="lbfgs", forget=1000)
 
 
+def test_a_forgetting_pass_advises_no_resume_it_would_refuse(caplog,
+                                                           package_logging_as_imported):
+    """One streaming pass is what a forgetting fit over a file is (more whole-data passes
+    are refused): no note may advise ``--resume --epochs 2``, which that refusal meets.
+    """
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    learner = NaturalGradientLearner(make_model("logistic", 2), forget=1000)
+    with caplog.at_level(logging.WARNING, logger="natgrad_stream"):
+        learner.fit((X, y))
+    advice = [r.getMessage() for r in caplog.records if "--resume" in r.getMessage()]
+    assert not advice, advice
+    with pytest.raises(OptionError, match="forget applies to streaming steps"):
+        learner.fit((X, y), epochs=2)  # what that advice would have done
+
+
 def test_cli_follow_with_forget_resumes_exactly(logistic_shift, tmp_path, capsys):
     """``fit --follow --forget``: one drift line on stderr and a ``drift`` record in
     metrics.jsonl, no rollback; stopped part-way (``--max-samples``, which lands after the

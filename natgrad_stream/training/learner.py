@@ -1555,6 +1555,8 @@ class _Streaming(_Strategy):
         s, lr = self.learner.state, self.learner
         if s.converged or not _rereadable(source) or source.n_rows is None:
             return None
+        if lr.forget is not None and lr.refine != "stream":
+            return None  # one forgetting pass by design: later passes would be refused
         more = max(2, 2 * plan["epochs"])
         how = (f"continue with --resume --epochs {more} (Python: fit(..., epochs={more}) on "
                "the same learner)")
