@@ -516,6 +516,18 @@ def test_a_table_runs_columns_name_its_summary_and_are_checked(tmp_path, capsys)
                  ("summary", run, tmp_path / "swap.parquet")):
         _one_line_error(*run_cli(capsys, *args)[::2], "'f1'", "'f0'", "fitted on")
     assert not (tmp_path / "q.csv").exists()
+    # its Zarr copy carries the column names: a run fitted on it names them too
+    code, _, err = run_cli(capsys, "convert", tmp_path / "t.parquet", tmp_path / "t.zarr",
+                           "--x", "f*", "--y", "target")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "fit", tmp_path / "t.zarr", "--model", "logistic",
+                           "--out", tmp_path / "rz")
+    assert code == 0, err
+    code, sz, err = run_cli(capsys, "summary", tmp_path / "rz", "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in sz["coefficients"]] == [c["name"] for c in s["coefficients"]]
+    code, _, err = run_cli(capsys, "evaluate", run, tmp_path / "t.zarr")
+    assert code == 0, err
 
 
 def test_a_one_hot_runs_levels_name_its_summary_and_are_checked(tmp_path, capsys):

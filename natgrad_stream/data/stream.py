@@ -1093,9 +1093,14 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
     Y, class_names, y_checks = target(y) if y is not None else (None, None, ())
     W = get(w) if w is not None else None
     kind = SparseSource if sparse else ArraySource
-    return kind(X, Y, W, names=(x, y or "y", w or "w"),
-                name=os.path.basename(label.rstrip("/")) or label, class_names=class_names,
-                y_checks=y_checks)
+    source = kind(X, Y, W, names=(x, y or "y", w or "w"),
+                  name=os.path.basename(label.rstrip("/")) or label, class_names=class_names,
+                  y_checks=y_checks)
+    record = group.attrs.get("natgrad_stream")
+    columns = record.get("columns") if isinstance(record, dict) and x == "X" else None
+    if isinstance(columns, list) and len(columns) == source.n_features:
+        source.feature_names = [str(c) for c in columns]  # a converted table's columns
+    return source
 
 
 #: What :func:`as_source` accepts, for its TypeError.
