@@ -206,6 +206,15 @@ def test_names_and_options():
     assert "Log-Likelihood:" in text and "P>|z|" in text and "intercept" in text
 
 
+def test_a_dataframe_names_the_coefficients_by_its_columns():
+    pd = pytest.importorskip("pandas")
+    X, y = _load("spector")
+    df = pd.DataFrame(X, columns=["gpa", "tuce", "psi"])
+    learner = NaturalGradientLearner(make_model("logistic", 3)).fit((df, pd.Series(y)))
+    assert learner.summary((df, pd.Series(y))).names == ["gpa", "tuce", "psi", "intercept"]
+    assert learner.summary((X, y)).names == ["x0", "x1", "x2", "intercept"]
+
+
 # -- the command ------------------------------------------------------------------------------
 @pytest.fixture
 def spector_run(tmp_path, capsys):

@@ -1230,9 +1230,12 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
         parts = [_plain_array(p) for p in data]
         if hasattr(parts[0], "shape"):
             parts += [None] * (3 - len(parts))
-            return ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
-                               chunk_rows=_stored_chunk_rows(parts[0]),
-                               names=(x, y or "y", w or "w"))
+            source = ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
+                                 chunk_rows=_stored_chunk_rows(parts[0]),
+                                 names=(x, y or "y", w or "w"))
+            if _module_type(data[0], "pandas", "DataFrame"):  # its columns name the features
+                source.feature_names = [str(c) for c in data[0].columns]
+            return source
     plain = _plain_array(data)
     if hasattr(plain, "shape") and hasattr(plain, "dtype"):
         return ArraySource(plain, chunk_rows=_stored_chunk_rows(plain),
