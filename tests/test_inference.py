@@ -331,6 +331,20 @@ def test_estimators_expose_the_summary_after_fit():
 
 
 # -- Dask -----------------------------------------------------------------------------------
+def test_dask_summary_of_a_table_names_the_fix(tmp_path):
+    """A table (its workers cannot open it as Zarr) is refused before the cluster is used,
+    saying what to do, not that the Parquet file is 'not a zip archive of a Zarr group'.
+    """
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    X, y = _load("spector")
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "y": y}),
+                   tmp_path / "t.parquet")
+    model = make_model("logistic", 3)
+    with pytest.raises(TypeError, match=r"not a table: copy it first .*convert"):
+        summary(model, np.zeros(4), str(tmp_path / "t.parquet"), client=object())
+
+
 @pytest.mark.slow  # a local cluster of two processes (~30 s on the shared 2-core machine)
 def test_dask_summary_equals_the_single_process_one(tmp_path, capsys):
     pytest.importorskip("distributed")
