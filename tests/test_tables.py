@@ -479,6 +479,9 @@ def test_scikit_learn_estimators_take_tables(tmp_path):
         clf = NaturalGradientClassifier(C=10.0, tol=1e-14).fit(data, "target")
         assert list(clf.classes_) == [0, 1] and clf.n_features_in_ == D
         assert list(clf.param_names_) == ["f0", "f1", "f2", "f3", "intercept"]
+    with pytest.raises(ValueError, match="a Zarr store or a table.*array or column"):
+        NaturalGradientClassifier(class_weight="balanced").fit(str(tmp_path / "t.parquet"),
+                                                               "target")
         np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
         assert clf.score(X, y) == ref.score(X, y)
 
