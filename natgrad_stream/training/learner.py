@@ -1175,6 +1175,8 @@ class _Streaming(_Strategy):
                               f"--refine stream); the passes after the first ({lr.refine}) "
                               "fit the whole data with equal weights: give --epochs 1 or "
                               "--refine stream")
+        if lr.forget is not None and _rereadable(source):  # a stored stream: forgetting
+            plan["shuffle"] = False  # weighs its rows by their age in stored order
         self.epochs = plan["epochs"]  # for status()
 
     def total_rows(self, source, plan) -> int | None:
