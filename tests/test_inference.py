@@ -182,6 +182,13 @@ def test_a_collinear_column_is_one_error_naming_a_coefficient():
         summary(model, np.zeros(3), (X, y))
 
 
+def test_ols_with_zero_residuals_is_one_error_not_a_math_domain_error():
+    X = np.arange(40.0).reshape(20, 2) % 7
+    y = X @ [1.0, 2.0] + 3.0  # exact in float64: every residual is 0
+    with pytest.raises(DataError, match="residuals are all zero"):
+        summary(make_model("linear", 2), np.array([1.0, 2.0, 3.0]), (X, y))
+
+
 def test_models_without_a_likelihood_are_refused():
     with pytest.raises(ValueError, match="model 'ica' has no likelihood"):
         summary(make_model("ica", 3), np.zeros(9), (np.zeros((5, 3)), None))
