@@ -887,7 +887,8 @@ class NaturalGradientLearner:
         max_samples : int, optional
             Stop (resumably) once this many samples have been seen in total.
         shuffle, prefetch, chunks_per_read
-            Passed to the source's batch stream (streaming).
+            Passed to the source's batch stream (streaming; with ``forget`` a stored
+            source is read in order, unshuffled: forgetting weighs rows by their age).
         x, y, w : str
             Array names when ``data`` is a Zarr group or path.
         client : distributed.Client, optional
