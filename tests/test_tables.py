@@ -335,6 +335,22 @@ def test_npy_features_with_targets_from_a_file_or_a_column(tmp_path, capsys):
                              "logistic", "--out", tmp_path / "r3")[::2], "has 4 columns")
 
 
+def test_npy_columns_are_named_by_their_index(tmp_path, capsys):
+    """A .npy matrix has no column names: its columns are x<index> (as arrays' x0, x1, ...),
+    so a summary does not print '0[class 1]' or '2' for a coefficient.
+    """
+    t = logistic_table()
+    M = np.column_stack([t["target"].to_numpy(), features(t)])
+    np.save(tmp_path / "Xy.npy", M)
+    assert as_source(str(tmp_path / "Xy.npy"), x="2,4", y="0").feature_names == ["x2", "x4"]
+    code, _, err = run_cli(capsys, "fit", tmp_path / "Xy.npy", "--y", 0, "--model",
+                           "logistic", "--out", tmp_path / "r")
+    assert code == 0, err
+    code, s, err = run_cli(capsys, "summary", tmp_path / "r", "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in s["coefficients"]] == ["x1", "x2", "x3", "x4", "intercept"]
+
+
 def test_record_batch_readers_stream_once_and_callables_every_epoch(tmp_path):
     t = logistic_table()
     reader = pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=700))

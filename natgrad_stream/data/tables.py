@@ -697,7 +697,7 @@ def open_npy(path, *, x: str | None = "X", y: str | None = "y", w: str | None = 
     source = ArraySource(X, Y, W, chunk_rows=chunk_rows,
                          names=("X" if x in (None, "X") else str(x), str(y or "y"),
                                 str(w or "w")), name=os.path.basename(path))
-    source.feature_names = [str(c) for c in cols]
+    source.feature_names = [f"x{c}" for c in cols]  # no names: x<column index>
     source.table_files = sorted({path, *(str(s) for s in (y, w)
                                          if s is not None and os.path.isfile(str(s)))})
     return source
