@@ -220,6 +220,8 @@ def test_a_dataframe_names_the_coefficients_by_its_columns():
     learner = NaturalGradientLearner(make_model("logistic", 3)).fit((df, pd.Series(y)))
     assert learner.summary((df, pd.Series(y))).names == ["gpa", "tuce", "psi", "intercept"]
     assert learner.summary((X, y)).names == ["x0", "x1", "x2", "intercept"]
+    unnamed = pd.DataFrame(X)  # integer column labels 0, 1, 2: named as arrays' are
+    assert learner.summary((unnamed, y)).names == ["x0", "x1", "x2", "intercept"]
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -1234,7 +1234,8 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
                                  chunk_rows=_stored_chunk_rows(parts[0]),
                                  names=(x, y or "y", w or "w"))
             if _module_type(data[0], "pandas", "DataFrame"):  # its columns name the features
-                source.feature_names = [str(c) for c in data[0].columns]
+                source.feature_names = [c if isinstance(c, str) else f"x{c}"
+                                        for c in data[0].columns]
             return source
     plain = _plain_array(data)
     if hasattr(plain, "shape") and hasattr(plain, "dtype"):
