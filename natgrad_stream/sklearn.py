@@ -751,9 +751,9 @@ tol, max_iter, warm_start
 
     def _prepare_path(self, source) -> None:
         if self.class_weight is not None:
-            raise ValueError("class_weight applies to in-memory data; with a Zarr path, "
-                             "store the weighted sample weights as an array and name it "
-                             "with sample_weight")
+            raise ValueError("class_weight applies to in-memory data; with a path (a Zarr "
+                             "store or a table), store the weighted sample weights as an "
+                             "array or column and name it with sample_weight")
         n, step = int(source.n_rows), max(int(source.chunk_rows), 1)
         found = set()
         for a in range(0, n, step):

@@ -95,6 +95,21 @@ def test_forgetting_tracks_the_second_half_optimum(logistic_shift, caplog,
     assert np.abs(plain.theta - theta2).max() > 0.5
 
 
+def test_a_forgetting_pass_over_a_stored_stream_reads_it_in_order(logistic_shift, caplog,
+                                                                package_logging_as_imported):
+    """``fit data --forget H`` (one pass, not follow mode) forgets in the rows' stored
+    order, as a follow run would: it tracks the second half, where a shuffled chunk order
+    forgot whichever chunks came first (coefficients off by 1 and more).
+    """
+    path, X2, y2, theta2 = logistic_shift
+    best = _logistic_loss(X2, y2, theta2)
+    with caplog.at_level(logging.WARNING, logger="natgrad_stream"):
+        learner = NaturalGradientLearner(make_model("logistic", D), forget=5000).fit(path)
+    assert np.abs(learner.theta - theta2).max() < 0.1
+    assert 0 <= _logistic_loss(X2, y2, learner.theta) / best - 1 < 0.01
+    assert len([r for r in caplog.records if getattr(r, "natgrad_event", None) == "drift"]) == 1
+
+
 def test_the_step_clock_and_the_metric_forget_with_the_half_life(logistic_shift):
     path, *_ = logistic_shift
     learner = _follow(path, forget=5000)
@@ -173,6 +188,23 @@ def test_forget_refuses_whole_data_passes():
                            refine="stream").fit((X, y), epochs=2)
     with pytest.raises(OptionError, match="forget"):
         NaturalGradientLearner(make_model("logistic", 2), optimizer="lbfgs", forget=1000)
+
+
+def test_a_forgetting_pass_advises_no_resume_it_would_refuse(caplog,
+                                                           package_logging_as_imported):
+    """One streaming pass is what a forgetting fit over a file is (more whole-data passes
+    are refused): no note may advise ``--resume --epochs 2``, which that refusal meets.
+    """
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    learner = NaturalGradientLearner(make_model("logistic", 2), forget=1000)
+    with caplog.at_level(logging.WARNING, logger="natgrad_stream"):
+        learner.fit((X, y))
+    advice = [r.getMessage() for r in caplog.records if "--resume" in r.getMessage()]
+    assert not advice, advice
+    with pytest.raises(OptionError, match="forget applies to streaming steps"):
+        learner.fit((X, y), epochs=2)  # what that advice would have done
 
 
 def test_cli_follow_with_forget_resumes_exactly(logistic_shift, tmp_path, capsys):

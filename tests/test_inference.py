@@ -182,6 +182,13 @@ def test_a_collinear_column_is_one_error_naming_a_coefficient():
         summary(model, np.zeros(3), (X, y))
 
 
+def test_ols_with_zero_residuals_is_one_error_not_a_math_domain_error():
+    X = np.arange(40.0).reshape(20, 2) % 7
+    y = X @ [1.0, 2.0] + 3.0  # exact in float64: every residual is 0
+    with pytest.raises(DataError, match="residuals are all zero"):
+        summary(make_model("linear", 2), np.array([1.0, 2.0, 3.0]), (X, y))
+
+
 def test_models_without_a_likelihood_are_refused():
     with pytest.raises(ValueError, match="model 'ica' has no likelihood"):
         summary(make_model("ica", 3), np.zeros(9), (np.zeros((5, 3)), None))
@@ -204,6 +211,17 @@ def test_names_and_options():
                                np.asarray(ref.conf_int(alpha=0.01))[:, 1], rtol=1e-5)
     text = str(s)
     assert "Log-Likelihood:" in text and "P>|z|" in text and "intercept" in text
+
+
+def test_a_dataframe_names_the_coefficients_by_its_columns():
+    pd = pytest.importorskip("pandas")
+    X, y = _load("spector")
+    df = pd.DataFrame(X, columns=["gpa", "tuce", "psi"])
+    learner = NaturalGradientLearner(make_model("logistic", 3)).fit((df, pd.Series(y)))
+    assert learner.summary((df, pd.Series(y))).names == ["gpa", "tuce", "psi", "intercept"]
+    assert learner.summary((X, y)).names == ["x0", "x1", "x2", "intercept"]
+    unnamed = pd.DataFrame(X)  # integer column labels 0, 1, 2: named as arrays' are
+    assert learner.summary((unnamed, y)).names == ["x0", "x1", "x2", "intercept"]
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -322,6 +340,20 @@ def test_estimators_expose_the_summary_after_fit():
 
 
 # -- Dask -----------------------------------------------------------------------------------
+def test_dask_summary_of_a_table_names_the_fix(tmp_path):
+    """A table (its workers cannot open it as Zarr) is refused before the cluster is used,
+    saying what to do, not that the Parquet file is 'not a zip archive of a Zarr group'.
+    """
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    X, y = _load("spector")
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "y": y}),
+                   tmp_path / "t.parquet")
+    model = make_model("logistic", 3)
+    with pytest.raises(TypeError, match=r"not a table: copy it first .*convert"):
+        summary(model, np.zeros(4), str(tmp_path / "t.parquet"), client=object())
+
+
 @pytest.mark.slow  # a local cluster of two processes (~30 s on the shared 2-core machine)
 def test_dask_summary_equals_the_single_process_one(tmp_path, capsys):
     pytest.importorskip("distributed")

@@ -335,6 +335,22 @@ def test_npy_features_with_targets_from_a_file_or_a_column(tmp_path, capsys):
                              "logistic", "--out", tmp_path / "r3")[::2], "has 4 columns")
 
 
+def test_npy_columns_are_named_by_their_index(tmp_path, capsys):
+    """A .npy matrix has no column names: its columns are x<index> (as arrays' x0, x1, ...),
+    so a summary does not print '0[class 1]' or '2' for a coefficient.
+    """
+    t = logistic_table()
+    M = np.column_stack([t["target"].to_numpy(), features(t)])
+    np.save(tmp_path / "Xy.npy", M)
+    assert as_source(str(tmp_path / "Xy.npy"), x="2,4", y="0").feature_names == ["x2", "x4"]
+    code, _, err = run_cli(capsys, "fit", tmp_path / "Xy.npy", "--y", 0, "--model",
+                           "logistic", "--out", tmp_path / "r")
+    assert code == 0, err
+    code, s, err = run_cli(capsys, "summary", tmp_path / "r", "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in s["coefficients"]] == ["x1", "x2", "x3", "x4", "intercept"]
+
+
 def test_record_batch_readers_stream_once_and_callables_every_epoch(tmp_path):
     t = logistic_table()
     reader = pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=700))
@@ -478,6 +494,10 @@ def test_scikit_learn_estimators_take_tables(tmp_path):
     for data in (str(tmp_path / "t.parquet"), t):
         clf = NaturalGradientClassifier(C=10.0, tol=1e-14).fit(data, "target")
         assert list(clf.classes_) == [0, 1] and clf.n_features_in_ == D
+        assert list(clf.param_names_) == ["f0", "f1", "f2", "f3", "intercept"]
+    with pytest.raises(ValueError, match="a Zarr store or a table.*array or column"):
+        NaturalGradientClassifier(class_weight="balanced").fit(str(tmp_path / "t.parquet"),
+                                                               "target")
         np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
         assert clf.score(X, y) == ref.score(X, y)
 
@@ -491,3 +511,78 @@ def test_special_files_are_refused_without_blocking(tmp_path, capsys):
         code, _, err = run_cli(capsys, "fit", data, "--model", "logistic", "--y", "target",
                                "--out", tmp_path / f"r-{data.name}")
         _one_line_error(code, err, "FIFO")
+
+
+# -- a run fitted on a table, used on tables ------------------------------------------------------
+def test_a_table_runs_columns_name_its_summary_and_are_checked(tmp_path, capsys):
+    t = logistic_table().drop_columns(["id", "weight"])
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=1000)
+    run = tmp_path / "r"
+    code, _, err = run_cli(capsys, "fit", tmp_path / "t.parquet", "--x", "f*", "--y", "target",
+                           "--model", "logistic", "--out", run)
+    assert code == 0, err
+    code, s, err = run_cli(capsys, "summary", run, "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in s["coefficients"]] == ["f0", "f1", "f2", "f3", "intercept"]
+    # predict on the table needs no --x: the run's columns (not the target as a feature)
+    code, p, err = run_cli(capsys, "predict", run, tmp_path / "t.parquet",
+                           "--out", tmp_path / "p.csv")
+    assert code == 0 and p["rows"] == N, err
+    # the same columns in another order: a glob would select them silently swapped
+    pq.write_table(t.select(["f1", "f0", "f2", "f3", "target"]), tmp_path / "swap.parquet")
+    for args in (("evaluate", run, tmp_path / "swap.parquet", "--x", "f*", "--y", "target"),
+                 ("predict", run, tmp_path / "swap.parquet", "--out", tmp_path / "q.csv"),
+                 ("summary", run, tmp_path / "swap.parquet")):
+        _one_line_error(*run_cli(capsys, *args)[::2], "'f1'", "'f0'", "fitted on")
+    assert not (tmp_path / "q.csv").exists()
+    # its Zarr copy carries the column names: a run fitted on it names them too
+    code, _, err = run_cli(capsys, "convert", tmp_path / "t.parquet", tmp_path / "t.zarr",
+                           "--x", "f*", "--y", "target")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "fit", tmp_path / "t.zarr", "--model", "logistic",
+                           "--out", tmp_path / "rz")
+    assert code == 0, err
+    code, sz, err = run_cli(capsys, "summary", tmp_path / "rz", "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in sz["coefficients"]] == [c["name"] for c in s["coefficients"]]
+    code, _, err = run_cli(capsys, "evaluate", run, tmp_path / "t.zarr")
+    assert code == 0, err
+
+
+def test_a_one_hot_runs_levels_name_its_summary_and_are_checked(tmp_path, capsys):
+    t = categorical_table()
+    pq.write_table(t, tmp_path / "c.parquet", row_group_size=700)
+    run = tmp_path / "r"
+    code, _, err = run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city",
+                           "--one-hot", "--y", "target", "--model", "logistic", "--l2", 1e-3,
+                           "--out", run)
+    assert code == 0, err
+    code, s, err = run_cli(capsys, "summary", run, "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in s["coefficients"]] == [
+        "f0", "city=lille", "city=lyon", "city=nice", "city=paris", "intercept"]
+    code, p, err = run_cli(capsys, "predict", run, tmp_path / "c.parquet",
+                           "--out", tmp_path / "p.csv")
+    assert code == 0 and p["rows"] == N, err
+    code, p, err = run_cli(capsys, "predict", run, tmp_path / "c.parquet", "--x", "f0,city",
+                           "--one-hot", "--out", tmp_path / "p2.csv")  # as evaluate takes it
+    assert code == 0 and p["rows"] == N, err
+    # other data with as many levels but another one: its columns would mean other cities
+    city = t["city"].to_numpy(zero_copy_only=False)
+    other = t.set_column(1, "city", pa.array(np.where(city == "nice", "rome", city),
+                                             pa.string()))
+    pq.write_table(other, tmp_path / "o.parquet", row_group_size=700)
+    for args in (("evaluate", run, tmp_path / "o.parquet", "--x", "f0,city", "--one-hot",
+                  "--y", "target"),
+                 ("predict", run, tmp_path / "o.parquet", "--out", tmp_path / "q.csv"),
+                 ("summary", run, tmp_path / "o.parquet")):
+        _one_line_error(*run_cli(capsys, *args)[::2], "'city=rome'", "'city=nice'")
+
+
+def test_a_string_target_column_is_refused_as_a_target(tmp_path, capsys):
+    t = logistic_table().append_column("label", pa.array(["yes", "no", "no"] * (N // 3)))
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=1000)
+    code, _, err = run_cli(capsys, "fit", tmp_path / "t.parquet", "--x", "f*", "--y", "label",
+                           "--model", "logistic", "--out", tmp_path / "r")
+    _one_line_error(code, err, "'label'", "type string", "target")
+    assert "--one-hot" not in err and "--x" not in err, err

@@ -239,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: proba (proba_<class> columns), class, mean, link "
                         "(log-odds, logits or log-mean); default proba,class for classifiers, "
                         "mean for regressors")
-    p.add_argument("--x", default="X", metavar="NAME", help="features array")
+    p.add_argument("--x", default=None, metavar="NAME",
+                   help="features array (default X; a table: the run's columns)")
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     _allow_legacy_argument(p)
+    _encoding_arguments(p)
 
     p = command("export", "export a fitted run as an ONNX graph (through its scikit-learn "
                           "equivalent and skl2onnx)")
@@ -467,7 +469,7 @@ def _cmd_predict(args) -> int:
     from natgrad_stream.app.predict import parse_kinds, predict_run
 
     _print_json(predict_run(args.run, args.data, args.out, what=parse_kinds(args.what),
-                            x=args.x, overwrite=args.overwrite,
+                            x=_encoded_x(args.x, args), overwrite=args.overwrite,
                             allow_legacy=args.allow_legacy_checkpoint))
     return EXIT_OK
 

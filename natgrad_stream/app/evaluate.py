@@ -6,6 +6,7 @@ import numpy as np
 
 from natgrad_stream._constants import EVAL_BATCH_ROWS
 from natgrad_stream.data import as_source
+from natgrad_stream.data.tables import check_feature_names
 from natgrad_stream.errors import DataError
 from natgrad_stream.models import Model
 
@@ -14,7 +15,7 @@ from natgrad_stream.models import Model
 
 def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | None = "y",
              w: str | None = None, batch_size: int = EVAL_BATCH_ROWS, penalty=None,
-             digests=None) -> dict:
+             digests=None, feature_names=None) -> dict:
     """Evaluate ``model`` at ``theta`` over all rows of ``data``.
 
     Parameters
@@ -34,6 +35,9 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
     digests : ChunkDigests, optional
         The fitted run's content digests, when ``data`` is its training data: a chunk
         that changed since the run read it is a DataError naming it.
+    feature_names : sequence of str, optional
+        The table columns the model was fitted on: a table whose columns differ (names
+        or order) is a DataError.
 
     Returns
     -------
@@ -44,6 +48,7 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
         raise ValueError(f"model {model.name!r} does not evaluate with sample weights "
                          f"(--w {w}); evaluate without them")
     source = as_source(data, x=x, y=y if model.requires_targets else None, w=w)
+    check_feature_names(getattr(source, "feature_names", None), feature_names, array=x)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "
                         f"{model.n_features}", array=x)

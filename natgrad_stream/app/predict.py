@@ -39,6 +39,7 @@ from natgrad_stream.app.table_writers import (
     refuse_existing,
 )
 from natgrad_stream.data import as_source
+from natgrad_stream.data.tables import check_feature_names, is_table_path
 from natgrad_stream.errors import DataError, OptionError
 from natgrad_stream.models.predictions import KINDS, check_kinds, n_columns, predict_columns
 
@@ -66,7 +67,7 @@ def column_names(model, kinds, labels) -> dict[str, list[str]]:
 
 def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
                     class_names=None, overwrite: bool = False, digests=None,
-                    attrs: dict | None = None, protect=()) -> dict:
+                    attrs: dict | None = None, protect=(), feature_names=None) -> dict:
     """Write ``model``'s predictions at ``theta`` for every row of ``data`` to ``out``.
 
     Parameters
@@ -90,6 +91,9 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
         Recorded with the output (Zarr attributes, Parquet metadata).
     protect : sequence of paths
         Paths ``out`` must not be or lie in (the data, the run directory).
+    feature_names : sequence of str, optional
+        The table columns the model was fitted on: a table whose columns differ (names
+        or order) is a DataError.
 
     Returns
     -------
@@ -101,6 +105,7 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
     _refuse_protected(Path(out), protect)
     refuse_existing(out, overwrite)
     source = as_source(data, x=x, y=None)
+    check_feature_names(getattr(source, "feature_names", None), feature_names, array=x)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "
                         f"{model.n_features}", array=x)
@@ -205,11 +210,14 @@ def _refuse_protected(out: Path, protect) -> None:
                               "prediction reads; choose another path")
 
 
-def predict_run(run_dir, data, out, *, what=None, x: str = "X", overwrite: bool = False,
-                allow_legacy: bool = False) -> dict:
+def predict_run(run_dir, data, out, *, what=None, x: str | None = None,
+                overwrite: bool = False, allow_legacy: bool = False) -> dict:
     """:func:`predict_to_file` with the reported parameters of ``run_dir`` (the Polyak
     average when the run kept one), its class names, and its content digests when
     ``data`` is its training data (a chunk changed since the run read it is a DataError).
+
+    ``x`` defaults to ``"X"``, or on a table to the run's column selection (its encoding
+    included); a table's columns must be the run's, in its order.
     """
     from natgrad_stream.app.runs import _is_training_data, _load_state, reported_theta
     from natgrad_stream.data.digests import ChunkDigests
@@ -219,9 +227,13 @@ def predict_run(run_dir, data, out, *, what=None, x: str = "X", overwrite: bool 
     model = model_from_config(state["model"])
     check_kinds(model, what)  # a density model is refused before the data are opened
     info = state.get("run") or {}
+    if x is None:
+        fitted_on_table = is_table_path(data) and info.get("feature_names")
+        x = (info.get("x") or "X") if fitted_on_table else "X"
     digests = ChunkDigests.from_dict(state.get("digests")) \
         if state.get("digests") and _is_training_data(info, data, x, None, None) else None
     return predict_to_file(model, np.asarray(reported_theta(state)), data, out, what=what,
                            x=x, class_names=info.get("class_names"), overwrite=overwrite,
                            digests=digests, protect=(run_dir, data),
+                           feature_names=info.get("feature_names"),
                            attrs={"run": str(run_dir), "run_id": info.get("run_id")})

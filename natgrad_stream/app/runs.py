@@ -328,6 +328,9 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     names = getattr(source, "class_names", None)
     if names is not None and learner.model.name == "softmax":  # a categorical target's
         info["class_names"] = list(names)
+    columns = getattr(source, "feature_names", None)
+    if columns is not None:  # a table's feature columns (one-hot: column=value), in order
+        info["feature_names"] = [str(c) for c in columns]
     # the checkpoint first: the log's end record follows a successful final write
     callbacks = [CheckpointEvery(ckpt, every=None if replacing else run.get("checkpoint_every"),
                                  seconds=None if replacing else run["checkpoint_seconds"],
@@ -543,7 +546,8 @@ def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = N
         if _is_training_data(state.get("run", {}), data, x, y if model.requires_targets
                              else None, w) else None
     return evaluate(model, reported_theta(state), data, x=x, y=y, w=w,
-                    penalty=L2Penalty.for_model(model, l2) if l2 else None, digests=digests)
+                    penalty=L2Penalty.for_model(model, l2) if l2 else None, digests=digests,
+                    feature_names=(state.get("run") or {}).get("feature_names"))
 
 
 def _is_training_data(info: dict, data, x, y, w) -> bool:

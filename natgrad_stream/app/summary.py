@@ -61,7 +61,8 @@ def summary_run(run_dir, data=None, *, x: str | None = None, y: str | None = Non
                       "standard errors and tests assume (resume the fit, or read them as "
                       "approximate)", RuntimeWarning, stacklevel=2)
     args = {"x": x, "y": y, "w": w, "alpha": alpha, "cov": cov, "l2": l2,
-            "converged": converged, "class_names": info.get("class_names")}
+            "converged": converged, "class_names": info.get("class_names"),
+            "feature_names": info.get("feature_names")}
     if dask is None and dask_workers is None:
         return summary(model, reported_theta(state), data, digests=digests,
                        progress=progress, **args)

@@ -1093,9 +1093,14 @@ def open_zarr(path_or_group, *, x: str = "X", y: str | None = "y",
     Y, class_names, y_checks = target(y) if y is not None else (None, None, ())
     W = get(w) if w is not None else None
     kind = SparseSource if sparse else ArraySource
-    return kind(X, Y, W, names=(x, y or "y", w or "w"),
-                name=os.path.basename(label.rstrip("/")) or label, class_names=class_names,
-                y_checks=y_checks)
+    source = kind(X, Y, W, names=(x, y or "y", w or "w"),
+                  name=os.path.basename(label.rstrip("/")) or label, class_names=class_names,
+                  y_checks=y_checks)
+    record = group.attrs.get("natgrad_stream")
+    columns = record.get("columns") if isinstance(record, dict) and x == "X" else None
+    if isinstance(columns, list) and len(columns) == source.n_features:
+        source.feature_names = [str(c) for c in columns]  # a converted table's columns
+    return source
 
 
 #: What :func:`as_source` accepts, for its TypeError.
@@ -1225,9 +1230,13 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
         parts = [_plain_array(p) for p in data]
         if hasattr(parts[0], "shape"):
             parts += [None] * (3 - len(parts))
-            return ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
-                               chunk_rows=_stored_chunk_rows(parts[0]),
-                               names=(x, y or "y", w or "w"))
+            source = ArraySource(parts[0], parts[1] if y is not None else None, parts[2],
+                                 chunk_rows=_stored_chunk_rows(parts[0]),
+                                 names=(x, y or "y", w or "w"))
+            if _module_type(data[0], "pandas", "DataFrame"):  # its columns name the features
+                source.feature_names = [c if isinstance(c, str) else f"x{c}"
+                                        for c in data[0].columns]
+            return source
     plain = _plain_array(data)
     if hasattr(plain, "shape") and hasattr(plain, "dtype"):
         return ArraySource(plain, chunk_rows=_stored_chunk_rows(plain),

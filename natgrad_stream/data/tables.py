@@ -100,6 +100,30 @@ def _listing(names, k: int = 20) -> str:
     return str(names) if len(names) <= k else f"{names[:k]} and {len(names) - k} more"
 
 
+def check_feature_names(found, fitted, *, array: str | None = None) -> None:
+    """Refuse a table whose feature columns (``found``: a source's ``feature_names``) are
+    not those a model was fitted on (``fitted``), names and order: a DataError naming the
+    first that differ. Either None: nothing to compare.
+    """
+    if found is None or fitted is None:
+        return
+    found, fitted = [str(c) for c in found], [str(c) for c in fitted]
+    if found == fitted:
+        return
+    extra = [c for c in found if c not in set(fitted)]
+    missing = [c for c in fitted if c not in set(found)]
+    if extra or missing:
+        hint = " (one-hot columns are the values found in the data; --hash-bits B encodes " \
+            "any data alike)" if any("=" in c for c in extra + missing) else ""
+        raise DataError(f"the feature columns are not those the model was fitted on: "
+                        f"{_listing(extra, 5)} here, {_listing(missing, 5)} in the fit{hint}",
+                        array=array)
+    j = next(i for i, (a, b) in enumerate(zip(found, fitted, strict=False)) if a != b)
+    raise DataError(f"the feature columns are those the model was fitted on in another order: "
+                    f"column {j} is {found[j]!r} here, {fitted[j]!r} in the fit (name them in "
+                    f"the fitted order with --x: {_listing(fitted, 5)})", array=array)
+
+
 # -- pieces ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Piece:
@@ -174,13 +198,19 @@ def _stat(path: str) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _numpy_dtype(field, label: str) -> np.dtype:
-    """The NumPy dtype of a numeric Arrow field; a DataError for any other type."""
+def _numpy_dtype(field, label: str, *, target: bool = False) -> np.dtype:
+    """The NumPy dtype of a numeric Arrow field; a DataError for any other type (``target``:
+    the field is a target or weight column, which no encoding applies to).
+    """
     import pyarrow as pa
 
     t = field.type
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
         return np.dtype(t.to_pandas_dtype())
+    if target:
+        raise DataError(f"column {field.name!r} of {label} has type {t}: a target or weight "
+                        "column must be numeric (bool, integer or float); store classes as "
+                        "integer codes 0 … K−1", array=field.name)
     raise DataError(f"column {field.name!r} of {label} has type {t}: features, targets and "
                     "weights must be numeric (bool, integer or float); one-hot or hash "
                     "categorical columns (--one-hot, --hash-bits B; in Python x='...;onehot' "
@@ -200,7 +230,7 @@ class TableColumns:
         self._pieces = pieces
         self.columns = list(columns)
         fields = [pieces.schema.field(c) for c in self.columns]
-        dtypes = [_numpy_dtype(f, pieces.label) for f in fields]
+        dtypes = [_numpy_dtype(f, pieces.label, target=one_d) for f in fields]
         self.dtype = np.result_type(*dtypes) if len(dtypes) > 1 else dtypes[0]
         n = pieces.n_rows
         self.shape = (n,) if one_d else (n, len(self.columns))
@@ -295,7 +325,8 @@ def arrow_items(data, x: str | None = "X", y: str | None = "y", w: str | None = 
             dtype = np.result_type(*[_numpy_dtype(batch.schema.field(c), label)
                                      for c in cols])
             roles = [None if name is None else
-                     (name, _numpy_dtype(batch.schema.field(name), label)) for name in (y, w)]
+                     (name, _numpy_dtype(batch.schema.field(name), label, target=True))
+                     for name in (y, w)]
         where = f"{label} batch {k}"
         X = columns_to_numpy(batch, cols, dtype, row0=row0, where=where)
         yw = [None if r is None else
@@ -666,7 +697,7 @@ def open_npy(path, *, x: str | None = "X", y: str | None = "y", w: str | None = 
     source = ArraySource(X, Y, W, chunk_rows=chunk_rows,
                          names=("X" if x in (None, "X") else str(x), str(y or "y"),
                                 str(w or "w")), name=os.path.basename(path))
-    source.feature_names = [str(c) for c in cols]
+    source.feature_names = [f"x{c}" for c in cols]  # no names: x<column index>
     source.table_files = sorted({path, *(str(s) for s in (y, w)
                                          if s is not None and os.path.isfile(str(s)))})
     return source

@@ -25,6 +25,7 @@ import numpy as np
 
 from natgrad_stream._constants import EVAL_BATCH_ROWS
 from natgrad_stream.data import as_source
+from natgrad_stream.data.tables import check_feature_names
 from natgrad_stream.errors import DataError
 from natgrad_stream.inference.statistics import (
     INFERENCE_MODELS,
@@ -66,8 +67,9 @@ def summary(model, theta, data, *, x: str = "X", y: str | None = "y", w: str | N
     converged : bool, optional
         Whether the fit converged (recorded in the summary).
     feature_names, class_names : sequence of str, optional
-        Names of the coefficients (default ``x0 …``, ``intercept``; softmax classes
-        ``0 … K−1``).
+        Names of the coefficients (default a table's columns, else ``x0 …``;
+        ``intercept``; softmax classes ``0 … K−1``). A table whose columns are not
+        ``feature_names`` (names or order) is a DataError.
     digests : ChunkDigests, optional
         A run's content digests when ``data`` is its training data.
     client : distributed.Client, optional
@@ -88,9 +90,13 @@ def summary(model, theta, data, *, x: str = "X", y: str | None = "y", w: str | N
         return summarize(model, theta, sums, alpha=alpha, cov=cov, l2=l2,
                          converged=converged, names=names)
     source = as_source(data, x=x, y=y, w=w)
+    columns = getattr(source, "feature_names", None)
+    check_feature_names(columns, feature_names, array=x)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "
                         f"{model.n_features}", array=x)
+    if feature_names is None and columns is not None:
+        names = coefficient_names(model, feature_names=columns, class_names=class_names)
     if not source.has_targets:
         raise DataError(f"model {model.name!r} needs targets for its likelihood", array=y)
     sums = stream_sums(model, theta, source, batch_size=batch_size, digests=digests,

@@ -261,6 +261,10 @@ def summarize(model, theta: np.ndarray, sums, *, alpha: float = 0.05, cov: str =
         if not df_resid > 0:
             raise DataError(f"{n:g} observations for {P} parameters: OLS needs more "
                             "observations than parameters for its residual variance")
+        if not rss > 0:
+            raise DataError("the residuals are all zero (the targets are an exact linear "
+                            "function of the features): OLS's residual variance is 0, so its "
+                            "log-likelihood, standard errors and tests are undefined")
         scale = rss / df_resid
         llf = -0.5 * n * (math.log(2.0 * math.pi * rss / n) + 1.0)
         deviance = rss

@@ -275,6 +275,12 @@ def dask_sums(client, model, theta: np.ndarray, path, *, x: str, y: str,
     if not isinstance(path, str | os.PathLike):
         raise TypeError("a Dask summary reads a Zarr store that every worker opens: pass "
                         f"its path or URL, not {type(path).__name__}")
+    from natgrad_stream.data.tables import is_table_path
+
+    if is_table_path(path):
+        raise TypeError("a Dask summary reads a Zarr store that every worker opens, not a "
+                        "table: copy it first ('natgrad-stream convert SRC OUT.zarr') or "
+                        "summarize it in one process (no --dask)")
     path = os.fspath(path)
     if "://" not in path:
         path = os.path.abspath(path)

@@ -887,7 +887,8 @@ class NaturalGradientLearner:
         max_samples : int, optional
             Stop (resumably) once this many samples have been seen in total.
         shuffle, prefetch, chunks_per_read
-            Passed to the source's batch stream (streaming).
+            Passed to the source's batch stream (streaming; with ``forget`` a stored
+            source is read in order, unshuffled: forgetting weighs rows by their age).
         x, y, w : str
             Array names when ``data`` is a Zarr group or path.
         client : distributed.Client, optional
@@ -1175,6 +1176,8 @@ class _Streaming(_Strategy):
                               f"--refine stream); the passes after the first ({lr.refine}) "
                               "fit the whole data with equal weights: give --epochs 1 or "
                               "--refine stream")
+        if lr.forget is not None and _rereadable(source):  # a stored stream: forgetting
+            plan["shuffle"] = False  # weighs its rows by their age in stored order
         self.epochs = plan["epochs"]  # for status()
 
     def total_rows(self, source, plan) -> int | None:
@@ -1555,6 +1558,8 @@ class _Streaming(_Strategy):
         s, lr = self.learner.state, self.learner
         if s.converged or not _rereadable(source) or source.n_rows is None:
             return None
+        if lr.forget is not None and lr.refine != "stream":
+            return None  # one forgetting pass by design: later passes would be refused
         more = max(2, 2 * plan["epochs"])
         how = (f"continue with --resume --epochs {more} (Python: fit(..., epochs={more}) on "
                "the same learner)")
