@@ -7,6 +7,8 @@ Usage::
     python scripts/wide_bench.py                       # d = 1000, 3000 (minutes)
     python scripts/wide_bench.py --dims 1000 --rows 200000
     python scripts/wide_bench.py --quick               # d = 200, 20,000 rows (seconds)
+    python scripts/wide_bench.py --dims 300 --runs ours --out /tmp/a   # then, for one report:
+    python scripts/wide_bench.py --dims '' --merge /tmp/a.json --merge /tmp/b.json
 
 Each run is its own process (``natgrad-stream fit`` / ``evaluate`` and the references), so
 its peak RSS (``ru_maxrss`` from ``wait4``) is its own. Data: ``make-data --task logistic``
@@ -31,6 +33,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# this checkout's package (with PYTHONPATH set), not whichever ``natgrad-stream`` is on PATH
+NGS = [sys.executable, "-m", "natgrad_stream"]
 
 REF_CODE = r"""
 import json, sys, time
@@ -90,7 +95,7 @@ def make_data(data_dir: Path, d: int, rows: int) -> Path:
     # hold fewer rows than the 65,536 of data cached by earlier releases): part of the name
     path = data_dir / f"logistic-{d}-{rows}-c{dataset_chunk_rows(d)}.zarr"
     if not path.exists():
-        subprocess.run(["natgrad-stream", "make-data", str(path), "--task", "logistic",
+        subprocess.run([*NGS, "make-data", str(path), "--task", "logistic",
                         "--rows", str(rows), "--features", str(d), "--seed", "1"],
                        check=True, capture_output=True)
     return path
@@ -98,14 +103,14 @@ def make_data(data_dir: Path, d: int, rows: int) -> Path:
 
 def ours(path: Path, out_dir: Path, name: str, extra: list[str]) -> dict:
     run = out_dir / name
-    body, secs, rss, rc = measured(["natgrad-stream", "fit", str(path), "--model", "logistic",
+    body, secs, rss, rc = measured([*NGS, "fit", str(path), "--model", "logistic",
                                     "--out", str(run), "--overwrite", "--progress", "never",
                                     *extra])
     summary = _last_json(body)
     row = {"run": name, "flags": " ".join(extra) or "(none)", "seconds": secs, "rss_mb": rss,
            "exit": rc, "epochs": summary.get("epochs"), "converged": summary.get("converged")}
     if rc == 0:
-        ev = _last_json(subprocess.run(["natgrad-stream", "evaluate", str(run), str(path)],
+        ev = _last_json(subprocess.run([*NGS, "evaluate", str(run), str(path)],
                                        capture_output=True, text=True).stdout)
         row["loss"] = ev.get("log_loss")
         log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -122,17 +127,28 @@ def reference(path: Path, solver: str) -> dict:
             "n_iter": res.get("n_iter")}
 
 
-def bench(d: int, rows: int, data_dir: Path, out_dir: Path, refs: bool) -> list[dict]:
+def bench(d: int, rows: int, data_dir: Path, out_dir: Path, runs: set[str]) -> list[dict]:
     path = make_data(data_dir, d, rows)
-    rows_out = [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
-                ours(path, out_dir, f"d{d}-default", [])]
-    if refs:
-        rows_out += [reference(path, "lbfgs"), reference(path, "liblinear")]
-    best = min((r["loss"] for r in rows_out if r.get("loss") is not None), default=math.nan)
+    rows_out = []
+    if "ours" in runs:
+        rows_out += [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
+                     ours(path, out_dir, f"d{d}-default", [])]
+    rows_out += [reference(path, solver) for solver in ("lbfgs", "liblinear") if solver in runs]
+    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
     for r in rows_out:
-        r.update(d=d, rows=rows)
-        r["gap"] = (r["loss"] - best) / best if r.get("loss") is not None else None
+        r.update(d=d, rows=rows, commit=commit)
     return rows_out
+
+
+def with_gaps(results: list[dict]) -> list[dict]:
+    """Each row's relative excess loss over the lowest of the runs on the same data."""
+    for r in results:
+        same = [o["loss"] for o in results
+                if (o["d"], o["rows"]) == (r["d"], r["rows"]) and o.get("loss") is not None]
+        best = min(same, default=math.nan)
+        r["gap"] = (r["loss"] - best) / best if r.get("loss") is not None else None
+    return results
 
 
 def markdown(results: list[dict], meta: dict) -> str:
@@ -147,8 +163,25 @@ def markdown(results: list[dict], meta: dict) -> str:
                      f"{r.get('epochs') or '–'} | {r.get('converged', '–')} | "
                      f"{r.get('rollbacks', '–')} | {r['seconds']:.1f} | {rss} |")
     lines.append("")
-    lines.append(f"Command: `{meta['command']}`.")
+    lines += rss_ratios(results)
+    commands = meta.get("commands") or [meta["command"]]
+    lines.append("Commands: " + "; ".join(f"`{c}`" for c in commands) + ".")
     return "\n".join(lines) + "\n"
+
+
+def rss_ratios(results: list[dict]) -> list[str]:
+    """Issue 18's memory target: each of our runs' peak RSS at d = 3,000 against the same
+    run's at d = 300 (at most 1.5x).
+    """
+    ours_rss = {(r["d"], r["flags"]): r["rss_mb"] for r in results
+                if r["run"].startswith(f"d{r['d']}-") and r.get("exit") == 0}
+    out = []
+    for (d, flags), rss in sorted(ours_rss.items()):
+        base = ours_rss.get((300, flags))
+        if d == 3000 and base:
+            out.append(f"Peak RSS at d = 3,000 against d = 300, `fit {flags}`: {rss:,.0f} / "
+                       f"{base:,.0f} MB = {rss / base:.2f}x (target at most 1.5x).")
+    return [*out, ""] if out else []
 
 
 def main(argv=None) -> int:
@@ -158,10 +191,18 @@ def main(argv=None) -> int:
                     help="rows per dataset (default: 200 per feature, at least 20,000)")
     ap.add_argument("--data", default="/tmp/natgrad-wide-data", help="data directory")
     ap.add_argument("--out", default="scripts/results/wide-latest", help="report prefix")
-    ap.add_argument("--no-refs", action="store_true", help="skip the references")
+    ap.add_argument("--runs", default="ours,lbfgs,liblinear",
+                    help="comma-separated: ours (one pass and the default fit), lbfgs "
+                         "(scikit-learn), liblinear")
+    ap.add_argument("--refs-max-d", type=int, default=3000,
+                    help="skip the references above this many features (LIBLINEAR took "
+                         "211 s at 200,000 x 1,000 here)")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="keep the rows of an earlier report that this run does not redo "
+                         "(repeatable); the gaps are recomputed over all rows")
     ap.add_argument("--quick", action="store_true", help="d = 200, 20,000 rows")
     args = ap.parse_args(argv)
-    dims = [200] if args.quick else [int(v) for v in args.dims.split(",")]
+    dims = [200] if args.quick else [int(v) for v in args.dims.split(",") if v]
     data_dir, out = Path(args.data), Path(args.out)
     data_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,14 +211,22 @@ def main(argv=None) -> int:
         rows = args.rows or max(20_000, 200 * d)
         if args.quick:
             rows = 20_000
-        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", not args.no_refs):
+        runs = {v for v in args.runs.split(",") if v == "ours" or d <= args.refs_max_d}
+        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", runs):
             results.append(r)
             print(json.dumps(r), flush=True)
+    this_command = "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])
+    commands, done = [], {(r["d"], r["run"]) for r in results}
+    for path in args.merge:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+        results += [r for r in old["results"] if (r["d"], r["run"]) not in done]
+        commands += old["meta"].get("commands") or [old["meta"]["command"]]
+    results = with_gaps(sorted(results, key=lambda r: r["d"]))
     commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     meta = {"date": time.strftime("%Y-%m-%d"), "commit": commit,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "command": "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])}
+            "command": this_command, "commands": [*commands, this_command] if dims else commands}
     Path(f"{out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2),
                                    encoding="utf-8")
     Path(f"{out}.md").write_text(markdown(results, meta), encoding="utf-8")
