@@ -60,19 +60,28 @@ print(json.dumps({"loss": float(np.mean(np.logaddexp(0, z) - y * z)), "seconds":
 """
 
 
-def measured(cmd: list[str]) -> tuple[str, float, float, int]:
+def measured(cmd: list[str], timeout: float | None = None) -> tuple[str, float, float, int]:
     """Run ``cmd`` under a fresh interpreter that reports the child's peak RSS
     (``RUSAGE_CHILDREN`` of a process with that one child is that child's own):
-    ``(stdout, wall seconds, peak RSS in MB, exit code)``.
+    ``(stdout, wall seconds, peak RSS in MB, exit code)``. After ``timeout`` seconds the
+    child gets SIGINT (a fit then checkpoints and exits 130).
     """
     wrapper = [sys.executable, "-c",
-               "import resource, subprocess, sys, json, time\n"
+               "import resource, signal, subprocess, sys, json, time\n"
                "t = time.perf_counter()\n"
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-               "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+               "limit = float(sys.argv[1]) if sys.argv[1] != 'none' else None\n"
+               "p = subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE,"
+               " stderr=subprocess.PIPE, text=True)\n"
+               "try:\n"
+               "    out, err = p.communicate(timeout=limit)\n"
+               "except subprocess.TimeoutExpired:\n"
+               "    p.send_signal(signal.SIGINT)\n"
+               "    out, err = p.communicate()\n"
+               "sys.stdout.write(out); sys.stderr.write(err)\n"
                "r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0\n"
                "sys.stdout.write('\\n@@' + json.dumps({'rss_mb': r, 'rc': p.returncode,"
-               " 'seconds': time.perf_counter() - t}))\n", *cmd]
+               " 'seconds': time.perf_counter() - t}))\n",
+               "none" if timeout is None else str(timeout), *cmd]
     proc = subprocess.run(wrapper, capture_output=True, text=True)
     body, _, tail = proc.stdout.rpartition("\n@@")
     info = json.loads(tail)
@@ -101,15 +110,21 @@ def make_data(data_dir: Path, d: int, rows: int) -> Path:
     return path
 
 
-def ours(path: Path, out_dir: Path, name: str, extra: list[str]) -> dict:
+def ours(path: Path, out_dir: Path, name: str, extra: list[str],
+         timeout: float | None = None) -> dict:
+    """Our fit with ``extra`` flags; one interrupted by ``timeout`` (exit 130) is evaluated
+    at the point it saved, and marked ``interrupted``.
+    """
     run = out_dir / name
     body, secs, rss, rc = measured([*NGS, "fit", str(path), "--model", "logistic",
                                     "--out", str(run), "--overwrite", "--progress", "never",
-                                    *extra])
+                                    *extra], timeout)
     summary = _last_json(body)
     row = {"run": name, "flags": " ".join(extra) or "(none)", "seconds": secs, "rss_mb": rss,
            "exit": rc, "epochs": summary.get("epochs"), "converged": summary.get("converged")}
-    if rc == 0:
+    if rc == 130 and summary.get("interrupted"):
+        row["interrupted"] = True
+    if rc == 0 or row.get("interrupted"):
         ev = _last_json(subprocess.run([*NGS, "evaluate", str(run), str(path)],
                                        capture_output=True, text=True).stdout)
         row["loss"] = ev.get("log_loss")
@@ -127,12 +142,13 @@ def reference(path: Path, solver: str) -> dict:
             "n_iter": res.get("n_iter")}
 
 
-def bench(d: int, rows: int, data_dir: Path, out_dir: Path, runs: set[str]) -> list[dict]:
+def bench(d: int, rows: int, data_dir: Path, out_dir: Path, runs: set[str],
+          timeout: float | None = None) -> list[dict]:
     path = make_data(data_dir, d, rows)
     rows_out = []
     if "ours" in runs:
         rows_out += [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
-                     ours(path, out_dir, f"d{d}-default", [])]
+                     ours(path, out_dir, f"d{d}-default", [], timeout)]
     rows_out += [reference(path, solver) for solver in ("lbfgs", "liblinear") if solver in runs]
     commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
@@ -160,7 +176,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         gap = "–" if r.get("gap") is None else f"{r['gap']:.2e}"
         rss = "–" if not math.isfinite(r.get("rss_mb", math.nan)) else f"{r['rss_mb']:,.0f}"
         lines.append(f"| {r['d']:,} | {r['rows']:,} | {r['run']} | {r['flags']} | {gap} | "
-                     f"{r.get('epochs') or '–'} | {r.get('converged', '–')} | "
+                     f"{r.get('epochs') or '–'} | "
+                     f"{'interrupted' if r.get('interrupted') else r.get('converged', '–')} | "
                      f"{r.get('rollbacks', '–')} | {r['seconds']:.1f} | {rss} |")
     lines.append("")
     lines += rss_ratios(results)
@@ -200,6 +217,9 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="append", default=[], metavar="JSON",
                     help="keep the rows of an earlier report that this run does not redo "
                          "(repeatable); the gaps are recomputed over all rows")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="interrupt the default fit (SIGINT) after this many seconds and "
+                         "report the point it saved (marked interrupted)")
     ap.add_argument("--quick", action="store_true", help="d = 200, 20,000 rows")
     args = ap.parse_args(argv)
     dims = [200] if args.quick else [int(v) for v in args.dims.split(",") if v]
@@ -212,7 +232,8 @@ def main(argv=None) -> int:
         if args.quick:
             rows = 20_000
         runs = {v for v in args.runs.split(",") if v == "ours" or d <= args.refs_max_d}
-        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", runs):
+        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", runs,
+                       args.timeout):
             results.append(r)
             print(json.dumps(r), flush=True)
     this_command = "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])
