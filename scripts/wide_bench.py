@@ -125,11 +125,17 @@ def ours(path: Path, out_dir: Path, name: str, extra: list[str],
     if rc == 130 and summary.get("interrupted"):
         row["interrupted"] = True
     if rc == 0 or row.get("interrupted"):
-        ev = _last_json(subprocess.run([*NGS, "evaluate", str(run), str(path)],
-                                       capture_output=True, text=True).stdout)
-        row["loss"] = ev.get("log_loss")
-        log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        row["rollbacks"] = sum('"rollback"' in line for line in log)
+        evaluated(row, run, path)
+    return row
+
+
+def evaluated(row: dict, run: Path, path: Path) -> dict:
+    """``row`` with the training loss of the point ``run`` saved and its rollbacks."""
+    ev = _last_json(subprocess.run([*NGS, "evaluate", str(run), str(path)],
+                                   capture_output=True, text=True).stdout)
+    row["loss"] = ev.get("log_loss")
+    log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    row["rollbacks"] = sum('"rollback"' in line for line in log)
     return row
 
 
@@ -240,7 +246,15 @@ def main(argv=None) -> int:
     commands, done = [], {(r["d"], r["run"]) for r in results}
     for path in args.merge:
         old = json.loads(Path(path).read_text(encoding="utf-8"))
-        results += [r for r in old["results"] if (r["d"], r["run"]) not in done]
+        for r in old["results"]:
+            if (r["d"], r["run"]) in done:
+                continue
+            run = Path(path[:-len(".json")] + "-runs") / r["run"]
+            if r.get("exit") == 130 and r.get("loss") is None and run.exists():
+                # interrupted by hand (SIGINT, it checkpoints): the point it saved
+                r["interrupted"] = True
+                evaluated(r, run, make_data(data_dir, r["d"], r["rows"]))
+            results.append(r)
         commands += old["meta"].get("commands") or [old["meta"]["command"]]
     results = with_gaps(sorted(results, key=lambda r: r["d"]))
     commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
