@@ -207,7 +207,8 @@ def rss_ratios(results: list[dict]) -> list[str]:
     run's at d = 300 (at most 1.5x).
     """
     ours_rss = {(r["d"], r["flags"]): r["rss_mb"] for r in results
-                if r["run"].startswith(f"d{r['d']}-") and r.get("exit") == 0}
+                if r["run"].startswith(f"d{r['d']}-")
+                and (r.get("exit") == 0 or r.get("interrupted"))}
     out = []
     for (d, flags), rss in sorted(ours_rss.items()):
         base = ours_rss.get((300, flags))
