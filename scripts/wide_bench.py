@@ -7,6 +7,8 @@ Usage::
     python scripts/wide_bench.py                       # d = 1000, 3000 (minutes)
     python scripts/wide_bench.py --dims 1000 --rows 200000
     python scripts/wide_bench.py --quick               # d = 200, 20,000 rows (seconds)
+    python scripts/wide_bench.py --dims 300 --runs ours --out /tmp/a   # then, for one report:
+    python scripts/wide_bench.py --dims '' --merge /tmp/a.json --merge /tmp/b.json
 
 Each run is its own process (``natgrad-stream fit`` / ``evaluate`` and the references), so
 its peak RSS (``ru_maxrss`` from ``wait4``) is its own. Data: ``make-data --task logistic``
@@ -32,6 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+# this checkout's package (with PYTHONPATH set), not whichever ``natgrad-stream`` is on PATH
+NGS = [sys.executable, "-m", "natgrad_stream"]
+
 REF_CODE = r"""
 import json, sys, time
 import numpy as np, zarr
@@ -55,19 +60,28 @@ print(json.dumps({"loss": float(np.mean(np.logaddexp(0, z) - y * z)), "seconds":
 """
 
 
-def measured(cmd: list[str]) -> tuple[str, float, float, int]:
+def measured(cmd: list[str], timeout: float | None = None) -> tuple[str, float, float, int]:
     """Run ``cmd`` under a fresh interpreter that reports the child's peak RSS
     (``RUSAGE_CHILDREN`` of a process with that one child is that child's own):
-    ``(stdout, wall seconds, peak RSS in MB, exit code)``.
+    ``(stdout, wall seconds, peak RSS in MB, exit code)``. After ``timeout`` seconds the
+    child gets SIGINT (a fit then checkpoints and exits 130).
     """
     wrapper = [sys.executable, "-c",
-               "import resource, subprocess, sys, json, time\n"
+               "import resource, signal, subprocess, sys, json, time\n"
                "t = time.perf_counter()\n"
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-               "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+               "limit = float(sys.argv[1]) if sys.argv[1] != 'none' else None\n"
+               "p = subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE,"
+               " stderr=subprocess.PIPE, text=True)\n"
+               "try:\n"
+               "    out, err = p.communicate(timeout=limit)\n"
+               "except subprocess.TimeoutExpired:\n"
+               "    p.send_signal(signal.SIGINT)\n"
+               "    out, err = p.communicate()\n"
+               "sys.stdout.write(out); sys.stderr.write(err)\n"
                "r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0\n"
                "sys.stdout.write('\\n@@' + json.dumps({'rss_mb': r, 'rc': p.returncode,"
-               " 'seconds': time.perf_counter() - t}))\n", *cmd]
+               " 'seconds': time.perf_counter() - t}))\n",
+               "none" if timeout is None else str(timeout), *cmd]
     proc = subprocess.run(wrapper, capture_output=True, text=True)
     body, _, tail = proc.stdout.rpartition("\n@@")
     info = json.loads(tail)
@@ -90,26 +104,38 @@ def make_data(data_dir: Path, d: int, rows: int) -> Path:
     # hold fewer rows than the 65,536 of data cached by earlier releases): part of the name
     path = data_dir / f"logistic-{d}-{rows}-c{dataset_chunk_rows(d)}.zarr"
     if not path.exists():
-        subprocess.run(["natgrad-stream", "make-data", str(path), "--task", "logistic",
+        subprocess.run([*NGS, "make-data", str(path), "--task", "logistic",
                         "--rows", str(rows), "--features", str(d), "--seed", "1"],
                        check=True, capture_output=True)
     return path
 
 
-def ours(path: Path, out_dir: Path, name: str, extra: list[str]) -> dict:
+def ours(path: Path, out_dir: Path, name: str, extra: list[str],
+         timeout: float | None = None) -> dict:
+    """Our fit with ``extra`` flags; one interrupted by ``timeout`` (exit 130) is evaluated
+    at the point it saved, and marked ``interrupted``.
+    """
     run = out_dir / name
-    body, secs, rss, rc = measured(["natgrad-stream", "fit", str(path), "--model", "logistic",
+    body, secs, rss, rc = measured([*NGS, "fit", str(path), "--model", "logistic",
                                     "--out", str(run), "--overwrite", "--progress", "never",
-                                    *extra])
+                                    *extra], timeout)
     summary = _last_json(body)
     row = {"run": name, "flags": " ".join(extra) or "(none)", "seconds": secs, "rss_mb": rss,
            "exit": rc, "epochs": summary.get("epochs"), "converged": summary.get("converged")}
-    if rc == 0:
-        ev = _last_json(subprocess.run(["natgrad-stream", "evaluate", str(run), str(path)],
-                                       capture_output=True, text=True).stdout)
-        row["loss"] = ev.get("log_loss")
-        log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        row["rollbacks"] = sum('"rollback"' in line for line in log)
+    if rc == 130 and summary.get("interrupted"):
+        row["interrupted"] = True
+    if rc == 0 or row.get("interrupted"):
+        evaluated(row, run, path)
+    return row
+
+
+def evaluated(row: dict, run: Path, path: Path) -> dict:
+    """``row`` with the training loss of the point ``run`` saved and its rollbacks."""
+    ev = _last_json(subprocess.run([*NGS, "evaluate", str(run), str(path)],
+                                   capture_output=True, text=True).stdout)
+    row["loss"] = ev.get("log_loss")
+    log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    row["rollbacks"] = sum('"rollback"' in line for line in log)
     return row
 
 
@@ -122,17 +148,34 @@ def reference(path: Path, solver: str) -> dict:
             "n_iter": res.get("n_iter")}
 
 
-def bench(d: int, rows: int, data_dir: Path, out_dir: Path, refs: bool) -> list[dict]:
+def bench(d: int, rows: int, data_dir: Path, out_dir: Path, runs: set[str],
+          timeout: float | None = None) -> list[dict]:
     path = make_data(data_dir, d, rows)
-    rows_out = [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
-                ours(path, out_dir, f"d{d}-default", [])]
-    if refs:
-        rows_out += [reference(path, "lbfgs"), reference(path, "liblinear")]
-    best = min((r["loss"] for r in rows_out if r.get("loss") is not None), default=math.nan)
+    rows_out = []
+    if "ours" in runs:
+        rows_out += [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
+                     ours(path, out_dir, f"d{d}-default", [], timeout)]
+    rows_out += [reference(path, solver) for solver in ("lbfgs", "liblinear") if solver in runs]
+    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
     for r in rows_out:
-        r.update(d=d, rows=rows)
-        r["gap"] = (r["loss"] - best) / best if r.get("loss") is not None else None
+        r.update(d=d, rows=rows, commit=commit)
     return rows_out
+
+
+def with_gaps(results: list[dict]) -> list[dict]:
+    """Each row's relative excess loss over the lowest of the runs on the same data;
+    ``gap_to`` says ``"ours"`` where no run there reached an optimum (no reference, no
+    converged fit), so the gap is a lower bound only.
+    """
+    for r in results:
+        same = [o for o in results if (o["d"], o["rows"]) == (r["d"], r["rows"])]
+        best = min((o["loss"] for o in same if o.get("loss") is not None), default=math.nan)
+        r["gap"] = (r["loss"] - best) / best if r.get("loss") is not None else None
+        optimum = any(o.get("converged") or not o["run"].startswith(f"d{o['d']}-")
+                      for o in same if o.get("loss") is not None)
+        r["gap_to"] = "optimum" if optimum else "ours"
+    return results
 
 
 def markdown(results: list[dict], meta: dict) -> str:
@@ -142,13 +185,37 @@ def markdown(results: list[dict], meta: dict) -> str:
              "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gap = "–" if r.get("gap") is None else f"{r['gap']:.2e}"
+        if r.get("gap") is not None and r.get("gap_to") == "ours":
+            gap = f"≥ {gap} *"
         rss = "–" if not math.isfinite(r.get("rss_mb", math.nan)) else f"{r['rss_mb']:,.0f}"
         lines.append(f"| {r['d']:,} | {r['rows']:,} | {r['run']} | {r['flags']} | {gap} | "
-                     f"{r.get('epochs') or '–'} | {r.get('converged', '–')} | "
+                     f"{r.get('epochs') or '–'} | "
+                     f"{'interrupted' if r.get('interrupted') else r.get('converged', '–')} | "
                      f"{r.get('rollbacks', '–')} | {r['seconds']:.1f} | {rss} |")
     lines.append("")
-    lines.append(f"Command: `{meta['command']}`.")
+    if any(r.get("gap_to") == "ours" for r in results):
+        lines += ["\\* No optimum measured on these data (no reference run, no converged "
+                  "fit): the gap is to our lowest loss there, a lower bound.", ""]
+    lines += rss_ratios(results)
+    commands = meta.get("commands") or [meta["command"]]
+    lines.append("Commands: " + "; ".join(f"`{c}`" for c in commands) + ".")
     return "\n".join(lines) + "\n"
+
+
+def rss_ratios(results: list[dict]) -> list[str]:
+    """Issue 18's memory target: each of our runs' peak RSS at d = 3,000 against the same
+    run's at d = 300 (at most 1.5x).
+    """
+    ours_rss = {(r["d"], r["flags"]): r["rss_mb"] for r in results
+                if r["run"].startswith(f"d{r['d']}-")
+                and (r.get("exit") == 0 or r.get("interrupted"))}
+    out = []
+    for (d, flags), rss in sorted(ours_rss.items()):
+        base = ours_rss.get((300, flags))
+        if d == 3000 and base:
+            out.append(f"Peak RSS at d = 3,000 against d = 300, `fit {flags}`: {rss:,.0f} / "
+                       f"{base:,.0f} MB = {rss / base:.2f}x (target at most 1.5x).")
+    return [*out, ""] if out else []
 
 
 def main(argv=None) -> int:
@@ -158,10 +225,21 @@ def main(argv=None) -> int:
                     help="rows per dataset (default: 200 per feature, at least 20,000)")
     ap.add_argument("--data", default="/tmp/natgrad-wide-data", help="data directory")
     ap.add_argument("--out", default="scripts/results/wide-latest", help="report prefix")
-    ap.add_argument("--no-refs", action="store_true", help="skip the references")
+    ap.add_argument("--runs", default="ours,lbfgs,liblinear",
+                    help="comma-separated: ours (one pass and the default fit), lbfgs "
+                         "(scikit-learn), liblinear")
+    ap.add_argument("--refs-max-d", type=int, default=3000,
+                    help="skip the references above this many features (LIBLINEAR took "
+                         "211 s at 200,000 x 1,000 here)")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="keep the rows of an earlier report that this run does not redo "
+                         "(repeatable); the gaps are recomputed over all rows")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="interrupt the default fit (SIGINT) after this many seconds and "
+                         "report the point it saved (marked interrupted)")
     ap.add_argument("--quick", action="store_true", help="d = 200, 20,000 rows")
     args = ap.parse_args(argv)
-    dims = [200] if args.quick else [int(v) for v in args.dims.split(",")]
+    dims = [200] if args.quick else [int(v) for v in args.dims.split(",") if v]
     data_dir, out = Path(args.data), Path(args.out)
     data_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,14 +248,31 @@ def main(argv=None) -> int:
         rows = args.rows or max(20_000, 200 * d)
         if args.quick:
             rows = 20_000
-        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", not args.no_refs):
+        runs = {v for v in args.runs.split(",") if v == "ours" or d <= args.refs_max_d}
+        for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", runs,
+                       args.timeout):
             results.append(r)
             print(json.dumps(r), flush=True)
+    this_command = "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])
+    commands, done = [], {(r["d"], r["run"]) for r in results}
+    for path in args.merge:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+        for r in old["results"]:
+            if (r["d"], r["run"]) in done:
+                continue
+            run = Path(path[:-len(".json")] + "-runs") / r["run"]
+            if r.get("exit") == 130 and r.get("loss") is None and run.exists():
+                # interrupted by hand (SIGINT, it checkpoints): the point it saved
+                r["interrupted"] = True
+                evaluated(r, run, make_data(data_dir, r["d"], r["rows"]))
+            results.append(r)
+        commands += old["meta"].get("commands") or [old["meta"]["command"]]
+    results = with_gaps(sorted(results, key=lambda r: r["d"]))
     commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     meta = {"date": time.strftime("%Y-%m-%d"), "commit": commit,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "command": "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])}
+            "command": this_command, "commands": [*commands, this_command] if dims else commands}
     Path(f"{out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2),
                                    encoding="utf-8")
     Path(f"{out}.md").write_text(markdown(results, meta), encoding="utf-8")

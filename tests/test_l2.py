@@ -231,13 +231,14 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_separable_data_stop_with_a_message_and_converge_with_l2():
+@pytest.mark.parametrize("structure", ["auto", "diagonal"])  # diagonal: Newton-CG passes
+def test_separable_data_stop_with_a_message_and_converge_with_l2(structure):
     X, y = _separable()
     model = make_model("logistic", 3)
     logger, seen = logging.getLogger("natgrad_stream"), _Lines()
     logger.addHandler(seen)
     try:
-        lr = NaturalGradientLearner(model).fit((X, y))
+        lr = NaturalGradientLearner(model, structure=structure).fit((X, y))
     finally:
         logger.removeHandler(seen)
     assert not lr.result.converged and lr.result.epochs < 20
@@ -248,9 +249,10 @@ def test_separable_data_stop_with_a_message_and_converge_with_l2():
     ref = _sklearn_logistic(X, y, C)
     lam = 1.0 / (C * len(y))
     J_ref = logistic_objective(ref.coef_[0], ref.intercept_[0], X, y, lam)
-    pen = NaturalGradientLearner(model, l2=lam).fit((X, y))
+    pen = NaturalGradientLearner(model, l2=lam, structure=structure).fit((X, y))
     J = logistic_objective(pen.theta[:-1], pen.theta[-1], X, y, lam)
     assert pen.result.converged and _rel(J, J_ref) < REL
+    assert structure == "auto" or pen.refine == "newton-cg"
 
 
 @pytest.mark.filterwarnings("ignore:The inner solver of NewtonCholeskySolver")

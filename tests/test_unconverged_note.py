@@ -106,7 +106,7 @@ def test_a_summary_without_a_measuring_pass_reports_running_loss(small_zarr, tmp
 
 
 @pytest.mark.parametrize("structure", ["full", "diagonal", "block"])
-@pytest.mark.parametrize("refine", ["scoring", "lbfgs", "stream"])
+@pytest.mark.parametrize("refine", ["scoring", "lbfgs", "stream", "newton-cg"])
 @pytest.mark.parametrize("l2", [None, 0.01])
 def test_train_loss_is_evaluate_for_every_structure_and_later_pass_method(
         small_zarr, tmp_path, capsys, structure, refine, l2):
