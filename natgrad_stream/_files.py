@@ -1,4 +1,5 @@
-"""Special files (FIFOs, devices, sockets) refused before they are read.
+"""Special files (FIFOs, devices, sockets) refused before they are read, and directories
+published whole (:func:`staged_directory`).
 
 Opening a FIFO blocks until a writer appears, and a device never ends (``/dev/zero``):
 a chunk, config, checkpoint or run file that is one would hang a command that no signal
@@ -9,9 +10,12 @@ blocking, then checks what was opened).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import stat
+from pathlib import Path
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
@@ -94,3 +98,24 @@ def check_zarr_metadata(root) -> None:
             check_regular(os.path.join(top, name))
         if "c" in dirs and not os.path.lexists(os.path.join(top, "c", "zarr.json")):
             dirs.remove("c")
+
+
+@contextlib.contextmanager
+def staged_directory(path):
+    """Write a directory whole or not at all: yields a temporary sibling of ``path``
+    (``NAME.tmp-PID``, emptied first) to write into; when the block ends without an
+    exception, an existing ``path`` is removed and the temporary one renamed into place,
+    otherwise the temporary one is removed and the exception goes on (a store half written
+    by a failure or a signal never stands at ``path``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

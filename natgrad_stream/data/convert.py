@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 
+from natgrad_stream._files import staged_directory
 from natgrad_stream.data.manifest import checksummed_zstd, record_manifest, recording_view
 from natgrad_stream.errors import DataError
 
@@ -69,10 +69,8 @@ def convert_to_zarr(data, out, *, x: str | None = "X", y: str | None = "y",
     R = min(int(chunk_rows or source.chunk_rows), n)
     if R < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     codec, config = checksummed_zstd(), {"write_empty_chunks": True}
-    try:
+    with staged_directory(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         if sparse:
             from natgrad_stream.data.sparse_writer import write_csr_matrix
@@ -97,12 +95,6 @@ def convert_to_zarr(data, out, *, x: str | None = "X", y: str | None = "y",
                   "chunk_rows": R, "columns": columns, "y": y if source.has_targets else None,
                   "w": w if source.has_weights else None}
         group.attrs["natgrad_stream"] = record
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"path": str(path), **{k: v for k, v in record.items() if k != "converted_from"},
             "dtype": str(source.x_dtype if sparse else source.X.dtype), "sparse": sparse}
 

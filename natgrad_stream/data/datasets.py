@@ -16,8 +16,6 @@ releases wrote for the same seed (``chunk_rows=65536`` writes those again).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from natgrad_stream._constants import (
     RNG_FEATURE_MODEL,
     RNG_TRUE_PARAMS,
 )
+from natgrad_stream._files import staged_directory
 from natgrad_stream.data.budget import default_chunk_rows
 from natgrad_stream.data.manifest import checksummed_zstd, record_manifest, recording_view
 
@@ -221,11 +220,9 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     gen = task_generator(task)
     params = gen.true_params(features, seed)
-    try:
+    with staged_directory(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         # zstd frames with content checksums, and each array's manifest of what was stored
         # (natgrad_stream.data.manifest): damaged or misplaced chunks are refused on reading
@@ -275,10 +272,4 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
             "test_rows": test_rows, "chunk_rows": chunk_rows, "dtype": dtype,
             "true_params": params,
         }
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return zarr.open_group(str(path), mode="r")

@@ -12,12 +12,11 @@ entries, ``indptr`` in ``chunk_rows`` rows.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from natgrad_stream._files import staged_directory
 from natgrad_stream.data.budget import default_chunk_rows
 from natgrad_stream.data.csr_store import CSR_ENCODING
 from natgrad_stream.data.manifest import (
@@ -125,9 +124,7 @@ def make_sparse_dataset(path, *, task: str, rows: int, features: int, density: f
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_directory(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         codec = checksummed_zstd()
         for xname, yname, n in (("X", "y", rows), ("X_test", "y_test", test_rows)):
@@ -164,12 +161,6 @@ def make_sparse_dataset(path, *, task: str, rows: int, features: int, density: f
             "density": float(density), "nonzeros_per_row": k, "sparse": True,
             "true_params": {**params, "coef": "array true_coef"},
         }
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return zarr.open_group(str(path), mode="r")
 
 
