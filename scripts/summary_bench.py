@@ -38,6 +38,8 @@ from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench import raw_read  # noqa: E402  (the same raw-read measure as the main benchmark)
 
 
 def dataset(root: Path, rows: int, features: int) -> Path:
@@ -47,18 +49,6 @@ def dataset(root: Path, rows: int, features: int) -> Path:
         make_dataset(path, task="logistic", rows=rows, features=features, chunk_rows=65536,
                      seed=0)
     return path
-
-
-def raw_read(path: Path) -> float:
-    """Rows/s reading and decompressing every chunk of X and y with zarr, nothing else."""
-    g = zarr.open_group(str(path), mode="r")
-    X, Y = g["X"], g["y"]
-    R, n = X.chunks[0], X.shape[0]
-    t0 = time.perf_counter()
-    for a in range(0, n, R):
-        X[a:a + R]
-        Y[a:a + R]
-    return n / (time.perf_counter() - t0)
 
 
 def summary_rate(path: Path, model, theta) -> float:

@@ -155,6 +155,20 @@ def dataset_chunk_rows(features: int, dtype: str = "float32") -> int:
     return default_chunk_rows(int(features) * np.dtype(dtype).itemsize)
 
 
+def check_dtype(dtype) -> None:
+    """A written store's feature dtype: float32 or float64 (ValueError otherwise)."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+
+
+def check_sizes(**sizes) -> None:
+    """``rows``, ``features``, ``chunk_rows`` at least 1 and ``test_rows`` at least 0."""
+    for name, v in sizes.items():
+        lo = 0 if name == "test_rows" else 1
+        if int(v) < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+
+
 def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int | None = None,
                  test_rows: int = 0, seed: int = 0, dtype: str = "float32",
                  overwrite: bool = False, density: float | None = None):
@@ -209,14 +223,10 @@ def make_dataset(path, *, task: str, rows: int, features: int, chunk_rows: int |
                                    overwrite=overwrite)
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    check_dtype(dtype)
     if chunk_rows is None and int(features) >= 1:
         chunk_rows = dataset_chunk_rows(features, dtype)
-    for name, v, lo in (("rows", rows, 1), ("features", features, 1),
-                        ("chunk_rows", chunk_rows, 1), ("test_rows", test_rows, 0)):
-        if int(v) < lo:
-            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    check_sizes(rows=rows, features=features, chunk_rows=chunk_rows, test_rows=test_rows)
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")

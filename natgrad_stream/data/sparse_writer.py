@@ -106,20 +106,16 @@ def make_sparse_dataset(path, *, task: str, rows: int, features: int, density: f
     """
     import zarr
 
-    from natgrad_stream.data.datasets import _ARRAY_IDS
+    from natgrad_stream.data.datasets import _ARRAY_IDS, check_dtype, check_sizes
     from natgrad_stream.data.synthetic import sparse_glm as G
 
     if not 0 < float(density) <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    check_dtype(dtype)
     k = G.nonzeros_per_row(density, features)
     if chunk_rows is None and int(features) >= 1:
         chunk_rows = sparse_chunk_rows(k, dtype)
-    for name, v, lo in (("rows", rows, 1), ("features", features, 1),
-                        ("chunk_rows", chunk_rows, 1), ("test_rows", test_rows, 0)):
-        if int(v) < lo:
-            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    check_sizes(rows=rows, features=features, chunk_rows=chunk_rows, test_rows=test_rows)
     params, coef = G.true_params(task, features, k, seed)
     path = Path(path)
     if path.exists() and not overwrite:
