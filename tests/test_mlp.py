@@ -489,14 +489,16 @@ def test_kfac_metric_against_the_gauss_newton_blocks():
     assert_allclose(model.metric_matvec(X, y, w, theta, U, metric="kfac"), G @ U, rtol=1e-12)
 
 
-def test_default_fit_on_diabetes_reaches_scikit_learns_range(tmp_path):
-    """The default fit (no flags) on standardized and on raw diabetes: the L-BFGS rounds
-    whitened by ``kfac`` (500 iterations each, up to the mlp's pass cap) end at a local
-    minimum whose training MSE is in the range of scikit-learn's
+@pytest.mark.slow
+def test_default_fit_on_diabetes_reaches_scikit_learns_best(tmp_path):
+    """The default fit (no flags) on standardized and on raw diabetes: 10 restarts (the
+    mlp's budget on 442 rows), each of L-BFGS rounds whitened by ``kfac`` (500 iterations
+    each, up to the mlp's pass cap), the lowest training loss kept. scikit-learn's
     ``MLPRegressor(hidden_layer_sizes=(16,), activation="tanh", solver="lbfgs", alpha=0,
-    max_iter=5000)`` over 5 seeds (MSE/Var(y) 0.0699 … 0.0848 standardized, measured in
-    ``scripts/model_panel.py``). Before: 0.237 and 1421/5929 = 0.24, stopped at the cap of 50.
-    Measured for seed 0: 0.0755 standardized, 438/5929 = 0.074 raw.
+    max_iter=5000)`` over 5 seeds ends at MSE/Var(y) 0.0699 … 0.0848 standardized
+    (``scripts/model_panel.py``); our single fits at 0.065 … 0.097 (seeds 0–15, median
+    0.075). Before restarts: seed 0 alone, 0.0805 standardized. Measured with them (Zen 4):
+    0.0653 standardized (seed 8 kept).
     """
     from sklearn.datasets import load_diabetes
 
@@ -504,13 +506,17 @@ def test_default_fit_on_diabetes_reaches_scikit_learns_range(tmp_path):
     X, y = d.data.astype(np.float64), d.target.astype(np.float64)
     Xs, ys = (X - X.mean(0)) / X.std(0), (y - y.mean()) / y.std()
     for A, b in ((Xs, ys), (X, y)):
-        model = make_model("mlp", 10)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            lr = NaturalGradientLearner(model).fit((A, b))
-        ratio = float(np.mean((model.predict(A, lr.theta) - b) ** 2) / b.var())
-        # a non-convex path: round-off picks between nearby minima, so the bound is the
-        # top of scikit-learn's per-seed range with a margin, not our own figure
-        assert ratio < 0.09, ratio
+            lr = NaturalGradientLearner(make_model("mlp", 10)).fit((A, b))
+        ratio = float(np.mean((lr.model.predict(A, lr.theta) - b) ** 2) / b.var())
+        # a non-convex path: round-off picks between nearby minima on another CPU, so the
+        # bound is below scikit-learn's median restart (0.083) and our single fits' median,
+        # with a margin over what the best of 10 reached here, not that figure itself
+        assert ratio < 0.075, ratio
+        restarts = lr.result.restarts
+        assert len(restarts) == 10
+        kept = [r for r in restarts if r["kept"]]
+        assert kept[0]["train_loss"] == min(r["train_loss"] for r in restarts)
         assert lr.result.epochs > 50  # the mlp's own cap, not the learner's
         assert abs(lr.result.train_loss - 0.5 * ratio * b.var()) <= 1e-12 * lr.result.train_loss

@@ -14,7 +14,8 @@ from natgrad_stream.training import options as opts
 
 NOT_NUMERIC = (opts.text, opts.flag, opts._choice)
 NUMERIC = [o for o in opts.OPTIONS if o.check not in NOT_NUMERIC and o.choices is None]
-INTEGER = (opts.positive_int, opts.nonnegative_int, opts.fisher_every, opts.byte_size)
+INTEGER = (opts.positive_int, opts.nonnegative_int, opts.fisher_every, opts.auto_or_count,
+           opts.byte_size)
 
 
 def _over(opt):

@@ -242,6 +242,21 @@ class Model(abc.ABC):
         """
         return self.auto_max_epochs
 
+    def auto_restarts(self, n_rows: int) -> int:
+        """Fits from different random starts of a default fit (``n_init="auto"``) over
+        ``n_rows`` rows: 1 (the default) for a model whose start draws nothing or whose
+        objective has one optimum.
+        """
+        return 1
+
+    def restart_model(self, k: int) -> Model:
+        """The model of the ``k``-th restart (``k = 0``: this one). Only models that draw a
+        random start (:meth:`auto_restarts` above 1) have others.
+        """
+        if k == 0:
+            return self
+        raise ValueError(f"model {self.name!r} draws no random start: n_init must be 1")
+
     def __init__(self, n_features: int):
         if int(n_features) < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")

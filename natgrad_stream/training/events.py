@@ -48,6 +48,7 @@ class FitResult:
     running_loss: float | None = None
     objective: float | None = None
     skipped_zero_weight_batches: int = 0
+    restarts: list | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready summary. ``train_loss``: the (unpenalized) mean loss of the returned θ
@@ -60,6 +61,10 @@ class FitResult:
         sample weights sum to zero, skipped without a step.
         ``decrement``: the Newton decrement ½∇Jᵀ G⁻¹ ∇J of the last whole-data pass (of
         the objective), None when none was made; ``converged``: a stopping rule was met.
+        ``restarts`` (only when a fit ran several, ``n_init``): one record per fit, its
+        start (``model``), ``train_loss``, ``epochs``, ``converged``, ``seconds`` and
+        whether it was ``kept`` (the other keys are the kept fit's; ``samples`` and
+        ``steps`` its own, ``seconds`` and ``rows_per_s`` all the fits').
         """
         loss = {"train_loss": self.train_loss} if self.train_loss is not None else \
             {"running_loss": self.running_loss}
@@ -67,13 +72,17 @@ class FitResult:
             loss["objective"] = self.objective
         if self.skipped_zero_weight_batches:
             loss["skipped_zero_weight_batches"] = self.skipped_zero_weight_batches
-        return {
+        out = {
             "samples": self.samples, "steps": self.steps, "rewhitens": self.rewhitens,
             "seconds": round(self.seconds, 4), "rows_per_s": round(self.rows_per_s, 1),
             **loss, "epochs": self.epochs,
             "interrupted": self.interrupted, "converged": self.converged,
             "decrement": self.decrement,
         }
+        if self.restarts is not None:
+            out["restarts"] = [{k: v for k, v in r.items() if k != "event"}
+                               for r in self.restarts]
+        return out
 
 
 @dataclass

@@ -100,6 +100,7 @@ from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import FitLog
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
+from natgrad_stream.training.restarts import restart_count, run_restarts
 from natgrad_stream.training.state import LearnerState
 
 #: Keys of the effective options shown under ``"optimizer"`` in :meth:`options` (the
@@ -248,6 +249,8 @@ class NaturalGradientLearner:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a Model, got {type(model).__name__}")
         self.model = model
+        #: The options as given (restarts build their learners from them).
+        self.given_options = dict(options)
         self.effective_options = eff = opts.resolve(options, model)
         check_metric_structure(eff["metric"], eff["structure"], model)
         for name, value in eff.items():
@@ -257,10 +260,17 @@ class NaturalGradientLearner:
             if not hasattr(self, name):  # (the model's own, where it sets them)
                 setattr(self, name, model.handover_defaults.get(
                     name, opts.BY_NAME[name].default))
-        #: The metric the L-BFGS rounds whiten by: the model's own for them
-        #: (:attr:`~natgrad_stream.models.Model.round_metric`) unless ``metric`` is given.
-        self.round_metric = self.metric if options.get("metric") is not None \
-            else (model.round_metric or self.metric)
+        #: The metric the L-BFGS rounds whiten by: ``round_metric`` if given, else the
+        #: model's own for them (:attr:`~natgrad_stream.models.Model.round_metric`) unless
+        #: ``metric`` is given; recorded among the effective options, so a run rebuilt
+        #: from its checkpoint (whose options name the metric) whitens its rounds alike.
+        if eff.get("round_metric") is None:
+            eff["round_metric"] = self.metric if options.get("metric") is not None \
+                else (model.round_metric or self.metric)
+        self.round_metric = eff["round_metric"]
+        if self.round_metric not in model.metrics:
+            raise OptionError(f"round_metric {self.round_metric!r} is not a metric of model "
+                              f"{model.name!r}; choose one of {list(model.metrics)}")
         self.penalty = L2Penalty.for_model(model, self.l2)
         self.strategy = _STRATEGIES[opts.strategy_of(eff["optimizer"])](self)
         self.optimizer = self.strategy.make_optimizer(eff)
@@ -275,6 +285,9 @@ class NaturalGradientLearner:
         self._weights_label = "w"
         self._window_start = None  # the state at the start of the guard's window
         self._round_start = None  # an L-BFGS round under way: the state it started from
+        self._active_restart = None  # the learner of a restart under way (n_init)
+        #: One record per fit of the last ``fit`` call's restarts (None without restarts).
+        self.restart_records = None
         self.reset()
 
     # -- state --------------------------------------------------------------------------
@@ -343,6 +356,9 @@ class NaturalGradientLearner:
         and the best point it evaluated is what :attr:`theta` reports meanwhile).
         """
         self._stop_requested = True
+        sub = self._active_restart
+        if sub is not None:
+            sub.request_stop()
 
     def _out_of_budget(self, max_samples) -> bool:
         return self._stop_requested or (max_samples is not None and
@@ -911,20 +927,29 @@ class NaturalGradientLearner:
         self._backend = None if client is None else self._dask_backend(client, data, source,
                                                                        x, y, w)
         self.result = None
+        self.restart_records = None
+        restarts = restart_count(self, plan, source, epochs=epochs, max_samples=max_samples,
+                                 client=client, rereadable=_rereadable(source))
         if self._last_good is None:  # a resumed run keeps its persisted rollback point
             self._last_good = self.state.snapshot()
+        total = self.strategy.total_rows(source, plan)
         for cb in callbacks:
-            cb.on_fit_start(self, self.strategy.total_rows(source, plan))
+            cb.on_fit_start(self, None if total is None else total * restarts)
         start_samples, t0 = self.state.samples, time.perf_counter()
         self._stop_requested = False
         try:
             with limited_blas_threads(self.blas_threads):
-                interrupted = self.strategy.run(source, plan, callbacks, max_samples)
+                if restarts > 1:
+                    interrupted, rows = run_restarts(self, restarts, source, plan, callbacks)
+                else:
+                    interrupted = self.strategy.run(source, plan, callbacks, max_samples)
+                    rows = self.state.samples - start_samples
             self.strategy.running = False  # status() now says what was done
             seconds = time.perf_counter() - t0
             self.result = self.strategy.result(source, seconds=seconds,
-                                               interrupted=interrupted,
-                                               rows=self.state.samples - start_samples)
+                                               interrupted=interrupted, rows=rows)
+            if self.restart_records is not None:
+                self.result.restarts = self.restart_records
             for cb in callbacks:  # a failing end (e.g. a full disk) is an error like any
                 cb.on_fit_end(self, self.result)
             note = None if interrupted else self.strategy.unconverged_note(source, plan)

@@ -203,6 +203,13 @@ def fisher_every(name, value):
     return "auto" if value == "auto" else positive_int(name, value)
 
 
+def auto_or_count(name, value):
+    """``"auto"`` or a positive count (restarts)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return positive_int(name, value)
+
+
 def rewhiten(name, value):
     """A re-whitening schedule spec, returned as the schedule's constructor arguments."""
     from natgrad_stream.geometry.schedule import RefreshSchedule
@@ -389,6 +396,10 @@ OPTIONS: tuple[Option, ...] = (
        "space, re-whitened every round (paper section 2.7)", choices=OPTIMIZER_CHOICES),
     _o("metric", _choice, None, "metric kind (default: the model's own; see the README)",
        choices=METRIC_CHOICES),
+    _o("round_metric", _choice, None, "metric kind the L-BFGS rounds whiten by (--optimizer "
+       "lbfgs, --refine lbfgs; default: --metric if given, else the model's own for them: "
+       "the mlp's kfac; run.json records it, so a resumed run whitens alike)",
+       nullable=True, choices=METRIC_CHOICES),
     _o("structure", _choice, "auto", "full, diagonal (eq. 34) or block-diagonal by "
        f"parameter group; auto: full up to {AUTO_FULL_MAX_PARAMS:,} parameters, diagonal "
        "beyond (run.json records the structure used)", choices=STRUCTURE_CHOICES),
@@ -452,6 +463,11 @@ OPTIONS: tuple[Option, ...] = (
        "the diagonal; the default of --structure diagonal where the metric is the "
        "Hessian, the GLMs; lbfgs for the others) or stream (more streaming steps)", applies=_ST,
        recommendable=True, choices=REFINE_CHOICES),
+    _o("n_init", auto_or_count, "auto", "fits from different random starts (models "
+       "that draw one: the mlp); the run keeps the one with the lowest training loss and "
+       "run.json lists them all; auto: as many as the model's budget allows on the data "
+       "(mlp: up to 10 on small data, 1 on large), 1 with --epochs, --max-samples, "
+       "--follow or Dask", applies=_ST, metavar="K", maximum=1_000),
     _o("tol", nonnegative_float_or_none, None, "stop once the Newton decrement "
        "½∇Jᵀ G⁻¹ ∇J over a whole pass is at most T·|J| (passes after the first; "
        "--epochs stays the cap)", applies=_ST, nullable=True, resumable=True, metavar="T",

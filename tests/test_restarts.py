@@ -1,0 +1,160 @@
+"""Restarts (``n_init``): whole fits from different random starts, the best kept."""
+
+import json
+
+import numpy as np
+import pytest
+
+from natgrad_stream.app.cli import main
+from natgrad_stream.errors import OptionError
+from natgrad_stream.evaluate import evaluate
+from natgrad_stream.learner import NaturalGradientLearner
+from natgrad_stream.models import make_model
+from natgrad_stream.models.mlp import MLP_MAX_AUTO_RESTARTS, MLP_RESTART_ROW_BUDGET
+from natgrad_stream.training.callbacks import ProgressBar
+
+from .conftest import write_group
+
+
+def _data(n=300, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = np.tanh(X @ np.array([1.5, -2.0, 0.5][:d])) + np.sin(2 * X[:, 0]) \
+        + 0.1 * rng.standard_normal(n)
+    return X, y
+
+
+def _fit(seed, data, **kw):
+    model = make_model("mlp", data[0].shape[1], hidden=3, seed=seed)
+    return NaturalGradientLearner(model, **kw).fit(data, epochs=20)
+
+
+def test_mlp_restart_budget():
+    """As many whole fits as MLP_RESTART_ROW_BUDGET row evaluations allow, each at the
+    mlp's own pass cap, 1 to MLP_MAX_AUTO_RESTARTS.
+    """
+    m = make_model("mlp", 10)
+    assert m.auto_restarts(442) == MLP_MAX_AUTO_RESTARTS == 10
+    for n in (442, 5_000, 50_000, 1_000_000, 3_000_000):
+        k = m.auto_restarts(n)
+        assert 1 <= k <= MLP_MAX_AUTO_RESTARTS
+        assert k == 1 or k * n * m.auto_pass_cap(n) <= MLP_RESTART_ROW_BUDGET
+    assert m.auto_restarts(5_000) == 4 and m.auto_restarts(3_000_000) == 1
+    assert make_model("logistic", 3).auto_restarts(100) == 1
+    assert m.restart_model(0) is m and m.restart_model(3).seed == 3
+    assert m.restart_model(2).config() == {**m.config(), "seed": 2}
+
+
+def test_the_kept_fit_is_the_lowest_loss_of_independent_fits():
+    """Each restart is exactly the fit of its start alone; the learner ends holding the one
+    with the lowest training loss, and its summary's loss is the loss of that θ.
+    """
+    data = _data()
+    alone = [_fit(k, data) for k in range(3)]
+    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=3), n_init=3).fit(data, epochs=20)
+    records = lr.result.restarts
+    assert [r["restart"] for r in records] == [0, 1, 2]
+    assert [r["model"]["seed"] for r in records] == [0, 1, 2]
+    for r, a in zip(records, alone, strict=True):
+        assert r["train_loss"] == a.result.train_loss  # same machine, same process
+        assert r["epochs"] == a.result.epochs
+    losses = [a.result.train_loss for a in alone]
+    best = int(np.argmin(losses))
+    assert len(set(losses)) == 3  # the starts differ (else the test would prove nothing)
+    assert [r["kept"] for r in records] == [k == best for k in range(3)]
+    np.testing.assert_array_equal(lr.theta, alone[best].theta)
+    assert lr.model.seed == best
+    assert lr.result.train_loss == min(losses)
+    mse = evaluate(lr.model, lr.theta, data)["mse"]
+    assert lr.result.train_loss == pytest.approx(0.5 * mse, rel=1e-12)
+    out = lr.result.to_dict()
+    assert [r["kept"] for r in out["restarts"]].count(True) == 1
+    assert "event" not in out["restarts"][0]
+    # the kept fit continues as itself
+    more = NaturalGradientLearner.from_state_dict(lr.state_dict())
+    assert more.model.seed == best and more.round_metric == "kfac"
+
+
+def test_auto_restarts_only_for_a_default_fit():
+    data = _data(n=120)
+    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=2)).fit(data, epochs=3)
+    assert lr.result.restarts is None and "restarts" not in lr.result.to_dict()
+    lr = NaturalGradientLearner(make_model("logistic", 3)).fit((data[0], data[1] > 0))
+    assert lr.result.restarts is None  # a convex model draws no start
+
+
+@pytest.mark.parametrize("kw, fit_kw, match", [
+    ({}, {"epochs": 1}, "passes after the first"),
+    ({"refine": "stream"}, {"epochs": 3}, "passes after the first"),
+    ({}, {"epochs": 3, "max_samples": 500}, "max_samples"),
+])
+def test_restarts_that_cannot_choose_are_refused(kw, fit_kw, match):
+    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=2), n_init=2, **kw)
+    with pytest.raises(OptionError, match=match):
+        lr.fit(_data(n=120), **fit_kw)
+    with pytest.raises(ValueError, match="draws no random start"):
+        NaturalGradientLearner(make_model("logistic", 3), n_init=2).fit(
+            (_data(n=120)[0], _data(n=120)[1] > 0), epochs=3)
+    with pytest.raises(OptionError, match="n_init must be >= 1"):
+        NaturalGradientLearner(make_model("mlp", 3), n_init=0)
+
+
+class _StopAt(ProgressBar):
+    """A progress display (restarts forward it their batches) that asks the learner to
+    stop once the fits together have read ``rows`` rows.
+    """
+
+    def __init__(self, learner, rows):
+        super().__init__(interval=1e9)
+        self.learner, self.rows = learner, rows
+
+    def on_batch_end(self, learner, info, cursor):
+        if learner.samples >= self.rows:
+            self.learner.request_stop()
+
+
+def test_an_interrupted_restart_keeps_nothing_and_a_rerun_is_exact():
+    data = _data()
+    whole = NaturalGradientLearner(make_model("mlp", 3, hidden=3), n_init=3).fit(data,
+                                                                                 epochs=20)
+    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=3), n_init=3)
+    lr.fit(data, epochs=20, callbacks=[_StopAt(lr, 20 * 300 + 600)])  # in the 2nd fit
+    assert lr.result.interrupted and lr.samples == 0 and lr.model.seed == 0
+    assert len(lr.restart_records) == 1
+    lr.fit(data, epochs=20)  # the restarts again, from the first
+    np.testing.assert_array_equal(lr.theta, whole.theta)
+    def timeless(records):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert timeless(lr.result.restarts) == timeless(whole.result.restarts)
+
+
+def test_cli_records_the_restarts_and_resumes_the_kept_fit(tmp_path, capsys):
+    X, y = _data()
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32))
+    run = tmp_path / "run"
+    code = main(["fit", str(data), "--model", "mlp", "--hidden", "3", "--n-init", "3",
+                 "--epochs", "20", "--out", str(run), "--progress", "never"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    kept = [r for r in summary["restarts"] if r["kept"]]
+    assert len(summary["restarts"]) == 3 and len(kept) == 1
+    assert summary["train_loss"] == kept[0]["train_loss"]
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"]["seed"] == kept[0]["model"]["seed"]
+    assert info["options"]["n_init"] == 3 and info["options"]["round_metric"] == "kfac"
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["restart"] for r in log if r.get("event") == "restart"] == [0, 1, 2]
+    code = main(["evaluate", str(run), str(data)])
+    ev = json.loads(capsys.readouterr()[0].strip().splitlines()[-1])
+    assert code == 0
+    assert 0.5 * ev["mse"] == pytest.approx(summary["train_loss"], rel=1e-9)
+    code = main(["fit", str(data), "--resume", "--epochs", "25", "--out", str(run),
+                 "--progress", "never"])
+    out, err = capsys.readouterr()
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert code == 0, err
+    assert "restarts" not in resumed and resumed["epochs"] == 25
+    assert resumed["train_loss"] <= summary["train_loss"]
