@@ -520,3 +520,17 @@ def test_default_fit_on_diabetes_reaches_scikit_learns_best(tmp_path):
         assert kept[0]["train_loss"] == min(r["train_loss"] for r in restarts)
         assert lr.result.epochs > 50  # the mlp's own cap, not the learner's
         assert abs(lr.result.train_loss - 0.5 * ratio * b.var()) <= 1e-12 * lr.result.train_loss
+
+
+def test_a_rebuilt_learner_whitens_its_rounds_as_the_original():
+    """A run rebuilt from its checkpoint (``--resume``) passes the recorded options, which
+    name the metric: before ``round_metric`` was recorded, the rebuilt mlp learner whitened
+    its L-BFGS rounds by ``gauss-newton`` where the original used ``kfac``, so a resumed
+    default fit was not the uninterrupted one.
+    """
+    for given, want in (({}, "kfac"), ({"metric": "empirical"}, "empirical"),
+                        ({"round_metric": "gauss-newton"}, "gauss-newton")):
+        lr = NaturalGradientLearner(make_model("mlp", 3, hidden=2), **given)
+        again = NaturalGradientLearner.from_state_dict(lr.state_dict())
+        assert lr.round_metric == again.round_metric == want
+        assert again.options()["round_metric"] == want
