@@ -451,6 +451,11 @@ def test_categorical_columns_one_hot_and_hashed(tmp_path, capsys):
     code, s, err = run_cli(capsys, "fit", tmp_path / "c.parquet", "--out", tmp_path / "r",
                            "--resume", "--epochs", 4)  # the encoding is the run's
     assert code == 0 and s["samples"] == 4 * N, err
+    # evaluate on the training table without flags: the run's columns and encoding (it
+    # looked for columns X and y, and failed with exit 2)
+    code, ev, err = run_cli(capsys, "evaluate", tmp_path / "r", tmp_path / "c.parquet")
+    assert code == 0 and ev["n"] == N, err
+    assert ev["log_loss"] == pytest.approx(s["train_loss"], rel=1e-12)
     _one_line_error(*run_cli(capsys, "fit", tmp_path / "c.parquet", "--x", "f0,city",
                              "--one-hot", "--hash-bits", 8, "--y", "target", "--model",
                              "logistic", "--out", tmp_path / "r4")[::2], "exclude each other")

@@ -219,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "as JSON")
     p.add_argument("run", metavar="RUN", help="run directory written by 'fit'")
     p.add_argument("data", metavar="DATA", help="Zarr group, path or URL")
-    p.add_argument("--x", default="X", metavar="NAME", help="features array")
-    p.add_argument("--y", default="y", metavar="NAME",
-                   help="targets array (ignored by models without targets)")
+    p.add_argument("--x", default=None, metavar="NAME",
+                   help="features array (default X; a table: the run's columns)")
+    p.add_argument("--y", default=None, metavar="NAME",
+                   help="targets array (default y; a table: the run's column; ignored by "
+                        "models without targets)")
     p.add_argument("--w", default=None, metavar="NAME",
                    help="sample-weight array: weighted means, as in training (GLMs; e.g. a "
                         "Poisson exposure); default unweighted")

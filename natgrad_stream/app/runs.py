@@ -530,17 +530,23 @@ def _recorded_fit_options(state: dict, model) -> dict:
     return {**data, **_model_options(model, {}), **learner.effective_options, **run}
 
 
-def evaluate_run(run_dir, data, *, x: str = "X", y: str = "y", w: str | None = None,
-                 allow_legacy: bool = False) -> dict:
+def evaluate_run(run_dir, data, *, x: str | None = None, y: str | None = None,
+                 w: str | None = None, allow_legacy: bool = False) -> dict:
     """Evaluate the parameters of ``run_dir`` on ``data`` (weighted by ``w``): the Polyak
-    average when the run kept one (``average``), else the last iterate. ``allow_legacy``
-    lets a legacy checkpoint (no run identity) be used.
+    average when the run kept one (``average``), else the last iterate. ``x`` and ``y``
+    default to ``"X"`` and ``"y"``; on a table, for a run fitted on a table, to the run's
+    columns (with their encoding), as ``predict``'s. ``allow_legacy`` lets a legacy
+    checkpoint (no run identity) be used.
 
     On the run's training data (its store and arrays), every chunk the run read is
     compared with its recorded content digest: a change is a DataError naming it.
     """
     state = _load_state(run_dir, allow_legacy=allow_legacy)
     model = model_from_config(state["model"])
+    info = state.get("run") or {}
+    table = is_table_path(data) and info.get("feature_names")  # fitted on a table too
+    x = ((info.get("x") if table else None) or "X") if x is None else x
+    y = ((info.get("y") if table else None) or "y") if y is None else y
     l2 = (state.get("fit_options") or {}).get("l2", 0.0)
     digests = ChunkDigests.from_dict(state.get("digests")) \
         if _is_training_data(state.get("run", {}), data, x, y if model.requires_targets
