@@ -153,9 +153,10 @@ class ICA(FactorModel):
     #: harmonic b/t step moves far too little (Amari distance 0.56 after 5 passes where
     #: FastICA reaches 0.007); the 1/√t schedule reaches FastICA's accuracy in 20–30 passes.
     BASE_LEARNER_DEFAULTS = {"step_schedule": "sqrt", "refine": "lbfgs"}  # noqa: RUF012
-    #: The L-BFGS hand-over with the adaptive density converged in 32–172 passes on the
+    #: The L-BFGS hand-over with the adaptive density converged in 25–158 passes on the
     #: model panel's data and 12 random mixtures of sub- and super-Gaussian sources
-    #: (``tests/test_ica.py``); the shapes make the problem harder than a GLM's.
+    #: (``tests/test_ica.py``); the shapes and locations make the problem harder than a
+    #: GLM's.
     auto_max_epochs = 200
 
     def __init__(self, n_features: int, *, init_scale: float | None = None,
