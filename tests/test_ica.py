@@ -333,8 +333,10 @@ def test_params_config_and_init():
     assert legacy.density == "sech" and legacy.n_params == 9
     assert model_from_config(ICA(3).config()).n_params == 15
     # one recorded before the locations existed: μ = 0, not in θ
-    old = model_from_config({"name": "ica", "n_features": 3, "density": "adaptive"})
+    old_config = {"name": "ica", "n_features": 3, "density": "adaptive"}
+    old = model_from_config(old_config)
     assert not old.location and old.n_params == 12
+    assert old.config() == old_config  # (a resumed run's checkpoint must match it)
     assert set(old.params_to_dict(theta[:12])) == {"W", "alpha"}
     assert_allclose(old.locations(theta[:12]), 0.0)
     assert old.loss(np.eye(3), None, theta[:12]) == pytest.approx(

@@ -239,8 +239,8 @@ class ICA(FactorModel):
 
     def config(self):
         out = {**super().config(), "density": self.density}
-        if self.adaptive:
-            out["location"] = self.location
+        if self.location:  # (absent: a run recorded before the locations, μ = 0)
+            out["location"] = True
         if self.init_scale is not None:
             out["init_scale"] = self.init_scale
         if not self.adaptive and self.sharpness != LOGISTIC_SHARPNESS:
