@@ -108,15 +108,16 @@ def ica_evaluate(X, W, logabsdet, beta, log_z):  # pragma: no cover - compiled
 
 # -- the adaptive density: a smoothed exponential-power (generalized Gaussian) family ------
 #
-# Source a has shape α_a ∈ (1, α_max) (a logistic function of κ_a, see ica_density) and,
-# with the fixed smoothing ε,
+# Source a has shape α_a ∈ [1, α_max] (a function of κ_a, see ica_density), location μ_a
+# and, with the fixed smoothing ε,
 #
-#     −log p(s) = g(s; α) + log Z(α),    g(s; α) = (s² + ε²)^{α/2} / α,
+#     −log p(s) = g(s − μ; α) + log Z(α),    g(u; α) = (u² + ε²)^{α/2} / α,
 #
 # ψ(s) = ∂g/∂s = s (s² + ε²)^{α/2 − 1} and ∂g/∂α = g (½ log(s² + ε²) − 1/α); α = 2 is the
 # Gaussian, α < 2 super-Gaussian (α → 1 a smoothed Laplace), α > 2 sub-Gaussian (α → ∞
-# uniform). θ = [vec(W) (d², row-major), κ (d)]; the loss gradient in κ_a is
-# (∂g/∂α + ∂log Z/∂α) dα/dκ. log Z, its derivative and dα/dκ come from the caller.
+# uniform). θ = [vec(W) (d², row-major), κ (d), μ (d)] (μ absent from θ, and 0, in runs
+# recorded before it existed); the loss gradient in κ_a is (∂g/∂α + ∂log Z/∂α) dα/dκ, in
+# μ_a −ψ(s_a − μ_a). log Z, its derivative and dα/dκ come from the caller.
 
 #: ``g`` above this is treated as an infinite energy (``e^{−g}`` underflows to zero).
 POWER_ENERGY_LIMIT = 700.0
@@ -136,12 +137,15 @@ def _power_terms(z, alpha, eps2):  # pragma: no cover - compiled
 
 
 @jit
-def _power_row(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2, i, loss, grad,
+def _power_row(X, W, WinvT, logabsdet, alpha, mu, log_z, dlog_z, slope, eps2, i, loss, grad,
                s):  # pragma: no cover - compiled
-    """Loss and loss gradient (d² + d) of row ``i``; ``s`` is (d,) scratch."""
+    """Loss and loss gradient (d² + d, or d² + 2d with the locations in θ) of row ``i``;
+    ``s`` is (d,) scratch.
+    """
     d = X.shape[1]
+    located = grad.shape[1] > d * d + d
     for a in range(d):
-        s[a] = _source(X, W, i, a)
+        s[a] = _source(X, W, i, a) - mu[a]
     total = -logabsdet
     for a in range(d):
         g, psi, g_alpha = _power_terms(s[a], alpha[a], eps2)
@@ -149,11 +153,13 @@ def _power_row(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2, i, los
         for b in range(d):
             grad[i, a * d + b] = psi * X[i, b] - WinvT[a, b]
         grad[i, d * d + a] = (g_alpha + dlog_z[a]) * slope[a]
+        if located:
+            grad[i, d * d + d + a] = -psi
     loss[i] = total
 
 
 @jit
-def ica_power_row_terms(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2, loss,
+def ica_power_row_terms(X, W, WinvT, logabsdet, alpha, mu, log_z, dlog_z, slope, eps2, loss,
                         grad, s):  # pragma: no cover - compiled
     """Per-row loss and gradient of a batch under the adaptive density, serially.
 
@@ -164,43 +170,44 @@ def ica_power_row_terms(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps
         Unmixing matrix and ``W⁻ᵀ``.
     logabsdet : float
         ``log|det W|``.
-    alpha, log_z, dlog_z, slope : ndarray, shape (d,), float64
-        Shapes ``α_a``, ``log Z(α_a)``, ``∂log Z/∂α`` at ``α_a`` and ``dα_a/dκ_a``.
+    alpha, mu, log_z, dlog_z, slope : ndarray, shape (d,), float64
+        Shapes ``α_a``, locations ``μ_a``, ``log Z(α_a)``, ``∂log Z/∂α`` at ``α_a`` and
+        ``dα_a/dκ_a``.
     eps2 : float
         ``ε²``.
     loss : ndarray, shape (n,), float64
         Output: per-row negative log-likelihood.
-    grad : ndarray, shape (n, d² + d), float64
-        Output: per-row gradient in ``θ = [vec(W), κ]``.
+    grad : ndarray, shape (n, d² + 2d) or (n, d² + d), float64
+        Output: per-row gradient in ``θ = [vec(W), κ, μ]`` (or ``[vec(W), κ]``, μ fixed).
     s : ndarray, shape (1, d), float64
         Scratch.
     """
     for i in range(X.shape[0]):
-        _power_row(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2, i, loss, grad,
-                   s[0])
+        _power_row(X, W, WinvT, logabsdet, alpha, mu, log_z, dlog_z, slope, eps2, i, loss,
+                   grad, s[0])
 
 
 @jit(parallel=True)
-def ica_power_row_terms_parallel(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2,
-                                 loss, grad, s):  # pragma: no cover - compiled
+def ica_power_row_terms_parallel(X, W, WinvT, logabsdet, alpha, mu, log_z, dlog_z, slope,
+                                 eps2, loss, grad, s):  # pragma: no cover - compiled
     """:func:`ica_power_row_terms` with rows split over threads; ``s`` is (T, d) scratch."""
     T = s.shape[0]
     ranges = thread_ranges(X.shape[0], T)
     for t in prange(T):
         for i in range(ranges[t, 0], ranges[t, 1]):
-            _power_row(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, eps2, i, loss,
-                       grad, s[t])
+            _power_row(X, W, WinvT, logabsdet, alpha, mu, log_z, dlog_z, slope, eps2, i,
+                       loss, grad, s[t])
 
 
 @jit
-def ica_power_evaluate(X, W, logabsdet, alpha, log_z, eps2):  # pragma: no cover - compiled
+def ica_power_evaluate(X, W, logabsdet, alpha, mu, log_z, eps2):  # pragma: no cover
     """Sum over rows of the negative log-likelihood under the adaptive density, float64."""
     n, d = X.shape
     total = 0.0
     for i in range(n):
         total -= logabsdet
         for a in range(d):
-            z = _source(X, W, i, a)
+            z = _source(X, W, i, a) - mu[a]
             g, _, _ = _power_terms(z, alpha[a], eps2)
             total += g + log_z[a]
     return total

@@ -11,18 +11,23 @@ Model
 Source densities (``density``):
 
 ``adaptive`` (the default)
-    One shape ``α_a`` per source, learned with ``W`` by maximum likelihood: the smoothed
-    exponential-power family ``−log p(s) = (s² + ε²)^{α/2}/α + log Z(α)`` of
+    One shape ``α_a`` and one location ``μ_a`` per source, learned with ``W`` by maximum
+    likelihood: the smoothed exponential-power family
+    ``−log p(s) = ((s − μ)² + ε²)^{α/2}/α + log Z(α)`` of
     :mod:`natgrad_stream.models.ica_density`, Gaussian at ``α = 2``, super-Gaussian below
     (a smoothed Laplace at ``α = 1``), sub-Gaussian above (flat-topped at ``α = 10``).
-    ``θ = [vec(W), κ]`` with ``α = 1 + 9 sin²κ``, ``P = d² + d``; a fit starts Gaussian
-    (``α = 2``). A fixed super-Gaussian prior cannot separate sub-Gaussian sources; this
-    one can (uniform, bimodal, Laplace, Student-t and gamma sources in
-    ``tests/test_ica.py``), and on Laplace sources, whose shapes go to the Laplace end, it
-    is more efficient (model panel: Amari 0.0018 against the logistic prior's 0.0025 and
-    FastICA's best 0.0023). Its likelihood has local optima: on the panel's image mix
-    (quantized pixel values) the default fit ends at one that separates only one source
-    of three (Amari 0.23, loss 1.88560 against 1.88457 at the separating optimum).
+    ``θ = [vec(W), κ, μ]`` with ``α = 1 + 9 sin²κ``, ``P = d² + 2d``; a fit starts Gaussian
+    and centred (``α = 2``, ``μ = 0``). A fixed super-Gaussian prior cannot separate
+    sub-Gaussian sources; this one can (uniform, bimodal, Laplace, Student-t and gamma
+    sources in ``tests/test_ica.py``), and on Laplace sources, whose shapes go to the
+    Laplace end, it is more efficient (model panel: Amari 0.0018 against the logistic
+    prior's 0.0025 and FastICA's best 0.0023); the locations fit skewed sources (the
+    panel's image mix: 0.0015 against 0.00305 without them and FastICA's best 0.0025).
+    Runs recorded before the locations existed load without them (``location=False``,
+    ``μ = 0``, ``P = d² + d``). Its likelihood has local optima: on the panel's image mix
+    (quantized pixel values) a fit from the whitening alone ended at one that separates only
+    one source of three (Amari 0.23, measured before the locations); the default start
+    avoids it (:meth:`ICA.initial_params`).
 ``sech``
     The fixed super-Gaussian family ``p(s) = cosh(βs)^{−1/β} / Z_β`` with score function
     ``ψ(s) = tanh(βs)``, ``Z_β = B(1/(2β), ½)/β``, ``θ = vec(W)``. ``sharpness`` ``β = ½``
@@ -30,7 +35,8 @@ Source densities (``density``):
     infomax prior; larger ``β`` tends to the Laplace density. Runs recorded before the
     adaptive density existed load with this one.
 
-``θ`` stores ``W`` row-major (``W[a, b]`` at ``a·d + b``), then the shapes (``adaptive``).
+``θ`` stores ``W`` row-major (``W[a, b]`` at ``a·d + b``), then the shapes and the
+locations (``adaptive``).
 
 Centering: the model has no offset, so it assumes **zero-mean data** (centre the data
 first; the synthetic ``ica`` task is zero-mean). Scale: it learns the scale of each
@@ -49,7 +55,8 @@ Metrics
     ``G = I_d ⊗ (WᵀW)⁻¹`` in the row-major layout, so that ``G⁻¹ vec(M) = vec(M WᵀW)``;
     with the adaptive density, the shapes' block is diagonal, the Fisher information of
     ``α_a`` for one source value times ``(dα/dκ)²`` plus a floor
-    (:data:`~natgrad_stream.models.ica_density.SHAPE_METRIC_FLOOR`). It depends on θ
+    (:data:`~natgrad_stream.models.ica_density.SHAPE_METRIC_FLOOR`), and so is the
+    locations', the Fisher information ``E_p[ψ²]`` of ``μ_a``. It depends on θ
     only (a :attr:`RowTerms.constant_metric`) and is block-diagonal over the rows of ``W``
     and the shapes (the parameter groups), so ``structure="block"`` is exact and costs
     ``d`` inverses of ``d × d`` blocks instead of one of ``d² × d²``.
@@ -94,6 +101,12 @@ CENTER_TOLERANCE = 0.1
 LOGISTIC_SHARPNESS = 0.5
 #: The source densities (the first is the default).
 DENSITIES = ("adaptive", "sech")
+#: Step scale ``lr`` of the first (streaming) pass with learned locations. On the model
+#: panel's image mix the digits' shape rises to the flat top (α = 10) within that pass, where
+#: the score ``ψ(u) ∝ u⁹`` is steep, and with ``lr = 1`` the steps made ``W`` singular (at
+#: batch sizes 256, 1024 and 4096, in the stored and in a shuffled row order); with 0.5 and
+#: 0.3 every one of these fits converged, in 32–54 passes.
+LOCATED_LR = 0.5
 
 
 class SingularUnmixingError(ValueError):
@@ -107,8 +120,8 @@ class ICA(FactorModel):
     Parameters
     ----------
     n_features : int
-        Number ``d`` of mixtures (and of sources); ``P = d² + d`` parameters with the
-        adaptive density, ``d²`` with ``sech``.
+        Number ``d`` of mixtures (and of sources); ``P = d² + 2d`` parameters with the
+        adaptive density (``d² + d`` without locations), ``d²`` with ``sech``.
     init_scale : float, optional
         Initial unmixing matrix ``W = init_scale · I`` (> 0). When None (the default),
         ``W = I`` or, when the learner asks for a data-informed start
@@ -117,6 +130,9 @@ class ICA(FactorModel):
         Source density (default ``adaptive``, or ``sech`` when ``sharpness`` is given).
     sharpness : float, optional
         ``β`` of the ``sech`` density (> 0, default ½: the logistic density).
+    location : bool, optional
+        Whether the adaptive density learns a location per source (default True; False is
+        the density of runs recorded before the locations existed).
 
     Examples
     --------
@@ -136,14 +152,16 @@ class ICA(FactorModel):
     #: In Amari-whitened coordinates the Hessian's eigenvalues span about 0.27–2.3, so the
     #: harmonic b/t step moves far too little (Amari distance 0.56 after 5 passes where
     #: FastICA reaches 0.007); the 1/√t schedule reaches FastICA's accuracy in 20–30 passes.
-    learner_defaults = {"step_schedule": "sqrt", "refine": "lbfgs"}  # noqa: RUF012
-    #: The L-BFGS hand-over with the adaptive density converged in 32–172 passes on the
+    BASE_LEARNER_DEFAULTS = {"step_schedule": "sqrt", "refine": "lbfgs"}  # noqa: RUF012
+    #: The L-BFGS hand-over with the adaptive density converged in 25–158 passes on the
     #: model panel's data and 12 random mixtures of sub- and super-Gaussian sources
-    #: (``tests/test_ica.py``); the shapes make the problem harder than a GLM's.
+    #: (``tests/test_ica.py``); the shapes and locations make the problem harder than a
+    #: GLM's.
     auto_max_epochs = 200
 
     def __init__(self, n_features: int, *, init_scale: float | None = None,
-                 density: str | None = None, sharpness: float | None = None):
+                 density: str | None = None, sharpness: float | None = None,
+                 location: bool | None = None):
         super().__init__(n_features)
         if density is None:
             density = "adaptive" if sharpness is None else "sech"
@@ -152,6 +170,12 @@ class ICA(FactorModel):
         if density == "adaptive" and sharpness is not None:
             raise ValueError("sharpness applies to density 'sech' only (the adaptive density "
                              "learns each source's shape)")
+        if location is not None and not isinstance(location, (bool, np.bool_)):
+            raise ValueError(f"location must be True or False, got {location!r}")
+        if density == "sech" and location:
+            raise ValueError("location applies to density 'adaptive' only")
+        #: Whether each source's location ``μ_a`` is learned (adaptive density).
+        self.location = density == "adaptive" and (location is None or bool(location))
         for name, v in (("init_scale", 1.0 if init_scale is None else init_scale),
                         ("sharpness", LOGISTIC_SHARPNESS if sharpness is None else sharpness)):
             if not (isinstance(v, (int, float, np.floating, np.integer))
@@ -168,10 +192,23 @@ class ICA(FactorModel):
     @classmethod
     def from_config(cls, n_features: int, **config) -> ICA:
         """Rebuild from :meth:`config`; a config without ``density`` was recorded before
-        the adaptive density existed and means ``sech``.
+        the adaptive density existed and means ``sech``, an adaptive one without
+        ``location`` before the locations existed (``μ = 0``, not in θ).
         """
         config.setdefault("density", "sech")
+        if config["density"] == "adaptive":
+            config.setdefault("location", False)
         return cls(n_features, **config)
+
+    @property
+    def learner_defaults(self) -> dict:
+        """:attr:`BASE_LEARNER_DEFAULTS`, and with learned locations the first pass's step
+        scale :data:`LOCATED_LR`.
+        """
+        out = dict(self.BASE_LEARNER_DEFAULTS)
+        if self.location:
+            out["lr"] = LOCATED_LR
+        return out
 
     @property
     def adaptive(self) -> bool:
@@ -181,7 +218,7 @@ class ICA(FactorModel):
     @property
     def n_params(self) -> int:
         d = self.n_features
-        return d * d + (d if self.adaptive else 0)
+        return d * d + (d if self.adaptive else 0) + (d if self.location else 0)
 
     @property
     def penalized_indices(self) -> tuple[int, ...]:
@@ -190,16 +227,20 @@ class ICA(FactorModel):
 
     def param_groups(self):
         """One group per row ``w_a`` of ``W`` (the ``amari`` metric is block-diagonal), and
-        the shapes ``κ`` (adaptive density).
+        the shapes ``κ`` and locations ``μ`` (adaptive density).
         """
         d = self.n_features
         groups = [(f"W[{a}]", a * d, (a + 1) * d) for a in range(d)]
         if self.adaptive:
             groups.append(("shape", d * d, d * d + d))
+        if self.location:
+            groups.append(("location", d * d + d, d * d + 2 * d))
         return groups
 
     def config(self):
         out = {**super().config(), "density": self.density}
+        if self.location:  # (absent: a run recorded before the locations, μ = 0)
+            out["location"] = True
         if self.init_scale is not None:
             out["init_scale"] = self.init_scale
         if not self.adaptive and self.sharpness != LOGISTIC_SHARPNESS:
@@ -215,7 +256,7 @@ class ICA(FactorModel):
         if self.adaptive:
             if theta is None:
                 raise ValueError("the adaptive density's log p(s) needs theta (the shapes)")
-            return D.log_density(s, self.shapes(theta))
+            return D.log_density(s, self.shapes(theta), self.locations(theta))
         s = np.abs(np.asarray(s, dtype=np.float64))
         b = self.sharpness
         return -(s + (np.log1p(np.exp(-2.0 * b * s)) - math.log(2.0)) / b + self.log_normalizer)
@@ -224,11 +265,11 @@ class ICA(FactorModel):
         if W is None:
             return None
         shapes = np.full(self.n_features if self.adaptive else 0, D.param_from_shape(2.0))
-        return np.r_[W.ravel(), shapes]
+        return np.r_[W.ravel(), shapes, np.zeros(self.n_features if self.location else 0)]
 
     def init_params(self) -> np.ndarray:
         """``vec(init_scale · I)`` (``init_scale`` 1 when not given), then Gaussian shapes
-        (``α = 2``) with the adaptive density.
+        (``α = 2``) and locations 0 with the adaptive density.
         """
         scale = 1.0 if self.init_scale is None else self.init_scale
         return self._with_shapes(scale * np.eye(self.n_features))
@@ -246,7 +287,8 @@ class ICA(FactorModel):
         ``ψ(s) = s`` make ``W`` singular on ill-conditioned mixtures). The rotation puts the
         start in the separating basin: from the whitening alone the maximum-likelihood fit
         of the panel's image mix ended at a local optimum separating one source of three
-        (Amari 0.234, loss 1.0e-3 above), from ``R`` at the separating one (Amari 0.0030).
+        (Amari 0.234, loss 1.0e-3 above), from ``R`` at the separating one (Amari 0.0030;
+        0.0015 with the locations).
 
         The learner calls this on the first batch of a run started without ``theta0`` (see
         :meth:`Model.initial_params`); None (keep :meth:`init_params`) when ``init_scale`` was
@@ -315,21 +357,31 @@ class ICA(FactorModel):
         """
         if not self.adaptive:
             raise ValueError("density 'sech' has no learned shapes")
+        return D.shape_from_param(self._kappa(theta))[0]
+
+    def locations(self, theta) -> np.ndarray:
+        """The adaptive density's locations ``μ`` (zeros when not learned), shape (d,)."""
+        if not self.adaptive:
+            raise ValueError("density 'sech' has no learned locations")
         d = self.n_features
-        return D.shape_from_param(as_float64_vector(theta, "theta", self.n_params)[d * d:])[0]
+        theta = as_float64_vector(theta, "theta", self.n_params)
+        return theta[d * d + d:].copy() if self.location else np.zeros(d)
 
     def check_params(self, theta) -> None:
         """Raise :class:`SingularUnmixingError` unless ``W`` is finite and non-singular, and
-        ``ValueError`` unless the shapes are finite.
+        ``ValueError`` unless the shapes and locations are finite.
         """
         self.factor(theta)
         if self.adaptive:
             self._kappa(theta)
+            self._mu(theta)
 
     def params_to_dict(self, theta):
         out = {"W": self.unmixing(theta).tolist()}
         if self.adaptive:
             out["alpha"] = self.shapes(theta).tolist()
+        if self.location:
+            out["mu"] = self.locations(theta).tolist()
         return out
 
     def factor(self, theta) -> tuple[np.ndarray, np.ndarray, float]:
@@ -354,18 +406,26 @@ class ICA(FactorModel):
     def _kappa(self, theta) -> np.ndarray:
         """The shapes' parameters ``κ`` (d,); ``ValueError`` unless finite."""
         d = self.n_features
-        kappa = as_float64_vector(theta, "theta", self.n_params)[d * d:]
+        kappa = as_float64_vector(theta, "theta", self.n_params)[d * d:d * d + d]
         if not np.all(np.isfinite(kappa)):
             raise ValueError(f"a source shape parameter is not finite: {kappa}")
         return kappa
 
+    def _mu(self, theta) -> np.ndarray:
+        """The locations ``μ`` (d,); ``ValueError`` unless finite."""
+        mu = self.locations(theta)
+        if not np.all(np.isfinite(mu)):
+            raise ValueError(f"a source location is not finite: {mu}")
+        return mu
+
     def _density_terms(self, theta):
-        """``(α, dα/dκ, log Z, ∂log Z/∂α, Fisher of κ)`` of the adaptive density, each
+        """``(α, dα/dκ, log Z, ∂log Z/∂α, Fisher of κ, μ)`` of the adaptive density, each
         (d,).
         """
         alpha, slope = D.shape_from_param(self._kappa(theta))
         log_z, dlog_z, fisher = D.normalizer(alpha)
-        return alpha, slope, log_z, dlog_z, fisher * (slope**2 + D.SHAPE_METRIC_FLOOR)
+        return (alpha, slope, log_z, dlog_z, fisher * (slope**2 + D.SHAPE_METRIC_FLOOR),
+                self._mu(theta))
 
     def sources(self, X, theta) -> np.ndarray:
         """Recovered sources ``s = W x`` for each row, shape (n, d)."""
@@ -375,7 +435,8 @@ class ICA(FactorModel):
     def amari_metric(self, theta, shape_fisher=None) -> np.ndarray:
         """Amari's metric (eq. 43) in the layout, shape (P, P): ``I_d ⊗ (WᵀW)⁻¹``, then the
         shapes' diagonal Fisher block (adaptive density; ``shape_fisher`` (d,) when already
-        computed at θ).
+        computed at θ) and the locations', ``E_p[ψ²]`` of each source's density at unit
+        scale (:func:`ica_density.location_fisher`).
         """
         _, Winv, _ = self.factor(theta)
         B = Winv @ Winv.T
@@ -387,7 +448,10 @@ class ICA(FactorModel):
         out[:d2, :d2] = G
         if shape_fisher is None:
             shape_fisher = self._density_terms(theta)[4]
-        out[d2:, d2:] = np.diag(shape_fisher)
+        d = self.n_features
+        out[d2:d2 + d, d2:d2 + d] = np.diag(shape_fisher)
+        if self.location:
+            out[d2 + d:, d2 + d:] = np.diag(D.location_fisher(self.shapes(theta)))
         return out
 
     # -- per-row terms ------------------------------------------------------------------
@@ -402,10 +466,10 @@ class ICA(FactorModel):
         scratch = np.empty((T, d))
         shape_fisher = None
         if self.adaptive:
-            alpha, slope, log_z, dlog_z, shape_fisher = self._density_terms(theta)
+            alpha, slope, log_z, dlog_z, shape_fisher, mu = self._density_terms(theta)
             kernel = K.ica_power_row_terms_parallel if T > 1 else K.ica_power_row_terms
-            kernel(X, W, WinvT, logabsdet, alpha, log_z, dlog_z, slope, D.SMOOTHING**2, loss,
-                   grad, scratch)
+            kernel(X, W, WinvT, logabsdet, alpha, mu, log_z, dlog_z, slope, D.SMOOTHING**2,
+                   loss, grad, scratch)
         else:
             kernel = K.ica_row_terms_parallel if T > 1 else K.ica_row_terms
             kernel(X, W, WinvT, logabsdet, self.sharpness, self.log_normalizer, loss, grad,
@@ -428,8 +492,8 @@ class ICA(FactorModel):
         X = self.check_X(X)
         W, _, logabsdet = self.factor(theta)
         if self.adaptive:
-            alpha, _, log_z, _, _ = self._density_terms(theta)
-            nll = K.ica_power_evaluate(X, W, logabsdet, alpha, log_z, D.SMOOTHING**2)
+            alpha, _, log_z, _, _, mu = self._density_terms(theta)
+            nll = K.ica_power_evaluate(X, W, logabsdet, alpha, mu, log_z, D.SMOOTHING**2)
         else:
             nll = K.ica_evaluate(X, W, logabsdet, self.sharpness, self.log_normalizer)
         return {"n": float(X.shape[0]), "nll": nll}

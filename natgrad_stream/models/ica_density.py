@@ -1,10 +1,11 @@
-"""Source densities of the ICA model: the normalizer, its derivative and the shape's Fisher
-information of the adaptive density, by quadrature.
+"""Source densities of the ICA model: the normalizer, its derivative and the Fisher
+information of the adaptive density's shape and location, by quadrature.
 
 ``adaptive`` (the default) is a smoothed exponential-power (generalized Gaussian) density
-with one shape per source, learned with the unmixing matrix by maximum likelihood::
+with one shape and one location per source, learned with the unmixing matrix by maximum
+likelihood::
 
-    −log p(s; α) = g(s; α) + log Z(α),   g(s; α) = (s² + ε²)^{α/2} / α,
+    −log p(s; α, μ) = g(s − μ; α) + log Z(α),   g(u; α) = (u² + ε²)^{α/2} / α,
     α = 1 + (α_max − 1) sin²κ
 
 ``α = 2`` is the Gaussian, ``1 < α < 2`` super-Gaussian (``α = 1`` a Laplace density
@@ -27,6 +28,19 @@ estimate). This is the adaptive density of Everson & Roberts (1999, "ICA: a flex
 nonlinearity and decorrelating manifold approach"), smoothed; it plays the part of
 extended infomax's switch between sub- and super-Gaussian priors, with a continuous shape
 instead of a sign.
+
+The location ``μ`` centres the density on the source's mode rather than its mean (the data
+are centred, so every source has mean 0): a skewed source, such as pixel values with many
+at one end, is fitted by a symmetric density about a point away from its mean, which the
+score ``ψ(s − μ)`` needs to be close to the source's own. ``Z`` does not depend on ``μ``.
+Measured at the maximum-likelihood estimate (Amari distance, without → with μ): the model
+panel's image mix 0.00305 → 0.0015 (FastICA's best ``fun`` 0.0025), its Laplace sources
+0.0018 → 0.0018, and on 12 random mixtures of uniform, Laplace, bimodal, Student-t and
+gamma sources the ratio to FastICA's best went from 0.67–2.0 to 0.62–1.4 (gamma mixtures
+gained most; symmetric ones unchanged; one, 0.78 → 0.89). Also tried on the image mix: a
+two-sided scale about ``μ`` (skew) reached 0.0008 but with locations and scales at the
+ends of any box given to them (no interior maximum); a tilt ``c·tanh(s)`` of the
+symmetric density, 0.0022.
 
 ``Z(α) = ∫ e^{−g(s; α)} ds`` has no closed form for ``ε > 0``; it is computed by the
 trapezoidal rule in ``t`` with ``s = sinh t`` over ``t ∈ [−T, T]``, which for a smooth
@@ -124,8 +138,26 @@ def normalizer(alpha) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return log_z, dlog_z, fisher
 
 
-def log_density(s, alpha) -> np.ndarray:
-    """``log p(s; α)`` elementwise, ``alpha`` a scalar or broadcastable to ``s``."""
+def location_fisher(alpha) -> np.ndarray:
+    """The Fisher information ``E_p[ψ(s)²]`` of the location ``μ`` for one source value at
+    unit scale, ``ψ = ∂g/∂s``, by the quadrature of :func:`normalizer`, shape (d,).
+    """
+    alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+    out = np.empty(alpha.shape[0])
+    for a, al in enumerate(alpha):
+        log_g = 0.5 * al * _LOG_R2 - math.log(al)
+        live = log_g <= _LOG_NEGLIGIBLE
+        g = np.exp(log_g[live])
+        psi = _GRID[live] * al * g / (_GRID[live] ** 2 + SMOOTHING * SMOOTHING)
+        weight = np.exp(float(g.min()) - g) * _JACOBIAN[live]
+        out[a] = float(weight @ (psi * psi)) / float(weight.sum())
+    return out
+
+
+def log_density(s, alpha, mu=0.0) -> np.ndarray:
+    """``log p(s; α, μ) = −g(s − μ; α) − log Z(α)`` elementwise, ``alpha`` and ``mu``
+    scalars or broadcastable to ``s``.
+    """
     alpha = np.asarray(alpha, dtype=np.float64)
     log_z = normalizer(alpha.ravel())[0].reshape(alpha.shape)
-    return -energy(s, alpha) - log_z
+    return -energy(np.asarray(s, dtype=np.float64) - mu, alpha) - log_z
