@@ -113,14 +113,14 @@ def markdown(report: dict) -> str:
              "zarr read of the same store, alternating in one process (medians). Logistic, "
              "float32, zstd, 65,536-row chunks.", "",
              "| rows × features | raw read rows/s | summary rows/s | × raw read | "
-             "peak RSS (rows: MiB) |", "|---|---|---|---|---|"]
+             "peak RSS (rows: MiB) | load after |", "|---|---|---|---|---|---|"]
     for r in report["results"]:
         rss = ", ".join(f"{n:,}: {b / 2**20:.0f}"
                         for n, b in zip(r["peak_rss_rows"], r["peak_rss_bytes"], strict=True))
-        load = f" (load {r['load_after']:.1f})" if "load_after" in r else ""
-        lines.append(f"| {r['rows']:,} × {r['features']}{load} | "
+        load = f"{r['load_after']:.1f}" if "load_after" in r else ""
+        lines.append(f"| {r['rows']:,} × {r['features']} | "
                      f"{r['raw_read_rows_per_s']:,.0f} | "
-                     f"{r['summary_rows_per_s']:,.0f} | {r['ratio']:.2f} | {rss} |")
+                     f"{r['summary_rows_per_s']:,.0f} | {r['ratio']:.2f} | {rss} | {load} |")
     return "\n".join(lines) + "\n"
 
 
