@@ -110,12 +110,13 @@ def glm_inference_parallel(X, y, w, theta, family, grad, fisher, meat, grad_t, f
 
 
 @jit
-def glm_scale_range(X, y, w, theta, family, start, stop, offset, grad, SA, SB):
+def glm_scale_range(X, y, w, theta, family, start, stop, offset, grad, SA,
+                    SB):  # pragma: no cover - compiled
     """Rows ``start:stop``'s ``Σ wℓ`` and ``Σ w`` (returned) and ``Σ w∇ℓ`` (added into
     ``grad``, (P,)), and their scaled rows written into rows ``i − offset`` of ``SA`` and
     ``SB`` (R, P): ``√(wᵢcᵢ) x̃ᵢ`` and ``√wᵢ |rᵢ| x̃ᵢ``, whose Grams (by BLAS) are the model
     Fisher and the score outer product.
-    """  # pragma: no cover - compiled
+    """
     d = X.shape[1]
     weighted = w.shape[0] > 0
     loss_sum = 0.0
@@ -139,4 +140,3 @@ def glm_scale_range(X, y, w, theta, family, start, stop, offset, grad, SA, SB):
         SA[r, d] = a
         SB[r, d] = b
     return loss_sum, weight_sum
-

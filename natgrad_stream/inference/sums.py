@@ -43,7 +43,7 @@ INFERENCE_PARALLEL_MIN_PARAMS = 32
 #: parallel) against 214; P = 51: 1,101 against 366; P = 101: 1,958 against 1,027.
 INFERENCE_BLAS_MIN_PARAMS = 32
 #: Bytes of the two blocks of scaled rows handed to ``dsyrk`` (their rows: this / 16 P,
-#: at least BLAS_MIN_BLOCK_ROWS), whatever the batch size.
+#: at least INFERENCE_BLAS_MIN_BLOCK_ROWS), whatever the batch size.
 INFERENCE_BLAS_BLOCK_BYTES = 8 << 20
 INFERENCE_BLAS_MIN_BLOCK_ROWS = 256
 
