@@ -5,6 +5,7 @@ Usage::
 
     python scripts/summary_bench.py                        # 4M x 100 and 4M x 10 logistic
     python scripts/summary_bench.py --rows 1000000 --features 100 --repeats 1
+    python scripts/summary_bench.py --large 100000000x10   # and one pass on 100M x 10
 
 For each width, a logistic store (float32, zstd, 65,536-row chunks, ``make-data``'s
 generator; kept under ``--root`` between runs) is read raw (zarr, X and y chunk by chunk,
@@ -13,6 +14,7 @@ nothing else, as ``scripts/bench.py`` measures it) and summarized
 every row, at θ of a one-pass fit), alternately, ``--repeats`` times in one process: the
 machine is shared, compare the ratio. The peak RSS of a summary in a fresh process is
 measured on the store and on one 8 times smaller (bounded memory: the same peak).
+``--large ROWSxFEATURES`` adds stores measured the same way, once (``--large-repeats``).
 Writes ``scripts/results/summary-bench-latest.json`` and ``.md``.
 """
 
@@ -94,12 +96,13 @@ def bench(root: Path, rows: int, features: int, repeats: int) -> dict:
         raw.append(raw_read(path))
     small = dataset(root, max(rows // 8, 65536), features)
     rss = [peak_rss(small, features), peak_rss(path, features)]
+    load = os.getloadavg()[0]
     return {"rows": rows, "features": features, "repeats": repeats,
             "raw_read_rows_per_s": float(np.median(raw)), "raw_read_all": raw,
             "summary_rows_per_s": float(np.median(rate)), "summary_all": rate,
             "ratio": float(np.median(rate) / np.median(raw)),
             "peak_rss_rows": [int(zarr.open_group(str(small))["X"].shape[0]), rows],
-            "peak_rss_bytes": rss}
+            "peak_rss_bytes": rss, "load_after": load}
 
 
 def markdown(report: dict) -> str:
@@ -110,12 +113,14 @@ def markdown(report: dict) -> str:
              "zarr read of the same store, alternating in one process (medians). Logistic, "
              "float32, zstd, 65,536-row chunks.", "",
              "| rows × features | raw read rows/s | summary rows/s | × raw read | "
-             "peak RSS (rows: MiB) |", "|---|---|---|---|---|"]
+             "peak RSS (rows: MiB) | load after |", "|---|---|---|---|---|---|"]
     for r in report["results"]:
         rss = ", ".join(f"{n:,}: {b / 2**20:.0f}"
                         for n, b in zip(r["peak_rss_rows"], r["peak_rss_bytes"], strict=True))
-        lines.append(f"| {r['rows']:,} × {r['features']} | {r['raw_read_rows_per_s']:,.0f} | "
-                     f"{r['summary_rows_per_s']:,.0f} | {r['ratio']:.2f} | {rss} |")
+        load = f"{r['load_after']:.1f}" if "load_after" in r else ""
+        lines.append(f"| {r['rows']:,} × {r['features']} | "
+                     f"{r['raw_read_rows_per_s']:,.0f} | "
+                     f"{r['summary_rows_per_s']:,.0f} | {r['ratio']:.2f} | {rss} | {load} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=4_000_000)
     p.add_argument("--features", type=int, nargs="+", default=[100, 10])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--large", nargs="*", default=[], metavar="ROWSxFEATURES",
+                   help="further stores, e.g. 100000000x10 (generated once: minutes, ~4 GB)")
+    p.add_argument("--large-repeats", type=int, default=1)
     p.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "ngs-bench")
     p.add_argument("--out", type=Path, default=HERE / "results" / "summary-bench-latest")
     args = p.parse_args(argv)
@@ -131,8 +139,12 @@ def main(argv=None) -> int:
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
     load = [os.getloadavg()[0]]
-    for d in args.features:
-        results.append(bench(args.root, args.rows, d, args.repeats))
+    sizes = [(args.rows, d, args.repeats) for d in args.features]
+    for size in args.large:
+        rows, _, d = size.lower().partition("x")
+        sizes.append((int(rows), int(d), args.large_repeats))
+    for rows, d, repeats in sizes:
+        results.append(bench(args.root, rows, d, repeats))
         print(json.dumps(results[-1]), file=sys.stderr)
     load.append(os.getloadavg()[0])
     report = {"date": time.strftime("%Y-%m-%d"),

@@ -147,6 +147,48 @@ def test_sums_equal_a_numpy_reference_and_merge_by_batches(kind, sparse, paralle
         assert s.rows == n
 
 
+@pytest.mark.parametrize("kind", ["logistic", "linear", "poisson"])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_blas_grams_of_wide_glms_equal_the_reference_and_the_fused_kernel(kind, parallel,
+                                                                        monkeypatch):
+    """From INFERENCE_BLAS_MIN_PARAMS parameters the Grams are BLAS's, by blocks of rows
+    (here 256 a block: three full blocks and a partial one), the second in a thread when
+    parallel: the same sums as the NumPy reference and as the fused kernel to 1e-12.
+    """
+    from natgrad_stream.inference import sums as S
+
+    rng = np.random.default_rng(1)
+    n, d = 1000, S.INFERENCE_BLAS_MIN_PARAMS + 3
+    X = rng.standard_normal((n, d))
+    z = X @ rng.standard_normal(d) * 0.2
+    y = {"logistic": (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float),
+         "linear": z + rng.standard_normal(n),
+         "poisson": rng.poisson(np.exp(z)).astype(float)}[kind]
+    w = rng.random(n) + 0.5
+    model = make_model(kind, d)
+    theta = rng.standard_normal(model.n_params) * 0.05
+    monkeypatch.setattr(S, "INFERENCE_BLAS_BLOCK_BYTES", 16 * model.n_params * 256)
+    monkeypatch.setattr(S, "INFERENCE_BLAS_MIN_BLOCK_ROWS", 1)
+    ws = PassWorkspace(model, parallel=parallel, n_threads=2)
+    blas = InferenceSums.zeros(model.n_params)
+    blas.add_batch(ws, X, y, w, theta)
+    ws.close()
+    assert ws._blas["rows"] == 256
+    monkeypatch.setattr(S, "INFERENCE_BLAS_MIN_PARAMS", 10**9)
+    fused = InferenceSums.zeros(model.n_params)
+    fused.add_batch(PassWorkspace(model, parallel=parallel, n_threads=2), X, y, w, theta)
+    F, M = _score_reference(model, X, y, w, theta)
+    np.testing.assert_allclose(blas.fisher, F, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(blas.meat, M, rtol=1e-10, atol=1e-9)
+    for name in ("fisher", "meat", "grad"):
+        a, b = getattr(blas, name), getattr(fused, name)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())
+        if a.ndim == 2:
+            np.testing.assert_array_equal(a, a.T)
+    np.testing.assert_allclose([blas.loss, blas.weight], [fused.loss, fused.weight],
+                               rtol=1e-12)
+
+
 def test_penalized_covariance_is_the_sandwich_of_the_penalized_hessian():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((400, 3))

@@ -320,3 +320,41 @@ def test_streamed_read_by_read(tmp_path, small_zarr, logistic_run, monkeypatch):
     monkeypatch.setattr(table_writers.ZarrTableWriter, "write", recording)
     predict_run(logistic_run, small_zarr, tmp_path / "p.zarr")
     assert sum(sizes) == 5000 and max(sizes) <= 1024 and len(sizes) == 5
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2], ["a", "b,c", "d"]])
+def test_csv_formatted_in_slices_is_pyarrow_writers_bytes(tmp_path, monkeypatch, labels):
+    """Blocks cut into slices formatted by two threads (here from 7 rows a slice) write
+    the bytes of pyarrow's own CSV writer over the same blocks, header and labels
+    (quoted where needed) included.
+    """
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.csv as pcsv
+
+    from natgrad_stream.app import table_writers as T
+
+    monkeypatch.setattr(T, "CSV_SLICE_MIN_ROWS", 7)
+    rng = np.random.default_rng(0)
+    fields, names = {"proba": 3, "class": 1}, {"proba": ["p0", "p1", "p2"], "class": ["class"]}
+    blocks = []
+    for n in (20, 13, 1, 0, 40):
+        p = rng.dirichlet(np.ones(3), n) if n else np.empty((0, 3))
+        blocks.append({"proba": p, "class": np.argmax(p, axis=1) if n else
+                       np.empty(0, dtype=np.int64)})
+    writer = T.CSVTableWriter(tmp_path / "p.csv", fields, names, {"class": labels}, None,
+                              16, {})
+    for block in blocks:
+        writer.write(block)
+    writer.finish()
+    assert writer._pool is None
+    ref = None
+    for block in blocks:
+        table = T._arrow_table(pa, writer._flat(block))
+        if ref is None:
+            ref = pcsv.CSVWriter(str(tmp_path / "ref.csv"), table.schema,
+                                 write_options=pcsv.WriteOptions(quoting_style="needed"))
+        ref.write_table(table)
+    ref.close()
+    got = (tmp_path / "p.csv").read_bytes()
+    assert got == (tmp_path / "ref.csv").read_bytes()
+    assert got.count(b"\n") == 1 + 74

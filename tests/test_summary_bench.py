@@ -20,3 +20,18 @@ def test_summary_bench_runs_small(load_script, tmp_path):
     assert r["ratio"] == r["summary_rows_per_s"] / r["raw_read_rows_per_s"]
     assert r["peak_rss_rows"] == [65536, 70000] and min(r["peak_rss_bytes"]) > 0
     assert "| 70,000 × 3 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow  # a third store and two more fresh processes
+def test_summary_bench_large_stores_are_measured_once(load_script, tmp_path):
+    bench = load_script("summary_bench")
+    out = tmp_path / "res" / "summary-bench"
+    assert bench.main(["--rows", "70000", "--features", "3", "--repeats", "1", "--large",
+                       "80000x3", "--root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    small, large = report["results"]
+    assert (large["rows"], large["features"], large["repeats"]) == (80000, 3, 1)
+    assert len(large["summary_all"]) == 1 and large["load_after"] >= 0
+    assert large["peak_rss_rows"] == [65536, 80000]
+    md = out.with_suffix(".md").read_text()
+    assert "| 70,000 × 3 |" in md and "| 80,000 × 3 |" in md
