@@ -12,6 +12,7 @@ from numpy.testing import assert_array_equal
 
 from natgrad_stream.app.cli import build_parser, main
 from natgrad_stream.checkpoint import load_checkpoint, save_checkpoint
+from natgrad_stream.data import as_source
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
 from natgrad_stream.models.mlp import RECOMMENDED_LEARNER_OPTIONS
@@ -384,6 +385,63 @@ def test_runs_recorded_under_the_old_names_load_and_resume(small_zarr, tmp_path,
                            *(["--lbfgs-rounds", 2] if optimizer == "lbfgs"
                              else ["--epochs", 2]))
     assert code == 0, err
+
+
+def test_structure_auto_settles_on_the_data():
+    """Beyond AUTO_FULL_MAX_PARAMS a GLM keeps the full metric (its Hessian: scoring
+    converges in a handful of passes) on dense data of AUTO_FULL_MIN_ROWS_PER_PARAM rows per
+    parameter; sparse data, fewer rows and models whose metric is no Hessian keep the
+    diagonal. Measured (see _constants): 100,000 × 3,000 dense, one pass 1.35% above the
+    optimum with the full metric against 50% with the diagonal.
+    """
+    from natgrad_stream._constants import (
+        AUTO_FULL_HESSIAN_MAX_PARAMS,
+        AUTO_FULL_MAX_PARAMS,
+        AUTO_FULL_MIN_ROWS_PER_PARAM,
+    )
+
+    glm = make_model("logistic", AUTO_FULL_MAX_PARAMS + 100)
+    P = glm.n_params
+    enough = AUTO_FULL_MIN_ROWS_PER_PARAM * P
+    assert opts.auto_structure_for_data(glm, enough, sparse=False) == "full"
+    assert opts.auto_structure_for_data(glm, enough - 1, sparse=False) == "diagonal"
+    assert opts.auto_structure_for_data(glm, enough, sparse=True) == "diagonal"
+    assert opts.auto_structure_for_data(glm, None, sparse=False) == "diagonal"
+    top = make_model("logistic", AUTO_FULL_HESSIAN_MAX_PARAMS)  # P = max + 1
+    assert opts.auto_structure_for_data(top, 10**9, sparse=False) == "diagonal"
+    ising = make_model("ising", 80)  # P = 3,240, no Hessian metric
+    assert opts.auto_structure_for_data(ising, 10**9, sparse=False) == "diagonal"
+    small = make_model("logistic", 5)
+    assert opts.auto_structure_for_data(small, 10, sparse=True) == "full"
+
+
+def test_a_fit_settles_structure_auto_as_if_given(monkeypatch):
+    """The same thresholds, scaled down: the fit's structure, refine and result are those of
+    a learner given the structure it settled on; a given θ0 is kept; a given structure
+    stays.
+    """
+    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
+    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
+    rng = np.random.default_rng(0)
+    d = 15  # P = 16: diagonal before the data, full on 20 rows per parameter
+    X = rng.standard_normal((20 * (d + 1), d)) @ rng.standard_normal((d, d))
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ rng.standard_normal(d) / 4))) * 1.0
+    lr = NaturalGradientLearner(make_model("logistic", d))
+    assert lr.structure == "diagonal" and lr.effective_options["refine"] == "newton-cg"
+    lr.fit((X, y), epochs=3)
+    assert lr.structure == "full" and lr.effective_options["refine"] == "scoring"
+    given = NaturalGradientLearner(make_model("logistic", d), structure="full").fit(
+        (X, y), epochs=3)
+    np.testing.assert_array_equal(lr.theta, given.theta)
+    assert lr.options()["structure"] == "full"
+    few = NaturalGradientLearner(make_model("logistic", d)).fit((X[:100], y[:100]), epochs=2)
+    assert few.structure == "diagonal"
+    kept = NaturalGradientLearner(make_model("logistic", d), structure="diagonal")
+    assert not kept.settle_structure(as_source((X, y)))
+    theta0 = np.full(d + 1, 0.01)
+    warm = NaturalGradientLearner(make_model("logistic", d)).reset(theta0)
+    assert warm.settle_structure(as_source((X, y))) and warm.structure == "full"
+    np.testing.assert_array_equal(warm.theta, theta0)
 
 
 def test_structure_auto_is_full_up_to_the_threshold_then_diagonal_with_lbfgs_passes():

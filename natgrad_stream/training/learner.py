@@ -920,6 +920,9 @@ class NaturalGradientLearner:
         plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                   prefetch=prefetch, chunks_per_read=chunks_per_read)
         source = self._open(data, x, y, w)
+        if self.settle_structure(source):  # a new structure: its own strategy and plan
+            plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
+                                      prefetch=prefetch, chunks_per_read=chunks_per_read)
         self._source_rows = getattr(source, "n_rows", None)  # for _running_metric
         # the weights array's name, for errors
         self._weights_label = (getattr(source, "names", None) or (None,) * 3)[2] or w or "w"
@@ -993,6 +996,26 @@ class NaturalGradientLearner:
 
     _backend = None
     dask_traffic: dict | None = None
+
+    def settle_structure(self, source) -> bool:
+        """Settle ``structure="auto"`` on the data of a fresh learner
+        (:func:`~natgrad_stream.training.options.auto_structure_for_data`: its row count and
+        whether its rows are sparse); a different choice rebuilds the learner's options,
+        strategy and state with it (keeping a given ``theta0``). Returns whether it changed.
+        A structure given, or recorded by a checkpoint, stays.
+        """
+        if self.given_options.get("structure", "auto") != "auto" or self.state.samples > 0:
+            return False
+        chosen = opts.auto_structure_for_data(self.model, getattr(source, "n_rows", None),
+                                              sparse=isinstance(source, SparseSource))
+        if chosen == self.structure:
+            return False
+        theta0 = None if self.state.data_init else self.state.theta.copy()
+        given = {**self.given_options, "structure": chosen}
+        self.__init__(self.model, **given)
+        if theta0 is not None:
+            self.reset(theta0)
+        return True
 
     def _open(self, data, x, y, w):
         """The source behind ``data``, checked against the model."""

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from natgrad_stream._constants import (
+    AUTO_FULL_HESSIAN_MAX_PARAMS,
     AUTO_FULL_MAX_PARAMS,
+    AUTO_FULL_MIN_ROWS_PER_PARAM,
     AUTO_MAX_EPOCHS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DAMPING,
@@ -401,8 +403,10 @@ OPTIONS: tuple[Option, ...] = (
        "the mlp's kfac; run.json records it, so a resumed run whitens alike)",
        nullable=True, choices=METRIC_CHOICES),
     _o("structure", _choice, "auto", "full, diagonal (eq. 34) or block-diagonal by "
-       f"parameter group; auto: full up to {AUTO_FULL_MAX_PARAMS:,} parameters, diagonal "
-       "beyond (run.json records the structure used)", choices=STRUCTURE_CHOICES),
+       f"parameter group; auto: full up to {AUTO_FULL_MAX_PARAMS:,} parameters (up to "
+       f"{AUTO_FULL_HESSIAN_MAX_PARAMS:,} for the GLMs, softmax and the Gaussians on dense "
+       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), diagonal beyond "
+       "(run.json records the structure used)", choices=STRUCTURE_CHOICES),
     _o("mc_samples", positive_int, DEFAULT_MC_SAMPLES,
        "targets sampled per row for --metric monte-carlo", metavar="K", maximum=1_000),
     _o("whitening", _choice, "eigh", "regularized factorization of the metric: eigh, ridge "
@@ -738,13 +742,29 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
 
 
 def auto_structure(model) -> str:
-    """The structure ``--structure auto`` picks for ``model``: ``full`` up to
-    :data:`AUTO_FULL_MAX_PARAMS` parameters, ``diagonal`` beyond, where a P × P metric's
-    memory (8·P² bytes, 134 MB at 4,096) and its O(P³) refreshes (about 4 s at 2,048 on this
-    project's 2-core machines, 10 s at 4,096) outweigh what it saves in passes; the
-    diagonal's later passes are natural-space L-BFGS (``refine`` below).
+    """The structure ``--structure auto`` picks for ``model`` before it sees data: ``full``
+    up to :data:`AUTO_FULL_MAX_PARAMS` parameters, ``diagonal`` beyond, where a P × P
+    metric's memory (8·P² bytes, 134 MB at 4,096) and its O(P³) refreshes (about 4 s at
+    2,048 on this project's 2-core machines, 10 s at 4,096) outweigh what it saves in
+    passes (the diagonal's later passes: ``refine`` below). A fit then settles it on its
+    data (:func:`auto_structure_for_data`).
     """
     return "full" if model.n_params <= AUTO_FULL_MAX_PARAMS else "diagonal"
+
+
+def auto_structure_for_data(model, n_rows: int | None, sparse: bool) -> str:
+    """:func:`auto_structure` given the data: also ``full`` up to
+    :data:`AUTO_FULL_HESSIAN_MAX_PARAMS` parameters for a model whose full metric is the
+    Hessian (``scoring_converges``) on dense data of at least
+    :data:`AUTO_FULL_MIN_ROWS_PER_PARAM` rows per parameter, where its passes are few and
+    their metric accumulation, not the refreshes, is the cost.
+    """
+    P = model.n_params
+    if P > AUTO_FULL_MAX_PARAMS and P <= AUTO_FULL_HESSIAN_MAX_PARAMS and not sparse \
+            and getattr(model, "scoring_converges", False) and n_rows is not None \
+            and n_rows >= AUTO_FULL_MIN_ROWS_PER_PARAM * P:
+        return "full"
+    return auto_structure(model)
 
 
 def _misplaced_message(flags: list[str], optimizer: str) -> str:
