@@ -420,3 +420,30 @@ def test_softmax_feature_major_kernels_equal_the_dense_path(monkeypatch, metric,
     np.testing.assert_allclose(model.metric_matvec(X, y, w, theta, u, metric="model"),
                                model.model_fisher(dense, theta, w) @ u, rtol=1e-10,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("structure", ["diagonal", "full"])
+def test_glm_accumulate_metric_after_metric_free_batches(sparse, structure):
+    """A metric-free batch skips clearing a metric buffer it knows is zero, yet the buffer
+    is zeros after every metric-free batch and each metric batch's sums are its own.
+    """
+    rng = np.random.default_rng(3)
+    model = make_model("logistic", D_FEATURES)
+    rows = random_rows(N_ROWS, D_FEATURES, np.float64)
+    X = rows if sparse else dense_of(rows)
+    y = targets("logistic", N_ROWS, rng)
+    theta = rng.standard_normal(model.n_params) * 0.3
+    ws = model.new_workspace(structure, n_threads=1)
+    fresh = model.new_workspace(structure, n_threads=1)
+    for metric in ("model", None, None, "empirical", None, "model"):
+        model.accumulate(X, y, None, theta, metric=metric, structure=structure, ws=ws,
+                         parallel=False)
+        model.accumulate(X, y, None, theta, metric=metric, structure=structure, ws=fresh,
+                         parallel=False)
+        if metric is None:
+            assert not ws.fisher.any()
+        else:
+            assert ws.fisher.any()
+        np.testing.assert_array_equal(ws.fisher, fresh.fisher)
+        fresh = model.new_workspace(structure, n_threads=1)

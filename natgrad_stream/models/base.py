@@ -52,11 +52,16 @@ class Workspace:
         Sum over the batch of per-sample metric contributions (full or diagonal).
     scratch : dict of ndarray
         Kernel scratch and per-thread accumulators.
+    fisher_zero : bool
+        Whether ``fisher`` is known to hold zeros (the last :meth:`Model.accumulate` asked
+        for no metric): the next one without a metric need not clear it again (a (P,) pass
+        a batch saved for a wide model, whose metric most batches skip).
     """
 
     grad: np.ndarray
     fisher: np.ndarray
     scratch: dict
+    fisher_zero: bool = False
 
     def release_metric(self) -> None:
         """Give the pages of a wide model's batch-metric buffer back to the OS; its values

@@ -83,7 +83,9 @@ class _GLM(Model):
         w = _weights(w, n)
         theta = as_float64_vector(theta, "theta", self.n_params)
         ws.grad[:] = 0.0
-        ws.fisher[...] = 0.0
+        if metric is not None or not ws.fisher_zero:
+            ws.fisher[...] = 0.0
+        ws.fisher_zero = metric is None  # (no kernel writes the metric without one)
         if isinstance(X, SparseRows):
             return self._accumulate_sparse(X, y, w, theta, metric, structure, ws, parallel,
                                            rng, mc_samples)
