@@ -447,3 +447,18 @@ def test_glm_accumulate_metric_after_metric_free_batches(sparse, structure):
             assert ws.fisher.any()
         np.testing.assert_array_equal(ws.fisher, fresh.fisher)
         fresh = model.new_workspace(structure, n_threads=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_predictors_equal_numpy(dtype):
+    """Each row's ``z = x·θ[:-1] + θ[-1]`` over a sub-range of a view's rows, as NumPy
+    computes it on the dense rows.
+    """
+    from natgrad_stream.models._glm_sparse_kernels import linear_predictors
+
+    rows = random_rows(N_ROWS, D_FEATURES, dtype)
+    theta = np.random.default_rng(5).standard_normal(D_FEATURES + 1)
+    want = dense_of(rows) @ theta[:-1] + theta[-1]
+    out = np.full(N_ROWS - 20, np.nan)
+    linear_predictors(rows.data, rows.indices, rows.indptr, theta, 10, N_ROWS - 10, out)
+    close(out, want[10:N_ROWS - 10])
