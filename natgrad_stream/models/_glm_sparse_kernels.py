@@ -301,3 +301,57 @@ def glm_sparse_hess_vec(data, indices, indptr, w, theta, family, v, out):  # pra
             out[indices[e]] += s * data[e]
         out[d] += s
     return wsum
+
+
+@jit
+def glm_sparse_curvature(data, indices, indptr, w, theta, family, inverse, lam, a, b, v,
+                         iterations, u, gu, cw):  # pragma: no cover - compiled
+    """Power iteration for the top eigenvalue ρ of a batch's model metric seen through a
+    diagonal whitener, ``W⁻ᵀ (G_b + λ I_S) W⁻¹`` with ``G_b = Σ_i w_i c_i x̃_i x̃_iᵀ / Σ w``
+    and ``S = [a, b)``: ``iterations`` rounds of ``v ← W⁻¹ (G_b + λ I_S) W⁻¹ v/‖v‖``,
+    returning ``ρ = ‖v‖`` of the last. The rows' ``w_i c_i`` are computed once (into
+    ``cw``, (n,)); each round reads the rows' non-zeros once for ``x̃_iᵀ u`` and once to
+    scatter, with no whole-vector temporaries (``u``, ``gu`` (P,) scratch; ``v`` (P,),
+    the start, is overwritten).
+
+    The learner's generic loop does the same arithmetic through :func:`glm_sparse_hess_vec`
+    and NumPy (a dozen (P,) passes and allocations a round).
+    """
+    P = v.shape[0]
+    d = P - 1
+    n = indptr.shape[0] - 1
+    weighted = w.shape[0] > 0
+    wsum = 0.0
+    for i in range(n):
+        _, _, c, _ = glm_row(family, sparse_linear_predictor(data, indices, indptr, theta, i),
+                             0.0)
+        wi = w[i] if weighted else 1.0
+        wsum += wi
+        cw[i] = wi * c
+    rho = 1.0
+    for _ in range(iterations):
+        sq = 0.0
+        for j in range(P):
+            sq += v[j] * v[j]
+        norm = np.sqrt(sq)
+        for j in range(P):
+            u[j] = inverse[j] * (v[j] / norm)
+            gu[j] = 0.0
+        for i in range(n):
+            t = u[d]
+            for e in range(indptr[i], indptr[i + 1]):
+                t += data[e] * u[indices[e]]
+            s = cw[i] * t
+            for e in range(indptr[i], indptr[i + 1]):
+                gu[indices[e]] += s * data[e]
+            gu[d] += s
+        sq = 0.0
+        for j in range(P):
+            g = gu[j] / wsum
+            if a <= j < b:
+                g += lam * u[j]
+            x = inverse[j] * g
+            v[j] = x
+            sq += x * x
+        rho = np.sqrt(sq)
+    return rho

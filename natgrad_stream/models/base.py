@@ -450,6 +450,17 @@ class Model(abc.ABC):
                                   parallel=False, rng=rng, mc_samples=mc_samples)
         return ws.fisher / wsum
 
+    def curvature_power_iteration(self, X, y, w, theta, inverse, penalty, v, iterations, *,
+                                  metric: str) -> float | None:
+        """ρ, the top eigenvalue of the batch's penalized metric seen through a diagonal
+        whitener (``inverse``: the diagonal of ``W⁻¹``), by ``iterations`` rounds of power
+        iteration from ``v`` (P,), in one compiled call; None where the model has none
+        for these arguments (the learner then runs its generic loop over
+        :meth:`metric_matvec`, :meth:`~natgrad_stream.training.learner.
+        NaturalGradientLearner._power_iteration`).
+        """
+        return None
+
     def metric_matvec(self, X, y, w, theta, U: np.ndarray, *, metric: str) -> np.ndarray:
         """Batch-average metric times vectors, ``G U``, shape (P, k) for ``U`` (P, k).
 

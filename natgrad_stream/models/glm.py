@@ -231,6 +231,24 @@ class _GLM(Model):
         wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
         return Xt.T @ ((c * wt)[:, None] * (Xt @ U)) / wt.sum()
 
+    def curvature_power_iteration(self, X, y, w, theta, inverse, penalty, v, iterations, *,
+                                  metric):
+        """:meth:`Model.curvature_power_iteration` on CSR rows with the model metric
+        (``glm_sparse_curvature``: each row's weight computed once, no (P,) temporaries);
+        None for dense rows, other metrics or a penalized set that is not contiguous.
+        """
+        X = self.check_X(X)
+        span = penalty.span
+        if not isinstance(X, SparseRows) or metric not in ("model", "gauss-newton") or \
+                span is None:
+            return None
+        n, P = X.shape[0], self.n_params
+        v = np.array(v, dtype=np.float64).reshape(P)  # (a copy: overwritten)
+        return float(SK.glm_sparse_curvature(
+            X.data, X.indices, X.indptr, _weights(w, n), as_float64_vector(theta, "theta", P),
+            self.family, as_float64_vector(inverse, "inverse", P), float(penalty.lam),
+            span[0], span[1], v, int(iterations), np.empty(P), np.empty(P), np.empty(n)))
+
     def _sparse_matvec(self, X: SparseRows, y, w, theta, U, metric):
         """:meth:`metric_matvec` on CSR rows: ``Σ_i w_i c_i x̃_i (x̃_iᵀ U) / Σ w``, O(nnz·k),
         with the row weights ``c_i`` of the dense path (the Monte Carlo scores at the same
