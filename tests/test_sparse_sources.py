@@ -604,3 +604,29 @@ class _Records(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def test_permute_csr_rows_equals_scipy_row_indexing():
+    """A shuffled read's permutation (rows copied in stored order to their places) is
+    SciPy's ``X[perm]``, with empty rows, uneven lengths and ``indptr[0] != 0``.
+    """
+    from natgrad_stream.data._sparse_kernels import permute_csr_rows
+
+    rng = np.random.default_rng(11)
+    X = sp.random(500, 40, density=0.08, format="csr", random_state=3, dtype=np.float32)
+    X = (sp.diags((np.arange(500) != 27).astype(np.float32)) @ X).tocsr()  # an empty row
+    X.eliminate_zeros()
+    perm = rng.permutation(X.shape[0] - 20)
+    # rows 20: of X as a view whose indptr does not start at 0
+    indptr = X.indptr[20:].astype(np.int64)
+    assert indptr[0] != 0 and (np.diff(indptr) == 0).any()
+    out_data = np.full(X.nnz, np.nan, np.float32)
+    out_indices = np.full(X.nnz, -1, np.int32)
+    out_indptr = np.full(perm.size + 1, -1, np.int64)
+    e = permute_csr_rows(X.data, X.indices.astype(np.int32), indptr, perm, out_data,
+                         out_indices, out_indptr)
+    want = X[20:][perm]
+    assert e == want.nnz
+    np.testing.assert_array_equal(out_indptr, want.indptr)
+    np.testing.assert_array_equal(out_indices[:e], want.indices)
+    np.testing.assert_array_equal(out_data[:e], want.data)
