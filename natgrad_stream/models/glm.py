@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from natgrad_stream._constants import WIDE_METRIC_PARAMS
-from natgrad_stream.data.sparse import SparseRows
+from natgrad_stream.data.sparse import SparseRows, is_sparse
 from natgrad_stream.models import _glm_kernels as K
 from natgrad_stream.models import _glm_sparse_kernels as SK
 from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
@@ -237,11 +237,10 @@ class _GLM(Model):
         (``glm_sparse_curvature``: each row's weight computed once, no (P,) temporaries);
         None for dense rows, other metrics or a penalized set that is not contiguous.
         """
-        X = self.check_X(X)
         span = penalty.span
-        if not isinstance(X, SparseRows) or metric not in ("model", "gauss-newton") or \
-                span is None:
-            return None
+        if not is_sparse(X) or metric not in ("model", "gauss-newton") or span is None:
+            return None  # (dense rows: not even checked here; the generic loop does)
+        X = self.check_X(X)
         n, P = X.shape[0], self.n_params
         v = np.array(v, dtype=np.float64).reshape(P)  # (a copy: overwritten)
         return float(SK.glm_sparse_curvature(
