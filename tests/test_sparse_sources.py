@@ -630,3 +630,41 @@ def test_permute_csr_rows_equals_scipy_row_indexing():
     np.testing.assert_array_equal(out_indptr, want.indptr)
     np.testing.assert_array_equal(out_indices[:e], want.indices)
     np.testing.assert_array_equal(out_data[:e], want.data)
+
+
+def test_stored_chunks_misaligned_with_logical_ones_are_decoded_directly(tmp_path,
+                                                                          monkeypatch):
+    """Entries of a logical chunk that start or end inside a stored chunk are decoded by
+    the direct zstd reader too (the part copied from the whole chunk): the batches are the
+    in-memory matrix's, and a missing stored chunk is the same error as zarr's path gives.
+    """
+    from natgrad_stream.data._zstd_direct import DirectChunks
+
+    M, y = matrix(), targets()
+    store_csr(tmp_path / "s.zarr", M, y)  # logical chunks of 128 rows, entries by 97
+    calls = []
+    read_into = DirectChunks.read_into
+
+    def spy(self, a, b, out, lo=None):
+        calls.append((self.label, a, b, lo))
+        return read_into(self, a, b, out, lo)
+
+    monkeypatch.setattr(DirectChunks, "read_into", spy)
+    source = open_zarr(tmp_path / "s.zarr")
+    got = collect(source.batches(batch_size=50, seed=3))
+    want = collect(SparseSource(M, y, chunk_rows=128).batches(batch_size=50, seed=3))
+    assert len(got) == len(want)
+    for (r1, x1, y1, c1), (r2, x2, y2, c2) in zip(got, want, strict=True):
+        assert np.array_equal(r1, r2) and np.array_equal(x1, x2) and np.array_equal(y1, y2)
+        assert c1 == c2
+    assert any(label == "X/data" and lo is not None and lo != a for label, a, _, lo in calls)
+    (tmp_path / "s.zarr" / "X" / "data" / "c" / "3").unlink()
+    errors = []
+    for direct in (True, False):
+        s = open_zarr(tmp_path / "s.zarr")
+        if not direct:
+            s.csr.direct = (None, None, None)
+        with pytest.raises(DataError, match="missing from the store") as info:
+            collect(s.batches(batch_size=50, shuffle=False))
+        errors.append((info.value.array, info.value.chunk, info.value.row))
+    assert errors[0] == errors[1] and errors[0][0] == "X/data"
