@@ -420,3 +420,117 @@ def test_softmax_feature_major_kernels_equal_the_dense_path(monkeypatch, metric,
     np.testing.assert_allclose(model.metric_matvec(X, y, w, theta, u, metric="model"),
                                model.model_fisher(dense, theta, w) @ u, rtol=1e-10,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("structure", ["diagonal", "full"])
+def test_glm_accumulate_metric_after_metric_free_batches(sparse, structure):
+    """A metric-free batch skips clearing a metric buffer it knows is zero, yet the buffer
+    is zeros after every metric-free batch and each metric batch's sums are its own.
+    """
+    rng = np.random.default_rng(3)
+    model = make_model("logistic", D_FEATURES)
+    rows = random_rows(N_ROWS, D_FEATURES, np.float64)
+    X = rows if sparse else dense_of(rows)
+    y = targets("logistic", N_ROWS, rng)
+    theta = rng.standard_normal(model.n_params) * 0.3
+    ws = model.new_workspace(structure, n_threads=1)
+    fresh = model.new_workspace(structure, n_threads=1)
+    for metric in ("model", None, None, "empirical", None, "model"):
+        model.accumulate(X, y, None, theta, metric=metric, structure=structure, ws=ws,
+                         parallel=False)
+        model.accumulate(X, y, None, theta, metric=metric, structure=structure, ws=fresh,
+                         parallel=False)
+        if metric is None:
+            assert not ws.fisher.any()
+        else:
+            assert ws.fisher.any()
+        np.testing.assert_array_equal(ws.fisher, fresh.fisher)
+        fresh = model.new_workspace(structure, n_threads=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_predictors_equal_numpy(dtype):
+    """Each row's ``z = x·θ[:-1] + θ[-1]`` over a sub-range of a view's rows, as NumPy
+    computes it on the dense rows.
+    """
+    from natgrad_stream.models._glm_sparse_kernels import linear_predictors
+
+    rows = random_rows(N_ROWS, D_FEATURES, dtype)
+    theta = np.random.default_rng(5).standard_normal(D_FEATURES + 1)
+    want = dense_of(rows) @ theta[:-1] + theta[-1]
+    out = np.full(N_ROWS - 20, np.nan)
+    linear_predictors(rows.data, rows.indices, rows.indptr, theta, 10, N_ROWS - 10, out)
+    close(out, want[10:N_ROWS - 10])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_glm_curvature_power_iteration_equals_numpy(weighted, lam):
+    """The compiled power iteration of the curvature cap: the NumPy rounds
+    ``v ← W⁻¹ (G_b + λ I_S) W⁻¹ v/‖v‖`` on the dense rows, ``ρ = ‖v‖``.
+    """
+    from natgrad_stream.models.penalty import L2Penalty
+
+    rng = np.random.default_rng(8)
+    model = make_model("logistic", D_FEATURES)
+    rows = random_rows(N_ROWS, D_FEATURES, np.float32)
+    y = targets("logistic", N_ROWS, rng)
+    w = rng.random(N_ROWS) + 0.2 if weighted else None
+    theta = rng.standard_normal(model.n_params) * 0.4
+    inverse = rng.random(model.n_params) + 0.5
+    v0 = rng.standard_normal(model.n_params)
+    penalty = L2Penalty.for_model(model, lam)
+    rho = model.curvature_power_iteration(rows, y, w, theta, inverse, penalty, v0[:, None],
+                                          7, metric="model")
+    Xt = np.hstack([dense_of(rows), np.ones((N_ROWS, 1))])
+    z = Xt @ theta
+    mu = 1.0 / (1.0 + np.exp(-z))
+    wt = np.ones(N_ROWS) if w is None else w
+    G = (Xt * (wt * mu * (1 - mu))[:, None]).T @ Xt / wt.sum()
+    G[np.arange(D_FEATURES), np.arange(D_FEATURES)] += lam
+    v = v0.copy()
+    for _ in range(7):
+        u = inverse * (v / np.linalg.norm(v))
+        v = inverse * (G @ u)
+    assert rho == pytest.approx(np.linalg.norm(v), rel=1e-12)
+    # dense rows and other metrics: no compiled loop (the learner's generic one runs)
+    assert model.curvature_power_iteration(dense_of(rows), y, w, theta, inverse, penalty, v0,
+                                           7, metric="model") is None
+    assert model.curvature_power_iteration(rows, y, w, theta, inverse, penalty, v0, 7,
+                                           metric="empirical") is None
+
+
+def test_learner_curvature_cap_compiled_equals_generic(monkeypatch):
+    """A diagonal fit on sparse rows takes the same steps with the model's compiled power
+    iteration as with the learner's generic loop (same ρ at every refresh).
+    """
+    from natgrad_stream.learner import NaturalGradientLearner
+
+    rng = np.random.default_rng(4)
+    X = sp.random(4_096, 300, density=0.05, format="csr", random_state=5)
+    y = (rng.random(4_096) < 0.4).astype(float)
+    runs, compiled = [], []
+    for generic in (False, True):
+        model = make_model("logistic", 300)
+        if generic:
+            monkeypatch.setattr(model, "curvature_power_iteration", lambda *a, **k: None)
+        else:
+            own = model.curvature_power_iteration
+
+            def counted(*a, own=own, **k):
+                compiled.append(own(*a, **k))
+                return compiled[-1]
+
+            monkeypatch.setattr(model, "curvature_power_iteration", counted)
+        lr = NaturalGradientLearner(model, structure="diagonal", l2=1e-3, seed=0)
+        caps = []
+        for a in range(0, 4_096, 256):
+            lr.step(X[a:a + 256], y[a:a + 256])
+            caps.append(lr.state.step_cap)
+        runs.append((lr.state.theta.copy(), caps))
+    (fast, fast_caps), (slow, slow_caps) = runs
+    assert fast_caps == pytest.approx(slow_caps, rel=1e-10)
+    assert len(set(fast_caps)) > 2  # the cap was measured at several refreshes
+    assert compiled and None not in compiled  # … by the compiled loop
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)

@@ -604,3 +604,67 @@ class _Records(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def test_permute_csr_rows_equals_scipy_row_indexing():
+    """A shuffled read's permutation (rows copied in stored order to their places) is
+    SciPy's ``X[perm]``, with empty rows, uneven lengths and ``indptr[0] != 0``.
+    """
+    from natgrad_stream.data._sparse_kernels import permute_csr_rows
+
+    rng = np.random.default_rng(11)
+    X = sp.random(500, 40, density=0.08, format="csr", random_state=3, dtype=np.float32)
+    X = (sp.diags((np.arange(500) != 27).astype(np.float32)) @ X).tocsr()  # an empty row
+    X.eliminate_zeros()
+    perm = rng.permutation(X.shape[0] - 20)
+    # rows 20: of X as a view whose indptr does not start at 0
+    indptr = X.indptr[20:].astype(np.int64)
+    assert indptr[0] != 0 and (np.diff(indptr) == 0).any()
+    out_data = np.full(X.nnz, np.nan, np.float32)
+    out_indices = np.full(X.nnz, -1, np.int32)
+    out_indptr = np.full(perm.size + 1, -1, np.int64)
+    e = permute_csr_rows(X.data, X.indices.astype(np.int32), indptr, perm, out_data,
+                         out_indices, out_indptr)
+    want = X[20:][perm]
+    assert e == want.nnz
+    np.testing.assert_array_equal(out_indptr, want.indptr)
+    np.testing.assert_array_equal(out_indices[:e], want.indices)
+    np.testing.assert_array_equal(out_data[:e], want.data)
+
+
+def test_stored_chunks_misaligned_with_logical_ones_are_decoded_directly(tmp_path,
+                                                                          monkeypatch):
+    """Entries of a logical chunk that start or end inside a stored chunk are decoded by
+    the direct zstd reader too (the part copied from the whole chunk): the batches are the
+    in-memory matrix's, and a missing stored chunk is the same error as zarr's path gives.
+    """
+    from natgrad_stream.data._zstd_direct import DirectChunks
+
+    M, y = matrix(), targets()
+    store_csr(tmp_path / "s.zarr", M, y)  # logical chunks of 128 rows, entries by 97
+    calls = []
+    read_into = DirectChunks.read_into
+
+    def spy(self, a, b, out, lo=None):
+        calls.append((self.label, a, b, lo))
+        return read_into(self, a, b, out, lo)
+
+    monkeypatch.setattr(DirectChunks, "read_into", spy)
+    source = open_zarr(tmp_path / "s.zarr")
+    got = collect(source.batches(batch_size=50, seed=3))
+    want = collect(SparseSource(M, y, chunk_rows=128).batches(batch_size=50, seed=3))
+    assert len(got) == len(want)
+    for (r1, x1, y1, c1), (r2, x2, y2, c2) in zip(got, want, strict=True):
+        assert np.array_equal(r1, r2) and np.array_equal(x1, x2) and np.array_equal(y1, y2)
+        assert c1 == c2
+    assert any(label == "X/data" and lo is not None and lo != a for label, a, _, lo in calls)
+    (tmp_path / "s.zarr" / "X" / "data" / "c" / "3").unlink()
+    errors = []
+    for direct in (True, False):
+        s = open_zarr(tmp_path / "s.zarr")
+        if not direct:
+            s.csr.direct = (None, None, None)
+        with pytest.raises(DataError, match="missing from the store") as info:
+            collect(s.batches(batch_size=50, shuffle=False))
+        errors.append((info.value.array, info.value.chunk, info.value.row))
+    assert errors[0] == errors[1] and errors[0][0] == "X/data"

@@ -1,4 +1,5 @@
-"""Per-row content digests of CSR rows (releases the GIL).
+"""Per-row content digests of CSR rows, and a shuffled read's row permutation (compiled,
+releasing the GIL).
 
 Row ``i``'s digest mixes its entry count and, for each of its entries, the value's and the
 column index's bit patterns with the entry's offset from the chunk's first entry (the terms
@@ -32,19 +33,29 @@ def row_digests(values, columns, indptr, salt, out):  # pragma: no cover - compi
 
 
 @jit
-def gather_csr_rows(data, indices, indptr, rows, out_data, out_indices, out_indptr):
+def permute_csr_rows(data, indices, indptr, perm, out_data, out_indices, out_indptr):
     # pragma: no cover - compiled
-    """Rows ``rows`` of a CSR matrix, packed from entry 0 into the preallocated
-    ``out_data``, ``out_indices`` (at least their entries) and ``out_indptr`` (``len(rows)
-    + 1``); returns the entries written.
+    """Rows ``perm`` (a permutation of all the rows) of a CSR matrix, in that order, packed
+    from entry 0 into the preallocated ``out_data``, ``out_indices`` and ``out_indptr``
+    (``len(perm) + 1``); returns the entries written.
+
+    The rows are copied in their stored order, each to its place in the output (sequential
+    reads, scattered writes): reading them in the output's order stalled on every row's
+    first cache lines (a shuffled read of 131,072 rows × 50 non-zeros, 26 MB: 0.6–0.7× the
+    time of that gather, load 8.7).
     """
-    e = 0
+    m = perm.shape[0]
     out_indptr[0] = 0
-    for i in range(rows.shape[0]):
-        start = indptr[rows[i]]
-        n = indptr[rows[i] + 1] - start
-        out_data[e:e + n] = data[start:start + n]  # slice copies: 20% faster than a loop
+    for i in range(m):
+        r = perm[i]
+        out_indptr[i + 1] = out_indptr[i] + (indptr[r + 1] - indptr[r])
+    place = np.empty(m, np.int64)  # output position of each stored row
+    for i in range(m):
+        place[perm[i]] = i
+    for r in range(m):
+        start = indptr[r]
+        n = indptr[r + 1] - start
+        e = out_indptr[place[r]]
+        out_data[e:e + n] = data[start:start + n]
         out_indices[e:e + n] = indices[start:start + n]
-        e += n
-        out_indptr[i + 1] = e
-    return e
+    return out_indptr[m]

@@ -105,8 +105,20 @@ class DirectChunks:
         key = self._key(a)
         return Path(root) / (f"{prefix}/{key}" if prefix else key)
 
-    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
-        """Read, then decompress, the chunk at row ``a`` into ``out`` (in the calling thread).
+    def spans(self, a: int, b: int) -> list[tuple[int, int, int]] | None:
+        """``(chunk start, lo, hi)`` of each stored chunk holding rows of ``a:b``, its rows
+        ``lo:hi`` being theirs (:meth:`read_into` each into ``out[lo − a:hi − a]``); None
+        when ``a:b`` reaches past the rows this decoder was opened with.
+        """
+        if not 0 <= a < b <= self.n_rows:
+            return None
+        R = self.chunk_rows
+        return [(s, max(a, s), min(b, s + R)) for s in range(a - a % R, b, R)]
+
+    def read_into(self, a: int, b: int, out: np.ndarray, lo: int | None = None) -> None:
+        """Read, then decompress, the chunk at row ``a`` into ``out``: its rows ``lo:b``
+        (default ``a:b``; part of a chunk is decompressed whole, then copied) (in the
+        calling thread).
 
         The chunk file is memory-mapped and decoded from the page cache without a copy.
         """
@@ -121,19 +133,19 @@ class DirectChunks:
         with fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
-                self.decode(b"", a, b, out)
+                self.decode(b"", a, b, out, lo)
                 return
             failed = False
             with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
                 view = np.frombuffer(mm, dtype=np.uint8)
                 try:
-                    self.decode(view, a, b, out)
+                    self.decode(view, a, b, out, lo)
                 except DataError:  # its traceback would pin the map: report from a copy
                     failed = True
                 del view
             if failed:
                 fh.seek(0)
-                self.decode(fh.read(), a, b, out)
+                self.decode(fh.read(), a, b, out, lo)
 
     def missing(self, a: int) -> DataError:
         """The error for the chunk at row ``a``, absent from the store (see
@@ -153,8 +165,9 @@ class DirectChunks:
         key = self._md.encode_chunk_key((a // self.chunk_rows,) + (0,) * len(self.shape_tail))
         return key
 
-    def decode(self, data, a: int, b: int, out: np.ndarray) -> None:
-        """Decompress one chunk's bytes into ``out`` (rows ``a:b``).
+    def decode(self, data, a: int, b: int, out: np.ndarray, lo: int | None = None) -> None:
+        """Decompress one chunk's bytes (the chunk at row ``a``) into ``out``: its rows
+        ``lo:b`` (default ``a:b``).
 
         Raises
         ------
@@ -164,6 +177,7 @@ class DirectChunks:
         """
         if data is None:
             raise self.missing(a)
+        first = a if lo is None else lo
         full_shape = (self.chunk_rows,) + self.shape_tail
         expected = int(np.prod(full_shape)) * self.dtype.itemsize
         where = {"array": self.label, "chunk": a // self.chunk_rows, "row": a}
@@ -179,12 +193,13 @@ class DirectChunks:
                 raw = self._codec.decode(data)
                 size = len(memoryview(raw).cast("B"))
                 if size == expected:
-                    out[...] = np.frombuffer(raw, dtype=self.dtype).reshape(full_shape)[:b - a]
+                    out[...] = np.frombuffer(raw, dtype=self.dtype).reshape(full_shape)[
+                        first - a:b - a]
                     return
             if size != expected:  # a short frame would leave part of ``out`` unwritten
                 raise DataError(f"decompresses to {size} bytes, not the chunk's {expected}",
                                 **where)
-            if b - a == self.chunk_rows and out.flags.c_contiguous:
+            if first == a and b - a == self.chunk_rows and out.flags.c_contiguous:
                 self._codec.decode(data, out=out)
                 return
             full = np.empty(full_shape, dtype=self.dtype)
@@ -198,7 +213,7 @@ class DirectChunks:
                                 "are damaged", **where) from exc
             raise DataError(f"could not be decompressed from key {self._full_key(a)!r} "
                             f"(rows {a}:{b}): {exc}", **where) from exc
-        out[...] = full[:b - a]
+        out[...] = full[first - a:b - a]
 
     def _full_key(self, a: int) -> str:
         prefix = self._store_path.path
@@ -262,5 +277,8 @@ def run_in_order(tasks) -> None:
 
 
 def read_direct(jobs) -> None:
-    """Run ``(decoder, a, b, out)`` jobs concurrently on the decode pool (in order for errors)."""
-    run_in_order([functools.partial(dec.read_into, a, b, out) for dec, a, b, out in jobs])
+    """Run ``(decoder, a, b, out, lo)`` jobs (:meth:`DirectChunks.read_into`) concurrently
+    on the decode pool (in order for errors).
+    """
+    run_in_order([functools.partial(dec.read_into, a, b, out, lo)
+                  for dec, a, b, out, lo in jobs])

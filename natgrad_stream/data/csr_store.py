@@ -84,9 +84,9 @@ class CSRArrays:
                             "CSR batch addresses", array=name)
         self.stored = tuple(StoredChunks(a, label) if is_zarr_array(a) else None
                             for a, label in zip(self.arrays, self.labels, strict=True))
-        # whole-chunk zstd decoders (local stores of the simple layout; else None): a
-        # logical chunk whose entries are exactly one stored chunk (make-data's layout)
-        # is decoded straight into the read buffer
+        # zstd decoders (local stores of the simple layout; else None): a logical chunk's
+        # entries are decoded chunk by chunk, straight into the read buffer where a stored
+        # chunk is whole in it (make-data's aligned layout: all of them)
         self.direct = tuple(DirectChunks.for_array(a, label)
                             if is_zarr_array(a) and _DIRECT_ENABLED else None
                             for a, label in zip(self.arrays, self.labels, strict=True))
@@ -113,10 +113,14 @@ class CSRArrays:
         zarr_reqs, direct = [], []
         for j, a, b, out in requests:
             stored, dec = self.stored[j], self.direct[j]
+            spans = dec.spans(a, b) if dec is not None and out.dtype == dec.dtype else None
             if stored is None:
                 np.copyto(out, self.arrays[j][a:b], casting="unsafe")
-            elif dec is not None and b > a and dec.covers(a, b) and out.dtype == dec.dtype:
-                direct.append((dec, a, b, out))
+            elif spans is not None:
+                # each stored chunk decoded straight into ``out`` when whole, else whole
+                # into a scratch and its part copied (zarr's path does the same for a part,
+                # with a copy of every chunk and asyncio bookkeeping besides)
+                direct += [(dec, s, hi, out[lo - a:hi - a], lo) for s, lo, hi in spans]
             else:
                 zarr_reqs.append((stored, a, b, out, 0))
         if direct:  # errors located in each array's own chunks, as zarr's

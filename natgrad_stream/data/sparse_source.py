@@ -41,7 +41,7 @@ from natgrad_stream._constants import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_READ_BUFFER_BYTES,
 )
-from natgrad_stream.data._sparse_kernels import gather_csr_rows
+from natgrad_stream.data._sparse_kernels import permute_csr_rows
 from natgrad_stream.data.budget import default_chunk_rows, plan_reads, warn_over_budget
 from natgrad_stream.data.csr_store import (
     CSRArrays,
@@ -377,8 +377,8 @@ class SparseSource(Source):
 
         def permute(src, m, perm, dst) -> None:
             """Rows ``perm`` of ``src``'s first ``m`` (all of them) into ``dst``, in order."""
-            gather_csr_rows(src["data"], src["indices"], src["indptr"][:m + 1], perm,
-                            dst["data"], dst["indices"], dst["indptr"][:m + 1])
+            permute_csr_rows(src["data"], src["indices"], src["indptr"][:m + 1], perm,
+                             dst["data"], dst["indices"], dst["indptr"][:m + 1])
             for key in ("y", "w", "rows"):
                 if src[key] is not None:
                     np.take(src[key][:m], perm, out=dst[key][:m])

@@ -52,11 +52,16 @@ class Workspace:
         Sum over the batch of per-sample metric contributions (full or diagonal).
     scratch : dict of ndarray
         Kernel scratch and per-thread accumulators.
+    fisher_zero : bool
+        Whether ``fisher`` is known to hold zeros (the last :meth:`Model.accumulate` asked
+        for no metric): the next one without a metric need not clear it again (a (P,) pass
+        a batch saved for a wide model, whose metric most batches skip).
     """
 
     grad: np.ndarray
     fisher: np.ndarray
     scratch: dict
+    fisher_zero: bool = False
 
     def release_metric(self) -> None:
         """Give the pages of a wide model's batch-metric buffer back to the OS; its values
@@ -459,6 +464,17 @@ class Model(abc.ABC):
         _, wsum = self.accumulate(X, y, w, theta, metric=metric, structure="full", ws=ws,
                                   parallel=False, rng=rng, mc_samples=mc_samples)
         return ws.fisher / wsum
+
+    def curvature_power_iteration(self, X, y, w, theta, inverse, penalty, v, iterations, *,
+                                  metric: str) -> float | None:
+        """ρ, the top eigenvalue of the batch's penalized metric seen through a diagonal
+        whitener (``inverse``: the diagonal of ``W⁻¹``), by ``iterations`` rounds of power
+        iteration from ``v`` (P,), in one compiled call; None where the model has none
+        for these arguments (the learner then runs its generic loop over
+        :meth:`metric_matvec`, :meth:`~natgrad_stream.training.learner.
+        NaturalGradientLearner._power_iteration`).
+        """
+        return None
 
     def metric_matvec(self, X, y, w, theta, U: np.ndarray, *, metric: str) -> np.ndarray:
         """Batch-average metric times vectors, ``G U``, shape (P, k) for ``U`` (P, k).

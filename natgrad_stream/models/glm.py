@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from natgrad_stream._constants import WIDE_METRIC_PARAMS
-from natgrad_stream.data.sparse import SparseRows
+from natgrad_stream.data.sparse import SparseRows, is_sparse
 from natgrad_stream.models import _glm_kernels as K
 from natgrad_stream.models import _glm_sparse_kernels as SK
 from natgrad_stream.models._factor_kernels import accumulate_factors, new_factor_scratch
@@ -83,7 +83,9 @@ class _GLM(Model):
         w = _weights(w, n)
         theta = as_float64_vector(theta, "theta", self.n_params)
         ws.grad[:] = 0.0
-        ws.fisher[...] = 0.0
+        if metric is not None or not ws.fisher_zero:
+            ws.fisher[...] = 0.0
+        ws.fisher_zero = metric is None  # (no kernel writes the metric without one)
         if isinstance(X, SparseRows):
             return self._accumulate_sparse(X, y, w, theta, metric, structure, ws, parallel,
                                            rng, mc_samples)
@@ -228,6 +230,23 @@ class _GLM(Model):
             c = r * r
         wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
         return Xt.T @ ((c * wt)[:, None] * (Xt @ U)) / wt.sum()
+
+    def curvature_power_iteration(self, X, y, w, theta, inverse, penalty, v, iterations, *,
+                                  metric):
+        """:meth:`Model.curvature_power_iteration` on CSR rows with the model metric
+        (``glm_sparse_curvature``: each row's weight computed once, no (P,) temporaries);
+        None for dense rows, other metrics or a penalized set that is not contiguous.
+        """
+        span = penalty.span
+        if not is_sparse(X) or metric not in ("model", "gauss-newton") or span is None:
+            return None  # (dense rows: not even checked here; the generic loop does)
+        X = self.check_X(X)
+        n, P = X.shape[0], self.n_params
+        v = np.array(v, dtype=np.float64).reshape(P)  # (a copy: overwritten)
+        return float(SK.glm_sparse_curvature(
+            X.data, X.indices, X.indptr, _weights(w, n), as_float64_vector(theta, "theta", P),
+            self.family, as_float64_vector(inverse, "inverse", P), float(penalty.lam),
+            span[0], span[1], v, int(iterations), np.empty(P), np.empty(P), np.empty(n)))
 
     def _sparse_matvec(self, X: SparseRows, y, w, theta, U, metric):
         """:meth:`metric_matvec` on CSR rows: ``Σ_i w_i c_i x̃_i (x̃_iᵀ U) / Σ w``, O(nnz·k),

@@ -79,6 +79,15 @@ class L2Penalty:
         """Whether λ > 0."""
         return self.lam > 0
 
+    @property
+    def span(self) -> tuple[int, int] | None:
+        """``(a, b)`` with ``S = [a, b)`` for a compiled kernel (``(0, 0)`` when inactive),
+        or None when ``S`` is not contiguous.
+        """
+        if not self.active:
+            return 0, 0
+        return None if self._slice is None else (self._slice.start, self._slice.stop)
+
     def value(self, theta: np.ndarray) -> float:
         """``λ/2·‖θ_S‖²`` for ``theta`` of shape (P,)."""
         if not self.active:

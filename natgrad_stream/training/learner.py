@@ -776,6 +776,12 @@ class NaturalGradientLearner:
         (shape (P, 1)).
         """
         s = self.state
+        if s.whitener.diagonal:  # the model's compiled loop, where it has one
+            rho = self.model.curvature_power_iteration(
+                X, y, w, s.theta, s.whitener.inverse, self.penalty, v,
+                CURVATURE_POWER_ITERATIONS, metric=self.metric)
+            if rho is not None:
+                return rho
         rho = 1.0
         for _ in range(CURVATURE_POWER_ITERATIONS):
             v /= np.linalg.norm(v)
