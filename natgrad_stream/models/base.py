@@ -239,6 +239,11 @@ class Model(abc.ABC):
     #: L-BFGS options of the hand-over (``refine="lbfgs"``) for this family, in place of the
     #: options' defaults (e.g. ``{"lbfgs_iters": 500}``).
     handover_defaults: dict = {}
+    #: Whether a round's relative improvement (the ``lbfgs_tol`` rule) is measured against
+    #: ``max(|J₀|, |J|, |J at the first round's start|)`` instead of ``max(|J₀|, |J|, 1)``:
+    #: for a loss whose scale is the data's (a least-squares fit: the target's units
+    #: squared), so the rule does not depend on the units.
+    round_tol_from_start: bool = False
 
     def auto_pass_cap(self, n_rows: int) -> int | None:
         """Pass cap of a fit left without ``epochs`` over ``n_rows`` rows (None: the

@@ -1793,6 +1793,19 @@ class _LBFGSRounds(_Strategy):
         finally:
             lr._round_start = None
 
+    def _round_tol_floor(self, J0: float) -> float:
+        """The floor of a round's relative improvement's denominator: 1, or for a model
+        with ``round_tol_from_start`` the |J| at the start of the fit's first round
+        (recorded by the first round, kept in the checkpoint).
+        """
+        lr = self.learner
+        if not lr.model.round_tol_from_start:
+            return 1.0
+        s = lr.state
+        if not math.isfinite(s.round_tol_scale):
+            s.round_tol_scale = abs(float(J0))
+        return s.round_tol_scale
+
     def _round_at(self, src, chunks, rng_key, theta0, callbacks, max_samples, k, t0,
                   evals0, steps0) -> bool:
         lr = self.learner
@@ -1840,7 +1853,7 @@ class _LBFGSRounds(_Strategy):
         # state to save (or its start, for a round a stop request cut short: below)
         s.phi = W.phi(s.theta)
         gphi = W.grad_phi(res.grad)
-        rel = (J0 - res.J) / max(abs(J0), abs(res.J), 1.0)
+        rel = (J0 - res.J) / max(abs(J0), abs(res.J), self._round_tol_floor(J0))
         stalled = False
         if res.complete:
             s.rounds += 1

@@ -155,6 +155,10 @@ class LearnerState:
     rollbacks: int = _f(("guard", "rollbacks"), "int", default=0)
     last_refresh: dict | None = _f(("last_refresh",), "json", default=None)
     last_round: dict | None = _f(("last_round",), "json", default=None)
+    #: |J| at the start of the first L-BFGS round, for models whose round improvements are
+    #: measured against it (``Model.round_tol_from_start``); NaN until then.
+    round_tol_scale: float = _f(("counters", "round_tol_scale"), "nan_float",
+                                default=math.nan)
     #: Synchronous data-parallel streaming (Dask): each lane's stream cursor in the current
     #: epoch (a :meth:`Cursor.to_dict`, None once the lane is exhausted); None otherwise.
     lanes: list | None = _f(("distributed", "lanes"), "json", default=None)
