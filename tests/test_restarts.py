@@ -158,3 +158,31 @@ def test_cli_records_the_restarts_and_resumes_the_kept_fit(tmp_path, capsys):
     assert code == 0, err
     assert "restarts" not in resumed and resumed["epochs"] == 25
     assert resumed["train_loss"] <= summary["train_loss"]
+
+
+def test_the_log_of_a_restarted_fit_records_every_fit_and_plots(tmp_path, capsys):
+    """metrics.jsonl keeps each restart's progress, re-whitenings and rounds (tagged with
+    ``restart``, samples counted over all the fits) and its validation; ``plot`` draws it.
+    """
+    pytest.importorskip("matplotlib")
+    X, y = _data()
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32),
+                X_test=X[:50].astype(np.float32), y_test=y[:50].astype(np.float32))
+    run = tmp_path / "run"
+    code = main(["fit", str(data), "--model", "mlp", "--hidden", "3", "--n-init", "2",
+                 "--epochs", "20", "--out", str(run), "--progress", "never",
+                 "--log-every", "1000", "--val", str(data), "--val-x", "X_test",
+                 "--val-y", "y_test", "--val-every", "2000"])
+    assert code == 0, capsys.readouterr()[1]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    progress = [r for r in log if r["event"] == "progress"]
+    assert {r.get("restart") for r in progress} == {0, 1}
+    samples = [r["samples"] for r in progress]
+    assert samples == sorted(samples) and samples[-1] > 20 * 300
+    assert {r.get("restart") for r in log if r["event"] == "rewhiten"} == {0, 1}
+    assert {r.get("restart") for r in log if r["event"] == "validation"} >= {0, 1}
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0, \
+        capsys.readouterr()[1]
+    assert (tmp_path / "p.png").stat().st_size > 0

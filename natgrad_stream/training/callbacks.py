@@ -46,6 +46,12 @@ def json_clean(value):
     return value
 
 
+def restart_tag(learner) -> dict:
+    """``{"restart": k}`` for a record of restart ``k`` of an ``n_init`` fit, else ``{}``."""
+    k = getattr(learner, "restart", None)
+    return {} if k is None else {"restart": k}
+
+
 class ProgressBar(Callback):
     """One self-rewriting status line: percent, rows/s, recent loss, the pass (from 1),
     re-whitenings; it also advances inside a whole-data pass (Fisher scoring, L-BFGS
@@ -307,7 +313,8 @@ class Validation(Callback):
         measures = self.evaluate(learner)
         loss = next((v for k, v in measures.items() if k != "n"), None)
         self.log.on_event(learner, {"event": "validation", "samples": learner.samples,
-                                    "step": learner.steps, "loss": loss, **measures})
+                                    "step": learner.steps, "loss": loss, **measures,
+                                    **restart_tag(learner)})
         self.last = learner.samples
 
     def on_batch_end(self, learner, info, cursor):
@@ -387,7 +394,7 @@ class MetricsLogger(Callback):
             "epoch": learner.cursor.epoch, "loss": self.loss_sum / max(self.rows, 1),
             "grad_norm": info.grad_norm, "natural_grad_norm": info.natural_grad_norm,
             "rows_per_s": (learner.samples - self.samples_last) / max(now - self.t_last, 1e-9),
-            "elapsed": now - self.t0,
+            "elapsed": now - self.t0, **restart_tag(learner),
         })
         self.t_last, self.samples_last = now, learner.samples
         self.loss_sum, self.rows = 0.0, 0
