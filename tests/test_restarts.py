@@ -186,3 +186,15 @@ def test_the_log_of_a_restarted_fit_records_every_fit_and_plots(tmp_path, capsys
     assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0, \
         capsys.readouterr()[1]
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_restarts_refused_in_follow_mode_say_so(tmp_path, capsys):
+    """A followed store is a store: the refusal names follow mode, not the data's kind."""
+    X, y = _data(n=120)
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32))
+    code = main(["fit", str(data), "--model", "mlp", "--n-init", "2", "--follow",
+                 "--idle-timeout", "1", "--out", str(tmp_path / "run"), "--progress", "never"])
+    err = capsys.readouterr()[1]
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "follow" in err and "arrays or a store" not in err

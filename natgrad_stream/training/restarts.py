@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
+from natgrad_stream.data.follow import FollowSource
 from natgrad_stream.errors import OptionError
 from natgrad_stream.training.callbacks import (
     MetricsLogger,
@@ -57,6 +58,8 @@ def restart_count(learner, plan: dict, source, *, epochs, max_samples, client,
 
 def _why_not(learner, plan, source, max_samples, client, rereadable) -> str | None:
     """What restarts lack here (None: they can run)."""
+    if isinstance(source, FollowSource):
+        return "a store read whole, not followed as rows arrive (follow mode)"
     if not rereadable or source.n_rows is None:
         return "data that can be read again (arrays or a store)"
     if plan["epochs"] < 2 or learner.refine == "stream":
