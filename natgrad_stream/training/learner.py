@@ -1007,7 +1007,8 @@ class NaturalGradientLearner:
         """Settle ``structure="auto"`` on the data of a fresh learner
         (:func:`~natgrad_stream.training.options.auto_structure_for_data`: its row count and
         whether its rows are sparse); a different choice rebuilds the learner's options,
-        strategy and state with it (keeping a given ``theta0``). Returns whether it changed.
+        strategy and state with it (keeping a given ``theta0`` and the cursor). Returns
+        whether it changed.
         A structure given, or recorded by a checkpoint, stays.
         """
         if self.given_options.get("structure", "auto") != "auto" or self.state.samples > 0:
@@ -1017,10 +1018,12 @@ class NaturalGradientLearner:
         if chosen == self.structure:
             return False
         theta0 = None if self.state.data_init else self.state.theta.copy()
+        cursor = self.state.cursor  # (a warm start's: its streaming pass skipped)
         given = {**self.given_options, "structure": chosen}
         self.__init__(self.model, **given)
         if theta0 is not None:
             self.reset(theta0)
+        self.state.cursor = cursor
         return True
 
     def _open(self, data, x, y, w):
