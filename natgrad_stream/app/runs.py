@@ -314,7 +314,8 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     if source.n_features != learner.model.n_features:
         raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
                                 f"on {learner.model.n_features}")
-    learner.settle_structure(source)  # --structure auto on these data, before run.json
+    if learner.settle_structure(source):  # --structure auto on these data, before run.json
+        fit_options = {**fit_options, **learner.effective_options}  # (its refine too)
     # An overwriting run logs beside the old run and replaces it only once it has finished,
     # so a failed attempt loses nothing that was there.
     replacing = not resume and overwrite and (ckpt.exists() or log_path.exists())
