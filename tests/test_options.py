@@ -480,3 +480,33 @@ def test_structure_auto_is_full_up_to_the_threshold_then_diagonal_with_lbfgs_pas
     assert forced.structure == "full"
     changes, refused = opts.check_resume({"structure": "full"}, {"structure": "auto"})
     assert changes == {} and refused == []
+
+
+def test_a_round_metric_without_lbfgs_rounds_is_refused(tmp_path, capsys):
+    """``round_metric`` whitens L-BFGS rounds: asked of a run that takes none (a GLM
+    refined by scoring, a streaming refine) it would change nothing, so it is refused in
+    one line (exit 2); recorded by a checkpoint (the model's own choice) it is not.
+    """
+    with pytest.raises(opts.OptionError, match="round_metric .*L-BFGS"):
+        NaturalGradientLearner(make_model("logistic", 3), round_metric="empirical")
+    with pytest.raises(opts.OptionError, match="round_metric .*L-BFGS"):
+        NaturalGradientLearner(make_model("mlp", 3, hidden=2), round_metric="empirical",
+                               refine="stream")
+    NaturalGradientLearner(make_model("logistic", 3), round_metric="empirical",
+                           refine="lbfgs")
+    NaturalGradientLearner(make_model("logistic", 3), round_metric="empirical",
+                           optimizer="lbfgs")
+    for model, kw in ((make_model("logistic", 3), {}),
+                      (make_model("mlp", 3, hidden=2), {"refine": "stream"})):
+        lr = NaturalGradientLearner(model, **kw)
+        again = NaturalGradientLearner.from_state_dict(lr.state_dict())
+        assert again.round_metric == lr.round_metric
+    from .conftest import write_group
+
+    rng = np.random.default_rng(0)
+    write_group(tmp_path / "d.zarr", X=rng.standard_normal((200, 3)),
+                y=(rng.random(200) < 0.5) * 1.0)
+    code, _, err = run_cli(capsys, "fit", tmp_path / "d.zarr", "--model", "logistic",
+                           "--round-metric", "empirical", "--out", tmp_path / "r")
+    assert code == 2 and "round_metric" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "checkpoint.npz").exists()

@@ -264,9 +264,16 @@ class NaturalGradientLearner:
         #: model's own for them (:attr:`~natgrad_stream.models.Model.round_metric`) unless
         #: ``metric`` is given; recorded among the effective options, so a run rebuilt
         #: from its checkpoint (whose options name the metric) whitens its rounds alike.
+        own = self.metric if options.get("metric") is not None \
+            else (model.round_metric or self.metric)
         if eff.get("round_metric") is None:
-            eff["round_metric"] = self.metric if options.get("metric") is not None \
-                else (model.round_metric or self.metric)
+            eff["round_metric"] = own
+        elif eff["round_metric"] not in (self.metric, model.round_metric) \
+                and opts.strategy_of(eff["optimizer"]) != opts.LBFGS \
+                and eff["refine"] != "lbfgs":  # (a checkpoint records one of these)
+            raise OptionError(f"round_metric {eff['round_metric']!r} whitens L-BFGS rounds, "
+                              f"and this run takes none (refine={eff['refine']!r}): give "
+                              "refine='lbfgs' (--refine lbfgs) or optimizer='lbfgs', or drop it")
         self.round_metric = eff["round_metric"]
         if self.round_metric not in model.metrics:
             raise OptionError(f"round_metric {self.round_metric!r} is not a metric of model "
