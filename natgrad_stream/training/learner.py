@@ -1635,10 +1635,14 @@ class _Streaming(_Strategy):
                 return (f"stopped by the pass cap (epochs={plan['epochs']}) before any "
                         "convergence check (the L-BFGS rounds that check it start after "
                         f"the first pass); {how}")
-            return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) after "
-                    f"{s.rounds} complete L-BFGS round(s), the last improving the loss by "
-                    f"{r.get('relative_improvement', math.nan):.3g} relative (lbfgs_tol "
-                    f"{lr.lbfgs_tol:g}), max natural gradient "
+            last = ("the last improving the loss by" if r.get("complete", True) else
+                    "then one cut short by the cap (not checked), improving the loss by")
+            done = f"after {s.rounds} complete L-BFGS round(s), {last}" if s.rounds else \
+                "in its first L-BFGS round, cut short by the cap (not checked), improving " \
+                "the loss by"
+            return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) "
+                    f"{done} {r.get('relative_improvement', math.nan):.3g} relative "
+                    f"(lbfgs_tol {lr.lbfgs_tol:g}), max natural gradient "
                     f"{r.get('max_natural_grad', math.nan):.3g} (lbfgs_gtol "
                     f"{lr.lbfgs_gtol:g}); {how}")
         if lr.refine not in ("scoring", "newton-cg"):
