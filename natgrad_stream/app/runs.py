@@ -547,6 +547,8 @@ def evaluate_run(run_dir, data, *, x: str | None = None, y: str | None = None,
     model = model_from_config(state["model"])
     info = state.get("run") or {}
     table = is_table_path(data) and info.get("feature_names")  # fitted on a table too
+    # a default x leaves the run's target and weights out, as in the fit
+    exclude = (info.get("y"), info.get("w")) if table and x is None else ()
     x = ((info.get("x") if table else None) or "X") if x is None else x
     y = ((info.get("y") if table else None) or "y") if y is None else y
     l2 = (state.get("fit_options") or {}).get("l2", 0.0)
@@ -555,7 +557,8 @@ def evaluate_run(run_dir, data, *, x: str | None = None, y: str | None = None,
                              else None, w) else None
     return evaluate(model, reported_theta(state), data, x=x, y=y, w=w,
                     penalty=L2Penalty.for_model(model, l2) if l2 else None, digests=digests,
-                    feature_names=(state.get("run") or {}).get("feature_names"))
+                    feature_names=(state.get("run") or {}).get("feature_names"),
+                    exclude=exclude)
 
 
 def _is_training_data(info: dict, data, x, y, w) -> bool:
