@@ -198,3 +198,31 @@ def test_restarts_refused_in_follow_mode_say_so(tmp_path, capsys):
     err = capsys.readouterr()[1]
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "follow" in err and "arrays or a store" not in err
+
+
+def test_run_json_is_strict_json_when_a_restart_is_interrupted(tmp_path):
+    """A run stopped during its restarts has learned nothing: its summary's loss is not a
+    number. run.json, like the printed summary and the log, holds null there (it held
+    ``NaN``, which strict JSON parsers refuse).
+    """
+    import threading
+
+    from natgrad_stream.app.runs import fit_run
+
+    X, y = _data()
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32))
+
+    def stop_soon(learner):  # once the restarts are under way
+        threading.Timer(0.5, learner.request_stop).start()
+
+    summary = fit_run(str(data), tmp_path / "run", model="mlp", n_init=3, epochs=5000,
+                      progress="never", stop_handler=stop_soon)
+    assert summary["interrupted"] and summary["samples"] == 0
+    text = (tmp_path / "run" / "run.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    recorded = json.loads(text, parse_constant=refuse)["summary"]
+    assert recorded["running_loss"] is None and recorded["interrupted"]

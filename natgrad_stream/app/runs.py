@@ -52,6 +52,7 @@ from natgrad_stream.training.callbacks import (
     ProgressLines,
     TqdmProgress,
     Validation,
+    json_clean,
 )
 from natgrad_stream.training.checkpoint import (
     Checkpoint,
@@ -83,7 +84,7 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, default=lambda v: v.tolist())
+            json.dump(json_clean(obj), fh, indent=2, default=lambda v: v.tolist())
             fh.write("\n")
         os.replace(tmp, path)  # replaces a symbolic link, never writes through it
     except BaseException:
