@@ -181,6 +181,10 @@ def test_the_log_of_a_restarted_fit_records_every_fit_and_plots(tmp_path, capsys
     samples = [r["samples"] for r in progress]
     assert samples == sorted(samples) and samples[-1] > 20 * 300
     assert {r.get("restart") for r in log if r["event"] == "rewhiten"} == {0, 1}
+    for kind in ("rewhiten", "round", "progress"):  # on one samples axis
+        at = [[r["samples"] for r in log if r["event"] == kind and r.get("restart") == k]
+              for k in (0, 1)]
+        assert at[0] and at[1] and max(at[0]) <= min(at[1]), kind
     assert {r.get("restart") for r in log if r["event"] == "validation"} >= {0, 1}
     capsys.readouterr()
     assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0, \

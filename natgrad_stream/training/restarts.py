@@ -115,17 +115,24 @@ class _ForwardProgress(Callback):
         for d in self.displays:
             d.on_pass_progress(self.view, rows)
 
+    def _tagged(self, record: dict) -> dict:
+        """``record`` tagged with the restart, its samples counted over all the fits."""
+        out = {**record, "restart": self.view.restart}
+        if out.get("samples") is not None:
+            out["samples"] = self.view._before + int(out["samples"])
+        return out
+
     def on_refresh(self, learner, event):
         for d in self.logs:
-            d.on_refresh(self.view, {**event, "restart": self.view.restart})
+            d.on_refresh(self.view, self._tagged(event))
 
     def on_round(self, learner, record):
         for d in self.logs:
-            d.on_round(self.view, {**record, "restart": self.view.restart})
+            d.on_round(self.view, self._tagged(record))
 
     def on_event(self, learner, record):
         for d in self.logs:
-            d.on_event(self.view, {**record, "restart": self.view.restart})
+            d.on_event(self.view, self._tagged(record))
 
 
 def run_restarts(learner, K: int, source, plan: dict, callbacks) -> tuple[bool, int]:
