@@ -170,3 +170,32 @@ def test_every_progress_display_counts_each_row_once_through_scoring_passes():
         rows = [r for lab, r in seen.inside if lab == label]
         assert len(rows) >= 2 and rows == sorted(rows) and rows[-1] == 140_000
     assert "\r" in seen.stream.getvalue() and "epoch 3/3" in seen.stream.getvalue()
+
+
+def test_validation_of_an_lbfgs_hand_over_ends_at_the_returned_parameters(tmp_path, capsys):
+    """Inside an L-BFGS round the learner's θ is the round's start: held-out evaluations
+    there repeated it (an mlp fit whose one round the cap cut logged the loss of its first
+    pass's θ to the end), and the last one was not the returned θ's. Now a validation
+    record is written only when θ moved, and the last one is ``evaluate``'s.
+    """
+    import numpy as np
+
+    from .conftest import write_group
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 3))
+    y = np.tanh(X @ np.array([1.5, -2.0, 0.5])) + 0.1 * rng.standard_normal(400)
+    write_group(tmp_path / "d.zarr", X=X[:300], y=y[:300], X_test=X[300:], y_test=y[300:])
+    run = tmp_path / "run"
+    code, summary, err = run_cli(capsys, "fit", tmp_path / "d.zarr", "--model", "mlp",
+                                 "--hidden", 3, "--epochs", 40, "--out", run, "--val-x",
+                                 "X_test", "--val-y", "y_test", "--val-every", 600,
+                                 "--log-every", 600, "--progress", "never")
+    assert code == 0, err
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r["mse"] for r in records if r["event"] == "validation"]
+    assert len(vals) >= 2
+    assert all(a != b for a, b in zip(vals[:-1], vals[1:], strict=True))  # θ moved
+    ev = run_cli(capsys, "evaluate", run, tmp_path / "d.zarr", "--x", "X_test",
+                 "--y", "y_test")[1]
+    assert vals[-1] == ev["mse"]

@@ -220,8 +220,24 @@ def test_a_collinear_column_is_one_error_naming_a_coefficient():
     X = np.c_[x, 2 * x]
     y = x + rng.standard_normal(300)
     model = make_model("linear", 2)
-    with pytest.raises(DataError, match=r"singular .* coefficient 'x[01]' is not identified"):
+    with pytest.raises(DataError, match=r"singular .* coefficients 'x0', 'x1' are not "
+                       "identified"):
         summary(model, np.zeros(3), (X, y))
+
+
+def test_a_full_one_hot_beside_the_intercept_names_every_coefficient_involved():
+    """The null direction of a full one-hot encoding beside the intercept spans the levels
+    and the intercept: the error names them all (it named the intercept alone).
+    """
+    rng = np.random.default_rng(3)
+    level = rng.integers(0, 3, 600)
+    X = np.c_[rng.standard_normal(600), np.eye(3)[level]]
+    y = (rng.random(600) < 1 / (1 + np.exp(-X[:, 0]))) * 1.0
+    model = make_model("logistic", 4)
+    names = ["a", "c=x", "c=y", "c=z"]
+    with pytest.raises(DataError, match=r"coefficients 'c=x', 'c=y', 'c=z', 'intercept' "
+                       r"are not identified .*one-hot"):
+        summary(model, np.zeros(5), (X, y), feature_names=names)
 
 
 def test_ols_with_zero_residuals_is_one_error_not_a_math_domain_error():

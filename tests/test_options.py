@@ -444,6 +444,28 @@ def test_a_fit_settles_structure_auto_as_if_given(monkeypatch):
     np.testing.assert_array_equal(warm.theta, theta0)
 
 
+def test_run_json_records_the_structure_a_cli_fit_settled_on(monkeypatch, tmp_path, capsys):
+    """run.json's ``fit_options`` (the effective value of every fit option) name the
+    structure and refine that structure auto settled on, as its ``options`` do.
+    """
+    from .conftest import write_group
+
+    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
+    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
+    rng = np.random.default_rng(0)
+    d = 15
+    X = rng.standard_normal((20 * (d + 1), d))
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ rng.standard_normal(d) / 2))) * 1.0
+    write_group(tmp_path / "d.zarr", X=X, y=y)
+    run = tmp_path / "run"
+    assert main(["fit", str(tmp_path / "d.zarr"), "--model", "logistic", "--epochs", "2",
+                 "--out", str(run), "--progress", "never"]) == 0, capsys.readouterr()[1]
+    info = json.loads((run / "run.json").read_text())
+    assert info["options"]["structure"] == "full"
+    assert info["fit_options"]["structure"] == "full"
+    assert info["fit_options"]["refine"] == "scoring"
+
+
 def test_structure_auto_is_full_up_to_the_threshold_then_diagonal_with_lbfgs_passes():
     from natgrad_stream._constants import AUTO_FULL_MAX_PARAMS
 
@@ -458,3 +480,33 @@ def test_structure_auto_is_full_up_to_the_threshold_then_diagonal_with_lbfgs_pas
     assert forced.structure == "full"
     changes, refused = opts.check_resume({"structure": "full"}, {"structure": "auto"})
     assert changes == {} and refused == []
+
+
+def test_a_round_metric_without_lbfgs_rounds_is_refused(tmp_path, capsys):
+    """``round_metric`` whitens L-BFGS rounds: asked of a run that takes none (a GLM
+    refined by scoring, a streaming refine) it would change nothing, so it is refused in
+    one line (exit 2); recorded by a checkpoint (the model's own choice) it is not.
+    """
+    with pytest.raises(opts.OptionError, match="round_metric .*L-BFGS"):
+        NaturalGradientLearner(make_model("logistic", 3), round_metric="empirical")
+    with pytest.raises(opts.OptionError, match="round_metric .*L-BFGS"):
+        NaturalGradientLearner(make_model("mlp", 3, hidden=2), round_metric="empirical",
+                               refine="stream")
+    NaturalGradientLearner(make_model("logistic", 3), round_metric="empirical",
+                           refine="lbfgs")
+    NaturalGradientLearner(make_model("logistic", 3), round_metric="empirical",
+                           optimizer="lbfgs")
+    for model, kw in ((make_model("logistic", 3), {}),
+                      (make_model("mlp", 3, hidden=2), {"refine": "stream"})):
+        lr = NaturalGradientLearner(model, **kw)
+        again = NaturalGradientLearner.from_state_dict(lr.state_dict())
+        assert again.round_metric == lr.round_metric
+    from .conftest import write_group
+
+    rng = np.random.default_rng(0)
+    write_group(tmp_path / "d.zarr", X=rng.standard_normal((200, 3)),
+                y=(rng.random(200) < 0.5) * 1.0)
+    code, _, err = run_cli(capsys, "fit", tmp_path / "d.zarr", "--model", "logistic",
+                           "--round-metric", "empirical", "--out", tmp_path / "r")
+    assert code == 2 and "round_metric" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "checkpoint.npz").exists()

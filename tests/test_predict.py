@@ -358,3 +358,46 @@ def test_csv_formatted_in_slices_is_pyarrow_writers_bytes(tmp_path, monkeypatch,
     got = (tmp_path / "p.csv").read_bytes()
     assert got == (tmp_path / "ref.csv").read_bytes()
     assert got.count(b"\n") == 1 + 74
+
+
+def test_a_run_fitted_on_a_table_predicts_and_evaluates_its_table(tmp_path, capsys):
+    """A run fitted on a table with the default features (every column but --y and --w)
+    predicts and evaluates that table without naming them again: the run's target and
+    weight columns are left out of the features, as in the fit (predict saw the target as
+    a feature, evaluate the weights: "the feature columns are not those the model was
+    fitted on"). The same for a .npy matrix whose target is a column index.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 400
+    a, b = rng.standard_normal(n), rng.standard_normal(n)
+    label = (rng.random(n) < 1 / (1 + np.exp(-(a - b)))).astype(np.int64)
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": a, "label": label, "b": b,
+                             "wt": rng.uniform(0.5, 2.0, n)}), table)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "fit", table, "--model", "logistic", "--y", "label",
+                           "--w", "wt", "--epochs", 2, "--out", run, "--progress", "never")
+    assert code == 0, err
+    code, scores, err = run_cli(capsys, "evaluate", run, table)
+    assert code == 0, err
+    code, named, err = run_cli(capsys, "evaluate", run, table, "--x", "a,b", "--y", "label")
+    assert code == 0 and scores == named, err
+    code, out, err = run_cli(capsys, "predict", run, table, "--out", tmp_path / "p.parquet")
+    assert code == 0 and out["rows"] == n, err
+    proba = pq.read_table(tmp_path / "p.parquet").column("proba_1").to_numpy()
+    code, _, err = run_cli(capsys, "predict", run, table, "--x", "a,b",
+                           "--out", tmp_path / "q.parquet")
+    assert code == 0, err
+    np.testing.assert_array_equal(
+        proba, pq.read_table(tmp_path / "q.parquet").column("proba_1").to_numpy())
+    npy = tmp_path / "m.npy"
+    np.save(npy, np.column_stack([a, label, b]))
+    run = tmp_path / "run_npy"
+    code, _, err = run_cli(capsys, "fit", npy, "--model", "logistic", "--y", 1,
+                           "--epochs", 2, "--out", run, "--progress", "never")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "predict", run, npy, "--out", tmp_path / "n.csv")
+    assert code == 0 and out["rows"] == n, err

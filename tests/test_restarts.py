@@ -190,3 +190,75 @@ def test_the_mlp_rounds_rule_is_relative_to_the_first_rounds_start():
         assert rounds.records[-1]["relative_improvement"] <= lr.lbfgs_tol == 1e-4
         again = NaturalGradientLearner.from_state_dict(lr.state_dict())
         assert again.state.round_tol_scale == first  # kept by the checkpoint
+
+
+def test_the_log_of_a_restarted_fit_records_every_fit_and_plots(tmp_path, capsys):
+    """metrics.jsonl keeps each restart's progress, re-whitenings and rounds (tagged with
+    ``restart``, samples counted over all the fits) and its validation; ``plot`` draws it.
+    """
+    pytest.importorskip("matplotlib")
+    X, y = _data()
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32),
+                X_test=X[:50].astype(np.float32), y_test=y[:50].astype(np.float32))
+    run = tmp_path / "run"
+    code = main(["fit", str(data), "--model", "mlp", "--hidden", "3", "--n-init", "2",
+                 "--epochs", "20", "--out", str(run), "--progress", "never",
+                 "--log-every", "1000", "--val", str(data), "--val-x", "X_test",
+                 "--val-y", "y_test", "--val-every", "2000"])
+    assert code == 0, capsys.readouterr()[1]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    progress = [r for r in log if r["event"] == "progress"]
+    assert {r.get("restart") for r in progress} == {0, 1}
+    samples = [r["samples"] for r in progress]
+    assert samples == sorted(samples) and samples[-1] > 20 * 300
+    assert {r.get("restart") for r in log if r["event"] == "rewhiten"} == {0, 1}
+    for kind in ("rewhiten", "round", "progress"):  # on one samples axis
+        at = [[r["samples"] for r in log if r["event"] == kind and r.get("restart") == k]
+              for k in (0, 1)]
+        assert at[0] and at[1] and max(at[0]) <= min(at[1]), kind
+    assert {r.get("restart") for r in log if r["event"] == "validation"} >= {0, 1}
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0, \
+        capsys.readouterr()[1]
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_restarts_refused_in_follow_mode_say_so(tmp_path, capsys):
+    """A followed store is a store: the refusal names follow mode, not the data's kind."""
+    X, y = _data(n=120)
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32))
+    code = main(["fit", str(data), "--model", "mlp", "--n-init", "2", "--follow",
+                 "--idle-timeout", "1", "--out", str(tmp_path / "run"), "--progress", "never"])
+    err = capsys.readouterr()[1]
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "follow" in err and "arrays or a store" not in err
+
+
+def test_run_json_is_strict_json_when_a_restart_is_interrupted(tmp_path):
+    """A run stopped during its restarts has learned nothing: its summary's loss is not a
+    number. run.json, like the printed summary and the log, holds null there (it held
+    ``NaN``, which strict JSON parsers refuse).
+    """
+    import threading
+
+    from natgrad_stream.app.runs import fit_run
+
+    X, y = _data()
+    data = tmp_path / "d.zarr"
+    write_group(data, X=X.astype(np.float32), y=y.astype(np.float32))
+
+    def stop_soon(learner):  # once the restarts are under way
+        threading.Timer(0.5, learner.request_stop).start()
+
+    summary = fit_run(str(data), tmp_path / "run", model="mlp", n_init=3, epochs=5000,
+                      progress="never", stop_handler=stop_soon)
+    assert summary["interrupted"] and summary["samples"] == 0
+    text = (tmp_path / "run" / "run.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    recorded = json.loads(text, parse_constant=refuse)["summary"]
+    assert recorded["running_loss"] is None and recorded["interrupted"]

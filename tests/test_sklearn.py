@@ -304,3 +304,28 @@ def test_warm_start_regressors(cls):
     np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="warm_start"):
         warm.fit(X[:, :3], rate)
+
+
+def test_warm_start_where_structure_auto_settles_on_the_data(monkeypatch):
+    """A warm start whose ``structure="auto"`` settles on the data (the thresholds scaled
+    down: P = 16 diagonal before the data, full on 20 rows per parameter) still skips the
+    streaming first pass: it is the warm start of ``structure="full"`` given.
+    """
+    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
+    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
+    rng = np.random.default_rng(0)
+    d = 15
+    X = rng.standard_normal((20 * (d + 1), d))
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ rng.standard_normal(d) / 2))) * 1
+    fits = {}
+    for structure in ("auto", "full"):
+        est = NaturalGradientClassifier(structure=structure, warm_start=True, tol=1e-12)
+        est.fit(X, y)
+        assert est.learner_.structure == "full"
+        est.set_params(C=0.5).fit(X, y)
+        assert est.learner_.structure == "full"
+        fits[structure] = est
+    auto, full = fits["auto"], fits["full"]
+    assert auto.n_iter_ == full.n_iter_
+    np.testing.assert_array_equal(auto.coef_, full.coef_)
+    np.testing.assert_array_equal(auto.intercept_, full.intercept_)

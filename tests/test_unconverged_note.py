@@ -153,3 +153,24 @@ def test_one_pass_of_a_hand_over_run_says_no_check_was_made(small_zarr, tmp_path
     (line,) = _warnings(err)
     assert "before any convergence check" in line and "nan" not in line
     assert "--resume --epochs 2" in line
+
+
+def test_a_round_cut_short_by_the_cap_is_named_so(tmp_path, capsys):
+    """A hand-over whose cap cut its L-BFGS round short (no convergence check on it) says
+    so, not "after 0 complete L-BFGS round(s), the last improving the loss by …".
+    """
+    import numpy as np
+
+    from .conftest import write_group
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 3))
+    y = np.tanh(X @ np.array([1.5, -2.0, 0.5])) + 0.1 * rng.standard_normal(300)
+    write_group(tmp_path / "d.zarr", X=X, y=y)
+    code, summary, err = run_cli(capsys, "fit", tmp_path / "d.zarr", "--out", tmp_path / "r",
+                                 "--model", "mlp", "--hidden", 3, "--epochs", 8,
+                                 "--progress", "never")
+    assert code == 0 and summary["converged"] is False
+    (line,) = _warnings(err)
+    assert "after 0 complete" not in line and "the last improving" not in line
+    assert "cut short by the cap" in line and "--resume --epochs 16" in line

@@ -15,7 +15,7 @@ from natgrad_stream.models import Model
 
 def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | None = "y",
              w: str | None = None, batch_size: int = EVAL_BATCH_ROWS, penalty=None,
-             digests=None, feature_names=None) -> dict:
+             digests=None, feature_names=None, exclude=()) -> dict:
     """Evaluate ``model`` at ``theta`` over all rows of ``data``.
 
     Parameters
@@ -38,6 +38,9 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
     feature_names : sequence of str, optional
         The table columns the model was fitted on: a table whose columns differ (names
         or order) is a DataError.
+    exclude : sequence of str
+        Columns a table's default ``x`` (every column but ``y`` and ``w``) leaves out
+        too: a fitted run's weights, evaluated without them.
 
     Returns
     -------
@@ -47,7 +50,8 @@ def evaluate(model: Model, theta: np.ndarray, data, *, x: str = "X", y: str | No
     if w is not None and not model.supports_weighted_evaluation:
         raise ValueError(f"model {model.name!r} does not evaluate with sample weights "
                          f"(--w {w}); evaluate without them")
-    source = as_source(data, x=x, y=y if model.requires_targets else None, w=w)
+    source = as_source(data, x=x, y=y if model.requires_targets else None, w=w,
+                       exclude=exclude)
     check_feature_names(getattr(source, "feature_names", None), feature_names, array=x)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "

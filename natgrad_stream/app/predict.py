@@ -67,7 +67,8 @@ def column_names(model, kinds, labels) -> dict[str, list[str]]:
 
 def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
                     class_names=None, overwrite: bool = False, digests=None,
-                    attrs: dict | None = None, protect=(), feature_names=None) -> dict:
+                    attrs: dict | None = None, protect=(), feature_names=None,
+                    exclude=()) -> dict:
     """Write ``model``'s predictions at ``theta`` for every row of ``data`` to ``out``.
 
     Parameters
@@ -94,6 +95,9 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
     feature_names : sequence of str, optional
         The table columns the model was fitted on: a table whose columns differ (names
         or order) is a DataError.
+    exclude : sequence of str
+        Columns a table's default ``x`` (every column) leaves out: the run's target and
+        weights.
 
     Returns
     -------
@@ -104,7 +108,7 @@ def predict_to_file(model, theta, data, out, *, what=None, x: str = "X",
     kinds = check_kinds(model, what)
     _refuse_protected(Path(out), protect)
     refuse_existing(out, overwrite)
-    source = as_source(data, x=x, y=None)
+    source = as_source(data, x=x, y=None, exclude=exclude)
     check_feature_names(getattr(source, "feature_names", None), feature_names, array=x)
     if source.n_features != model.n_features:
         raise DataError(f"has {source.n_features} features but the model was fitted on "
@@ -217,7 +221,8 @@ def predict_run(run_dir, data, out, *, what=None, x: str | None = None,
     ``data`` is its training data (a chunk changed since the run read it is a DataError).
 
     ``x`` defaults to ``"X"``, or on a table to the run's column selection (its encoding
-    included); a table's columns must be the run's, in its order.
+    included; by default every column but the run's target and weights); a table's
+    columns must be the run's, in its order.
     """
     from natgrad_stream.app.runs import _is_training_data, _load_state, reported_theta
     from natgrad_stream.data.digests import ChunkDigests
@@ -227,13 +232,16 @@ def predict_run(run_dir, data, out, *, what=None, x: str | None = None,
     model = model_from_config(state["model"])
     check_kinds(model, what)  # a density model is refused before the data are opened
     info = state.get("run") or {}
+    exclude = ()
     if x is None:
         fitted_on_table = is_table_path(data) and info.get("feature_names")
         x = (info.get("x") or "X") if fitted_on_table else "X"
+        if fitted_on_table:  # (leaves the target and weights out of a default x)
+            exclude = (info.get("y"), info.get("w"))
     digests = ChunkDigests.from_dict(state.get("digests")) \
         if state.get("digests") and _is_training_data(info, data, x, None, None) else None
     return predict_to_file(model, np.asarray(reported_theta(state)), data, out, what=what,
                            x=x, class_names=info.get("class_names"), overwrite=overwrite,
                            digests=digests, protect=(run_dir, data),
-                           feature_names=info.get("feature_names"),
+                           feature_names=info.get("feature_names"), exclude=exclude,
                            attrs={"run": str(run_dir), "run_id": info.get("run_id")})

@@ -52,6 +52,7 @@ from natgrad_stream.training.callbacks import (
     ProgressLines,
     TqdmProgress,
     Validation,
+    json_clean,
 )
 from natgrad_stream.training.checkpoint import (
     Checkpoint,
@@ -83,7 +84,7 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, default=lambda v: v.tolist())
+            json.dump(json_clean(obj), fh, indent=2, default=lambda v: v.tolist())
             fh.write("\n")
         os.replace(tmp, path)  # replaces a symbolic link, never writes through it
     except BaseException:
@@ -314,7 +315,8 @@ def _fit_locked(data, run_dir: Path, given: dict, resume: bool, overwrite: bool,
     if source.n_features != learner.model.n_features:
         raise RunDirectoryError(f"data have {source.n_features} features; the run was fitted "
                                 f"on {learner.model.n_features}")
-    learner.settle_structure(source)  # --structure auto on these data, before run.json
+    if learner.settle_structure(source):  # --structure auto on these data, before run.json
+        fit_options = {**fit_options, **learner.effective_options}  # (its refine too)
     # An overwriting run logs beside the old run and replaces it only once it has finished,
     # so a failed attempt loses nothing that was there.
     replacing = not resume and overwrite and (ckpt.exists() or log_path.exists())
@@ -546,6 +548,8 @@ def evaluate_run(run_dir, data, *, x: str | None = None, y: str | None = None,
     model = model_from_config(state["model"])
     info = state.get("run") or {}
     table = is_table_path(data) and info.get("feature_names")  # fitted on a table too
+    # a default x leaves the run's target and weights out, as in the fit
+    exclude = (info.get("y"), info.get("w")) if table and x is None else ()
     x = ((info.get("x") if table else None) or "X") if x is None else x
     y = ((info.get("y") if table else None) or "y") if y is None else y
     l2 = (state.get("fit_options") or {}).get("l2", 0.0)
@@ -554,7 +558,8 @@ def evaluate_run(run_dir, data, *, x: str | None = None, y: str | None = None,
                              else None, w) else None
     return evaluate(model, reported_theta(state), data, x=x, y=y, w=w,
                     penalty=L2Penalty.for_model(model, l2) if l2 else None, digests=digests,
-                    feature_names=(state.get("run") or {}).get("feature_names"))
+                    feature_names=(state.get("run") or {}).get("feature_names"),
+                    exclude=exclude)
 
 
 def _is_training_data(info: dict, data, x, y, w) -> bool:

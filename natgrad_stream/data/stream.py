@@ -1166,7 +1166,8 @@ def _dataset_source(ds, x, y, w) -> ArraySource:
                        name="dataset")
 
 
-def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) -> Source:
+def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None,
+              exclude=()) -> Source:
     """Turn what a user passes into a :class:`Source`.
 
     ``Source`` → itself; a table (a Parquet file or directory, a CSV or ``.npy`` file, a
@@ -1181,7 +1182,7 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
     read chunk by chunk (dask and lazily loaded xarray data are never materialized whole);
     a ``pyarrow.RecordBatchReader`` or any other iterable → :class:`IteratorSource` (one
     epoch); a callable returning one → a re-iterable :class:`IteratorSource` (an epoch a
-    call).
+    call). ``exclude``: columns a table's default ``x`` leaves out besides ``y`` and ``w``.
 
     Raises
     ------
@@ -1193,7 +1194,7 @@ def as_source(data, *, x: str = "X", y: str | None = "y", w: str | None = None) 
     from natgrad_stream.data import tables
 
     if tables.is_table_path(data) or tables.is_table_object(data):
-        return tables.open_table(data, x=x, y=y, w=w)
+        return tables.open_table(data, x=x, y=y, w=w, exclude=exclude)
     if isinstance(data, str | os.PathLike):
         return open_zarr(data, x=x, y=y, w=w)
     try:

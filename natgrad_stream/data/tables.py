@@ -459,7 +459,7 @@ def _hf_table(ds):
 
 
 def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None = None,
-               chunk_rows: int | None = None):
+               chunk_rows: int | None = None, exclude=()):
     """An :class:`~natgrad_stream.data.stream.ArraySource` over a table's columns.
 
     Parameters
@@ -474,6 +474,9 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
     chunk_rows : int, optional
         Rows per chunk: default the row groups' (Parquet), else blocks of at most
         ``DEFAULT_CHUNK_BYTES`` of features (in-memory tables).
+    exclude : sequence of str
+        Columns the default ``x`` (every column) leaves out besides ``y`` and ``w``, where
+        the table has them (a fitted run's target and weights, to predict its table).
 
     Returns
     -------
@@ -485,7 +488,7 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
     if isinstance(data, str | os.PathLike):
         _check_regular_files(data)  # a FIFO or device would hang the reader
     if isinstance(data, str | os.PathLike) and Path(data).suffix.lower() in NPY_SUFFIXES:
-        return open_npy(data, x=x, y=y, w=w, chunk_rows=chunk_rows)
+        return open_npy(data, x=x, y=y, w=w, chunk_rows=chunk_rows, exclude=exclude)
     pieces, slicer, table = None, None, None
     if isinstance(data, str | os.PathLike):
         label = os.fspath(data)
@@ -513,7 +516,7 @@ def open_table(data, *, x: str | None = "X", y: str | None = "y", w: str | None 
             raise DataError(f"no such column in {label}; it has columns {_listing(names)} "
                             f"(name the {'targets' if role == 'y' else 'weights'} column "
                             f"with --{role})", array=name)
-    x_cols = select_columns(names, x, exclude=(y, w))
+    x_cols = select_columns(names, x, exclude=(y, w, *exclude))
     if pieces is None:
         R = chunk_rows or (_in_memory_chunk_rows(schema, x_cols, label) if mode is None
                            else default_chunk_rows(12 * len(x_cols)))
@@ -644,13 +647,14 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def open_npy(path, *, x: str | None = "X", y: str | None = "y", w: str | None = None,
-             chunk_rows: int | None = None):
+             chunk_rows: int | None = None, exclude=()):
     """An :class:`~natgrad_stream.data.stream.ArraySource` over a memory-mapped ``.npy``
     matrix of features.
 
     ``y`` and ``w`` are each a second ``.npy`` file (1-D, or one column) or a column index
     of the matrix (which then leaves the features); ``x`` must be left at its default
-    (``"X"``: every other column) or be a comma-separated list of column indices.
+    (``"X"``: every other column, and not the column indices in ``exclude``) or be a
+    comma-separated list of column indices.
     """
     from natgrad_stream.data.stream import ArraySource
 
@@ -686,6 +690,8 @@ def open_npy(path, *, x: str | None = "X", y: str | None = "y", w: str | None = 
     Y = part(y, "y")
     W = part(w, "w")
     if x in (None, "X"):
+        taken += [int(e) % d for e in exclude if e is not None
+                  and str(e).lstrip("-").isdigit() and -d <= int(e) < d]
         cols = [j for j in range(d) if j not in taken]
     else:
         try:

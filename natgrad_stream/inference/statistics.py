@@ -38,6 +38,9 @@ INFERENCE_MODELS = ("logistic", "linear", "poisson", "softmax")
 #: information below which it is reported singular (a coefficient the data do not
 #: identify: a constant or collinear column).
 SINGULAR_RCOND = 1e-13
+#: A singular information's error names the coefficients whose share of its null
+#: direction is at least this fraction of the largest.
+NULL_DIRECTION_SHARE = 0.1
 #: A Newton decrement ½gᵀA⁻¹g of the data at θ above this fraction of |llf| (at least 1)
 #: adds a note that θ is not their optimum (e.g. other data than the fitted ones).
 OFF_OPTIMUM_DECREMENT = 1e-6
@@ -87,10 +90,14 @@ def _equilibrated_inverse(A: np.ndarray, names: list[str]) -> np.ndarray:
     As = A / np.outer(d, d)
     vals, vecs = np.linalg.eigh(As)
     if not vals[0] > SINGULAR_RCOND * vals[-1]:
-        j = int(np.argmax(np.abs(vecs[:, 0])))
+        v = np.abs(vecs[:, 0])  # the unidentified direction: the coefficients it moves
+        moved = [names[j] for j in np.flatnonzero(v >= NULL_DIRECTION_SHARE * v.max())]
+        what = f"coefficient {moved[0]!r} is" if len(moved) == 1 else \
+            f"coefficients {', '.join(map(repr, moved))} are"
         raise DataError(f"the Fisher information at θ is singular (smallest/largest "
-                        f"eigenvalue {vals[0] / vals[-1]:.1e}): coefficient {names[j]!r} is "
-                        "not identified by the data (a constant or collinear column?)")
+                        f"eigenvalue {vals[0] / vals[-1]:.1e}): {what} not identified by the "
+                        "data (a constant or collinear column, e.g. a full one-hot encoding "
+                        "beside the intercept; a fit with --l2 has a unique optimum)")
     inv = (vecs / vals) @ vecs.T
     return inv / np.outer(d, d)
 

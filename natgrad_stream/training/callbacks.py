@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from natgrad_stream._constants import DEFAULT_LOG_EVERY
 from natgrad_stream._files import open_fd
 from natgrad_stream.errors import DistributedError
@@ -44,6 +46,12 @@ def json_clean(value):
     if isinstance(value, list | tuple):
         return [json_clean(v) for v in value]
     return value
+
+
+def restart_tag(learner) -> dict:
+    """``{"restart": k}`` for a record of restart ``k`` of an ``n_init`` fit, else ``{}``."""
+    k = getattr(learner, "restart", None)
+    return {} if k is None else {"restart": k}
 
 
 class ProgressBar(Callback):
@@ -286,7 +294,9 @@ class TqdmProgress(Callback):
 class Validation(Callback):
     """Evaluate held-out data every ``every`` samples and at the end of a fit; each result
     goes to ``log`` (e.g. a :class:`MetricsLogger`) as ``{"event": "validation", "samples",
-    "step", "loss", ...the model's measures}``.
+    "step", "loss", ...the model's measures}``. A due evaluation is skipped while θ has not
+    moved since the last (inside an L-BFGS round θ is the round's start); the end's is
+    the returned θ's.
 
     Parameters
     ----------
@@ -299,24 +309,31 @@ class Validation(Callback):
 
     def __init__(self, evaluate, *, every: int, log: Callback):
         self.evaluate, self.every, self.log = evaluate, int(every), log
+        self.theta = None  # the parameters evaluated last
 
     def on_fit_start(self, learner, total_rows):
         self.last = learner.samples
 
-    def _run(self, learner) -> None:
+    def _run(self, learner, *, always: bool = False) -> None:
+        self.last = learner.samples
+        theta = np.asarray(learner.theta)
+        if not always and self.theta is not None and np.array_equal(theta, self.theta):
+            return  # θ has not moved (inside an L-BFGS round it is the round's start)
+        self.theta = theta.copy()
         measures = self.evaluate(learner)
         loss = next((v for k, v in measures.items() if k != "n"), None)
         self.log.on_event(learner, {"event": "validation", "samples": learner.samples,
-                                    "step": learner.steps, "loss": loss, **measures})
-        self.last = learner.samples
+                                    "step": learner.steps, "loss": loss, **measures,
+                                    **restart_tag(learner)})
 
     def on_batch_end(self, learner, info, cursor):
         if learner.samples - self.last >= self.every:
             self._run(learner)
 
     def on_fit_end(self, learner, result):
-        if learner.samples != self.last:
-            self._run(learner)
+        if learner.samples != self.last or self.theta is None \
+                or not np.array_equal(np.asarray(learner.theta), self.theta):
+            self._run(learner, always=True)
 
 
 class MetricsLogger(Callback):
@@ -387,7 +404,7 @@ class MetricsLogger(Callback):
             "epoch": learner.cursor.epoch, "loss": self.loss_sum / max(self.rows, 1),
             "grad_norm": info.grad_norm, "natural_grad_norm": info.natural_grad_norm,
             "rows_per_s": (learner.samples - self.samples_last) / max(now - self.t_last, 1e-9),
-            "elapsed": now - self.t0,
+            "elapsed": now - self.t0, **restart_tag(learner),
         })
         self.t_last, self.samples_last = now, learner.samples
         self.loss_sum, self.rows = 0.0, 0

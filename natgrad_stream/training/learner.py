@@ -264,9 +264,16 @@ class NaturalGradientLearner:
         #: model's own for them (:attr:`~natgrad_stream.models.Model.round_metric`) unless
         #: ``metric`` is given; recorded among the effective options, so a run rebuilt
         #: from its checkpoint (whose options name the metric) whitens its rounds alike.
+        own = self.metric if options.get("metric") is not None \
+            else (model.round_metric or self.metric)
         if eff.get("round_metric") is None:
-            eff["round_metric"] = self.metric if options.get("metric") is not None \
-                else (model.round_metric or self.metric)
+            eff["round_metric"] = own
+        elif eff["round_metric"] not in (self.metric, model.round_metric) \
+                and opts.strategy_of(eff["optimizer"]) != opts.LBFGS \
+                and eff["refine"] != "lbfgs":  # (a checkpoint records one of these)
+            raise OptionError(f"round_metric {eff['round_metric']!r} whitens L-BFGS rounds, "
+                              f"and this run takes none (refine={eff['refine']!r}): give "
+                              "refine='lbfgs' (--refine lbfgs) or optimizer='lbfgs', or drop it")
         self.round_metric = eff["round_metric"]
         if self.round_metric not in model.metrics:
             raise OptionError(f"round_metric {self.round_metric!r} is not a metric of model "
@@ -1007,7 +1014,8 @@ class NaturalGradientLearner:
         """Settle ``structure="auto"`` on the data of a fresh learner
         (:func:`~natgrad_stream.training.options.auto_structure_for_data`: its row count and
         whether its rows are sparse); a different choice rebuilds the learner's options,
-        strategy and state with it (keeping a given ``theta0``). Returns whether it changed.
+        strategy and state with it (keeping a given ``theta0`` and the cursor). Returns
+        whether it changed.
         A structure given, or recorded by a checkpoint, stays.
         """
         if self.given_options.get("structure", "auto") != "auto" or self.state.samples > 0:
@@ -1017,10 +1025,12 @@ class NaturalGradientLearner:
         if chosen == self.structure:
             return False
         theta0 = None if self.state.data_init else self.state.theta.copy()
+        cursor = self.state.cursor  # (a warm start's: its streaming pass skipped)
         given = {**self.given_options, "structure": chosen}
         self.__init__(self.model, **given)
         if theta0 is not None:
             self.reset(theta0)
+        self.state.cursor = cursor
         return True
 
     def _open(self, data, x, y, w):
@@ -1625,10 +1635,14 @@ class _Streaming(_Strategy):
                 return (f"stopped by the pass cap (epochs={plan['epochs']}) before any "
                         "convergence check (the L-BFGS rounds that check it start after "
                         f"the first pass); {how}")
-            return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) after "
-                    f"{s.rounds} complete L-BFGS round(s), the last improving the loss by "
-                    f"{r.get('relative_improvement', math.nan):.3g} relative (lbfgs_tol "
-                    f"{lr.lbfgs_tol:g}), max natural gradient "
+            last = ("the last improving the loss by" if r.get("complete", True) else
+                    "then one cut short by the cap (not checked), improving the loss by")
+            done = f"after {s.rounds} complete L-BFGS round(s), {last}" if s.rounds else \
+                "in its first L-BFGS round, cut short by the cap (not checked), improving " \
+                "the loss by"
+            return (f"not converged: stopped by the pass cap (epochs={plan['epochs']}) "
+                    f"{done} {r.get('relative_improvement', math.nan):.3g} relative "
+                    f"(lbfgs_tol {lr.lbfgs_tol:g}), max natural gradient "
                     f"{r.get('max_natural_grad', math.nan):.3g} (lbfgs_gtol "
                     f"{lr.lbfgs_gtol:g}); {how}")
         if lr.refine not in ("scoring", "newton-cg"):

@@ -21,8 +21,14 @@ from __future__ import annotations
 import logging
 import time
 
+from natgrad_stream.data.follow import FollowSource
 from natgrad_stream.errors import OptionError
-from natgrad_stream.training.callbacks import ProgressBar, TqdmProgress
+from natgrad_stream.training.callbacks import (
+    MetricsLogger,
+    ProgressBar,
+    TqdmProgress,
+    Validation,
+)
 from natgrad_stream.training.events import Callback
 
 log = logging.getLogger("natgrad_stream.fit")
@@ -52,6 +58,8 @@ def restart_count(learner, plan: dict, source, *, epochs, max_samples, client,
 
 def _why_not(learner, plan, source, max_samples, client, rereadable) -> str | None:
     """What restarts lack here (None: they can run)."""
+    if isinstance(source, FollowSource):
+        return "a store read whole, not followed as rows arrive (follow mode)"
     if not rereadable or source.n_rows is None:
         return "data that can be read again (arrays or a store)"
     if plan["epochs"] < 2 or learner.refine == "stream":
@@ -67,13 +75,15 @@ def _why_not(learner, plan, source, max_samples, client, rereadable) -> str | No
 
 
 class _RestartView:
-    """What progress displays read of the learner during restart ``k``: its fit's
-    attributes, with the rows of the earlier restarts added to ``samples``.
+    """What progress displays and logs read of the learner during restart ``k``: its
+    fit's attributes, with the rows of the earlier restarts added to ``samples`` (so a
+    log's samples grow over all the fits) and the fit's index as ``restart``.
     """
 
     def __init__(self, sub, k: int, K: int, rows_before: int):
         self._sub, self._k, self._K, self._before = sub, k, K, rows_before
         self.strategy = self
+        self.restart = k
 
     @property
     def samples(self) -> int:
@@ -87,18 +97,42 @@ class _RestartView:
 
 
 class _ForwardProgress(Callback):
-    """Passes one restart's batch and pass-progress events on to the fit's displays."""
+    """Passes one restart's batch and pass-progress events on to the fit's displays, and
+    its batches and records (re-whitenings, L-BFGS rounds, others, each tagged with
+    ``restart``) on to the fit's logs: the metrics file and validation (each restart's
+    own fit reports to ``logging``). Not to checkpoints: a restart's state is not the
+    run's until the restarts have chosen.
+    """
 
-    def __init__(self, displays, view: _RestartView):
-        self.displays, self.view = displays, view
+    def __init__(self, displays, logs, view: _RestartView):
+        self.displays, self.logs, self.view = displays, logs, view
 
     def on_batch_end(self, learner, info, cursor):
-        for d in self.displays:
+        for d in (*self.displays, *self.logs):
             d.on_batch_end(self.view, info, cursor)
 
     def on_pass_progress(self, learner, rows):
         for d in self.displays:
             d.on_pass_progress(self.view, rows)
+
+    def _tagged(self, record: dict) -> dict:
+        """``record`` tagged with the restart, its samples counted over all the fits."""
+        out = {**record, "restart": self.view.restart}
+        if out.get("samples") is not None:
+            out["samples"] = self.view._before + int(out["samples"])
+        return out
+
+    def on_refresh(self, learner, event):
+        for d in self.logs:
+            d.on_refresh(self.view, self._tagged(event))
+
+    def on_round(self, learner, record):
+        for d in self.logs:
+            d.on_round(self.view, self._tagged(record))
+
+    def on_event(self, learner, record):
+        for d in self.logs:
+            d.on_event(self.view, self._tagged(record))
 
 
 def run_restarts(learner, K: int, source, plan: dict, callbacks) -> tuple[bool, int]:
@@ -111,6 +145,7 @@ def run_restarts(learner, K: int, source, plan: dict, callbacks) -> tuple[bool, 
 
     given = {**learner.given_options, "n_init": 1}
     displays = [cb for cb in callbacks if isinstance(cb, ProgressBar | TqdmProgress)]
+    logs = [cb for cb in callbacks if isinstance(cb, MetricsLogger | Validation)]
     records, best, rows = [], None, 0
     for k in range(K):
         model = learner.model.restart_model(k) if k else learner.model
@@ -124,7 +159,7 @@ def run_restarts(learner, K: int, source, plan: dict, callbacks) -> tuple[bool, 
                 sub.fit(source, epochs=plan["epochs"], shuffle=plan["shuffle"],
                         prefetch=plan["prefetch"],
                         chunks_per_read=plan["chunks_per_read"],
-                        callbacks=[_ForwardProgress(displays,
+                        callbacks=[_ForwardProgress(displays, logs,
                                                     _RestartView(sub, k, K, rows))])
         finally:
             learner._active_restart = None
