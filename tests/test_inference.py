@@ -487,3 +487,19 @@ def test_weights_are_frequency_weights(kind):
                  (weighted.deviance, repeated.deviance), (weighted.bic, repeated.bic)):
         np.testing.assert_allclose(a, b, rtol=1e-10)
     assert weighted.n_obs == repeated.n_obs == k.sum() and weighted.rows == n
+
+
+def test_summary_without_data_is_the_last_fits(tmp_path):
+    """``lr.fit(data).summary()``: the issue's ``result.summary()``, on the data (and the
+    array names) of the last fit; a learner that fitted nothing asks for the data.
+    """
+    X, y = _load("spector")
+    learner = NaturalGradientLearner(make_model("logistic", 3)).fit((X, y))
+    np.testing.assert_array_equal(learner.summary().bse, learner.summary((X, y)).bse)
+    store = tmp_path / "s.zarr"
+    write_group(store, features=X, target=y)
+    lr = NaturalGradientLearner(make_model("logistic", 3)).fit(store, x="features",
+                                                                y="target")
+    np.testing.assert_allclose(lr.summary().bse, learner.summary().bse, rtol=1e-6)
+    with pytest.raises(ValueError, match="has fitted none: pass the data"):
+        NaturalGradientLearner(make_model("logistic", 3)).summary()

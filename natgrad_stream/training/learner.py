@@ -293,6 +293,7 @@ class NaturalGradientLearner:
         self._window_start = None  # the state at the start of the guard's window
         self._round_start = None  # an L-BFGS round under way: the state it started from
         self._active_restart = None  # the learner of a restart under way (n_init)
+        self._fitted_data = None  # the last fit's (data, x, y, w), for summary()
         #: One record per fit of the last ``fit`` call's restarts (None without restarts).
         self.restart_records = None
         self.reset()
@@ -818,18 +819,25 @@ class NaturalGradientLearner:
                 "many that give it; an L2 penalty (--l2; the estimators' C or alpha) picks "
                 "the smallest")
 
-    def summary(self, data, *, x: str = "X", y: str | None = "y", w: str | None = None,
+    def summary(self, data=None, *, x: str = "X", y: str | None = "y", w: str | None = None,
                 alpha: float = 0.05, cov: str = "model", feature_names=None,
                 class_names=None):
         """Statistical inference at :attr:`theta` over ``data`` (the fitted data, for the
         tests to mean anything), in one streamed pass: a
         :class:`~natgrad_stream.inference.Summary` (``print`` it for the table;
-        ``to_dict()``, ``bse``, ``bse_robust``, ``conf_int()``). The fit's L2 penalty and
-        whether it converged are taken into account (see :mod:`natgrad_stream.inference`);
-        a fit that did not converge is summarized with one RuntimeWarning.
+        ``to_dict()``, ``bse``, ``bse_robust``, ``conf_int()``). Without ``data``: the data
+        of the last :meth:`fit` call, with its ``x``, ``y`` and ``w`` (``lr.fit(data)
+        .summary()``). The fit's L2 penalty and whether it converged are taken into
+        account (see :mod:`natgrad_stream.inference`); a fit that did not converge is
+        summarized with one RuntimeWarning.
         """
         from natgrad_stream.inference import summary
 
+        if data is None:
+            if self._fitted_data is None:
+                raise ValueError("summary() without data summarizes the data of the last "
+                                 "fit, and this learner has fitted none: pass the data")
+            data, x, y, w = self._fitted_data
         if not self.state.converged:
             warnings.warn("the fit did not converge: θ is not the optimum the standard "
                           "errors and tests assume (fit further, or read them as "
@@ -937,6 +945,7 @@ class NaturalGradientLearner:
             plan = self.strategy.plan(epochs=epochs, rounds=rounds, shuffle=shuffle,
                                       prefetch=prefetch, chunks_per_read=chunks_per_read)
         self._source_rows = getattr(source, "n_rows", None)  # for _running_metric
+        self._fitted_data = (data, x, y, w)  # for summary() (a reference, not a copy)
         # the weights array's name, for errors
         self._weights_label = (getattr(source, "names", None) or (None,) * 3)[2] or w or "w"
         self.strategy.settle(plan, source)
