@@ -70,3 +70,20 @@ def package_logging_as_imported():
     pkg.propagate = saved[0]
     pkg.setLevel(saved[1])
     fit.setLevel(saved[2])
+
+
+@pytest.fixture
+def settling_logistic(monkeypatch):
+    """``--structure auto``'s thresholds scaled down (full up to 10 parameters, 40 for a
+    Hessian metric on 20 rows per parameter) and logistic data on which a learner of
+    P = 16 settles from the diagonal on the full metric: ``(X, y)``, (320, 15) and (320,).
+    """
+    from natgrad_stream.training import options as opts
+
+    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
+    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
+    rng = np.random.default_rng(0)
+    d = 15
+    X = rng.standard_normal((20 * (d + 1), d))
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ rng.standard_normal(d) / 2))) * 1.0
+    return X, y

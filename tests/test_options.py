@@ -444,18 +444,14 @@ def test_a_fit_settles_structure_auto_as_if_given(monkeypatch):
     np.testing.assert_array_equal(warm.theta, theta0)
 
 
-def test_run_json_records_the_structure_a_cli_fit_settled_on(monkeypatch, tmp_path, capsys):
+def test_run_json_records_the_structure_a_cli_fit_settled_on(settling_logistic, tmp_path,
+                                                             capsys):
     """run.json's ``fit_options`` (the effective value of every fit option) name the
     structure and refine that structure auto settled on, as its ``options`` do.
     """
     from .conftest import write_group
 
-    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
-    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
-    rng = np.random.default_rng(0)
-    d = 15
-    X = rng.standard_normal((20 * (d + 1), d))
-    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ rng.standard_normal(d) / 2))) * 1.0
+    X, y = settling_logistic
     write_group(tmp_path / "d.zarr", X=X, y=y)
     run = tmp_path / "run"
     assert main(["fit", str(tmp_path / "d.zarr"), "--model", "logistic", "--epochs", "2",

@@ -306,17 +306,13 @@ def test_warm_start_regressors(cls):
         warm.fit(X[:, :3], rate)
 
 
-def test_warm_start_where_structure_auto_settles_on_the_data(monkeypatch):
+def test_warm_start_where_structure_auto_settles_on_the_data(settling_logistic):
     """A warm start whose ``structure="auto"`` settles on the data (the thresholds scaled
     down: P = 16 diagonal before the data, full on 20 rows per parameter) still skips the
     streaming first pass: it is the warm start of ``structure="full"`` given.
     """
-    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
-    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
-    rng = np.random.default_rng(0)
-    d = 15
-    X = rng.standard_normal((20 * (d + 1), d))
-    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ rng.standard_normal(d) / 2))) * 1
+    X, y = settling_logistic
+    y = y.astype(int)
     fits = {}
     for structure in ("auto", "full"):
         est = NaturalGradientClassifier(structure=structure, warm_start=True, tol=1e-12)

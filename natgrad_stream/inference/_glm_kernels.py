@@ -34,30 +34,15 @@ def glm_inference_range(X, y, w, theta, family, start, stop, grad, fisher, meat,
     ``Σ w r² x̃x̃ᵀ`` into the upper triangles of ``fisher`` and ``meat`` (P, P); ``SA`` and
     ``SB`` (P, BLOCK_ROWS) are scratch. ``w`` of shape (0,) means unit weights.
     """
-    d = X.shape[1]
-    weighted = w.shape[0] > 0
     loss_sum = 0.0
     weight_sum = 0.0
     for b0 in range(start, stop, BLOCK_ROWS):
         b1 = min(b0 + BLOCK_ROWS, stop)
-        for i in range(b0, b1):
-            wi = w[i] if weighted else 1.0
-            z = linear_predictor(X, theta, i)
-            loss, dz, c_model, c_emp = glm_row(family, z, y[i])
-            loss_sum += wi * loss
-            weight_sum += wi
-            g = wi * dz
-            a = np.sqrt(wi * c_model)
-            b = np.sqrt(wi * c_emp)
-            r = i - b0
-            for j in range(d):
-                x = X[i, j]
-                grad[j] += g * x
-                SA[j, r] = a * x
-                SB[j, r] = b * x
-            grad[d] += g
-            SA[d, r] = a
-            SB[d, r] = b
+        # the scaled rows written as the columns of SA and SB (their transposes' rows)
+        loss, weight = glm_scale_range(X, y, w, theta, family, b0, b1, b0, grad, SA.T,
+                                       SB.T)
+        loss_sum += loss
+        weight_sum += weight
         if b1 - b0 < BLOCK_ROWS:
             zero_columns(SA, b1 - b0)
             zero_columns(SB, b1 - b0)
