@@ -30,7 +30,8 @@ def test_a_fit_that_failed_before_its_first_checkpoint_blocks_nothing(groups, tm
     good, bad = groups
     # a data error found mid-pass (exit 2) and a learning failure (exit 1)
     for run, args, exit_code in ((tmp_path / "data-error", [bad], 2),
-                                 (tmp_path / "diverged", [good, "--lr", 1e6], 1)):
+                                 (tmp_path / "diverged",
+                                  [good, "--lr", 1e6, "--batch-size", 200], 1)):
         code, out, err = run_cli(capsys, "fit", *args, "--model", "logistic", "--out", run)
         assert code == exit_code and out is None, err
         assert "--resume" not in err and "last good checkpoint is kept" not in err

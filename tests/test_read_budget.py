@@ -211,3 +211,45 @@ def test_the_option_reads_byte_sizes_and_is_recorded():
     assert opts.upgrade_recorded({"optimizer": "sgd"})["read_buffer_bytes"] is None
     assert opts.upgrade_recorded({"read_buffer_bytes": 5})["read_buffer_bytes"] == 5
     assert not opts.BY_NAME["read_buffer_bytes"].resumable
+
+
+def test_a_fit_reads_enough_chunks_to_fill_its_batches(tmp_path):
+    """A streaming pass reads as many chunks as a batch needs, so a store in small chunks
+    gives batches of ``batch_size`` rows as arrays do (batches never straddle reads; with
+    2 chunks a read, a store in 100-row chunks gave batches of at most 200 rows). The read
+    budget still binds.
+    """
+    from natgrad_stream.learner import NaturalGradientLearner
+    from natgrad_stream.models import make_model
+    from natgrad_stream.training.events import Callback
+    from natgrad_stream.training.learner import batch_filling_reads
+
+    from .conftest import write_group
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((950, 3))
+    y = (X @ [1.0, -1.0, 0.5] + rng.standard_normal(950) > 0).astype(float)
+    store = write_group(tmp_path / "d.zarr", X=X, y=y)  # 100-row chunks
+
+    class Rows(Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_batch_end(self, learner, info, cursor):
+            self.rows.append(learner.samples)
+
+    def batch_rows(data, **kw):
+        got = Rows()
+        NaturalGradientLearner(make_model("logistic", 3), batch_size=400, **kw).fit(
+            data, epochs=1, callbacks=[got])
+        return np.diff([0, *got.rows]).tolist()
+
+    from_store, from_arrays = batch_rows(str(store)), batch_rows((X, y))
+    assert max(from_store) == 400 and sum(from_store) == 950
+    assert from_arrays == [400, 400, 150]
+    assert ArraySource(X, y, chunk_rows=100).chunk_rows == 100
+    assert batch_filling_reads(ArraySource(X, y, chunk_rows=100), 400) == 4
+    assert batch_filling_reads(ArraySource(X, y, chunk_rows=100), 100) == 2
+    assert batch_filling_reads(ArraySource(X, y, chunk_rows=1000), 400) == 2
+    # a budget of one chunk's buffers: reads of one chunk, batches of 100 rows
+    assert max(batch_rows(str(store), read_buffer_bytes=10_000)) <= 100

@@ -10,7 +10,14 @@ from natgrad_stream.errors import OptionError
 from natgrad_stream.evaluate import evaluate
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
-from natgrad_stream.models.mlp import MLP_MAX_AUTO_RESTARTS, MLP_RESTART_ROW_BUDGET
+from natgrad_stream.models.mlp import (
+    MLP_MAX_AUTO_RESTARTS,
+    MLP_MAX_SCREENED,
+    MLP_RESTART_ROW_BUDGET,
+    MLP_ROUND_ITERS,
+    MLP_SCREEN_KEPT,
+    MLP_SCREEN_ROUNDS,
+)
 from natgrad_stream.training.callbacks import ProgressBar
 
 from .conftest import write_group
@@ -30,19 +37,71 @@ def _fit(seed, data, **kw):
 
 
 def test_mlp_restart_budget():
-    """As many whole fits as MLP_RESTART_ROW_BUDGET row evaluations allow, each at the
-    mlp's own pass cap, 1 to MLP_MAX_AUTO_RESTARTS.
+    """Small data: as many raced starts as MLP_SCREEN_ROW_BUDGET row evaluations of their
+    screens allow, at most MLP_MAX_SCREENED; larger data: as many whole fits as
+    MLP_RESTART_ROW_BUDGET allows, each at the mlp's own pass cap, 1 to
+    MLP_MAX_AUTO_RESTARTS.
     """
     m = make_model("mlp", 10)
-    assert m.auto_restarts(442) == MLP_MAX_AUTO_RESTARTS == 10
-    for n in (442, 5_000, 50_000, 1_000_000, 3_000_000):
+    assert m.auto_restarts(442) == MLP_MAX_SCREENED == 30
+    assert m.restart_screen(442) == (MLP_SCREEN_ROUNDS, MLP_SCREEN_KEPT) == (2, 2)
+    for n in (442, 5_000, 12_000):
         k = m.auto_restarts(n)
-        assert 1 <= k <= MLP_MAX_AUTO_RESTARTS
+        assert m.restart_screen(n) is not None and 3 <= k <= MLP_MAX_SCREENED
+        # a screen's passes are far below the fit's cap, so racing saves passes
+        assert 2 * (1 + MLP_SCREEN_ROUNDS * MLP_ROUND_ITERS) <= m.auto_pass_cap(n)
+    assert m.auto_restarts(5_000) == 8
+    for n in (50_000, 1_000_000, 3_000_000):
+        k = m.auto_restarts(n)
+        assert m.restart_screen(n) is None and 1 <= k <= MLP_MAX_AUTO_RESTARTS
         assert k == 1 or k * n * m.auto_pass_cap(n) <= MLP_RESTART_ROW_BUDGET
-    assert m.auto_restarts(5_000) == 4 and m.auto_restarts(3_000_000) == 1
+    assert m.auto_restarts(3_000_000) == 1
+    # never fewer starts than the whole fits a larger set gets
+    assert m.auto_restarts(12_000) >= m.auto_restarts(20_000)
     assert make_model("logistic", 3).auto_restarts(100) == 1
+    assert make_model("logistic", 3).restart_screen(100) is None
     assert m.restart_model(0) is m and m.restart_model(3).seed == 3
     assert m.restart_model(2).config() == {**m.config(), "seed": 2}
+
+
+def test_raced_restarts_continue_the_lowest_screens_exactly(monkeypatch):
+    """A raced default fit screens every start for ``rounds`` complete L-BFGS rounds and
+    continues only the ``kept`` lowest there; a continued start is exactly the fit of its
+    start alone (a round's end is an exact restart point), and the lowest of those is kept.
+    """
+    from natgrad_stream.models.mlp import MLPRegressor
+
+    monkeypatch.setattr(MLPRegressor, "auto_restarts", lambda self, n: 5)
+    monkeypatch.setattr(MLPRegressor, "restart_screen", lambda self, n: (1, 2))
+    monkeypatch.setattr(MLPRegressor, "handover_defaults",
+                        {**MLPRegressor.handover_defaults, "lbfgs_iters": 15})
+    data = _data(n=150)
+    kw = {}
+    alone = [NaturalGradientLearner(make_model("mlp", 3, hidden=2, seed=k), n_init=1,
+                                    **kw).fit(data) for k in range(5)]
+    screens = []
+    for k in range(5):
+        one = NaturalGradientLearner(make_model("mlp", 3, hidden=2, seed=k), n_init=1, **kw)
+        one._round_limit = 1
+        screens.append(one.fit(data).result.train_loss)
+    assert len(set(screens)) == 5
+    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=2), **kw).fit(data)
+    records = lr.result.restarts
+    assert [r["screen_loss"] for r in records] == screens  # same process
+    finalists = sorted(range(5), key=lambda k: screens[k])[:2]
+    for r, a in zip(records, alone, strict=True):
+        if r["restart"] in finalists:
+            assert "screened_out" not in r
+            assert r["train_loss"] == a.result.train_loss and r["epochs"] == a.result.epochs
+            assert r["converged"] == a.result.converged
+        else:
+            assert r["screened_out"] and r["train_loss"] == r["screen_loss"]
+    assert any(records[k]["train_loss"] < records[k]["screen_loss"] for k in finalists)
+    best = min(finalists, key=lambda k: (alone[k].result.train_loss, k))
+    assert [r["kept"] for r in records] == [k == best for k in range(5)]
+    np.testing.assert_array_equal(lr.theta, alone[best].theta)
+    assert lr.result.train_loss == alone[best].result.train_loss
+    assert lr.model.seed == best
 
 
 def test_the_kept_fit_is_the_lowest_loss_of_independent_fits():

@@ -259,6 +259,13 @@ class Model(abc.ABC):
         """
         return 1
 
+    def restart_screen(self, n_rows: int) -> tuple[int, int] | None:
+        """How a default fit's restarts over ``n_rows`` rows are raced: ``(rounds, kept)``,
+        every start fitted up to ``rounds`` complete L-BFGS rounds, then only the ``kept``
+        lowest continued to their end; None (the default): every start is a whole fit.
+        """
+        return None
+
     def restart_model(self, k: int) -> Model:
         """The model of the ``k``-th restart (``k = 0``: this one). Only models that draw a
         random start (:meth:`auto_restarts` above 1) have others.

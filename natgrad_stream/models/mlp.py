@@ -54,6 +54,22 @@ MLP_MAX_AUTO_EPOCHS = 10_000
 MLP_RESTART_ROW_BUDGET = 100_000_000
 #: Upper bound of those restarts.
 MLP_MAX_AUTO_RESTARTS = 10
+#: Raced restarts (:meth:`MLPRegressor.restart_screen`), where a fit's pass cap allows
+#: more than twice a screen: every start runs MLP_SCREEN_ROUNDS complete L-BFGS rounds
+#: (about 1,050 passes), then only the MLP_SCREEN_KEPT lowest continue to their end. On
+#: standardized diabetes (60 starts, seeds 0–59) the loss after 2 rounds ranks the final
+#: losses with Spearman 0.86 (after 1 round 0.61), and the 3 starts lowest there were the
+#: 3 of 60 lowest at the end; 6 of the 60 ended below scikit-learn's best of 5 restarts,
+#: whose own 40 fits (random_state 0–39) put 1 there. Resampling those 60: 30 starts
+#: raced to 2 kept reach it with probability 0.99 in about 37,000 passes, where 10 whole
+#: fits (about 41,600 passes) do with 0.68.
+MLP_SCREEN_ROUNDS = 2
+MLP_SCREEN_KEPT = 2
+#: Starts of a raced default fit: as many screens (MLP_SCREEN_ROUNDS × MLP_ROUND_ITERS
+#: passes each) as MLP_SCREEN_ROW_BUDGET row evaluations allow, at most MLP_MAX_SCREENED
+#: (442 rows: 30; 5,000 rows: 8; from 20,000 rows the whole fits above).
+MLP_SCREEN_ROW_BUDGET = 40_000_000
+MLP_MAX_SCREENED = 30
 #: L-BFGS iterations per hand-over round (one re-whitening each): a non-convex fit loses
 #: its curvature memory at each round, and rounds of 25 ended 0.12-0.14 (standardized
 #: diabetes, 2,000 passes) against 0.08-0.11 with rounds of 500.
@@ -160,13 +176,30 @@ class MLPRegressor(FactorModel):
                        max(AUTO_MAX_EPOCHS, MLP_AUTO_ROW_BUDGET // max(int(n_rows), 1))))
 
     def auto_restarts(self, n_rows: int) -> int:
-        """Restarts of a default fit: as many full fits (each at most
-        :meth:`auto_pass_cap` passes) as :data:`MLP_RESTART_ROW_BUDGET` row evaluations
-        allow, 1 to :data:`MLP_MAX_AUTO_RESTARTS`.
+        """Starts of a default fit: raced (:meth:`restart_screen`), as many screens as
+        :data:`MLP_SCREEN_ROW_BUDGET` row evaluations allow, at most
+        :data:`MLP_MAX_SCREENED` (and no fewer than the whole fits below); else as many
+        whole fits (each at most
+        :meth:`auto_pass_cap` passes) as :data:`MLP_RESTART_ROW_BUDGET` allows, 1 to
+        :data:`MLP_MAX_AUTO_RESTARTS`.
         """
         n = max(int(n_rows), 1)
         per_fit = n * self.auto_pass_cap(n)
-        return int(min(MLP_MAX_AUTO_RESTARTS, max(1, MLP_RESTART_ROW_BUDGET // per_fit)))
+        whole = int(min(MLP_MAX_AUTO_RESTARTS, max(1, MLP_RESTART_ROW_BUDGET // per_fit)))
+        if self.restart_screen(n) is None:
+            return whole
+        per_screen = n * MLP_SCREEN_ROUNDS * MLP_ROUND_ITERS
+        return max(whole, int(min(MLP_MAX_SCREENED, MLP_SCREEN_ROW_BUDGET // per_screen)))
+
+    def restart_screen(self, n_rows: int) -> tuple[int, int] | None:
+        """``(MLP_SCREEN_ROUNDS, MLP_SCREEN_KEPT)`` where :meth:`auto_pass_cap` exceeds
+        twice a screen's passes (small data), else None (whole fits).
+        """
+        n = max(int(n_rows), 1)
+        screen_passes = 1 + MLP_SCREEN_ROUNDS * MLP_ROUND_ITERS
+        if self.auto_pass_cap(n) < 2 * screen_passes:
+            return None
+        return MLP_SCREEN_ROUNDS, MLP_SCREEN_KEPT
 
     def restart_model(self, k: int) -> MLPRegressor:
         """The same network with the initial-weight seed ``seed + k`` (``k >= 0``)."""

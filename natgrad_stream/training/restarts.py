@@ -35,25 +35,30 @@ log = logging.getLogger("natgrad_stream.fit")
 
 
 def restart_count(learner, plan: dict, source, *, epochs, max_samples, client,
-                  rereadable: bool) -> int:
-    """The number of fits ``learner.fit`` runs: ``n_init`` where given, else (``"auto"``)
-    the model's :meth:`~natgrad_stream.models.Model.auto_restarts` for a default fit
-    (no ``epochs``, no ``max_samples``), 1 otherwise; always 1 on a learner that has
-    already learned (a resumed run continues the fit its restarts chose).
+                  rereadable: bool) -> tuple[int, tuple[int, int] | None]:
+    """The starts ``learner.fit`` runs and how they are raced: ``n_init`` whole fits where
+    given; else (``"auto"``), for a default fit (no ``epochs``, no ``max_samples``), the
+    model's :meth:`~natgrad_stream.models.Model.auto_restarts` raced by its
+    :meth:`~natgrad_stream.models.Model.restart_screen` (L-BFGS hand-over only), 1
+    otherwise; always 1 on a learner that has already learned (a resumed run continues
+    the fit its restarts chose).
     """
     n_init = getattr(learner, "n_init", 1)  # (L-BFGS runs no restarts)
     if n_init == 1 or learner.state.samples > 0:
-        return 1
+        return 1, None
     why = _why_not(learner, plan, source, max_samples, client, rereadable)
     if n_init == "auto":
         if why is not None or epochs is not None:
-            return 1
-        return max(1, int(learner.model.auto_restarts(source.n_rows)))
+            return 1, None
+        K = max(1, int(learner.model.auto_restarts(source.n_rows)))
+        screen = learner.model.restart_screen(source.n_rows) if learner.refine == "lbfgs" \
+            else None
+        return K, screen if screen is not None and K > screen[1] else None
     if n_init > 1:
         if why is not None:
             raise OptionError(f"n_init={n_init}: restarts need {why}")
         learner.model.restart_model(1)  # refuses a model without random starts
-    return n_init
+    return n_init, None
 
 
 def _why_not(learner, plan, source, max_samples, client, rereadable) -> str | None:
@@ -135,50 +140,55 @@ class _ForwardProgress(Callback):
             d.on_event(self.view, self._tagged(record))
 
 
-def run_restarts(learner, K: int, source, plan: dict, callbacks) -> tuple[bool, int]:
+def run_restarts(learner, K: int, source, plan: dict, callbacks,
+                 screen: tuple[int, int] | None = None) -> tuple[bool, int]:
     """Fit ``K`` restarts of ``learner``'s model on ``source`` and leave the best in
     ``learner`` (its model and state). Returns ``(interrupted, rows read by all fits)``;
-    sets ``learner.restart_records`` (one dict per fit, the kept one ``"kept": True``).
-    """
-    # (a cycle at import time)
-    from natgrad_stream.training.learner import make_learner, pass_cap_notes_dropped
+    sets ``learner.restart_records`` (one dict per start, the kept one ``"kept": True``).
 
-    given = {**learner.given_options, "n_init": 1}
-    displays = [cb for cb in callbacks if isinstance(cb, ProgressBar | TqdmProgress)]
-    logs = [cb for cb in callbacks if isinstance(cb, MetricsLogger | Validation)]
-    records, best, rows = [], None, 0
+    ``screen = (rounds, kept)`` races the starts: each is fitted up to ``rounds`` complete
+    L-BFGS rounds (its screen), and only the ``kept`` lowest by the loss there are
+    continued to their end (a round's end is an exact restart point, so a continued start
+    is exactly the fit of its start alone). None: every start is a whole fit.
+    """
+    limit, keep = screen if screen is not None else (None, K)
+    records, rows, finalists = [], 0, []  # finalists: (screen loss, k, sub), the lowest
     for k in range(K):
         model = learner.model.restart_model(k) if k else learner.model
-        sub = make_learner(model, cls=type(learner), **given)
-        learner._active_restart = sub
-        if learner._stop_requested:
-            sub.request_stop()
-        t0 = time.perf_counter()
-        try:  # one note at the end, the kept fit's, not one per restart
-            with pass_cap_notes_dropped():
-                sub.fit(source, epochs=plan["epochs"], shuffle=plan["shuffle"],
-                        prefetch=plan["prefetch"],
-                        chunks_per_read=plan["chunks_per_read"],
-                        callbacks=[_ForwardProgress(displays, logs,
-                                                    _RestartView(sub, k, K, rows))])
-        finally:
-            learner._active_restart = None
-        rows += sub.samples
-        result = sub.result
-        if result.interrupted:
+        sub, interrupted, seconds, got = _fit_start(learner, model, k, K, source, plan,
+                                                    callbacks, rows, limit)
+        rows += got
+        if interrupted:
             learner.restart_records = records
             return True, rows
-        record = {"event": "restart", "restart": k, "model": model.config(),
-                  "train_loss": result.train_loss, "epochs": result.epochs,
-                  "converged": result.converged, "seconds": time.perf_counter() - t0}
+        record = _record(sub, model, k, seconds)
+        ended = limit is None or sub.state.converged or _stalled_or_capped(sub, plan)
+        if limit is not None:
+            record["screen_loss"] = record["train_loss"]
         records.append(record)
-        log.info("restart %d/%d (%s): train loss %.8g after %s passes, %s", k + 1, K,
-                 _start_name(model), result.train_loss, result.epochs,
-                 "converged" if result.converged else "not converged")
-        for cb in callbacks:
-            cb.on_event(learner, dict(record))
-        if best is None or _better(result.train_loss, best[1].result.train_loss):
+        _report(learner, callbacks, record, K, screen=not ended)
+        finalists.append((record["train_loss"], k, sub))
+        finalists.sort(key=lambda f: _rank(f[0], f[1]))
+        del finalists[keep:]  # (the others' learners are dropped)
+    best = None
+    for _, k, sub in sorted(finalists, key=lambda f: f[1]):
+        record = records[k]
+        if limit is not None and not (sub.state.converged or _stalled_or_capped(sub, plan)):
+            t0 = time.perf_counter()
+            before = sub.samples
+            _, interrupted = _continue(learner, sub, k, K, source, plan, callbacks, rows)
+            rows += sub.samples - before
+            if interrupted:
+                learner.restart_records = records
+                return True, rows
+            record.update(_record(sub, sub.model, k, 0.0),
+                          seconds=record["seconds"] + time.perf_counter() - t0)
+            _report(learner, callbacks, record, K, screen=False)
+        if best is None or _better(record["train_loss"], records[best[0]]["train_loss"]):
             best = (k, sub)
+    for r in records:
+        if limit is not None and r["restart"] not in {k for _, k, _ in finalists}:
+            r["screened_out"] = True
     k, sub = best
     learner.model = sub.model
     learner.load_state_dict(sub.state_dict())
@@ -188,6 +198,77 @@ def run_restarts(learner, K: int, source, plan: dict, callbacks) -> tuple[bool, 
     return False, rows
 
 
+def _fit_start(learner, model, k, K, source, plan, callbacks, rows_before, limit):
+    """Fit start ``k`` (up to ``limit`` rounds): ``(sub, interrupted, seconds, rows)``."""
+    # (a cycle at import time)
+    from natgrad_stream.training.learner import make_learner
+
+    sub = make_learner(model, cls=type(learner), **{**learner.given_options, "n_init": 1})
+    sub._round_limit = limit
+    t0 = time.perf_counter()
+    _, interrupted = _continue(learner, sub, k, K, source, plan, callbacks, rows_before)
+    return sub, interrupted, time.perf_counter() - t0, sub.samples
+
+
+def _continue(learner, sub, k, K, source, plan, callbacks, rows_before):
+    """Run ``sub.fit`` on ``source`` (a new start, or a screened one continued to its end
+    with ``sub._round_limit`` cleared), its progress and records forwarded to the fit's
+    displays and logs. Returns ``(sub, interrupted)``.
+    """
+    from natgrad_stream.training.learner import pass_cap_notes_dropped
+
+    displays = [cb for cb in callbacks if isinstance(cb, ProgressBar | TqdmProgress)]
+    logs = [cb for cb in callbacks if isinstance(cb, MetricsLogger | Validation)]
+    if sub.state.samples > 0:
+        sub._round_limit = None
+    learner._active_restart = sub
+    if learner._stop_requested:
+        sub.request_stop()
+    try:  # one note at the end, the kept fit's, not one per restart
+        with pass_cap_notes_dropped():
+            sub.fit(source, epochs=plan["epochs"], shuffle=plan["shuffle"],
+                    prefetch=plan["prefetch"], chunks_per_read=plan["chunks_per_read"],
+                    callbacks=[_ForwardProgress(displays, logs,
+                                                _RestartView(sub, k, K, rows_before))])
+    finally:
+        learner._active_restart = None
+    return sub, sub.result.interrupted
+
+
+def _record(sub, model, k, seconds) -> dict:
+    result = sub.result
+    return {"event": "restart", "restart": k, "model": model.config(),
+            "train_loss": result.train_loss, "epochs": result.epochs,
+            "converged": result.converged, "seconds": seconds}
+
+
+def _report(learner, callbacks, record: dict, K: int, *, screen: bool) -> None:
+    """Log a start's end (``screen``: the end of its screen, to be continued or dropped)
+    and pass its record to the fit's callbacks (the metrics log's ``restart`` records).
+    """
+    if screen:
+        how = f"screened at {record['epochs']} passes"
+    else:
+        how = (f"after {record['epochs']} passes, "
+               + ("converged" if record["converged"] else "not converged"))
+    log.info("restart %d/%d (%s): train loss %.8g %s", record["restart"] + 1, K,
+             _start_name(record["model"]), record["train_loss"], how)
+    for cb in callbacks:
+        cb.on_event(learner, {**record, "screen": screen})
+
+
+def _stalled_or_capped(sub, plan) -> bool:
+    """Whether a screened start has ended anyway (a stalled round, or the pass cap)."""
+    s = sub.state
+    return bool((s.last_round or {}).get("stalled")) or s.cursor.epoch >= plan["epochs"]
+
+
+def _rank(loss, k):
+    """Sort key of a start: its loss (a missing or non-finite one last), then its index."""
+    bad = loss is None or loss != loss
+    return (bad, 0.0 if bad else loss, k)
+
+
 def _better(loss, best) -> bool:
     """Whether ``loss`` beats ``best`` (a missing or non-finite loss never does)."""
     if loss is None or loss != loss:
@@ -195,6 +276,6 @@ def _better(loss, best) -> bool:
     return best is None or best != best or loss < best
 
 
-def _start_name(model) -> str:
-    seed = model.config().get("seed")
+def _start_name(config: dict) -> str:
+    seed = config.get("seed")
     return f"start seed {seed}" if seed is not None else "start"
