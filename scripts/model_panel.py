@@ -652,6 +652,12 @@ def markdown(rows, meta):
         lines += ["", "Datasets:", "", *dict.fromkeys(notes)]
     lines += ["", f"Total {meta['seconds']:.0f} s (`python scripts/model_panel.py"
               f"{' --quick' if meta['quick'] else ''}`).", ""]
+    if meta.get("merged"):
+        m = meta["merged"]
+        lines[-1:] = [f"The {', '.join(m['models'])} rows were re-measured on {m['date']} at "
+                      f"commit {(m['commit'] or '')[:10]} in {m['seconds']:.0f} s "
+                      f"(`python scripts/model_panel.py --only {','.join(m['models'])} "
+                      "--merge`); the others are from the run above.", ""]
     return "\n".join(lines)
 
 
@@ -679,6 +685,28 @@ def _code_version() -> dict:
             "package_modified": None if dirty is None else bool(dirty)}
 
 
+def _merged(rows, meta, models, prefix: Path):
+    """``rows`` of ``models`` in place of theirs in the report at ``prefix`` (``.json``):
+    the other rows as they were, each row tagged with the commit that measured it.
+    """
+    old = json.loads(prefix.with_suffix(".json").read_text())
+    before = old["meta"].get("commit")
+    for r in rows:
+        r["commit"] = meta.get("commit")
+    merged, fresh = [], list(rows)
+    for r in old["rows"]:
+        if r["model"] in models:
+            if fresh and fresh[0]["model"] == r["model"]:
+                merged.append(fresh.pop(0))
+            continue
+        merged.append({**r, "commit": r.get("commit", before)})
+    merged += fresh
+    meta = {**old["meta"], "merged": {"models": models, "commit": meta.get("commit"),
+                                       "date": meta["date"], "seconds": meta["seconds"]},
+            "meets": sum(r["meets"] for r in merged), "rows": len(merged)}
+    return merged, meta
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller synthetic data")
@@ -687,7 +715,12 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="output prefix (default scripts/results/model-panel-latest; --quick "
                    "and --only write only when given)")
+    p.add_argument("--merge", action="store_true",
+                   help="with --only: replace those families' rows of the latest report "
+                   "(the others kept, with the commit that measured them)")
     args = p.parse_args(argv)
+    if args.merge and not args.only:
+        p.error("--merge needs --only")
     models = list(MODEL_NAMES)
     if args.only:
         models = [m.strip() for m in args.only.split(",") if m.strip()]
@@ -706,10 +739,14 @@ def main(argv=None):
             "python": sys.version.split()[0], "quick": args.quick, "target": TARGET,
             "seconds": time.perf_counter() - t0,
             "meets": sum(r["meets"] for r in rows), "rows": len(rows)}
+    out = args.out
+    if args.merge:
+        rows, meta = _merged(rows, meta, models, Path(out or HERE / "results" /
+                                                      "model-panel-latest"))
+        out = out or str(HERE / "results" / "model-panel-latest")
     md = markdown(rows, meta)
     print()
     print(md)
-    out = args.out
     if out is None and not (args.quick or args.only):
         out = str(HERE / "results" / "model-panel-latest")
     if out:

@@ -52,3 +52,22 @@ def test_the_report_has_one_table_line_per_row_and_json_is_valid(panel, rows):
     assert len(table) == len(rows)
     assert "Meets the criterion: 4/4" in md
     json.loads(json.dumps(panel.cp._finite(rows), default=panel.cp._json_default))
+
+
+def test_merge_replaces_the_rerun_families_rows_and_keeps_the_others(panel, rows, tmp_path):
+    """``--only F --merge``: F's rows replaced in place, the others kept with the commit
+    that measured them, and the report says which rows were re-measured.
+    """
+    old_meta = {"date": "d0", "machine": "m", "quick": True, "seconds": 9.0, "commit": "aaa"}
+    prefix = tmp_path / "panel"
+    (tmp_path / "panel.json").write_text(json.dumps(
+        panel.cp._finite({"meta": old_meta, "rows": rows}), default=panel.cp._json_default))
+    fresh = [{**r, "value": -1.0} for r in rows if r["model"] == "gaussian-mean"]
+    merged, meta = panel._merged(fresh, {"date": "d1", "seconds": 2.0, "commit": "bbb"},
+                                 ["gaussian-mean"], prefix)
+    assert [(r["model"], r["dataset"]) for r in merged] == [
+        (r["model"], r["dataset"]) for r in rows]
+    assert [r["value"] for r in merged[1:]] == [-1.0] * 3
+    assert merged[0]["commit"] == "aaa" and merged[1]["commit"] == "bbb"
+    assert meta["rows"] == 4 and meta["merged"]["commit"] == "bbb"
+    assert "re-measured on d1 at commit bbb" in panel.markdown(merged, meta)

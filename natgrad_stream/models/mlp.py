@@ -58,9 +58,9 @@ MLP_MAX_AUTO_RESTARTS = 10
 #: more than twice a screen: every start runs MLP_SCREEN_ROUNDS complete L-BFGS rounds
 #: (about 1,050 passes), then only the MLP_SCREEN_KEPT lowest continue to their end. On
 #: standardized diabetes (60 starts, seeds 0–59) the loss after 2 rounds ranks the final
-#: losses with Spearman 0.86 (after 1 round 0.61), and the 3 starts lowest there were the
-#: 3 of 60 lowest at the end; 6 of the 60 ended below scikit-learn's best of 5 restarts,
-#: whose own 40 fits (random_state 0–39) put 1 there. Resampling those 60: 30 starts
+#: losses with Spearman 0.86 (after 1 round 0.61), and the 6 starts lowest there were the
+#: 6 lowest at the end, the 6 of 60 below scikit-learn's best of 5 restarts, whose own 40
+#: fits (random_state 0–39) put 1 there. Resampling those 60: 30 starts
 #: raced to 2 kept reach it with probability 0.99 in about 37,000 passes, where 10 whole
 #: fits (about 41,600 passes) do with 0.68.
 MLP_SCREEN_ROUNDS = 2

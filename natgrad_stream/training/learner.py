@@ -136,11 +136,12 @@ def _refine_tol(lr) -> float:
 
 def batch_filling_reads(source, batch_size: int) -> int:
     """Chunks per read of a streaming pass: as many as a batch of ``batch_size`` rows
-    needs (batches never straddle reads), at least 2. With the old fixed 2, a store in
-    100-row chunks gave batches of at most 200 rows where arrays gave ``batch_size``: the
-    mlp's first pass on 442 diabetes rows then took 3 noisy steps instead of one, and its
-    fits ended at a median training loss 0.0446 against 0.0395 (20 seeds each). The read
-    budget still lowers it (:func:`~natgrad_stream.data.budget.plan_reads`).
+    needs (batches never straddle reads), at least 2, so the store's chunking does not set
+    the batch size. With the old fixed 2, a store in 100-row chunks gave batches of at most
+    200 rows where the same rows in memory gave ``batch_size``: the mlp's first pass on 442
+    diabetes rows took 3 steps instead of one (in memory, 20 fits with ``batch_size=100``
+    ended at a median training loss 0.0444, 60 with one batch at 0.0399). The read budget
+    still lowers it (:func:`~natgrad_stream.data.budget.plan_reads`).
     """
     chunk_rows = getattr(source, "chunk_rows", None)
     if not chunk_rows:
