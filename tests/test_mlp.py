@@ -491,14 +491,16 @@ def test_kfac_metric_against_the_gauss_newton_blocks():
 
 @pytest.mark.slow
 def test_default_fit_on_diabetes_reaches_scikit_learns_best(tmp_path):
-    """The default fit (no flags) on standardized and on raw diabetes: 10 restarts (the
-    mlp's budget on 442 rows), each of L-BFGS rounds whitened by ``kfac`` (500 iterations
-    each, up to the mlp's pass cap), the lowest training loss kept. scikit-learn's
+    """The default fit (no flags) on standardized and on raw diabetes: 30 raced starts (the
+    mlp's budget on 442 rows: each screened by 2 L-BFGS rounds whitened by ``kfac``, 500
+    iterations each, the 2 lowest continued up to the mlp's pass cap), the lowest training
+    loss kept. scikit-learn's
     ``MLPRegressor(hidden_layer_sizes=(16,), activation="tanh", solver="lbfgs", alpha=0,
     max_iter=5000)`` over 5 seeds ends at MSE/Var(y) 0.0699 … 0.0848 standardized
     (``scripts/model_panel.py``); our single fits at 0.065 … 0.097 (seeds 0–15, median
-    0.075). Before restarts: seed 0 alone, 0.0805 standardized. Measured with them (Zen 4):
-    0.0653 standardized (seed 8 kept).
+    0.075). Before restarts: seed 0 alone, 0.0805 standardized. Measured with 10 whole
+    fits (Zen 4): 0.0653 standardized (seed 8 kept); raced, 0.0654 (seed 8 again: the
+    starts lowest after 2 rounds were the lowest at the end, 6 of 60).
     """
     from sklearn.datasets import load_diabetes
 
@@ -512,10 +514,13 @@ def test_default_fit_on_diabetes_reaches_scikit_learns_best(tmp_path):
         ratio = float(np.mean((lr.model.predict(A, lr.theta) - b) ** 2) / b.var())
         # a non-convex path: round-off picks between nearby minima on another CPU, so the
         # bound is below scikit-learn's median restart (0.083) and our single fits' median,
-        # with a margin over what the best of 10 reached here, not that figure itself
+        # with a margin over what the raced best reached here, not that figure itself
+        # (scripts/mlp_restarts_bench.py measures the criterion, 0.0699, over seeds and
+        # layouts)
         assert ratio < 0.075, ratio
         restarts = lr.result.restarts
-        assert len(restarts) == 10
+        assert len(restarts) == 30  # raced: 30 starts screened by 2 rounds, 2 continued
+        assert sum(not r.get("screened_out", False) for r in restarts) == 2
         kept = [r for r in restarts if r["kept"]]
         assert kept[0]["train_loss"] == min(r["train_loss"] for r in restarts)
         assert lr.result.epochs > 50  # the mlp's own cap, not the learner's

@@ -71,6 +71,7 @@ from natgrad_stream._constants import (
     UNIDENTIFIED_NAMED,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
+from natgrad_stream.data.follow import FollowSource
 from natgrad_stream.data.sparse import SparseRows, as_sparse_rows, is_sparse
 from natgrad_stream.data.sparse_source import SparseSource
 from natgrad_stream.data.window import (
@@ -141,10 +142,11 @@ def batch_filling_reads(source, batch_size: int) -> int:
     200 rows where the same rows in memory gave ``batch_size``: the mlp's first pass on 442
     diabetes rows took 3 steps instead of one (in memory, 20 fits with ``batch_size=100``
     ended at a median training loss 0.0444, 60 with one batch at 0.0399). The read budget
-    still lowers it (:func:`~natgrad_stream.data.budget.plan_reads`).
+    still lowers it (:func:`~natgrad_stream.data.budget.plan_reads`). A followed store
+    keeps 2 (its reads wait for committed chunks: follow mode learns rows as they come).
     """
     chunk_rows = getattr(source, "chunk_rows", None)
-    if not chunk_rows:
+    if not chunk_rows or isinstance(source, FollowSource):
         return 2
     return max(2, -(-int(batch_size) // int(chunk_rows)))
 
@@ -971,8 +973,9 @@ class NaturalGradientLearner:
         # the weights array's name, for errors
         self._weights_label = (getattr(source, "names", None) or (None,) * 3)[2] or w or "w"
         self.strategy.settle(plan, source)
-        if plan.get("chunks_per_read", 2) is None:
-            plan["chunks_per_read"] = batch_filling_reads(source, self.batch_size)
+        if plan.get("chunks_per_read", 2) is None:  # (a Dask fit's lanes split the reads)
+            plan["chunks_per_read"] = 2 if client is not None else \
+                batch_filling_reads(source, self.batch_size)
         self._backend = None if client is None else self._dask_backend(client, data, source,
                                                                        x, y, w)
         self.result = None
