@@ -106,12 +106,14 @@ def best_scale(Xt, yt, coef, intercept) -> tuple[float, float, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("store", type=Path)
-    ap.add_argument("fit_options", nargs="*", help="after --: options for fit")
     ap.add_argument("--l2", type=float, default=1e-5)
     ap.add_argument("--seeds", default="", help="comma-separated --seed values (one run each)")
     ap.add_argument("--natgrad", type=Path, default=REPO, help="natgrad_stream checkout")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "one-pass-gap")
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.fit_options = argv[cut + 1:]  # after ``--``: options for fit
     import zarr
 
     args.work.mkdir(parents=True, exist_ok=True)
