@@ -141,3 +141,24 @@ def test_vw_table_keeps_features_off_the_constant_slot(bench):
         b = bench.vw_bits(d)
         assert (1 << b) >= d and (bench.VW_CONSTANT & ((1 << b) - 1)) >= d
     assert bench.vw_bits(100_000) == 18 and bench.vw_bits(1_000_000) == 21
+
+
+@pytest.fixture(scope="module")
+def gap(load_script, sbd):
+    return load_script("one_pass_gap")
+
+
+def test_one_pass_gap_finds_the_scale_a_shrunk_model_lacks(gap):
+    # labels drawn from a logistic model whose logit is 2·z: the coefficients z, scored
+    # as they are, lack a factor 2 that the held-out rescaling finds (to sampling error)
+    rng = np.random.default_rng(0)
+    n, d = 20_000, 30
+    X = sp.csr_matrix(rng.standard_normal((n, d)))
+    w = rng.normal(0.0, 0.5, size=d)
+    z = X @ w
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-(2.0 * z - 0.3)))).astype(np.float64)
+    s, b, loss = gap.best_scale(X, y, w, 0.0)
+    assert s == pytest.approx(2.0, rel=0.1) and b == pytest.approx(-0.3, abs=0.1)
+    u = s * z + b
+    assert loss == pytest.approx(np.mean(np.logaddexp(0.0, u) - y * u), rel=1e-12)
+    assert loss < np.mean(np.logaddexp(0.0, z) - y * z)
