@@ -44,6 +44,8 @@ AUTO_FULL_HESSIAN_MAX_PARAMS = 4096
 AUTO_FULL_MIN_ROWS_PER_PARAM = 20
 #: At most this many parameters are named as moved by unidentified directions.
 UNIDENTIFIED_NAMED = 10
+#: ``--rank``: columns of the low-rank structure's sketch (``--structure lowrank``).
+DEFAULT_LOWRANK_RANK = 64
 #: Negative diagonal entries down to this fraction of the parameter's own diagonal before an
 #: elimination step are round-off (e.g. on a rank-deficient batch metric) and read as 0; an
 #: input diagonal that is itself negative has no scale of its own and is judged against the
