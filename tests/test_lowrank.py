@@ -150,6 +150,12 @@ def test_whitener_factors_the_diagonal_plus_low_rank_model_exactly():
                     np.diag(whiten(np.diag(G), damping=1e-9, floor=0.0).matrix), rtol=1e-12)
     back = LowRankWhitener.from_state(W.state_dict())
     assert_array_equal(back.phi(theta), W.phi(theta))
+    # blocks of vectors (the drift's probes), and the drift of the metric it factors
+    V = rng.standard_normal((P, 4))
+    assert_allclose(W.theta(V), W.inverse @ V, rtol=1e-9, atol=1e-12 * np.abs(W.inverse).max())
+    assert_allclose(W.grad_phi(V), W.inverse.T @ V, rtol=1e-9, atol=1e-9)
+    assert W.drift(_sketched(G, k), rng, probes=4) < 1e-6
+    assert W.drift(_sketched(4.0 * G, k), rng, probes=4) > 1.0
 
 
 def test_first_whitener_equals_the_full_structures_on_a_batch_of_rank_at_most_k():

@@ -245,17 +245,20 @@ class LowRankWhitener(Whitener):
         Q = self.basis
         return v + Q @ (c[:, None] * (Q.T @ v)) if v.ndim == 2 else v + Q @ (c * (Q.T @ v))
 
+    def _a(self, v: np.ndarray) -> np.ndarray:
+        return self.scale[:, None] if v.ndim == 2 else self.scale
+
     def phi(self, theta):
-        """``φ = W θ = K(a θ)``."""
-        return self._k(self.scale * theta, self._up)
+        """``φ = W θ = K(a θ)`` (θ of shape (P,) or (P, m))."""
+        return self._k(self._a(theta) * theta, self._up)
 
     def theta(self, phi):
         """``θ = W⁻¹ φ = (K⁻¹ φ) / a``."""
-        return self._k(phi, self._down) / self.scale
+        return self._k(phi, self._down) / self._a(phi)
 
     def grad_phi(self, grad_theta):
         """``∇φJ = W⁻ᵀ ∇θJ = K⁻¹(∇θJ / a)``."""
-        return self._k(grad_theta / self.scale, self._down)
+        return self._k(grad_theta / self._a(grad_theta), self._down)
 
     @property
     def matrix(self) -> np.ndarray:
