@@ -236,3 +236,27 @@ def test_lowrank_refuses_robust_whitening_and_rank_zero():
                                whitening="robust")
     with pytest.raises(OptionError, match="rank must be >= 1"):
         NaturalGradientLearner(make_model("logistic", 3), structure="lowrank", rank=0)
+
+
+def test_structure_auto_settles_on_lowrank_where_it_took_the_diagonal(monkeypatch):
+    """The thresholds scaled down (full up to 10 parameters): a logistic model of P = 16 on
+    too few dense rows for the full metric settles on lowrank, and fits as given it;
+    sparse rows and a model without fast metric-vector products keep the diagonal.
+    """
+    from natgrad_stream.training import options as opts
+
+    monkeypatch.setattr(opts, "AUTO_FULL_MAX_PARAMS", 10)
+    monkeypatch.setattr(opts, "AUTO_FULL_HESSIAN_MAX_PARAMS", 40)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 15)) @ rng.standard_normal((15, 15)) + 3.0
+    y = (rng.random(150) < 0.5) * 1.0
+    auto = NaturalGradientLearner(make_model("logistic", 15), rank=4).fit((X, y), epochs=2)
+    given = NaturalGradientLearner(make_model("logistic", 15), structure="lowrank",
+                                   rank=4).fit((X, y), epochs=2)
+    assert auto.structure == "lowrank" and auto.options()["structure"] == "lowrank"
+    assert auto.effective_options["refine"] == "newton-cg"
+    assert_array_equal(auto.theta, given.theta)
+    assert opts.auto_structure_for_data(make_model("logistic", 15), 150, sparse=True) \
+        == "diagonal"
+    assert opts.auto_structure_for_data(make_model("ising", 6), 10**6, sparse=False) \
+        == "diagonal"

@@ -408,7 +408,8 @@ OPTIONS: tuple[Option, ...] = (
        "metric, O(P·rank) memory; later passes as the diagonal's); auto: full up to "
        f"{AUTO_FULL_MAX_PARAMS:,} parameters (up to "
        f"{AUTO_FULL_HESSIAN_MAX_PARAMS:,} for the GLMs, softmax and the Gaussians on dense "
-       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), diagonal beyond "
+       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), beyond: lowrank on "
+       "dense data for the GLMs and softmax, else diagonal "
        "(run.json records the structure used)", choices=STRUCTURE_CHOICES),
     _o("rank", positive_int, DEFAULT_LOWRANK_RANK, "columns of --structure lowrank's "
        "sketch of the metric (its rank; memory 16·P·rank bytes)", metavar="K",
@@ -764,14 +765,20 @@ def auto_structure_for_data(model, n_rows: int | None, sparse: bool) -> str:
     :data:`AUTO_FULL_HESSIAN_MAX_PARAMS` parameters for a model whose full metric is the
     Hessian (``scoring_converges``) on dense data of at least
     :data:`AUTO_FULL_MIN_ROWS_PER_PARAM` rows per parameter, where its passes are few and
-    their metric accumulation, not the refreshes, is the cost.
+    their metric accumulation, not the refreshes, is the cost; and ``lowrank`` in place of
+    the diagonal on dense data for a model whose metric-vector products are O(n·P·k)
+    (``fast_metric_matvec``: the GLMs, softmax), measured in
+    :data:`~natgrad_stream._constants.DEFAULT_LOWRANK_RANK`'s note.
     """
     P = model.n_params
     if P > AUTO_FULL_MAX_PARAMS and P <= AUTO_FULL_HESSIAN_MAX_PARAMS and not sparse \
             and getattr(model, "scoring_converges", False) and n_rows is not None \
             and n_rows >= AUTO_FULL_MIN_ROWS_PER_PARAM * P:
         return "full"
-    return auto_structure(model)
+    chosen = auto_structure(model)
+    if chosen == "diagonal" and not sparse and getattr(model, "fast_metric_matvec", False):
+        return "lowrank"
+    return chosen
 
 
 def _misplaced_message(flags: list[str], optimizer: str) -> str:
