@@ -149,12 +149,16 @@ def reference(path: Path, solver: str) -> dict:
 
 
 def bench(d: int, rows: int, data_dir: Path, out_dir: Path, runs: set[str],
-          timeout: float | None = None) -> list[dict]:
+          timeout: float | None = None, one_pass: tuple[str, ...] = ()) -> list[dict]:
     path = make_data(data_dir, d, rows)
     rows_out = []
     if "ours" in runs:
         rows_out += [ours(path, out_dir, f"d{d}-one-pass", ["--epochs", "1"]),
                      ours(path, out_dir, f"d{d}-default", [], timeout)]
+    for flags in one_pass:  # one pass with other flags, e.g. another structure
+        extra = shlex.split(flags)
+        slug = "-".join(v.lstrip("-") for v in extra) or "default"
+        rows_out.append(ours(path, out_dir, f"d{d}-one-pass-{slug}", ["--epochs", "1", *extra]))
     rows_out += [reference(path, solver) for solver in ("lbfgs", "liblinear") if solver in runs]
     commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
@@ -237,6 +241,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=None,
                     help="interrupt the default fit (SIGINT) after this many seconds and "
                          "report the point it saved (marked interrupted)")
+    ap.add_argument("--one-pass", action="append", default=[], metavar="FLAGS",
+                    help="also one pass with these fit flags, e.g. '--structure lowrank' "
+                         "(repeatable; --runs '' for these alone)")
     ap.add_argument("--quick", action="store_true", help="d = 200, 20,000 rows")
     args = ap.parse_args(argv)
     dims = [200] if args.quick else [int(v) for v in args.dims.split(",") if v]
@@ -250,7 +257,7 @@ def main(argv=None) -> int:
             rows = 20_000
         runs = {v for v in args.runs.split(",") if v == "ours" or d <= args.refs_max_d}
         for r in bench(d, rows, data_dir, out.parent / f"{out.name}-runs", runs,
-                       args.timeout):
+                       args.timeout, tuple(args.one_pass)):
             results.append(r)
             print(json.dumps(r), flush=True)
     this_command = "python scripts/wide_bench.py " + shlex.join(argv or sys.argv[1:])

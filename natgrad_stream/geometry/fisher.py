@@ -17,18 +17,23 @@ from natgrad_stream._constants import HALF_LIFE_FRACTION, HALF_LIFE_MIN_PER_PARA
 
 
 class RunningFisher:
-    """Exponentially weighted running metric, full or block ``(P, P)``, or diagonal ``(P,)``.
+    """Exponentially weighted running metric, full or block ``(P, P)``, diagonal ``(P,)``,
+    or low-rank: the diagonal ``(P,)`` and the sketch ``G T`` ``(P, rank)`` of
+    :mod:`natgrad_stream.geometry.lowrank` (decayed alike; ``T`` is drawn from the first
+    batch's diagonal, :meth:`test_for`).
 
     Parameters
     ----------
     n_params : int
         ``P``.
-    structure : {"full", "diagonal", "block"}
+    structure : {"full", "diagonal", "block", "lowrank"}
     half_life : float, "auto" or None
         Half-life in samples. ``None`` or ``inf`` keeps plain sums (no forgetting);
         ``"auto"`` uses ``max(20·P, 0.25·t)`` with ``t`` the samples seen so far, so the
         estimate forgets the early, far-from-optimal θ quickly and averages over more data
         as learning settles.
+    rank : int
+        Columns of the low-rank sketch (``structure="lowrank"``).
 
     Examples
     --------
@@ -40,9 +45,10 @@ class RunningFisher:
     """
 
     def __init__(self, n_params: int, *, structure: str = "full", half_life="auto",
-                 limit: float | None = None):
-        if structure not in ("full", "diagonal", "block"):
-            raise ValueError(f"structure must be 'full', 'diagonal' or 'block', got {structure!r}")
+                 limit: float | None = None, rank: int = 0):
+        if structure not in ("full", "diagonal", "block", "lowrank"):
+            raise ValueError("structure must be 'full', 'diagonal', 'block' or 'lowrank', got "
+                             f"{structure!r}")
         if half_life not in (None, "auto") and not float(half_life) > 0:
             raise ValueError(f"half_life must be > 0 samples, 'auto' or None, got {half_life!r}")
         self.n_params = int(n_params)
@@ -51,8 +57,14 @@ class RunningFisher:
         #: The half-life at most this many samples (forgetting a drifting stream), or None.
         self.limit = None if limit is None else float(limit)
         # a block-diagonal metric is stored as a (P, P) array whose off-block entries stay 0
-        shape = (self.n_params,) if structure == "diagonal" else (self.n_params, self.n_params)
+        shape = (self.n_params,) if structure in ("diagonal", "lowrank") \
+            else (self.n_params, self.n_params)
         self.sum = np.zeros(shape)
+        self.rank = int(rank) if structure == "lowrank" else 0
+        #: Low-rank: the sketch's sum ``Σ G_batch T`` (P, rank) and ``T`` (None until the
+        #: first batch).
+        self.sketch = np.zeros((self.n_params, self.rank)) if self.rank else None
+        self.test = None
         self.weight = 0.0
         self.samples = 0
         #: Rows in the estimate, decayed as the sums are (the evidence behind it).
@@ -68,21 +80,42 @@ class RunningFisher:
             hl = float(self.half_life)
         return hl if self.limit is None else min(hl, self.limit)
 
-    def add(self, batch_sum: np.ndarray, *, weight: float, rows: int) -> None:
+    def test_for(self, batch_diagonal: np.ndarray) -> np.ndarray:
+        """Low-rank: the test matrix ``T`` (P, rank), drawn from ``batch_diagonal`` (the
+        first batch's, shape (P,)) the first time (a new array: a rejected step's snapshot
+        keeps the old state).
+        """
+        if self.test is None:
+            from natgrad_stream.geometry.lowrank import draw_test_matrix
+
+            self.test = draw_test_matrix(batch_diagonal, self.rank)
+        return self.test
+
+    def add(self, batch_sum, *, weight: float, rows: int) -> None:
         """Fold in one batch: decay by ``0.5 ** (rows / half_life)``, then add.
 
         Parameters
         ----------
-        batch_sum : ndarray, shape (P, P) or (P,)
-            Sum of per-sample metric contributions over the batch.
+        batch_sum : ndarray, shape (P, P) or (P,), or SketchedMetric
+            Sum of per-sample metric contributions over the batch (low-rank: a
+            :class:`~natgrad_stream.geometry.lowrank.SketchedMetric` of sums with this
+            estimate's test matrix).
         weight : float
             Sum of the batch's sample weights (the normalizer of ``batch_sum``).
         rows : int
             Number of rows in the batch (the clock of the moving average).
         """
+        sketch = None
+        if self.structure == "lowrank":
+            if getattr(batch_sum, "sketch", None) is None or batch_sum.test is not self.test:
+                raise ValueError("a low-rank running metric adds a SketchedMetric made with "
+                                 "its own test matrix (test_for)")
+            batch_sum, sketch = batch_sum.diagonal, batch_sum.sketch
         if batch_sum.shape != self.sum.shape:
             raise ValueError(f"batch metric has shape {batch_sum.shape}, expected {self.sum.shape}")
         decay = 0.5 ** (rows / self.current_half_life())
+        if sketch is not None:  # (a new array, as the sum's)
+            self.sketch = self.sketch * decay + sketch
         # a new array, not an in-place update: a learner can keep the old one to undo a step
         new = self.sum * decay if decay != 1.0 else self.sum.copy()
         new += batch_sum
@@ -99,6 +132,10 @@ class RunningFisher:
         out = RunningFisher(self.n_params, structure=self.structure, half_life=self.half_life,
                             limit=self.limit)
         out.sum = self.sum + other.sum
+        if self.rank:
+            if other.test is not self.test and not np.array_equal(other.test, self.test):
+                raise ValueError("cannot merge low-rank sketches of different test matrices")
+            out.rank, out.test, out.sketch = self.rank, self.test, self.sketch + other.sketch
         out.weight = self.weight + other.weight
         out.samples = self.samples + other.samples
         out.rows = self.rows + other.rows
@@ -109,10 +146,16 @@ class RunningFisher:
         """True before any weight has been added."""
         return self.weight <= 0.0
 
-    def estimate(self) -> np.ndarray:
-        """The bias-corrected metric ``sum / weight``, shape (P, P) or (P,)."""
+    def estimate(self):
+        """The bias-corrected metric ``sum / weight``, shape (P, P) or (P,) (low-rank: a
+        :class:`~natgrad_stream.geometry.lowrank.SketchedMetric` of means).
+        """
         if self.empty:
             raise ValueError("the running metric has seen no data yet")
+        if self.rank:
+            from natgrad_stream.geometry.lowrank import SketchedMetric
+
+            return SketchedMetric(self.sum / self.weight, self.sketch / self.weight, self.test)
         return self.sum / self.weight
 
     # -- checkpointing -----------------------------------------------------------------
@@ -121,14 +164,22 @@ class RunningFisher:
         hl = self.half_life
         return {"sum": self.sum.copy(), "weight": self.weight, "samples": self.samples,
                 "rows": self.rows, "structure": self.structure, "half_life": hl,
-                "n_params": self.n_params, "limit": self.limit}
+                "n_params": self.n_params, "limit": self.limit,
+                **({"rank": self.rank, "sketch": self.sketch.copy(),
+                    "test": None if self.test is None else self.test.copy()}
+                   if self.rank else {})}
 
     @classmethod
     def from_state(cls, state: dict) -> RunningFisher:
         """Rebuild from :meth:`state_dict`."""
         out = cls(int(state["n_params"]), structure=state["structure"],
-                  half_life=state["half_life"], limit=state.get("limit"))
+                  half_life=state["half_life"], limit=state.get("limit"),
+                  rank=int(state.get("rank", 0)))
         out.sum = np.array(state["sum"], dtype=np.float64)
+        if out.rank:
+            out.sketch = np.array(state["sketch"], dtype=np.float64)
+            out.test = None if state.get("test") is None else \
+                np.array(state["test"], dtype=np.float64)
         out.weight = float(state["weight"])
         out.samples = int(state["samples"])
         # a checkpoint from before the decayed row count: its samples (no decay)

@@ -223,6 +223,10 @@ class Model(abc.ABC):
     #: optimum: the model metric is the Hessian at the optimum (GLMs with their canonical
     #: link). A fit left without ``epochs`` then runs until its stopping rule holds.
     scoring_converges: bool = False
+    #: Whether :meth:`metric_matvec` costs O(n·P·k) (the GLMs, softmax) rather than forming
+    #: the P × P metric: ``--structure auto`` then takes the low-rank structure, whose
+    #: sketch is one such product a batch, where it would take the diagonal on dense data.
+    fast_metric_matvec: bool = False
     #: Metric kinds this model computes in closed form from θ alone (no sampling noise over
     #: rows): the learner does not shrink their running estimate toward the diagonal.
     exact_metrics: tuple[str, ...] = ()

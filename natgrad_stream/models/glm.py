@@ -40,6 +40,7 @@ def _weights(w, n):
 class _GLM(Model):
     family: int = -1
     scoring_converges = True  # canonical links: the model Fisher is the Hessian
+    fast_metric_matvec = True
     sparse_kernels = True
 
     @property

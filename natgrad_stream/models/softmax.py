@@ -99,6 +99,7 @@ class SoftmaxRegression(Model):
     """
 
     scoring_converges = True  # canonical link: the model Fisher is the Hessian
+    fast_metric_matvec = True
 
     name = "softmax"
     metrics = ("model", "empirical", "loss-gradient", "monte-carlo")

@@ -89,6 +89,8 @@ from natgrad_stream.errors import (
     WhiteningError,
 )
 from natgrad_stream.geometry.fisher import RunningFisher
+from natgrad_stream.geometry.lowrank import METHODS as LOWRANK_METHODS
+from natgrad_stream.geometry.lowrank import SketchedMetric, whiten_lowrank
 from natgrad_stream.geometry.schedule import RefreshSchedule
 from natgrad_stream.geometry.shrinkage import add_evidence_prior, shrink
 from natgrad_stream.geometry.whitening import Whitener, whiten
@@ -97,7 +99,7 @@ from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
-from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
+from natgrad_stream.optim.rules import SGD, Optimizer, make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import FitLog
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
@@ -198,7 +200,9 @@ class NaturalGradientLearner:
         Keyword options of :data:`natgrad_stream.training.options.OPTIONS` (group
         ``learner``): ``optimizer`` (``sgd``, ``momentum``, ``adam`` stream; ``lbfgs``
         runs rounds of L-BFGS), ``metric`` (eq. 30, 31, 33, 39–41, 43; default the
-        model's), ``structure`` (``full``, ``diagonal`` eq. 34, ``block``),
+        model's), ``structure`` (``full``, ``diagonal`` eq. 34, ``block``, ``lowrank``:
+        the diagonal plus a Nyström sketch of ``rank`` columns,
+        :mod:`natgrad_stream.geometry.lowrank`), ``rank``,
         ``mc_samples``, ``whitening`` (``eigh``, ``ridge`` eq. 36, ``robust`` eq. 35),
         ``damping``, ``floor``, ``l2`` (λ: minimize the mean loss + λ/2·‖θ_S‖² over the
         model's :attr:`~natgrad_stream.models.Model.penalized_indices`, intercepts left
@@ -269,7 +273,10 @@ class NaturalGradientLearner:
         #: The options as given (restarts build their learners from them).
         self.given_options = dict(options)
         self.effective_options = eff = opts.resolve(options, model)
-        check_metric_structure(eff["metric"], eff["structure"], model)
+        check_metric_structure(eff["metric"], model_structure(eff["structure"]), model)
+        if eff["structure"] == "lowrank" and eff["whitening"] not in LOWRANK_METHODS:
+            raise OptionError(f"--structure lowrank factors with {' or '.join(LOWRANK_METHODS)}"
+                              f", not --whitening {eff['whitening']}")
         for name, value in eff.items():
             if name not in ("optimizer", "rewhiten"):
                 setattr(self, name, value)
@@ -299,7 +306,7 @@ class NaturalGradientLearner:
         self.strategy = _STRATEGIES[opts.strategy_of(eff["optimizer"])](self)
         self.optimizer = self.strategy.make_optimizer(eff)
         self.schedule = RefreshSchedule.parse(eff.get("rewhiten", "never"))
-        self._workspace = model.new_workspace(self.structure)
+        self._workspace = model.new_workspace(model_structure(self.structure))
         #: Rows of the data being fitted (None: unknown, e.g. ``step`` alone or a stream).
         self._source_rows = None
         self._row_density = 1.0  # non-zeros per row / features of the last batch
@@ -325,6 +332,7 @@ class NaturalGradientLearner:
         self.state = LearnerState.fresh(
             self.model.start_params(theta0), structure=self.structure,
             half_life=getattr(self, "half_life", None), forget=getattr(self, "forget", None),
+            rank=self.rank if self.structure == "lowrank" else 0,
             optimizer_state=self.optimizer.init(P) if self.optimizer is not None else {},
             seed=self.seed, data_init=theta0 is None)
         self._stop_requested = False
@@ -421,13 +429,27 @@ class NaturalGradientLearner:
         ws = self._workspace
         loss_sum, wsum = self.model.accumulate(
             X, y, w, s.theta, metric=self.metric if need_metric else None,
-            structure=self.structure, ws=ws, rng=s.rng, mc_samples=self.mc_samples)
+            structure=model_structure(self.structure), ws=ws, rng=s.rng,
+            mc_samples=self.mc_samples)
+        metric_sum = ws.fisher if need_metric else None
+        if need_metric and self.structure == "lowrank" and wsum > 0:
+            metric_sum = self._sketched_sum(X, y, w, metric_sum, wsum)
 
         def power_iteration(v):
             return self._power_iteration(X, y, w, v)
 
-        return self.step_sums(loss_sum, wsum, ws.grad, ws.fisher if need_metric else None, n,
+        return self.step_sums(loss_sum, wsum, ws.grad, metric_sum, n,
                               power_iteration=power_iteration)
+
+    def _sketched_sum(self, X, y, w, diagonal_sum, wsum) -> SketchedMetric:
+        """The low-rank structure's batch sums: the diagonal and ``Σw·G_batch T`` with the
+        running estimate's test matrix ``T`` (drawn from this diagonal on the first batch),
+        one metric-vector product of ``rank`` columns (O(n·P·rank)).
+        """
+        s = self.state
+        T = s.fisher.test_for(diagonal_sum / wsum)
+        GT = self.model.metric_matvec(X, y, w, s.theta, T, metric=self.metric)
+        return SketchedMetric(diagonal_sum.copy(), wsum * GT, T)
 
     def _metric_due(self) -> bool:
         """Whether this step folds a batch into the running metric: one batch in
@@ -544,6 +566,11 @@ class NaturalGradientLearner:
         grad, finite, norm, value = pen.mean_gradient(grad_sum, wsum, self.state.theta)
         if pen.active:
             loss_sum = loss_sum + wsum * value
+        if isinstance(metric_sum, SketchedMetric):  # (G + λI_S) T = G T + λ I_S T
+            T = metric_sum.test
+            return loss_sum, grad, finite, norm, SketchedMetric(
+                pen.add_metric(metric_sum.diagonal, weight=wsum),
+                pen.add_matvec(metric_sum.sketch, wsum * T), T)
         return loss_sum, grad, finite, norm, pen.add_metric(metric_sum, weight=wsum)
 
     def _guard_divergence(self, loss_sum: float, wsum: float, before, *,
@@ -689,8 +716,8 @@ class NaturalGradientLearner:
         s.samples += n
         s.forget_rows = self._kept(n) * s.forget_rows + n
         refresh = self._maybe_refresh()
-        if refresh is not None and refresh.get("ok") and self.structure == "diagonal" \
-                and power_iteration is not None:
+        if refresh is not None and refresh.get("ok") \
+                and self.structure in ("diagonal", "lowrank") and power_iteration is not None:
             s.step_cap = self._curvature_cap(power_iteration, refresh)
         cap = self._cap_factor(n)
         if self._fused_step():
@@ -754,7 +781,10 @@ class NaturalGradientLearner:
         elif self.schedule.clock_due(s.schedule, s.samples):
             reason = "schedule"
         elif self.schedule.drift_check_due(s.schedule):
-            drift = s.whitener.drift(self._running_metric()[0], s.rng, probes=self.drift_probes)
+            G = self._running_metric()[0]
+            if isinstance(G, SketchedMetric) and s.whitener.diagonal:  # (a fallback identity)
+                G = G.diagonal
+            drift = s.whitener.drift(G, s.rng, probes=self.drift_probes)
             if self.schedule.drift_exceeded(drift):
                 reason = "drift"
         return None if reason is None else self.refresh(reason=reason, drift=drift)
@@ -772,6 +802,16 @@ class NaturalGradientLearner:
         exact = self.metric in self.model.exact_metrics or (
             self._source_rows is not None and s.fisher.samples >= self._source_rows)
         rows = None if exact else s.fisher.rows
+        if self.structure == "lowrank":
+            # not shrunk: the sketch keeps the k directions of most evidence; the rest of
+            # the metric is its diagonal already
+            G = s.fisher.estimate()
+            if rows is not None:
+                if self._prior_coords is None:
+                    self._prior_coords = _as_slice(np.asarray(self.model.penalized_indices,
+                                                              dtype=np.int64))
+                add_evidence_prior(G.diagonal, rows, self._row_density, self._prior_coords)
+            return G, 0.0
         G, rho = shrink(s.fisher.estimate(), rows,  # (a new array: shrunk in place)
                         centers=self.model.center_indices,
                         blocks=self.model.param_bounds() if self.structure == "block" else None,
@@ -887,21 +927,28 @@ class NaturalGradientLearner:
             event["shrinkage"] = rho
             # the running estimate is a new array: factored in place (the caller's metric
             # is not); G's values are gone after this
-            new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
-                         center=self.model.center_indices or None,
-                         blocks=self.model.param_bounds() if self.structure == "block" else None,
-                         overwrite=metric is None)
+            if isinstance(G, SketchedMetric):
+                new = whiten_lowrank(G, method=self.whitening, damping=self.damping,
+                                     floor=self.floor)
+            else:
+                new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
+                             center=self.model.center_indices or None,
+                             blocks=self.model.param_bounds() if self.structure == "block"
+                             else None, overwrite=metric is None)
             del G
         except (WhiteningError, ValueError) as exc:
             event.update(ok=False, error=str(exc))
             warnings.warn(f"re-whitening at sample {s.samples} failed ({exc}); keeping the "
                           "previous whitener", RuntimeWarning, stacklevel=3)
             if s.whitener is None:
-                s.whitener = Whitener.identity(self.model.n_params,
-                                               diagonal=self.structure == "diagonal")
+                s.whitener = Whitener.identity(
+                    self.model.n_params, diagonal=self.structure in ("diagonal", "lowrank"))
                 s.phi = s.whitener.phi(s.theta)
         else:
-            if s.whitener is not None and self.optimizer is not None:
+            # (plain SGD keeps no state in φ: no maps, which are P × P unless both
+            # whiteners are diagonal)
+            if s.whitener is not None and self.optimizer is not None \
+                    and type(self.optimizer).transport is not Optimizer.transport:
                 s.optimizer = self.optimizer.transport(
                     s.optimizer, s.whitener.vector_map_to(new), s.whitener.covector_map_to(new))
             s.whitener = new
@@ -1032,6 +1079,9 @@ class NaturalGradientLearner:
         if isinstance(source, SparseSource):
             raise TypeError("a Dask fit reads dense Zarr arrays; sparse data (a CSR group) "
                             "is fitted in one process (no client)")
+        if self.structure == "lowrank":
+            raise OptionError("--structure lowrank is fitted in one process (no Dask "
+                              "client): its sketch is not merged across lanes")
         if getattr(source, "table_files", None) is not None:
             raise TypeError("a Dask fit reads a Zarr store that every worker opens, not a "
                             "table: copy it first ('natgrad-stream convert SRC OUT.zarr')")
@@ -2087,6 +2137,14 @@ def pass_progress(lr: NaturalGradientLearner, callbacks):
     return progress
 
 
+def model_structure(structure: str) -> str:
+    """The structure the model accumulates for a learner's ``structure``: the low-rank
+    structure's batch sums are the diagonal's plus its own sketch (:meth:`_sketched_sum`),
+    and its whole-data passes measure the diagonal.
+    """
+    return "diagonal" if structure == "lowrank" else structure
+
+
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
               metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None,
               progress=None):
@@ -2108,8 +2166,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     grad = np.zeros(P)
     loss = wsum = 0.0
     rows = 0
-    fisher = None if metric is None else RunningFisher(P, structure=lr.structure,
-                                                       half_life=None)
+    fisher = None if metric is None else RunningFisher(
+        P, structure=model_structure(lr.structure), half_life=None)
     per_read = max(1, batch_rows // source.chunk_rows)
     if progress is not None:
         progress(0)  # a pass starts
@@ -2123,7 +2181,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                 n = batch.X.shape[0]
                 ls, wt = lr.model.accumulate(
                     batch.X, batch.y, batch.w, theta, metric=metric,
-                    structure=lr.structure, ws=ws, rng=rng, mc_samples=lr.mc_samples)
+                    structure=model_structure(lr.structure), ws=ws, rng=rng,
+                    mc_samples=lr.mc_samples)
                 loss += ls
                 wsum += wt
                 grad += ws.grad
@@ -2190,7 +2249,8 @@ def _weightless_evaluation(chunks) -> str:
 
 def _dask_pass(lr, source, theta, *, metric, rng_key, chunks, should_stop):
     """:func:`full_pass` on the learner's Dask backend."""
-    stats = lr._backend.pass_stats(theta, metric=metric, structure=lr.structure,
+    stats = lr._backend.pass_stats(theta, metric=metric,
+                                   structure=model_structure(lr.structure),
                                    mc_samples=lr.mc_samples, chunks=chunks,
                                    rng_key=None if rng_key is None else tuple(rng_key),
                                    should_stop=should_stop)

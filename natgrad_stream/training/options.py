@@ -40,6 +40,7 @@ from natgrad_stream._constants import (
     DEFAULT_EIGEN_FLOOR,
     DEFAULT_KEEP_CHECKPOINTS,
     DEFAULT_LOG_EVERY,
+    DEFAULT_LOWRANK_RANK,
     DEFAULT_MC_SAMPLES,
     DEFAULT_POLL_SECONDS,
     DEFAULT_PROGRESS_SECONDS,
@@ -61,7 +62,7 @@ MODEL_CHOICES = ("logistic", "linear", "poisson", "softmax", "gaussian", "gaussi
                  "ising", "ica", "mlp")
 METRIC_CHOICES = ("model", "empirical", "monte-carlo", "loss-gradient", "energy",
                   "gauss-newton", "amari", "kfac")
-STRUCTURE_CHOICES = ("auto", "full", "diagonal", "block")
+STRUCTURE_CHOICES = ("auto", "full", "diagonal", "block", "lowrank")
 STREAMING_OPTIMIZERS = ("sgd", "momentum", "adam")
 OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
 STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
@@ -402,11 +403,17 @@ OPTIONS: tuple[Option, ...] = (
        "lbfgs, --refine lbfgs; default: --metric if given, else the model's own for them: "
        "the mlp's kfac; run.json records it, so a resumed run whitens alike)",
        nullable=True, choices=METRIC_CHOICES),
-    _o("structure", _choice, "auto", "full, diagonal (eq. 34) or block-diagonal by "
-       f"parameter group; auto: full up to {AUTO_FULL_MAX_PARAMS:,} parameters (up to "
+    _o("structure", _choice, "auto", "full, diagonal (eq. 34), block-diagonal by "
+       "parameter group, or lowrank (the diagonal plus a rank --rank Nyström sketch of the "
+       "metric, O(P·rank) memory; later passes as the diagonal's); auto: full up to "
+       f"{AUTO_FULL_MAX_PARAMS:,} parameters (up to "
        f"{AUTO_FULL_HESSIAN_MAX_PARAMS:,} for the GLMs, softmax and the Gaussians on dense "
-       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), diagonal beyond "
+       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), beyond: lowrank on "
+       "dense data for the GLMs and softmax, else diagonal "
        "(run.json records the structure used)", choices=STRUCTURE_CHOICES),
+    _o("rank", positive_int, DEFAULT_LOWRANK_RANK, "columns of --structure lowrank's "
+       "sketch of the metric (its rank; memory 16·P·rank bytes)", metavar="K",
+       maximum=MAX_UNITS),
     _o("mc_samples", positive_int, DEFAULT_MC_SAMPLES,
        "targets sampled per row for --metric monte-carlo", metavar="K", maximum=1_000),
     _o("whitening", _choice, "eigh", "regularized factorization of the metric: eigh, ridge "
@@ -722,9 +729,10 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
     if out.get("refine") == "auto":  # the model's own, else by the structure (below)
         own = recommended.get("refine")
         out["refine"] = own if own is not None else \
-            ("scoring" if out.get("structure") != "diagonal" else None)
+            ("scoring" if out.get("structure") not in ("diagonal", "lowrank") else None)
     if "refine" in out and out["refine"] is None:
-        # a diagonal metric is no Hessian: Fisher scoring with it converges slowly (200k ×
+        # a diagonal metric is no Hessian (nor the low-rank structure's, whose later passes
+        # measure the diagonal): Fisher scoring with it converges slowly (200k ×
         # 100 logistic, 50 passes: scoring 8.1% above the optimum, the L-BFGS hand-over
         # 1.0%). Where the model's metric is the Hessian (GLMs), Newton directions solved
         # by conjugate gradients on metric-vector passes; L-BFGS otherwise.
@@ -757,14 +765,20 @@ def auto_structure_for_data(model, n_rows: int | None, sparse: bool) -> str:
     :data:`AUTO_FULL_HESSIAN_MAX_PARAMS` parameters for a model whose full metric is the
     Hessian (``scoring_converges``) on dense data of at least
     :data:`AUTO_FULL_MIN_ROWS_PER_PARAM` rows per parameter, where its passes are few and
-    their metric accumulation, not the refreshes, is the cost.
+    their metric accumulation, not the refreshes, is the cost; and ``lowrank`` in place of
+    the diagonal on dense data for a model whose metric-vector products are O(n·P·k)
+    (``fast_metric_matvec``: the GLMs, softmax), measured in
+    :data:`~natgrad_stream._constants.DEFAULT_LOWRANK_RANK`'s note.
     """
     P = model.n_params
     if P > AUTO_FULL_MAX_PARAMS and P <= AUTO_FULL_HESSIAN_MAX_PARAMS and not sparse \
             and getattr(model, "scoring_converges", False) and n_rows is not None \
             and n_rows >= AUTO_FULL_MIN_ROWS_PER_PARAM * P:
         return "full"
-    return auto_structure(model)
+    chosen = auto_structure(model)
+    if chosen == "diagonal" and not sparse and getattr(model, "fast_metric_matvec", False):
+        return "lowrank"
+    return chosen
 
 
 def _misplaced_message(flags: list[str], optimizer: str) -> str:

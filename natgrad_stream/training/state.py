@@ -19,6 +19,7 @@ from natgrad_stream._constants import RNG_LEARNER
 from natgrad_stream.data import Cursor
 from natgrad_stream.data.digests import ChunkDigests
 from natgrad_stream.geometry.fisher import RunningFisher
+from natgrad_stream.geometry.lowrank import whitener_from_state
 from natgrad_stream.geometry.schedule import ScheduleState
 from natgrad_stream.geometry.whitening import Whitener
 
@@ -56,7 +57,7 @@ _CODECS = {
     "optimizer": (dict, lambda d: {k: (_array(v) if isinstance(v, np.ndarray) else v)
                                    for k, v in d.items()}, None),
     "whitener": (lambda w: None if w is None else w.state_dict(),
-                 lambda d: Whitener.from_state(d) if d else None, None),
+                 lambda d: whitener_from_state(d) if d else None, None),
     "fisher": (lambda f: f.state_dict(), RunningFisher.from_state, (copy.copy, copy.copy)),
     "schedule": (lambda s: s.to_dict(), ScheduleState.from_dict, (copy.copy, copy.copy)),
     "rng": (lambda r: r.bit_generator.state, _load_rng,
@@ -196,14 +197,15 @@ class LearnerState:
 
     @classmethod
     def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
-              seed: int, data_init: bool, forget: float | None = None) -> LearnerState:
+              seed: int, data_init: bool, forget: float | None = None,
+              rank: int = 0) -> LearnerState:
         """The state of a new run starting at ``theta`` (``forget``: the running metric's
-        half-life at most this).
+        half-life at most this; ``rank``: the low-rank structure's sketch columns).
         """
         P = theta.shape[0]
         return cls(theta=theta, phi=theta.copy(), whitener=None,
                    fisher=RunningFisher(P, structure=structure, half_life=half_life,
-                                        limit=forget),
+                                        limit=forget, rank=rank),
                    optimizer=optimizer_state, schedule=ScheduleState(),
                    rng=np.random.default_rng([seed, RNG_LEARNER]), cursor=Cursor(),
                    grad=np.full(P, np.nan), theta_sum=np.zeros(P), data_init=data_init)
