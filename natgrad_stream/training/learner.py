@@ -882,8 +882,12 @@ class NaturalGradientLearner:
                 s.phi = s.whitener.phi(s.theta)
         else:
             if s.whitener is not None and self.optimizer is not None:
+                # only the maps the optimizer's state needs (SGD's: none; each is a P × P
+                # product, a refresh's largest arrays after the whiteners)
+                need = self.optimizer.transport_maps
                 s.optimizer = self.optimizer.transport(
-                    s.optimizer, s.whitener.vector_map_to(new), s.whitener.covector_map_to(new))
+                    s.optimizer, s.whitener.vector_map_to(new) if "vector" in need else None,
+                    s.whitener.covector_map_to(new) if "covector" in need else None)
             s.whitener = new
             s.phi = new.phi(s.theta)
             s.rewhitens += 1
