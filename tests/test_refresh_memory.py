@@ -1,5 +1,6 @@
-"""A refresh of a full metric holds a fixed number of P × P arrays (issue 18: beyond the
-read buffers, peak memory is the model's own state). Counted with tracemalloc, which sees
+"""A refresh of a full metric holds a fixed number of P × P arrays, and a wide one's stream
+holds one read ahead (issue 18: beyond the read buffers, peak memory is the model's own
+state). The arrays are counted with tracemalloc, which sees
 every buffer NumPy allocates, and so those of SciPy's LAPACK wrappers (a copy of the input,
 the eigenvectors, the workspace); P is large enough that tiles of 256 rows and (P,)
 vectors stay a small fraction of one P × P array.
@@ -75,3 +76,15 @@ def test_a_refresh_builds_only_the_transport_maps_its_optimizer_needs(optimizer,
     held = _peak_in_square_arrays(lambda: events.append(lr.refresh()))
     assert events[0]["ok"]
     assert held < most, f"{held:.2f} P × P arrays"
+
+
+@pytest.mark.parametrize("features, structure, ahead", [
+    (2047, "full", 1), (2047, "diagonal", 2), (2046, "full", 2)])
+def test_a_wide_full_metric_reads_one_read_ahead(features, structure, ahead):
+    # its O(P²) work a row keeps the reader idle: a second read ahead would only hold
+    # another read buffer (P = 2,048 parameters from WIDE_METRIC_PARAMS on)
+    from natgrad_stream.training.learner import reads_ahead
+
+    lr = NaturalGradientLearner(make_model("logistic", features), structure=structure)
+    assert reads_ahead(lr, 2) == ahead
+    assert reads_ahead(lr, 1) == 1
