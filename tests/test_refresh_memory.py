@@ -88,3 +88,29 @@ def test_a_wide_full_metric_reads_one_read_ahead(features, structure, ahead):
     lr = NaturalGradientLearner(make_model("logistic", features), structure=structure)
     assert reads_ahead(lr, 2) == ahead
     assert reads_ahead(lr, 1) == 1
+
+
+def test_a_metric_pass_sums_in_place():
+    # one P × P sum for the whole pass, divided in place (a copy a batch, and the
+    # estimate's, made it 2)
+    from natgrad_stream.data import as_source
+    from natgrad_stream.training.learner import full_pass
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3 * 1024, P - 1))
+    y = (rng.random(3 * 1024) < 0.5).astype(float)
+    lr = NaturalGradientLearner(make_model("logistic", P - 1), structure="full", seed=0)
+    lr.step(X[:1024], y[:1024])
+    source = as_source((X, y))
+    out = []
+    # beyond a pass without the metric (the same read buffers)
+    reads = _peak_in_square_arrays(lambda: full_pass(lr, source, lr.state.theta, metric=None,
+                                                     batch_rows=1024))
+    held = _peak_in_square_arrays(lambda: out.append(
+        full_pass(lr, source, lr.state.theta, metric=lr.metric, batch_rows=1024))) - reads
+    assert held < 1.5, f"{held:.2f} P × P arrays"
+    G = out[0][2]
+    ref = lr.model.new_workspace("full")
+    lr.model.accumulate(X, y, None, lr.state.theta, metric=lr.metric, structure="full",
+                        ws=ref)
+    assert_allclose(G, ref.fisher / len(X), rtol=1e-10, atol=1e-14)

@@ -88,7 +88,6 @@ from natgrad_stream.errors import (
     OptionError,
     WhiteningError,
 )
-from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.schedule import RefreshSchedule
 from natgrad_stream.geometry.shrinkage import add_evidence_prior, shrink
 from natgrad_stream.geometry.whitening import Whitener, whiten
@@ -849,10 +848,11 @@ class NaturalGradientLearner:
 
     # -- re-whitening (shared) ----------------------------------------------------------
     def refresh(self, *, reason: str = "manual", drift: float | None = None,
-                metric: np.ndarray | None = None, **fields) -> dict:
+                metric: np.ndarray | None = None, consume: bool = False, **fields) -> dict:
         """Re-whiten now at ``θ_fixed = θ``; returns the refresh event.
 
-        ``metric`` is the metric to factor (default: the running estimate); ``fields``
+        ``metric`` is the metric to factor (default: the running estimate; with
+        ``consume``, factored in place, its values lost); ``fields``
         are added to the event after ``reason``. A failed factorization keeps the last
         good whitener (or the identity, before the first success) and reports
         ``ok: False`` with the reason, with a warning.
@@ -871,7 +871,7 @@ class NaturalGradientLearner:
             new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
                          center=self.model.center_indices or None,
                          blocks=self.model.param_bounds() if self.structure == "block" else None,
-                         overwrite=metric is None)
+                         overwrite=metric is None or consume)
             del G
         except (WhiteningError, ValueError) as exc:
             event.update(ok=False, error=str(exc))
@@ -1375,7 +1375,13 @@ class _Streaming(_Strategy):
                 if stalled:
                     event["stalled"] = True
             else:
-                refresh = lr.refresh(reason="pass", metric=G, **{"pass": k + 1})
+                # a parameter with no metric but a gradient (predictions saturated on its
+                # rows) is one no Newton step can move: the decrement does not see it
+                stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
+                # (the pass's metric is factored in place: no copy of it beside W)
+                refresh = lr.refresh(reason="pass", metric=G, consume=True,
+                                     **{"pass": k + 1})
+                del G
                 gphi = s.whitener.grad_phi(g)
                 # the Newton decrement ½ gᵀH⁻¹g: by the metric's factor (scoring), or by
                 # the solved direction (newton-cg: H d = −g)
@@ -1383,9 +1389,6 @@ class _Streaming(_Strategy):
                     max(0.0, -0.5 * float(g @ newton[0]))
                 s.grad = g
                 tol = _refine_tol(lr)
-                # a parameter with no metric but a gradient (predictions saturated on its
-                # rows) is one no Newton step can move: the decrement does not see it
-                stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
                 s.converged = s.decrement <= tol * abs(J) and not stuck.any()
                 s.refine_dir = None
                 if stuck.any():
@@ -2093,8 +2096,9 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     grad = np.zeros(P)
     loss = wsum = 0.0
     rows = 0
-    fisher = None if metric is None else RunningFisher(P, structure=lr.structure,
-                                                       half_life=None)
+    # the pass's metric sum, added to in place (a running estimate's batches make a new
+    # array each, for a rejected step to keep the old one: no step here)
+    gsum = None if metric is None else np.zeros(ws.fisher.shape)
     per_read = max(1, batch_rows // source.chunk_rows)
     if progress is not None:
         progress(0)  # a pass starts
@@ -2114,8 +2118,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                 wsum += wt
                 grad += ws.grad
                 rows += n
-                if fisher is not None:
-                    fisher.add(ws.fisher, weight=wt, rows=n)
+                if gsum is not None:
+                    gsum += ws.fisher
                 if progress is not None:
                     progress(rows)
     except DataError as exc:
@@ -2126,7 +2130,11 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     lr.state.evaluations += 1
     if not wsum > 0:
         raise DataError(_weightless_evaluation(chunks), array=source.names[2])
-    G = None if fisher is None else fisher.estimate()
+    G = None
+    if gsum is not None:
+        ws.release_metric()  # (folded in: the refresh that factors G need not hold it)
+        G = gsum
+        G /= wsum
     return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
 
 
