@@ -308,9 +308,10 @@ def whiten(G: np.ndarray, *, method: str = "eigh", damping: float = DEFAULT_DAMP
         Group boundaries of a block-diagonal metric: each diagonal block is factored on
         its own (cost ``Σ P_b³``) and ``W`` is block-diagonal (stored dense).
     overwrite : bool
-        Use ``G``'s memory as workspace (its values are lost): a refresh of a P × P metric
-        then holds ``G``, the eigenvectors, ``W`` and ``W⁻¹`` at its peak, and nothing else
-        of that size.
+        Use ``G``'s memory as workspace (its values are lost; with ``eigh`` and
+        ``robust`` the whitener's ``W`` is written there): a refresh of a P × P metric then
+        holds ``G`` (``W``), the eigenvectors and ``W⁻¹`` at its peak, and nothing else of
+        that size.
 
     Returns
     -------
@@ -419,8 +420,9 @@ def _whiten(G, own, centers, method, damping, floor, scale, overwrite=False) -> 
             n_floor = n_null = 0
             null_params = []
         else:
-            s, V = scipy.linalg.eigh(S, overwrite_a=True, check_finite=False)
-            del S  # (its memory is LAPACK's workspace now)
+            # S is symmetric, so S.T is the same matrix: Fortran-ordered when S is
+            # C-ordered, which LAPACK factors in place (S itself would be copied first)
+            s, V = scipy.linalg.eigh(S.T, overwrite_a=True, check_finite=False)
             raw_cond = float(s[-1] / s[0]) if s[0] > 0 else np.inf
             s, n_null = _unidentified_to_prior(s) if scale else (s, 0)
             null_params = _moved_by(V[:, :n_null]) if n_null else []
@@ -439,10 +441,12 @@ def _whiten(G, own, centers, method, damping, floor, scale, overwrite=False) -> 
                 s = np.maximum(s, lo)
             cond = float(s.max() / s.min())
             # W = V s^½ Vᵀ = (V s^¼)(V s^¼)ᵀ and W⁻¹ = (V s^-¼)(V s^-¼)ᵀ: V is rescaled in
-            # place, so the refresh holds V, W and W⁻¹ and no fourth P × P array
+            # place and W written over S (LAPACK's workspace, its values gone), so the
+            # refresh holds V, W and W⁻¹ and no fourth P × P array
             quarter = s ** 0.25
             V *= quarter
-            W = V @ V.T
+            W = np.matmul(V, V.T, out=S if S.flags.c_contiguous else None)
+            del S
             V /= quarter * quarter
             Winv = V @ V.T
             del V

@@ -48,6 +48,10 @@ class Optimizer(abc.ABC):
     name = ""
     default_lr = 1.0
     default_schedule = "harmonic"
+    #: The maps :meth:`transport` reads (``"vector"``, ``"covector"``); the learner builds
+    #: only these (each a P × P product at a refresh of a full whitener) and passes None
+    #: for the others.
+    transport_maps: tuple[str, ...] = ()
 
     def __init__(self, *, lr: float | None = None, schedule: str | None = None):
         self.lr = self.default_lr if lr is None else float(lr)
@@ -70,8 +74,10 @@ class Optimizer(abc.ABC):
                samples: int) -> tuple[np.ndarray, dict]:
         """``(new φ, new state)`` given ``∇φJ`` (mean over the batch); ``state`` is unchanged."""
 
-    def transport(self, state: dict, vector_map: np.ndarray, covector_map: np.ndarray) -> dict:
-        """The state carried into new φ coordinates (see the module docstring).
+    def transport(self, state: dict, vector_map: np.ndarray | None,
+                  covector_map: np.ndarray | None) -> dict:
+        """The state carried into new φ coordinates (see the module docstring); a map not
+        named in :attr:`transport_maps` may be None.
 
         The base optimizer keeps only counters, which are coordinate-free.
         """
@@ -129,6 +135,8 @@ class Momentum(SGD):
         eta = step_size(self.lr, self.schedule, rows, samples)
         return phi - eta * v, {**state, "steps": state["steps"] + 1, "velocity": v}
 
+    transport_maps = ("vector",)
+
     def transport(self, state, vector_map, covector_map):
         return {**state, "velocity": _apply(vector_map, state["velocity"])}
 
@@ -139,6 +147,7 @@ class Adam(Optimizer):
     name = "adam"
     default_lr = 0.05
     default_schedule = "sqrt"
+    transport_maps = ("covector",)
 
     def __init__(self, *, lr=None, schedule=None, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8):

@@ -69,6 +69,7 @@ from natgrad_stream._constants import (
     UNBOUNDED_DECREMENT,
     UNBOUNDED_PASSES,
     UNIDENTIFIED_NAMED,
+    WIDE_METRIC_PARAMS,
 )
 from natgrad_stream.data import ArraySource, Cursor, as_source
 from natgrad_stream.data.follow import FollowSource
@@ -88,7 +89,6 @@ from natgrad_stream.errors import (
     OptionError,
     WhiteningError,
 )
-from natgrad_stream.geometry.fisher import RunningFisher
 from natgrad_stream.geometry.lowrank import METHODS as LOWRANK_METHODS
 from natgrad_stream.geometry.lowrank import SketchedMetric, whiten_lowrank
 from natgrad_stream.geometry.schedule import RefreshSchedule
@@ -99,7 +99,7 @@ from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
-from natgrad_stream.optim.rules import SGD, Optimizer, make_optimizer, step_size
+from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import FitLog
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
@@ -908,10 +908,11 @@ class NaturalGradientLearner:
 
     # -- re-whitening (shared) ----------------------------------------------------------
     def refresh(self, *, reason: str = "manual", drift: float | None = None,
-                metric: np.ndarray | None = None, **fields) -> dict:
+                metric: np.ndarray | None = None, consume: bool = False, **fields) -> dict:
         """Re-whiten now at ``θ_fixed = θ``; returns the refresh event.
 
-        ``metric`` is the metric to factor (default: the running estimate); ``fields``
+        ``metric`` is the metric to factor (default: the running estimate; with
+        ``consume``, factored in place, its values lost); ``fields``
         are added to the event after ``reason``. A failed factorization keeps the last
         good whitener (or the identity, before the first success) and reports
         ``ok: False`` with the reason, with a warning.
@@ -934,7 +935,7 @@ class NaturalGradientLearner:
                 new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
                              center=self.model.center_indices or None,
                              blocks=self.model.param_bounds() if self.structure == "block"
-                             else None, overwrite=metric is None)
+                             else None, overwrite=metric is None or consume)
             del G
         except (WhiteningError, ValueError) as exc:
             event.update(ok=False, error=str(exc))
@@ -945,12 +946,13 @@ class NaturalGradientLearner:
                     self.model.n_params, diagonal=self.structure in ("diagonal", "lowrank"))
                 s.phi = s.whitener.phi(s.theta)
         else:
-            # (plain SGD keeps no state in φ: no maps, which are P × P unless both
-            # whiteners are diagonal)
-            if s.whitener is not None and self.optimizer is not None \
-                    and type(self.optimizer).transport is not Optimizer.transport:
+            if s.whitener is not None and self.optimizer is not None:
+                # only the maps the optimizer's state needs (SGD's: none; each is a P × P
+                # product, a refresh's largest arrays after the whiteners)
+                need = self.optimizer.transport_maps
                 s.optimizer = self.optimizer.transport(
-                    s.optimizer, s.whitener.vector_map_to(new), s.whitener.covector_map_to(new))
+                    s.optimizer, s.whitener.vector_map_to(new) if "vector" in need else None,
+                    s.whitener.covector_map_to(new) if "covector" in need else None)
             s.whitener = new
             s.phi = new.phi(s.theta)
             s.rewhitens += 1
@@ -1452,7 +1454,13 @@ class _Streaming(_Strategy):
                 if stalled:
                     event["stalled"] = True
             else:
-                refresh = lr.refresh(reason="pass", metric=G, **{"pass": k + 1})
+                # a parameter with no metric but a gradient (predictions saturated on its
+                # rows) is one no Newton step can move: the decrement does not see it
+                stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
+                # (the pass's metric is factored in place: no copy of it beside W)
+                refresh = lr.refresh(reason="pass", metric=G, consume=True,
+                                     **{"pass": k + 1})
+                del G
                 gphi = s.whitener.grad_phi(g)
                 # the Newton decrement ½ gᵀH⁻¹g: by the metric's factor (scoring), or by
                 # the solved direction (newton-cg: H d = −g)
@@ -1460,9 +1468,6 @@ class _Streaming(_Strategy):
                     max(0.0, -0.5 * float(g @ newton[0]))
                 s.grad = g
                 tol = _refine_tol(lr)
-                # a parameter with no metric but a gradient (predictions saturated on its
-                # rows) is one no Newton step can move: the decrement does not see it
-                stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
                 s.converged = s.decrement <= tol * abs(J) and not stuck.any()
                 s.refine_dir = None
                 if stuck.any():
@@ -1597,7 +1602,7 @@ class _Streaming(_Strategy):
                 return False
             stream = source.batches(batch_size=lr.batch_size, epochs=epochs, seed=lr.seed,
                                     shuffle=plan["shuffle"], start=s.cursor,
-                                    prefetch=plan["prefetch"],
+                                    prefetch=reads_ahead(lr, plan["prefetch"]),
                                     chunks_per_read=plan["chunks_per_read"],
                                     read_buffer_bytes=lr.read_buffer_bytes,
                                     digests=s.digests, **lr.model.data_checks())
@@ -2145,6 +2150,18 @@ def model_structure(structure: str) -> str:
     return "diagonal" if structure == "lowrank" else structure
 
 
+def reads_ahead(lr: NaturalGradientLearner, prefetch: int) -> int:
+    """Reads a stream that accumulates ``lr``'s metric prepares ahead: ``prefetch``, but
+    one for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters, whose O(P²) work
+    a row keeps the reader idle (d = 3,000: about 500 rows/s against reads of 10,240 rows
+    decoded in well under a second), so that a second read ahead would only hold one more
+    buffer (123 MB there). The rows' order does not depend on it.
+    """
+    if lr.structure == "full" and lr.model.n_params >= WIDE_METRIC_PARAMS:
+        return min(int(prefetch), 1)
+    return prefetch
+
+
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
               metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None,
               progress=None):
@@ -2166,13 +2183,15 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     grad = np.zeros(P)
     loss = wsum = 0.0
     rows = 0
-    fisher = None if metric is None else RunningFisher(
-        P, structure=model_structure(lr.structure), half_life=None)
+    # the pass's metric sum, added to in place (a running estimate's batches make a new
+    # array each, for a rejected step to keep the old one: no step here)
+    gsum = None if metric is None else np.zeros(ws.fisher.shape)
     per_read = max(1, batch_rows // source.chunk_rows)
     if progress is not None:
         progress(0)  # a pass starts
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
+                            prefetch=2 if metric is None else reads_ahead(lr, 2),
                             chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
                             digests=lr.state.digests, **lr.model.data_checks()) as stream:
             for batch in stream:
@@ -2187,8 +2206,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                 wsum += wt
                 grad += ws.grad
                 rows += n
-                if fisher is not None:
-                    fisher.add(ws.fisher, weight=wt, rows=n)
+                if gsum is not None:
+                    gsum += ws.fisher
                 if progress is not None:
                     progress(rows)
     except DataError as exc:
@@ -2199,7 +2218,11 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     lr.state.evaluations += 1
     if not wsum > 0:
         raise DataError(_weightless_evaluation(chunks), array=source.names[2])
-    G = None if fisher is None else fisher.estimate()
+    G = None
+    if gsum is not None:
+        ws.release_metric()  # (folded in: the refresh that factors G need not hold it)
+        G = gsum
+        G /= wsum
     return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
 
 

@@ -1,0 +1,116 @@
+"""A refresh of a full metric holds a fixed number of P × P arrays, and a wide one's stream
+holds one read ahead (issue 18: beyond the read buffers, peak memory is the model's own
+state). The arrays are counted with tracemalloc, which sees
+every buffer NumPy allocates, and so those of SciPy's LAPACK wrappers (a copy of the input,
+the eigenvectors, the workspace); P is large enough that tiles of 256 rows and (P,)
+vectors stay a small fraction of one P × P array.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from natgrad_stream.geometry.whitening import whiten
+from natgrad_stream.learner import NaturalGradientLearner
+from natgrad_stream.models import make_model
+
+P = 801
+
+
+def _peak_in_square_arrays(fn) -> float:
+    """The most memory ``fn()`` held at once beyond what was allocated before it, in
+    P × P float64 arrays.
+    """
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return (peak - before) / (P * P * 8)
+
+
+def _metric(seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((2 * P, P)) * np.geomspace(1, 100, P)
+    return A.T @ A / (2 * P)
+
+
+def test_eigh_whitening_in_place_holds_the_eigenvectors_and_the_inverse_only():
+    G = _metric()
+    ref = whiten(G.copy(), overwrite=False)
+    out = []
+    # LAPACK factors G's memory in place and W is written there: V and W⁻¹ are the only
+    # new P × P arrays (a copy of G for LAPACK and a separate W made it 3)
+    held = _peak_in_square_arrays(lambda: out.append(whiten(G, overwrite=True)))
+    assert held < 2.5, f"{held:.2f} P × P arrays"
+    new = out[0]
+    assert np.shares_memory(new.matrix, G)
+    assert_allclose(new.matrix, ref.matrix, rtol=1e-12, atol=1e-12 * np.abs(ref.matrix).max())
+    assert_allclose(new.inverse, ref.inverse, rtol=1e-12,
+                    atol=1e-12 * np.abs(ref.inverse).max())
+
+
+def _learner(optimizer):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2048, P - 1)) * np.geomspace(1, 10, P - 1)
+    y = (rng.random(2048) < 0.5).astype(float)
+    lr = NaturalGradientLearner(make_model("logistic", P - 1), structure="full",
+                                optimizer=optimizer, seed=0)
+    lr.step(X[:1024], y[:1024])
+    lr.step(X[1024:], y[1024:])
+    return lr
+
+
+@pytest.mark.parametrize("optimizer, most", [("sgd", 3.5), ("momentum", 3.5)])
+def test_a_refresh_builds_only_the_transport_maps_its_optimizer_needs(optimizer, most):
+    # the running estimate (factored in place), the eigenvectors and W⁻¹; plain SGD's
+    # state is coordinate-free (no map), momentum's velocity needs W_new W_old⁻¹ only
+    # (both maps, built whatever the optimizer, made it 4)
+    lr = _learner(optimizer)
+    events = []
+    held = _peak_in_square_arrays(lambda: events.append(lr.refresh()))
+    assert events[0]["ok"]
+    assert held < most, f"{held:.2f} P × P arrays"
+
+
+@pytest.mark.parametrize("features, structure, ahead", [
+    (2047, "full", 1), (2047, "diagonal", 2), (2046, "full", 2)])
+def test_a_wide_full_metric_reads_one_read_ahead(features, structure, ahead):
+    # its O(P²) work a row keeps the reader idle: a second read ahead would only hold
+    # another read buffer (P = 2,048 parameters from WIDE_METRIC_PARAMS on)
+    from natgrad_stream.training.learner import reads_ahead
+
+    lr = NaturalGradientLearner(make_model("logistic", features), structure=structure)
+    assert reads_ahead(lr, 2) == ahead
+    assert reads_ahead(lr, 1) == 1
+
+
+def test_a_metric_pass_sums_in_place():
+    # one P × P sum for the whole pass, divided in place (a copy a batch, and the
+    # estimate's, made it 2)
+    from natgrad_stream.data import as_source
+    from natgrad_stream.training.learner import full_pass
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3 * 1024, P - 1))
+    y = (rng.random(3 * 1024) < 0.5).astype(float)
+    lr = NaturalGradientLearner(make_model("logistic", P - 1), structure="full", seed=0)
+    lr.step(X[:1024], y[:1024])
+    source = as_source((X, y))
+    out = []
+    # beyond a pass without the metric (the same read buffers)
+    reads = _peak_in_square_arrays(lambda: full_pass(lr, source, lr.state.theta, metric=None,
+                                                     batch_rows=1024))
+    held = _peak_in_square_arrays(lambda: out.append(
+        full_pass(lr, source, lr.state.theta, metric=lr.metric, batch_rows=1024))) - reads
+    assert held < 1.5, f"{held:.2f} P × P arrays"
+    G = out[0][2]
+    ref = lr.model.new_workspace("full")
+    lr.model.accumulate(X, y, None, lr.state.theta, metric=lr.metric, structure="full",
+                        ws=ref)
+    assert_allclose(G, ref.fisher / len(X), rtol=1e-10, atol=1e-14)
