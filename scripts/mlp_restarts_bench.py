@@ -111,6 +111,8 @@ def main(argv=None):
     layouts = a.layouts.split(",")
     X, y = diabetes()
     load0 = os.getloadavg()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()  # what the fits run
     sk = sklearn_fits(X, y, max(5, a.sklearn_fits))
     ref = min(f["mse"] for f in sk[:5])
     with pass_cap_notes_dropped():  # the warm-up's one line
@@ -125,8 +127,6 @@ def main(argv=None):
                 r["meets"] = r["mse"] <= ref
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     mses = sorted(f["mse"] for f in sk)
     head = (f"### mlp default fit on standardized diabetes ({time.strftime('%Y-%m-%d')}, "
             f"{platform.machine()}, {os.cpu_count()} cores, commit {commit}; load average "
