@@ -208,7 +208,9 @@ def test_cli_choices_mirror_the_registries():
     assert set(cli.MODEL_CHOICES) == set(MODEL_NAMES)
     assert set(cli.TASK_CHOICES) == set(TASKS)
     assert cli.METRIC_CHOICES == METRICS
-    assert cli.STRUCTURE_CHOICES == ("auto", *STRUCTURES)  # auto resolves to one of them
+    # auto resolves to one of them; lowrank is the learner's (its batches accumulate the
+    # models' diagonal, and its sketch)
+    assert cli.STRUCTURE_CHOICES == ("auto", *STRUCTURES, "lowrank")
 
 
 def test_every_registered_model_and_task_loads():
