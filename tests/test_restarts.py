@@ -19,6 +19,8 @@ from natgrad_stream.models.mlp import (
     MLP_SCREEN_ROUNDS,
 )
 from natgrad_stream.training.callbacks import ProgressBar
+from natgrad_stream.training.learner import pass_cap_notes_dropped
+from natgrad_stream.training.restarts import planned_rows
 
 from .conftest import write_group
 
@@ -64,6 +66,30 @@ def test_mlp_restart_budget():
     assert m.restart_model(2).config() == {**m.config(), "seed": 2}
 
 
+class _Seen(ProgressBar):
+    """A progress display that records the samples it is shown and the planned total."""
+
+    def __init__(self):
+        super().__init__(interval=1e9)
+        self.samples, self.total = [], None
+
+    def on_fit_start(self, learner, total):
+        super().on_fit_start(learner, total)
+        self.total = total
+        self.total_per_fit = learner.strategy.total_rows(
+            type("S", (), {"n_rows": 150})(), {"epochs": learner.model.auto_pass_cap(150)})
+
+    def on_batch_end(self, learner, info, cursor):
+        self.samples.append(learner.samples)
+
+
+def test_planned_rows_of_raced_and_whole_restarts():
+    assert planned_rows(4_420_000, 30, (2, 2), 442, 500) == 30 * 442 * 1001 + 2 * 4_420_000
+    assert planned_rows(4_420_000, 30, None, 442, 500) == 30 * 4_420_000
+    assert planned_rows(1000, 4, (2, 2), 100, 500) == 4 * 1000 + 2 * 1000  # screen ≤ a fit
+    assert planned_rows(None, 3, (2, 2), 100, 500) is None
+
+
 def test_raced_restarts_continue_the_lowest_screens_exactly(monkeypatch):
     """A raced default fit screens every start for ``rounds`` complete L-BFGS rounds and
     continues only the ``kept`` lowest there; a continued start is exactly the fit of its
@@ -83,10 +109,18 @@ def test_raced_restarts_continue_the_lowest_screens_exactly(monkeypatch):
     for k in range(5):
         one = NaturalGradientLearner(make_model("mlp", 3, hidden=2, seed=k), n_init=1, **kw)
         one._round_limit = 1
-        screens.append(one.fit(data).result.train_loss)
+        with pass_cap_notes_dropped():  # (a paused fit, not one its cap stopped)
+            screens.append(one.fit(data).result.train_loss)
     assert len(set(screens)) == 5
-    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=2), **kw).fit(data)
+    seen = _Seen()
+    lr = NaturalGradientLearner(make_model("mlp", 3, hidden=2), **kw).fit(data,
+                                                                          callbacks=[seen])
     records = lr.result.restarts
+    # progress counts every start's rows once, within the planned total
+    rows = lr.result.rows_per_s * lr.result.seconds
+    assert seen.samples == sorted(seen.samples)
+    assert seen.samples[-1] == pytest.approx(rows, rel=1e-9)
+    assert rows <= seen.total == planned_rows(seen.total_per_fit, 5, (1, 2), 150, 15)
     assert [r["screen_loss"] for r in records] == screens  # same process
     finalists = sorted(range(5), key=lambda k: screens[k])[:2]
     for r, a in zip(records, alone, strict=True):

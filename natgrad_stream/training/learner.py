@@ -103,7 +103,7 @@ from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import FitLog
 from natgrad_stream.training.events import FitResult, LBFGSResult, StepInfo
-from natgrad_stream.training.restarts import restart_count, run_restarts
+from natgrad_stream.training.restarts import planned_rows, restart_count, run_restarts
 from natgrad_stream.training.state import LearnerState
 
 #: Keys of the effective options shown under ``"optimizer"`` in :meth:`options` (the
@@ -1034,9 +1034,10 @@ class NaturalGradientLearner:
                                          rereadable=_rereadable(source))
         if self._last_good is None:  # a resumed run keeps its persisted rollback point
             self._last_good = self.state.snapshot()
-        total = self.strategy.total_rows(source, plan)
+        total = planned_rows(self.strategy.total_rows(source, plan), restarts, screen,
+                             getattr(source, "n_rows", None), self.lbfgs_iters)
         for cb in callbacks:
-            cb.on_fit_start(self, None if total is None else total * restarts)
+            cb.on_fit_start(self, total)
         start_samples, t0 = self.state.samples, time.perf_counter()
         self._stop_requested = False
         try:
