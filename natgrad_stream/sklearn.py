@@ -78,7 +78,7 @@ __all__ = ["NaturalGradientClassifier", "NaturalGradientPoissonRegressor",
 #: Learner options exposed as estimator parameters, under the same names (``tol`` and
 #: ``max_iter``, the ``epochs`` cap, are handled separately).
 ESTIMATOR_OPTIONS = ("optimizer", "metric", "structure", "whitening", "damping", "floor",
-                     "batch_size", "seed", "refine")
+                     "batch_size", "seed", "refine", "rank")
 _D = {name: opts.BY_NAME[name].default for name in ESTIMATOR_OPTIONS}
 #: The table's ``tol`` defaults to None (run every pass); an estimator is meant
 #: to stop at the optimum, so ``tol`` has a default of its own.
@@ -161,7 +161,8 @@ class _NaturalGradientBase(BaseEstimator):
     def __init__(self, *, optimizer=_D["optimizer"], metric=_D["metric"],
                  structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
                  floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
-                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER,
+                 refine=_D["refine"], rank=_D["rank"], tol=DEFAULT_TOL,
+                 max_iter=DEFAULT_MAX_ITER,
                  warm_start=False):
         self.optimizer = optimizer
         self.metric = metric
@@ -172,6 +173,7 @@ class _NaturalGradientBase(BaseEstimator):
         self.batch_size = batch_size
         self.seed = seed
         self.refine = refine
+        self.rank = rank
         self.tol = tol
         self.max_iter = max_iter
         self.warm_start = warm_start
@@ -519,13 +521,14 @@ class _AlphaRegressor(RegressorMixin, _NaturalGradientBase):
     def __init__(self, *, alpha=DEFAULT_ALPHA, optimizer=_D["optimizer"], metric=_D["metric"],
                  structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
                  floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
-                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER,
+                 refine=_D["refine"], rank=_D["rank"], tol=DEFAULT_TOL,
+                 max_iter=DEFAULT_MAX_ITER,
                  warm_start=False):
         self.alpha = alpha
         super().__init__(optimizer=optimizer, metric=metric, structure=structure,
                          whitening=whitening, damping=damping, floor=floor,
-                         batch_size=batch_size, seed=seed, refine=refine, tol=tol,
-                         max_iter=max_iter, warm_start=warm_start)
+                         batch_size=batch_size, seed=seed, refine=refine, rank=rank,
+                         tol=tol, max_iter=max_iter, warm_start=warm_start)
 
 
 class NaturalGradientRegressor(_AlphaRegressor):
@@ -542,8 +545,9 @@ class NaturalGradientRegressor(_AlphaRegressor):
     optimizer : {"sgd", "momentum", "adam"}
         Optimizer of the first (streaming) pass; later passes are Fisher scoring
         (``refine="scoring"``).
-    metric, structure, whitening, damping, floor, batch_size, seed, refine
-        The learner options of the same names (see ``natgrad-stream fit --help``).
+    metric, structure, whitening, damping, floor, batch_size, seed, refine, rank
+        The learner options of the same names (see ``natgrad-stream fit --help``;
+        ``rank``: the columns of ``structure="lowrank"``'s sketch).
     tol : float
         Stop once the Newton decrement of a whole pass is at most ``tol·|J|``.
     max_iter : int
@@ -649,7 +653,7 @@ class NaturalGradientClassifier(ClassifierMixin, _NaturalGradientBase):
         ``LogisticRegression(C=C)`` for two classes; ``C=np.inf`` is the unpenalized fit.
         Softmax (K > 2) penalizes the K−1 rows of the reference-class parameterization.
     optimizer, metric, structure, whitening, damping, floor, batch_size, seed, refine, \
-tol, max_iter, warm_start
+rank, tol, max_iter, warm_start
         As in :class:`NaturalGradientRegressor`.
     class_weight : dict, "balanced" or None, default None
         ``LogisticRegression``'s: each row's sample weight is multiplied by its class's
@@ -674,14 +678,15 @@ tol, max_iter, warm_start
     def __init__(self, *, C=DEFAULT_C, optimizer=_D["optimizer"], metric=_D["metric"],
                  structure=_D["structure"], whitening=_D["whitening"], damping=_D["damping"],
                  floor=_D["floor"], batch_size=_D["batch_size"], seed=_D["seed"],
-                 refine=_D["refine"], tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER,
+                 refine=_D["refine"], rank=_D["rank"], tol=DEFAULT_TOL,
+                 max_iter=DEFAULT_MAX_ITER,
                  warm_start=False, class_weight=None):
         self.C = C
         self.class_weight = class_weight
         super().__init__(optimizer=optimizer, metric=metric, structure=structure,
                          whitening=whitening, damping=damping, floor=floor,
-                         batch_size=batch_size, seed=seed, refine=refine, tol=tol,
-                         max_iter=max_iter, warm_start=warm_start)
+                         batch_size=batch_size, seed=seed, refine=refine, rank=rank,
+                         tol=tol, max_iter=max_iter, warm_start=warm_start)
 
     def _l2(self, weight_sum):
         C = _penalty_parameter("C", self.C, positive=True)

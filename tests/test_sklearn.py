@@ -53,6 +53,23 @@ def test_defaults_come_from_the_options_table(cls):
                                       "warm_start", *own}
 
 
+def test_the_lowrank_structure_takes_its_rank_from_the_estimator():
+    """``rank`` (issue 18's low-rank structure) is an estimator parameter: it reaches the
+    learner, and the fit reaches the same penalized optimum as the full metric's.
+    """
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    full = NaturalGradientClassifier().fit(X, y)
+    low = NaturalGradientClassifier(structure="lowrank", rank=4).fit(X, y)
+    assert low.get_params()["rank"] == 4 and low.learner_.rank == 4
+    assert low.learner_.structure == "lowrank" and low.converged_
+    ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(X, y)
+    # the estimators stop at a Newton decrement of tol = 1e-10 of |J|: the coefficients
+    # are then within about 1e-4 (measured on Zen 4: 2e-6 full, 4e-5 lowrank)
+    for m in (full, low):
+        np.testing.assert_allclose(m.coef_, ref.coef_, atol=1e-3)
+
+
 @pytest.mark.parametrize("C", [np.inf, DEFAULT_C])
 def test_logistic_reaches_sklearn_optimum(C):
     X, y = load_breast_cancer(return_X_y=True)
