@@ -179,7 +179,7 @@ def run_restarts(learner, K: int, source, plan: dict, callbacks,
             learner.restart_records = records
             return True, rows
         record = _record(sub, model, k, seconds)
-        ended = limit is None or sub.state.converged or _stalled_or_capped(sub, plan)
+        ended = limit is None or _ended(sub, plan)
         if limit is not None:
             record["screen_loss"] = record["train_loss"]
         records.append(record)
@@ -187,14 +187,13 @@ def run_restarts(learner, K: int, source, plan: dict, callbacks,
         finalists.append((record["train_loss"], k, sub))
         finalists.sort(key=lambda f: _rank(f[0], f[1]))
         del finalists[keep:]  # (the others' learners are dropped)
-    best = None
     for _, k, sub in sorted(finalists, key=lambda f: f[1]):
         record = records[k]
-        if limit is not None and not (sub.state.converged or _stalled_or_capped(sub, plan)):
+        if limit is not None and not _ended(sub, plan):
             t0 = time.perf_counter()
             before = sub.samples  # (its screen's rows, counted in rows already)
-            _, interrupted = _continue(learner, sub, k, K, source, plan, callbacks,
-                                       rows - before)
+            interrupted = _continue(learner, sub, k, K, source, plan, callbacks,
+                                    rows - before)
             rows += sub.samples - before
             if interrupted:
                 learner.restart_records = records
@@ -202,12 +201,11 @@ def run_restarts(learner, K: int, source, plan: dict, callbacks,
             record.update(_record(sub, sub.model, k, 0.0),
                           seconds=record["seconds"] + time.perf_counter() - t0)
             _report(learner, callbacks, record, K, screen=False)
-        if best is None or _better(record["train_loss"], records[best[0]]["train_loss"]):
-            best = (k, sub)
+    kept = {k for _, k, _ in finalists}
     for r in records:
-        if limit is not None and r["restart"] not in {k for _, k, _ in finalists}:
+        if limit is not None and r["restart"] not in kept:
             r["screened_out"] = True
-    k, sub = best
+    _, k, sub = min(finalists, key=lambda f: _rank(records[f[1]]["train_loss"], f[1]))
     learner.model = sub.model
     learner.load_state_dict(sub.state_dict())
     for r in records:
@@ -224,14 +222,14 @@ def _fit_start(learner, model, k, K, source, plan, callbacks, rows_before, limit
     sub = make_learner(model, cls=type(learner), **{**learner.given_options, "n_init": 1})
     sub._round_limit = limit
     t0 = time.perf_counter()
-    _, interrupted = _continue(learner, sub, k, K, source, plan, callbacks, rows_before)
+    interrupted = _continue(learner, sub, k, K, source, plan, callbacks, rows_before)
     return sub, interrupted, time.perf_counter() - t0, sub.samples
 
 
 def _continue(learner, sub, k, K, source, plan, callbacks, rows_before):
     """Run ``sub.fit`` on ``source`` (a new start, or a screened one continued to its end
     with ``sub._round_limit`` cleared), its progress and records forwarded to the fit's
-    displays and logs. Returns ``(sub, interrupted)``.
+    displays and logs. Returns whether it was interrupted.
     """
     from natgrad_stream.training.learner import pass_cap_notes_dropped
 
@@ -250,7 +248,7 @@ def _continue(learner, sub, k, K, source, plan, callbacks, rows_before):
                                                 _RestartView(sub, k, K, rows_before))])
     finally:
         learner._active_restart = None
-    return sub, sub.result.interrupted
+    return sub.result.interrupted
 
 
 def _record(sub, model, k, seconds) -> dict:
@@ -275,23 +273,20 @@ def _report(learner, callbacks, record: dict, K: int, *, screen: bool) -> None:
         cb.on_event(learner, {**record, "screen": screen})
 
 
-def _stalled_or_capped(sub, plan) -> bool:
-    """Whether a screened start has ended anyway (a stalled round, or the pass cap)."""
+def _ended(sub, plan) -> bool:
+    """Whether a start's fit has ended (converged, stalled, or at the pass cap), so a
+    screen that ended it needs no continuing.
+    """
+    from natgrad_stream.training.learner import _stalled
+
     s = sub.state
-    return bool((s.last_round or {}).get("stalled")) or s.cursor.epoch >= plan["epochs"]
+    return bool(s.converged) or _stalled(s) or s.cursor.epoch >= plan["epochs"]
 
 
 def _rank(loss, k):
     """Sort key of a start: its loss (a missing or non-finite one last), then its index."""
     bad = loss is None or loss != loss
     return (bad, 0.0 if bad else loss, k)
-
-
-def _better(loss, best) -> bool:
-    """Whether ``loss`` beats ``best`` (a missing or non-finite loss never does)."""
-    if loss is None or loss != loss:
-        return False
-    return best is None or best != best or loss < best
 
 
 def _start_name(config: dict) -> str:
