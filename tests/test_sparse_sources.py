@@ -668,3 +668,22 @@ def test_stored_chunks_misaligned_with_logical_ones_are_decoded_directly(tmp_pat
             collect(s.batches(batch_size=50, shuffle=False))
         errors.append((info.value.array, info.value.chunk, info.value.row))
     assert errors[0] == errors[1] and errors[0][0] == "X/data"
+
+
+def test_prefetch_changes_nothing_and_may_point_past_the_end():
+    """The kernels' prefetch hint reads no value into the result and never faults, even
+    for an index past the array's end (a row ahead of the last).
+    """
+    from natgrad_stream._jit import jit
+    from natgrad_stream._prefetch import prefetch
+
+    @jit
+    def total(a, ahead):
+        s = 0.0
+        for i in range(a.shape[0]):
+            prefetch(a, i + ahead)
+            s += a[i]
+        return s
+
+    a = np.arange(1000, dtype=np.float64)
+    assert total(a, 10_000_000) == a.sum() == total(a, 0)

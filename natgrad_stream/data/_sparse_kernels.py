@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from natgrad_stream._jit import jit
+from natgrad_stream._prefetch import prefetch
 from natgrad_stream.data._digest_kernels import _K, _M2, _mix, _mix_word
 
 
@@ -32,6 +33,10 @@ def row_digests(values, columns, indptr, salt, out):  # pragma: no cover - compi
         out[i] = _mix(h) ^ salt
 
 
+#: Rows ahead of the copied one whose entries :func:`permute_csr_rows` prefetches.
+PERMUTE_PREFETCH_ROWS = 8
+
+
 @jit
 def permute_csr_rows(data, indices, indptr, perm, out_data, out_indices, out_indptr):
     # pragma: no cover - compiled
@@ -39,23 +44,32 @@ def permute_csr_rows(data, indices, indptr, perm, out_data, out_indices, out_ind
     from entry 0 into the preallocated ``out_data``, ``out_indices`` and ``out_indptr``
     (``len(perm) + 1``); returns the entries written.
 
-    The rows are copied in their stored order, each to its place in the output (sequential
-    reads, scattered writes): reading them in the output's order stalled on every row's
-    first cache lines (a shuffled read of 131,072 rows × 50 non-zeros, 26 MB: 0.6–0.7× the
-    time of that gather, load 8.7).
+    The rows are gathered in the output's order (sequential writes) with the entries of
+    the row :data:`PERMUTE_PREFETCH_ROWS` ahead prefetched (and its ``indptr`` twice as
+    far ahead), so a row's scattered lines are on their way while earlier rows are
+    copied: a shuffled read of 131,072 rows × 50 non-zeros (26 MB) in 0.55–0.6× the CPU
+    time of copying the rows in stored order to their places (scattered writes), which
+    was itself 0.6–0.7× a gather without prefetching.
     """
     m = perm.shape[0]
+    ahead = PERMUTE_PREFETCH_ROWS
+    e = 0
     out_indptr[0] = 0
     for i in range(m):
+        if i + 2 * ahead < m:
+            prefetch(indptr, perm[i + 2 * ahead])
+        if i + ahead < m:
+            r = perm[i + ahead]
+            for k in range(indptr[r], indptr[r + 1], 16):  # 16 entries: one 64-byte line
+                prefetch(data, k)
+                prefetch(indices, k)
         r = perm[i]
-        out_indptr[i + 1] = out_indptr[i] + (indptr[r + 1] - indptr[r])
-    place = np.empty(m, np.int64)  # output position of each stored row
-    for i in range(m):
-        place[perm[i]] = i
-    for r in range(m):
         start = indptr[r]
         n = indptr[r + 1] - start
-        e = out_indptr[place[r]]
-        out_data[e:e + n] = data[start:start + n]
-        out_indices[e:e + n] = indices[start:start + n]
-    return out_indptr[m]
+        for k in range(n):
+            out_data[e + k] = data[start + k]
+        for k in range(n):
+            out_indices[e + k] = indices[start + k]
+        e += n
+        out_indptr[i + 1] = e
+    return e
