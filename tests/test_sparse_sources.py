@@ -687,3 +687,51 @@ def test_prefetch_changes_nothing_and_may_point_past_the_end():
 
     a = np.arange(1000, dtype=np.float64)
     assert total(a, 10_000_000) == a.sum() == total(a, 0)
+
+
+@pytest.mark.parametrize("vdtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cdtype", [np.int32, np.int64, np.uint32])
+def test_check_and_digest_equals_the_separate_checks_and_digests(vdtype, cdtype):
+    """The reader's one-pass check and digest of a chunk (compiled) gives the digests of
+    :func:`rows_digest_block` and, for bad entries, the error :func:`check_entries` gives:
+    a column out of range before any non-finite value, wherever they are, with empty rows
+    and an ``indptr`` segment not starting at 0.
+    """
+    from natgrad_stream.data.csr_store import (
+        check_and_digest,
+        check_entries,
+        rows_digest_block,
+    )
+
+    M = matrix(300, D, density=0.05, seed=4)
+    M = (sp.diags((np.arange(300) % 37 != 5).astype(float)) @ M).tocsr()  # empty rows
+    seg = M.indptr[40:201].astype(np.int64)  # rows 40:200, entries from seg[0] != 0
+    values = M.data[seg[0]:seg[-1]].astype(vdtype)
+    columns = M.indices[seg[0]:seg[-1]].astype(cdtype)
+    csr = CSRArrays(M.data.astype(vdtype), M.indices.astype(cdtype), M.indptr, M.shape)
+    got = check_and_digest(csr, 0, 40, seg, values, columns, "s", True)
+    np.testing.assert_array_equal(got, rows_digest_block(seg, values, columns))
+    assert check_and_digest(csr, 0, 40, seg, values, columns, "s", False) is None
+
+    def errors(vals, cols):
+        out = []
+        for f in (lambda: check_entries(csr, 0, 40, seg, vals, cols, "s"),
+                  lambda: check_and_digest(csr, 0, 40, seg, vals, cols, "s", True)):
+            with pytest.raises(DataError) as info:
+                f()
+            out.append((str(info.value), info.value.row, info.value.column))
+        return out
+
+    e = seg[-1] - seg[0]
+    for nan_at, inf_at, col_at in ((5, None, None), (None, e - 1, None), (e // 2, 3, None),
+                                   (2, None, e - 3), (None, None, 0)):
+        vals, cols = values.copy(), columns.copy()
+        if nan_at is not None:
+            vals[nan_at] = np.nan
+        if inf_at is not None:
+            vals[inf_at] = -np.inf
+        if col_at is not None:
+            cols[col_at] = D if cdtype == np.uint32 else -1
+        first, second = errors(vals, cols)
+        assert first == second
+        assert ("column index" in first[0]) == (col_at is not None)
