@@ -33,49 +33,6 @@ def row_digests(values, columns, indptr, salt, out):  # pragma: no cover - compi
         out[i] = _mix(h) ^ salt
 
 
-@jit
-def check_and_digest_rows(values, value_bits, columns, indptr, n_columns, zero, salt,
-                          digest, out):  # pragma: no cover - compiled
-    """One pass over a chunk's entries for what a reader checks and records: whether a
-    row has a column ``>= n_columns`` (``columns`` unsigned, so a negative index is out
-    of range too), a finiteness sum ``Σ v·0`` in the values' dtype (``zero``: NaN when a
-    value is NaN or infinite, as :func:`~natgrad_stream.data.validation.first_nonfinite`),
-    and, when ``digest``, the row's digest into ``out[i]`` (exactly :func:`row_digests`'
-    over ``value_bits``, the values' bits, and ``columns``, xor ``salt``).
-
-    Returns ``(bad_column, bad_value)``: the offsets (from the chunk's first entry) of the
-    first entry whose column is out of range, and of the first non-finite value; -1 when
-    none. The scan stops at the first row with a bad column (that error is reported
-    first; later rows' digests are not computed); non-finite values are looked for before
-    it.
-    """
-    base = indptr[0]
-    bad_value = -1
-    for i in range(indptr.shape[0] - 1):
-        lo, hi = indptr[i] - base, indptr[i + 1] - base
-        outside = False
-        s = zero
-        for e in range(lo, hi):
-            outside |= columns[e] >= n_columns
-            s += values[e] * zero
-        if outside:
-            for e in range(lo, hi):
-                if columns[e] >= n_columns:
-                    return e, bad_value
-        if bad_value < 0 and (s != zero or s != s):
-            for e in range(lo, hi):
-                if not np.isfinite(values[e]):
-                    bad_value = e
-                    break
-        if digest:
-            h = np.uint64(hi - lo) * _M2
-            for e in range(lo, hi):
-                v = np.uint64(value_bits[e]) ^ (np.uint64(columns[e]) * _K)
-                h += _mix_word(v ^ (np.uint64(e) * _M2))
-            out[i] = _mix(h) ^ salt
-    return -1, bad_value
-
-
 #: Rows ahead of the copied one whose entries :func:`permute_csr_rows` prefetches.
 PERMUTE_PREFETCH_ROWS = 8
 

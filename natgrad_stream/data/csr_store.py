@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from natgrad_stream.data._sparse_kernels import check_and_digest_rows, row_digests
+from natgrad_stream.data._sparse_kernels import row_digests
 from natgrad_stream.data._zstd_direct import DirectChunks, read_direct
 from natgrad_stream.data.digests import _salt
 from natgrad_stream.data.metadata import (
@@ -209,30 +209,6 @@ def check_entries(csr: CSRArrays, c: int, a: int, seg, values, columns, source: 
         row = a + int(np.searchsorted(seg - seg[0], e, side="right")) - 1
         raise DataError(f"{message} (source {source})", array=csr.labels[0],
                         chunk=c, row=row, column=int(columns[e]))
-
-
-def check_and_digest(csr: CSRArrays, c: int, a: int, seg, values, columns, source: str,
-                     digest: bool) -> np.ndarray | None:
-    """:func:`check_entries` and (when ``digest``) :func:`rows_digest_block` of a chunk's
-    rows, in one compiled pass over its entries where the values are float32 or float64
-    and the column indices 32- or 64-bit integers (the CSR layouts written here and by
-    AnnData), else the two functions; the same errors and digests either way.
-    """
-    if values.dtype not in (np.float32, np.float64) or columns.dtype.kind not in "iu" \
-            or columns.dtype.itemsize not in (4, 8) or len(seg) < 2:
-        check_entries(csr, c, a, seg, values, columns, source)
-        return rows_digest_block(seg, values, columns) if digest else None
-    out = np.empty(len(seg) - 1 if digest else 0, dtype=np.uint64)
-    salt = np.uint64(int(_salt(values.dtype)) ^ (int(_salt(columns.dtype)) >> 1))
-    cols = columns.view(f"u{columns.dtype.itemsize}")
-    bad_column, bad_value = check_and_digest_rows(
-        values, values.view(f"u{values.dtype.itemsize}"), cols, seg, csr.shape[1],
-        values.dtype.type(0), salt, bool(digest), out)
-    if bad_column >= 0 or bad_value >= 0:  # the error, as check_entries words it
-        check_entries(csr, c, a, seg, values, columns, source)
-        raise RuntimeError(f"entry {max(bad_column, bad_value)} of chunk {c} of "
-                           f"{csr.labels[0]!r} was found bad by one check and not the other")
-    return out if digest else None
 
 
 def check_sparse_rows(label: str, rows: SparseRows, checks=()):

@@ -45,9 +45,10 @@ from natgrad_stream.data._sparse_kernels import permute_csr_rows
 from natgrad_stream.data.budget import default_chunk_rows, plan_reads, warn_over_budget
 from natgrad_stream.data.csr_store import (
     CSRArrays,
-    check_and_digest,
+    check_entries,
     check_indptr,
     locate_read_error,
+    rows_digest_block,
 )
 from natgrad_stream.data.digests import ChunkDigests, chunk_digest
 from natgrad_stream.data.metadata import (
@@ -293,9 +294,8 @@ class SparseSource(Source):
                             "source was opened: the data changed", array=self.csr.labels[2],
                             chunk=c, row=a)
 
-    def _check_entries(self, c: int, a: int, seg, values, columns, digest: bool):
-        """Check a chunk's entries; their rows' digest block when ``digest`` (else None)."""
-        return check_and_digest(self.csr, c, a, seg, values, columns, self.name, digest)
+    def _check_entries(self, c: int, a: int, seg, values, columns) -> None:
+        check_entries(self.csr, c, a, seg, values, columns, self.name)
 
     def _check(self, label, block, checks, chunk, row0) -> None:
         for check in checks:
@@ -640,9 +640,7 @@ class SparseSource(Source):
         self._read_rows(row_reqs)
         for (c, a, b, m0, e0, seg), (*_, a_here) in zip(spans, chunks, strict=True):
             k, q = b - a, e0 + int(seg[-1] - seg[0])
-            keep_digest = digests is not None or self._resident is not None
-            x_digest = self._check_entries(c, a, seg, values[e0:q], columns[e0:q],
-                                           keep_digest)
+            self._check_entries(c, a, seg, values[e0:q], columns[e0:q])
             for check in x_checks:  # a model's checks of feature values (the stored ones)
                 bad = check(nx, values[e0:q])
                 if bad is not None:
@@ -656,8 +654,8 @@ class SparseSource(Source):
             if self.has_weights:
                 self._check(nw, raw["w"][m0:m0 + k], w_checks, c, a)
                 blocks.append((2, nw, raw["w"][m0:m0 + k]))
-            if keep_digest:
-                blocks[0] = (0, nx, x_digest)
+            if digests is not None or self._resident is not None:
+                blocks[0] = (0, nx, rows_digest_block(seg, values[e0:q], columns[e0:q]))
                 if self._resident is not None:  # kept with the chunk (_store_resident)
                     self._resident_digests[c] = (a, k, [(slot, label, chunk_digest(b))
                                                         for slot, label, b in blocks])
