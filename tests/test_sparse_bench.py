@@ -162,3 +162,38 @@ def test_one_pass_gap_finds_the_scale_a_shrunk_model_lacks(gap):
     u = s * z + b
     assert loss == pytest.approx(np.mean(np.logaddexp(0.0, u) - y * u), rel=1e-12)
     assert loss < np.mean(np.logaddexp(0.0, z) - y * z)
+
+
+def test_sparse_rate_reports_the_pass_beside_the_raw_read(load_script, sbd, tmp_path,
+                                                          monkeypatch):
+    """``scripts/sparse_rate.py`` on a small store: one round's one pass (all the rows,
+    the same running loss as a second round: the same steps) beside the raw read of the
+    same store, their ratio, and the fit's CPU with the learner's thread named.
+    """
+    import json
+    import os
+    import threading
+
+    import natgrad_stream._malloc
+
+    rate = load_script("sparse_rate")
+    monkeypatch.setattr(natgrad_stream._malloc, "keep_freed_buffers", lambda: None)
+    path = tmp_path / "syn.zarr"
+    sbd.synthetic_logistic(path, rows=3000, features=500, nnz=20, test_rows=400)
+    assert rate.main([str(path), "--rounds", "2", "--json", str(tmp_path / "r.json")]) == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    first, second = out["rounds"]
+    assert first["rows_per_s"] == pytest.approx(3000 / first["fit_seconds"])
+    assert first["x_raw_read"] == pytest.approx(first["rows_per_s"]
+                                                / first["raw_rows_per_s"])
+    assert first["running_loss"] == second["running_loss"]
+    if not os.path.isdir("/proc/self/task"):
+        return  # (the CPU split reads Linux's /proc)
+    assert first["cpu"]["learner"] > 0
+    # a thread of a named role is counted under it
+    with rate.ThreadCPU() as cpu:
+        t = threading.Thread(target=lambda: sum(i * i for i in range(3_000_000)),
+                             name="natgrad-permute[test]_0")
+        t.start()
+        t.join()
+    assert cpu.split().get("permute", 0.0) > 0
