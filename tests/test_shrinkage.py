@@ -19,6 +19,7 @@ from natgrad_stream.geometry.shrinkage import (
 )
 from natgrad_stream.learner import NaturalGradientLearner
 from natgrad_stream.models import make_model
+from natgrad_stream.training.events import Callback
 
 
 def _correlation(C):
@@ -134,13 +135,24 @@ def test_running_fisher_counts_decayed_rows_and_restores_them():
     assert f.merge(g).rows == 2 * f.rows
 
 
+class _Refreshes(Callback):
+    """Collects a fit's re-whitening events."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def on_refresh(self, learner, event):
+        self.events.append(event)
+
+
 @pytest.mark.slow
 def test_wide_logistic_one_pass_no_longer_diverges(tmp_path):
     """1,000 raw, ill-conditioned features, 20,000 rows: the first whitening came from one
     batch of 1,024 rows for 1,001 parameters (condition 1e6, refreshed from that one batch
     for 63 batches) and the pass rolled back twice, ending 52% above the optimum. Shrunk
-    and warmed up (every batch folds into the metric until it holds 4 rows per parameter),
-    it makes no rollback and ends within 3% (measured 1.4%; 20 rows per parameter).
+    and warmed up (every batch folds into the metric until it holds 4 rows per parameter,
+    now 32), it makes no rollback and ends within 3% (measured 1.4% with 4; 20 rows per
+    parameter); the first re-whitenings are shrunk.
     """
     import zarr
     from sklearn.linear_model import LogisticRegression
@@ -153,11 +165,53 @@ def test_wide_logistic_one_pass_no_longer_diverges(tmp_path):
     model = make_model("logistic", 1000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a rollback warns
-        learner = NaturalGradientLearner(model).fit((X, y), epochs=1)
-    events = [learner.last_refresh]
-    assert events[-1]["ok"] and 0 < events[-1]["shrinkage"] < 1
+        learner = NaturalGradientLearner(model).fit((X, y), epochs=1,
+                                                     callbacks=[_Refreshes(events := [])])
+    assert all(e["ok"] for e in events) and 0 < events[0]["shrinkage"] < 1
     mu, sd = X.mean(axis=0), X.std(axis=0)
     ref = LogisticRegression(C=np.inf, tol=1e-8, max_iter=10_000).fit((X - mu) / sd, y)
     z = (X - mu) / sd @ ref.coef_[0] + ref.intercept_[0]
     J_star = float(np.mean(np.logaddexp(0, z) - y * z))
     assert model.loss(X, y, learner.theta) <= 1.03 * J_star
+
+
+def test_a_wide_one_pass_folds_every_batch_into_its_metric(tmp_path):
+    """300 raw features, 10,000 rows (33 per parameter): the metric folded every batch only
+    until it held 4 rows per parameter, then one batch in round(P/16) = 19, so one pass's
+    whitener rested on 2 of its 10 batches. It now folds every batch while the estimate
+    holds fewer than ``METRIC_WARMUP_ROWS_PER_PARAM`` (32) rows per parameter.
+    """
+    from natgrad_stream.data.datasets import make_dataset
+
+    make_dataset(tmp_path / "d.zarr", task="logistic", rows=10_000, features=300, seed=3)
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="r")
+    X, y = np.asarray(g["X"][:], np.float64), np.asarray(g["y"][:], np.float64)
+    learner = NaturalGradientLearner(make_model("logistic", 300)).fit((X, y), epochs=1)
+    assert learner.fisher_every == 19
+    assert learner.state.fisher.samples == 10_000
+
+
+@pytest.mark.slow
+def test_a_wide_one_pass_at_33_rows_per_parameter_ends_near_the_optimum(tmp_path):
+    """1,000 raw, ill-conditioned features, 33,000 rows: one default pass ended 0.70% above
+    the optimum when its metric stopped folding batches at 4 rows per parameter; folding
+    every batch up to 32 rows per parameter, 0.39% (measured; the bound 0.5% is the issue's
+    target for one pass).
+    """
+    import zarr
+    from sklearn.linear_model import LogisticRegression
+
+    from natgrad_stream.data.datasets import make_dataset
+
+    make_dataset(tmp_path / "d.zarr", task="logistic", rows=33_000, features=1000, seed=3)
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="r")
+    X, y = np.asarray(g["X"][:], np.float64), np.asarray(g["y"][:], np.float64)
+    model = make_model("logistic", 1000)
+    learner = NaturalGradientLearner(model).fit((X, y), epochs=1)
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    ref = LogisticRegression(C=np.inf, tol=1e-8, max_iter=10_000).fit((X - mu) / sd, y)
+    z = (X - mu) / sd @ ref.coef_[0] + ref.intercept_[0]
+    J_star = float(np.mean(np.logaddexp(0, z) - y * z))
+    assert model.loss(X, y, learner.theta) <= 1.005 * J_star
