@@ -79,15 +79,41 @@ def test_a_refresh_builds_only_the_transport_maps_its_optimizer_needs(optimizer,
 
 
 @pytest.mark.parametrize("features, structure, ahead", [
-    (2047, "full", 1), (2047, "diagonal", 2), (2046, "full", 2)])
-def test_a_wide_full_metric_reads_one_read_ahead(features, structure, ahead):
-    # its O(P²) work a row keeps the reader idle: a second read ahead would only hold
-    # another read buffer (P = 2,048 parameters from WIDE_METRIC_PARAMS on)
+    (2047, "full", 0), (2047, "diagonal", 2), (2046, "full", 2)])
+def test_a_wide_full_metric_queues_no_read(features, structure, ahead):
+    # its O(P²) work a row keeps the reader idle: two buffers (one consumed, the next
+    # decoded meanwhile); a queued read would only hold a third (P = 2,048 parameters
+    # from WIDE_METRIC_PARAMS on; at 4569ade it held one, 3 buffers)
     from natgrad_stream.training.learner import reads_ahead
 
     lr = NaturalGradientLearner(make_model("logistic", features), structure=structure)
     assert reads_ahead(lr, 2) == ahead
-    assert reads_ahead(lr, 1) == 1
+    assert reads_ahead(lr, 1) == min(ahead, 1)
+
+
+def test_a_stream_without_prefetch_holds_two_buffers_and_keeps_the_order(tmp_path):
+    # prefetch 0: the same batches in the same order as prefetch 2, from two read
+    # buffers (the reader one read ahead of the consumer) instead of four
+    import zarr
+
+    from natgrad_stream.data import as_source
+
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((5000, 7)), (rng.random(5000) < 0.5).astype(float)
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    g.create_array("X", data=X, chunks=(500, 7))
+    g.create_array("y", data=y, chunks=(500,))
+    src = as_source(str(tmp_path / "d.zarr"))
+    seen = {}
+    for prefetch in (0, 2):
+        with src.batches(batch_size=256, epochs=2, seed=4, prefetch=prefetch) as stream:
+            seen[prefetch] = [(b.X.copy(), b.y.copy()) for b in stream]
+    assert len(seen[0]) == len(seen[2]) > 10
+    for (a, ya), (b, yb) in zip(seen[0], seen[2], strict=True):
+        assert np.array_equal(a, b) and np.array_equal(ya, yb)
+    buffers = [src.plan_bytes(2, p, 256, True) for p in (0, 1, 2)]
+    assert buffers[2] - buffers[1] == buffers[1] - buffers[0] > 1000 * 7 * 8
+    assert src.read_plan(prefetch=0, batch_size=256, read_buffer_bytes=1 << 30).prefetch == 0
 
 
 def test_a_metric_pass_sums_in_place():

@@ -478,9 +478,11 @@ class Source(abc.ABC):
 
 def _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch):
     for name, v in (("batch_size", batch_size), ("epochs", epochs),
-                    ("chunks_per_read", chunks_per_read), ("prefetch", prefetch)):
+                    ("chunks_per_read", chunks_per_read)):
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if int(prefetch) < 0:  # 0: two buffers, the reader one read ahead of the consumer
+        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
 
 
 def _bases_of(arr):

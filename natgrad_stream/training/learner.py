@@ -2152,14 +2152,15 @@ def model_structure(structure: str) -> str:
 
 
 def reads_ahead(lr: NaturalGradientLearner, prefetch: int) -> int:
-    """Reads a stream that accumulates ``lr``'s metric prepares ahead: ``prefetch``, but
-    one for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters, whose O(P²) work
+    """Reads a stream that accumulates ``lr``'s metric queues ahead: ``prefetch``, but
+    none for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters, whose O(P²) work
     a row keeps the reader idle (d = 3,000: about 500 rows/s against reads of 10,240 rows
-    decoded in well under a second), so that a second read ahead would only hold one more
-    buffer (123 MB there). The rows' order does not depend on it.
+    decoded in well under a second): two buffers, the reader decoding the next read while
+    the rows of one are consumed, and no third one queued, which would only hold another
+    123 MB there. The rows' order does not depend on it.
     """
     if lr.structure == "full" and lr.model.n_params >= WIDE_METRIC_PARAMS:
-        return min(int(prefetch), 1)
+        return 0
     return prefetch
 
 
