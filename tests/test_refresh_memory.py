@@ -140,3 +140,30 @@ def test_a_metric_pass_sums_in_place():
     lr.model.accumulate(X, y, None, lr.state.theta, metric=lr.metric, structure="full",
                         ws=ref)
     assert_allclose(G, ref.fisher / len(X), rtol=1e-10, atol=1e-14)
+
+
+def test_shrinkage_makes_no_square_array_of_its_own():
+    # the Schur complement is read a tile at a time (at 4569ade it was a P × P array:
+    # the drift check and the refresh's shrinkage then held two beside the estimate)
+    from natgrad_stream.geometry.shrinkage import oas_intensity, schur_complement, shrink
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((P, P)) * np.geomspace(1, 100, P) + 5.0
+    A[:, -1] = 1.0  # an intercept, with features not centred
+    G = A.T @ A / P
+    rows = 0.5 * P
+    Gc = schur_complement(G, [P - 1])  # the reference, whole
+    d = np.diag(Gc).copy()
+    r = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    rho = oas_intensity((Gc * r[:, None] * r[None, :])[:P - 1, :P - 1], rows)
+    rho *= 1.0 - rows / (5.0 * P)
+    ref = G - rho * (Gc - np.diag(d))
+    out = []
+    held = _peak_in_square_arrays(lambda: out.append(shrink(G, rows, centers=[P - 1],
+                                                            overwrite=True)))
+    # (a tile of 256 rows, 0.32 of a P × P array here, and square tiles)
+    assert held < 1.0, f"{held:.2f} P × P arrays"
+    G_rho, got = out[0]
+    assert G_rho is G and 0 < got < 1
+    assert got == pytest.approx(rho, rel=1e-12)
+    assert_allclose(G_rho, ref, rtol=1e-12, atol=1e-13 * np.abs(ref).max())
