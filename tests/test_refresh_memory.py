@@ -87,11 +87,11 @@ def test_a_refresh_builds_only_the_transport_maps_its_optimizer_needs(optimizer,
 
 
 @pytest.mark.parametrize("features, structure, ahead", [
-    (2047, "full", 0), (2047, "diagonal", 2), (2046, "full", 2)])
-def test_a_wide_full_metric_queues_no_read(features, structure, ahead):
-    # its O(P²) work a row keeps the reader idle: two buffers (one consumed, the next
-    # decoded meanwhile); a queued read would only hold a third (P = 2,048 parameters
-    # from WIDE_METRIC_PARAMS on; at 4569ade it held one, 3 buffers)
+    (2047, "full", -1), (2047, "diagonal", 2), (2046, "full", 2)])
+def test_a_wide_full_metric_reads_into_one_buffer(features, structure, ahead):
+    # its O(P²) work a row dwarfs the decoding: one read buffer, the next read decoded
+    # once the last is consumed (P = 2,048 parameters from WIDE_METRIC_PARAMS on; at
+    # 4569ade it held 3 buffers)
     from natgrad_stream.training.learner import reads_ahead
 
     lr = NaturalGradientLearner(make_model("logistic", features), structure=structure)
@@ -99,9 +99,10 @@ def test_a_wide_full_metric_queues_no_read(features, structure, ahead):
     assert reads_ahead(lr, 1) == min(ahead, 1)
 
 
-def test_a_stream_without_prefetch_holds_two_buffers_and_keeps_the_order(tmp_path):
-    # prefetch 0: the same batches in the same order as prefetch 2, from two read
-    # buffers (the reader one read ahead of the consumer) instead of four
+@pytest.mark.parametrize("prefetch", [0, -1])
+def test_a_stream_with_fewer_buffers_keeps_the_order(tmp_path, prefetch):
+    # prefetch 0 and -1: the same batches in the same order as prefetch 2, from two read
+    # buffers (the reader one read ahead of the consumer) or one, instead of four
     import zarr
 
     from natgrad_stream.data import as_source
@@ -113,15 +114,16 @@ def test_a_stream_without_prefetch_holds_two_buffers_and_keeps_the_order(tmp_pat
     g.create_array("y", data=y, chunks=(500,))
     src = as_source(str(tmp_path / "d.zarr"))
     seen = {}
-    for prefetch in (0, 2):
-        with src.batches(batch_size=256, epochs=2, seed=4, prefetch=prefetch) as stream:
-            seen[prefetch] = [(b.X.copy(), b.y.copy()) for b in stream]
-    assert len(seen[0]) == len(seen[2]) > 10
-    for (a, ya), (b, yb) in zip(seen[0], seen[2], strict=True):
+    for p in (prefetch, 2):
+        with src.batches(batch_size=256, epochs=2, seed=4, prefetch=p) as stream:
+            seen[p] = [(b.X.copy(), b.y.copy()) for b in stream]
+    assert len(seen[prefetch]) == len(seen[2]) > 10
+    for (a, ya), (b, yb) in zip(seen[prefetch], seen[2], strict=True):
         assert np.array_equal(a, b) and np.array_equal(ya, yb)
-    buffers = [src.plan_bytes(2, p, 256, True) for p in (0, 1, 2)]
-    assert buffers[2] - buffers[1] == buffers[1] - buffers[0] > 1000 * 7 * 8
-    assert src.read_plan(prefetch=0, batch_size=256, read_buffer_bytes=1 << 30).prefetch == 0
+    buffers = [src.plan_bytes(2, p, 256, True) for p in (prefetch, prefetch + 1, 2)]
+    assert (buffers[2] - buffers[0]) / (2 - prefetch) == buffers[1] - buffers[0] > 1000 * 7 * 8
+    plan = src.read_plan(prefetch=prefetch, batch_size=256, read_buffer_bytes=1 << 30)
+    assert plan.prefetch == prefetch
 
 
 def test_a_metric_pass_sums_in_place():
@@ -205,3 +207,21 @@ def test_a_fit_through_eigenpairs_equals_one_through_dense_whiteners(monkeypatch
     (a, ta), (b, tb) = losses(False), losses(True)
     assert_allclose(a, b, rtol=1e-10)
     assert_allclose(ta, tb, rtol=1e-7, atol=1e-9 * np.abs(tb).max())
+
+
+def test_a_sparse_stream_asked_for_one_buffer_keeps_two():
+    # a shuffled sparse read waits in its buffer until the next one is staged: with one
+    # buffer the reader would wait for itself
+    import scipy.sparse
+
+    from natgrad_stream.data.sparse_source import SparseSource
+
+    X = scipy.sparse.random(3000, 20, density=0.2, format="csr", random_state=7)
+    y = (np.arange(3000) % 2).astype(float)
+    src = SparseSource(X, y, chunk_rows=250)
+    seen = {}
+    for p in (-1, 2):
+        with src.batches(batch_size=200, epochs=1, seed=4, prefetch=p) as stream:
+            seen[p] = [b.y.copy() for b in stream]
+    assert len(seen[-1]) == len(seen[2]) > 10
+    assert all(np.array_equal(a, b) for a, b in zip(seen[-1], seen[2], strict=True))

@@ -2152,15 +2152,15 @@ def model_structure(structure: str) -> str:
 
 
 def reads_ahead(lr: NaturalGradientLearner, prefetch: int) -> int:
-    """Reads a stream that accumulates ``lr``'s metric queues ahead: ``prefetch``, but
-    none for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters, whose O(P²) work
-    a row keeps the reader idle (d = 3,000: about 500 rows/s against reads of 10,240 rows
-    decoded in well under a second): two buffers, the reader decoding the next read while
-    the rows of one are consumed, and no third one queued, which would only hold another
-    123 MB there. The rows' order does not depend on it.
+    """Reads a stream that accumulates ``lr``'s metric queues ahead: ``prefetch``, but -1
+    for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters (dense data; sparse
+    streams keep two buffers): one read buffer, the next read decoded once the rows of the
+    last are consumed. Its O(P²) work a row (the metric's batches, the refreshes: d = 3,000,
+    about 500 rows/s) dwarfs the decoding (reads of 10,240 rows in well under a second),
+    and each buffer it does not hold is 123 MB there. The rows' order does not depend on it.
     """
     if lr.structure == "full" and lr.model.n_params >= WIDE_METRIC_PARAMS:
-        return 0
+        return -1
     return prefetch
 
 
