@@ -225,3 +225,30 @@ def test_a_sparse_stream_asked_for_one_buffer_keeps_two():
             seen[p] = [b.y.copy() for b in stream]
     assert len(seen[-1]) == len(seen[2]) > 10
     assert all(np.array_equal(a, b) for a, b in zip(seen[-1], seen[2], strict=True))
+
+
+@pytest.mark.parametrize("metric, ahead", [(True, -1), (False, 0)])
+def test_fewer_buffers_keep_the_reads_of_the_requested_plan(tmp_path, metric, ahead):
+    # one or two buffers would let reads of more chunks fit the budget: they are not
+    # taken, so a pass's batches (and a shuffled epoch's order) stay those of the plan
+    # with the buffers requested
+    import zarr
+
+    from natgrad_stream.data import as_source
+    from natgrad_stream.training.learner import stream_plan
+
+    g = zarr.open_group(str(tmp_path / "w.zarr"), mode="w")
+    g.create_array("X", data=np.zeros((4096, 2047), dtype=np.float32), chunks=(256, 2047))
+    g.create_array("y", data=np.zeros(4096), chunks=(256,))
+    src = as_source(str(tmp_path / "w.zarr"))
+    budget = src.plan_bytes(3, 2, 1024, False)  # 4 buffers of 3 chunks
+    lr = NaturalGradientLearner(make_model("logistic", 2047), structure="full",
+                                read_buffer_bytes=budget)
+    want = src.read_plan(chunks_per_read=8, prefetch=2, batch_size=1024, shuffle=False,
+                         read_buffer_bytes=budget)
+    assert want.chunks_per_read == 3
+    assert src.read_plan(chunks_per_read=8, prefetch=ahead, batch_size=1024, shuffle=False,
+                         read_buffer_bytes=budget).chunks_per_read > 3
+    got = stream_plan(lr, src, prefetch=2, chunks_per_read=8, batch_size=1024,
+                      shuffle=False, metric=metric)
+    assert got == {"prefetch": ahead, "chunks_per_read": 3}

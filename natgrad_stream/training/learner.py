@@ -1603,8 +1603,10 @@ class _Streaming(_Strategy):
                 return False
             stream = source.batches(batch_size=lr.batch_size, epochs=epochs, seed=lr.seed,
                                     shuffle=plan["shuffle"], start=s.cursor,
-                                    prefetch=reads_ahead(lr, plan["prefetch"]),
-                                    chunks_per_read=plan["chunks_per_read"],
+                                    **stream_plan(lr, source, prefetch=plan["prefetch"],
+                                                  chunks_per_read=plan["chunks_per_read"],
+                                                  batch_size=lr.batch_size,
+                                                  shuffle=plan["shuffle"]),
                                     read_buffer_bytes=lr.read_buffer_bytes,
                                     digests=s.digests, **lr.model.data_checks())
             rolled_back = False
@@ -2151,17 +2153,37 @@ def model_structure(structure: str) -> str:
     return "diagonal" if structure == "lowrank" else structure
 
 
-def reads_ahead(lr: NaturalGradientLearner, prefetch: int) -> int:
-    """Reads a stream that accumulates ``lr``'s metric queues ahead: ``prefetch``, but -1
-    for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters (dense data; sparse
-    streams keep two buffers): one read buffer, the next read decoded once the rows of the
-    last are consumed. Its O(P²) work a row (the metric's batches, the refreshes: d = 3,000,
-    about 500 rows/s) dwarfs the decoding (reads of 10,240 rows in well under a second),
-    and each buffer it does not hold is 123 MB there. The rows' order does not depend on it.
+def reads_ahead(lr: NaturalGradientLearner, prefetch: int, *, metric: bool = True) -> int:
+    """Reads a stream of ``lr``'s queues ahead: ``prefetch``, but fewer for a full metric of
+    at least ``WIDE_METRIC_PARAMS`` parameters, where each buffer not held is 123 MB at
+    d = 3,000. A stream that accumulates the metric gets -1 (dense data; sparse streams
+    keep two buffers): one read buffer, the next read decoded once the rows of the last
+    are consumed, as its O(P²) work a row (the metric's batches, the refreshes: about 500
+    rows/s there) dwarfs the decoding (reads of 10,240 rows in well under a second); one
+    that does not (the loss and metric-vector passes, decoding-bound) gets 0: two
+    buffers, the next read decoded while one is consumed. The rows' order does not
+    depend on it (:func:`stream_plan`).
     """
     if lr.structure == "full" and lr.model.n_params >= WIDE_METRIC_PARAMS:
-        return -1
+        return -1 if metric else min(int(prefetch), 0)
     return prefetch
+
+
+def stream_plan(lr: NaturalGradientLearner, source, *, prefetch: int, chunks_per_read: int,
+                batch_size: int, shuffle: bool, metric: bool = True) -> dict:
+    """``prefetch`` and ``chunks_per_read`` of a stream of ``lr`` over ``source``: the
+    reads of the plan the requested ``prefetch`` gets within the byte budget, with the
+    buffers of :func:`reads_ahead`. Fewer buffers would let larger reads fit; they are
+    not taken, so the reads, the batches and a shuffled order are those of the requested
+    plan whatever the buffers.
+    """
+    ahead = reads_ahead(lr, prefetch, metric=metric)
+    plan = getattr(source, "read_plan", None)
+    if ahead < prefetch and plan is not None:
+        chunks_per_read = plan(chunks_per_read=chunks_per_read, prefetch=prefetch,
+                               batch_size=batch_size, shuffle=shuffle,
+                               read_buffer_bytes=lr.read_buffer_bytes).chunks_per_read
+    return {"prefetch": ahead, "chunks_per_read": chunks_per_read}
 
 
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
@@ -2193,8 +2215,10 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         progress(0)  # a pass starts
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
-                            prefetch=2 if metric is None else reads_ahead(lr, 2),
-                            chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
+                            **stream_plan(lr, source, prefetch=2, chunks_per_read=per_read,
+                                          batch_size=batch_rows, shuffle=False,
+                                          metric=metric is not None),
+                            read_buffer_bytes=lr.read_buffer_bytes,
                             digests=lr.state.digests, **lr.model.data_checks()) as stream:
             for batch in stream:
                 if should_stop is not None and should_stop():
@@ -2245,8 +2269,11 @@ def metric_vector_pass(lr: NaturalGradientLearner, source, theta: np.ndarray,
     out = np.zeros(lr.model.n_params)
     wsum = 0.0
     rows = 0
-    with source.batches(batch_size=max(lr.batch_size, REFINE_BATCH_ROWS), epochs=1,
-                        shuffle=False, read_buffer_bytes=lr.read_buffer_bytes,
+    rows_per_batch = max(lr.batch_size, REFINE_BATCH_ROWS)
+    with source.batches(batch_size=rows_per_batch, epochs=1, shuffle=False,
+                        **stream_plan(lr, source, prefetch=2, chunks_per_read=2,
+                                      batch_size=rows_per_batch, shuffle=False, metric=False),
+                        read_buffer_bytes=lr.read_buffer_bytes,
                         digests=lr.state.digests, **lr.model.data_checks()) as stream:
         for batch in stream:
             if should_stop is not None and should_stop():
