@@ -252,3 +252,72 @@ def test_fewer_buffers_keep_the_reads_of_the_requested_plan(tmp_path, metric, ah
     got = stream_plan(lr, src, prefetch=2, chunks_per_read=8, batch_size=1024,
                       shuffle=False, metric=metric)
     assert got == {"prefetch": ahead, "chunks_per_read": 3}
+
+
+def _folding_refresh_step(monkeypatch, spill_from):
+    # the second batch folds into the metric (a new sum: the step's undo point keeps the
+    # old one) and the schedule refreshes at 2,048 rows
+    import natgrad_stream.training.learner as learner_module
+
+    monkeypatch.setattr(learner_module, "SPILL_METRIC_PARAMS", spill_from)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2048, P - 1)) * np.geomspace(1, 10, P - 1)
+    y = (rng.random(2048) < 0.5).astype(float)
+    at_factoring = []  # what the step holds when the refresh factors the estimate
+
+    def spy(G, **kw):
+        at_factoring.append(tracemalloc.get_traced_memory()[0])
+        return whiten(G, **kw)
+
+    tracemalloc.start()  # (before the old sum exists: its release is then seen)
+    try:
+        lr = NaturalGradientLearner(make_model("logistic", P - 1), structure="full", seed=0)
+        lr.step(X[:1024], y[:1024])
+        monkeypatch.setattr(learner_module, "whiten", spy)
+        before = tracemalloc.get_traced_memory()[0]
+        info = lr.step(X[1024:], y[1024:])
+    finally:
+        tracemalloc.stop()
+    assert info.refresh["ok"] and len(at_factoring) == 1
+    return (at_factoring[0] - before) / (P * P * 8), lr
+
+
+def test_a_refresh_keeps_the_undo_points_older_metric_in_a_file(monkeypatch):
+    # the older sum goes to a temporary file while the refresh runs (at 4569ade it stayed
+    # in memory: the new sum, the old one, the whitener in use, the estimate and its
+    # eigenvectors at once)
+    kept, a = _folding_refresh_step(monkeypatch, 10**9)
+    spilled, b = _folding_refresh_step(monkeypatch, 0)
+    # beyond what was held before the step: the new sum and the estimate, and without
+    # the file the old sum (held before the step, its memory freed now)
+    assert kept - spilled > 0.9, f"{kept:.2f} against {spilled:.2f} P × P arrays"
+    assert np.array_equal(a.theta, b.theta)
+
+
+def test_a_step_rejected_after_a_spill_puts_the_metric_back(monkeypatch):
+    import natgrad_stream.training.learner as learner_module
+    from natgrad_stream.errors import NumericalError
+
+    monkeypatch.setattr(learner_module, "SPILL_METRIC_PARAMS", 0)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2048, P - 1)) * np.geomspace(1, 10, P - 1)
+    y = (rng.random(2048) < 0.5).astype(float)
+    lr = NaturalGradientLearner(make_model("logistic", P - 1), structure="full", seed=0)
+    lr.step(X[:1024], y[:1024])
+    before = lr.state.fisher.sum.copy()
+    snap = lr.state.snapshot()
+
+    def reject(theta):
+        raise ValueError("rejected")
+
+    monkeypatch.setattr(lr.model, "check_params", reject)
+    with pytest.raises(NumericalError):
+        lr.step(X[1024:], y[1024:])  # folds, spills the old sum, refreshes, is rejected
+    assert np.array_equal(lr.state.fisher.sum, before)
+    assert lr.state.samples == 1024 and lr.state.rewhitens == 1
+    monkeypatch.undo()
+    lr.step(X[1024:], y[1024:])
+    snap.spill(lr.state, {})  # a rollback point's older sum, moved and read back
+    assert isinstance(snap._saved, list)
+    assert np.array_equal(snap.restore().fisher.sum, before)
+    assert np.array_equal(snap.restore().fisher.sum, before)  # (restored again)

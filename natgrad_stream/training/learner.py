@@ -315,6 +315,7 @@ class NaturalGradientLearner:
         self._last_good = None  # the divergence guard's rollback point
         self._weights_label = "w"
         self._window_start = None  # the state at the start of the guard's window
+        self._undo = None  # the state before the step under way
         self._round_start = None  # an L-BFGS round under way: the state it started from
         self._active_restart = None  # the learner of a restart under way (n_init)
         #: Complete L-BFGS hand-over rounds after which a fit pauses (None: no limit): the
@@ -497,7 +498,7 @@ class NaturalGradientLearner:
                 f"samples {s.samples}; |θ|max = {np.abs(s.theta).max():.3g}. "
                 "Try a smaller lr or stronger damping.")
         n = int(rows)
-        before = s.snapshot()
+        before = self._undo = s.snapshot()
         try:
             refresh, gphi_norm = self._advance(grad, wsum, n, metric_sum, power_iteration)
         except BaseException:
@@ -505,6 +506,8 @@ class NaturalGradientLearner:
             # the cluster: the state saved then is the one before the step)
             self.state = before.restore()
             raise
+        finally:
+            self._undo = None
         for name, value in (extra_state or {}).items():
             setattr(s, name, value)
         s.steps += 1
@@ -781,6 +784,7 @@ class NaturalGradientLearner:
         elif self.schedule.clock_due(s.schedule, s.samples):
             reason = "schedule"
         elif self.schedule.drift_check_due(s.schedule):
+            self._spill_older_metrics()
             G = self._running_metric()[0]
             if isinstance(G, SketchedMetric) and s.whitener.diagonal:  # (a fallback identity)
                 G = G.diagonal
@@ -788,6 +792,21 @@ class NaturalGradientLearner:
             if self.schedule.drift_exceeded(drift):
                 reason = "drift"
         return None if reason is None else self.refresh(reason=reason, drift=drift)
+
+    def _spill_older_metrics(self) -> None:
+        """Before a refresh or a drift check makes its P × P arrays, for a full metric of at
+        least ``SPILL_METRIC_PARAMS`` parameters: the older metric sums held by the step's
+        undo point and the divergence guard's points (a fold of the metric makes a new
+        sum, and until the guard's window closes these keep the old ones) go to temporary
+        files (:meth:`~natgrad_stream.training.state.Snapshot.spill`), read back only if
+        the step is rejected or rolled back.
+        """
+        if self.structure != "full" or self.model.n_params < SPILL_METRIC_PARAMS:
+            return
+        spilled: dict = {}
+        for snap in (self._undo, self._window_start, self._last_good):
+            if snap is not None:
+                snap.spill(self.state, spilled)
 
     def _running_metric(self) -> tuple[np.ndarray, float]:
         """The running estimate shrunk for the rows behind it (what a refresh factors and
@@ -924,6 +943,8 @@ class NaturalGradientLearner:
             # the running estimate is shrunk toward its diagonal for the rows it has seen;
             # a whole-data metric (scoring passes, L-BFGS rounds) is the exact curvature of
             # the objective being minimized and is factored as it is
+            if metric is None:
+                self._spill_older_metrics()
             G, rho = self._running_metric() if metric is None else (metric, 0.0)
             event["shrinkage"] = rho
             # the running estimate is a new array: factored in place (the caller's metric
@@ -2151,6 +2172,11 @@ def model_structure(structure: str) -> str:
     and its whole-data passes measure the diagonal.
     """
     return "diagonal" if structure == "lowrank" else structure
+
+
+#: Parameters of a full metric from which older metric sums of undo and rollback points
+#: are kept in temporary files while a refresh or a drift check runs (P × P: 32 MiB).
+SPILL_METRIC_PARAMS = WIDE_METRIC_PARAMS
 
 
 def reads_ahead(lr: NaturalGradientLearner, prefetch: int, *, metric: bool = True) -> int:
