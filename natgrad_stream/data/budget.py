@@ -107,12 +107,13 @@ def plan_reads(cost: Callable[[int, int], int], chunks_per_read: int, prefetch: 
     k, p = int(chunks_per_read), int(prefetch)
     if budget is None:
         return ReadPlan(k, p, int(cost(k, p)))
-    if cost(1, 1) > budget:
-        return ReadPlan(1, 1, int(cost(1, 1)), over_budget=True)
+    least = min(p, 1)  # (a requested 0 or -1, fewer buffers, is kept: already the least)
+    if cost(1, least) > budget:
+        return ReadPlan(1, least, int(cost(1, least)), over_budget=True)
     # the most chunks that fit with the least prefetch, then the most prefetch with them
     # (cost is monotone, so this is the first fit in the order (k, p), (k, p-1), ..., (k-1, p))
-    k = _largest(lambda kk: cost(kk, 1) <= budget, k)
-    p = _largest(lambda pp: cost(k, pp) <= budget, p)
+    k = _largest(lambda kk: cost(kk, least) <= budget, k)
+    p = _largest(lambda pp: cost(k, pp) <= budget, p) if p >= 1 else p
     return ReadPlan(k, p, int(cost(k, p)))
 
 

@@ -334,6 +334,8 @@ class SparseSource(Source):
                 chunks_per_read=2, prefetch=2, checks=(), x_checks=(),
                 read_buffer_bytes=DEFAULT_READ_BUFFER_BYTES, digests: ChunkDigests | None = None):
         _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch)
+        # a permuted read waits in its buffer until the next one is staged: two at least
+        prefetch = max(int(prefetch), 0)
         start = start or Cursor()
         nx, ny, nw = self.names
         if digests is not None:

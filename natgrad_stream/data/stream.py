@@ -456,7 +456,10 @@ class Source(abc.ABC):
         chunks_per_read : int
             Chunks loaded per read (the shuffle buffer).
         prefetch : int
-            Reads prepared ahead by the background thread.
+            Reads queued ahead by the background thread, in ``prefetch + 2`` buffers: 0,
+            the next read is decoded while the rows of one are consumed; -1, one buffer,
+            the next read decoded once the last one is consumed (for a consumer whose
+            work a row dwarfs the decoding).
         checks : sequence of Check
             Extra checks for the targets (e.g. a model's label domain).
         x_checks : sequence of Check
@@ -478,9 +481,13 @@ class Source(abc.ABC):
 
 def _validate_stream_args(batch_size, epochs, chunks_per_read, prefetch):
     for name, v in (("batch_size", batch_size), ("epochs", epochs),
-                    ("chunks_per_read", chunks_per_read), ("prefetch", prefetch)):
+                    ("chunks_per_read", chunks_per_read)):
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    # prefetch + 2 buffers: 0, the reader decodes the next read while the consumer takes
+    # the rows of one; -1, one buffer, the next read decoded once the last one is consumed
+    if int(prefetch) < -1:
+        raise ValueError(f"prefetch must be >= -1, got {prefetch}")
 
 
 def _bases_of(arr):

@@ -162,7 +162,10 @@ class RunningFisher:
     def state_dict(self) -> dict:
         """Arrays and scalars that :meth:`from_state` restores exactly."""
         hl = self.half_life
-        return {"sum": self.sum.copy(), "weight": self.weight, "samples": self.samples,
+        # the sum itself, not a copy (P × P for a full metric: a checkpoint of a wide
+        # model made one for the state and one for each rollback point): a fold makes a
+        # new sum, nothing changes one in place
+        return {"sum": self.sum, "weight": self.weight, "samples": self.samples,
                 "rows": self.rows, "structure": self.structure, "half_life": hl,
                 "n_params": self.n_params, "limit": self.limit,
                 **({"rank": self.rank, "sketch": self.sketch.copy(),

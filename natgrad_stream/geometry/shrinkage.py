@@ -98,16 +98,85 @@ def schur_complement(G: np.ndarray, centers) -> np.ndarray:
     return out
 
 
-def _scaled_trace_of_square(Gc: np.ndarray, r: np.ndarray) -> float:
+class _TiledSchur:
+    """Tiles of the symmetrized Schur complement :func:`schur_complement` of ``G`` (its
+    values to the bit), computed from ``G`` when asked for and never held whole: the shrinkage
+    reads it three times, a tile at a time, instead of holding one more P × P array.
+
+    Tile ``(I, J)`` of the complement before symmetrization is ``A_IJ = G_IJ − K_I GC_J``
+    (rows and columns ``C`` zero), and :func:`symmetrize` makes it ``(A_IJ + A_JIᵀ) / 2``.
+    """
+
+    def __init__(self, G: np.ndarray, centers):
+        self.G = G
+        self.C = [int(c) for c in centers if G[int(c), int(c)] > 0]
+        # (copies: a tile of G may be shrunk in place once it has been read)
+        self.K = G[:, self.C] @ np.linalg.pinv(G[np.ix_(self.C, self.C)], hermitian=True) \
+            if self.C else None
+        self.GC = G[self.C, :] if self.C else None
+
+    def raw(self, rows: slice, cols: slice) -> np.ndarray:
+        """``A`` at ``rows × cols`` (a new array)."""
+        A = self.G[rows, cols].copy()
+        if self.C:
+            A -= self.K[rows] @ self.GC[:, cols]
+            for c in self.C:
+                if rows.start <= c < rows.stop:
+                    A[c - rows.start, :] = 0.0
+                if cols.start <= c < cols.stop:
+                    A[:, c - cols.start] = 0.0
+        return A
+
+    def tile(self, rows: slice, cols: slice) -> np.ndarray:
+        """The symmetrized complement at ``rows × cols``."""
+        t = self.raw(rows, cols)
+        t += self.raw(cols, rows).T
+        t *= 0.5
+        return t
+
+    def diagonal(self) -> np.ndarray:
+        """Its diagonal, shape (P,)."""
+        P = self.G.shape[0]
+        return np.concatenate([np.diag(self.raw(*(slice(i, min(i + TILE_ROWS, P)),) * 2))
+                               for i in range(0, P, TILE_ROWS)]) if P else np.zeros(0)
+
+
+def _scaled_trace_of_square(Gc: _TiledSchur, r: np.ndarray) -> float:
     """``tr(S²) = Σᵢⱼ (rᵢ Gcᵢⱼ rⱼ)²`` of ``S = Diag(r) Gc Diag(r)`` (Gc symmetric), a
     tile of rows at a time.
     """
     total = 0.0
-    for i in range(0, Gc.shape[0], TILE_ROWS):
-        t = Gc[i:i + TILE_ROWS] * r[i:i + TILE_ROWS, None]
+    P = r.shape[0]
+    buf = np.empty((min(TILE_ROWS, P), P))  # a tile of rows, filled a square tile at a time
+    for i in range(0, P, TILE_ROWS):
+        rs = slice(i, min(i + TILE_ROWS, P))
+        t = buf[:rs.stop - i]
+        for j in range(0, P, TILE_ROWS):
+            cs = slice(j, min(j + TILE_ROWS, P))
+            t[:, cs] = Gc.tile(rs, cs)
+        t *= r[rs, None]
         t *= r[None, :]
         total += float(np.vdot(t, t))
     return total
+
+
+def _subtract_off_diagonal(out: np.ndarray, Gc: _TiledSchur, rho: float) -> None:
+    """``out −= ρ (G_c − Diag(G_c))`` in place, tile pair by tile pair (each pair's tiles
+    of ``G`` read before either is written, so ``out`` may be ``G`` itself).
+    """
+    P = out.shape[0]
+    for i in range(0, P, TILE_ROWS):
+        rs = slice(i, min(i + TILE_ROWS, P))
+        for j in range(i, P, TILE_ROWS):
+            cs = slice(j, min(j + TILE_ROWS, P))
+            t = Gc.tile(rs, cs)
+            t *= rho
+            if i == j:
+                np.fill_diagonal(t, 0.0)
+                out[rs, rs] -= t
+            else:
+                out[rs, cs] -= t
+                out[cs, rs] -= t.T
 
 
 def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None,
@@ -126,8 +195,9 @@ def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None,
     blocks : ndarray, shape (B + 1,), optional
         Group boundaries of a block-diagonal metric: each block is shrunk on its own.
     overwrite : bool
-        Shrink ``G`` in place (else a copy, when ``ρ > 0``). Either way the only other
-        P × P array is the block's Schur complement.
+        Shrink ``G`` in place (else a copy, when ``ρ > 0``). Either way no other P × P
+        array is made: the block's Schur complement is computed a tile at a time
+        (:class:`_TiledSchur`), the same values as :func:`schur_complement`'s.
 
     Returns
     -------
@@ -141,8 +211,8 @@ def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None,
     bounds = [0, G.shape[0]] if blocks is None else [int(b) for b in blocks]
     out, top = G, 0.0
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        Gc = schur_complement(G[a:b, a:b], [c - a for c in centers if a <= c < b])
-        d = np.diag(Gc).copy()
+        Gc = _TiledSchur(G[a:b, a:b], [c - a for c in centers if a <= c < b])
+        d = Gc.diagonal()
         moved = d > 0
         p = int(moved.sum())
         if p < 2:
@@ -154,12 +224,9 @@ def shrink(G: np.ndarray, rows: float | None, *, centers=(), blocks=None,
         if rho > 0:
             if out is G and not overwrite:
                 out = G.copy()
-            Gc *= rho  # out −= ρ (G_c − Diag(G_c)), Gc's memory as the workspace
-            idx = np.arange(b - a)
-            Gc[idx, idx] = 0.0
-            out[a:b, a:b] -= Gc
+                Gc.G = out[a:b, a:b]  # (the same values: read, then shrunk, a pair at a time)
+            _subtract_off_diagonal(out[a:b, a:b], Gc, rho)
             top = max(top, rho)
-        del Gc
     return out, top
 
 

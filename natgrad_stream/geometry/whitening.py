@@ -168,12 +168,19 @@ class Whitener:
         """Matrix carrying φ-displacements into ``new`` coordinates: ``W_new W_old⁻¹``."""
         if self.diagonal and new.diagonal:
             return new.matrix * self.inverse
+        if isinstance(new, EigenWhitener):  # (W_new applied to W_old⁻¹, in its memory)
+            Winv = self.inverse
+            M = Winv if isinstance(self, EigenWhitener) else \
+                (np.diag(Winv) if Winv.ndim == 1 else Winv.copy())
+            return new.phi(M, overwrite=True)
         return _dense(new.matrix) @ _dense(self.inverse)
 
     def covector_map_to(self, new: Whitener) -> np.ndarray:
         """Matrix carrying φ-gradients into ``new`` coordinates: ``W_new⁻ᵀ W_oldᵀ``."""
         if self.diagonal and new.diagonal:
             return new.inverse * self.matrix
+        if isinstance(new, EigenWhitener):
+            return new.grad_phi(np.ascontiguousarray(_dense(self.matrix).T), overwrite=True)
         return _dense(new.inverse).T @ _dense(self.matrix).T
 
     def state_dict(self) -> dict:
@@ -186,7 +193,152 @@ class Whitener:
     @classmethod
     def from_state(cls, state: dict) -> Whitener:
         """Rebuild from :meth:`state_dict` (diagnostics are informational only)."""
+        if state.get("kind") == "eigen":
+            return EigenWhitener.from_state(state)
         return cls(np.asarray(state["matrix"]), np.asarray(state["inverse"]))
+
+
+def _col(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``v`` (shape (P,)) broadcast over ``x``'s columns when ``x`` is (P, m)."""
+    return v if x.ndim == 1 else v[:, None]
+
+
+class EigenWhitener(Whitener):
+    """A symmetric-root whitener kept as its eigenpairs: ``W = V diag(r) Vᵀ diag(q) E``.
+
+    ``V diag(r²) Vᵀ`` is the regularized Jacobi-scaled metric (``eigh``; ``robust``'s
+    transformed eigenvalues), ``q = √d`` the Jacobi scale, and ``E = ⋯ E_k₂ E_k₁`` with
+    ``E_k = I + e_k m_kᵀ`` the exact eliminations of the centres ``k₁, k₂, …`` in the order
+    made (:func:`_eliminate`; ``E_k⁻¹ = I − e_k m_kᵀ``, as ``m_k`` is zero at ``k``).
+    ``W`` and ``W⁻¹ = E⁻¹ diag(1/q) V diag(1/r) Vᵀ`` are applied as two products with
+    ``V`` each, so a whitener holds one P × P array instead of two, and
+    a refresh never forms ``W`` or ``W⁻¹`` (:attr:`matrix` and :attr:`inverse` build
+    them when asked, for the transport maps of optimizers with a state).
+
+    Parameters
+    ----------
+    vectors_t : ndarray, shape (P, P)
+        ``Vᵀ`` (C-ordered: a row per eigenvector, as LAPACK leaves ``V`` in Fortran order).
+    root, scale : ndarray, shape (P,)
+        ``r`` and ``q``.
+    centers : sequence of int
+        ``k₁, k₂, …``.
+    shifts : ndarray, shape (len(centers), P)
+        ``m_k``, each zero at its own ``k``.
+    diagnostics : WhitenerDiagnostics or None
+    """
+
+    def __init__(self, vectors_t, root, scale, centers=(), shifts=None,
+                 diagnostics=None):  # noqa: D107
+        self.vectors_t = np.ascontiguousarray(vectors_t, dtype=np.float64)
+        self.root = np.ascontiguousarray(root, dtype=np.float64)
+        self.scale = np.ascontiguousarray(scale, dtype=np.float64)
+        self.centers = tuple(int(c) for c in centers)
+        P = self.scale.shape[0]
+        self.shifts = np.zeros((0, P)) if shifts is None else \
+            np.asarray(shifts, dtype=np.float64).reshape(len(self.centers), P)
+        self.diagnostics = diagnostics
+
+    @property
+    def diagonal(self) -> bool:
+        """False: ``W`` is dense (stored as its eigenpairs)."""
+        return False
+
+    @property
+    def n_params(self) -> int:
+        """``P``."""
+        return self.scale.shape[0]
+
+    def eliminated(self, center: int, shift: np.ndarray) -> EigenWhitener:
+        """``W E_center`` with ``E_center = I + e_center shiftᵀ`` (an elimination step made
+        before this whitener's).
+        """
+        return EigenWhitener(self.vectors_t, self.root, self.scale,
+                             (int(center), *self.centers),
+                             np.vstack([shift[None, :], self.shifts]), self.diagnostics)
+
+    def _core(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """``V diag(r) Vᵀ x``."""
+        y = self.vectors_t @ x
+        y *= _col(r, x)
+        return self.vectors_t.T @ y
+
+    def phi(self, theta: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+        """``φ = W θ`` (θ of shape (P,) or (P, m); ``overwrite``: θ's memory is used)."""
+        t = theta if overwrite else np.array(theta, dtype=np.float64)
+        for k, m in zip(self.centers, self.shifts, strict=True):
+            t[k] += m @ t
+        t *= _col(self.scale, t)
+        if t.ndim == 2:  # (in t's memory: a transport map holds no third P × P array)
+            y = self.vectors_t @ t
+            y *= self.root[:, None]
+            return np.matmul(self.vectors_t.T, y, out=t)
+        return self._core(t, self.root)
+
+    def theta(self, phi: np.ndarray) -> np.ndarray:
+        """``θ = W⁻¹ φ``."""
+        u = self._core(phi, 1.0 / self.root)
+        u /= _col(self.scale, u)
+        for k, m in zip(self.centers[::-1], self.shifts[::-1], strict=True):
+            u[k] -= m @ u
+        return u
+
+    def grad_phi(self, grad_theta: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+        """``∇φJ = W⁻ᵀ ∇θJ`` (``overwrite``: ∇θJ's memory is used)."""
+        g = grad_theta if overwrite else np.array(grad_theta, dtype=np.float64)
+        for k, m in zip(self.centers, self.shifts, strict=True):
+            g -= np.multiply.outer(m, g[k])
+        g /= _col(self.scale, g)
+        if g.ndim == 2:
+            y = self.vectors_t @ g
+            y /= self.root[:, None]
+            return np.matmul(self.vectors_t.T, y, out=g)
+        return self._core(g, 1.0 / self.root)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``W`` as a dense P × P array (built on each call)."""
+        W = (self.vectors_t.T * self.root) @ self.vectors_t
+        W *= self.scale[None, :]
+        for k, m in zip(self.centers[::-1], self.shifts[::-1], strict=True):
+            rank_one_update(W, 1.0, W[:, k].copy(), m)
+        return W
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """``W⁻¹`` as a dense P × P array (built on each call)."""
+        Winv = (self.vectors_t.T / self.root) @ self.vectors_t
+        Winv /= self.scale[:, None]
+        for k, m in zip(self.centers[::-1], self.shifts[::-1], strict=True):
+            Winv[k] -= m @ Winv
+        return Winv
+
+    def metric_in_phi(self, G: np.ndarray) -> np.ndarray:
+        """``W⁻ᵀ G W⁻¹``."""
+        return self.grad_phi(_dense(G) @ self.inverse, overwrite=True)
+
+    def drift(self, G: np.ndarray, rng: np.random.Generator, *, probes: int) -> float:
+        """As :meth:`Whitener.drift`, through the eigenpairs."""
+        V = rng.standard_normal((self.n_params, probes))
+        U = self.theta(V)
+        R = self.grad_phi(G @ U, overwrite=True) - V
+        return float(np.sqrt(np.sum(R * R) / (probes * self.n_params)))
+
+    def state_dict(self) -> dict:
+        """Arrays to checkpoint."""
+        out = {"kind": "eigen", "vectors_t": self.vectors_t, "root": self.root,
+               "scale": self.scale, "centers": np.asarray(self.centers, dtype=np.int64),
+               "shifts": self.shifts}
+        if self.diagnostics is not None:
+            out["diagnostics"] = self.diagnostics.to_dict()
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict) -> EigenWhitener:
+        """Rebuild from :meth:`state_dict`."""
+        return cls(np.asarray(state["vectors_t"]), np.asarray(state["root"]),
+                   np.asarray(state["scale"]), np.asarray(state["centers"]).tolist(),
+                   np.asarray(state["shifts"]))
 
 
 def _eliminate(G: np.ndarray, k: int, *, overwrite: bool = False
@@ -356,6 +508,8 @@ def _whiten(G, own, centers, method, damping, floor, scale, overwrite=False) -> 
         inner = _whiten(G, own, rest, method, damping, floor, scale, True)
         # W = W_c E⁻ᵀ with E⁻ᵀ = I + e_k mᵀ;  W⁻¹ = Eᵀ W_c⁻¹ with Eᵀ = I − e_k mᵀ; in
         # place (m_k = 0, so column k of W and row k of W⁻¹ m are read unchanged)
+        if isinstance(inner, EigenWhitener):
+            return inner.eliminated(center, m)
         W = inner.matrix
         rank_one_update(W, 1.0, W[:, center].copy(), m)
         Winv = inner.inverse  # − e_k ⊗ (m W_c⁻¹): only row k changes
@@ -440,18 +594,15 @@ def _whiten(G, own, centers, method, damping, floor, scale, overwrite=False) -> 
                 n_floor = int(np.sum(s < lo))
                 s = np.maximum(s, lo)
             cond = float(s.max() / s.min())
-            # W = V s^½ Vᵀ = (V s^¼)(V s^¼)ᵀ and W⁻¹ = (V s^-¼)(V s^-¼)ᵀ: V is rescaled in
-            # place and W written over S (LAPACK's workspace, its values gone), so the
-            # refresh holds V, W and W⁻¹ and no fourth P × P array
-            quarter = s ** 0.25
-            V *= quarter
-            W = np.matmul(V, V.T, out=S if S.flags.c_contiguous else None)
+            # W = V s^½ Vᵀ D^½ is kept as V (Fortran-ordered from LAPACK: Vᵀ is C-ordered,
+            # no copy) and s^½; S, LAPACK's workspace, is the caller's to free
             del S
-            V /= quarter * quarter
-            Winv = V @ V.T
-            del V
-            W *= sqrt_d[None, :]
-            Winv /= sqrt_d[:, None]
+            root = np.sqrt(s)
+            if not (np.all(np.isfinite(V)) and np.all(np.isfinite(root)) and root.min() > 0):
+                raise WhiteningError(f"{method} factorization produced non-finite values")
+            diagn = WhitenerDiagnostics(method, cond, raw_cond, n_floor, eps,
+                                        int(zero.sum()), n_null, null_params)
+            return EigenWhitener(V.T, root, sqrt_d, diagnostics=diagn)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError) as exc:
         raise WhiteningError(f"{method} factorization failed: {exc}") from exc
     if not (np.all(np.isfinite(W)) and np.all(np.isfinite(Winv))):

@@ -315,6 +315,7 @@ class NaturalGradientLearner:
         self._last_good = None  # the divergence guard's rollback point
         self._weights_label = "w"
         self._window_start = None  # the state at the start of the guard's window
+        self._undo = None  # the state before the step under way
         self._round_start = None  # an L-BFGS round under way: the state it started from
         self._active_restart = None  # the learner of a restart under way (n_init)
         #: Complete L-BFGS hand-over rounds after which a fit pauses (None: no limit): the
@@ -497,7 +498,7 @@ class NaturalGradientLearner:
                 f"samples {s.samples}; |θ|max = {np.abs(s.theta).max():.3g}. "
                 "Try a smaller lr or stronger damping.")
         n = int(rows)
-        before = s.snapshot()
+        before = self._undo = s.snapshot()
         try:
             refresh, gphi_norm = self._advance(grad, wsum, n, metric_sum, power_iteration)
         except BaseException:
@@ -505,6 +506,8 @@ class NaturalGradientLearner:
             # the cluster: the state saved then is the one before the step)
             self.state = before.restore()
             raise
+        finally:
+            self._undo = None
         for name, value in (extra_state or {}).items():
             setattr(s, name, value)
         s.steps += 1
@@ -781,6 +784,7 @@ class NaturalGradientLearner:
         elif self.schedule.clock_due(s.schedule, s.samples):
             reason = "schedule"
         elif self.schedule.drift_check_due(s.schedule):
+            self._spill_older_metrics()
             G = self._running_metric()[0]
             if isinstance(G, SketchedMetric) and s.whitener.diagonal:  # (a fallback identity)
                 G = G.diagonal
@@ -788,6 +792,21 @@ class NaturalGradientLearner:
             if self.schedule.drift_exceeded(drift):
                 reason = "drift"
         return None if reason is None else self.refresh(reason=reason, drift=drift)
+
+    def _spill_older_metrics(self) -> None:
+        """Before a refresh or a drift check makes its P × P arrays, for a full metric of at
+        least ``SPILL_METRIC_PARAMS`` parameters: the older metric sums held by the step's
+        undo point and the divergence guard's points (a fold of the metric makes a new
+        sum, and until the guard's window closes these keep the old ones) go to temporary
+        files (:meth:`~natgrad_stream.training.state.Snapshot.spill`), read back only if
+        the step is rejected or rolled back.
+        """
+        if self.structure != "full" or self.model.n_params < SPILL_METRIC_PARAMS:
+            return
+        spilled: dict = {}
+        for snap in (self._undo, self._window_start, self._last_good):
+            if snap is not None:
+                snap.spill(self.state, spilled)
 
     def _running_metric(self) -> tuple[np.ndarray, float]:
         """The running estimate shrunk for the rows behind it (what a refresh factors and
@@ -924,6 +943,8 @@ class NaturalGradientLearner:
             # the running estimate is shrunk toward its diagonal for the rows it has seen;
             # a whole-data metric (scoring passes, L-BFGS rounds) is the exact curvature of
             # the objective being minimized and is factored as it is
+            if metric is None:
+                self._spill_older_metrics()
             G, rho = self._running_metric() if metric is None else (metric, 0.0)
             event["shrinkage"] = rho
             # the running estimate is a new array: factored in place (the caller's metric
@@ -1603,8 +1624,10 @@ class _Streaming(_Strategy):
                 return False
             stream = source.batches(batch_size=lr.batch_size, epochs=epochs, seed=lr.seed,
                                     shuffle=plan["shuffle"], start=s.cursor,
-                                    prefetch=reads_ahead(lr, plan["prefetch"]),
-                                    chunks_per_read=plan["chunks_per_read"],
+                                    **stream_plan(lr, source, prefetch=plan["prefetch"],
+                                                  chunks_per_read=plan["chunks_per_read"],
+                                                  batch_size=lr.batch_size,
+                                                  shuffle=plan["shuffle"]),
                                     read_buffer_bytes=lr.read_buffer_bytes,
                                     digests=s.digests, **lr.model.data_checks())
             rolled_back = False
@@ -2151,16 +2174,42 @@ def model_structure(structure: str) -> str:
     return "diagonal" if structure == "lowrank" else structure
 
 
-def reads_ahead(lr: NaturalGradientLearner, prefetch: int) -> int:
-    """Reads a stream that accumulates ``lr``'s metric prepares ahead: ``prefetch``, but
-    one for a full metric of at least ``WIDE_METRIC_PARAMS`` parameters, whose O(P²) work
-    a row keeps the reader idle (d = 3,000: about 500 rows/s against reads of 10,240 rows
-    decoded in well under a second), so that a second read ahead would only hold one more
-    buffer (123 MB there). The rows' order does not depend on it.
+#: Parameters of a full metric from which older metric sums of undo and rollback points
+#: are kept in temporary files while a refresh or a drift check runs (P × P: 32 MiB).
+SPILL_METRIC_PARAMS = WIDE_METRIC_PARAMS
+
+
+def reads_ahead(lr: NaturalGradientLearner, prefetch: int, *, metric: bool = True) -> int:
+    """Reads a stream of ``lr``'s queues ahead: ``prefetch``, but fewer for a full metric of
+    at least ``WIDE_METRIC_PARAMS`` parameters, where each buffer not held is 123 MB at
+    d = 3,000. A stream that accumulates the metric gets -1 (dense data; sparse streams
+    keep two buffers): one read buffer, the next read decoded once the rows of the last
+    are consumed, as its O(P²) work a row (the metric's batches, the refreshes: about 500
+    rows/s there) dwarfs the decoding (reads of 10,240 rows in well under a second); one
+    that does not (the loss and metric-vector passes, decoding-bound) gets 0: two
+    buffers, the next read decoded while one is consumed. The rows' order does not
+    depend on it (:func:`stream_plan`).
     """
     if lr.structure == "full" and lr.model.n_params >= WIDE_METRIC_PARAMS:
-        return min(int(prefetch), 1)
+        return -1 if metric else min(int(prefetch), 0)
     return prefetch
+
+
+def stream_plan(lr: NaturalGradientLearner, source, *, prefetch: int, chunks_per_read: int,
+                batch_size: int, shuffle: bool, metric: bool = True) -> dict:
+    """``prefetch`` and ``chunks_per_read`` of a stream of ``lr`` over ``source``: the
+    reads of the plan the requested ``prefetch`` gets within the byte budget, with the
+    buffers of :func:`reads_ahead`. Fewer buffers would let larger reads fit; they are
+    not taken, so the reads, the batches and a shuffled order are those of the requested
+    plan whatever the buffers.
+    """
+    ahead = reads_ahead(lr, prefetch, metric=metric)
+    plan = getattr(source, "read_plan", None)
+    if ahead < prefetch and plan is not None:
+        chunks_per_read = plan(chunks_per_read=chunks_per_read, prefetch=prefetch,
+                               batch_size=batch_size, shuffle=shuffle,
+                               read_buffer_bytes=lr.read_buffer_bytes).chunks_per_read
+    return {"prefetch": ahead, "chunks_per_read": chunks_per_read}
 
 
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
@@ -2192,8 +2241,10 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         progress(0)  # a pass starts
     try:
         with source.batches(batch_size=batch_rows, epochs=1, shuffle=False,
-                            prefetch=2 if metric is None else reads_ahead(lr, 2),
-                            chunks_per_read=per_read, read_buffer_bytes=lr.read_buffer_bytes,
+                            **stream_plan(lr, source, prefetch=2, chunks_per_read=per_read,
+                                          batch_size=batch_rows, shuffle=False,
+                                          metric=metric is not None),
+                            read_buffer_bytes=lr.read_buffer_bytes,
                             digests=lr.state.digests, **lr.model.data_checks()) as stream:
             for batch in stream:
                 if should_stop is not None and should_stop():
@@ -2244,8 +2295,11 @@ def metric_vector_pass(lr: NaturalGradientLearner, source, theta: np.ndarray,
     out = np.zeros(lr.model.n_params)
     wsum = 0.0
     rows = 0
-    with source.batches(batch_size=max(lr.batch_size, REFINE_BATCH_ROWS), epochs=1,
-                        shuffle=False, read_buffer_bytes=lr.read_buffer_bytes,
+    rows_per_batch = max(lr.batch_size, REFINE_BATCH_ROWS)
+    with source.batches(batch_size=rows_per_batch, epochs=1, shuffle=False,
+                        **stream_plan(lr, source, prefetch=2, chunks_per_read=2,
+                                      batch_size=rows_per_batch, shuffle=False, metric=False),
+                        read_buffer_bytes=lr.read_buffer_bytes,
                         digests=lr.state.digests, **lr.model.data_checks()) as stream:
         for batch in stream:
             if should_stop is not None and should_stop():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -270,6 +271,26 @@ def _mutable_fields() -> list:
 _MUTABLE = None
 
 
+class SpilledArray:
+    """An array moved to an unlinked temporary file (in ``TMPDIR``), read back on
+    :meth:`load`: what a snapshot holds for a rejected step or a rollback, rarely read.
+    """
+
+    def __init__(self, a: np.ndarray):
+        self._file = tempfile.TemporaryFile()
+        np.save(self._file, a, allow_pickle=False)
+
+    def load(self) -> np.ndarray:
+        """The array, as a new one."""
+        self._file.seek(0)
+        return np.load(self._file, allow_pickle=False)
+
+    def __del__(self):  # (the file, unlinked, goes with it)
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
+
+
 class Snapshot:
     """A :class:`LearnerState` as it was; :meth:`restore` gives it back."""
 
@@ -283,4 +304,18 @@ class Snapshot:
         out = copy.copy(self._state)
         for name, revive, saved in self._saved:
             setattr(out, name, revive(saved))
+        if isinstance(out.fisher.sum, SpilledArray):  # (a new RunningFisher: revived)
+            out.fisher.sum = out.fisher.sum.load()
         return out
+
+    def spill(self, current: LearnerState, spilled: dict) -> None:
+        """Move the running metric's sum this snapshot holds to a temporary file
+        (:class:`SpilledArray`) when it is not ``current``'s; ``spilled`` maps the ids of
+        arrays already moved (by other snapshots sharing them) to their files.
+        """
+        for name, _, saved in self._saved:
+            a = saved.sum if name == "fisher" else None
+            if isinstance(a, np.ndarray) and a is not current.fisher.sum:
+                if id(a) not in spilled:
+                    spilled[id(a)] = (a, SpilledArray(a))  # (a kept: ids stay unique)
+                saved.sum = spilled[id(a)][1]
