@@ -331,3 +331,20 @@ def test_a_checkpoint_of_the_state_copies_no_metric_sum():
     state = lr.state_dict()
     for part in (state, state["guard_rollback_point"], state["guard_window_start"]):
         assert np.shares_memory(part["fisher"]["sum"], lr.state.fisher.sum)
+
+
+def test_a_temporary_directory_that_cannot_take_the_spill_keeps_the_metric_in_memory(
+        monkeypatch):
+    # a full (or read-only, or missing) TMPDIR: the spill is skipped, the step and the
+    # result are those of a run that never spills (it used to raise out of the step)
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _, a = _folding_refresh_step(monkeypatch, 10**9)
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    _, b = _folding_refresh_step(monkeypatch, 0)
+    assert np.array_equal(a.theta, b.theta)
+    assert np.array_equal(a.state.fisher.sum, b.state.fisher.sum)

@@ -312,10 +312,17 @@ class Snapshot:
         """Move the running metric's sum this snapshot holds to a temporary file
         (:class:`SpilledArray`) when it is not ``current``'s; ``spilled`` maps the ids of
         arrays already moved (by other snapshots sharing them) to their files.
+
+        A temporary directory that cannot take the file (full, read-only, missing) leaves
+        the sum in memory: the spill saves memory, no answer depends on it.
         """
         for name, _, saved in self._saved:
             a = saved.sum if name == "fisher" else None
             if isinstance(a, np.ndarray) and a is not current.fisher.sum:
                 if id(a) not in spilled:
-                    spilled[id(a)] = (a, SpilledArray(a))  # (a kept: ids stay unique)
+                    try:
+                        file = SpilledArray(a)
+                    except OSError:
+                        continue
+                    spilled[id(a)] = (a, file)  # (a kept: ids stay unique)
                 saved.sum = spilled[id(a)][1]
