@@ -6,9 +6,11 @@ group, features that share rows), and scoring with it converges slowly. With a m
 that *is* the Hessian (the model Fisher of a GLM with its canonical link), the Newton
 direction ``d`` solves ``H d = −∇J`` without forming ``H``: conjugate gradients need only
 products ``H v``, each one pass over the data (``Σ_i c_i x̃_i (x̃_iᵀ v)``, O(non-zeros)),
-preconditioned by the diagonal the pass measured. The solve is truncated once the
-residual is a fixed fraction of the gradient's (an inexact Newton method, Dembo,
-Eisenstat & Steihaug 1982, with the forcing term :data:`CG_FORCING`), as LIBLINEAR's
+preconditioned by the diagonal the pass measured and the intercept's column
+(:func:`arrow_preconditioner`) or, for the low-rank structure, by the diagonal-plus-low-rank
+model of the pass's own sketch of ``H`` (:func:`lowrank_preconditioner`). The solve is
+truncated once the residual is a fixed fraction of the gradient's (an inexact Newton
+method, Dembo, Eisenstat & Steihaug 1982, with the forcing term :data:`CG_FORCING`), as LIBLINEAR's
 trust-region Newton does (Lin, Weng & Keerthi 2008).
 """
 

@@ -1403,10 +1403,12 @@ class _Streaming(_Strategy):
         :mod:`natgrad_stream.training.learner`): each pass evaluates ``J``, ``∇J`` and ``G``
         at θ on the whole data; an accepted point re-whitens there and takes the Newton
         step ``θ ← θ − G_reg⁻¹∇J`` (Fisher scoring; IRLS for GLMs with the model metric),
-        a rejected one (Armijo on ``J``) halves the step. With ``tol`` the passes
-        stop, with no further step, once ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|``, so θ is then the point
-        measured. Each pass depends only on the state at its start, so a run resumed at
-        any pass equals an uninterrupted one whatever its ``epochs``.
+        a rejected one (Armijo on ``J``) halves the step. The low-rank structure's pass
+        also sketches the whole data's ``G`` with the running estimate's test matrix
+        (:meth:`_sketch_test`), re-whitens by it and preconditions Newton–CG by it. With
+        ``tol`` the passes stop, with no further step, once ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|``, so
+        θ is then the point measured. Each pass depends only on the state at its start, so
+        a run resumed at any pass equals an uninterrupted one whatever its ``epochs``.
         """
         lr = self.learner
         s = lr.state
