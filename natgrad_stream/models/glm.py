@@ -219,7 +219,6 @@ class _GLM(Model):
         X = self.check_X(X)
         if isinstance(X, SparseRows):
             return self._sparse_matvec(X, y, w, theta, U, metric)
-        Xt = np.hstack([X.astype(np.float64), np.ones((X.shape[0], 1))])
         if metric in ("model", "gauss-newton"):
             c = self._metric_weights(X, theta)
         elif metric == "monte-carlo":
@@ -230,7 +229,7 @@ class _GLM(Model):
             r = self.predict_mean(X, theta) - as_float64_vector(y, "y", X.shape[0])
             c = r * r
         wt = np.ones(X.shape[0]) if w is None else as_float64_vector(w, "w", X.shape[0])
-        return Xt.T @ ((c * wt)[:, None] * (Xt @ U)) / wt.sum()
+        return _dense_weighted_matvec(X, c * wt, np.asarray(U, dtype=np.float64)) / wt.sum()
 
     def curvature_power_iteration(self, X, y, w, theta, inverse, penalty, v, iterations, *,
                                   metric):
@@ -380,6 +379,36 @@ class PoissonRegression(_GLM):
 
     def target_check(self):
         return check_counts
+
+
+#: Bytes of float64 rows :func:`_dense_weighted_matvec` converts at a time.
+MATVEC_BLOCK_BYTES = 8 << 20
+
+
+def _dense_weighted_matvec(X: np.ndarray, c: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """``Σ_i c_i x̃_i x̃_iᵀ U`` (shape (d + 1, k)) for dense rows ``X`` (n, d), ``x̃ = (x,
+    1)``, ``c`` (n,), ``U`` (d + 1, k), in blocks of rows converted to float64 within
+    :data:`MATVEC_BLOCK_BYTES`: no (n, d + 1) float64 copy of the batch (at d = 10,000 a
+    batch of 8,192 float32 rows took 7.9 s to widen and stack, the product itself less).
+    """
+    n, d = X.shape
+    Uf, Ub = U[:d], U[d]
+    out = np.zeros((d + 1, U.shape[1]))
+    step = max(1, min(n, MATVEC_BLOCK_BYTES // (8 * max(d, 1))))
+    buf = None if X.dtype == np.float64 else np.empty((step, d))
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        if buf is None:
+            B = X[i:i + m]
+        else:
+            B = buf[:m]
+            B[...] = X[i:i + m]
+        Z = B @ Uf
+        Z += Ub
+        Z *= c[i:i + m, None]
+        out[:d] += B.T @ Z
+        out[d] += Z.sum(axis=0)
+    return out
 
 
 def check_counts(name: str, block: np.ndarray):

@@ -98,7 +98,11 @@ from natgrad_stream.models import Model, model_from_config
 from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
-from natgrad_stream.optim.newton_cg import arrow_preconditioner, newton_direction
+from natgrad_stream.optim.newton_cg import (
+    arrow_preconditioner,
+    lowrank_preconditioner,
+    newton_direction,
+)
 from natgrad_stream.optim.rules import SGD, make_optimizer, step_size
 from natgrad_stream.training import options as opts
 from natgrad_stream.training.callbacks import FitLog
@@ -1420,10 +1424,12 @@ class _Streaming(_Strategy):
         :mod:`natgrad_stream.training.learner`): each pass evaluates ``J``, ``∇J`` and ``G``
         at θ on the whole data; an accepted point re-whitens there and takes the Newton
         step ``θ ← θ − G_reg⁻¹∇J`` (Fisher scoring; IRLS for GLMs with the model metric),
-        a rejected one (Armijo on ``J``) halves the step. With ``tol`` the passes
-        stop, with no further step, once ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|``, so θ is then the point
-        measured. Each pass depends only on the state at its start, so a run resumed at
-        any pass equals an uninterrupted one whatever its ``epochs``.
+        a rejected one (Armijo on ``J``) halves the step. The low-rank structure's pass
+        also sketches the whole data's ``G`` with the running estimate's test matrix
+        (:meth:`_sketch_test`), re-whitens by it and preconditions Newton–CG by it. With
+        ``tol`` the passes stop, with no further step, once ``½∇Jᵀ G⁻¹ ∇J ≤ tol·|J|``, so
+        θ is then the point measured. Each pass depends only on the state at its start, so
+        a run resumed at any pass equals an uninterrupted one whatever its ``epochs``.
         """
         lr = self.learner
         s = lr.state
@@ -1439,7 +1445,7 @@ class _Streaming(_Strategy):
                             rng_key=(lr.seed, k, RNG_LEARNER),
                             batch_rows=max(lr.batch_size, REFINE_BATCH_ROWS),
                             should_stop=lambda: lr._stop_requested,
-                            progress=pass_progress(lr, callbacks))
+                            progress=pass_progress(lr, callbacks), sketch=self._sketch_test())
             if res is None:  # stopped mid-pass: the state is as at the pass's start
                 return True
             J, g, G, rows = res
@@ -1478,7 +1484,7 @@ class _Streaming(_Strategy):
             else:
                 # a parameter with no metric but a gradient (predictions saturated on its
                 # rows) is one no Newton step can move: the decrement does not see it
-                stuck = ((np.diag(G) if G.ndim == 2 else G) <= 0) & (g != 0)
+                stuck = (_metric_diagonal(G) <= 0) & (g != 0)
                 # (the pass's metric is factored in place: no copy of it beside W)
                 refresh = lr.refresh(reason="pass", metric=G, consume=True,
                                      **{"pass": k + 1})
@@ -1527,23 +1533,40 @@ class _Streaming(_Strategy):
                 break
         return False
 
-    def _newton_cg(self, source, g: np.ndarray, G: np.ndarray, J: float):
+    def _sketch_test(self) -> np.ndarray | None:
+        """The low-rank structure's test matrix ``T`` (P, rank) for a whole-data pass to
+        sketch its metric with (the running estimate's, checkpointed with it); None for
+        the other structures.
+        """
+        lr = self.learner
+        if lr.structure != "lowrank" or lr.rank < 1:
+            return None
+        return lr.state.fisher.test_for(np.ones(lr.model.n_params))
+
+    def _newton_cg(self, source, g: np.ndarray, G, J: float):
         """The Newton direction at θ for ``refine="newton-cg"``
         (:func:`~natgrad_stream.optim.newton_cg.newton_direction`): conjugate gradients on
         ``H v`` passes over the data (the metric, penalty included), preconditioned by
-        the measured diagonal ``G``. Returns ``(d, products, curvature_ok)``, or None when
-        a pass was interrupted.
+        the pass's own metric: its diagonal-plus-low-rank model for a sketched ``G``
+        (:func:`~natgrad_stream.optim.newton_cg.lowrank_preconditioner`), else the
+        measured diagonal with the intercept's column. Returns ``(d, products,
+        curvature_ok)``, or None when a pass was interrupted.
         """
         lr = self.learner
-        precond = np.diag(G).copy() if G.ndim == 2 else G.copy()
-        positive = precond > 0
-        precond[~positive] = precond[positive].mean() if positive.any() else 1.0
         theta = lr.state.theta
 
         def hess_vec(v):
             return metric_vector_pass(lr, source, theta, v,
                                       should_stop=lambda: lr._stop_requested)
 
+        if isinstance(G, SketchedMetric):
+            precond = lowrank_preconditioner(G, damping=lr.damping, floor=lr.floor)
+            if precond is not None:
+                return newton_direction(g, precond, hess_vec, scale=J)
+            G = G.diagonal  # (a sketch that cannot be factored: the diagonal's)
+        precond = np.diag(G).copy() if G.ndim == 2 else G.copy()
+        positive = precond > 0
+        precond[~positive] = precond[positive].mean() if positive.any() else 1.0
         k = lr.model.intercept_index
         products = 0
         if k is not None and G.ndim == 1:  # the intercept's column: one more pass
@@ -2166,6 +2189,13 @@ def pass_progress(lr: NaturalGradientLearner, callbacks):
     return progress
 
 
+def _metric_diagonal(G) -> np.ndarray:
+    """The diagonal (P,) of a whole-data pass's metric: (P, P), (P,) or sketched."""
+    if isinstance(G, SketchedMetric):
+        return G.diagonal
+    return np.diag(G) if G.ndim == 2 else G
+
+
 def model_structure(structure: str) -> str:
     """The structure the model accumulates for a learner's ``structure``: the low-rank
     structure's batch sums are the diagonal's plus its own sketch (:meth:`_sketched_sum`),
@@ -2214,7 +2244,7 @@ def stream_plan(lr: NaturalGradientLearner, source, *, prefetch: int, chunks_per
 
 def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray, *,
               metric=None, rng_key=None, batch_rows: int, chunks=None, should_stop=None,
-              progress=None):
+              progress=None, sketch: np.ndarray | None = None):
     """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
     order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight, with the learner's
     L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,)); None when
@@ -2222,7 +2252,10 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     evaluation. ``rng_key`` seeds Monte Carlo draws. ``progress(rows)``, if given, is
     called after each batch with the rows read so far in the pass. On a Dask fit the pass
     runs on the cluster (:meth:`~natgrad_stream.distributed.DaskBackend.pass_stats`),
-    with no progress inside it.
+    with no progress inside it. With ``sketch`` (a test matrix ``T``, shape (P, k)) and a
+    diagonal metric, the metric is the whole data's
+    :class:`~natgrad_stream.geometry.lowrank.SketchedMetric` (its diagonal and ``G T``,
+    one block product of k columns a batch, the read shared with the pass; one process).
     """
     if lr._backend is not None:
         return _dask_pass(lr, source, theta, metric=metric, rng_key=rng_key, chunks=chunks,
@@ -2236,6 +2269,7 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     # the pass's metric sum, added to in place (a running estimate's batches make a new
     # array each, for a rejected step to keep the old one: no step here)
     gsum = None if metric is None else np.zeros(ws.fisher.shape)
+    ysum = None if metric is None or sketch is None else np.zeros(sketch.shape)
     per_read = max(1, batch_rows // source.chunk_rows)
     if progress is not None:
         progress(0)  # a pass starts
@@ -2260,6 +2294,9 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                 rows += n
                 if gsum is not None:
                     gsum += ws.fisher
+                if ysum is not None and wt > 0:
+                    ysum += wt * lr.model.metric_matvec(batch.X, batch.y, batch.w, theta,
+                                                        sketch, metric=metric)
                 if progress is not None:
                     progress(rows)
     except DataError as exc:
@@ -2275,7 +2312,10 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
         ws.release_metric()  # (folded in: the refresh that factors G need not hold it)
         G = gsum
         G /= wsum
-    return (*lr.penalty.penalize(loss / wsum, grad / wsum, G, theta), rows)
+    J, g, G = lr.penalty.penalize(loss / wsum, grad / wsum, G, theta)
+    if ysum is not None:  # (G + λI_S) T = G T + λ I_S T
+        G = SketchedMetric(G, lr.penalty.add_matvec(ysum / wsum, sketch), sketch)
+    return J, g, G, rows
 
 
 def metric_vector_pass(lr: NaturalGradientLearner, source, theta: np.ndarray,
