@@ -42,6 +42,11 @@ AUTO_FULL_HESSIAN_MAX_PARAMS = 4096
 #: touching a few columns) the diagonal is close to the full metric anyway, so sparse data
 #: keep the diagonal beyond AUTO_FULL_MAX_PARAMS whatever their rows.
 AUTO_FULL_MIN_ROWS_PER_PARAM = 20
+#: ``--structure auto`` takes the Kronecker factors for softmax beyond the full metric on
+#: dense data of up to this many features + 1 (its feature factor is D × D: 134 MB and an
+#: eigendecomposition of about 10 s a refresh at 4,096, as the full metric's limit);
+#: wider softmax takes lowrank. Measured in ``scripts/results/kronecker.md``.
+AUTO_KRONECKER_MAX_FEATURES = 4096
 #: At most this many parameters are named as moved by unidentified directions.
 UNIDENTIFIED_NAMED = 10
 #: ``--rank``: columns of the low-rank structure's sketch (``--structure lowrank``), which

@@ -33,6 +33,7 @@ from natgrad_stream._constants import (
     AUTO_FULL_HESSIAN_MAX_PARAMS,
     AUTO_FULL_MAX_PARAMS,
     AUTO_FULL_MIN_ROWS_PER_PARAM,
+    AUTO_KRONECKER_MAX_FEATURES,
     AUTO_MAX_EPOCHS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DAMPING,
@@ -62,7 +63,7 @@ MODEL_CHOICES = ("logistic", "linear", "poisson", "softmax", "gaussian", "gaussi
                  "ising", "ica", "mlp")
 METRIC_CHOICES = ("model", "empirical", "monte-carlo", "loss-gradient", "energy",
                   "gauss-newton", "amari", "kfac")
-STRUCTURE_CHOICES = ("auto", "full", "diagonal", "block", "lowrank")
+STRUCTURE_CHOICES = ("auto", "full", "diagonal", "block", "lowrank", "kronecker")
 STREAMING_OPTIMIZERS = ("sgd", "momentum", "adam")
 OPTIMIZER_CHOICES = STREAMING_OPTIMIZERS + ("lbfgs",)
 STEP_SCHEDULE_CHOICES = ("harmonic", "sqrt", "constant")
@@ -405,11 +406,13 @@ OPTIONS: tuple[Option, ...] = (
        nullable=True, choices=METRIC_CHOICES),
     _o("structure", _choice, "auto", "full, diagonal (eq. 34), block-diagonal by "
        "parameter group, or lowrank (the diagonal plus a rank --rank Nyström sketch of the "
-       "metric, O(P·rank) memory; later passes as the diagonal's); auto: full up to "
-       f"{AUTO_FULL_MAX_PARAMS:,} parameters (up to "
+       "metric, O(P·rank) memory; later passes as the diagonal's), or kronecker (softmax: "
+       "the K-FAC factors, (d+1)² + (K−1)² memory; later passes as the diagonal's); auto: "
+       f"full up to {AUTO_FULL_MAX_PARAMS:,} parameters (up to "
        f"{AUTO_FULL_HESSIAN_MAX_PARAMS:,} for the GLMs, softmax and the Gaussians on dense "
-       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), beyond: lowrank on "
-       "dense data for the GLMs and softmax, else diagonal "
+       f"data of {AUTO_FULL_MIN_ROWS_PER_PARAM}+ rows per parameter), beyond: kronecker for "
+       f"softmax on dense data of up to {AUTO_KRONECKER_MAX_FEATURES:,} features, lowrank on "
+       "dense data for the GLMs and wider softmax, else diagonal "
        "(run.json records the structure used)", choices=STRUCTURE_CHOICES),
     _o("rank", positive_int, DEFAULT_LOWRANK_RANK, "columns of --structure lowrank's "
        "sketch of the metric (its rank; memory 16·P·rank bytes)", metavar="K",
@@ -729,7 +732,8 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
     if out.get("refine") == "auto":  # the model's own, else by the structure (below)
         own = recommended.get("refine")
         out["refine"] = own if own is not None else \
-            ("scoring" if out.get("structure") not in ("diagonal", "lowrank") else None)
+            ("scoring" if out.get("structure") not in ("diagonal", "lowrank", "kronecker")
+             else None)
     if "refine" in out and out["refine"] is None:
         # a diagonal metric is no Hessian (nor the low-rank structure's, whose later passes
         # measure the diagonal): Fisher scoring with it converges slowly (200k ×
@@ -745,7 +749,14 @@ def resolve(given: dict, model, *, names=LEARNER_OPTIONS, optimizer: str | None 
         if out.get("step_schedule") is None:
             out["step_schedule"] = cls.default_schedule
         if out.get("fisher_every") == "auto":
-            out["fisher_every"] = max(1, round(model.n_params / FISHER_EVERY_PARAMS))
+            P = model.n_params
+            if out.get("structure") == "kronecker":
+                # the same share of the steps' cost as the full metric's: a row costs its
+                # factors D²/2 against the full metric's P²/2
+                D = model.n_features + 1
+                out["fisher_every"] = max(1, round(D * D / (FISHER_EVERY_PARAMS * P)))
+            else:
+                out["fisher_every"] = max(1, round(P / FISHER_EVERY_PARAMS))
     return out
 
 
@@ -757,7 +768,12 @@ def auto_structure(model) -> str:
     passes (the diagonal's later passes: ``refine`` below). A fit then settles it on its
     data (:func:`auto_structure_for_data`).
     """
-    return "full" if model.n_params <= AUTO_FULL_MAX_PARAMS else "diagonal"
+    if model.n_params <= AUTO_FULL_MAX_PARAMS:
+        return "full"
+    if hasattr(model, "kronecker_sums") and \
+            model.n_features + 1 <= AUTO_KRONECKER_MAX_FEATURES:
+        return "kronecker"
+    return "diagonal"
 
 
 def auto_structure_for_data(model, n_rows: int | None, sparse: bool) -> str:
@@ -768,7 +784,10 @@ def auto_structure_for_data(model, n_rows: int | None, sparse: bool) -> str:
     their metric accumulation, not the refreshes, is the cost; and ``lowrank`` in place of
     the diagonal on dense data for a model whose metric-vector products are O(n·P·k)
     (``fast_metric_matvec``: the GLMs, softmax), measured in
-    :data:`~natgrad_stream._constants.DEFAULT_LOWRANK_RANK`'s note.
+    :data:`~natgrad_stream._constants.DEFAULT_LOWRANK_RANK`'s note. Softmax beyond the
+    full metric takes ``kronecker`` on dense data of up to
+    :data:`~natgrad_stream._constants.AUTO_KRONECKER_MAX_FEATURES` features (measured in
+    its note); sparse data keep the diagonal.
     """
     P = model.n_params
     if P > AUTO_FULL_MAX_PARAMS and P <= AUTO_FULL_HESSIAN_MAX_PARAMS and not sparse \
@@ -776,6 +795,8 @@ def auto_structure_for_data(model, n_rows: int | None, sparse: bool) -> str:
             and n_rows >= AUTO_FULL_MIN_ROWS_PER_PARAM * P:
         return "full"
     chosen = auto_structure(model)
+    if chosen == "kronecker" and sparse:
+        chosen = "diagonal"
     if chosen == "diagonal" and not sparse and getattr(model, "fast_metric_matvec", False):
         return "lowrank"
     return chosen
