@@ -348,3 +348,12 @@ def test_structure_auto_takes_kronecker_for_softmax_beyond_the_full_metric(monke
     assert auto.structure == "kronecker" and auto.options()["structure"] == "kronecker"
     assert auto.effective_options["refine"] == "newton-cg"
     assert_array_equal(auto.theta, given.theta)
+
+
+def test_the_estimator_takes_the_kronecker_structure():
+    from natgrad_stream.sklearn import NaturalGradientClassifier
+
+    X, y = _softmax_data(1500, 10, 4, 3)
+    est = NaturalGradientClassifier(structure="kronecker", C=1.0).fit(X, y.astype(int))
+    assert est.learner_.structure == "kronecker" and est.converged_
+    assert isinstance(est.learner_.whitener, KroneckerWhitener)
