@@ -317,9 +317,12 @@ def test_sparse_rows_reach_the_dense_rows_optimum():
     assert sparse.result.objective == pytest.approx(dense.result.objective, rel=1e-9)
 
 
-def test_kronecker_is_refused_beyond_softmax_and_on_a_cluster():
+def test_kronecker_is_refused_beyond_softmax(small_zarr, tmp_path, capsys):
     with pytest.raises(OptionError, match="applies to the softmax model"):
         NaturalGradientLearner(make_model("logistic", 3), structure="kronecker")
+    code, _, err = run_cli(capsys, "fit", small_zarr, "--model", "logistic", "--structure",
+                           "kronecker", "--out", tmp_path / "r", "--progress", "never")
+    assert code == 2 and err.count("\n") == 1 and "applies to the softmax model" in err
 
 
 def test_structure_auto_takes_kronecker_for_softmax_beyond_the_full_metric(monkeypatch):
