@@ -2185,9 +2185,10 @@ def pass_progress(lr: NaturalGradientLearner, callbacks):
 
 def model_structure(structure: str) -> str:
     """The structure the model accumulates for a learner's ``structure``: the low-rank
-    structure's batch sums are the diagonal's plus its own sketch (:meth:`_sketched_sum`),
-    the Kronecker structure's its factors (the model's ``kronecker_sums``), and their
-    whole-data passes measure the diagonal.
+    structure's batch sums are the diagonal's plus its own sketch (:meth:`_sketched_sum`)
+    and its whole-data passes measure the diagonal; the Kronecker structure's batches sum
+    its factors only (the model's ``kronecker_sums``) and its passes both
+    (:func:`full_pass`).
     """
     return "diagonal" if structure in ("lowrank", "kronecker") else structure
 
@@ -2209,7 +2210,9 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
               progress=None):
     """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
     order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight, with the learner's
-    L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,)); None when
+    L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,), or for the
+    Kronecker structure a :class:`~natgrad_stream.geometry.kronecker.KroneckerMetric` of
+    the factors with the measured diagonal as its ``exact_diagonal``); None when
     ``should_stop()`` turned True mid-pass (nothing counted). Counts the rows and the
     evaluation. ``rng_key`` seeds Monte Carlo draws. ``progress(rows)``, if given, is
     called after each batch with the rows read so far in the pass. On a Dask fit the pass
