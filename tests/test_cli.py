@@ -208,9 +208,9 @@ def test_cli_choices_mirror_the_registries():
     assert set(cli.MODEL_CHOICES) == set(MODEL_NAMES)
     assert set(cli.TASK_CHOICES) == set(TASKS)
     assert cli.METRIC_CHOICES == METRICS
-    # auto resolves to one of them; lowrank is the learner's (its batches accumulate the
-    # models' diagonal, and its sketch)
-    assert cli.STRUCTURE_CHOICES == ("auto", *STRUCTURES, "lowrank")
+    # auto resolves to one of them; lowrank and kronecker are the learner's (their batches
+    # accumulate the models' diagonal and a sketch, or softmax's Kronecker factors)
+    assert cli.STRUCTURE_CHOICES == ("auto", *STRUCTURES, "lowrank", "kronecker")
 
 
 def test_every_registered_model_and_task_loads():

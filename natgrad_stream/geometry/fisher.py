@@ -20,13 +20,14 @@ class RunningFisher:
     """Exponentially weighted running metric, full or block ``(P, P)``, diagonal ``(P,)``,
     or low-rank: the diagonal ``(P,)`` and the sketch ``G T`` ``(P, rank)`` of
     :mod:`natgrad_stream.geometry.lowrank` (decayed alike; ``T`` is drawn from the first
-    batch's diagonal, :meth:`test_for`).
+    batch's diagonal, :meth:`test_for`), or Kronecker: the feature factor ``(D, D)`` as
+    ``sum`` and the class factor ``(m, m)`` of :mod:`natgrad_stream.geometry.kronecker`.
 
     Parameters
     ----------
     n_params : int
         ``P``.
-    structure : {"full", "diagonal", "block", "lowrank"}
+    structure : {"full", "diagonal", "block", "lowrank", "kronecker"}
     half_life : float, "auto" or None
         Half-life in samples. ``None`` or ``inf`` keeps plain sums (no forgetting);
         ``"auto"`` uses ``max(20·P, 0.25·t)`` with ``t`` the samples seen so far, so the
@@ -34,6 +35,8 @@ class RunningFisher:
         as learning settles.
     rank : int
         Columns of the low-rank sketch (``structure="lowrank"``).
+    factors : (int, int)
+        ``(D, m)``, the Kronecker factors' sizes (``structure="kronecker"``).
 
     Examples
     --------
@@ -45,10 +48,10 @@ class RunningFisher:
     """
 
     def __init__(self, n_params: int, *, structure: str = "full", half_life="auto",
-                 limit: float | None = None, rank: int = 0):
-        if structure not in ("full", "diagonal", "block", "lowrank"):
-            raise ValueError("structure must be 'full', 'diagonal', 'block' or 'lowrank', got "
-                             f"{structure!r}")
+                 limit: float | None = None, rank: int = 0, factors=None):
+        if structure not in ("full", "diagonal", "block", "lowrank", "kronecker"):
+            raise ValueError("structure must be 'full', 'diagonal', 'block', 'lowrank' or "
+                             f"'kronecker', got {structure!r}")
         if half_life not in (None, "auto") and not float(half_life) > 0:
             raise ValueError(f"half_life must be > 0 samples, 'auto' or None, got {half_life!r}")
         self.n_params = int(n_params)
@@ -59,6 +62,13 @@ class RunningFisher:
         # a block-diagonal metric is stored as a (P, P) array whose off-block entries stay 0
         shape = (self.n_params,) if structure in ("diagonal", "lowrank") \
             else (self.n_params, self.n_params)
+        #: Kronecker: ``(D, m)``; ``sum`` is then the feature factor's (D, D), ``classes``
+        #: the class factor's (m, m) and ``penalty`` the penalty's (a scalar).
+        self.factors = None if structure != "kronecker" else tuple(int(f) for f in factors)
+        if self.factors is not None:
+            shape = (self.factors[0], self.factors[0])
+        self.classes = None if self.factors is None else np.zeros((self.factors[1],) * 2)
+        self.penalty = 0.0
         self.sum = np.zeros(shape)
         self.rank = int(rank) if structure == "lowrank" else 0
         #: Low-rank: the sketch's sum ``Σ G_batch T`` (P, rank) and ``T`` (None until the
@@ -111,11 +121,20 @@ class RunningFisher:
                 raise ValueError("a low-rank running metric adds a SketchedMetric made with "
                                  "its own test matrix (test_for)")
             batch_sum, sketch = batch_sum.diagonal, batch_sum.sketch
+        classes = penalty = None
+        if self.structure == "kronecker":
+            if getattr(batch_sum, "classes", None) is None:
+                raise ValueError("a Kronecker running metric adds a KroneckerMetric")
+            batch_sum, classes, penalty = (batch_sum.features, batch_sum.classes,
+                                           batch_sum.penalty)
         if batch_sum.shape != self.sum.shape:
             raise ValueError(f"batch metric has shape {batch_sum.shape}, expected {self.sum.shape}")
         decay = 0.5 ** (rows / self.current_half_life())
         if sketch is not None:  # (a new array, as the sum's)
             self.sketch = self.sketch * decay + sketch
+        if classes is not None:  # (a new array, as the sum's)
+            self.classes = self.classes * decay + classes
+            self.penalty = self.penalty * decay + float(penalty)
         # a new array, not an in-place update: a learner can keep the old one to undo a step
         new = self.sum * decay if decay != 1.0 else self.sum.copy()
         new += batch_sum
@@ -130,8 +149,11 @@ class RunningFisher:
         if other.sum.shape != self.sum.shape:
             raise ValueError("cannot merge metrics of different shapes")
         out = RunningFisher(self.n_params, structure=self.structure, half_life=self.half_life,
-                            limit=self.limit)
+                            limit=self.limit, factors=self.factors)
         out.sum = self.sum + other.sum
+        if self.factors is not None:
+            out.classes = self.classes + other.classes
+            out.penalty = self.penalty + other.penalty
         if self.rank:
             if other.test is not self.test and not np.array_equal(other.test, self.test):
                 raise ValueError("cannot merge low-rank sketches of different test matrices")
@@ -148,10 +170,16 @@ class RunningFisher:
 
     def estimate(self):
         """The bias-corrected metric ``sum / weight``, shape (P, P) or (P,) (low-rank: a
-        :class:`~natgrad_stream.geometry.lowrank.SketchedMetric` of means).
+        :class:`~natgrad_stream.geometry.lowrank.SketchedMetric` of means; Kronecker: a
+        :class:`~natgrad_stream.geometry.kronecker.KroneckerMetric` of means).
         """
         if self.empty:
             raise ValueError("the running metric has seen no data yet")
+        if self.factors is not None:
+            from natgrad_stream.geometry.kronecker import KroneckerMetric
+
+            return KroneckerMetric(self.sum / self.weight, self.classes / self.weight,
+                                   self.penalty / self.weight)
         if self.rank:
             from natgrad_stream.geometry.lowrank import SketchedMetric
 
@@ -170,15 +198,20 @@ class RunningFisher:
                 "n_params": self.n_params, "limit": self.limit,
                 **({"rank": self.rank, "sketch": self.sketch.copy(),
                     "test": None if self.test is None else self.test.copy()}
-                   if self.rank else {})}
+                   if self.rank else {}),
+                **({"factors": list(self.factors), "classes": self.classes.copy(),
+                    "penalty": self.penalty} if self.factors is not None else {})}
 
     @classmethod
     def from_state(cls, state: dict) -> RunningFisher:
         """Rebuild from :meth:`state_dict`."""
         out = cls(int(state["n_params"]), structure=state["structure"],
                   half_life=state["half_life"], limit=state.get("limit"),
-                  rank=int(state.get("rank", 0)))
+                  rank=int(state.get("rank", 0)), factors=state.get("factors"))
         out.sum = np.array(state["sum"], dtype=np.float64)
+        if out.factors is not None:
+            out.classes = np.array(state["classes"], dtype=np.float64)
+            out.penalty = float(state["penalty"])
         if out.rank:
             out.sketch = np.array(state["sketch"], dtype=np.float64)
             out.test = None if state.get("test") is None else \

@@ -312,4 +312,8 @@ def whitener_from_state(state: dict) -> Whitener:
     """A checkpointed whitener of any structure."""
     if state.get("kind") == "lowrank":
         return LowRankWhitener.from_state(state)
+    if state.get("kind") == "kronecker":
+        from natgrad_stream.geometry.kronecker import KroneckerWhitener
+
+        return KroneckerWhitener.from_state(state)
     return Whitener.from_state(state)

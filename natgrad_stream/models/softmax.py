@@ -19,6 +19,7 @@ from natgrad_stream._jit import num_threads
 from natgrad_stream.data.sparse import SparseRows
 from natgrad_stream.errors import DataError
 from natgrad_stream.models import _softmax_kernels as K
+from natgrad_stream.models import _softmax_kronecker_kernels as KK
 from natgrad_stream.models import _softmax_sparse_kernels as SK
 from natgrad_stream.models._gram_kernels import BLOCK_ROWS
 from natgrad_stream.models.base import (
@@ -284,6 +285,38 @@ class SoftmaxRegression(Model):
         if metric_code != K.METRIC_NONE:
             ws.fisher.reshape(m, D)[...] = sc["fm_diag"].T
         return out
+
+    def kronecker_sums(self, X, y, w, theta, *, metric, rng=None, mc_samples=1):
+        """A batch's sums of the metric's Kronecker factors (``--structure kronecker``):
+        the feature factor ``F = Σ w_i x̃_i x̃_iᵀ`` (shape (D, D), ``D = d + 1``, the
+        intercept's 1 last), the class factor ``S = Σ w_i A_i`` (shape (K − 1, K − 1),
+        ``A_i`` the row's class weight for ``metric``) and ``Σ w_i``; the mean metric is
+        approximated by ``(S/Σw) ⊗ (F/Σw)`` (:mod:`natgrad_stream.geometry.kronecker`).
+        Dense or CSR rows.
+        """
+        X = self.check_X(X)
+        n = X.shape[0]
+        y = self.check_y(y, n)
+        w = _EMPTY if w is None else as_float64_vector(w, "w", n)
+        theta = as_float64_vector(theta, "theta", self.n_params)
+        if metric not in self.metrics:
+            raise ValueError(f"model 'softmax' does not support metric {metric!r}")
+        code = _METRIC_CODES[metric]
+        U = _NO_UNIFORMS
+        if metric == "monte-carlo":
+            check_monte_carlo(rng, mc_samples)
+            U = rng.random((int(mc_samples), n))
+        D, m = self.n_features + 1, self.n_classes - 1
+        F, S = np.zeros((D, D)), np.zeros((m, m))
+        if isinstance(X, SparseRows):
+            wsum = KK.kronecker_factors_sparse(X.data, X.indices, X.indptr, y, w, theta, code,
+                                               U, S, F)
+        else:
+            wsum = KK.kronecker_factors_dense(X, y, w, theta, code, U, np.zeros((D, BLOCK_ROWS)),
+                                              np.zeros((D, BLOCK_ROWS)), np.zeros(BLOCK_ROWS),
+                                              S, F)
+        F += np.triu(F, 1).T  # (the kernels fill the upper triangle)
+        return F, S, float(wsum)
 
     def predict_proba(self, X, theta) -> np.ndarray:
         """Class probabilities, shape (n, K)."""

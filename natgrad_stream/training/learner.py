@@ -89,6 +89,7 @@ from natgrad_stream.errors import (
     OptionError,
     WhiteningError,
 )
+from natgrad_stream.geometry.kronecker import KroneckerMetric, shrink_factors, whiten_kronecker
 from natgrad_stream.geometry.lowrank import METHODS as LOWRANK_METHODS
 from natgrad_stream.geometry.lowrank import SketchedMetric, whiten_lowrank
 from natgrad_stream.geometry.schedule import RefreshSchedule
@@ -206,7 +207,8 @@ class NaturalGradientLearner:
         runs rounds of L-BFGS), ``metric`` (eq. 30, 31, 33, 39–41, 43; default the
         model's), ``structure`` (``full``, ``diagonal`` eq. 34, ``block``, ``lowrank``:
         the diagonal plus a Nyström sketch of ``rank`` columns,
-        :mod:`natgrad_stream.geometry.lowrank`), ``rank``,
+        :mod:`natgrad_stream.geometry.lowrank`; ``kronecker``: softmax's K-FAC factors,
+        :mod:`natgrad_stream.geometry.kronecker`), ``rank``,
         ``mc_samples``, ``whitening`` (``eigh``, ``ridge`` eq. 36, ``robust`` eq. 35),
         ``damping``, ``floor``, ``l2`` (λ: minimize the mean loss + λ/2·‖θ_S‖² over the
         model's :attr:`~natgrad_stream.models.Model.penalized_indices`, intercepts left
@@ -281,6 +283,9 @@ class NaturalGradientLearner:
         if eff["structure"] == "lowrank" and eff["whitening"] not in LOWRANK_METHODS:
             raise OptionError(f"--structure lowrank factors with {' or '.join(LOWRANK_METHODS)}"
                               f", not --whitening {eff['whitening']}")
+        if eff["structure"] == "kronecker" and not hasattr(model, "kronecker_sums"):
+            raise OptionError(f"--structure kronecker applies to the softmax model (its "
+                              f"metric is a sum of Kronecker products), not {model.name!r}")
         for name, value in eff.items():
             if name not in ("optimizer", "rewhiten"):
                 setattr(self, name, value)
@@ -338,6 +343,8 @@ class NaturalGradientLearner:
             self.model.start_params(theta0), structure=self.structure,
             half_life=getattr(self, "half_life", None), forget=getattr(self, "forget", None),
             rank=self.rank if self.structure == "lowrank" else 0,
+            factors=(self.model.n_features + 1, self.model.n_params
+                     // (self.model.n_features + 1)) if self.structure == "kronecker" else None,
             optimizer_state=self.optimizer.init(P) if self.optimizer is not None else {},
             seed=self.seed, data_init=theta0 is None)
         self._stop_requested = False
@@ -432,13 +439,18 @@ class NaturalGradientLearner:
             self._take_data_start(self.model.initial_params(X, y, w))
         need_metric = self._metric_due()
         ws = self._workspace
+        kronecker = self.structure == "kronecker"  # (its factors: below, not the diagonal)
         loss_sum, wsum = self.model.accumulate(
-            X, y, w, s.theta, metric=self.metric if need_metric else None,
+            X, y, w, s.theta, metric=self.metric if need_metric and not kronecker else None,
             structure=model_structure(self.structure), ws=ws, rng=s.rng,
             mc_samples=self.mc_samples)
         metric_sum = ws.fisher if need_metric else None
         if need_metric and self.structure == "lowrank" and wsum > 0:
             metric_sum = self._sketched_sum(X, y, w, metric_sum, wsum)
+        if need_metric and kronecker:
+            F, S, _ = self.model.kronecker_sums(X, y, w, s.theta, metric=self.metric,
+                                                rng=s.rng, mc_samples=self.mc_samples)
+            metric_sum = KroneckerMetric(F, S)
 
         def power_iteration(v):
             return self._power_iteration(X, y, w, v)
@@ -573,6 +585,10 @@ class NaturalGradientLearner:
         grad, finite, norm, value = pen.mean_gradient(grad_sum, wsum, self.state.theta)
         if pen.active:
             loss_sum = loss_sum + wsum * value
+        if isinstance(metric_sum, KroneckerMetric):  # its factors take λ when factored
+            return loss_sum, grad, finite, norm, KroneckerMetric(
+                metric_sum.features, metric_sum.classes,
+                metric_sum.penalty + (wsum * pen.lam if pen.active else 0.0))
         if isinstance(metric_sum, SketchedMetric):  # (G + λI_S) T = G T + λ I_S T
             T = metric_sum.test
             return loss_sum, grad, finite, norm, SketchedMetric(
@@ -724,7 +740,8 @@ class NaturalGradientLearner:
         s.forget_rows = self._kept(n) * s.forget_rows + n
         refresh = self._maybe_refresh()
         if refresh is not None and refresh.get("ok") \
-                and self.structure in ("diagonal", "lowrank") and power_iteration is not None:
+                and self.structure in ("diagonal", "lowrank", "kronecker") \
+                and power_iteration is not None:
             s.step_cap = self._curvature_cap(power_iteration, refresh)
         cap = self._cap_factor(n)
         if self._fused_step():
@@ -792,6 +809,8 @@ class NaturalGradientLearner:
             G = self._running_metric()[0]
             if isinstance(G, SketchedMetric) and s.whitener.diagonal:  # (a fallback identity)
                 G = G.diagonal
+            if isinstance(G, KroneckerMetric) and s.whitener.diagonal:
+                G = G.diagonal()
             drift = s.whitener.drift(G, s.rng, probes=self.drift_probes)
             if self.schedule.drift_exceeded(drift):
                 reason = "drift"
@@ -835,6 +854,8 @@ class NaturalGradientLearner:
                                                               dtype=np.int64))
                 add_evidence_prior(G.diagonal, rows, self._row_density, self._prior_coords)
             return G, 0.0
+        if self.structure == "kronecker":  # each factor for its own dimension
+            return shrink_factors(s.fisher.estimate(), rows, density=self._row_density)
         G, rho = shrink(s.fisher.estimate(), rows,  # (a new array: shrunk in place)
                         centers=self.model.center_indices,
                         blocks=self.model.param_bounds() if self.structure == "block" else None,
@@ -956,6 +977,9 @@ class NaturalGradientLearner:
             if isinstance(G, SketchedMetric):
                 new = whiten_lowrank(G, method=self.whitening, damping=self.damping,
                                      floor=self.floor)
+            elif isinstance(G, KroneckerMetric):
+                new = whiten_kronecker(G, method=self.whitening, damping=self.damping,
+                                       floor=self.floor)
             else:
                 new = whiten(G, method=self.whitening, damping=self.damping, floor=self.floor,
                              center=self.model.center_indices or None,
@@ -968,7 +992,8 @@ class NaturalGradientLearner:
                           "previous whitener", RuntimeWarning, stacklevel=3)
             if s.whitener is None:
                 s.whitener = Whitener.identity(
-                    self.model.n_params, diagonal=self.structure in ("diagonal", "lowrank"))
+                    self.model.n_params,
+                    diagonal=self.structure in ("diagonal", "lowrank", "kronecker"))
                 s.phi = s.whitener.phi(s.theta)
         else:
             if s.whitener is not None and self.optimizer is not None:
@@ -1107,9 +1132,9 @@ class NaturalGradientLearner:
         if isinstance(source, SparseSource):
             raise TypeError("a Dask fit reads dense Zarr arrays; sparse data (a CSR group) "
                             "is fitted in one process (no client)")
-        if self.structure == "lowrank":
-            raise OptionError("--structure lowrank is fitted in one process (no Dask "
-                              "client): its sketch is not merged across lanes")
+        if self.structure in ("lowrank", "kronecker"):
+            raise OptionError(f"--structure {self.structure} is fitted in one process (no "
+                              "Dask client): its factors are not merged across lanes")
         if getattr(source, "table_files", None) is not None:
             raise TypeError("a Dask fit reads a Zarr store that every worker opens, not a "
                             "table: copy it first ('natgrad-stream convert SRC OUT.zarr')")
@@ -1548,7 +1573,8 @@ class _Streaming(_Strategy):
         (:func:`~natgrad_stream.optim.newton_cg.newton_direction`): conjugate gradients on
         ``H v`` passes over the data (the metric, penalty included), preconditioned by
         the pass's own metric: its diagonal-plus-low-rank model for a sketched ``G``
-        (:func:`~natgrad_stream.optim.newton_cg.lowrank_preconditioner`), else the
+        (:func:`~natgrad_stream.optim.newton_cg.lowrank_preconditioner`), the inverse
+        ``W⁻¹W⁻ᵀ`` of the Kronecker structure's measured factors (K-FAC), else the
         measured diagonal with the intercept's column. Returns ``(d, products,
         curvature_ok)``, or None when a pass was interrupted.
         """
@@ -1559,6 +1585,9 @@ class _Streaming(_Strategy):
             return metric_vector_pass(lr, source, theta, v,
                                       should_stop=lambda: lr._stop_requested)
 
+        if isinstance(G, KroneckerMetric):
+            W = whiten_kronecker(G, method=lr.whitening, damping=lr.damping, floor=lr.floor)
+            return newton_direction(g, W.natural_gradient, hess_vec, scale=J)
         if isinstance(G, SketchedMetric):
             precond = lowrank_preconditioner(G, damping=lr.damping, floor=lr.floor)
             if precond is not None:
@@ -2190,18 +2219,24 @@ def pass_progress(lr: NaturalGradientLearner, callbacks):
 
 
 def _metric_diagonal(G) -> np.ndarray:
-    """The diagonal (P,) of a whole-data pass's metric: (P, P), (P,) or sketched."""
+    """The diagonal (P,) of a whole-data pass's metric: (P, P), (P,), sketched, or the
+    Kronecker structure's factors with the measured diagonal beside them.
+    """
     if isinstance(G, SketchedMetric):
         return G.diagonal
+    if isinstance(G, KroneckerMetric):
+        return G.exact_diagonal
     return np.diag(G) if G.ndim == 2 else G
 
 
 def model_structure(structure: str) -> str:
     """The structure the model accumulates for a learner's ``structure``: the low-rank
-    structure's batch sums are the diagonal's plus its own sketch (:meth:`_sketched_sum`),
-    and its whole-data passes measure the diagonal.
+    structure's batch sums are the diagonal's plus its own sketch (:meth:`_sketched_sum`)
+    and its whole-data passes measure the diagonal; the Kronecker structure's batches sum
+    its factors only (the model's ``kronecker_sums``) and its passes both
+    (:func:`full_pass`).
     """
-    return "diagonal" if structure == "lowrank" else structure
+    return "diagonal" if structure in ("lowrank", "kronecker") else structure
 
 
 #: Parameters of a full metric from which older metric sums of undo and rollback points
@@ -2247,7 +2282,9 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
               progress=None, sketch: np.ndarray | None = None):
     """One pass over ``source`` (or its chunks ``chunks``) at a fixed ``theta`` in chunk
     order, fused: ``(J, ∇θJ, metric or None, rows)`` averaged by weight, with the learner's
-    L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,)); None when
+    L2 penalty added (``J``, ``∇θJ`` shape (P,), metric (P, P) or (P,), or for the
+    Kronecker structure a :class:`~natgrad_stream.geometry.kronecker.KroneckerMetric` of
+    the factors with the measured diagonal as its ``exact_diagonal``); None when
     ``should_stop()`` turned True mid-pass (nothing counted). Counts the rows and the
     evaluation. ``rng_key`` seeds Monte Carlo draws. ``progress(rows)``, if given, is
     called after each batch with the rows read so far in the pass. On a Dask fit the pass
@@ -2270,6 +2307,8 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     # array each, for a rejected step to keep the old one: no step here)
     gsum = None if metric is None else np.zeros(ws.fisher.shape)
     ysum = None if metric is None or sketch is None else np.zeros(sketch.shape)
+    # the Kronecker structure's factors, beside the diagonal (which the passes check)
+    factors = [0.0, 0.0] if gsum is not None and lr.structure == "kronecker" else None
     per_read = max(1, batch_rows // source.chunk_rows)
     if progress is not None:
         progress(0)  # a pass starts
@@ -2297,6 +2336,11 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
                 if ysum is not None and wt > 0:
                     ysum += wt * lr.model.metric_matvec(batch.X, batch.y, batch.w, theta,
                                                         sketch, metric=metric)
+                if factors is not None:
+                    F, S, _ = lr.model.kronecker_sums(batch.X, batch.y, batch.w, theta,
+                                                      metric=metric, rng=rng,
+                                                      mc_samples=lr.mc_samples)
+                    factors = [factors[0] + F, factors[1] + S]
                 if progress is not None:
                     progress(rows)
     except DataError as exc:
@@ -2315,6 +2359,9 @@ def full_pass(lr: NaturalGradientLearner, source: ArraySource, theta: np.ndarray
     J, g, G = lr.penalty.penalize(loss / wsum, grad / wsum, G, theta)
     if ysum is not None:  # (G + λI_S) T = G T + λ I_S T
         G = SketchedMetric(G, lr.penalty.add_matvec(ysum / wsum, sketch), sketch)
+    if factors is not None:
+        G = KroneckerMetric(factors[0] / wsum, factors[1] / wsum, lr.penalty.lam,
+                            exact_diagonal=G)
     return J, g, G, rows
 
 

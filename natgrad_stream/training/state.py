@@ -199,14 +199,15 @@ class LearnerState:
     @classmethod
     def fresh(cls, theta: np.ndarray, *, structure: str, half_life, optimizer_state: dict,
               seed: int, data_init: bool, forget: float | None = None,
-              rank: int = 0) -> LearnerState:
+              rank: int = 0, factors=None) -> LearnerState:
         """The state of a new run starting at ``theta`` (``forget``: the running metric's
-        half-life at most this; ``rank``: the low-rank structure's sketch columns).
+        half-life at most this; ``rank``: the low-rank structure's sketch columns;
+        ``factors``: the Kronecker structure's factor sizes ``(D, m)``).
         """
         P = theta.shape[0]
         return cls(theta=theta, phi=theta.copy(), whitener=None,
                    fisher=RunningFisher(P, structure=structure, half_life=half_life,
-                                        limit=forget, rank=rank),
+                                        limit=forget, rank=rank, factors=factors),
                    optimizer=optimizer_state, schedule=ScheduleState(),
                    rng=np.random.default_rng([seed, RNG_LEARNER]), cursor=Cursor(),
                    grad=np.full(P, np.nan), theta_sum=np.zeros(P), data_init=data_init)
