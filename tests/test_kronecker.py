@@ -226,8 +226,7 @@ def _objective(X, y, K, lam):
 
 
 @pytest.mark.parametrize("lam", [0.0, 1e-3])
-@pytest.mark.parametrize("n, d, K", [(2000, 30, 5),
-                                     pytest.param(20_000, 200, 10, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n, d, K", [(2000, 30, 5)])
 def test_default_fit_reaches_the_optimum_of_an_independent_solver(lam, n, d, K):
     """Unpenalized: scikit-learn's multinomial ``LogisticRegression`` (the same loss; its
     symmetric parameterization differs only by a shift of the coefficients); penalized
