@@ -440,3 +440,32 @@ def test_follow_stops_at_max_samples_without_waiting_for_rows(data, tmp_path):
     assert time.monotonic() - t0 < 30
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["samples"] == 5000 and summary["interrupted"]
+
+
+def test_a_fit_that_finds_the_new_run_locked_leaves_the_holders_directory(data, tmp_path,
+                                                                          monkeypatch):
+    """Two fits started together on a new directory: the one that lost the lock removed
+    the lock file and the directory it had seen missing, which the winner had just made,
+    and the winner's first write failed ("run/.run-….json.tmp: No such file or
+    directory"; seen in the concurrent-fits test under load). Only a fit that held the lock
+    cleans up after itself.
+    """
+    import contextlib
+
+    from natgrad_stream.app import runs
+    from natgrad_stream.errors import RunDirectoryError
+
+    run = tmp_path / "run"
+    real = runs.run_lock
+    holder = contextlib.ExitStack()
+
+    @contextlib.contextmanager
+    def racing(run_dir):
+        holder.enter_context(real(run_dir))  # the other process made it and locked it
+        with real(run_dir):
+            yield
+
+    monkeypatch.setattr(runs, "run_lock", racing)
+    with holder, pytest.raises(RunDirectoryError, match="in use by process"):
+        runs.fit_run(data, run, model="logistic", epochs=1)
+    assert (run / ".lock").is_file()  # (the winner's, released only now)

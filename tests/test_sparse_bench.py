@@ -3,6 +3,8 @@
 matrix written, and the one scorer every run is judged by agrees with an in-memory formula.
 """
 
+import time
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -192,8 +194,12 @@ def test_sparse_rate_reports_the_pass_beside_the_raw_read(load_script, sbd, tmp_
     assert first["cpu"]["learner"] > 0
     # a thread of a named role is counted under it
     with rate.ThreadCPU() as cpu:
-        t = threading.Thread(target=lambda: sum(i * i for i in range(3_000_000)),
-                             name="natgrad-permute[test]_0")
+        def spin(seconds=0.5):  # long enough for several of the monitor's 50 ms samples
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sum(i * i for i in range(10_000))
+
+        t = threading.Thread(target=spin, name="natgrad-permute[test]_0")
         t.start()
         t.join()
     assert cpu.split().get("permute", 0.0) > 0

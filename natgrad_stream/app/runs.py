@@ -241,8 +241,10 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
                 "again without --resume")
         _load_state(run_dir)  # the clear "holds no checkpoint" error, before locking
     created = not run_dir.exists()
+    held = False  # a fit that lost the lock leaves the directory to the one that holds it
     try:
         with run_lock(run_dir):
+            held = True
             try:
                 return _fit_locked(data, run_dir, given, resume, overwrite, stop_handler,
                                    config, allow_legacy)
@@ -252,7 +254,7 @@ def fit_run(data, run_dir, *, resume: bool = False, overwrite: bool = False,
                         _forget_unsaved_run(run_dir)
                 raise
     except BaseException:
-        if created:  # a new run that failed leaves no directory behind (if it wrote nothing)
+        if created and held:  # a new run that failed leaves no directory (if it wrote none)
             with contextlib.suppress(OSError):
                 (run_dir / LOCK).unlink()
                 run_dir.rmdir()
