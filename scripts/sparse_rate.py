@@ -113,8 +113,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--l2", type=float, default=1e-5)
     ap.add_argument("--json", type=Path, help="also write the rounds here")
-    ap.add_argument("extra", nargs="*", help="more fit options (after --)")
-    args = ap.parse_args(argv)
+    ap.epilog = "Options after -- are passed to the fit (e.g. -- --batch-size 4096)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # split at "--" here: argparse gives a trailing nargs="*" positional nothing once the
+    # store (the first positional) has been matched, and then refuses the fit's options
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]
     import zarr
 
     from natgrad_stream._malloc import keep_freed_buffers

@@ -184,6 +184,10 @@ def test_sparse_rate_reports_the_pass_beside_the_raw_read(load_script, sbd, tmp_
     sbd.synthetic_logistic(path, rows=3000, features=500, nnz=20, test_rows=400)
     assert rate.main([str(path), "--rounds", "2", "--json", str(tmp_path / "r.json")]) == 0
     out = json.loads((tmp_path / "r.json").read_text())
+    # fit options after "--", as the docstring shows, reach the fit
+    assert rate.main([str(path), "--rounds", "1", "--json", str(tmp_path / "b.json"), "--",
+                      "--batch-size", "512"]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["extra"] == ["--batch-size", "512"]
     first, second = out["rounds"]
     assert first["rows_per_s"] == pytest.approx(3000 / first["fit_seconds"])
     assert first["x_raw_read"] == pytest.approx(first["rows_per_s"]
