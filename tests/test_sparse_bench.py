@@ -207,3 +207,32 @@ def test_sparse_rate_reports_the_pass_beside_the_raw_read(load_script, sbd, tmp_
         t.start()
         t.join()
     assert cpu.split().get("permute", 0.0) > 0
+
+
+def test_sparse_floor_measures_the_parts_of_a_pass(load_script, sbd, tmp_path):
+    """``scripts/sparse_floor.py`` on a small store: the kernel-alone pass computes the
+    logistic loss of every row (NumPy reference), the readers deliver every row in both
+    orders, and the bound is the raw read's wall over (raw CPU + kernel CPU) / cores.
+    """
+    import json
+
+    floor = load_script("sparse_floor")
+    path = tmp_path / "syn.zarr"
+    sbd.synthetic_logistic(path, rows=3000, features=500, nnz=20, test_rows=400)
+    k = floor.KernelPass(path)
+    X = sbd.load_csr(zarr.open_group(str(path), mode="r")["X"])
+    assert k.n == X.shape[0] == 3000 and k.indptr[-1] == X.nnz
+    terms = k.data.astype(np.float64) * k.theta[k.indices]  # (every row has 20 entries)
+    zs = np.add.reduceat(terms, k.indptr[:-1]) + k.theta[-1]
+    want = np.sum(np.logaddexp(0.0, zs) - k.y * zs)
+    for b in (256, 3000):  # (the batch size changes only the order of the sum)
+        assert k.run(b) == pytest.approx(want, rel=1e-12)
+    assert floor.reader(path, 512, True) == floor.reader(path, 512, False) == 3000
+    out = tmp_path / "f.json"
+    assert floor.main([str(path), "--rounds", "1", "--batch-sizes", "256,1024", "--cores",
+                       "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    r = res["rounds"][0]
+    assert set(r["kernel"]) == {"256", "1024"} and r["raw_cpu"] > 0
+    assert res["bound"]["256"] == pytest.approx(
+        r["raw_wall"] / ((r["raw_cpu"] + r["kernel"]["256"]["cpu"]) / 2))
