@@ -55,6 +55,15 @@ UNIDENTIFIED_NAMED = 10
 #: 3,000 × 1,000 with ``l2=1e-3`` (3 rows per parameter) 50% against 92%, and the default
 #: fit at the optimum in 12 passes, 90 s, against 14 and 134 s.
 DEFAULT_LOWRANK_RANK = 64
+#: Columns of the whole-data sketch a later pass of the low-rank structure takes, as a
+#: multiple of ``--rank`` (at most P): the sketch preconditions Newton–CG, whose products
+#: are passes over the data, and its rank is what sets their number (d = 1,000 × 5,000
+#: rows, exact Hessian at the optimum: condition of the preconditioned system 6.2e4 with
+#: rank 64, 7.4e3 with 256; a fit in memory 1,121 against 403 passes; at d = 10,000 the
+#: rank-64 fit spent 100 products a pass 9e-5 above the optimum). Its cost, a block
+#: product of ``REFINE_RANK_FACTOR·rank`` columns a batch sharing the pass's read, is
+#: a few passes' worth of products.
+REFINE_RANK_FACTOR = 4
 #: Negative diagonal entries down to this fraction of the parameter's own diagonal before an
 #: elimination step are round-off (e.g. on a rank-deficient batch metric) and read as 0; an
 #: input diagonal that is itself negative has no scale of its own and is judged against the

@@ -154,3 +154,29 @@ def test_dense_metric_matvec_in_row_blocks_equals_the_closed_form(monkeypatch, d
     expect = Xt.T @ ((w * p * (1 - p))[:, None] * (Xt @ U)) / w.sum()
     assert_allclose(model.metric_matvec(X, y, w, theta, U, metric="model"), expect,
                     rtol=1e-12, atol=1e-14)
+
+
+def test_later_passes_sketch_a_wider_rank_than_the_stream():
+    """A later pass sketches the whole data's metric with ``REFINE_RANK_FACTOR·rank``
+    columns (the stream's test matrix widened, the same for every pass): at d = 300 raw
+    features, 3,000 rows, rank 64, the fit took 10 passes and 492 products with the
+    stream's 64 columns (4 directions cut at the 100-product cap), 8 and 41 with 256.
+    """
+    from natgrad_stream._constants import REFINE_RANK_FACTOR
+    from natgrad_stream.geometry.lowrank import widen_test_matrix
+
+    X, y = _wide_logistic(300, 3000)
+    cb = _Events()
+    lr = NaturalGradientLearner(make_model("logistic", 300), structure="lowrank")
+    lr.fit((X.astype(np.float32), y), callbacks=[cb])
+    products = [e["cg_products"] for e in cb.events if e.get("event") == "pass"
+                and "cg_products" in e]
+    assert lr.result.converged and lr.result.epochs <= 9
+    assert sum(products) < 100, products
+    assert lr.state.whitener.basis.shape[1] == REFINE_RANK_FACTOR * lr.rank
+    # widening keeps the stream's columns and is a function of them alone
+    T = lr.state.fisher.test
+    wide = widen_test_matrix(T, 256)
+    assert_allclose(wide[:, :64], T, rtol=0, atol=0)
+    assert_allclose(widen_test_matrix(T.copy(), 256), wide, rtol=0, atol=0)
+    assert widen_test_matrix(T, 64) is T

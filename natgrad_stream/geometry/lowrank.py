@@ -84,6 +84,23 @@ def draw_test_matrix(diagonal: np.ndarray, rank: int) -> np.ndarray:
     return omega / np.sqrt(d)[:, None]
 
 
+def widen_test_matrix(test: np.ndarray, rank: int) -> np.ndarray:
+    """``test`` (P × k) with ``rank − k`` more columns (P × rank; ``test`` itself when
+    ``rank ≤ k``): Gaussian columns from :data:`TEST_SEED` scaled by each row's RMS over
+    ``test`` (which estimates that row's ``D₀^-½`` to about 1/√(2k)), so the new columns
+    see the same Jacobi scaling. A function of ``test`` alone: the same matrix for every
+    pass and after a resume.
+    """
+    T = np.asarray(test, dtype=np.float64)
+    P, k = T.shape
+    if rank <= k:
+        return T
+    scale = np.sqrt(np.mean(T * T, axis=1)) if k else np.ones(P)
+    omega = np.random.default_rng([TEST_SEED, P, k, int(rank)]).standard_normal(
+        (P, int(rank) - k))
+    return np.hstack([T, omega * scale[:, None]])
+
+
 def nystrom(sketch: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The Nyström approximation ``G ≈ U diag(lam) Uᵀ`` from ``Y = G T``.
 

@@ -63,6 +63,7 @@ from natgrad_stream._constants import (
     REFINE_ARMIJO,
     REFINE_BATCH_ROWS,
     REFINE_MAX_HALVINGS,
+    REFINE_RANK_FACTOR,
     REFINE_ROUNDOFF,
     REFINE_SHRINK,
     RNG_LEARNER,
@@ -91,7 +92,7 @@ from natgrad_stream.errors import (
 )
 from natgrad_stream.geometry.kronecker import KroneckerMetric, shrink_factors, whiten_kronecker
 from natgrad_stream.geometry.lowrank import METHODS as LOWRANK_METHODS
-from natgrad_stream.geometry.lowrank import SketchedMetric, whiten_lowrank
+from natgrad_stream.geometry.lowrank import SketchedMetric, whiten_lowrank, widen_test_matrix
 from natgrad_stream.geometry.schedule import RefreshSchedule
 from natgrad_stream.geometry.shrinkage import add_evidence_prior, shrink
 from natgrad_stream.geometry.whitening import Whitener, whiten
@@ -1559,14 +1560,18 @@ class _Streaming(_Strategy):
         return False
 
     def _sketch_test(self) -> np.ndarray | None:
-        """The low-rank structure's test matrix ``T`` (P, rank) for a whole-data pass to
-        sketch its metric with (the running estimate's, checkpointed with it); None for
-        the other structures.
+        """The low-rank structure's test matrix ``T`` (P, k) for a whole-data pass to
+        sketch its metric with: the running estimate's (checkpointed with it) widened to
+        ``k = min(P, REFINE_RANK_FACTOR·rank)`` columns
+        (:func:`~natgrad_stream.geometry.lowrank.widen_test_matrix`); None for the other
+        structures.
         """
         lr = self.learner
         if lr.structure != "lowrank" or lr.rank < 1:
             return None
-        return lr.state.fisher.test_for(np.ones(lr.model.n_params))
+        P = lr.model.n_params
+        return widen_test_matrix(lr.state.fisher.test_for(np.ones(P)),
+                                 min(P, REFINE_RANK_FACTOR * lr.rank))
 
     def _newton_cg(self, source, g: np.ndarray, G, J: float):
         """The Newton direction at θ for ``refine="newton-cg"``
