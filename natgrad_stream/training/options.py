@@ -53,6 +53,7 @@ from natgrad_stream._constants import (
     LBFGS_MEMORY,
     LBFGS_ROUNDS,
     LBFGS_TOL,
+    REFINE_RANK_FACTOR,
 )
 from natgrad_stream.errors import OptionError
 
@@ -414,7 +415,8 @@ OPTIONS: tuple[Option, ...] = (
        "dense data for the GLMs and softmax, else diagonal (kronecker only when asked for) "
        "(run.json records the structure used)", choices=STRUCTURE_CHOICES),
     _o("rank", positive_int, DEFAULT_LOWRANK_RANK, "columns of --structure lowrank's "
-       "sketch of the metric (its rank; memory 16·P·rank bytes)", metavar="K",
+       "sketch of the metric (its rank; memory 16·P·rank bytes; the passes after the first "
+       f"sketch the whole data's with {REFINE_RANK_FACTOR}·K)", metavar="K",
        maximum=MAX_UNITS),
     _o("mc_samples", positive_int, DEFAULT_MC_SAMPLES,
        "targets sampled per row for --metric monte-carlo", metavar="K", maximum=1_000),
