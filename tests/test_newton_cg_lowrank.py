@@ -180,3 +180,30 @@ def test_later_passes_sketch_a_wider_rank_than_the_stream():
     assert_allclose(wide[:, :64], T, rtol=0, atol=0)
     assert_allclose(widen_test_matrix(T.copy(), 256), wide, rtol=0, atol=0)
     assert widen_test_matrix(T, 64) is T
+
+
+def test_a_capped_conjugate_gradient_solve_doubles_the_next_cap(monkeypatch):
+    """A direction that used every product allowed (each a pass over the data) was cut
+    short: the next pass may take twice as many (up to ``CG_MAX_ITERATIONS_LIMIT``),
+    so the solves reach the spectrum's tail instead of repeating their first iterations
+    every pass (with a fixed cap of 4 products this fit had not converged after 60
+    passes). The cap is part of the checkpointed state.
+    """
+    import natgrad_stream.training.learner as learner_module
+
+    monkeypatch.setattr(learner_module, "CG_MAX_ITERATIONS", 4)
+    X, y = _wide_logistic(100, 1000)
+    cb = _Events()
+    lr = NaturalGradientLearner(make_model("logistic", 100), structure="lowrank", rank=2)
+    lr.fit((X, y), callbacks=[cb], epochs=60)
+    passes = [e for e in cb.events if e.get("event") == "pass" and "cg_products" in e]
+    caps = [e["cg_cap"] for e in passes]
+    assert caps[0] == 4 and max(caps) > 4
+    for a, b, e in zip(caps, caps[1:], passes, strict=False):
+        assert b == (min(2 * a, learner_module.CG_MAX_ITERATIONS_LIMIT)
+                     if e["cg_products"] >= a and e["cg_curvature_ok"] else a)
+    assert lr.result.converged and lr.result.epochs < 30
+    assert abs(lr.model.loss(X, y, lr.theta) - lr.result.train_loss) \
+        <= 1e-12 * lr.result.train_loss
+    back = NaturalGradientLearner.from_state_dict(lr.state_dict())
+    assert back.state.cg_cap == lr.state.cg_cap == max(caps)

@@ -101,6 +101,8 @@ from natgrad_stream.models.base import check_metric_structure
 from natgrad_stream.models.penalty import L2Penalty
 from natgrad_stream.optim.lbfgs import lbfgs_round, window_chunks
 from natgrad_stream.optim.newton_cg import (
+    CG_MAX_ITERATIONS,
+    CG_MAX_ITERATIONS_LIMIT,
     arrow_preconditioner,
     lowrank_preconditioner,
     newton_direction,
@@ -1485,11 +1487,14 @@ class _Streaming(_Strategy):
                 J <= s.refine_loss + REFINE_ARMIJO * s.refine_t * s.refine_slope + slack)
             newton = None
             if not rejected and lr.refine == "newton-cg":
-                newton = self._newton_cg(source, g, G, J)
+                cap = s.cg_cap or CG_MAX_ITERATIONS
+                newton = self._newton_cg(source, g, G, J, cap)
                 if newton is None:  # interrupted: the state is as at the pass's start
                     s.samples, s.evaluations = counted
                     return True
-                event.update(cg_products=newton[1], cg_curvature_ok=newton[2])
+                event.update(cg_products=newton[1], cg_curvature_ok=newton[2], cg_cap=cap)
+                if newton[3] and newton[2]:  # the cap cut the solve: more for the next
+                    s.cg_cap = min(2 * cap, CG_MAX_ITERATIONS_LIMIT)
             if rejected:
                 # the step did not decrease J enough: shorten it where the quadratic through
                 # J(0), J'(0) and J(t) is least, within REFINE_SHRINK of its length
@@ -1573,15 +1578,16 @@ class _Streaming(_Strategy):
         return widen_test_matrix(lr.state.fisher.test_for(np.ones(P)),
                                  min(P, REFINE_RANK_FACTOR * lr.rank))
 
-    def _newton_cg(self, source, g: np.ndarray, G, J: float):
+    def _newton_cg(self, source, g: np.ndarray, G, J: float, cap: int):
         """The Newton direction at θ for ``refine="newton-cg"``
         (:func:`~natgrad_stream.optim.newton_cg.newton_direction`): conjugate gradients on
         ``H v`` passes over the data (the metric, penalty included), preconditioned by
         the pass's own metric: its diagonal-plus-low-rank model for a sketched ``G``
         (:func:`~natgrad_stream.optim.newton_cg.lowrank_preconditioner`), the inverse
         ``W⁻¹W⁻ᵀ`` of the Kronecker structure's measured factors (K-FAC), else the
-        measured diagonal with the intercept's column. Returns ``(d, products,
-        curvature_ok)``, or None when a pass was interrupted.
+        measured diagonal with the intercept's column; at most ``cap`` conjugate-gradient
+        products. Returns ``(d, products, curvature_ok, capped)`` (``capped``: the solve
+        used all ``cap`` products), or None when a pass was interrupted.
         """
         lr = self.learner
         theta = lr.state.theta
@@ -1590,13 +1596,17 @@ class _Streaming(_Strategy):
             return metric_vector_pass(lr, source, theta, v,
                                       should_stop=lambda: lr._stop_requested)
 
+        def solve(precond, extra: int = 0):
+            out = newton_direction(g, precond, hess_vec, scale=J, max_iter=cap)
+            return None if out is None else (out[0], out[1] + extra, out[2], out[1] >= cap)
+
         if isinstance(G, KroneckerMetric):
             W = whiten_kronecker(G, method=lr.whitening, damping=lr.damping, floor=lr.floor)
-            return newton_direction(g, W.natural_gradient, hess_vec, scale=J)
+            return solve(W.natural_gradient)
         if isinstance(G, SketchedMetric):
             precond = lowrank_preconditioner(G, damping=lr.damping, floor=lr.floor)
             if precond is not None:
-                return newton_direction(g, precond, hess_vec, scale=J)
+                return solve(precond)
             G = G.diagonal  # (a sketch that cannot be factored: the diagonal's)
         precond = np.diag(G).copy() if G.ndim == 2 else G.copy()
         positive = precond > 0
@@ -1611,8 +1621,7 @@ class _Streaming(_Strategy):
                 return None
             products = 1
             precond = arrow_preconditioner(precond, column, k)
-        out = newton_direction(g, precond, hess_vec, scale=J)
-        return None if out is None else (out[0], out[1] + products, out[2])
+        return solve(precond, products)
 
     def _unbounded(self, J: float, d: np.ndarray, event: dict) -> bool:
         """Whether the coefficients grow without bound: :data:`UNBOUNDED_PASSES` accepted

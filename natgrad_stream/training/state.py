@@ -120,6 +120,9 @@ class LearnerState:
     #: once they reach UNBOUNDED_PASSES (the fit then stops: separable data), the indices
     #: of the parameters the last step moved most (else None).
     refine_growth: int = _f(("refine", "growth"), "int", default=0)
+    #: Newton–CG's product cap for the next direction; 0 before any direction used the
+    #: base cap (:data:`~natgrad_stream.optim.newton_cg.CG_MAX_ITERATIONS`) in full.
+    cg_cap: int = _f(("refine", "cg_cap"), "int", default=0)
     unbounded: list | None = _f(("refine", "unbounded"), "json", default=None)
     #: An L-BFGS round cut short by a stop request (SIGINT, SIGTERM): the state is the
     #: round's start (the exact restart point, as after a kill) and these are the best
