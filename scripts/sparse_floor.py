@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparse_bench_data as sbd  # noqa: E402
+import sparse_profile  # noqa: E402
 
 
 def _timed(fn):
@@ -50,18 +51,7 @@ def _timed(fn):
 
 def reader(store: Path, batch_size: int, shuffle: bool) -> int:
     """Rows of one pass of the fit's reader over ``X`` and ``y`` (batches dropped)."""
-    import zarr
-
-    from natgrad_stream.data.csr_store import open_csr_group
-    from natgrad_stream.data.sparse_source import SparseSource
-
-    g = zarr.open_group(str(store), mode="r")
-    src = SparseSource(open_csr_group(g["X"], "X"), g["y"])
-    n = 0
-    with src.batches(batch_size=batch_size, shuffle=shuffle) as stream:
-        for batch in stream:
-            n += batch.X.shape[0]
-    return n
+    return sparse_profile.reader_alone(store, batch_size, shuffle)["rows"]
 
 
 class KernelPass:
@@ -108,8 +98,8 @@ def one_round(store: Path, xg, kernel: KernelPass, batch_sizes, reader_batch: in
     raw_wall, raw_cpu, _ = _timed(lambda: sbd.raw_read(xg, repeats=1))
     out = {"load": os.getloadavg()[0], "raw_wall": raw_wall, "raw_cpu": raw_cpu}
     for name, shuffle in (("reader_in_order", False), ("reader_shuffled", True)):
-        wall, cpu, _ = _timed(lambda s=shuffle: reader(store, reader_batch, s))
-        out[name] = {"wall": wall, "cpu": cpu}
+        r = sparse_profile.reader_alone(store, reader_batch, shuffle)
+        out[name] = {"wall": r["seconds"], "cpu": r["cpu_seconds"]}
     out["kernel"] = {}
     for b in batch_sizes:
         wall, cpu, _ = _timed(lambda b=b: kernel.run(b))
